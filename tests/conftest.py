@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def _no_thermoledger_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_thermoledger_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Strip THERMOLEDGER_* (except the test database URL, which the suite itself reads)."""
     for name in list(os.environ):
         if name.startswith("THERMOLEDGER_") and name != "THERMOLEDGER_TEST_DATABASE_URL":
             monkeypatch.delenv(name)
-    yield
