@@ -20,11 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
 
 import pint
 
 from accounting.errors import DimensionMismatch, InvalidQuantity
+
+UnitRegistry: TypeAlias = "pint.UnitRegistry[Any]"
+QuantityT: TypeAlias = "pint.Quantity[Any]"
 
 __all__ = [
     "DIMENSIONS",
@@ -32,6 +35,7 @@ __all__ = [
     "DimensionMismatch",
     "InvalidQuantity",
     "Quantity",
+    "QuantityT",
     "dimension_of",
     "magnitude_in",
     "parse_quantity",
@@ -39,15 +43,17 @@ __all__ = [
 ]
 
 
-def _build_registry() -> pint.UnitRegistry:
-    registry = pint.UnitRegistry(autoconvert_offset_to_baseunit=True, cache_folder=None)
+def _build_registry() -> UnitRegistry:
+    registry: UnitRegistry = pint.UnitRegistry(
+        autoconvert_offset_to_baseunit=True, cache_folder=None
+    )
     definitions = resources.files("accounting") / "data" / "units.txt"
     with resources.as_file(definitions) as path:
         registry.load_definitions(str(path))
     return registry
 
 
-ureg: pint.UnitRegistry = _build_registry()
+ureg: UnitRegistry = _build_registry()
 Q_ = ureg.Quantity
 Quantity = pint.Quantity
 
@@ -81,14 +87,14 @@ def _reference_unit(expected: str) -> pint.Unit:
         raise InvalidQuantity(f"unknown expected unit or dimension {expected!r}") from e
 
 
-def dimension_of(unit: str | pint.Unit | pint.Quantity) -> str:
+def dimension_of(unit: Any) -> str:
     """Return pint's dimensionality text, e.g. ``"[mass] * [length] ** 2 / [time] ** 2"``."""
     if isinstance(unit, str):
         unit = ureg.Unit(unit)
     return str(unit.dimensionality) or "dimensionless"
 
 
-def parse_quantity(raw: Any, expected: str, *, field: str | None = None) -> pint.Quantity:
+def parse_quantity(raw: Any, expected: str, *, field: str | None = None) -> QuantityT:
     """Parse an edge value into a Quantity of the expected dimension.
 
     Args:
@@ -123,7 +129,7 @@ def magnitude_in(raw: Any, unit: str, *, field: str | None = None) -> float:
     return float(parse_quantity(raw, unit, field=field).to(unit).magnitude)
 
 
-def _to_quantity(raw: Any, *, field: str | None) -> pint.Quantity:
+def _to_quantity(raw: Any, *, field: str | None) -> QuantityT:
     if isinstance(raw, pint.Quantity):
         return raw
     if isinstance(raw, Mapping):
