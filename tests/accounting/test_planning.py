@@ -1,0 +1,332 @@
+"""Planning and amortisation against hand-computed answers, plus the laws they must obey."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accounting.carbon import EmissionFactor, default_emission_factor, default_pue, scope2_emissions
+from accounting.cost import CloudPrice, Tariff
+from accounting.errors import InvalidQuantity
+from accounting.planning import (
+    AttentionShape,
+    ComputeSetup,
+    ServingOption,
+    amortisation_curve,
+    amortised_per_token,
+    break_even,
+    chinchilla_check,
+    estimate_energy,
+    inference_flops_per_token,
+    plan_training,
+    training_flops,
+)
+
+WORLD = default_emission_factor("WORLD")
+HYPERSCALE = default_pue("hyperscale")
+TARIFF = Tariff(usd_per_kwh=0.12, source="test tariff")
+N_7B, D_CHINCHILLA = 7e9, 1.4e11
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs and Chinchilla
+
+
+def test_training_flops_six_n_d() -> None:
+    assert training_flops(N_7B, D_CHINCHILLA) == pytest.approx(5.88e21)
+
+
+def test_attention_term() -> None:
+    shape = AttentionShape(n_layer=32, n_ctx=4096, d_model=4096)
+    extra_forward = 2 * 32 * 4096 * 4096
+    assert training_flops(N_7B, 1e9, attention=shape) == pytest.approx(
+        (6 * N_7B + 3 * extra_forward) * 1e9
+    )
+    assert inference_flops_per_token(N_7B) == pytest.approx(1.4e10)
+    assert inference_flops_per_token(N_7B, attention=shape) == pytest.approx(1.4e10 + extra_forward)
+    with pytest.raises(InvalidQuantity, match="n_ctx"):
+        AttentionShape(n_layer=32, n_ctx=0, d_model=4096)
+
+
+@pytest.mark.parametrize(
+    ("n_tokens", "regime", "ratio"),
+    [
+        (1.4e11, "near_optimal", 1.0),
+        (7e10, "near_optimal", 0.5),  # band edges are inclusive
+        (7e11, "near_optimal", 5.0),
+        (2e12, "over_trained", 2e12 / 1.4e11),  # Llama-2-7B-like: ≈ 286 tokens/param
+        (3e10, "under_trained", 3e10 / 1.4e11),
+    ],
+)
+def test_chinchilla_flag(n_tokens: float, regime: str, ratio: float) -> None:
+    check = chinchilla_check(N_7B, n_tokens)
+    assert check.optimal_tokens == pytest.approx(1.4e11)
+    assert check.ratio == pytest.approx(ratio)
+    assert check.regime == regime
+    assert check.flagged == (regime != "near_optimal")
+    assert check.tokens_per_param == pytest.approx(n_tokens / N_7B)
+
+
+def test_chinchilla_custom_band() -> None:
+    assert chinchilla_check(N_7B, 2e12, band=(0.5, 20.0)).regime == "near_optimal"
+    with pytest.raises(InvalidQuantity, match="band"):
+        chinchilla_check(N_7B, 2e12, band=(5.0, 0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Energy, duration, plan
+
+
+def test_energy_estimate_central_and_range() -> None:
+    estimate = estimate_energy(1e21, [1e11, 4e11, 2e11])
+    assert estimate.energy_j_central == pytest.approx(5e9)
+    assert estimate.energy_j_low == pytest.approx(2.5e9)
+    assert estimate.energy_j_high == pytest.approx(1e10)
+    assert estimate.range_method == "min/max"
+    assert estimate.n_samples == 3
+
+
+def test_energy_estimate_percentiles() -> None:
+    estimate = estimate_energy(1e21, [1e11, 2e11, 3e11, 4e11, 5e11], percentiles=(25, 75))
+    assert estimate.flop_per_j_low == pytest.approx(2e11)
+    assert estimate.flop_per_j_high == pytest.approx(4e11)
+    assert estimate.energy_j_high == pytest.approx(5e9)
+    assert estimate.range_method == "p25–p75"
+    with pytest.raises(InvalidQuantity, match="percentiles"):
+        estimate_energy(1e21, [1e11], percentiles=(90, 10))
+
+
+@pytest.mark.parametrize("samples", [[], [1e11, 0.0], [float("nan")]])
+def test_energy_estimate_refuses_bad_samples(samples: list[float]) -> None:
+    with pytest.raises(InvalidQuantity, match="flop_per_j_samples"):
+        estimate_energy(1e21, samples)
+
+
+def test_plan_training_end_to_end() -> None:
+    setup = ComputeSetup(peak_flop_per_s=989e12, n_devices=8, mfu=0.4, device="H100 SXM")
+    cloud = CloudPrice(usd_per_device_hour=2.5, source="test cloud")
+    plan = plan_training(
+        n_params=N_7B,
+        n_tokens=D_CHINCHILLA,
+        flop_per_j_samples=[2e11, 3e11, 4e11],
+        setup=setup,
+        pue=HYPERSCALE,
+        location_factor=WORLD,
+        tariff=TARIFF,
+        hardware=cloud,
+    )
+    flops = 5.88e21
+    duration_s = flops / (989e12 * 8 * 0.4)
+    assert plan.flops == pytest.approx(flops)
+    assert plan.duration_s == pytest.approx(duration_s)
+    assert plan.device_hours == pytest.approx(duration_s * 8 / 3600)
+    assert plan.energy.energy_j_central == pytest.approx(flops / 3e11)
+    assert plan.chinchilla.regime == "near_optimal"
+
+    assert plan.carbon is not None
+    central = scope2_emissions(flops / 3e11, pue=HYPERSCALE, location_factor=WORLD)
+    assert plan.carbon.location_co2e_g == pytest.approx(central.location_co2e_g)
+    assert plan.co2e_location_g_range == pytest.approx(
+        (flops / 4e11 / 3.6e6 * 1.1 * 481, flops / 2e11 / 3.6e6 * 1.1 * 481)
+    )
+    assert plan.co2e_market_g_range is None
+
+    assert plan.cost is not None
+    hardware_usd = 2.5 * duration_s * 8 / 3600
+    assert plan.cost.hardware_usd == pytest.approx(hardware_usd)
+    assert plan.cost.energy_usd == pytest.approx(flops / 3e11 / 3.6e6 * 1.1 * 0.12)
+    assert plan.total_usd_range == pytest.approx(
+        (
+            hardware_usd + flops / 4e11 / 3.6e6 * 1.1 * 0.12,
+            hardware_usd + flops / 2e11 / 3.6e6 * 1.1 * 0.12,
+        )
+    )
+    json.dumps(plan.to_dict(), allow_nan=False)
+
+
+def test_plan_market_range_when_market_factor_given() -> None:
+    ppa = EmissionFactor(region="NO", intensity_g_per_kwh=10.0, kind="market", source="PPA")
+    plan = plan_training(
+        n_params=1e9,
+        n_tokens=2e10,
+        flop_per_j_samples=[1e11, 2e11],
+        pue=HYPERSCALE,
+        location_factor=WORLD,
+        market_factor=ppa,
+    )
+    assert plan.co2e_market_g_range is not None
+    low, high = plan.co2e_market_g_range
+    assert low == pytest.approx(6 * 1e9 * 2e10 / 2e11 / 3.6e6 * 1.1 * 10.0)
+    assert high == pytest.approx(2 * low)
+
+
+def test_plan_refuses_incomplete_inputs() -> None:
+    with pytest.raises(InvalidQuantity, match="pue"):
+        plan_training(n_params=1e9, n_tokens=2e10, flop_per_j_samples=[1e11], location_factor=WORLD)
+    with pytest.raises(InvalidQuantity, match="setup"):
+        plan_training(
+            n_params=1e9,
+            n_tokens=2e10,
+            flop_per_j_samples=[1e11],
+            hardware=CloudPrice(usd_per_device_hour=1.0, source="x"),
+        )
+    with pytest.raises(InvalidQuantity, match="mfu"):
+        ComputeSetup(peak_flop_per_s=1e15, n_devices=1, mfu=1.5)
+
+
+def test_plan_without_prices_has_only_physics() -> None:
+    plan = plan_training(n_params=1e9, n_tokens=2e10, flop_per_j_samples=[1e11])
+    assert plan.carbon is None
+    assert plan.cost is None
+    assert plan.duration_s is None
+    assert plan.energy.energy_j_central == pytest.approx(1.2e20 / 1e11)
+
+
+# ---------------------------------------------------------------------------------------------
+# Amortisation and break-even
+
+
+def test_amortised_j_per_token_decreases_to_inference_floor() -> None:
+    option = ServingOption("7B", training_energy_j=1e12, inference_energy_j_per_token=0.3)
+    tokens = np.logspace(6, 20, 15)
+    curve = amortisation_curve(option, tokens)
+    assert curve.j_per_token[0] == pytest.approx(1e12 / 1e6 + 0.3)
+    assert np.all(np.diff(curve.j_per_token) < 0)
+    assert np.all(curve.j_per_token > 0.3)
+    assert curve.j_per_token[-1] == pytest.approx(0.3, rel=1e-7)
+    assert curve.usd_per_token is None
+    record = json.loads(json.dumps(curve.to_dict(), allow_nan=False))
+    assert record["floor_j_per_token"] == 0.3
+    assert len(record["j_per_token"]) == 15
+
+
+def test_from_energy_prices_both_sides_with_pue() -> None:
+    option = ServingOption.from_energy(
+        "7B",
+        training_energy_j=3.6e12,
+        inference_energy_j_per_token=0.36,
+        pue=HYPERSCALE,
+        tariff=TARIFF,
+        factor=WORLD,
+        training_hardware_usd=1000.0,
+    )
+    # 3.6e12 J = 1e6 kWh IT → 1.1e6 kWh facility.
+    assert option.training_usd == pytest.approx(1.1e6 * 0.12 + 1000.0)
+    assert option.training_co2e_g == pytest.approx(1.1e6 * 481)
+    assert option.inference_usd_per_token == pytest.approx(1e-7 * 1.1 * 0.12)
+    assert option.inference_co2e_g_per_token == pytest.approx(1e-7 * 1.1 * 481)
+    curve = amortisation_curve(option, [1e9, 1e12])
+    assert curve.usd_per_token is not None
+    assert curve.co2e_g_per_token is not None
+    assert curve.co2e_g_per_token[1] == pytest.approx(1.1e6 * 481 / 1e12 + 1e-7 * 1.1 * 481)
+    assert any("Ember" in a for a in option.assumptions)
+
+
+def test_serving_option_figures_come_in_pairs() -> None:
+    with pytest.raises(InvalidQuantity, match="training_usd"):
+        ServingOption("x", training_energy_j=1.0, inference_energy_j_per_token=1.0, training_usd=5)
+
+
+@pytest.mark.parametrize("tokens", [[0.0], [-5.0], [1.0, float("inf")]])
+def test_amortisation_needs_positive_volumes(tokens: list[float]) -> None:
+    with pytest.raises(InvalidQuantity, match="tokens_served"):
+        amortised_per_token(1.0, 1.0, tokens)
+
+
+def test_break_even_hand_solution() -> None:
+    # Larger model trained longer: more training energy, cheaper per token (a); smaller model (b).
+    # 1e12 + 0.1·x = 2e11 + 0.3·x  →  x = 8e11 / 0.2 = 4e12 tokens, both at 1.4e12 J.
+    large = ServingOption("large", training_energy_j=1e12, inference_energy_j_per_token=0.1)
+    small = ServingOption("small", training_energy_j=2e11, inference_energy_j_per_token=0.3)
+    result = break_even(large, small)
+    assert result.tokens == pytest.approx(4e12)
+    assert result.cost_at_break_even == pytest.approx(1.4e12)
+    assert result.cheaper_below == "small"
+    assert result.cheaper_above == "large"
+    assert result.unit == "J"
+    assert break_even(small, large).tokens == pytest.approx(4e12)
+    assert json.loads(json.dumps(result.to_dict()))["tokens"] == pytest.approx(4e12)
+
+
+def test_no_break_even_when_one_option_dominates() -> None:
+    good = ServingOption("good", training_energy_j=1e11, inference_energy_j_per_token=0.1)
+    bad = ServingOption("bad", training_energy_j=2e11, inference_energy_j_per_token=0.3)
+    result = break_even(good, bad)
+    assert result.tokens is None
+    assert result.cost_at_break_even is None
+    assert "every positive volume" in result.reason
+    assert result.cheaper_below == result.cheaper_above == "good"
+
+
+def test_no_break_even_for_parallel_or_identical_options() -> None:
+    a = ServingOption("a", training_energy_j=1e11, inference_energy_j_per_token=0.2)
+    b = ServingOption("b", training_energy_j=3e11, inference_energy_j_per_token=0.2)
+    parallel = break_even(a, b)
+    assert parallel.tokens is None
+    assert "same inference cost" in parallel.reason
+    assert parallel.cheaper_above == "a"
+    same = break_even(
+        a, ServingOption("a2", training_energy_j=1e11, inference_energy_j_per_token=0.2)
+    )
+    assert same.tokens is None
+    assert "identical" in same.reason
+
+
+def test_no_break_even_beyond_representable_volume() -> None:
+    # x = (0 - 1e15) / (0 - 5e-324) overflows to +inf.
+    a = ServingOption("a", training_energy_j=1e15, inference_energy_j_per_token=0.0)
+    b = ServingOption("b", training_energy_j=0.0, inference_energy_j_per_token=5e-324)
+    result = break_even(a, b)
+    assert result.tokens is None
+    assert result.cheaper_below == "b"
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_break_even_in_usd_needs_prices() -> None:
+    a = ServingOption("a", training_energy_j=1.0, inference_energy_j_per_token=1.0)
+    with pytest.raises(InvalidQuantity, match="usd"):
+        break_even(a, a, metric="usd")
+    with pytest.raises(InvalidQuantity, match="metric"):
+        break_even(a, a, metric="joy")  # type: ignore[arg-type]
+
+
+_costs = st.floats(0.0, 1e15, allow_nan=False, allow_infinity=False)
+_rates = st.floats(0.0, 1e3, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    fixed=_costs,
+    per_token=_rates,
+    tokens=st.lists(st.floats(1e-3, 1e18), min_size=2, max_size=30),
+)
+def test_amortised_value_is_non_increasing_in_tokens(
+    fixed: float, per_token: float, tokens: list[float]
+) -> None:
+    values = amortised_per_token(fixed, per_token, np.sort(np.array(tokens)))
+    assert np.all(np.diff(values) <= 0.0)
+    assert np.all(values >= per_token)
+
+
+@settings(max_examples=60, deadline=None)
+@given(fa=_costs, fb=_costs, ma=_rates, mb=_rates)
+def test_break_even_equalises_totals(fa: float, fb: float, ma: float, mb: float) -> None:
+    a = ServingOption("a", training_energy_j=fa, inference_energy_j_per_token=ma)
+    b = ServingOption("b", training_energy_j=fb, inference_energy_j_per_token=mb)
+    result = break_even(a, b)
+    if result.tokens is None:
+        # No positive crossing: the option named cheaper is never dearer at any volume.
+        if result.cheaper_below is not None:
+            cheap, dear = (a, b) if result.cheaper_below == "a" else (b, a)
+            for x in (1.0, 1e6, 1e12):
+                cheap_total = cheap.training_energy_j + cheap.inference_energy_j_per_token * x
+                dear_total = dear.training_energy_j + dear.inference_energy_j_per_token * x
+                assert cheap_total <= dear_total * (1 + 1e-12)
+    else:
+        total_a = fa + ma * result.tokens
+        total_b = fb + mb * result.tokens
+        assert total_a == pytest.approx(total_b, rel=1e-9, abs=1e-6)
