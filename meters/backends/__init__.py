@@ -1,0 +1,63 @@
+"""Device backends behind one small Protocol: NVML, RAPL, simulated and replay.
+
+Every backend offers ``devices()`` (a fixed list of `DeviceInfo`), ``read()`` (one `Readings` for
+all devices: numpy arrays in W, J and s, NaN plus a status and a method wherever a figure is
+absent) and ``close()``. Importing this package is light: numpy and the standard library only;
+``pynvml`` is imported when an `NvmlBackend` is built without an injected module.
+"""
+
+from meters.backends.base import (
+    BackendKind,
+    Clock,
+    DeviceInfo,
+    DeviceStatus,
+    Method,
+    PowerBackend,
+    Readings,
+    Scope,
+    SystemClock,
+    UncertaintyHint,
+)
+from meters.backends.nvml import NvmlBackend, Selection, translate_nvml_error
+from meters.backends.rapl import RaplBackend
+from meters.backends.replay import ReplayBackend, read_trace, write_trace
+from meters.backends.simulated import (
+    Bursty,
+    Profile,
+    Ramp,
+    SimulatedBackend,
+    SimulatedDevice,
+    Steady,
+    default_fleet,
+    idle,
+    steady,
+)
+
+__all__ = [
+    "BackendKind",
+    "Bursty",
+    "Clock",
+    "DeviceInfo",
+    "DeviceStatus",
+    "Method",
+    "NvmlBackend",
+    "PowerBackend",
+    "Profile",
+    "Ramp",
+    "RaplBackend",
+    "Readings",
+    "ReplayBackend",
+    "Scope",
+    "Selection",
+    "SimulatedBackend",
+    "SimulatedDevice",
+    "Steady",
+    "SystemClock",
+    "UncertaintyHint",
+    "default_fleet",
+    "idle",
+    "read_trace",
+    "steady",
+    "translate_nvml_error",
+    "write_trace",
+]

@@ -1,0 +1,326 @@
+"""The backend interface: one Protocol, the device description and one tick of readings.
+
+A backend (`NvmlBackend`, `RaplBackend`, `SimulatedBackend`, `ReplayBackend`) reads every device it
+owns in one call and returns a `Readings`: numpy arrays whose position ``i`` is the device
+``devices()[i]``. Values are SI floats (W, J, s). Nothing is ever a silent zero: a figure that is
+absent is NaN, its method code is `Method.NONE`, and the device's `DeviceStatus` (plus a message)
+says why. `Readings` checks this on construction, so a backend cannot break the rule by accident.
+
+Energy counters are passed on **raw**, as the device reports them (converted to joules only): a
+driver reload resets NVML's counter and RAPL's wraps at ``max_energy_range_uj``. The raw snapshot is
+what an audit trail wants, and unwrapping needs the whole series anyway, so it belongs to whoever
+holds the series. `DeviceInfo.counter_wrap_j` says how to read a decrease: with a wrap value, a
+decrease between two readings is one wrap (add ``counter_wrap_j``); without one, a decrease is a
+reset and the counter says nothing about that interval.
+
+Timestamps are per device: a backend that reads devices one after another stamps each with the
+midpoint of its own calls (monotonic), and derives the wall time from one wall/monotonic pair taken
+at the start of the tick, so the two clocks never disagree within a tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+BackendKind = Literal["nvml", "rapl", "simulated", "replay"]
+Scope = Literal["gpu", "module", "package", "dram"]
+
+
+class DeviceStatus(IntEnum):
+    """Outcome of one device in one tick (stored as int8 in `Readings.status`)."""
+
+    OK = 0
+    """Every figure the device offers was read."""
+    LOST = 1
+    """The device fell off the bus (or the trace ended); all figures NaN from now on."""
+    NOT_SUPPORTED = 2
+    """The device offers neither power nor energy; all figures NaN."""
+    ERROR = 3
+    """A figure the device offers failed this tick (transient); the failed figures are NaN."""
+    DENIED = 4
+    """The OS refused the read (permissions); the figures are NaN, the message says the fix."""
+
+    @property
+    def label(self) -> str:
+        """Lower-case wire name, e.g. ``"not_supported"``."""
+        return self.name.lower()
+
+
+class Method(IntEnum):
+    """How a figure was obtained (stored as int8 in `Readings.power_method` / `energy_method`)."""
+
+    NONE = 0
+    """No figure: the value is NaN."""
+    COUNTER = 1
+    """A cumulative hardware energy counter (NVML total energy, RAPL energy_uj)."""
+    POWER_AVG = 2
+    """Power averaged by the device over a window (NVML: 1 s on Ampere non-GA100 and newer)."""
+    POWER_INSTANT = 3
+    """Power as an (almost) instantaneous sample."""
+    ESTIMATE = 4
+    """A modelled figure, not a measurement."""
+
+    @property
+    def label(self) -> str:
+        """Lower-case wire name, e.g. ``"power_avg"``."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class UncertaintyHint:
+    """What a backend knows about the accuracy of its figures (hints for the accounting core).
+
+    Attributes:
+        power_rel: Relative uncertainty of a power reading (0.05 = ±5 %).
+        power_abs_w: Absolute floor of the power uncertainty, in watts.
+        power_window_s: Averaging window of a power reading in seconds, when known.
+        counter_resolution_j: Resolution of the energy counter in joules, when known.
+        counter_update_s: Longest interval between counter updates in seconds, when known.
+        note: Free text: where the figures come from, caveats.
+    """
+
+    power_rel: float = 0.0
+    power_abs_w: float = 0.0
+    power_window_s: float | None = None
+    counter_resolution_j: float | None = None
+    counter_update_s: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Static description of one metered device.
+
+    Attributes:
+        backend: Which backend owns it.
+        index: The vendor's index (NVML index, RAPL package number, position in a trace or a
+            simulated fleet). The position in `Readings` arrays is the position in
+            ``backend.devices()``, which is not necessarily this index.
+        uid: Stable identifier: the GPU UUID, the RAPL zone (``"intel-rapl:0"``), ``"SIM-3"``.
+        name: The name as the vendor reports it (``"NVIDIA H100 80GB HBM3"``, ``"package-0"``).
+        power_limit_w: Power-management limit in watts, when the device reports one.
+        has_energy_counter: Whether the device has a cumulative energy counter.
+        power_method: How `Readings.power_w` is obtained (`Method.NONE`: never available).
+        counter_wrap_j: The counter's modulus in joules, when it wraps (RAPL); None when a
+            decrease can only mean a reset (NVML).
+        scope: What the figures cover: the GPU board, a GPU+CPU module, a CPU package, DRAM.
+        mig: The GPU runs MIG: its figures are for the whole GPU, shared by every instance.
+        simulated: The figures are synthetic (simulated or replayed), never a measurement now.
+        zone: RAPL zone directory name (``"intel-rapl:0:0"``), for RAPL devices.
+        uncertainty: Accuracy hints for the accounting core.
+        note: Caveats worth showing to a person (permission problem, MIG sharing, ...).
+    """
+
+    backend: BackendKind
+    index: int
+    uid: str
+    name: str
+    power_limit_w: float | None
+    has_energy_counter: bool
+    power_method: Method
+    counter_wrap_j: float | None = None
+    scope: Scope = "gpu"
+    mig: bool = False
+    simulated: bool = False
+    zone: str | None = None
+    uncertainty: UncertaintyHint = field(default_factory=UncertaintyHint)
+    note: str = ""
+
+
+FloatArray = NDArray[np.float64]
+CodeArray = NDArray[np.int8]
+
+_ALL_NAN_STATUSES = np.array([DeviceStatus.LOST, DeviceStatus.NOT_SUPPORTED], dtype=np.int8)
+# When several things go wrong with one device in one tick, the status reports the gravest.
+_SEVERITY = {
+    DeviceStatus.OK: 0,
+    DeviceStatus.ERROR: 1,
+    DeviceStatus.DENIED: 2,
+    DeviceStatus.NOT_SUPPORTED: 3,
+    DeviceStatus.LOST: 4,
+}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Readings:
+    """One tick: every device of a backend read once. Arrays have one entry per device.
+
+    Attributes:
+        t_wall_s: Wall-clock time of each device's read, unix seconds.
+        t_mono_s: Monotonic time of each device's read, seconds (same clock as the backend's).
+        power_w: Power in watts; NaN where absent.
+        energy_j: Raw cumulative energy counter in joules; NaN where absent.
+        status: `DeviceStatus` codes.
+        power_method: `Method` code of each power figure (`Method.NONE` exactly where NaN).
+        energy_method: `Method` code of each energy figure (`Method.NONE` exactly where NaN).
+        messages: Why a device is not `DeviceStatus.OK` (empty string when it is).
+
+    Raises:
+        ValueError: On construction, when arrays differ in length, a value is negative or
+            infinite, a NaN has a method or a number has none, or a lost / unsupported device
+            carries a number.
+    """
+
+    t_wall_s: FloatArray
+    t_mono_s: FloatArray
+    power_w: FloatArray
+    energy_j: FloatArray
+    status: CodeArray
+    power_method: CodeArray
+    energy_method: CodeArray
+    messages: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.messages)
+        arrays = (
+            self.t_wall_s,
+            self.t_mono_s,
+            self.power_w,
+            self.energy_j,
+            self.status,
+            self.power_method,
+            self.energy_method,
+        )
+        for array in arrays:
+            if array.shape != (n,):
+                raise ValueError(f"Readings arrays must all have shape ({n},), got {array.shape}")
+            array.setflags(write=False)
+        for name, values, method in (
+            ("power_w", self.power_w, self.power_method),
+            ("energy_j", self.energy_j, self.energy_method),
+        ):
+            present = ~np.isnan(values)
+            if np.any(np.isinf(values)) or np.any(values[present] < 0.0):
+                raise ValueError(f"{name} must be finite and non-negative or NaN: {values}")
+            if np.any(present != (method != Method.NONE)):
+                raise ValueError(f"{name}: a value without a method, or a method without a value")
+        dead = np.isin(self.status, _ALL_NAN_STATUSES)
+        if np.any(dead & ~(np.isnan(self.power_w) & np.isnan(self.energy_j))):
+            raise ValueError("a lost or unsupported device cannot carry a value")
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def status_of(self, position: int) -> DeviceStatus:
+        """The status of the device at ``position`` as an enum member."""
+        return DeviceStatus(int(self.status[position]))
+
+    def power_method_of(self, position: int) -> Method:
+        """The method of the power figure at ``position`` as an enum member."""
+        return Method(int(self.power_method[position]))
+
+    def energy_method_of(self, position: int) -> Method:
+        """The method of the energy figure at ``position`` as an enum member."""
+        return Method(int(self.energy_method[position]))
+
+
+class ReadingsBuffer:
+    """Mutable arrays a backend fills device by device during one tick, then freezes.
+
+    Every slot starts absent (NaN, `Method.NONE`, `DeviceStatus.OK`, no message); a backend sets
+    only what it actually read, so forgetting a figure can never yield a zero.
+    """
+
+    def __init__(self, n: int, *, t_wall_s: float, t_mono_s: float) -> None:
+        self._t_wall0_s = t_wall_s
+        self._t_mono0_s = t_mono_s
+        self.t_wall_s = np.full(n, t_wall_s)
+        self.t_mono_s = np.full(n, t_mono_s)
+        self.power_w = np.full(n, np.nan)
+        self.energy_j = np.full(n, np.nan)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.power_method = np.zeros(n, dtype=np.int8)
+        self.energy_method = np.zeros(n, dtype=np.int8)
+        self.messages = [""] * n
+
+    def stamp(self, i: int, t_mono_s: float, *, t_wall_s: float | None = None) -> None:
+        """Time device ``i``'s read at monotonic ``t_mono_s``.
+
+        The wall time, unless given, follows from the tick's wall/monotonic pair.
+        """
+        self.t_mono_s[i] = t_mono_s
+        self.t_wall_s[i] = (
+            self._t_wall0_s + (t_mono_s - self._t_mono0_s) if t_wall_s is None else t_wall_s
+        )
+
+    def set_power(self, i: int, power_w: float, method: Method) -> None:
+        """Record a power figure in watts with its method."""
+        self.power_w[i] = power_w
+        self.power_method[i] = method
+
+    def set_energy(self, i: int, energy_j: float, method: Method = Method.COUNTER) -> None:
+        """Record a raw counter figure in joules with its method."""
+        self.energy_j[i] = energy_j
+        self.energy_method[i] = method
+
+    def fail(self, i: int, status: DeviceStatus, message: str) -> None:
+        """Mark device ``i`` as not OK; the gravest status of the tick wins, messages accumulate."""
+        if status in (DeviceStatus.LOST, DeviceStatus.NOT_SUPPORTED):
+            self.power_w[i] = np.nan
+            self.energy_j[i] = np.nan
+            self.power_method[i] = Method.NONE
+            self.energy_method[i] = Method.NONE
+        if _SEVERITY[status] > _SEVERITY[DeviceStatus(int(self.status[i]))]:
+            self.status[i] = status
+        self.messages[i] = f"{self.messages[i]}; {message}" if self.messages[i] else message
+
+    def freeze(self) -> Readings:
+        """The finished, read-only `Readings`."""
+        return Readings(
+            t_wall_s=self.t_wall_s,
+            t_mono_s=self.t_mono_s,
+            power_w=self.power_w,
+            energy_j=self.energy_j,
+            status=self.status,
+            power_method=self.power_method,
+            energy_method=self.energy_method,
+            messages=tuple(self.messages),
+        )
+
+
+@runtime_checkable
+class PowerBackend(Protocol):
+    """What every device backend offers: a fixed device list and one vectorised read."""
+
+    def devices(self) -> Sequence[DeviceInfo]:
+        """The devices this backend reads, in `Readings` array order (fixed for its life)."""
+        ...
+
+    def read(self) -> Readings:
+        """Read every device once."""
+        ...
+
+    def close(self) -> None:
+        """Release the vendor library or files; idempotent."""
+        ...
+
+
+class Clock(Protocol):
+    """A source of time: monotonic seconds for intervals, unix seconds for the record."""
+
+    def monotonic_s(self) -> float:
+        """Monotonic time in seconds (arbitrary origin)."""
+        ...
+
+    def wall_s(self) -> float:
+        """Wall-clock time in unix seconds."""
+        ...
+
+
+class SystemClock:
+    """The process clocks: `time.monotonic` and `time.time`."""
+
+    def monotonic_s(self) -> float:
+        """Monotonic time in seconds."""
+        return time.monotonic()
+
+    def wall_s(self) -> float:
+        """Unix time in seconds."""
+        return time.time()

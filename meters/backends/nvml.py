@@ -1,0 +1,642 @@
+"""NVIDIA GPUs through NVML (the ``pynvml`` module of NVIDIA's ``nvidia-ml-py``).
+
+What is read, per GPU and tick:
+
+- **Energy**: ``nvmlDeviceGetTotalEnergyConsumption``, millijoules since the driver was last
+  loaded (Volta and newer; NotSupported before). Passed on raw in joules: a decrease means the
+  driver was reloaded (`DeviceInfo.counter_wrap_j` is None: NVML's counter does not wrap).
+- **Power**: preferably the field values ``NVML_FI_DEV_POWER_INSTANT`` (186) or
+  ``NVML_FI_DEV_POWER_AVERAGE`` (185) through ``nvmlDeviceGetFieldValues``, whose names say what
+  they are. Where the driver offers neither, ``nvmlDeviceGetPowerUsage``, whose meaning depends on
+  the chip: "On Ampere (except GA100) or newer GPUs, the API returns power averaged over 1 sec
+  interval. On GA100 and older architectures, instantaneous power is returned" (NVML docs), so the
+  method is `Method.POWER_AVG` or `Method.POWER_INSTANT` accordingly. Both in milliwatts.
+
+Which GPUs: an explicit ``gpus=[...]`` (NVML indices or UUIDs / UUID prefixes; an unknown entry
+raises), else ``CUDA_VISIBLE_DEVICES`` from the ``env`` mapping with CUDA's own rules (indices,
+``GPU-<uuid>`` or a unique prefix, ``MIG-<uuid>`` and the older ``MIG-GPU-<uuid>/<gi>/<ci>``; the
+list stops at the first entry that names no GPU, as CUDA does), else every GPU. Integer entries
+are taken as NVML indices, which match CUDA's only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or on a
+node of identical GPUs. A MIG entry selects its parent GPU, flagged ``mig``: NVML reports power and
+energy for the whole GPU, shared by all its instances. A GPU named twice (two MIG instances of one
+GPU) is metered once, so nothing is counted twice.
+
+Failures: NVML errors are translated once, by `translate_nvml_error`. A GPU that falls off the bus
+(GPU is lost, reset required, unknown error) is marked `DeviceStatus.LOST` from then on and is not
+called again; the other GPUs carry on. A transient failure (timeout, no data, ...) makes that
+figure NaN with `DeviceStatus.ERROR` for that tick only.
+"""
+
+# The Protocol below mirrors pynvml's camelCase function names:
+# ruff: noqa: N802
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+from meters.backends.base import (
+    Clock,
+    DeviceInfo,
+    DeviceStatus,
+    Method,
+    Readings,
+    ReadingsBuffer,
+    SystemClock,
+    UncertaintyHint,
+)
+from meters.errors import (
+    DeviceLost,
+    DeviceUnavailable,
+    MeterError,
+    NotSupported,
+    PermissionDenied,
+    ReadError,
+)
+
+# NVML ABI constants (nvml.h). They never change between releases; a test checks them against the
+# installed pynvml, and `meters.testing.fake_pynvml` reuses them.
+NVML_SUCCESS = 0
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_ALREADY_INITIALIZED = 5
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_INSUFFICIENT_POWER = 8
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_IRQ_ISSUE = 11
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_CORRUPTED_INFOROM = 14
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+NVML_ERROR_OPERATING_SYSTEM = 17
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+NVML_ERROR_IN_USE = 19
+NVML_ERROR_MEMORY = 20
+NVML_ERROR_NO_DATA = 21
+NVML_ERROR_VGPU_ECC_NOT_SUPPORTED = 22
+NVML_ERROR_INSUFFICIENT_RESOURCES = 23
+NVML_ERROR_FREQ_NOT_SUPPORTED = 24
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
+NVML_ERROR_DEPRECATED = 26
+NVML_ERROR_NOT_READY = 27
+NVML_ERROR_GPU_NOT_FOUND = 28
+NVML_ERROR_INVALID_STATE = 29
+NVML_ERROR_RESET_TYPE_NOT_SUPPORTED = 30
+NVML_ERROR_UNKNOWN = 999
+
+NVML_FI_DEV_POWER_AVERAGE = 185
+NVML_FI_DEV_POWER_INSTANT = 186
+
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG = 2
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
+NVML_VALUE_TYPE_SIGNED_INT = 5
+NVML_VALUE_TYPE_UNSIGNED_SHORT = 6
+
+NVML_DEVICE_ARCH_KEPLER = 2
+NVML_DEVICE_ARCH_MAXWELL = 3
+NVML_DEVICE_ARCH_PASCAL = 4
+NVML_DEVICE_ARCH_VOLTA = 5
+NVML_DEVICE_ARCH_TURING = 6
+NVML_DEVICE_ARCH_AMPERE = 7
+NVML_DEVICE_ARCH_ADA = 8
+NVML_DEVICE_ARCH_HOPPER = 9
+NVML_DEVICE_ARCH_BLACKWELL = 10
+NVML_DEVICE_ARCH_UNKNOWN = 0xFFFFFFFF
+
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+
+# The one table from NVML return codes to the meter's error tree. Codes not listed are ReadError.
+_ERRORS: dict[int, tuple[str, type[MeterError]]] = {
+    NVML_ERROR_UNINITIALIZED: ("Uninitialized", DeviceUnavailable),
+    NVML_ERROR_INVALID_ARGUMENT: ("Invalid Argument", ReadError),
+    NVML_ERROR_NOT_SUPPORTED: ("Not Supported", NotSupported),
+    NVML_ERROR_NO_PERMISSION: ("Insufficient Permissions", PermissionDenied),
+    NVML_ERROR_ALREADY_INITIALIZED: ("Already Initialized", ReadError),
+    NVML_ERROR_NOT_FOUND: ("Not Found", DeviceUnavailable),
+    NVML_ERROR_INSUFFICIENT_SIZE: ("Insufficient Size", ReadError),
+    NVML_ERROR_INSUFFICIENT_POWER: ("Insufficient External Power", DeviceUnavailable),
+    NVML_ERROR_DRIVER_NOT_LOADED: ("Driver Not Loaded", DeviceUnavailable),
+    NVML_ERROR_TIMEOUT: ("Timeout", ReadError),
+    NVML_ERROR_IRQ_ISSUE: ("Interrupt Request Issue", ReadError),
+    NVML_ERROR_LIBRARY_NOT_FOUND: ("NVML Shared Library Not Found", DeviceUnavailable),
+    NVML_ERROR_FUNCTION_NOT_FOUND: ("Function Not Found", NotSupported),
+    NVML_ERROR_CORRUPTED_INFOROM: ("Corrupted infoROM", ReadError),
+    NVML_ERROR_GPU_IS_LOST: ("GPU is lost", DeviceLost),
+    NVML_ERROR_RESET_REQUIRED: ("GPU requires restart", DeviceLost),
+    NVML_ERROR_OPERATING_SYSTEM: ("The operating system has blocked the request", PermissionDenied),
+    NVML_ERROR_LIB_RM_VERSION_MISMATCH: ("NVML/RM version mismatch", DeviceUnavailable),
+    NVML_ERROR_IN_USE: ("In Use", ReadError),
+    NVML_ERROR_MEMORY: ("Insufficient Memory", ReadError),
+    NVML_ERROR_NO_DATA: ("No Data", ReadError),
+    NVML_ERROR_VGPU_ECC_NOT_SUPPORTED: ("vGPU ECC Not Supported", NotSupported),
+    NVML_ERROR_INSUFFICIENT_RESOURCES: ("Insufficient Resources", ReadError),
+    NVML_ERROR_FREQ_NOT_SUPPORTED: ("Frequency Not Supported", NotSupported),
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH: ("Argument Version Mismatch", NotSupported),
+    NVML_ERROR_DEPRECATED: ("Deprecated", NotSupported),
+    NVML_ERROR_NOT_READY: ("Not Ready", ReadError),
+    NVML_ERROR_GPU_NOT_FOUND: ("GPU Not Found", DeviceUnavailable),
+    NVML_ERROR_INVALID_STATE: ("Invalid State", ReadError),
+    NVML_ERROR_RESET_TYPE_NOT_SUPPORTED: ("Reset Type Not Supported", NotSupported),
+    NVML_ERROR_UNKNOWN: ("Unknown Error", DeviceLost),
+}
+
+_HINTS = {
+    NVML_ERROR_LIBRARY_NOT_FOUND: "no NVIDIA driver library (libnvidia-ml.so.1) on this host",
+    NVML_ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded",
+    NVML_ERROR_UNKNOWN: "NVML gives this when a GPU stops answering; treated as lost",
+}
+_PERMISSION_FIX = (
+    "NVML reads need no special rights, but the process must see the NVIDIA device files "
+    "(/dev/nvidiactl and /dev/nvidia<N>); in a container, request the GPUs from the runtime"
+)
+
+# NVIDIA's name for NVML's value unions, by value type.
+_VALUE_MEMBERS = {
+    NVML_VALUE_TYPE_DOUBLE: "dVal",
+    NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+
+# GA100 boards (A100, A100X, A30) return instantaneous power from nvmlDeviceGetPowerUsage although
+# they are Ampere; NVML gives no chip id, so the marketing name is the only clue.
+_GA100_NAME = re.compile(r"\bA(?:100|30)(?:X|\b)")
+
+_POWER_REL = 0.05  # NVML: "+/- 5% of current power draw"
+_POWER_ABS_W = 5.0  # nvidia-smi: "accurate to within +/- 5 W"
+_COUNTER_RESOLUTION_J = 1e-3  # the counter counts millijoules
+_COUNTER_UPDATE_S = 0.1  # "updated every 20-100 ms" on recent GPUs
+
+NvmlHandle = Any
+T = TypeVar("T")
+
+
+class NvmlModule(Protocol):
+    """The part of ``pynvml`` this backend calls (``meters.testing.fake_pynvml`` implements it)."""
+
+    @property
+    def NVMLError(self) -> type[Exception]:
+        """The base class of every NVML error; instances carry the return code in ``value``."""
+        ...
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> NvmlHandle: ...
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> NvmlHandle: ...
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, mig_device: NvmlHandle) -> NvmlHandle:
+        """The parent GPU of a MIG device handle."""
+        ...
+
+    def nvmlDeviceGetUUID(self, handle: NvmlHandle) -> str: ...
+    def nvmlDeviceGetName(self, handle: NvmlHandle) -> str: ...
+    def nvmlDeviceGetArchitecture(self, handle: NvmlHandle) -> int: ...
+    def nvmlDeviceGetMigMode(self, handle: NvmlHandle) -> list[int]: ...
+    def nvmlDeviceGetPowerManagementLimit(self, handle: NvmlHandle) -> int: ...
+    def nvmlDeviceGetPowerUsage(self, handle: NvmlHandle) -> int: ...
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: NvmlHandle) -> int: ...
+    def nvmlDeviceGetFieldValues(self, handle: NvmlHandle, field_ids: list[int]) -> Any:
+        """An array of ``c_nvmlFieldValue_t`` (per-field ``nvmlReturn``, ``valueType``, union)."""
+        ...
+
+
+def translate_nvml_error(code: int, *, call: str, device: str | None = None) -> MeterError:
+    """The `MeterError` for an NVML return code: the one place NVML errors are interpreted.
+
+    Args:
+        code: The NVML return code (``NVMLError.value``, or a field value's ``nvmlReturn``).
+        call: The NVML function that failed, for the message.
+        device: Which GPU (UUID or index), for the message.
+
+    Returns:
+        `DeviceLost` for a GPU that stopped answering (lost, reset required, unknown error),
+        `NotSupported`, `PermissionDenied`, `DeviceUnavailable` for a missing driver or device,
+        and `ReadError` for everything transient or unlisted.
+    """
+    name, cls = _ERRORS.get(code, (f"NVML error {code}", ReadError))
+    where = f" for {device}" if device else ""
+    hint = f" ({_HINTS[code]})" if code in _HINTS else ""
+    message = f"{call}{where} failed: {name}{hint}"
+    if cls is PermissionDenied:
+        return PermissionDenied(message, fix=_PERMISSION_FIX)
+    return cls(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which GPUs the backend meters, and why.
+
+    Attributes:
+        source: ``"gpus"`` (explicit argument), ``"CUDA_VISIBLE_DEVICES"`` or ``"all"``.
+        indices: NVML indices, in the order of `NvmlBackend.devices`.
+        via_mig: The indices that were named through a MIG entry.
+        ignored: Entries that selected nothing, each with the reason.
+    """
+
+    source: Literal["gpus", "CUDA_VISIBLE_DEVICES", "all"]
+    indices: tuple[int, ...]
+    via_mig: frozenset[int] = frozenset()
+    ignored: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Gpu:
+    info: DeviceInfo
+    handle: NvmlHandle
+    field_id: int | None  # power through this field value, else through GetPowerUsage
+    power_method: Method
+    has_counter: bool
+    lost: str = ""  # non-empty once the GPU fell off the bus: the reason
+
+
+@dataclass(slots=True)
+class _Enumerated:
+    index: int
+    handle: NvmlHandle = None
+    uuid: str | None = None
+    error: str = ""  # why it did not answer while opening
+
+
+class NvmlBackend:
+    """A `PowerBackend` over NVIDIA GPUs.
+
+    Args:
+        nvml: The NVML module; default ``import pynvml`` (from ``nvidia-ml-py``). Tests pass
+            ``meters.testing.fake_pynvml.FakeNvml(...)``.
+        gpus: Explicit selection: NVML indices or UUID strings (``GPU-…`` full or a unique prefix,
+            ``MIG-…``). Overrides ``CUDA_VISIBLE_DEVICES``; an entry that names no GPU raises.
+        env: Environment to take ``CUDA_VISIBLE_DEVICES`` from (default: ``os.environ``, read once
+            here).
+        clock: Time source for the readings' timestamps (default: the system clocks).
+        prefer: Which power field to use when the driver offers both: ``"instant"`` (sharper in
+            time, used to integrate) or ``"average"`` (NVML's 1 s mean).
+
+    Raises:
+        DeviceUnavailable: ``pynvml`` is not installed, no driver, or an explicit ``gpus`` entry
+            names no GPU.
+    """
+
+    def __init__(
+        self,
+        *,
+        nvml: NvmlModule | None = None,
+        gpus: Sequence[int | str] | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        prefer: Literal["instant", "average"] = "instant",
+    ) -> None:
+        self._nvml = nvml if nvml is not None else _import_pynvml()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._open = False
+        self._call(self._nvml.nvmlInit)
+        self._open = True
+        try:
+            enumerated = self._enumerate()
+            environment = os.environ if env is None else env
+            self.selection = _select(self, enumerated, gpus, environment)
+            fields = [NVML_FI_DEV_POWER_INSTANT, NVML_FI_DEV_POWER_AVERAGE]
+            if prefer == "average":
+                fields.reverse()
+            self._gpus = tuple(
+                self._probe(enumerated[i], i in self.selection.via_mig, fields)
+                for i in self.selection.indices
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the Protocol -------------------------------------------------------------------------
+
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        """The selected GPUs, in array order."""
+        return tuple(gpu.info for gpu in self._gpus)
+
+    def read(self) -> Readings:
+        """Read power and counter of every selected GPU; per-GPU failures become statuses."""
+        buffer = ReadingsBuffer(
+            len(self._gpus), t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s()
+        )
+        for i, gpu in enumerate(self._gpus):
+            t0_s = self._clock.monotonic_s()
+            self._read_one(buffer, i, gpu)
+            buffer.stamp(i, 0.5 * (t0_s + self._clock.monotonic_s()))
+        return buffer.freeze()
+
+    def close(self) -> None:
+        """Shut NVML down (once; later calls do nothing)."""
+        if self._open:
+            self._open = False
+            # a shutdown that fails leaves nothing for us to release
+            with contextlib.suppress(MeterError):
+                self._call(self._nvml.nvmlShutdown)
+
+    def __enter__(self) -> NvmlBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, device: str | None = None) -> T:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as e:
+            code = getattr(e, "value", NVML_ERROR_UNKNOWN)
+            name = getattr(fn, "__name__", "NVML call")
+            raise translate_nvml_error(int(code), call=name, device=device) from e
+
+    def _enumerate(self) -> list[_Enumerated]:
+        found = []
+        for index in range(self._call(self._nvml.nvmlDeviceGetCount)):
+            entry = _Enumerated(index)
+            try:
+                entry.handle = self._call(self._nvml.nvmlDeviceGetHandleByIndex, index)
+                entry.uuid = self._call(self._nvml.nvmlDeviceGetUUID, entry.handle)
+            except (DeviceLost, ReadError, DeviceUnavailable) as e:
+                entry.error = str(e)
+            found.append(entry)
+        return found
+
+    def mig_parent_uuid(self, mig_uuid: str) -> str:
+        """The UUID of the GPU that hosts the MIG device ``mig_uuid``.
+
+        Raises:
+            MeterError: NVML knows no such MIG device (translated NVML error).
+        """
+        mig = self._call(self._nvml.nvmlDeviceGetHandleByUUID, mig_uuid, device=mig_uuid)
+        parent = self._call(
+            self._nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, mig, device=mig_uuid
+        )
+        return self._call(self._nvml.nvmlDeviceGetUUID, parent, device=mig_uuid)
+
+    def _optional(self, fn: Callable[..., T], *args: Any, device: str) -> T | None:
+        """A capability query: None when the GPU does not answer it (only a lost GPU raises)."""
+        try:
+            return self._call(fn, *args, device=device)
+        except DeviceLost:
+            raise
+        except MeterError:
+            return None
+
+    def _probe(self, entry: _Enumerated, via_mig: bool, fields: list[int]) -> _Gpu:
+        if entry.uuid is None:
+            return self._unreachable(entry, via_mig)
+        handle, uid = entry.handle, entry.uuid
+        try:
+            name = self._optional(self._nvml.nvmlDeviceGetName, handle, device=uid)
+            limit_mw = self._optional(
+                self._nvml.nvmlDeviceGetPowerManagementLimit, handle, device=uid
+            )
+            arch = self._optional(self._nvml.nvmlDeviceGetArchitecture, handle, device=uid)
+            mig_mode = self._optional(self._nvml.nvmlDeviceGetMigMode, handle, device=uid)
+            counter_mj = self._optional(
+                self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid
+            )
+            field_id = self._probe_fields(handle, uid, fields)
+            usage_mw = (
+                None
+                if field_id is not None
+                else self._optional(self._nvml.nvmlDeviceGetPowerUsage, handle, device=uid)
+            )
+        except DeviceLost as e:
+            entry.error = str(e)
+            return self._unreachable(entry, via_mig)
+
+        notes = [] if name is not None else ["NVML gave no name"]
+        if field_id is not None:
+            method = (
+                Method.POWER_INSTANT if field_id == NVML_FI_DEV_POWER_INSTANT else Method.POWER_AVG
+            )
+        elif usage_mw is not None:
+            method, why = _usage_method(name or "", arch)
+            notes.append(why)
+        else:
+            method = Method.NONE
+            notes.append("no power reading on this GPU")
+        has_counter = counter_mj is not None
+        if not has_counter:
+            notes.append("no energy counter (before Volta): energy must come from power")
+        mig = via_mig or (mig_mode is not None and mig_mode[0] == NVML_DEVICE_MIG_ENABLE)
+        if mig:
+            notes.append("MIG: power and energy are for the whole GPU, shared by its instances")
+        if method == Method.POWER_INSTANT and arch is not None and _at_least_ampere(arch):
+            notes.append(
+                "instantaneous samples may cover only part of the runtime "
+                "(about 25 % on A100/H100, Yang et al. SC24): prefer the counter"
+            )
+        info = DeviceInfo(
+            backend="nvml",
+            index=entry.index,
+            uid=uid,
+            name=name or "",
+            power_limit_w=None if limit_mw is None else limit_mw / 1000.0,
+            has_energy_counter=has_counter,
+            power_method=method,
+            counter_wrap_j=None,
+            scope="gpu",
+            mig=mig,
+            uncertainty=UncertaintyHint(
+                power_rel=_POWER_REL,
+                power_abs_w=_POWER_ABS_W,
+                power_window_s=1.0 if method == Method.POWER_AVG else None,
+                counter_resolution_j=_COUNTER_RESOLUTION_J if has_counter else None,
+                counter_update_s=_COUNTER_UPDATE_S if has_counter else None,
+                note="NVML board power (GPU and its memory); ±5 % or ±5 W",
+            ),
+            note="; ".join(note for note in notes if note),
+        )
+        return _Gpu(info, handle, field_id, method, has_counter)
+
+    def _probe_fields(self, handle: NvmlHandle, uid: str, fields: list[int]) -> int | None:
+        """The first power field (in preference order) the driver answers, else None."""
+        values = self._optional(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
+        if values is None:
+            return None
+        for field_id, value in zip(fields, values, strict=True):
+            if int(value.nvmlReturn) == NVML_SUCCESS and int(value.valueType) in _VALUE_MEMBERS:
+                return field_id
+        return None
+
+    def _unreachable(self, entry: _Enumerated, via_mig: bool) -> _Gpu:
+        """A GPU that NVML lists but that did not answer while opening: metered as lost."""
+        info = DeviceInfo(
+            backend="nvml",
+            index=entry.index,
+            uid=entry.uuid or f"NVML-INDEX-{entry.index}",
+            name="",
+            power_limit_w=None,
+            has_energy_counter=False,
+            power_method=Method.NONE,
+            mig=via_mig,
+            note=f"did not answer while opening: {entry.error}",
+        )
+        return _Gpu(info, entry.handle, None, Method.NONE, False, lost=entry.error or "lost")
+
+    def _read_one(self, buffer: ReadingsBuffer, i: int, gpu: _Gpu) -> None:
+        if gpu.lost:
+            buffer.fail(i, DeviceStatus.LOST, gpu.lost)
+            return
+        if gpu.power_method == Method.NONE and not gpu.has_counter:
+            buffer.fail(i, DeviceStatus.NOT_SUPPORTED, "this GPU offers neither power nor energy")
+            return
+        uid = gpu.info.uid
+        try:
+            if gpu.power_method != Method.NONE:
+                try:
+                    buffer.set_power(i, self._power_mw(gpu) / 1000.0, gpu.power_method)
+                except (ReadError, NotSupported, DeviceUnavailable, PermissionDenied) as e:
+                    buffer.fail(i, _status_of(e), str(e))
+            if gpu.has_counter:
+                try:
+                    energy_mj = self._call(
+                        self._nvml.nvmlDeviceGetTotalEnergyConsumption, gpu.handle, device=uid
+                    )
+                    buffer.set_energy(i, energy_mj / 1000.0)
+                except (ReadError, NotSupported, DeviceUnavailable, PermissionDenied) as e:
+                    buffer.fail(i, _status_of(e), str(e))
+        except DeviceLost as e:
+            gpu.lost = str(e)
+            buffer.fail(i, DeviceStatus.LOST, gpu.lost)
+
+    def _power_mw(self, gpu: _Gpu) -> float:
+        uid = gpu.info.uid
+        if gpu.field_id is None:
+            return float(self._call(self._nvml.nvmlDeviceGetPowerUsage, gpu.handle, device=uid))
+        values = self._call(
+            self._nvml.nvmlDeviceGetFieldValues, gpu.handle, [gpu.field_id], device=uid
+        )
+        value = values[0]
+        code = int(value.nvmlReturn)
+        if code != NVML_SUCCESS:
+            raise translate_nvml_error(code, call=f"nvmlDeviceGetFieldValues({gpu.field_id})")
+        member = _VALUE_MEMBERS.get(int(value.valueType))
+        if member is None:
+            raise ReadError(f"field {gpu.field_id} for {uid}: unknown value type {value.valueType}")
+        return float(getattr(value.value, member))
+
+
+def _status_of(error: MeterError) -> DeviceStatus:
+    return DeviceStatus.DENIED if isinstance(error, PermissionDenied) else DeviceStatus.ERROR
+
+
+def _at_least_ampere(arch: int) -> bool:
+    return NVML_DEVICE_ARCH_AMPERE <= arch < NVML_DEVICE_ARCH_UNKNOWN
+
+
+def _usage_method(name: str, arch: int | None) -> tuple[Method, str]:
+    """What ``nvmlDeviceGetPowerUsage`` returns on this GPU, and a note when it is a guess."""
+    if arch is None or arch == NVML_DEVICE_ARCH_UNKNOWN:
+        return (
+            Method.POWER_INSTANT,
+            "architecture unknown: whether NVML averages the power reading is not known",
+        )
+    if _at_least_ampere(arch) and not _GA100_NAME.search(name):
+        return Method.POWER_AVG, ""
+    return Method.POWER_INSTANT, ""
+
+
+def _import_pynvml() -> NvmlModule:
+    try:
+        import pynvml
+    except ImportError as e:
+        raise DeviceUnavailable(
+            "the NVML backend needs nvidia-ml-py: pip install 'thermoledger[nvml]'"
+        ) from e
+    module: NvmlModule = pynvml
+    return module
+
+
+# -- selection ----------------------------------------------------------------------------------
+
+
+class _Unmatched(Exception):
+    """An entry that names no GPU (internal: becomes DeviceUnavailable or an ignored entry)."""
+
+
+def _select(
+    backend: NvmlBackend,
+    enumerated: Sequence[_Enumerated],
+    gpus: Sequence[int | str] | None,
+    env: Mapping[str, str],
+) -> Selection:
+    if gpus is not None:
+        entries: list[int | str] = list(gpus)
+        source: Literal["gpus", "CUDA_VISIBLE_DEVICES", "all"] = "gpus"
+    elif "CUDA_VISIBLE_DEVICES" in env:
+        raw = env["CUDA_VISIBLE_DEVICES"].strip()
+        entries = [part.strip() for part in raw.split(",")] if raw else []
+        source = "CUDA_VISIBLE_DEVICES"
+    else:
+        return Selection("all", tuple(entry.index for entry in enumerated))
+
+    indices: list[int] = []
+    via_mig: set[int] = set()
+    ignored: list[str] = []
+    for position, entry in enumerate(entries):
+        try:
+            index, mig = _resolve(backend, enumerated, entry)
+        except _Unmatched as e:
+            if source == "gpus":
+                raise DeviceUnavailable(f"gpus entry {entry!r}: {e}") from None
+            # CUDA hides this entry and every one after it; so does the meter, and says so.
+            rest = ", ".join(repr(str(x)) for x in entries[position:])
+            ignored.append(f"{rest}: {e} (CUDA stops at the first invalid entry)")
+            break
+        if mig:
+            via_mig.add(index)
+        if index in indices:
+            ignored.append(f"{entry!r}: GPU {index} is already selected (metered once)")
+            continue
+        indices.append(index)
+    return Selection(source, tuple(indices), frozenset(via_mig), tuple(ignored))
+
+
+def _resolve(
+    backend: NvmlBackend, enumerated: Sequence[_Enumerated], entry: int | str
+) -> tuple[int, bool]:
+    """NVML index named by one selection entry, and whether it was named through MIG."""
+    text = str(entry).strip()
+    if isinstance(entry, int) or text.isdigit():
+        index = int(text)
+        if index >= len(enumerated):
+            raise _Unmatched(f"no GPU with index {index} ({len(enumerated)} present)")
+        return index, False
+    if text.startswith("MIG-GPU-"):
+        # R450-R465 syntax MIG-GPU-<parent uuid>/<gpu instance>/<compute instance>
+        return _by_uuid_prefix(enumerated, text[len("MIG-") :].split("/")[0]), True
+    if text.startswith("MIG-"):
+        try:
+            parent_uuid = backend.mig_parent_uuid(text)
+        except MeterError as e:
+            raise _Unmatched(f"no MIG device {text} ({e})") from None
+        return _by_uuid_prefix(enumerated, parent_uuid), True
+    if text.startswith("GPU-"):
+        return _by_uuid_prefix(enumerated, text), False
+    raise _Unmatched("neither an index nor a GPU-/MIG- UUID")
+
+
+def _by_uuid_prefix(enumerated: Sequence[_Enumerated], prefix: str) -> int:
+    wanted = prefix.lower()
+    matches = [e.index for e in enumerated if e.uuid and e.uuid.lower().startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise _Unmatched(f"no GPU has a UUID starting with {prefix}")
+    raise _Unmatched(f"UUID prefix {prefix} is ambiguous (GPUs {matches})")

@@ -1,0 +1,480 @@
+"""A fake of the ``pynvml`` module, with NVML's units, return codes and scripted faults.
+
+`FakeNvml` is an object that quacks like the subset of ``pynvml`` that
+`meters.backends.nvml.NvmlBackend` calls; pass it as ``NvmlBackend(nvml=FakeNvml(...))``. It
+never registers itself in ``sys.modules``, so it cannot shadow the real module. Like NVML it
+speaks milliwatts and millijoules (integers), returns field values as ctypes
+``c_nvmlFieldValue_t`` arrays shaped like the real binding's, and raises ``NVMLError`` instances
+carrying NVML's return codes (``err.value``), mapped to per-code subclasses as pynvml does.
+
+Each `FakeGpu` draws power from a `meters.backends.simulated.Profile` driven by the injected
+clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scriptable:
+
+- architecture-dependent behaviour: no energy counter and no power fields before Volta; MIG mode
+  only on Ampere and newer; ``nvmlDeviceGetPowerUsage`` a 1 s average or instantaneous;
+- ``reloads_at_s``: driver reloads, after which the counter restarts from 0;
+- ``lost_at_s``: the GPU falls off the bus (every call raises GPU_IS_LOST from then on);
+- ``faults``: any call failing with any code during a time window;
+- ``call_latency_s``: every call on the GPU takes that long (a `ManualClock` is advanced, a real
+  clock is slept on);
+- ``counter_update_s``: the counter only moves every so often, as on real GPUs (20-100 ms).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+import uuid as uuidlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from meters.backends import nvml as codes
+from meters.backends.base import Clock, SystemClock
+from meters.backends.simulated import Profile, steady
+from meters.testing import ManualClock
+
+T = TypeVar("T")
+
+
+class c_nvmlValue_t(ctypes.Union):  # noqa: N801  (pynvml's name)
+    """NVML's value union, field for field as in ``pynvml.c_nvmlValue_t``."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        ("dVal", ctypes.c_double),
+        ("uiVal", ctypes.c_uint),
+        ("ulVal", ctypes.c_ulong),
+        ("ullVal", ctypes.c_ulonglong),
+        ("sllVal", ctypes.c_longlong),
+        ("siVal", ctypes.c_int),
+        ("usVal", ctypes.c_ushort),
+    ]
+
+
+class c_nvmlFieldValue_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
+    """One field value, field for field as in ``pynvml.c_nvmlFieldValue_t``."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        ("fieldId", ctypes.c_uint32),
+        ("scopeId", ctypes.c_uint32),
+        ("timestamp", ctypes.c_int64),
+        ("latencyUsec", ctypes.c_int64),
+        ("valueType", ctypes.c_uint),
+        ("nvmlReturn", ctypes.c_uint),
+        ("value", c_nvmlValue_t),
+    ]
+
+
+_FieldValue = c_nvmlFieldValue_t
+
+
+class NVMLError(Exception):
+    """Like ``pynvml.NVMLError``: ``NVMLError(code)`` builds the subclass for that code."""
+
+    _value_class: ClassVar[dict[int, type[NVMLError]]] = {}
+    value: int
+
+    def __new__(cls, value: int) -> NVMLError:
+        if cls is NVMLError:
+            cls = NVMLError._value_class.get(value, cls)
+        obj = Exception.__new__(cls)
+        obj.value = value
+        return obj
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+
+    def __str__(self) -> str:
+        name, _ = codes._ERRORS.get(self.value, (f"NVML Error with code {self.value}", None))
+        return name
+
+
+def _make_error_classes() -> dict[str, type[NVMLError]]:
+    made = {}
+    for name in dir(codes):
+        if not name.startswith("NVML_ERROR_"):
+            continue
+        value = getattr(codes, name)
+        # NVML_ERROR_GPU_IS_LOST -> NVMLError_GpuIsLost, as pynvml names them
+        cls_name = "NVMLError_" + "".join(p.capitalize() for p in name[11:].split("_"))
+
+        def new(cls: type[NVMLError], *args: object, _value: int = value) -> NVMLError:
+            obj = Exception.__new__(cls)
+            obj.value = _value
+            return obj
+
+        def init(self: NVMLError, *args: object, _value: int = value) -> None:
+            Exception.__init__(self, _value)
+
+        cls = type(cls_name, (NVMLError,), {"__new__": new, "__init__": init})
+        NVMLError._value_class[value] = cls
+        made[cls_name] = cls
+    return made
+
+
+_Error = NVMLError  # the name stays usable inside FakeNvml, whose NVMLError attribute shadows it
+ERROR_CLASSES = _make_error_classes()
+"""``NVMLError_<Name>`` subclasses by name (also attributes of every `FakeNvml`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A scripted failure: ``call`` (None: every call) raises ``code`` while start <= t < end."""
+
+    code: int
+    start_s: float = 0.0
+    end_s: float = math.inf
+    call: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGpu:
+    """One fake GPU. Times are seconds since the fake driver loaded; power limit in mW.
+
+    Attributes:
+        name: Name as NVML reports it.
+        architecture: ``NVML_DEVICE_ARCH_*`` code.
+        profile: The power it draws.
+        uuid: ``GPU-…`` UUID (default: derived from its index).
+        power_limit_mw: Power-management limit in mW (None: NotSupported).
+        has_counter: Total-energy counter (default: Volta or newer).
+        field_power: Answers the POWER_INSTANT / POWER_AVERAGE field values (default: Volta+).
+        power_usage: Answers ``nvmlDeviceGetPowerUsage``.
+        usage_average: ``nvmlDeviceGetPowerUsage`` returns the 1 s mean (default: Ampere+; the
+            GA100 presets say False).
+        counter_start_mj: Counter value at driver load (a server up for weeks shows a large one).
+        counter_update_s: The counter moves only at multiples of this period (0: continuously).
+        reloads_at_s: Driver reloads: the counter restarts from 0 at each.
+        lost_at_s: Falls off the bus at this time.
+        faults: Scripted failures.
+        call_latency_s: How long every call on this GPU takes.
+        mig_devices: UUIDs (``MIG-…``) of its MIG instances; non-empty means MIG mode is on.
+    """
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    architecture: int = codes.NVML_DEVICE_ARCH_HOPPER
+    profile: Profile = field(default_factory=lambda: steady(300.0))
+    uuid: str | None = None
+    power_limit_mw: int | None = 700_000
+    has_counter: bool | None = None
+    field_power: bool | None = None
+    power_usage: bool = True
+    usage_average: bool | None = None
+    counter_start_mj: int = 0
+    counter_update_s: float = 0.0
+    reloads_at_s: tuple[float, ...] = ()
+    lost_at_s: float | None = None
+    faults: tuple[Fault, ...] = ()
+    call_latency_s: float = 0.0
+    mig_devices: tuple[str, ...] = ()
+
+    def counter_supported(self) -> bool:
+        """Whether the total-energy counter answers."""
+        volta_plus = self.architecture >= codes.NVML_DEVICE_ARCH_VOLTA
+        return volta_plus if self.has_counter is None else self.has_counter
+
+    def fields_supported(self) -> bool:
+        """Whether the power field values answer."""
+        volta_plus = self.architecture >= codes.NVML_DEVICE_ARCH_VOLTA
+        return volta_plus if self.field_power is None else self.field_power
+
+    def usage_is_average(self) -> bool:
+        """Whether ``nvmlDeviceGetPowerUsage`` returns the 1 s mean."""
+        ampere_plus = self.architecture >= codes.NVML_DEVICE_ARCH_AMPERE
+        return ampere_plus if self.usage_average is None else self.usage_average
+
+
+def h100(**overrides: Any) -> FakeGpu:
+    """An H100 SXM: Hopper, 700 W, counter, power fields, 1 s averaged power usage."""
+    return FakeGpu(**overrides)
+
+
+def a100(**overrides: Any) -> FakeGpu:
+    """An A100 SXM (GA100): Ampere, 400 W, counter, instantaneous power usage, MIG capable."""
+    spec: dict[str, Any] = {
+        "name": "NVIDIA A100-SXM4-80GB",
+        "architecture": codes.NVML_DEVICE_ARCH_AMPERE,
+        "power_limit_mw": 400_000,
+        "usage_average": False,
+    }
+    return FakeGpu(**(spec | overrides))
+
+
+def v100(**overrides: Any) -> FakeGpu:
+    """A V100 SXM2: Volta, 300 W, counter, instantaneous power usage."""
+    spec: dict[str, Any] = {
+        "name": "Tesla V100-SXM2-32GB",
+        "architecture": codes.NVML_DEVICE_ARCH_VOLTA,
+        "power_limit_mw": 300_000,
+    }
+    return FakeGpu(**(spec | overrides))
+
+
+def p100(**overrides: Any) -> FakeGpu:
+    """A P100: Pascal, no energy counter, no power fields, instantaneous power usage."""
+    spec: dict[str, Any] = {
+        "name": "Tesla P100-PCIE-16GB",
+        "architecture": codes.NVML_DEVICE_ARCH_PASCAL,
+        "power_limit_mw": 250_000,
+    }
+    return FakeGpu(**(spec | overrides))
+
+
+def default_uuid(index: int) -> str:
+    """The UUID a `FakeGpu` without one gets at ``index`` (deterministic)."""
+    return "GPU-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"thermoledger/fake-gpu/{index}"))
+
+
+@dataclass(frozen=True, slots=True)
+class FakeHandle:
+    """What ``nvmlDeviceGetHandleBy*`` returns: a GPU position, or a MIG device of it."""
+
+    position: int
+    mig_uuid: str | None = None
+
+
+class FakeNvml:
+    """A stand-in for the ``pynvml`` module over scripted `FakeGpu` devices.
+
+    Args:
+        gpus: The GPUs, in NVML index order.
+        clock: Time source; the fake driver "loads" (t = 0) when this object is built.
+        init_error: An NVML code that ``nvmlInit`` raises (e.g. DRIVER_NOT_LOADED).
+
+    Attributes:
+        calls: How many times each (function name, GPU position) was called.
+    """
+
+    c_nvmlFieldValue_t = _FieldValue  # noqa: N815  (pynvml's name)
+
+    NVMLError: ClassVar[type[_Error]] = NVMLError
+
+    def __init__(
+        self,
+        gpus: Sequence[FakeGpu],
+        *,
+        clock: Clock | None = None,
+        init_error: int | None = None,
+    ) -> None:
+        self.gpus = tuple(gpus)
+        self.uuids = tuple(g.uuid or default_uuid(i) for i, g in enumerate(self.gpus))
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.loaded_mono_s = self.clock.monotonic_s()
+        self.init_error = init_error
+        self.refcount = 0
+        self.calls: Counter[tuple[str, int]] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        # The module's remaining NVML_* constants and NVMLError_* classes, as pynvml exposes them.
+        if name.startswith("NVML_") and hasattr(codes, name):
+            return getattr(codes, name)
+        if name in ERROR_CLASSES:
+            return ERROR_CLASSES[name]
+        raise AttributeError(name)
+
+    def __dir__(self) -> list[str]:
+        constants = [n for n in dir(codes) if n.startswith("NVML_")]
+        return sorted(set(super().__dir__()) | set(constants) | set(ERROR_CLASSES))
+
+    # -- time and faults ----------------------------------------------------------------------
+
+    def now_s(self) -> float:
+        """Seconds since the fake driver loaded."""
+        return self.clock.monotonic_s() - self.loaded_mono_s
+
+    def _wait(self, dt_s: float) -> None:
+        if dt_s <= 0:
+            return
+        if isinstance(self.clock, ManualClock):
+            self.clock.advance(dt_s)
+        else:
+            time.sleep(dt_s)
+
+    def _require_init(self) -> None:
+        if self.refcount <= 0:
+            raise NVMLError(codes.NVML_ERROR_UNINITIALIZED)
+
+    def _on_gpu(self, call: str, handle: FakeHandle, compute: Callable[[FakeGpu, float], T]) -> T:
+        """Run one device call with its latency, loss and faults; the value is taken mid-call."""
+        self._require_init()
+        gpu = self.gpus[handle.position]
+        self.calls[(call, handle.position)] += 1
+        self._wait(gpu.call_latency_s / 2)
+        try:
+            t_s = self.now_s()
+            if gpu.lost_at_s is not None and t_s >= gpu.lost_at_s:
+                raise NVMLError(codes.NVML_ERROR_GPU_IS_LOST)
+            for fault in gpu.faults:
+                if fault.call in (None, call) and fault.start_s <= t_s < fault.end_s:
+                    raise NVMLError(fault.code)
+            return compute(gpu, t_s)
+        finally:
+            self._wait(gpu.call_latency_s / 2)
+
+    # -- library ------------------------------------------------------------------------------
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        """Load the fake library (reference counted, like NVML)."""
+        if self.init_error is not None:
+            raise NVMLError(self.init_error)
+        self.refcount += 1
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        """Release one ``nvmlInit``."""
+        self._require_init()
+        self.refcount -= 1
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        """Number of GPUs."""
+        self._require_init()
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:  # noqa: N802
+        """Handle of the GPU at NVML index ``index``."""
+        self._require_init()
+        if not 0 <= index < len(self.gpus):
+            raise NVMLError(codes.NVML_ERROR_INVALID_ARGUMENT)
+        handle = FakeHandle(index)
+        return self._on_gpu("nvmlDeviceGetHandleByIndex", handle, lambda g, t: handle)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeHandle:  # noqa: N802
+        """Handle of a GPU or MIG device by its exact UUID."""
+        self._require_init()
+        for position, gpu in enumerate(self.gpus):
+            if uuid == self.uuids[position]:
+                return FakeHandle(position)
+            if uuid in gpu.mig_devices:
+                return FakeHandle(position, mig_uuid=uuid)
+        raise NVMLError(codes.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(  # noqa: N802
+        self, mig_device: FakeHandle
+    ) -> FakeHandle:
+        """The parent GPU of a MIG device handle."""
+        self._require_init()
+        if mig_device.mig_uuid is None:
+            raise NVMLError(codes.NVML_ERROR_INVALID_ARGUMENT)
+        return FakeHandle(mig_device.position)
+
+    # -- device queries -----------------------------------------------------------------------
+
+    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:  # noqa: N802
+        """The GPU's (or MIG device's) UUID."""
+        uuid = handle.mig_uuid or self.uuids[handle.position]
+        return self._on_gpu("nvmlDeviceGetUUID", handle, lambda g, t: uuid)
+
+    def nvmlDeviceGetName(self, handle: FakeHandle) -> str:  # noqa: N802
+        """The GPU's name."""
+        return self._on_gpu("nvmlDeviceGetName", handle, lambda g, t: g.name)
+
+    def nvmlDeviceGetArchitecture(self, handle: FakeHandle) -> int:  # noqa: N802
+        """``NVML_DEVICE_ARCH_*`` code."""
+        return self._on_gpu("nvmlDeviceGetArchitecture", handle, lambda g, t: g.architecture)
+
+    def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:  # noqa: N802
+        """[current, pending] MIG mode; NotSupported before Ampere."""
+
+        def mode(gpu: FakeGpu, t_s: float) -> list[int]:
+            if gpu.architecture < codes.NVML_DEVICE_ARCH_AMPERE:
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            on = codes.NVML_DEVICE_MIG_ENABLE if gpu.mig_devices else codes.NVML_DEVICE_MIG_DISABLE
+            return [on, on]
+
+        return self._on_gpu("nvmlDeviceGetMigMode", handle, mode)
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: FakeHandle) -> int:  # noqa: N802
+        """Power limit in mW."""
+
+        def limit(gpu: FakeGpu, t_s: float) -> int:
+            if gpu.power_limit_mw is None:
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            return gpu.power_limit_mw
+
+        return self._on_gpu("nvmlDeviceGetPowerManagementLimit", handle, limit)
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:  # noqa: N802
+        """Power in mW: the 1 s mean on Ampere (non-GA100) and newer, else instantaneous."""
+
+        def usage(gpu: FakeGpu, t_s: float) -> int:
+            if not gpu.power_usage:
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            return _average_mw(gpu, t_s) if gpu.usage_is_average() else _instant_mw(gpu, t_s)
+
+        return self._on_gpu("nvmlDeviceGetPowerUsage", handle, usage)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:  # noqa: N802
+        """Energy in mJ since the (last) driver load; NotSupported before Volta."""
+
+        def energy(gpu: FakeGpu, t_s: float) -> int:
+            if not gpu.counter_supported():
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            return counter_mj(gpu, t_s)
+
+        return self._on_gpu("nvmlDeviceGetTotalEnergyConsumption", handle, energy)
+
+    def nvmlDeviceGetFieldValues(  # noqa: N802
+        self, handle: FakeHandle, field_ids: Sequence[int | tuple[int, int]]
+    ) -> ctypes.Array[_FieldValue]:
+        """Field values as a ``c_nvmlFieldValue_t`` array; per-field ``nvmlReturn``."""
+
+        def values(gpu: FakeGpu, t_s: float) -> ctypes.Array[_FieldValue]:
+            array = (_FieldValue * len(field_ids))()
+            wall_us = int(self.clock.wall_s() * 1e6)
+            for slot, requested in zip(array, field_ids, strict=True):
+                field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
+                slot.fieldId, slot.scopeId, slot.timestamp = field_id, scope_id, wall_us
+                slot.valueType = codes.NVML_VALUE_TYPE_UNSIGNED_INT
+                power = {
+                    codes.NVML_FI_DEV_POWER_INSTANT: _instant_mw,
+                    codes.NVML_FI_DEV_POWER_AVERAGE: _average_mw,
+                }.get(field_id)
+                if power is None or scope_id != 0 or not gpu.fields_supported():
+                    slot.nvmlReturn = codes.NVML_ERROR_NOT_SUPPORTED
+                else:
+                    slot.nvmlReturn = codes.NVML_SUCCESS
+                    slot.value.uiVal = power(gpu, t_s)
+            return array
+
+        return self._on_gpu("nvmlDeviceGetFieldValues", handle, values)
+
+    def nvmlExceptionClass(self, code: int) -> type[_Error]:  # noqa: N802
+        """The ``NVMLError`` subclass for ``code``, as ``pynvml.nvmlExceptionClass``."""
+        if code not in NVMLError._value_class:
+            raise ValueError(f"nvmlErrorCode {code} is not valid")
+        return NVMLError._value_class[code]
+
+
+def _instant_mw(gpu: FakeGpu, t_s: float) -> int:
+    return round(1000.0 * float(gpu.profile.power_w(t_s)))
+
+
+def _average_mw(gpu: FakeGpu, t_s: float) -> int:
+    return round(1000.0 * float(gpu.profile.average_power_w(t_s, 1.0)))
+
+
+def counter_mj(gpu: FakeGpu, t_s: float) -> int:
+    """The counter a `FakeGpu` shows at ``t_s``: millijoules since its last driver (re)load.
+
+    Args:
+        gpu: The GPU.
+        t_s: Seconds since the fake driver first loaded.
+
+    Returns:
+        ``counter_start_mj`` (until the first reload) plus the energy since the last load,
+        floored to whole mJ and held between counter updates.
+    """
+    reloads = [r for r in gpu.reloads_at_s if r <= t_s]
+    since_s = max(reloads) if reloads else 0.0
+    start_mj = 0 if reloads else gpu.counter_start_mj
+    if gpu.counter_update_s > 0:
+        t_s = max(since_s, math.floor(t_s / gpu.counter_update_s) * gpu.counter_update_s)
+    return start_mj + math.floor(1000.0 * float(gpu.profile.energy_j(since_s, t_s)))
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the fake offers everything the backend calls, with the same shapes.
+    from meters.backends.nvml import NvmlModule
+
+    _conforms: NvmlModule = FakeNvml([])

@@ -1,0 +1,175 @@
+"""The fake NVML module keeps NVML's constants, shapes, units and error behaviour."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from types import ModuleType
+
+import pytest
+
+from meters.backends import nvml as codes
+from meters.backends.simulated import Bursty, steady
+from meters.testing import ManualClock
+from meters.testing import fake_pynvml as fake_module
+from meters.testing.fake_pynvml import FakeGpu, FakeHandle, FakeNvml, Fault, a100, h100, p100
+
+
+@pytest.fixture(scope="module")
+def real() -> ModuleType:
+    return pytest.importorskip("pynvml")
+
+
+def test_constants_equal_the_real_pynvml(real: ModuleType) -> None:
+    fake = FakeNvml([])
+    names = [n for n in dir(fake) if n.startswith("NVML_")]
+    assert len(names) > 40
+    for name in names:
+        assert getattr(fake, name) == getattr(real, name), name
+    # every error code the real binding knows is known (and mapped) here too
+    real_errors = {n for n in dir(real) if n.startswith("NVML_ERROR_")}
+    assert real_errors <= set(names)
+    assert {getattr(real, n) for n in real_errors} <= set(codes._ERRORS) | {codes.NVML_SUCCESS}
+
+
+def test_field_value_struct_has_the_real_layout(real: ModuleType) -> None:
+    for ours, theirs in [
+        (fake_module.c_nvmlFieldValue_t, real.c_nvmlFieldValue_t),
+        (fake_module.c_nvmlValue_t, real.c_nvmlValue_t),
+    ]:
+        assert [name for name, _ in ours._fields_] == [name for name, _ in theirs._fields_]
+        assert [ctypes.sizeof(t) for _, t in ours._fields_] == [
+            ctypes.sizeof(t) for _, t in theirs._fields_
+        ]
+        assert ctypes.sizeof(ours) == ctypes.sizeof(theirs)
+
+
+def test_error_classes_mirror_the_real_ones(real: ModuleType) -> None:
+    fake = FakeNvml([])
+    for code in (codes.NVML_ERROR_GPU_IS_LOST, codes.NVML_ERROR_NOT_SUPPORTED, 999):
+        ours, theirs = fake.nvmlExceptionClass(code), real.nvmlExceptionClass(code)
+        assert ours.__name__ == theirs.__name__
+        error = fake.NVMLError(code)
+        assert type(error) is ours
+        assert error.value == code
+        assert isinstance(error, fake.NVMLError)
+    assert fake.NVMLError_GpuIsLost().value == codes.NVML_ERROR_GPU_IS_LOST
+    assert str(fake.NVMLError(codes.NVML_ERROR_GPU_IS_LOST)) == "GPU is lost"
+
+
+def test_the_fake_never_poses_as_pynvml() -> None:
+    fake = FakeNvml([h100()])
+    assert all(module is not fake for module in sys.modules.values())
+    pynvml = sys.modules.get("pynvml")
+    assert pynvml is None or not isinstance(pynvml, FakeNvml)
+
+
+def test_calls_before_init_fail_like_nvml() -> None:
+    fake = FakeNvml([h100()])
+    with pytest.raises(fake.NVMLError) as caught:
+        fake.nvmlDeviceGetCount()
+    assert caught.value.value == codes.NVML_ERROR_UNINITIALIZED
+    fake.nvmlInit()
+    fake.nvmlInit()
+    fake.nvmlShutdown()
+    assert fake.nvmlDeviceGetCount() == 1  # reference counted, like NVML
+
+
+def test_units_are_milliwatts_and_millijoules() -> None:
+    clock = ManualClock()
+    fake = FakeNvml([h100(profile=steady(312.5), counter_start_mj=7)], clock=clock)
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    clock.advance(2.0)
+    assert fake.nvmlDeviceGetPowerUsage(handle) == 312_500
+    assert fake.nvmlDeviceGetTotalEnergyConsumption(handle) == 7 + 625_000
+    assert fake.nvmlDeviceGetPowerManagementLimit(handle) == 700_000
+    values = fake.nvmlDeviceGetFieldValues(
+        handle, [codes.NVML_FI_DEV_POWER_INSTANT, (codes.NVML_FI_DEV_POWER_AVERAGE, 0), 999]
+    )
+    assert [v.fieldId for v in values] == [186, 185, 999]
+    assert [v.nvmlReturn for v in values] == [0, 0, codes.NVML_ERROR_NOT_SUPPORTED]
+    assert values[0].valueType == codes.NVML_VALUE_TYPE_UNSIGNED_INT
+    assert values[0].value.uiVal == 312_500
+    assert values[0].timestamp == int(clock.wall_s() * 1e6)
+
+
+def test_power_usage_is_averaged_on_hopper_and_instant_on_ga100() -> None:
+    clock = ManualClock()
+    wave = Bursty(100.0, 500.0, period_s=2.0)
+    fake = FakeNvml([h100(profile=wave), a100(profile=wave)], clock=clock)
+    fake.nvmlInit()
+    clock.advance(0.5)  # high half: the instant is 500 W, the last second averaged 300 W
+    assert fake.nvmlDeviceGetPowerUsage(FakeHandle(0)) == 300_000
+    assert fake.nvmlDeviceGetPowerUsage(FakeHandle(1)) == 500_000
+
+
+def test_pre_volta_has_no_counter_no_fields_no_mig() -> None:
+    fake = FakeNvml([p100()])
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    for call in (fake.nvmlDeviceGetTotalEnergyConsumption, fake.nvmlDeviceGetMigMode):
+        with pytest.raises(fake.nvmlExceptionClass(codes.NVML_ERROR_NOT_SUPPORTED)):
+            call(handle)
+    (value,) = fake.nvmlDeviceGetFieldValues(handle, [codes.NVML_FI_DEV_POWER_INSTANT])
+    assert value.nvmlReturn == codes.NVML_ERROR_NOT_SUPPORTED
+
+
+def test_driver_reload_restarts_the_counter_and_updates_are_stepped() -> None:
+    clock = ManualClock()
+    gpu = h100(
+        profile=steady(100.0), counter_start_mj=10**9, reloads_at_s=(5.0,), counter_update_s=0.1
+    )
+    fake = FakeNvml([gpu], clock=clock)
+    fake.nvmlInit()
+    clock.advance(4.0 + 0.05)  # between two counter updates: the counter shows t = 4.0
+    assert fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(0)) == 10**9 + 400_000
+    clock.advance(2.0)  # t = 6.05: reloaded at 5 s, counted from 0 up to t = 6.0
+    assert fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(0)) == 100_000
+
+
+def test_lost_gpu_faults_and_latency() -> None:
+    clock = ManualClock()
+    gpu = h100(
+        lost_at_s=10.0,
+        call_latency_s=0.5,
+        faults=(Fault(codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, call="nvmlDeviceGetPowerUsage"),),
+    )
+    fake = FakeNvml([gpu], clock=clock)
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)  # takes 0.5 s
+    assert clock.monotonic_s() == 1000.5
+    assert fake.nvmlDeviceGetPowerUsage(handle) == 300_000  # answered mid-call, at t = 0.75
+    clock.advance(0.25)
+    with pytest.raises(fake.NVMLError) as caught:
+        fake.nvmlDeviceGetPowerUsage(handle)  # answered at t = 1.5, inside the fault window
+    assert caught.value.value == codes.NVML_ERROR_TIMEOUT
+    assert fake.nvmlDeviceGetName(handle) == "NVIDIA H100 80GB HBM3"  # other calls unaffected
+    assert fake.nvmlDeviceGetPowerUsage(handle) == 300_000  # t = 2.5: the window is over
+    clock.advance(10.0)
+    with pytest.raises(fake.NVMLError) as caught:
+        fake.nvmlDeviceGetName(handle)
+    assert caught.value.value == codes.NVML_ERROR_GPU_IS_LOST
+    assert fake.calls[("nvmlDeviceGetName", 0)] == 2
+
+
+def test_mig_devices_lead_to_their_parent() -> None:
+    mig = "MIG-5d3b4c2a-0000-4000-8000-000000000001"
+    fake = FakeNvml([h100(), a100(mig_devices=(mig,))])
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByUUID(mig)
+    assert fake.nvmlDeviceGetUUID(handle) == mig
+    parent = fake.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+    assert fake.nvmlDeviceGetUUID(parent) == fake.uuids[1]
+    assert fake.nvmlDeviceGetMigMode(parent) == [1, 1]
+    assert fake.nvmlDeviceGetMigMode(fake.nvmlDeviceGetHandleByIndex(0)) == [0, 0]
+    with pytest.raises(fake.NVMLError):
+        fake.nvmlDeviceGetHandleByUUID("MIG-nope")
+
+
+def test_default_uuids_are_distinct_and_stable() -> None:
+    a = FakeNvml([FakeGpu(), FakeGpu(), FakeGpu()])
+    b = FakeNvml([FakeGpu(), FakeGpu(), FakeGpu()])
+    assert a.uuids == b.uuids
+    assert len(set(a.uuids)) == 3
+    assert all(u.startswith("GPU-") for u in a.uuids)

@@ -1,0 +1,141 @@
+"""The RAPL backend against a fake powercap tree: discovery, raw counters, wraps, permissions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meters.backends import DeviceStatus, Method, RaplBackend
+from meters.errors import DeviceUnavailable, PermissionDenied
+from meters.testing import ManualClock
+from meters.testing.fake_powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
+
+
+@pytest.fixture
+def powercap(tmp_path: Path) -> FakePowercap:
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_package(0, energy_uj=1_000_000, dram_energy_uj=2_000_000)
+    tree.add_package(1, energy_uj=3_000_000, dram=False, power_limit_uw=None)
+    tree.add_psys(2, energy_uj=9_000_000)
+    return tree
+
+
+def _open(tree: FakePowercap, **kwargs: object) -> RaplBackend:
+    return RaplBackend(
+        tree.root,
+        read_text=tree.read_text,
+        clock=kwargs.pop("clock", ManualClock()),  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_discovers_packages_and_dram_but_not_core_or_psys(powercap: FakePowercap) -> None:
+    devices = _open(powercap).devices()
+    assert [(d.uid, d.name, d.scope, d.index) for d in devices] == [
+        ("intel-rapl:0", "package-0", "package", 0),
+        ("intel-rapl:0:1", "dram", "dram", 0),
+        ("intel-rapl:1", "package-1", "package", 1),
+    ]
+    assert all(d.backend == "rapl" and d.has_energy_counter for d in devices)
+    assert all(d.power_method is Method.NONE for d in devices)
+    assert devices[0].power_limit_w == pytest.approx(125.0)
+    assert devices[2].power_limit_w is None
+    assert devices[0].counter_wrap_j == pytest.approx(DEFAULT_MAX_ENERGY_RANGE_UJ * 1e-6)
+    assert devices[1].zone == "intel-rapl:0:1"
+
+
+def test_dram_can_be_left_out(powercap: FakePowercap) -> None:
+    assert [d.scope for d in _open(powercap, include_dram=False).devices()] == [
+        "package",
+        "package",
+    ]
+
+
+def test_reads_raw_counters_in_joules_and_no_power(powercap: FakePowercap) -> None:
+    clock = ManualClock()
+    backend = _open(powercap, clock=clock)
+    readings = backend.read()
+    assert readings.energy_j.tolist() == pytest.approx([1.0, 2.0, 3.0])
+    assert (readings.energy_method == Method.COUNTER).all()
+    assert np.isnan(readings.power_w).all()
+    assert (readings.power_method == Method.NONE).all()
+    assert (readings.status == DeviceStatus.OK).all()
+    assert (readings.t_mono_s == clock.monotonic_s()).all()
+
+
+def test_a_wrap_is_passed_on_raw_with_the_modulus_to_undo_it(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_package(0, energy_uj=999_000_000, max_energy_range_uj=1_000_000_000, dram=False)
+    backend = _open(tree)
+    (wrap_j,) = [d.counter_wrap_j for d in backend.devices()]
+    assert wrap_j == 1000.0
+    before = backend.read().energy_j[0]
+    tree.add_energy_j("intel-rapl:0", 25.0)  # crosses the 1000 J range
+    after = backend.read().energy_j[0]
+    assert after < before  # raw: the counter wrapped
+    delta_j = after - before + wrap_j
+    assert delta_j == pytest.approx(25.0, abs=1e-5)  # one µJ fake energy unit per wrap
+
+
+def test_permission_denied_is_a_labelled_absence_naming_file_and_fix(
+    powercap: FakePowercap,
+) -> None:
+    denied = powercap.deny("intel-rapl:0")
+    backend = _open(powercap)
+    info = backend.devices()[0]
+    assert str(denied) in info.note
+    readings = backend.read()
+    assert readings.status.tolist() == [DeviceStatus.DENIED, DeviceStatus.OK, DeviceStatus.OK]
+    assert np.isnan(readings.energy_j[0])  # not zero, not a TDP estimate
+    assert np.isnan(readings.power_w[0])
+    message = readings.messages[0]
+    assert str(denied) in message
+    assert "CVE-2020-8694" in message
+    assert "chmod a+r" in message
+    powercap.allow("intel-rapl:0")
+    assert backend.read().status.tolist() == [DeviceStatus.OK] * 3  # fixed while running
+
+
+def test_permission_denied_raises_when_strict(powercap: FakePowercap) -> None:
+    denied = powercap.deny("intel-rapl:0:1")
+    with pytest.raises(PermissionDenied) as caught:
+        _open(powercap, strict=True)
+    assert caught.value.path == denied
+    assert str(denied) in str(caught.value)
+    assert "intel-rapl:*/intel-rapl:*:*/energy_uj" in caught.value.fix
+    assert isinstance(caught.value.__cause__, PermissionError)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_file_modes_alone_deny_an_unprivileged_reader(powercap: FakePowercap) -> None:
+    powercap.deny("intel-rapl:1")
+    powercap.denied.clear()  # rely on the 0400 mode, read through the default reader
+    readings = RaplBackend(powercap.root, clock=ManualClock()).read()
+    assert readings.status[2] == DeviceStatus.DENIED
+
+
+def test_an_unreadable_range_leaves_the_wrap_unknown(powercap: FakePowercap) -> None:
+    powercap.deny("intel-rapl:1", "max_energy_range_uj")
+    info = _open(powercap).devices()[2]
+    assert info.counter_wrap_j is None
+    assert "max_energy_range_uj" in info.note
+
+
+def test_garbage_in_a_counter_is_an_error_for_that_tick(powercap: FakePowercap) -> None:
+    backend = _open(powercap)
+    (powercap.zone_path("intel-rapl:1") / "energy_uj").write_text("not a number\n")
+    readings = backend.read()
+    assert readings.status.tolist() == [DeviceStatus.OK, DeviceStatus.OK, DeviceStatus.ERROR]
+    assert "intel-rapl:1/energy_uj" in readings.messages[2]
+
+
+def test_no_rapl_is_device_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(DeviceUnavailable, match="no RAPL package zone"):
+        RaplBackend(tmp_path / "missing")
+    empty = FakePowercap(tmp_path / "empty")
+    empty.add_psys(0)
+    with pytest.raises(DeviceUnavailable):
+        RaplBackend(empty.root, read_text=empty.read_text)
