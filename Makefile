@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/thermoledger-demo
+	$(BIN)/thermoledger-server demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

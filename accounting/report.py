@@ -1,0 +1,686 @@
+"""Per-run report assembly: energy per device, host and phase, efficiency, bounds, cost, carbon.
+
+The report is built from **per-device aggregates** (sums over a device's chunk summaries: energy,
+band terms, first/last time, peak power, gaps), never from raw samples, so the service can feed
+it from SQL aggregates and the demo from `accounting.integrate.summarize_chunks`. Everything
+the reader needs to judge a figure travels with it: the measurement method, the uncertainty band,
+whether the devices were simulated, and the assumptions of every bound, factor and price.
+
+Work (FLOPs) comes from what the job declared: FLOPs directly, or model size N with tokens D
+(training: 6·N·D; inference: 2·N per token), labelled as such. Without FLOPs, FLOP/J, MFU and
+the three bounds are reported as unavailable with the reason, not guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from accounting.bounds import BoundError, RunBounds, compare_run
+from accounting.carbon import (
+    J_PER_KWH,
+    EmbodiedShare,
+    EmissionFactor,
+    FunctionalUnit,
+    Pue,
+    SciResult,
+    Scope2Emissions,
+    default_emission_factor,
+    default_pue,
+    scope2_emissions,
+    software_carbon_intensity,
+)
+from accounting.catalog import Catalog, CatalogEntry, builtin_catalog, resolve
+from accounting.cost import CloudPrice, CostBreakdown, OwnedHardware, Tariff, run_cost
+from accounting.integrate import ChunkSummaries, aggregate_energy
+from accounting.planning import inference_flops_per_token, training_flops
+
+__all__ = [
+    "DeclaredWork",
+    "DeviceUsage",
+    "PhaseUsage",
+    "ReportSettings",
+    "RunInfo",
+    "RunReport",
+    "build_run_report",
+    "devices_from_chunks",
+]
+
+RunKind = Literal["training", "inference", "eval", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Who the run is.
+
+    Attributes:
+        run_id: The run's id (a client-generated UUID in the service).
+        name: Human name.
+        kind: ``training``, ``inference``, ``eval`` or ``other``.
+        status: ``running``, ``finished``, ``failed`` or ``lost``.
+    """
+
+    run_id: str
+    name: str
+    kind: RunKind = "training"
+    status: str = "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUsage:
+    """One device's measured energy over the run (sums of its chunk summaries).
+
+    Attributes:
+        key: Stable key of the device within the run (e.g. ``"node-1/GPU-8f2c…"``).
+        host: Host the device is on.
+        index: Device index on its host.
+        name: Name as the vendor reports it.
+        catalog_id: Hardware catalog id, or None to resolve ``name`` (unknown stays unknown).
+        method: ``counter``, ``power_avg``, ``power_instant``, ``estimate`` or ``mixed``.
+        energy_j: Energy estimate, J.
+        sensor_uncertainty_j: Systematic sensor error of this device, J (symmetric).
+        bound_below_j: One-sided worst-case bound below (gaps, coverage), J.
+        bound_above_j: One-sided worst-case bound above (gaps, resets, coverage), J; may be inf.
+        t0_s: First sample, unix s.
+        t1_s: End of the last chunk, unix s.
+        peak_power_w: Highest power reading, W.
+        gap_s: Seconds inside sampling gaps.
+        gap_count: Number of gaps.
+        reset_count: Counter resets (driver reloads) seen.
+        samples: Number of samples.
+        simulated: Whether the device is simulated (its figures are not measurements).
+    """
+
+    key: str
+    host: str
+    index: int
+    name: str
+    method: str
+    energy_j: float
+    sensor_uncertainty_j: float
+    bound_below_j: float
+    bound_above_j: float
+    t0_s: float
+    t1_s: float
+    peak_power_w: float
+    catalog_id: str | None = None
+    gap_s: float = 0.0
+    gap_count: int = 0
+    reset_count: int = 0
+    samples: int = 0
+    simulated: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        """Measured span, s."""
+        return max(self.t1_s - self.t0_s, 0.0)
+
+    @property
+    def mean_power_w(self) -> float:
+        """Energy over the measured span, W (0 for an empty span)."""
+        return self.energy_j / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseUsage:
+    """A named window of the run with its energy (all devices) and declared work.
+
+    Attributes:
+        name: Phase name (``warmup``, ``epoch-3``, ``eval`` …).
+        t0_s: Start, unix s.
+        t1_s: End, unix s.
+        energy_j: Energy of all devices inside the window, J.
+        energy_low_j: Low end of its band, J.
+        energy_high_j: High end of its band, J.
+        flops: FLOPs declared for the phase, if any.
+        tokens: Tokens declared for the phase, if any.
+    """
+
+    name: str
+    t0_s: float
+    t1_s: float
+    energy_j: float
+    energy_low_j: float
+    energy_high_j: float
+    flops: float | None = None
+    tokens: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredWork:
+    """Work the job declared.
+
+    Attributes:
+        flops: FLOPs done, if counted by the job.
+        dtype: Precision the FLOPs ran at (``bf16`` by default).
+        tokens: Tokens processed (trained on, or served).
+        model_params: Model size N (parameters), to estimate FLOPs when not given.
+    """
+
+    flops: float | None = None
+    dtype: str = "bf16"
+    tokens: float | None = None
+    model_params: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    """The accounting context: facility, grid, prices, embodied carbon, physics assumptions.
+
+    Attributes:
+        pue: Facility overhead.
+        location_factor: Grid-average factor where the energy was drawn (region set explicitly).
+        market_factor: Contractual-instrument factor, if the consumer holds one.
+        market_coverage: Fraction of facility energy the instrument covers.
+        residual_mix_factor: Residual-mix factor for the uncovered part, if known.
+        tariff: Electricity price, if any.
+        hardware: Hourly hardware price (amortised purchase or cloud rental), if any.
+        embodied: Embodied-carbon shares for SCI (empty: SCI is flagged as understated).
+        temperature_k: Measured device temperature for the Landauer floor (300 K if None).
+        bits_model: Landauer bits-per-FLOP model (``word``, ``1bit`` or a number).
+        combine: How device sensor errors combine (``independent`` or ``linear``).
+        catalog: Hardware catalog (the built-in one if None).
+    """
+
+    pue: Pue = field(default_factory=lambda: default_pue("typical"))
+    location_factor: EmissionFactor = field(
+        default_factory=lambda: default_emission_factor("WORLD")
+    )
+    market_factor: EmissionFactor | None = None
+    market_coverage: float = 1.0
+    residual_mix_factor: EmissionFactor | None = None
+    tariff: Tariff | None = None
+    hardware: OwnedHardware | CloudPrice | None = None
+    embodied: tuple[EmbodiedShare, ...] = ()
+    temperature_k: float | None = None
+    bits_model: Literal["word", "1bit"] | float = "word"
+    combine: Literal["independent", "linear"] = "independent"
+    catalog: Catalog | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyLine:
+    """An energy figure with its band."""
+
+    energy_j: float
+    energy_low_j: float
+    energy_high_j: float
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-safe form, with kWh alongside J (inf bands become None)."""
+        return {
+            "energy_j": self.energy_j,
+            "energy_kwh": self.energy_j / J_PER_KWH,
+            "energy_low_j": self.energy_low_j,
+            "energy_high_j": _finite_or_none(self.energy_high_j),  # type: ignore[dict-item]
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The per-run report. `to_dict` for JSON, `render_text` for a terminal."""
+
+    run: RunInfo
+    t0_s: float
+    t1_s: float
+    simulated: bool
+    total: EnergyLine
+    devices: tuple[DeviceUsage, ...]
+    device_catalog: Mapping[str, CatalogEntry | None]
+    hosts: Mapping[str, EnergyLine]
+    phases: tuple[PhaseUsage, ...]
+    work: DeclaredWork
+    flops: float | None
+    flops_source: str | None
+    bounds: RunBounds | None
+    cost: CostBreakdown
+    carbon: Scope2Emissions
+    sci: SciResult | None
+    notes: tuple[str, ...]
+
+    @property
+    def duration_s(self) -> float:
+        """Wall time from the first sample to the end of the last chunk, s."""
+        return max(self.t1_s - self.t0_s, 0.0)
+
+    @property
+    def flop_per_j(self) -> float | None:
+        """Measured efficiency, FLOP/J (None without FLOPs)."""
+        if self.flops is None or self.total.energy_j <= 0:
+            return None
+        return self.flops / self.total.energy_j
+
+    @property
+    def j_per_token(self) -> float | None:
+        """Energy per token, J (None without tokens)."""
+        if not self.work.tokens:
+            return None
+        return self.total.energy_j / self.work.tokens
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation against the dense peak at the declared dtype."""
+        if self.bounds is None or self.bounds.hardware_roofline is None:
+            return None
+        return float(self.bounds.hardware_roofline.mfu)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole report as JSON-safe plain types (units in every key)."""
+        return {
+            "run": {
+                "id": self.run.run_id,
+                "name": self.run.name,
+                "kind": self.run.kind,
+                "status": self.run.status,
+                "simulated": self.simulated,
+            },
+            "t0_s": self.t0_s,
+            "t1_s": self.t1_s,
+            "duration_s": self.duration_s,
+            "energy": {
+                "total": self.total.to_dict(),
+                "mean_power_w": self.total.energy_j / self.duration_s if self.duration_s else 0.0,
+                "by_device": [self._device_dict(d) for d in self.devices],
+                "by_host": {host: line.to_dict() for host, line in self.hosts.items()},
+                "by_phase": [_phase_dict(p) for p in self.phases],
+            },
+            "work": {
+                "flops": self.flops,
+                "flops_source": self.flops_source,
+                "dtype": self.work.dtype,
+                "tokens": self.work.tokens,
+                "model_params": self.work.model_params,
+            },
+            "efficiency": {
+                "flop_per_j": self.flop_per_j,
+                "j_per_token": self.j_per_token,
+                "mfu": self.mfu,
+            },
+            "bounds": None if self.bounds is None else self.bounds.to_dict(),
+            "cost": self.cost.to_dict(),
+            "carbon": self.carbon.to_dict(),
+            "sci": None if self.sci is None else self.sci.to_dict(),
+            "notes": list(self.notes),
+        }
+
+    def _device_dict(self, device: DeviceUsage) -> dict[str, Any]:
+        entry = self.device_catalog.get(device.key)
+        return {
+            "key": device.key,
+            "host": device.host,
+            "index": device.index,
+            "name": device.name,
+            "catalog_id": None if entry is None else entry.id,
+            "method": device.method,
+            "simulated": device.simulated,
+            "energy_j": device.energy_j,
+            "energy_kwh": device.energy_j / J_PER_KWH,
+            "energy_low_j": max(
+                device.energy_j - device.sensor_uncertainty_j - device.bound_below_j, 0.0
+            ),
+            "energy_high_j": _finite_or_none(
+                device.energy_j + device.sensor_uncertainty_j + device.bound_above_j
+            ),
+            "mean_power_w": device.mean_power_w,
+            "peak_power_w": device.peak_power_w,
+            "duration_s": device.duration_s,
+            "gap_s": device.gap_s,
+            "gap_count": device.gap_count,
+            "reset_count": device.reset_count,
+            "samples": device.samples,
+        }
+
+    def render_text(self) -> str:
+        """A plain-text report for a terminal (fixed-width tables)."""
+        out: list[str] = []
+        label = "  [SIMULATED DEVICES: not a measurement]" if self.simulated else ""
+        out.append(f"Run {self.run.name} ({self.run.kind}, {self.run.status}){label}")
+        out.append(f"  id {self.run.run_id}, {self.duration_s:,.1f} s measured")
+        total = self.total
+        out.append(
+            f"  energy {total.energy_j / 1e6:,.3f} MJ = {total.energy_j / J_PER_KWH:,.4f} kWh"
+            f"  (band {total.energy_low_j / 1e6:,.3f} … {_mj(total.energy_high_j)} MJ)"
+        )
+        out.append("")
+        head = (
+            f"  {'device':<24} {'method':<13} {'energy J':>12} {'kWh':>9} "
+            f"{'± J':>9} {'mean W':>7} {'peak W':>7} {'gap s':>6}"
+        )
+        out.append(head)
+        out.append("  " + "-" * (len(head) - 2))
+        for d in self.devices:
+            out.append(
+                f"  {d.key:<24.24} {d.method:<13} {d.energy_j:>12,.0f} "
+                f"{d.energy_j / J_PER_KWH:>9.4f} {d.sensor_uncertainty_j:>9,.0f} "
+                f"{d.mean_power_w:>7.1f} {d.peak_power_w:>7.1f} {d.gap_s:>6.1f}"
+            )
+        if len(self.hosts) > 1:
+            out.append("")
+            for host, line in self.hosts.items():
+                out.append(f"  host {host}: {line.energy_j / J_PER_KWH:.4f} kWh")
+        if self.phases:
+            out.append("")
+            out.append(f"  {'phase':<16} {'duration s':>10} {'energy J':>12} {'share':>6}")
+            for p in self.phases:
+                share = p.energy_j / total.energy_j if total.energy_j else 0.0
+                out.append(
+                    f"  {p.name:<16.16} {p.t1_s - p.t0_s:>10.1f} {p.energy_j:>12,.0f} {share:>6.1%}"
+                )
+        out.append("")
+        out.append("Efficiency")
+        if self.flops is None:
+            out.append("  FLOPs not declared: FLOP/J, MFU and the bounds are unavailable")
+        else:
+            out.append(
+                f"  {self.flops:.3e} FLOP ({self.work.dtype}; {self.flops_source}), "
+                f"{self.flop_per_j:.3e} FLOP/J"
+            )
+        if self.j_per_token is not None:
+            out.append(f"  {self.j_per_token:.4g} J/token over {self.work.tokens:.3e} tokens")
+        if self.mfu is not None:
+            out.append(f"  MFU {self.mfu:.1%}")
+        if self.bounds is not None:
+            out.append("Bounds (measured energy vs each reference)")
+            out.extend("  " + line for line in self.bounds.summary().splitlines())
+        out.append("Cost")
+        cost = self.cost
+        energy_usd = "not priced" if cost.energy_usd is None else f"{cost.energy_usd:,.2f} USD"
+        hw_usd = "not priced" if cost.hardware_usd is None else f"{cost.hardware_usd:,.2f} USD"
+        out.append(
+            f"  {cost.total_usd:,.2f} USD (energy {energy_usd}; hardware {hw_usd}, "
+            f"{cost.device_hours:.2f} device-h)"
+        )
+        out.append("Carbon (GHG Scope 2)")
+        carbon = self.carbon
+        factor = carbon.location_factor
+        out.append(
+            f"  location-based {carbon.location_co2e_g:,.1f} gCO2e "
+            f"({factor.region}, {factor.intensity_g_per_kwh:g} g/kWh, {factor.source}; "
+            f"PUE {carbon.pue.value:g})"
+        )
+        if carbon.market_co2e_g is None:
+            out.append(f"  market-based   not available ({carbon.market_unavailable_reason})")
+        else:
+            out.append(
+                f"  market-based   {carbon.market_co2e_g:,.1f} gCO2e ({carbon.market_basis})"
+            )
+        if self.sci is not None:
+            out.append(
+                f"  SCI {self.sci.sci_g_per_unit:,.1f} gCO2e per {self.sci.functional_unit.name}"
+            )
+        if self.notes:
+            out.append("Notes")
+            out.extend(f"  - {note}" for note in self.notes)
+        return "\n".join(out)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _mj(value_j: float) -> str:
+    return f"{value_j / 1e6:,.3f}" if math.isfinite(value_j) else "unbounded"
+
+
+def _phase_dict(phase: PhaseUsage) -> dict[str, Any]:
+    return {
+        "name": phase.name,
+        "t0_s": phase.t0_s,
+        "t1_s": phase.t1_s,
+        "duration_s": phase.t1_s - phase.t0_s,
+        "energy_j": phase.energy_j,
+        "energy_kwh": phase.energy_j / J_PER_KWH,
+        "energy_low_j": phase.energy_low_j,
+        "energy_high_j": _finite_or_none(phase.energy_high_j),
+        "flops": phase.flops,
+        "tokens": phase.tokens,
+        "flop_per_j": (
+            phase.flops / phase.energy_j if phase.flops and phase.energy_j > 0 else None
+        ),
+    }
+
+
+def devices_from_chunks(
+    summaries: ChunkSummaries,
+    *,
+    keys: Sequence[str],
+    hosts: Sequence[str],
+    indexes: Sequence[int],
+    names: Sequence[str],
+    catalog_ids: Sequence[str | None] | None = None,
+    simulated: Sequence[bool] | None = None,
+) -> tuple[DeviceUsage, ...]:
+    """Sum chunk summaries into one `DeviceUsage` per trace (segment).
+
+    Args:
+        summaries: Output of `accounting.integrate.summarize_chunks` over one trace per device.
+        keys, hosts, indexes, names: Per trace (segment order), the device's identity.
+        catalog_ids: Per trace, a catalog id or None (resolve by name).
+        simulated: Per trace, whether the device is simulated.
+
+    Returns:
+        One `DeviceUsage` per trace that has at least one chunk.
+    """
+    n_dev = len(keys)
+    seg = summaries.segment
+
+    def by_seg(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.bincount(seg, weights=values, minlength=n_dev)
+
+    energy = by_seg(summaries.energy_j)
+    sensor = by_seg(summaries.sensor_uncertainty_j)  # systematic within a device: linear
+    below = by_seg(summaries.bound_below_j)
+    above = by_seg(summaries.bound_above_j)
+    gap_s = by_seg(summaries.gap_s)
+    gap_count = np.bincount(seg, weights=summaries.gap_count, minlength=n_dev)
+    resets = np.bincount(seg, weights=summaries.reset_count, minlength=n_dev)
+    samples = np.bincount(seg, weights=summaries.n, minlength=n_dev)
+    t0 = np.full(n_dev, np.inf)
+    np.minimum.at(t0, seg, summaries.t0_s)
+    t1 = np.full(n_dev, -np.inf)
+    np.maximum.at(t1, seg, summaries.t1_s)
+    peak = np.zeros(n_dev)
+    np.maximum.at(peak, seg, np.nan_to_num(summaries.max_power_w, nan=0.0))
+    devices = []
+    for k in range(n_dev):
+        methods = Counter(str(m) for m in summaries.method[seg == k])
+        if not methods:
+            continue
+        method = next(iter(methods)) if len(methods) == 1 else "mixed"
+        devices.append(
+            DeviceUsage(
+                key=keys[k],
+                host=hosts[k],
+                index=int(indexes[k]),
+                name=names[k],
+                catalog_id=None if catalog_ids is None else catalog_ids[k],
+                method=method,
+                energy_j=float(energy[k]),
+                sensor_uncertainty_j=float(sensor[k]),
+                bound_below_j=float(below[k]),
+                bound_above_j=float(above[k]),
+                t0_s=float(t0[k]),
+                t1_s=float(t1[k]),
+                peak_power_w=float(peak[k]),
+                gap_s=float(gap_s[k]),
+                gap_count=int(gap_count[k]),
+                reset_count=int(resets[k]),
+                samples=int(samples[k]),
+                simulated=False if simulated is None else bool(simulated[k]),
+            )
+        )
+    return tuple(devices)
+
+
+def build_run_report(
+    *,
+    run: RunInfo,
+    devices: Sequence[DeviceUsage],
+    phases: Sequence[PhaseUsage] = (),
+    work: DeclaredWork | None = None,
+    settings: ReportSettings | None = None,
+) -> RunReport:
+    """Assemble the per-run report.
+
+    Args:
+        run: The run's identity.
+        devices: Per-device energy aggregates (at least one).
+        phases: Named windows with their energies.
+        work: Declared work (FLOPs or model size + tokens).
+        settings: Accounting context (defaults: typical PUE 1.56, world-average grid factor,
+            no prices, no embodied carbon, 300 K).
+
+    Returns:
+        The `RunReport`.
+
+    Raises:
+        ValueError: No devices.
+    """
+    if not devices:
+        raise ValueError("a run report needs at least one device with measurements")
+    settings = settings or ReportSettings()
+    work = work or DeclaredWork()
+    catalog = settings.catalog or builtin_catalog()
+    notes: list[str] = []
+
+    totals = aggregate_energy(
+        [d.energy_j for d in devices],
+        [d.sensor_uncertainty_j for d in devices],
+        [d.bound_below_j for d in devices],
+        [d.bound_above_j for d in devices],
+        device=[d.key for d in devices],
+        combine=settings.combine,
+    )
+    total = EnergyLine(
+        float(totals.energy_j[0]), float(totals.energy_low_j[0]), float(totals.energy_high_j[0])
+    )
+    host_totals = aggregate_energy(
+        [d.energy_j for d in devices],
+        [d.sensor_uncertainty_j for d in devices],
+        [d.bound_below_j for d in devices],
+        [d.bound_above_j for d in devices],
+        device=[d.key for d in devices],
+        group=[d.host for d in devices],
+        combine=settings.combine,
+    )
+    hosts = {
+        str(key): EnergyLine(
+            float(host_totals.energy_j[i]),
+            float(host_totals.energy_low_j[i]),
+            float(host_totals.energy_high_j[i]),
+        )
+        for i, key in enumerate(host_totals.key)
+    }
+    t0_s = min(d.t0_s for d in devices)
+    t1_s = max(d.t1_s for d in devices)
+    duration_s = max(t1_s - t0_s, 0.0)
+    simulated = any(d.simulated for d in devices)
+    if simulated:
+        notes.append("simulated devices: every figure here is synthetic, not a measurement")
+
+    device_catalog: dict[str, CatalogEntry | None] = {}
+    for d in devices:
+        if d.catalog_id is not None:
+            device_catalog[d.key] = catalog.get(d.catalog_id)
+            continue
+        resolution = resolve(d.name, catalog=catalog)
+        device_catalog[d.key] = resolution.entry
+        if resolution.entry is None:
+            notes.append(f"{d.key}: {d.name!r} is {resolution.status} in the hardware catalog")
+    for d in devices:
+        if d.gap_count:
+            notes.append(f"{d.key}: {d.gap_count} sampling gap(s), {d.gap_s:.1f} s in all")
+        if d.reset_count:
+            notes.append(f"{d.key}: {d.reset_count} counter reset(s); the band bounds the loss")
+        if not math.isfinite(d.bound_above_j):
+            notes.append(f"{d.key}: energy is unbounded above (reset without a power limit)")
+
+    flops, flops_source = _work_flops(run.kind, work)
+    bounds: RunBounds | None = None
+    entries = [e for e in device_catalog.values() if e is not None]
+    if flops is None:
+        notes.append("no FLOPs declared (add_flops or model size + tokens): no bounds or MFU")
+    elif len(entries) < len(devices):
+        notes.append("bounds skipped: some devices are not in the hardware catalog")
+    elif total.energy_j <= 0 or duration_s <= 0:
+        notes.append("bounds skipped: no energy or no duration measured")
+    else:
+        try:
+            bounds = compare_run(
+                energy_j=total.energy_j,
+                flops=flops,
+                dtype=work.dtype,
+                duration_s=duration_s,
+                devices=entries,
+                temperature_k=settings.temperature_k,
+                bits_model=settings.bits_model,
+            )
+        except BoundError as e:
+            notes.append(f"bounds unavailable: {e}")
+
+    device_hours = sum(d.duration_s for d in devices) / 3600.0
+    cost = run_cost(
+        energy_j=total.energy_j,
+        tariff=settings.tariff,
+        pue=settings.pue,
+        hardware=settings.hardware,
+        device_hours=device_hours if settings.hardware is not None else None,
+    )
+    carbon = scope2_emissions(
+        total.energy_j,
+        pue=settings.pue,
+        location_factor=settings.location_factor,
+        market_factor=settings.market_factor,
+        market_coverage=settings.market_coverage,
+        residual_mix_factor=settings.residual_mix_factor,
+    )
+    sci: SciResult | None = None
+    if settings.location_factor.kind in ("location", "average", "marginal"):
+        sci = software_carbon_intensity(
+            energy_j=total.energy_j,
+            pue=settings.pue,
+            intensity=settings.location_factor,
+            embodied=settings.embodied,
+            functional_unit=FunctionalUnit(f"{run.kind} run", 1),
+            boundary=f"{len(devices)} device(s) of run {run.name}",
+        )
+    notes.extend(cost.notes)
+    notes.extend(carbon.notes)
+    if sci is not None:
+        notes.extend(n for n in sci.notes if n not in notes)
+
+    return RunReport(
+        run=run,
+        t0_s=t0_s,
+        t1_s=t1_s,
+        simulated=simulated,
+        total=total,
+        devices=tuple(devices),
+        device_catalog=device_catalog,
+        hosts=hosts,
+        phases=tuple(phases),
+        work=work,
+        flops=flops,
+        flops_source=flops_source,
+        bounds=bounds,
+        cost=cost,
+        carbon=carbon,
+        sci=sci,
+        notes=tuple(dict.fromkeys(notes)),
+    )
+
+
+def _work_flops(kind: str, work: DeclaredWork) -> tuple[float | None, str | None]:
+    if work.flops is not None:
+        return work.flops, "declared"
+    if work.model_params is None or work.tokens is None:
+        return None, None
+    if kind == "training":
+        return training_flops(work.model_params, work.tokens), "estimated: 6·N·D"
+    per_token = inference_flops_per_token(work.model_params)
+    return per_token * work.tokens, "estimated: 2·N per token"
