@@ -182,8 +182,9 @@ def run_demo() -> DemoResult:
     return DemoResult(report, true_j)
 
 
-def main(argv: list[str] | None = None, *, out: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> int:
     """Print the demo report; ``--json PATH`` also writes it as JSON."""
+    out = out or sys.stdout
     import argparse
 
     parser = argparse.ArgumentParser(prog="thermoledger-server demo", description=__doc__)
