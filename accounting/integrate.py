@@ -14,16 +14,17 @@ Integration rule
 Gaps
     Interval i is a **gap** when dt_i > gap_factor × nominal interval (default factor 3). The
     nominal interval is the caller's (the meter knows its own period) or else the median
-    interval of the trace: exact up to 65 536 intervals, beyond that the median of 65 536
-    evenly strided intervals (a deterministic estimate that costs nothing next to the
-    integration). Gaps are always detected and reported (count, seconds, where), and handled by
-    an explicit policy: ``"exclude"`` (default; the gap counts 0 J and the result reports what a
-    linear bridge would have added), ``"bridge"`` (the linear bridge is counted, and labelled),
-    ``"hold"`` (the last reading is held over the gap). Whatever the policy, the band says what
-    the gap could have held: between ``min_power_w`` (default 0 W) and the ceiling times its
-    length. The ceiling is ``max_power_w`` (the device's power limit) when the caller gives it,
-    which makes it a bound; otherwise it is the trace's own peak, which is an assumption, not a
-    bound (reported as ``ceiling_power_w``).
+    interval of the trace: exact up to 65 536 intervals, beyond that the median of 64 runs of
+    1 024 consecutive intervals spread evenly over the trace (a deterministic estimate that
+    costs next to nothing beside the integration). Gaps are always detected and reported
+    (count, seconds, where) and handled by an explicit policy: ``"exclude"`` (default; the gap
+    counts 0 J and the result reports what a linear bridge would have added), ``"bridge"``
+    (the linear bridge is counted, and labelled), ``"hold"`` (the last reading is held over
+    the gap). Whatever the policy, the band says what the gap could have held: between
+    ``min_power_w`` (default 0 W) and the ceiling, times its length. The ceiling is
+    ``max_power_w`` (the device's power limit) when the caller gives it, which makes it a
+    bound; otherwise it is the trace's own peak, which is an assumption, not a bound
+    (reported as ``ceiling_power_w``).
 
 Chunks tile the trace by the **left-sample rule**
     Interval i belongs to the chunk holding sample i. A chunk therefore spans from its first
@@ -80,9 +81,11 @@ Many traces at once
 
 Speed
     The power kernel streams memory once: it walks the arrays in cache-sized blocks with
-    preallocated buffers (``out=``), validates and detects gaps on the block while it is in
-    cache, and forms the trapezoid sum with two dot products, so whole-trace integration runs
-    at a good fraction of memory bandwidth (see ``bench/integrate.py``).
+    preallocated buffers (``out=``), validates and detects gaps on each block while it is in
+    cache, and forms the trapezoid sum with two dot products (no per-interval temporaries).
+    The sensor term costs nothing while every reading is above abs/rel (100 W by default);
+    the trace's peak is read only when a bound needs it (a gap or partial coverage without
+    ``max_power_w``). ``bench/integrate.py`` measures it against a memory-bandwidth reference.
 """
 
 from __future__ import annotations
@@ -153,8 +156,11 @@ SENSOR_ABS_ERROR_W: Final = 5.0
 COUNTER_REL_ERROR: Final = 0.02
 """Default relative error of an energy counter (a documented choice; see the module docstring)."""
 
-_BLOCK_SAMPLES: Final = 1 << 16  # 512 KiB per float64 array: blocks stay in L2/L3 while worked on
+_BLOCK_SAMPLES: Final = 1 << 17  # 1 MiB per float64 array: a block stays in L3 while worked on
 _MEDIAN_SAMPLE: Final = 1 << 16
+_MEDIAN_RUNS: Final = 64
+_SPARSE_FRACTION: Final = 0.125  # below this share of low readings, correct them one by one
+_PROBE_STRIDE: Final = 64
 _WRAP_RATE_FACTOR: Final = 2.0
 # Stand-in for intervals that must pass the "time increases" check but count for nothing.
 _TINY: Final = float(np.nextafter(0.0, 1.0))
@@ -712,30 +718,37 @@ def segments_from_list(
 
 
 def _nominal_intervals(t: FloatArray, seg_off: IntArray) -> FloatArray:
-    """Median interval of each (non-empty) trace; strided sample beyond _MEDIAN_SAMPLE intervals.
+    """Median interval of each (non-empty) trace, NaN for traces without an interval.
 
-    Vectorised over traces: sample positions are built for all traces at once, sorted by
-    (trace, interval) and the middle element(s) of each trace picked.
+    A trace of up to _MEDIAN_SAMPLE intervals uses all of them. A longer one uses
+    _MEDIAN_RUNS runs of consecutive intervals spread evenly over it (_MEDIAN_SAMPLE in all):
+    contiguous runs read a few hundred KiB instead of touching every page of the trace.
+    Short traces are handled together: sorted by (trace, interval), middle elements picked.
     """
-    starts = seg_off[:-1]
-    m = np.maximum(np.diff(seg_off) - 1, 0)
-    k = np.minimum(m, _MEDIAN_SAMPLE)
-    out = np.full(starts.size, np.nan)
-    total = int(k.sum())
-    if total == 0:
+    nseg = seg_off.size - 1
+    out = np.full(nseg, np.nan)
+    m = np.maximum(np.diff(seg_off) - 1, 0)  # intervals per trace
+    run = _MEDIAN_SAMPLE // _MEDIAN_RUNS
+    for k in np.flatnonzero(m > _MEDIAN_SAMPLE).tolist():
+        first = int(seg_off[k]) + np.linspace(0, int(m[k]) - run, _MEDIAN_RUNS).astype(np.int64)
+        idx = (first[:, None] + np.arange(run)).reshape(-1)
+        with np.errstate(invalid="ignore"):
+            out[k] = float(np.median(t[idx + 1] - t[idx]))
+    small = np.flatnonzero((m > 0) & (m <= _MEDIAN_SAMPLE))
+    if small.size == 0:
         return out
-    seg = np.repeat(np.arange(starts.size), k)
-    base = np.cumsum(k) - k
-    j = np.arange(total) - base[seg]
-    idx = starts[seg] + (j * m[seg]) // k[seg]
+    counts = m[small]
+    total = int(counts.sum())
+    seg = np.repeat(np.arange(small.size), counts)
+    base = np.cumsum(counts) - counts
+    idx = seg_off[small][seg] + np.arange(total) - base[seg]
     with np.errstate(invalid="ignore"):
         dts = t[idx + 1] - t[idx]
-    order = np.lexsort((dts, seg))
-    sorted_dt = dts[order]
-    has = k > 0
-    lo = (base + (k - 1) // 2)[has]
-    hi = (base + k // 2)[has]
-    out[has] = 0.5 * (sorted_dt[lo] + sorted_dt[hi])
+    if small.size == 1:
+        out[small[0]] = float(np.median(dts))
+        return out
+    sorted_dt = dts[np.lexsort((dts, seg))]
+    out[small] = 0.5 * (sorted_dt[base + (counts - 1) // 2] + sorted_dt[base + counts // 2])
     return out
 
 
@@ -786,8 +799,8 @@ class _PowerSums:
     s2: FloatArray  # per group: 2 × sensor uncertainty
     xf2: FloatArray  # per group: 2 × Σ max(0, floor·dt − e_i) (coverage, readings below floor)
     xc2: FloatArray  # per group: 2 × Σ max(0, e_i − ceil·dt) (coverage, readings above ceiling)
-    pmin: FloatArray | None
-    pmax: FloatArray | None
+    pmin: FloatArray | None  # per group, over its own samples (only when asked for)
+    pmax: FloatArray | None  # per group, over its own samples (when asked for, or gaps seen)
     gap_idx: IntArray  # global index of the sample before each gap, ascending
     gap_dt: FloatArray
 
@@ -803,11 +816,16 @@ def _power_kernel(
 ) -> _PowerSums:
     """Stream the arrays once, block by block, and sum each group's interval terms.
 
-    Per block: interval lengths into a buffer; validation (min interval > 0, max interval
-    finite, min power >= 0, finite energy) and gap detection on that buffer while it is in
-    cache; gaps and the intervals between traces set to length 0; then the trapezoid sum as
-    dot(dt, p[1:]) + dot(dt, p[:-1]). Blocks inside one group take this dot-product path; blocks
-    that straddle groups form the per-interval products and reduce them with np.add.reduceat.
+    Per block, while it is in cache: interval lengths into a buffer; validation (min interval
+    > 0, max interval finite, min power >= 0 and not NaN, finite energy: that catches +inf
+    power too) and gap detection on that buffer; gaps and the non-intervals between traces set
+    to length 0; the trapezoid sum as dot(dt, p[1:]) + dot(dt, p[:-1]). The sensor term is
+    rel × energy when every reading is above abs/rel (the usual case), else corrected at the
+    few low readings, or recomputed densely when many are low. Blocks inside one group take
+    these dot-product paths; blocks that straddle groups (chunks) form per-interval products
+    and reduce them with np.add.reduceat. The power peak, needed only as a bound's ceiling
+    without max_power_w, is tracked from the first gap on; the part before it is read once
+    at the end.
     """
     n = lay.n
     ng = lay.grp_off.size - 1
@@ -816,7 +834,7 @@ def _power_kernel(
     xf2 = np.zeros(ng)
     xc2 = np.zeros(ng)
     pmin = np.full(ng, np.inf) if want_stats else None
-    pmax = np.full(ng, -np.inf) if want_stats else None
+    pmax = np.full(ng, -np.inf)
     gap_idx: list[IntArray] = []
     gap_dt: list[FloatArray] = []
     if n == 0:
@@ -830,14 +848,19 @@ def _power_kernel(
     partial = opts.coverage_fraction < 1.0
     want_floor = partial and floor_w > 0.0
     want_ceil = partial and opts.max_power_w is not None
-    want_max = want_stats or want_ceil
+    track = want_stats or want_ceil or (partial and opts.max_power_w is None)
+    lazy_peak = opts.max_power_w is None and not track
+    peak_from = 0  # samples before this were not tracked (lazy peak)
 
     size = min(_BLOCK_SAMPLES, n)
-    dbuf = np.empty(size)
+    # dbuf[1 + i] holds interval i of the block; dbuf[0] and dbuf[mi + 1] stay 0, so the
+    # intervals either side of sample j are dbuf[j] and dbuf[j + 1].
+    dbuf = np.zeros(size + 2)
     psbuf = np.empty(size)
     wbuf = np.empty(size)
     xbuf = np.empty(size)
     qbuf = np.empty(size + 1)
+    mbuf = np.empty(size + 1, dtype=np.bool_)
     b_start = np.arange(0, n, size, dtype=np.int64)
     b_end = np.minimum(b_start + size, n)
     excl = lay.seg_off[1:] - 1  # last sample of each trace: its "interval" is not one
@@ -848,24 +871,36 @@ def _power_kernel(
     k_lo = (np.searchsorted(lay.seg_off, b_start, side="right") - 1).tolist()
     k_hi = (np.searchsorted(lay.seg_off, b_end - 1, side="right") - 1).tolist()
     thr_list = thr_seg.tolist()
+    dot = np.dot
+    vmin = np.minimum.reduce
+    vmax = np.maximum.reduce
 
     for b, (s0, s1) in enumerate(zip(b_start.tolist(), b_end.tolist(), strict=True)):
         last = s1 == n
         mi = s1 - s0 - 1 if last else s1 - s0  # interval slots in this block
-        d = dbuf[:mi]
+        d = dbuf[1 : mi + 1]
+        dbuf[mi + 1] = 0.0
         np.subtract(t[s0 + 1 : s0 + mi + 1], t[s0 : s0 + mi], out=d)
         ex: IntArray | None = None
+        dropped_s = 0.0  # length of the slots that will not count (non-intervals, gaps)
         if ex_hi[b] > ex_lo[b]:
             ex = excl[ex_lo[b] : ex_hi[b]] - s0
             ex = ex[ex < mi]
-            d[ex] = _TINY
-        pb = p[s0:s1]
-        pmn = float(pb.min())
-        dmn, dmx = (float(d.min()), float(d.max())) if mi else (1.0, 0.0)
+            dropped_s += float(d[ex].sum())
+            d[ex] = 0.0
+        pn = p[s0 : s0 + mi + 1]  # samples the interval slots touch
+        j0, j1 = g_lo[b], g_hi[b]
+        single = j0 == j1 and mi > 0
+        # In a one-group block the first half of the trapezoid sum is taken now, while p
+        # streams in from memory (the dot costs nothing extra there); gaps are taken out below.
+        e_right = float(dot(d, pn[1:])) if single else 0.0
+        if ex is not None:
+            d[ex] = _TINY  # passes the "time increases" check; counts for nothing
+        pmn = float(vmin(pn))
+        dmn, dmx = (float(vmin(d)), float(vmax(d))) if mi else (1.0, 0.0)
         if not (dmn > 0.0 and pmn >= 0.0 and dmx < math.inf):
             _raise_invalid(t, p, lay.seg_off, min(s1 + 1, n))
-        pn = p[s0 : s0 + mi + 1]  # samples the interval slots touch
-        if mi == 0 and not math.isfinite(float(pb.max())):
+        if mi == 0 and not math.isfinite(pmn):
             _raise_invalid(t, p, lay.seg_off, s1)
 
         kl, kh = k_lo[b], k_hi[b]
@@ -880,57 +915,79 @@ def _power_kernel(
             if dmx > float(thr_arr.min()):
                 gi = np.flatnonzero(d > thr_arr)
         if gi is not None and gi.size:
+            gdt = d[gi].copy()
             gap_idx.append(gi + s0)
-            gap_dt.append(d[gi].copy())
+            gap_dt.append(gdt)
+            dropped_s += float(gdt.sum())
+            if single:
+                e_right -= float(dot(gdt, pn[gi + 1]))
             d[gi] = 0.0
+            if lazy_peak:
+                lazy_peak = False
+                track = True
+                peak_from = s0
         if ex is not None:
             d[ex] = 0.0
 
-        pmn_i = pmn if last else min(pmn, float(p[s1]))
-        pmx = float(pb.max()) if want_max else math.nan
-        pmx_i = pmx if last or not want_max else max(pmx, float(p[s1]))
-        j0, j1 = g_lo[b], g_hi[b]
-
+        pb = p[s0:s1]  # the block's own samples (group statistics)
         if j0 == j1:  # the whole block lies in one group: dot products, no temporaries
-            e = float(np.dot(d, pn[1:])) + float(np.dot(d, pn[:-1])) if mi else 0.0
+            e = e_right + float(dot(d, pn[:-1])) if mi else 0.0
             if not math.isfinite(e):
                 _raise_invalid(t, p, lay.seg_off, min(s1 + 1, n))
             e2[j0] += e
-            if (want_floor and pmn_i < floor_w) or (want_ceil and pmx_i > ceil_w):
+            pmx = float(vmax(pb)) if track else math.nan
+            if track:
+                pmax[j0] = max(pmax[j0], pmx)
+            if pmin is not None:
+                pmin[j0] = min(pmin[j0], float(vmin(pb)))
+            low_floor = want_floor and pmn < floor_w
+            over_ceil = want_ceil and max(pmx, float(pn[-1])) > ceil_w
+            if low_floor or over_ceil:
                 w = wbuf[:mi]
                 np.add(pn[1:], pn[:-1], out=psbuf[:mi])
                 np.multiply(d, psbuf[:mi], out=w)
                 x = xbuf[:mi]
-                if want_floor and pmn_i < floor_w:
+                if low_floor:
                     np.multiply(d, 2.0 * floor_w, out=x)
                     np.subtract(x, w, out=x)
                     np.maximum(x, 0.0, out=x)
                     xf2[j0] += float(x.sum())
-                if want_ceil and pmx_i > ceil_w:
+                if over_ceil:
                     np.multiply(d, -2.0 * ceil_w, out=x)
                     np.add(x, w, out=x)
                     np.maximum(x, 0.0, out=x)
                     xc2[j0] += float(x.sum())
             if rel == 0.0:
-                s2[j0] += 2.0 * abs_w * float(d.sum())
-            elif pmn_i >= q_floor:  # every reading above abs/rel: the error is rel × energy
+                s2[j0] += 2.0 * abs_w * (float(t[s0 + mi] - t[s0]) - dropped_s)
+            elif pmn >= q_floor:  # every reading above abs/rel: the error is rel × energy
                 s2[j0] += rel * e
             elif mi:
-                q = qbuf[: mi + 1]
-                np.maximum(pn, q_floor, out=q)
-                s2[j0] += rel * (float(np.dot(d, q[1:])) + float(np.dot(d, q[:-1])))
-            if pmin is not None and pmax is not None:
-                pmin[j0] = min(pmin[j0], pmn)
-                pmax[j0] = max(pmax[j0], pmx)
+                top = max(pmx, float(pn[-1])) if track else float(vmax(pn))
+                if top <= q_floor:  # every reading low: the error is abs × time
+                    s2[j0] += 2.0 * abs_w * (float(t[s0 + mi] - t[s0]) - dropped_s)
+                    continue
+                # Σ d_i (q_i + q_{i+1}) with q = max(p, abs/rel) is the energy sum plus,
+                # at each low reading j, (abs/rel − p_j) × (interval before + interval after).
+                # A strided probe guesses whether the low readings are few enough for that.
+                probe = pn[::_PROBE_STRIDE]
+                low = None
+                if np.count_nonzero(probe < q_floor) <= _SPARSE_FRACTION * probe.size:
+                    low = np.flatnonzero(np.less(pn, q_floor, out=mbuf[: mi + 1]))
+                if low is not None and low.size <= 2 * _SPARSE_FRACTION * (mi + 1):
+                    lift = q_floor - pn[low]
+                    s2[j0] += rel * (e + float(dot(lift, dbuf[low] + dbuf[low + 1])))
+                else:
+                    q = qbuf[: mi + 1]
+                    np.maximum(pn, q_floor, out=q)
+                    s2[j0] += rel * (float(dot(d, q[1:])) + float(dot(d, q[:-1])))
             continue
 
         # The block straddles groups: per-slot products, reduced per group piece.
         ms = s1 - s0
-        dd = dbuf[:ms]
+        dd = dbuf[1 : ms + 1]  # a padded last slot (no interval) is already 0
         ps = psbuf[:ms]
         w = wbuf[:ms]
-        if ms > mi:  # the trace's (and array's) last sample has no interval
-            dbuf[mi] = 0.0
+        if ms > mi:
             psbuf[mi] = 0.0
         np.add(pn[1:], pn[:-1], out=ps[:mi])
         np.multiply(dd, ps, out=w)
@@ -940,21 +997,24 @@ def _power_kernel(
         if not np.all(np.isfinite(ep)):
             _raise_invalid(t, p, lay.seg_off, min(s1 + 1, n))
         e2[j0 : j1 + 1] += ep
-        if want_floor and pmn_i < floor_w:
-            x = xbuf[:ms]
+        if track:
+            np.maximum(pmax[j0 : j1 + 1], np.maximum.reduceat(pb, loc), out=pmax[j0 : j1 + 1])
+        if pmin is not None:
+            np.minimum(pmin[j0 : j1 + 1], np.minimum.reduceat(pb, loc), out=pmin[j0 : j1 + 1])
+        x = xbuf[:ms]
+        if want_floor and pmn < floor_w:
             np.multiply(dd, 2.0 * floor_w, out=x)
             np.subtract(x, w, out=x)
             np.maximum(x, 0.0, out=x)
             xf2[j0 : j1 + 1] += np.add.reduceat(x, loc)
-        if want_ceil and pmx_i > ceil_w:
-            x = xbuf[:ms]
+        if want_ceil and float(vmax(pn)) > ceil_w:
             np.multiply(dd, -2.0 * ceil_w, out=x)
             np.add(x, w, out=x)
             np.maximum(x, 0.0, out=x)
             xc2[j0 : j1 + 1] += np.add.reduceat(x, loc)
         if rel == 0.0:
             s2[j0 : j1 + 1] += 2.0 * abs_w * np.add.reduceat(dd, loc)
-        elif pmn_i >= q_floor:
+        elif pmn >= q_floor:
             s2[j0 : j1 + 1] += rel * ep
         else:
             q = qbuf[: mi + 1]
@@ -962,20 +1022,21 @@ def _power_kernel(
             np.add(q[1:], q[:-1], out=ps[:mi])
             np.multiply(dd, ps, out=w)
             s2[j0 : j1 + 1] += rel * np.add.reduceat(w, loc)
-        if pmin is not None and pmax is not None:
-            np.minimum(pmin[j0 : j1 + 1], np.minimum.reduceat(pb, loc), out=pmin[j0 : j1 + 1])
-            np.maximum(pmax[j0 : j1 + 1], np.maximum.reduceat(pb, loc), out=pmax[j0 : j1 + 1])
 
     single = np.flatnonzero(np.diff(lay.seg_off) == 1)  # their time never entered a check
     if single.size and not np.all(np.isfinite(t[lay.seg_off[single]])):
         _raise_invalid(t, p, lay.seg_off, n)
+    if peak_from > 0:  # the peak was tracked from the first gap on: read the part before it
+        starts = lay.grp_off[:-1][lay.grp_off[:-1] < peak_from]
+        before = np.maximum.reduceat(p[:peak_from], starts)
+        np.maximum(pmax[: starts.size], before, out=pmax[: starts.size])
     return _PowerSums(
         e2,
         s2,
         xf2,
         xc2,
         pmin,
-        pmax,
+        pmax if track else None,
         np.concatenate(gap_idx) if gap_idx else np.zeros(0, np.int64),
         np.concatenate(gap_dt) if gap_dt else np.zeros(0),
     )
@@ -1028,12 +1089,10 @@ def _power_groups(
     ceiling = np.full(nseg, np.nan)
     if opts.max_power_w is not None:
         ceiling[:] = opts.max_power_w
-    elif gi.size or partial:
-        if sums.pmax is not None:  # peaks of the groups give the trace peaks for free
-            seg_first_grp = np.searchsorted(lay.grp_off, lay.seg_off[:-1])
-            ceiling = np.maximum.reduceat(sums.pmax, seg_first_grp) if ng else ceiling
-        else:
-            ceiling = np.maximum.reduceat(p, lay.seg_off[:-1]) if lay.n else ceiling
+    elif sums.pmax is not None and ng:  # tracked whenever a gap or coverage needs it
+        seg_first_grp = np.searchsorted(lay.grp_off, lay.seg_off[:-1])
+        ceiling = np.maximum.reduceat(sums.pmax, seg_first_grp)
+        ceiling[np.isinf(ceiling)] = np.nan  # traces whose peak nothing needed
 
     floor_w = opts.min_power_w
     gap_lo = np.maximum(fill - floor_w * gdt, 0.0)

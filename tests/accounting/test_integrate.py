@@ -1,0 +1,708 @@
+"""Energy integration against analytic answers, and the properties the model promises."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from typing import get_args
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accounting import integrate
+from accounting.errors import AccountingError, InvalidSamples
+from accounting.integrate import (
+    GAP_POLICIES,
+    METHODS,
+    POWER_METHODS,
+    GapPolicy,
+    InvalidArgument,
+    Method,
+    PowerMethod,
+    aggregate_energy,
+    counter_energy_curve,
+    integrate_counter,
+    integrate_power,
+    integrate_power_rows,
+    integrate_power_segments,
+    power_energy_curve,
+    segments_from_list,
+    segments_from_rows,
+    summarize_chunks,
+    window_energy,
+)
+
+FloatArray = npt.NDArray[np.float64]
+REL = 1e-12
+
+
+def _traces(seed: int, count: int, *, gaps: bool = True) -> list[tuple[FloatArray, FloatArray]]:
+    """Irregular traces of assorted lengths (1 to 400 samples), some with gaps and low power."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(1, 400))
+        dt = rng.uniform(0.05, 0.15, max(n - 1, 0))
+        if gaps and n > 10:
+            dt[rng.integers(0, n - 1, 2)] = rng.uniform(1.0, 5.0, 2)
+        t = 1.7e9 + np.concatenate(([0.0], np.cumsum(dt)))
+        p = rng.uniform(20.0, 650.0, n)
+        out.append((t, p))
+    return out
+
+
+# --------------------------------------------------------------------------- analytic answers
+
+
+@pytest.mark.parametrize("n", [2, 3, 11, 101, 1001, 100_001])
+def test_constant_300_w_for_10_s_is_3000_j(n: int) -> None:
+    result = integrate_power(np.linspace(0.0, 10.0, n), np.full(n, 300.0))
+    assert result.energy_j == pytest.approx(3000.0, rel=REL)
+    assert result.duration_s == pytest.approx(10.0, rel=REL)
+    assert result.n_samples == n
+    assert result.gap_count == 0
+    # ±5 % of 300 W (larger than ±5 W) over 10 s, nothing else in the band.
+    assert result.sensor_uncertainty_j == pytest.approx(150.0, rel=REL)
+    assert (result.energy_low_j, result.energy_high_j) == pytest.approx((2850.0, 3150.0), rel=REL)
+    assert result.bound_below_j == 0.0
+    assert result.bound_above_j == 0.0
+
+
+def test_constant_power_with_irregular_sampling() -> None:
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0.0, 10.0, 500))
+    t[0], t[-1] = 0.0, 10.0
+    # Random instants leave some intervals over 3 × the median: not gaps here.
+    result = integrate_power(t, np.full(t.size, 300.0), gap_factor=math.inf)
+    assert result.energy_j == pytest.approx(3000.0, rel=REL)
+    assert integrate_power(t, np.full(t.size, 300.0)).gap_count > 0
+
+
+def test_low_power_uses_the_5_w_floor() -> None:
+    result = integrate_power([0.0, 10.0], [60.0, 60.0])
+    assert result.energy_j == pytest.approx(600.0)
+    assert result.sensor_uncertainty_j == pytest.approx(50.0)  # 5 W × 10 s, not 5 % × 600 J
+
+
+@pytest.mark.parametrize("per_second", [1, 2, 10, 50])
+def test_square_wave_is_exact_over_whole_periods_when_edges_are_sampled(per_second: int) -> None:
+    # 100 W on [2k, 2k+1), 400 W on [2k+1, 2k+2): 500 J per 2 s period, 12 periods.
+    t = np.arange(0, 24 * per_second + 1) / per_second
+    p = np.where(np.floor(t) % 2 == 0, 100.0, 400.0)
+    assert integrate_power(t, p).energy_j == pytest.approx(12 * 500.0, rel=REL)
+
+
+def test_linear_ramp_window_is_exact() -> None:
+    # 0 → 100 W over 10 s: ∫_0^5 10 t dt = 125 J, though only the ends are sampled.
+    curve = power_energy_curve([0.0, 10.0], [0.0, 100.0])
+    windows = window_energy(curve, [0.0, 5.0, 2.5], [5.0, 10.0, 7.5])
+    np.testing.assert_allclose(windows.energy_j, [125.0, 375.0, 250.0], rtol=REL)
+
+
+def test_single_sample_is_zero_energy() -> None:
+    result = integrate_power([5.0], [300.0])
+    assert (result.energy_j, result.duration_s, result.n_samples) == (0.0, 0.0, 1)
+    assert math.isnan(result.nominal_interval_s)
+
+
+# --------------------------------------------------------------------------- gaps
+
+
+def _gapped() -> tuple[FloatArray, FloatArray]:
+    """200 W for 10 s at 10 Hz, no samples for 10 s, then 400 W for 10 s."""
+    before = np.arange(0, 101) / 10
+    after = 20.0 + np.arange(0, 101) / 10
+    return np.concatenate([before, after]), np.concatenate(
+        [np.full(101, 200.0), np.full(101, 400.0)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "fill_j"), [("exclude", 0.0), ("bridge", 3000.0), ("hold", 2000.0)]
+)
+def test_gap_under_each_policy(policy: GapPolicy, fill_j: float) -> None:
+    t, p = _gapped()
+    result = integrate_power(t, p, gap_policy=policy)
+    measured = 200.0 * 10 + 400.0 * 10
+    assert result.gap_policy == policy
+    assert result.gap_count == 1
+    assert result.gap_s == pytest.approx(10.0)
+    assert result.nominal_interval_s == pytest.approx(0.1)
+    assert result.gap_energy_bridge_j == pytest.approx(3000.0)
+    assert result.gap_fill_j == pytest.approx(fill_j)
+    assert result.energy_j == pytest.approx(measured + fill_j)
+    gaps = result.gaps
+    assert len(gaps) == 1
+    assert (int(gaps.index[0]), float(gaps.start_s[0]), float(gaps.end_s[0])) == (100, 10.0, 20.0)
+    # Whatever the policy, the gap held between 0 W and the trace's peak (400 W) times 10 s.
+    assert result.ceiling_power_w == 400.0
+    sensor = 0.05 * measured
+    assert result.energy_low_j == pytest.approx(measured - sensor)
+    assert result.energy_high_j == pytest.approx(measured + sensor + 400.0 * 10)
+    assert result.energy_low_j <= result.energy_j <= result.energy_high_j
+
+
+def test_gap_bound_uses_the_device_limit_when_given() -> None:
+    t, p = _gapped()
+    result = integrate_power(t, p, max_power_w=700.0, min_power_w=50.0)
+    assert result.ceiling_power_w == 700.0
+    assert result.bound_above_j == pytest.approx(700.0 * 10)
+    assert result.bound_below_j == 0.0  # exclude counted nothing, the floor cannot go lower
+    assert result.energy_low_j == pytest.approx(0.95 * 6000.0)  # floor × gap is not claimed
+    bridged = integrate_power(t, p, max_power_w=700.0, min_power_w=50.0, gap_policy="bridge")
+    assert bridged.bound_below_j == pytest.approx(3000.0 - 50.0 * 10)
+    assert bridged.bound_above_j == pytest.approx(7000.0 - 3000.0)
+    assert bridged.energy_low_j == pytest.approx(result.energy_low_j + 50.0 * 10)
+
+
+def test_gap_threshold_follows_factor_and_nominal_interval() -> None:
+    t = np.array([0.0, 1.0, 2.0, 4.5, 5.5])
+    p = np.full(5, 100.0)
+    assert integrate_power(t, p).gap_count == 0  # 2.5 s ≤ 3 × 1 s
+    assert integrate_power(t, p, gap_factor=2.0).gap_count == 1
+    assert integrate_power(t, p, nominal_interval_s=0.5).gap_count == 1
+    assert integrate_power(t, p, gap_factor=math.inf).gap_threshold_s == math.inf
+
+
+def test_nominal_interval_of_a_long_trace_comes_from_runs() -> None:
+    n = 300_000
+    t = np.arange(n) * 0.1
+    t[1000:] += 50.0  # one gap; the median ignores it
+    result = integrate_power(t, np.full(n, 250.0))
+    assert result.nominal_interval_s == pytest.approx(0.1)
+    assert result.gap_count == 1
+    assert int(result.gaps.index[0]) == 999
+    assert result.energy_j == pytest.approx(250.0 * 0.1 * (n - 2))
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_counter_plain_difference() -> None:
+    t = np.arange(11.0)
+    result = integrate_counter(t, 1000.0 + 300.0 * t)
+    assert result.energy_j == pytest.approx(3000.0)
+    assert result.method == "counter"
+    assert (result.reset_count, result.wrap_count) == (0, 0)
+    assert result.sensor_uncertainty_j == pytest.approx(0.02 * 3000.0)
+    assert result.energy_high_j == pytest.approx(3060.0)
+
+
+def test_counter_reset_is_bounded_and_flagged() -> None:
+    # 300 W throughout; the driver reloads at t = 4.4 s, between readings at 4 and 5 s.
+    t = np.arange(11.0)
+    true = 300.0 * t
+    counter = np.where(t < 4.4, 5000.0 + true, 300.0 * (t - 4.4))
+    result = integrate_counter(t, counter, max_power_w=700.0)
+    assert result.reset_count == 1
+    assert result.wrap_count == 0
+    assert result.reset_index.tolist() == [4]
+    # Counted: everything but the 0.4 s before the reload (the post-reset 180 J are kept).
+    assert result.energy_j == pytest.approx(3000.0 - 120.0)
+    assert result.reset_unknown_j.tolist() == pytest.approx([700.0 - 180.0])
+    assert result.energy_j <= 3000.0 <= result.energy_high_j
+    unbounded = integrate_counter(t, counter)
+    assert unbounded.energy_j == pytest.approx(result.energy_j)
+    assert unbounded.energy_high_j == math.inf
+    assert unbounded.reset_unknown_j.tolist() == [math.inf]
+
+
+def test_counter_wraps_are_not_resets() -> None:
+    t = np.arange(0.0, 20.5, 0.5)
+    counter = np.mod(300.0 * t, 1000.0)  # wraps at 1000 J (RAPL-style modulus)
+    for limit in (None, 700.0):
+        result = integrate_counter(t, counter, wrap_j=1000.0, max_power_w=limit)
+        assert result.energy_j == pytest.approx(300.0 * 20.0)
+        assert result.wrap_count == 6
+        assert result.reset_count == 0
+
+
+def test_counter_drop_inconsistent_with_a_wrap_is_a_reset() -> None:
+    t = np.arange(6.0)
+    counter = np.array([100.0, 400.0, 700.0, 50.0, 350.0, 650.0])  # 700 → 50 in 1 s
+    # As a wrap (modulus 1000) that is 350 J in 1 s: plausible next to the trace's own 300 W
+    # (at most twice that), not with a 320 W power limit.
+    assert integrate_counter(t, counter, wrap_j=1000.0).wrap_count == 1
+    result = integrate_counter(t, counter, wrap_j=1000.0, max_power_w=320.0)
+    assert (result.wrap_count, result.reset_count) == (0, 1)
+    assert result.energy_j == pytest.approx(300.0 * 4 + 50.0)
+    far = np.array([100.0, 400.0, 700.0, 900.0, 150.0, 450.0])  # 900 → 150: 250 J, fine
+    assert integrate_counter(t, far, wrap_j=1000.0).wrap_count == 1
+    reload = np.array([600.0, 700.0, 800.0, 20.0, 120.0, 220.0])  # wrap would be 220 J/s at 100
+    assert integrate_counter(t, reload, wrap_j=1000.0).reset_count == 1
+
+
+def test_counter_curve_windows_and_unbounded_reset() -> None:
+    t = np.arange(11.0)
+    counter = np.where(t < 4.4, 300.0 * t, 300.0 * (t - 4.4))
+    curve = counter_energy_curve(t, counter)
+    w = window_energy(curve, [0.0, 2.0, 4.5, 6.0], [2.0, 4.0, 5.5, 10.0])
+    # (4, 5) counts the 180 J after the reload, shared out evenly: 90 J + 150 J of (5, 6).
+    np.testing.assert_allclose(w.energy_j, [600.0, 600.0, 240.0, 1200.0])
+    assert w.bound_above_j.tolist()[:2] == [0.0, 0.0]
+    assert w.bound_above_j[2] == math.inf  # overlaps the reset interval (4, 5)
+    assert w.bound_above_j[3] == 0.0
+
+
+def test_counter_in_chunks_sums_to_the_counter_total() -> None:
+    t = np.arange(0.0, 60.0, 0.1)
+    counter = np.mod(250.0 * t, 2000.0)
+    power = np.full(t.size, 250.0)
+    chunks = summarize_chunks(t, power, chunk_s=10.0, counter_j=counter, wrap_j=2000.0)
+    total = integrate_counter(t, counter, wrap_j=2000.0)
+    assert chunks.energy_j.sum() == pytest.approx(total.energy_j, rel=1e-12)
+    assert int(chunks.wrap_count.sum()) == total.wrap_count
+    assert set(chunks.method.tolist()) == {"counter"}
+    np.testing.assert_allclose(chunks.mean_power_w, 250.0, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_adjacent_windows_add_up_to_the_whole() -> None:
+    t, p = _traces(7, 1)[0]
+    for policy in GAP_POLICIES:
+        curve = power_energy_curve(t, p, gap_policy=policy)
+        cuts = np.linspace(t[0] - 1.0, t[-1] + 1.0, 37)
+        w = window_energy(curve, cuts[:-1], cuts[1:])
+        whole = integrate_power(t, p, gap_policy=policy)
+        assert w.energy_j.sum() == pytest.approx(whole.energy_j, rel=1e-9)
+        assert w.sensor_uncertainty_j.sum() == pytest.approx(whole.sensor_uncertainty_j, rel=1e-9)
+        assert w.bound_above_j.sum() == pytest.approx(whole.bound_above_j, rel=1e-9)
+        assert w.covered_s.sum() == pytest.approx(t[-1] - t[0])
+
+
+def test_window_outside_the_trace_covers_nothing() -> None:
+    curve = power_energy_curve([0.0, 10.0], [300.0, 300.0])
+    w = window_energy(curve, [-5.0, 8.0, 20.0], [0.0, 15.0, 30.0])
+    np.testing.assert_allclose(w.energy_j, [0.0, 600.0, 0.0])
+    np.testing.assert_allclose(w.covered_s, [0.0, 2.0, 0.0])
+
+
+def test_window_errors() -> None:
+    curve = power_energy_curve([0.0, 10.0], [300.0, 300.0])
+    with pytest.raises(InvalidArgument, match="window 1 ends"):
+        window_energy(curve, [0.0, 5.0], [1.0, 4.0])
+    with pytest.raises(InvalidArgument, match="finite"):
+        window_energy(curve, [math.nan], [1.0])
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def test_chunks_tile_the_trace_by_the_left_sample_rule() -> None:
+    t = np.arange(0.0, 35.0, 0.5)
+    p = 100.0 + 10.0 * t
+    chunks = summarize_chunks(t, p, chunk_s=10.0)
+    assert chunks.chunk_index.tolist() == [0, 1, 2, 3]
+    assert chunks.t0_s.tolist() == [0.0, 10.0, 20.0, 30.0]
+    assert chunks.t1_s.tolist() == [10.0, 20.0, 30.0, 34.5]  # the last ends at its last sample
+    assert chunks.n.tolist() == [20, 20, 20, 10]
+    assert chunks.energy_j.sum() == pytest.approx(integrate_power(t, p).energy_j, rel=REL)
+    # Linear power: each chunk's mean is the power at its middle; min/max at its ends.
+    np.testing.assert_allclose(chunks.mean_power_w, 100.0 + 10.0 * (chunks.t0_s + chunks.t1_s) / 2)
+    np.testing.assert_allclose(chunks.min_power_w, 100.0 + 10.0 * chunks.t0_s)
+    np.testing.assert_allclose(chunks.max_power_w, 100.0 + 10.0 * chunks.t1_s)
+    assert set(chunks.method.tolist()) == {"power_avg"}
+
+
+def test_chunks_report_their_gaps_and_mean_over_measured_time() -> None:
+    t, p = _gapped()
+    chunks = summarize_chunks(t, p, chunk_s=5.0)
+    # The sample at 10 s is alone in its bin and its interval is the gap; bin 3 is empty.
+    assert chunks.chunk_index.tolist() == [0, 1, 2, 4, 5, 6]
+    assert chunks.gap_count.tolist() == [0, 0, 1, 0, 0, 0]
+    assert chunks.gap_s[2] == pytest.approx(10.0)
+    assert chunks.energy_j[2] == 0.0
+    assert chunks.mean_power_w[2] == pytest.approx(200.0)  # no measured time: sample mean
+    assert chunks.mean_power_w[1] == pytest.approx(200.0)
+    assert chunks.energy_j.sum() == pytest.approx(integrate_power(t, p).energy_j)
+    assert chunks.bound_above_j.sum() == pytest.approx(400.0 * 10)
+
+
+def test_single_sample_chunk() -> None:
+    chunks = summarize_chunks([0.0, 1.0, 2.0], [100.0, 200.0, 300.0], chunk_starts=[0, 2])
+    assert chunks.n.tolist() == [2, 1]
+    # Left-sample rule: the interval 1 → 2 s belongs to the first chunk.
+    assert chunks.energy_j.tolist() == pytest.approx([400.0, 0.0])
+    assert chunks.t1_s.tolist() == [2.0, 2.0]
+    assert chunks.mean_power_w.tolist() == pytest.approx([200.0, 300.0])
+
+
+def test_chunk_arguments_are_checked() -> None:
+    with pytest.raises(InvalidArgument, match="exactly one"):
+        summarize_chunks([0.0, 1.0], [1.0, 1.0])
+    with pytest.raises(InvalidArgument, match="strictly increasing"):
+        summarize_chunks([0.0, 1.0], [1.0, 1.0], chunk_starts=[1, 0])
+
+
+# --------------------------------------------------------------------------- many at once
+
+
+def test_segments_and_rows_equal_per_trace_results() -> None:
+    traces = _traces(3, 12)
+    traces.insert(4, (np.zeros(0), np.zeros(0)))  # an empty trace in the middle
+    t, p, offsets = segments_from_list([a for a, _ in traces], [b for _, b in traces])
+    batch = integrate_power_segments(t, p, offsets, coverage_fraction=0.5)
+    assert len(batch) == len(traces)
+    for k, (tk, pk) in enumerate(traces):
+        if tk.size == 0:
+            assert batch.energy_j[k] == 0.0
+            assert batch.n_samples[k] == 0
+            continue
+        one = integrate_power(tk, pk, coverage_fraction=0.5)
+        got = batch.trace(k)
+        for name in (
+            "energy_j",
+            "energy_low_j",
+            "energy_high_j",
+            "sensor_uncertainty_j",
+            "bound_below_j",
+            "bound_above_j",
+            "duration_s",
+            "gap_s",
+            "gap_energy_bridge_j",
+        ):
+            assert getattr(got, name) == pytest.approx(getattr(one, name), rel=1e-12), name
+        assert got.gap_count == one.gap_count
+        np.testing.assert_array_equal(got.gaps.index, one.gaps.index)
+        assert got.nominal_interval_s == pytest.approx(one.nominal_interval_s, nan_ok=True)
+
+    rows = np.stack([pk[:50] for tk, pk in traces if tk.size >= 50][:3])
+    t_rows = np.arange(50) * 0.1
+    batch2 = integrate_power_rows(t_rows, rows)
+    for k in range(rows.shape[0]):
+        assert batch2.energy_j[k] == pytest.approx(integrate_power(t_rows, rows[k]).energy_j)
+    t_flat, p_flat, off = segments_from_rows(np.tile(t_rows, (3, 1)), rows)
+    assert off.tolist() == [0, 50, 100, 150]
+    assert integrate_power_segments(t_flat, p_flat, off).energy_j == pytest.approx(batch2.energy_j)
+
+
+def test_chunk_summaries_on_segments_equal_per_trace_summaries() -> None:
+    traces = _traces(11, 6)
+    t, p, offsets = segments_from_list([a for a, _ in traces], [b for _, b in traces])
+    batch = summarize_chunks(t, p, chunk_s=7.0, origin_s=1.7e9, offsets=offsets)
+    for k, (tk, pk) in enumerate(traces):
+        one = summarize_chunks(tk, pk, chunk_s=7.0, origin_s=1.7e9)
+        mine = batch.segment == k
+        for name in ("energy_j", "energy_high_j", "min_power_w", "max_power_w", "mean_power_w"):
+            np.testing.assert_allclose(getattr(batch, name)[mine], getattr(one, name), rtol=1e-12)
+        np.testing.assert_array_equal(batch.chunk_index[mine], one.chunk_index)
+        np.testing.assert_array_equal(batch.first_index[mine] - offsets[k], one.first_index)
+
+
+@pytest.mark.parametrize("block", [5, 64, 1000])
+def test_block_boundaries_do_not_change_results(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """The kernel walks blocks; tiny blocks put boundaries everywhere: same answers."""
+    traces = _traces(5, 8)
+    t, p, offsets = segments_from_list([a for a, _ in traces], [b for _, b in traces])
+    p[::17] = 60.0  # readings below 100 W: the sensor term's correction paths
+
+    def run() -> tuple[integrate.PowerEnergyBatch, integrate.ChunkSummaries]:
+        return (
+            integrate_power_segments(
+                t, p, offsets, coverage_fraction=0.25, min_power_w=80.0, max_power_w=600.0
+            ),
+            summarize_chunks(
+                t,
+                p,
+                chunk_s=3.0,
+                offsets=offsets,
+                coverage_fraction=0.25,
+                min_power_w=80.0,
+                max_power_w=600.0,
+            ),
+        )
+
+    reference, chunks_ref = run()
+    monkeypatch.setattr(integrate, "_BLOCK_SAMPLES", block)
+    small, chunks = run()
+    for name in ("energy_j", "sensor_uncertainty_j", "bound_below_j", "bound_above_j"):
+        np.testing.assert_allclose(getattr(small, name), getattr(reference, name), rtol=1e-12)
+        np.testing.assert_allclose(getattr(chunks, name), getattr(chunks_ref, name), rtol=1e-9)
+    np.testing.assert_array_equal(small.gap_count, reference.gap_count)
+    np.testing.assert_allclose(chunks.max_power_w, chunks_ref.max_power_w)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.15, 0.3])
+def test_kernel_matches_the_per_interval_model_on_a_long_trace(scale: float) -> None:
+    """The streaming kernel (several blocks, gaps, low readings) against the curve's
+    independent per-interval arithmetic, for every band term."""
+    rng = np.random.default_rng(2)
+    n = 400_000
+    t = np.cumsum(rng.uniform(0.09, 0.11, n))
+    t[150_000:] += 7.0
+    p = scale * (400.0 + 200.0 * np.sin(np.arange(n) / 50.0) + 20.0 * rng.standard_normal(n))
+    for coverage, floor_w, limit_w in ((1.0, 0.0, None), (0.25, 30.0, 500.0)):
+        whole = integrate_power(
+            t, p, coverage_fraction=coverage, min_power_w=floor_w, max_power_w=limit_w
+        )
+        curve = power_energy_curve(
+            t, p, coverage_fraction=coverage, min_power_w=floor_w, max_power_w=limit_w
+        )
+        assert whole.energy_j == pytest.approx(curve.energy_j[-1], rel=1e-10)
+        assert whole.sensor_uncertainty_j == pytest.approx(curve.sensor_j[-1], rel=1e-10)
+        assert whole.bound_below_j == pytest.approx(curve.bound_below_j[-1], rel=1e-10)
+        assert whole.bound_above_j == pytest.approx(curve.bound_above_j[-1], rel=1e-10)
+        assert whole.gap_count == 1
+
+
+# --------------------------------------------------------------------------- properties
+
+
+_DT = st.floats(min_value=1e-3, max_value=10.0, allow_nan=False)
+_POWER = st.floats(min_value=0.0, max_value=2000.0, allow_nan=False)
+
+
+@st.composite
+def _trace(draw: st.DrawFn) -> tuple[FloatArray, FloatArray]:
+    n = draw(st.integers(min_value=2, max_value=40))
+    dts = draw(st.lists(_DT, min_size=n - 1, max_size=n - 1))
+    powers = draw(st.lists(_POWER, min_size=n, max_size=n))
+    t = draw(st.floats(min_value=-1e4, max_value=1e9)) + np.concatenate(([0.0], np.cumsum(dts)))
+    return t, np.array(powers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    trace=_trace(),
+    cuts=st.lists(st.floats(0.0, 1.0), max_size=12),
+    policy=st.sampled_from(GAP_POLICIES),
+)
+def test_random_windows_sum_to_the_total(
+    trace: tuple[FloatArray, FloatArray], cuts: list[float], policy: GapPolicy
+) -> None:
+    t, p = trace
+    if np.any(np.diff(t) <= 0):  # a tiny step can vanish in a large offset
+        return
+    edges = np.sort(np.concatenate(([t[0]], t[0] + np.array(cuts) * (t[-1] - t[0]), [t[-1]])))
+    curve = power_energy_curve(t, p, gap_policy=policy)
+    windows = window_energy(curve, edges[:-1], edges[1:])
+    total = integrate_power(t, p, gap_policy=policy).energy_j
+    assert windows.energy_j.sum() == pytest.approx(total, rel=1e-9, abs=1e-9 * (1.0 + total))
+    assert np.all(windows.energy_low_j <= windows.energy_j + 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(trace=_trace(), starts=st.sets(st.integers(1, 39), max_size=8))
+def test_random_chunks_sum_to_the_total(
+    trace: tuple[FloatArray, FloatArray], starts: set[int]
+) -> None:
+    t, p = trace
+    if np.any(np.diff(t) <= 0):
+        return
+    chunk_starts = sorted({0} | {s for s in starts if s < t.size})
+    chunks = summarize_chunks(t, p, chunk_starts=chunk_starts)
+    whole = integrate_power(t, p)
+    assert len(chunks) == len(chunk_starts)
+    scale = 1.0 + whole.energy_j
+    assert chunks.energy_j.sum() == pytest.approx(whole.energy_j, rel=1e-12, abs=1e-12 * scale)
+    assert chunks.sensor_uncertainty_j.sum() == pytest.approx(
+        whole.sensor_uncertainty_j, rel=1e-12, abs=1e-12 * scale
+    )
+    assert chunks.gap_s.sum() == pytest.approx(whole.gap_s, abs=1e-9)
+    assert np.all(chunks.t1_s[:-1] == chunks.t0_s[1:])
+    assert np.all(chunks.min_power_w <= chunks.mean_power_w * (1 + 1e-12) + 1e-9)
+    assert np.all(chunks.mean_power_w <= chunks.max_power_w * (1 + 1e-12) + 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=_trace(), b=_trace(), pause=_DT)
+def test_concatenated_traces_add_up(
+    a: tuple[FloatArray, FloatArray], b: tuple[FloatArray, FloatArray], pause: float
+) -> None:
+    (ta, pa), (tb, pb) = a, b
+    tb = tb - tb[0] + ta[-1] + pause
+    t, p = np.concatenate([ta, tb]), np.concatenate([pa, pb])
+    if np.any(np.diff(t) <= 0):
+        return
+    joined = integrate_power(t, p, gap_factor=math.inf).energy_j
+    parts = integrate_power(ta, pa, gap_factor=math.inf).energy_j
+    parts += integrate_power(tb, pb, gap_factor=math.inf).energy_j
+    parts += 0.5 * (tb[0] - ta[-1]) * (pa[-1] + pb[0])  # the interval that joins them
+    assert joined == pytest.approx(parts, rel=1e-9, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_band_covers_the_true_energy_of_a_known_profile() -> None:
+    # True power 300 + 200 sin(2πt/7) W for 60 s; a sensor reading 4 % high (inside ±5 %).
+    t = np.arange(0.0, 60.0001, 0.1)
+    period = 7.0
+    true_j = 300.0 * 60.0 + 200.0 * period / (2 * np.pi) * (1 - np.cos(2 * np.pi * 60.0 / period))
+    reading = 1.04 * (300.0 + 200.0 * np.sin(2 * np.pi * t / period))
+    result = integrate_power(t, reading)
+    assert abs(result.energy_j - true_j) > 0.03 * true_j  # the error is real ...
+    assert result.energy_low_j <= true_j <= result.energy_high_j  # ... and covered
+
+
+def test_coverage_term_covers_aliased_instant_readings() -> None:
+    # A 25 ms burst of 500 W every 100 ms over a 100 W floor; instantaneous readings every
+    # 100 ms always land between bursts (the A100/H100 failure mode): they see only 100 W.
+    t = np.arange(0.0, 60.0001, 0.1)
+    readings = np.full(t.size, 100.0)
+    true_j = (100.0 + 0.25 * 400.0) * 60.0
+    blind = integrate_power(t, readings, method="power_instant")
+    assert not blind.energy_low_j <= true_j <= blind.energy_high_j  # why coverage matters
+    covered = integrate_power(
+        t, readings, method="power_instant", coverage_fraction=0.25, max_power_w=700.0
+    )
+    assert covered.method == "power_instant"
+    assert covered.energy_low_j <= true_j <= covered.energy_high_j
+    # The unseen 75 % may hold 0 … 700 W: below 0.75 × 6 kJ, above 0.75 × (42 − 6) kJ.
+    assert covered.bound_below_j == pytest.approx(0.75 * 6000.0)
+    assert covered.bound_above_j == pytest.approx(0.75 * (700.0 * 60.0 - 6000.0))
+
+
+def test_aggregation_combines_devices_and_keeps_one_device_linear() -> None:
+    totals = aggregate_energy(
+        [100.0, 200.0, 50.0, 50.0],
+        [3.0, 4.0, 2.0, 2.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [1.0, 2.0, 0.0, math.inf],
+        device=["gpu0", "gpu1", "gpu0", "gpu0"],
+        group=["run-a", "run-a", "run-b", "run-b"],
+    )
+    assert totals.key.tolist() == ["run-a", "run-b"]
+    assert totals.energy_j.tolist() == [300.0, 100.0]
+    # run-a: two devices, independent → √(3² + 4²); run-b: one device's rows add linearly.
+    assert totals.sensor_uncertainty_j.tolist() == pytest.approx([5.0, 4.0])
+    assert totals.n_devices.tolist() == [2, 1]
+    assert totals.n_rows.tolist() == [2, 2]
+    assert totals.bound_above_j.tolist() == [3.0, math.inf]
+    assert totals.energy_low_j.tolist() == pytest.approx([295.0, 95.0])
+    linear = aggregate_energy(
+        [100.0, 200.0], [3.0, 4.0], [0.0, 0.0], [0.0, 0.0], device=["a", "b"], combine="linear"
+    )
+    assert linear.sensor_uncertainty_j.tolist() == [7.0]
+    with pytest.raises(InvalidArgument, match="combine"):
+        aggregate_energy([1.0], [0.0], [0.0], [0.0], device=["a"], combine="max")  # type: ignore[arg-type]
+
+
+def test_chunk_totals_aggregate_to_the_trace_band() -> None:
+    t, p = _gapped()
+    chunks = summarize_chunks(t, p, chunk_s=3.0)
+    totals = aggregate_energy(
+        chunks.energy_j,
+        chunks.sensor_uncertainty_j,
+        chunks.bound_below_j,
+        chunks.bound_above_j,
+        device=np.zeros(len(chunks), dtype=np.int64),
+    )
+    whole = integrate_power(t, p)
+    assert totals.energy_low_j[0] == pytest.approx(whole.energy_low_j)
+    assert totals.energy_high_j[0] == pytest.approx(whole.energy_high_j)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("t", "p", "pattern"),
+    [
+        ([0.0, 1.0, 2.0, 3.0], [1.0, 1.0, math.nan, 1.0], r"power_w\[2\] is nan"),
+        ([0.0, 1.0, math.nan, 3.0], [1.0, 1.0, 1.0, 1.0], r"t_s\[2\] is nan"),
+        ([0.0, 1.0, 2.0, 3.0], [1.0, math.inf, 1.0, 1.0], r"power_w\[1\] is inf"),
+        ([0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, -2.0], r"power_w\[3\] = -2.0 W is negative"),
+        ([0.0, 1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 1.0], r"t_s\[2\] = 0.5 s is not after t_s\[1\]"),
+        ([0.0, 1.0, 1.0, 3.0], [1.0, 1.0, 1.0, 1.0], r"t_s\[2\] = 1.0 s is not after"),
+        ([0.0, 1.0, 2.0], [1.0, 1.0], r"mismatched lengths: t_s has 3 samples, power_w has 2"),
+        ([math.inf], [1.0], r"t_s\[0\] is inf"),
+        ([0.0], [math.inf], r"power_w\[0\] is inf"),
+        ([], [], r"no samples"),
+    ],
+)
+def test_invalid_samples_name_the_problem_and_index(
+    t: list[float], p: list[float], pattern: str
+) -> None:
+    with pytest.raises(InvalidSamples, match=pattern) as caught:
+        integrate_power(t, p)
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, AccountingError)
+
+
+def test_the_first_bad_index_is_reported() -> None:
+    p = np.ones(10)
+    p[7] = math.nan
+    p[3] = -1.0
+    with pytest.raises(InvalidSamples, match=r"power_w\[3\]"):
+        integrate_power(np.arange(10.0), p)
+
+
+def test_invalid_sample_far_into_a_long_trace() -> None:
+    n = 300_000  # several kernel blocks
+    t = np.arange(n) * 0.1
+    p = np.full(n, 200.0)
+    p[250_001] = -1.0
+    with pytest.raises(InvalidSamples, match=r"power_w\[250001\] = -1.0 W is negative"):
+        integrate_power(t, p)
+    t[200_000] = t[199_998]
+    with pytest.raises(InvalidSamples, match=r"t_s\[200000\] = .* is not after t_s\[199999\]"):
+        integrate_power(t, np.full(n, 200.0))
+
+
+def test_invalid_samples_in_segments_name_the_trace() -> None:
+    t = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 10.5])  # trace 1 goes back in time
+    with pytest.raises(InvalidSamples, match=r"t_s\[5\].*\(trace 1, sample 2\)"):
+        integrate_power_segments(t, np.ones(6), [0, 3, 6])
+    # Going back between traces is fine: each trace has its own clock.
+    t_ok = np.array([10.0, 11.0, 12.0, 0.0, 1.0, 2.0])
+    assert integrate_power_segments(t_ok, np.ones(6), [0, 3, 6]).energy_j.tolist() == [2.0, 2.0]
+    single = np.array([0.0, 1.0, math.nan, 3.0, 4.0])  # a one-sample trace with a NaN time
+    with pytest.raises(InvalidSamples, match=r"t_s\[2\] is nan.*\(trace 1, sample 0\)"):
+        integrate_power_segments(single, np.ones(5), [0, 2, 3, 5])
+
+
+def test_invalid_counters_name_the_problem() -> None:
+    with pytest.raises(InvalidSamples, match=r"counter_j\[1\] = -5.0 J is negative"):
+        integrate_counter([0.0, 1.0], [0.0, -5.0])
+    with pytest.raises(InvalidSamples, match=r"counter_j\[1\] = 1200.0 J exceeds wrap_j"):
+        integrate_counter([0.0, 1.0], [0.0, 1200.0], wrap_j=1000.0)
+    with pytest.raises(InvalidSamples, match="mismatched lengths"):
+        integrate_counter([0.0, 1.0], [0.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"coverage_fraction": 0.0}, "coverage_fraction"),
+        ({"coverage_fraction": 1.5}, "coverage_fraction"),
+        ({"gap_factor": 0.5}, "gap_factor"),
+        ({"nominal_interval_s": -1.0}, "nominal_interval_s"),
+        ({"max_power_w": 50.0, "min_power_w": 80.0}, "max_power_w"),
+        ({"sensor_rel_error": math.nan}, "sensor_rel_error"),
+        ({"gap_policy": "interpolate"}, "gap_policy"),
+        ({"method": "counter"}, "method"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, object], pattern: str) -> None:
+    with pytest.raises(InvalidArgument, match=pattern):
+        integrate_power([0.0, 1.0], [1.0, 1.0], **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_offsets() -> None:
+    with pytest.raises(InvalidArgument, match="offsets"):
+        integrate_power_segments([0.0, 1.0], [1.0, 1.0], [0, 3])
+    with pytest.raises(InvalidArgument, match="offsets"):
+        integrate_power_segments([0.0, 1.0], [1.0, 1.0], [0.0, 2.0])
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_method_names() -> None:
+    assert get_args(Method) == METHODS
+    assert get_args(PowerMethod) == POWER_METHODS
+    assert get_args(GapPolicy) == GAP_POLICIES
+
+
+def test_importing_integrate_does_not_import_pint() -> None:
+    code = "import sys, accounting.integrate; sys.exit('pint' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
