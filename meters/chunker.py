@@ -1,0 +1,497 @@
+"""Per-device chunking: samples in, sealed wire chunks out, tiled by the left-sample rule.
+
+A `DeviceChunker` holds the samples of one device's open chunk in preallocated float64 arrays
+(time, power, raw counter; grown by doubling, reused after every seal) and seals chunks with
+`accounting.integrate.summarize_chunks`, the same kernel the service uses, so meter and service
+compute a chunk's figures by the same rules.
+
+Chunk boundaries
+    Samples fall into time bins of ``chunk_s`` seconds aligned to the sampler's start. Following
+    the kernel's left-sample rule, chunk k ends at the first sample of chunk k+1 (its last
+    interval bridges the two), so chunk k is sealed when that **bridge** sample arrives: the
+    sealed chunk spans ``[t0_s, t1_s]`` with ``t1_s`` the bridge's time, and the bridge opens
+    chunk k+1. Consecutive chunks therefore tile time with no hole and no overlap, and the
+    energy of the interval between them is counted once, in chunk k.
+
+    Two seals happen without a bridge: `DeviceChunker.flush` (stop, SIGTERM, an explicit flush)
+    and `DeviceChunker.seal_stale` (the device sent nothing for a whole chunk period, e.g. it
+    fell off the bus: its samples are made durable instead of waiting in memory). Such a chunk
+    ends at its own last sample, and that sample is **carried** to open the next chunk, so
+    tiling still holds: if the device comes back, the next chunk's first interval spans the
+    outage and the kernel reports it as a gap (and, for a counter, still counts the energy the
+    counter integrated through it).
+
+Wire samples
+    A chunk's ``samples`` are its own ``n`` samples (``n == len(t_s)``, as the service checks);
+    a bridged chunk's ``t1_s`` is the first sample of the next chunk, so re-deriving its last
+    interval needs that sample too. A carried sample belongs to both chunks it joins (counted in
+    both ``n``). Times on the wire are unix seconds: the monotonic time since the sampler's
+    start plus the unix time of that start (a wall-clock step never makes time go back inside a
+    run). The kernel integrates the run-relative seconds, which keep full float64 resolution;
+    unix seconds near 1.7e9 resolve only 0.24 µs, enough to push a steady counter chunk's mean
+    power 1e-8 outside its sampled range.
+
+Which energy figure
+    A chunk uses the counter (method ``counter``) when the device has one and every sample of
+    the chunk, bridge included, carries a counter value; otherwise the power trace with the
+    device's power method. A device with a counter but no power reading (RAPL) gets its power
+    samples from counter differences (mean power over the preceding interval; the very first
+    sample takes the rate of the interval after it), since the wire format needs a power column.
+
+Uncertainty
+    The band comes from the kernel. Sensor errors are the backend's `UncertaintyHint` when it
+    states one, else the kernel's defaults (NVML's ±5 % or ±5 W); a simulated device states
+    none, and averaged-power lag is a model error the sensor term must still cover. The power
+    limit, when known, bounds gaps (``max_power_w``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import numpy as np
+
+from accounting.integrate import (
+    SENSOR_ABS_ERROR_W,
+    SENSOR_REL_ERROR,
+    ChunkSummaries,
+    PowerMethod,
+    summarize_chunks,
+)
+from meters.backends.base import DeviceInfo, FloatArray, Method
+from meters.wire import ChunkPayload, DevicePayload, SamplesPayload
+from meters.wire import Method as WireMethod
+
+__all__ = ["DeviceChunker", "DeviceSummary", "device_payload"]
+
+_WIRE_METHODS: Final[dict[str, WireMethod]] = {
+    "counter": "counter",
+    "power_avg": "power_avg",
+    "power_instant": "power_instant",
+    "estimate": "estimate",
+}
+# A sample exactly on a bin edge must land in the later bin despite float rounding of t - start.
+_BIN_EPS: Final = 1e-9
+
+
+def device_payload(info: DeviceInfo, *, host: str) -> DevicePayload:
+    """The wire description of a device, keyed ``host/uid`` (unique within a run).
+
+    Args:
+        info: The backend's description of the device.
+        host: Host name the meter runs on.
+
+    Returns:
+        The `DevicePayload`; ``power_method`` is ``"counter"`` for a counter-only device (its
+        power samples are derived from the counter) and ``"none"`` for one that offers nothing
+        (such a device has no chunks, and the sampler keeps it out of the spool).
+    """
+    if info.power_method != Method.NONE:
+        power_method = info.power_method.label
+    else:
+        power_method = "counter" if info.has_energy_counter else "none"
+    kind: Literal["gpu", "cpu", "dram"] = (
+        "cpu" if info.scope == "package" else "dram" if info.scope == "dram" else "gpu"
+    )
+    return {
+        "key": f"{host}/{info.uid}",
+        "host": host,
+        "kind": kind,
+        "index": info.index,
+        "uid": info.uid,
+        "name": info.name,
+        "power_limit_w": info.power_limit_w,
+        "has_energy_counter": info.has_energy_counter,
+        "power_method": power_method,
+        "simulated": info.simulated,
+        "mig": info.mig,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """One device's figures so far: sealed chunks plus the open chunk integrated on the fly.
+
+    Attributes:
+        key: Device key (``host/uid``).
+        uid: The device's stable identifier.
+        name: The device's name.
+        method: ``counter``, ``power_avg``, ``power_instant``, ``mixed`` (chunks differ), or
+            ``none`` (no energy yet).
+        energy_j: Best estimate, J.
+        energy_low_j: Lower end of the band, J.
+        energy_high_j: Upper end of the band, J (+inf when a counter reset is unbounded).
+        sensor_uncertainty_j: Symmetric sensor part of the band, J.
+        bound_below_j: One-sided worst-case width below, J.
+        bound_above_j: One-sided worst-case width above, J.
+        duration_s: Time covered by the samples, s (gaps included).
+        mean_power_w: energy_j / duration_s, W (NaN before two samples).
+        min_power_w: Lowest power sample, W (NaN before any sample).
+        peak_power_w: Highest power sample, W (NaN before any sample).
+        samples: Readings kept as samples.
+        chunks_sealed: Chunks sealed so far.
+        gap_count: Gaps the kernel found (intervals longer than 3 nominal intervals).
+        gap_s: Total length of those gaps, s.
+        reset_count: Counter resets seen.
+        wrap_count: Counter wraps seen.
+        missed: Readings that were not samples, by reason: a `DeviceStatus` label (``lost``,
+            ``error``, ``not_supported``, ``denied``), ``exception`` (the read raised),
+            ``no_power`` / ``no_counter`` (the figure a sample needs is absent with no status)
+            or ``repeat`` (time did not advance).
+        status: Status label of the latest reading.
+        message: The latest non-empty status message.
+    """
+
+    key: str
+    uid: str
+    name: str
+    method: str
+    energy_j: float
+    energy_low_j: float
+    energy_high_j: float
+    sensor_uncertainty_j: float
+    bound_below_j: float
+    bound_above_j: float
+    duration_s: float
+    mean_power_w: float
+    min_power_w: float
+    peak_power_w: float
+    samples: int
+    chunks_sealed: int
+    gap_count: int
+    gap_s: float
+    reset_count: int
+    wrap_count: int
+    missed: dict[str, int]
+    status: str
+    message: str
+
+
+@dataclass(slots=True)
+class _Totals:
+    """Running sums over sealed chunks (one device)."""
+
+    chunks: int = 0
+    energy_j: float = 0.0
+    sensor_j: float = 0.0
+    below_j: float = 0.0
+    above_j: float = 0.0
+    duration_s: float = 0.0
+    gap_count: int = 0
+    gap_s: float = 0.0
+    reset_count: int = 0
+    wrap_count: int = 0
+    methods: set[str] = field(default_factory=set)
+
+    def add(self, s: ChunkSummaries, i: int) -> None:
+        self.chunks += 1
+        self.energy_j += float(s.energy_j[i])
+        self.sensor_j += float(s.sensor_uncertainty_j[i])
+        self.below_j += float(s.bound_below_j[i])
+        self.above_j += float(s.bound_above_j[i])
+        self.duration_s += float(s.t1_s[i] - s.t0_s[i])
+        self.gap_count += int(s.gap_count[i])
+        self.gap_s += float(s.gap_s[i])
+        self.reset_count += int(s.reset_count[i])
+        self.wrap_count += int(s.wrap_count[i])
+        self.methods.add(str(s.method[i]))
+
+
+class DeviceChunker:
+    """Buffers one device's samples and seals them into wire chunks.
+
+    Not thread-safe: the sampler serialises calls under its lock.
+
+    Args:
+        info: The device.
+        key: Its device key within the run.
+        first_seq: Sequence number of the first chunk sealed (after a restart: one past the
+            highest stored).
+        interval_s: The sampler's nominal interval, s (gap detection).
+        chunk_s: Chunk length, s.
+        origin_mono_s: Monotonic time of bin 0's start, s.
+        unix_offset_s: Unix time minus monotonic time, s (added to every sample time).
+    """
+
+    def __init__(
+        self,
+        info: DeviceInfo,
+        *,
+        key: str,
+        first_seq: int,
+        interval_s: float,
+        chunk_s: float,
+        origin_mono_s: float,
+        unix_offset_s: float,
+    ) -> None:
+        self.info = info
+        self.key = key
+        self.next_seq = first_seq
+        self._interval_s = interval_s
+        self._chunk_s = chunk_s
+        self._origin_mono_s = origin_mono_s
+        self._origin_unix_s = origin_mono_s + unix_offset_s
+        self._derive_power = info.power_method == Method.NONE and info.has_energy_counter
+        self._method: PowerMethod = (
+            "power_avg"
+            if info.power_method == Method.POWER_AVG
+            else "estimate"
+            if info.power_method == Method.ESTIMATE
+            else "power_instant"
+        )
+        hint = info.uncertainty
+        stated = hint.power_rel > 0 or hint.power_abs_w > 0
+        self._sensor_rel = hint.power_rel if stated else SENSOR_REL_ERROR
+        self._sensor_abs_w = hint.power_abs_w if stated else SENSOR_ABS_ERROR_W
+        capacity = max(16, math.ceil(chunk_s / interval_s) + 8)
+        self._t = np.empty(capacity)  # seconds since the origin: full float64 resolution
+        self._p = np.empty(capacity)
+        self._c = np.empty(capacity)
+        self._n = 0
+        self._bin = 0
+        self._patch_first_power = False
+        self._last_t_s = -math.inf
+        self._last_mono_s = -math.inf
+        self._totals = _Totals()
+        self._samples = 0
+        self._min_w = math.inf
+        self._max_w = -math.inf
+        self.missed: dict[str, int] = {}
+        self.status = "ok"
+        self.message = ""
+
+    # -- samples ------------------------------------------------------------------------------
+
+    def add(
+        self, t_mono_s: float, power_w: float, counter_j: float, status: str = "ok"
+    ) -> ChunkPayload | None:
+        """Take one reading; returns the chunk it sealed as a bridge, if any.
+
+        Args:
+            t_mono_s: Monotonic time of the reading, s.
+            power_w: Power, W (NaN: none).
+            counter_j: Raw counter, J (NaN: none).
+            status: The reading's `DeviceStatus` label, the reason counted when the reading is
+                not a sample.
+
+        Returns:
+            The sealed chunk when this sample is the first of a new bin, else None. A reading
+            that is not a sample (no power; for a counter-only device no counter; or time not
+            advancing) is counted in `missed` and returns None.
+        """
+        t_rel_s = t_mono_s - self._origin_mono_s
+        t_s = t_rel_s + self._origin_unix_s
+        if self._derive_power:
+            if math.isnan(counter_j):
+                self.miss(status if status != "ok" else "no_counter")
+                return None
+        elif math.isnan(power_w):
+            self.miss(status if status != "ok" else "no_power")
+            return None
+        if not t_s > self._last_t_s:
+            self.miss("repeat")
+            return None
+        if self._derive_power:
+            power_w = self._derived_power_w(t_mono_s, counter_j)
+        self._last_t_s = t_s
+        self._last_mono_s = t_mono_s
+        self._samples += 1
+        if power_w < self._min_w:
+            self._min_w = power_w
+        if power_w > self._max_w:
+            self._max_w = power_w
+        bin_ = math.floor(t_rel_s / self._chunk_s + _BIN_EPS)
+        sealed = None
+        if self._n and bin_ > self._bin:
+            self._put(self._n, t_rel_s, power_w, counter_j)
+            sealed = self._seal(self._n + 1, bridged=True)
+            self._t[0], self._p[0], self._c[0] = t_rel_s, power_w, counter_j
+            self._n = 1
+        else:
+            self._put(self._n, t_rel_s, power_w, counter_j)
+            self._n += 1
+        self._bin = bin_
+        return sealed
+
+    def drop_open_chunk(self, reason: str) -> None:
+        """Forget the open chunk's samples, counting them as missed for ``reason``.
+
+        The next sample starts afresh (the chunks tile no more across the drop).
+        """
+        if self._n:
+            self.missed[reason] = self.missed.get(reason, 0) + self._n
+        self._n = 0
+        self._patch_first_power = False
+
+    def miss(self, reason: str) -> None:
+        """Count a reading that was not a sample, by reason."""
+        self.missed[reason] = self.missed.get(reason, 0) + 1
+
+    def seal_stale(self, t_mono_s: float) -> ChunkPayload | None:
+        """Seal the open chunk without a bridge if a whole chunk period passed with no sample.
+
+        Args:
+            t_mono_s: Monotonic time now, s.
+
+        Returns:
+            The sealed chunk, or None.
+        """
+        now_bin = math.floor((t_mono_s - self._origin_mono_s) / self._chunk_s + _BIN_EPS)
+        if now_bin >= self._bin + 2:
+            return self.flush()
+        return None
+
+    def flush(self) -> ChunkPayload | None:
+        """Seal the open chunk without a bridge (stop, SIGTERM); its last sample is carried.
+
+        Returns:
+            The sealed chunk, or None when the open chunk holds fewer than two samples (a lone
+            sample is already the end of the previous chunk, or the whole run is one instant).
+        """
+        if self._n < 2:
+            return None
+        sealed = self._seal(self._n, bridged=False)
+        last = self._n - 1
+        self._t[0], self._p[0], self._c[0] = self._t[last], self._p[last], self._c[last]
+        self._n = 1
+        return sealed
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def summary(self) -> DeviceSummary:
+        """Figures so far: sealed chunks plus the open chunk integrated now."""
+        tot = self._totals
+        energy, sensor, below, above = tot.energy_j, tot.sensor_j, tot.below_j, tot.above_j
+        duration, gap_count, gap_s = tot.duration_s, tot.gap_count, tot.gap_s
+        resets, wraps = tot.reset_count, tot.wrap_count
+        methods = set(tot.methods)
+        if self._n >= 2 and not (self._derive_power and self._patch_first_power):
+            tail = self._summarize(self._n, bridged=False)
+            energy += float(tail.energy_j[0])
+            sensor += float(tail.sensor_uncertainty_j[0])
+            below += float(tail.bound_below_j[0])
+            above += float(tail.bound_above_j[0])
+            duration += float(tail.t1_s[0] - tail.t0_s[0])
+            gap_count += int(tail.gap_count[0])
+            gap_s += float(tail.gap_s[0])
+            resets += int(tail.reset_count[0])
+            wraps += int(tail.wrap_count[0])
+            methods.add(str(tail.method[0]))
+        method = methods.pop() if len(methods) == 1 else "mixed" if methods else "none"
+        return DeviceSummary(
+            key=self.key,
+            uid=self.info.uid,
+            name=self.info.name,
+            method=method,
+            energy_j=energy,
+            energy_low_j=max(0.0, energy - sensor - below),
+            energy_high_j=energy + sensor + above,
+            sensor_uncertainty_j=sensor,
+            bound_below_j=below,
+            bound_above_j=above,
+            duration_s=duration,
+            mean_power_w=energy / duration if duration > 0 else math.nan,
+            min_power_w=self._min_w if self._samples else math.nan,
+            peak_power_w=self._max_w if self._samples else math.nan,
+            samples=self._samples,
+            chunks_sealed=tot.chunks,
+            gap_count=gap_count,
+            gap_s=gap_s,
+            reset_count=resets,
+            wrap_count=wraps,
+            missed=dict(self.missed),
+            status=self.status,
+            message=self.message,
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _put(self, i: int, t_rel_s: float, power_w: float, counter_j: float) -> None:
+        if i >= self._t.size:
+            size = 2 * self._t.size
+            for name in ("_t", "_p", "_c"):
+                old = getattr(self, name)
+                new = np.empty(size)
+                new[: old.size] = old
+                setattr(self, name, new)
+        self._t[i] = t_rel_s
+        self._p[i] = power_w
+        self._c[i] = counter_j
+
+    def _derived_power_w(self, t_mono_s: float, counter_j: float) -> float:
+        """Mean power over the interval ending at this sample, from the counter.
+
+        The interval is taken on the monotonic clock: unix seconds near 1.7e9 resolve only
+        0.24 µs, a 2e-6 relative error on a 0.1 s interval.
+        """
+        if self._n == 0:
+            self._patch_first_power = True
+            return math.nan
+        prev = self._n - 1
+        delta_j = counter_j - float(self._c[prev])
+        if delta_j < 0:
+            wrap_j = self.info.counter_wrap_j
+            # A decrease is a wrap (add the modulus) or a reset (the post-reset value is a
+            # lower bound of this interval's energy), as the kernel reads it.
+            delta_j = delta_j + wrap_j if wrap_j is not None else counter_j
+        power_w = max(0.0, delta_j / (t_mono_s - self._last_mono_s))
+        if self._patch_first_power:
+            self._p[0] = power_w
+            self._patch_first_power = False
+            self._min_w = min(self._min_w, power_w)
+            self._max_w = max(self._max_w, power_w)
+        return power_w
+
+    def _summarize(self, m: int, *, bridged: bool) -> ChunkSummaries:
+        t, p, c = self._t[:m], self._p[:m], self._c[:m]
+        use_counter = self.info.has_energy_counter and not bool(np.isnan(c).any())
+        return summarize_chunks(
+            t,
+            p,
+            chunk_starts=[0, m - 1] if bridged else [0],
+            counter_j=c if use_counter else None,
+            wrap_j=self.info.counter_wrap_j,
+            method=self._method,
+            nominal_interval_s=self._interval_s,
+            max_power_w=self.info.power_limit_w,
+            sensor_rel_error=self._sensor_rel,
+            sensor_abs_error_w=self._sensor_abs_w,
+        )
+
+    def _seal(self, m: int, *, bridged: bool) -> ChunkPayload:
+        """Seal samples [0, m) (the last one the bridge when ``bridged``) as the next chunk."""
+        s = self._summarize(m, bridged=bridged)
+        self._totals.add(s, 0)
+        own = m - 1 if bridged else m
+        t_s: FloatArray = self._t[:own] + self._origin_unix_s
+        samples: SamplesPayload = {"t_s": t_s.tolist(), "power_w": self._p[:own].tolist()}
+        c = self._c[:own]
+        if not bool(np.isnan(c).any()):
+            samples["energy_j"] = c.tolist()
+        origin_s = self._origin_unix_s
+        payload: ChunkPayload = {
+            "device_key": self.key,
+            "seq": self.next_seq,
+            "t0_s": float(s.t0_s[0]) + origin_s,
+            "t1_s": float(s.t1_s[0]) + origin_s,
+            "n": int(s.n[0]),
+            "method": _WIRE_METHODS[str(s.method[0])],
+            "energy_j": float(s.energy_j[0]),
+            "energy_low_j": float(s.energy_low_j[0]),
+            "energy_high_j": float(s.energy_high_j[0]),
+            "sensor_uncertainty_j": float(s.sensor_uncertainty_j[0]),
+            "bound_below_j": float(s.bound_below_j[0]),
+            "bound_above_j": float(s.bound_above_j[0]),
+            "min_power_w": float(s.min_power_w[0]),
+            "mean_power_w": float(s.mean_power_w[0]),
+            "max_power_w": float(s.max_power_w[0]),
+            "gap_s": float(s.gap_s[0]),
+            "gap_count": int(s.gap_count[0]),
+            "reset_count": int(s.reset_count[0]),
+            "wrap_count": int(s.wrap_count[0]),
+            "samples": samples,
+        }
+        self.next_seq += 1
+        return payload

@@ -1,0 +1,525 @@
+"""The meter's durable spool: sealed chunks wait in SQLite until the service acknowledges them.
+
+DESIGN §3 step 3: a sealed chunk is committed here **before** any upload can see it, so a crash
+of the job, the meter or the service loses at most the unsealed tail. The file is SQLite (the
+stdlib module, nothing heavy) in WAL mode with ``synchronous=FULL``: every commit is fsync'd,
+so a chunk `put_chunks` returned from survives power loss, and a ``kill -9`` mid-write leaves
+the previous commit intact.
+
+Tables::
+
+    runs     (run_id PK, metadata JSON, status, exit_code, created_at, updated_at)
+    devices  (run_id, key) PK, payload JSON                    -- wire DevicePayload
+    chunks   (run_id, device_key, seq) PK, payload JSON,       -- wire ChunkPayload
+             content_hash, created_at, acked_at NULL
+
+The chunk key ``(run_id, device_key, seq)`` is the idempotency key the service also uses:
+storing an identical chunk again is a no-op, storing a different chunk under a stored key is a
+meter bug and raises `SpoolConflict` (nothing is ever overwritten). Payloads are stored as the
+JSON of the wire dicts (``Infinity`` allowed: Python's json round-trips it), so they are
+uploaded unchanged and their `meters.wire.content_hash` is the same before and after.
+
+Uploader side: `Spool.pending` (oldest first), `Spool.mark_acked`, `Spool.purge_acked`.
+Recovery: `Spool.next_seqs` tells a restarted meter where each device's numbering resumes.
+
+One `Spool` object may be shared by threads (the sampler writes, an uploader reads and acks):
+its single connection is guarded by a lock. Several processes may open the same file (a meter
+and a ``push`` command): SQLite's locking and the busy timeout serialise them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, NamedTuple, cast
+
+from meters.errors import MeterError
+from meters.wire import ChunkPayload, DevicePayload, content_hash
+
+__all__ = [
+    "RUN_STATUSES",
+    "SCHEMA_VERSION",
+    "SPOOL_FILENAME",
+    "ChunkKey",
+    "RunRecord",
+    "RunStatus",
+    "Spool",
+    "SpoolConflict",
+    "SpoolCounts",
+    "SpoolError",
+    "SpooledChunk",
+    "UnknownRun",
+]
+
+SCHEMA_VERSION: Final = 1
+"""Stored in ``PRAGMA user_version``; a spool written by a newer meter is refused."""
+SPOOL_FILENAME: Final = "spool.sqlite3"
+"""File name of the spool inside the directory the caller chooses (`Spool.in_directory`)."""
+
+RunStatus = Literal["running", "finished", "failed", "lost"]
+RUN_STATUSES: Final[tuple[RunStatus, ...]] = ("running", "finished", "failed", "lost")
+
+_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id     TEXT PRIMARY KEY,
+        metadata   TEXT NOT NULL,
+        status     TEXT NOT NULL
+                   CHECK (status IN ('running', 'finished', 'failed', 'lost')),
+        exit_code  INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS devices (
+        run_id  TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        key     TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS chunks (
+        run_id       TEXT NOT NULL,
+        device_key   TEXT NOT NULL,
+        seq          INTEGER NOT NULL CHECK (seq >= 0),
+        payload      TEXT NOT NULL,
+        content_hash TEXT NOT NULL CHECK (length(content_hash) = 64),
+        created_at   REAL NOT NULL,
+        acked_at     REAL,
+        PRIMARY KEY (run_id, device_key, seq),
+        FOREIGN KEY (run_id, device_key) REFERENCES devices (run_id, key) ON DELETE CASCADE
+    )
+    """,
+    # The uploader asks for unacked chunks all the time; acked ones only wait for a purge.
+    "CREATE INDEX IF NOT EXISTS chunks_pending ON chunks (run_id) WHERE acked_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS chunks_acked ON chunks (acked_at) WHERE acked_at IS NOT NULL",
+)
+
+
+class SpoolError(RuntimeError, MeterError):
+    """The spool file cannot be opened, read or written (SQLite's error is the cause)."""
+
+
+class SpoolConflict(ValueError, SpoolError):
+    """A chunk differs from the one already stored under its key (a meter bug; never overwritten).
+
+    Attributes:
+        keys: The conflicting keys.
+    """
+
+    def __init__(self, keys: Sequence[ChunkKey]) -> None:
+        self.keys = tuple(keys)
+        shown = ", ".join(f"{k.run_id}/{k.device_key}#{k.seq}" for k in self.keys[:5])
+        more = f" and {len(self.keys) - 5} more" if len(self.keys) > 5 else ""
+        super().__init__(f"a different chunk is already stored under {shown}{more}")
+
+
+class UnknownRun(LookupError, SpoolError):
+    """The run id is not in the spool."""
+
+
+class ChunkKey(NamedTuple):
+    """The idempotency key of a chunk."""
+
+    run_id: str
+    device_key: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledChunk:
+    """A chunk as stored.
+
+    Attributes:
+        key: Its key.
+        payload: The wire chunk, exactly as it will be uploaded.
+        content_hash: `meters.wire.content_hash` of the payload (hex SHA-256).
+        created_at_s: When it was stored, unix s.
+        acked_at_s: When the service acknowledged it, unix s (None: pending).
+    """
+
+    key: ChunkKey
+    payload: ChunkPayload
+    content_hash: str
+    created_at_s: float
+    acked_at_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run as the spool knows it.
+
+    Attributes:
+        run_id: The client-generated run id.
+        metadata: What the meter recorded when it opened the run (host, interval, ...).
+        status: ``running``, ``finished``, ``failed`` or ``lost``.
+        exit_code: The job's exit code, when known.
+        created_at_s: When the run was first opened here, unix s.
+        updated_at_s: Last status change, unix s.
+    """
+
+    run_id: str
+    metadata: dict[str, Any]
+    status: RunStatus
+    exit_code: int | None
+    created_at_s: float
+    updated_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolCounts:
+    """How many chunks wait and how many were acknowledged (not yet purged)."""
+
+    pending: int
+    acked: int
+
+
+class Spool:
+    """A SQLite spool file (WAL, ``synchronous=FULL``). Use as a context manager or `close`.
+
+    Args:
+        path: The spool file; parent directories are created.
+        now: Unix-time source for ``created_at`` / ``acked_at`` (tests inject one).
+        busy_timeout_s: How long a write waits for another process's lock, s.
+
+    Raises:
+        SpoolError: The file cannot be opened, is not a spool, or was written by a newer
+            schema.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        now: Callable[[], float] = time.time,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self._now = now
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise SpoolError(f"cannot open spool {self.path}: {e}") from e
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def in_directory(cls, directory: str | Path, **kwargs: Any) -> Spool:
+        """The spool file `SPOOL_FILENAME` inside ``directory`` (created if missing)."""
+        return cls(Path(directory) / SPOOL_FILENAME, **kwargs)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- runs and devices ---------------------------------------------------------------------
+
+    def open_run(self, run_id: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Register a run as ``running``; a run already here keeps its metadata and is reopened.
+
+        Args:
+            run_id: The run id.
+            metadata: Facts about the run (host, interval_s, chunk_s, ...); values JSON cannot
+                hold are stored as their ``str``.
+        """
+        now = self._now()
+        # default=str: metadata is descriptive; an odd value must not stop the run's chunks.
+        text = json.dumps(dict(metadata or {}), sort_keys=True, default=str)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (run_id, metadata, status, exit_code, created_at, updated_at) "
+                "VALUES (?, ?, 'running', NULL, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET status = 'running', exit_code = NULL, "
+                "updated_at = excluded.updated_at",
+                (run_id, text, now, now),
+            )
+
+    def set_run_status(self, run_id: str, status: RunStatus, exit_code: int | None = None) -> None:
+        """Record how a run ended (or that it runs again).
+
+        Raises:
+            UnknownRun: No such run.
+            ValueError: ``status`` is not one of `RUN_STATUSES`.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, updated_at = ? WHERE run_id = ?",
+                (status, exit_code, self._now(), run_id),
+            )
+            if cursor.rowcount == 0:
+                raise UnknownRun(f"run {run_id!r} is not in the spool {self.path}")
+
+    def run_status(self, run_id: str) -> RunRecord | None:
+        """The run, or None if the spool does not know it."""
+        rows = self._read(
+            "SELECT run_id, metadata, status, exit_code, created_at, updated_at FROM runs "
+            "WHERE run_id = ?",
+            (run_id,),
+        )
+        return _run(rows[0]) if rows else None
+
+    def runs(self) -> list[RunRecord]:
+        """Every run in the spool, oldest first."""
+        rows = self._read(
+            "SELECT run_id, metadata, status, exit_code, created_at, updated_at FROM runs "
+            "ORDER BY created_at, rowid"
+        )
+        return [_run(row) for row in rows]
+
+    def put_devices(self, run_id: str, devices: Iterable[DevicePayload]) -> None:
+        """Store (or refresh) the run's device descriptions; chunks may only name these.
+
+        Raises:
+            UnknownRun: The run was not opened.
+        """
+        rows = [(run_id, d["key"], json.dumps(d, sort_keys=True)) for d in devices]
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.executemany(
+                "INSERT INTO devices (run_id, key, payload) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, key) DO UPDATE SET payload = excluded.payload",
+                rows,
+            )
+
+    def devices(self, run_id: str) -> list[DevicePayload]:
+        """The run's devices, in key order."""
+        rows = self._read("SELECT payload FROM devices WHERE run_id = ? ORDER BY key", (run_id,))
+        return [cast(DevicePayload, json.loads(row[0])) for row in rows]
+
+    # -- chunks -------------------------------------------------------------------------------
+
+    def put_chunks(self, run_id: str, chunks: Iterable[ChunkPayload]) -> int:
+        """Store sealed chunks durably, all in one transaction (committed and fsync'd on return).
+
+        A chunk identical to the one stored under its key is skipped.
+
+        Args:
+            run_id: The run they belong to (opened, devices stored).
+            chunks: Wire chunks.
+
+        Returns:
+            How many chunks were new.
+
+        Raises:
+            SpoolConflict: A chunk differs from the stored one under its key; nothing of this
+                call is stored.
+            SpoolError: Unknown run or device, or SQLite failed; nothing is stored.
+        """
+        now = self._now()
+        inserted = 0
+        conflicts: list[ChunkKey] = []
+        with self._write() as conn:
+            for chunk in chunks:
+                key = ChunkKey(run_id, chunk["device_key"], int(chunk["seq"]))
+                digest = content_hash(chunk)
+                stored = conn.execute(
+                    "SELECT content_hash FROM chunks "
+                    "WHERE run_id = ? AND device_key = ? AND seq = ?",
+                    key,
+                ).fetchone()
+                if stored is not None:
+                    if stored[0] != digest:
+                        conflicts.append(key)
+                    continue
+                conn.execute(
+                    "INSERT INTO chunks (run_id, device_key, seq, payload, content_hash, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*key, json.dumps(chunk, sort_keys=True), digest, now),
+                )
+                inserted += 1
+            if conflicts:
+                raise SpoolConflict(conflicts)
+        return inserted
+
+    def put_chunk(self, run_id: str, chunk: ChunkPayload) -> bool:
+        """Store one chunk; True if it was new, False if an identical one was already stored.
+
+        Raises:
+            SpoolConflict: A different chunk is stored under its key.
+            SpoolError: Unknown run or device, or SQLite failed.
+        """
+        return self.put_chunks(run_id, [chunk]) == 1
+
+    def next_seqs(self, run_id: str) -> dict[str, int]:
+        """Per device key: one past the highest stored seq (where a restarted meter resumes).
+
+        Acked chunks count until purged; the service dedupes by key anyway, so even after a
+        purge a reused seq would be refused there, never silently double counted.
+        """
+        rows = self._read(
+            "SELECT device_key, MAX(seq) FROM chunks WHERE run_id = ? GROUP BY device_key",
+            (run_id,),
+        )
+        return {str(key): int(top) + 1 for key, top in rows}
+
+    def pending(self, run_id: str | None = None, *, limit: int = 100) -> list[SpooledChunk]:
+        """Unacknowledged chunks, oldest first (the order they were stored).
+
+        Args:
+            run_id: Only this run's chunks (default: every run's).
+            limit: At most this many.
+        """
+        where = "acked_at IS NULL" + (" AND run_id = ?" if run_id is not None else "")
+        params: tuple[Any, ...] = (run_id,) if run_id is not None else ()
+        return self._chunks(where, params, order="rowid", limit=limit)
+
+    def chunks(self, run_id: str, device_key: str | None = None) -> list[SpooledChunk]:
+        """Every stored chunk of a run (acked or not), by device key then seq."""
+        where = "run_id = ?" + (" AND device_key = ?" if device_key is not None else "")
+        params: tuple[Any, ...] = (run_id,) if device_key is None else (run_id, device_key)
+        return self._chunks(where, params, order="device_key, seq", limit=None)
+
+    def mark_acked(self, keys: Iterable[ChunkKey | tuple[str, str, int]]) -> int:
+        """Record that the service stored these chunks; returns how many were newly acked."""
+        now = self._now()
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "UPDATE chunks SET acked_at = ? "
+                "WHERE run_id = ? AND device_key = ? AND seq = ? AND acked_at IS NULL",
+                [(now, *key) for key in keys],
+            )
+            return conn.total_changes - before
+
+    def purge_acked(self, *, older_than_s: float = 0.0) -> int:
+        """Delete chunks acknowledged at least ``older_than_s`` seconds ago; returns how many."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM chunks WHERE acked_at IS NOT NULL AND acked_at <= ?",
+                (self._now() - older_than_s,),
+            )
+            return cursor.rowcount
+
+    def counts(self, run_id: str | None = None) -> SpoolCounts:
+        """How many chunks are pending and acked (in one run, or in all)."""
+        where = "WHERE run_id = ?" if run_id is not None else ""
+        params: tuple[Any, ...] = (run_id,) if run_id is not None else ()
+        rows = self._read(
+            "SELECT COUNT(*) - COUNT(acked_at), COUNT(acked_at) FROM chunks " + where, params
+        )
+        return SpoolCounts(pending=int(rows[0][0]), acked=int(rows[0][1]))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        with self._lock:
+            conn = self._connection()
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as e:
+                raise SpoolError(f"cannot open spool {self.path}: {e}") from e
+            if str(mode).lower() != "wal":
+                raise SpoolError(f"spool {self.path}: the file system refuses WAL mode ({mode})")
+        with self._write() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {self.path} has schema {version}; this meter knows {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolError(f"spool {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken with the write lock up front (no upgrade deadlock)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise SpoolError(f"spool {self.path}: cannot begin a write: {e}") from e
+            try:
+                yield conn
+            except BaseException as e:
+                # SQLite may already have rolled back (e.g. disk full); a second ROLLBACK
+                # would raise and hide the real error.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise SpoolError(f"spool {self.path}: {e}") from e
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise SpoolError(f"spool {self.path}: commit failed: {e}") from e
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise SpoolError(f"spool {self.path}: {e}") from e
+
+    def _require_run(self, conn: sqlite3.Connection, run_id: str) -> None:
+        if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+            raise UnknownRun(f"run {run_id!r} is not in the spool {self.path}")
+
+    def _chunks(
+        self, where: str, params: tuple[Any, ...], *, order: str, limit: int | None
+    ) -> list[SpooledChunk]:
+        sql = (
+            "SELECT run_id, device_key, seq, payload, content_hash, created_at, acked_at "
+            f"FROM chunks WHERE {where} ORDER BY {order}"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, int(limit))
+        return [
+            SpooledChunk(
+                key=ChunkKey(str(run_id), str(device_key), int(seq)),
+                payload=cast(ChunkPayload, json.loads(payload)),
+                content_hash=str(digest),
+                created_at_s=float(created),
+                acked_at_s=None if acked is None else float(acked),
+            )
+            for run_id, device_key, seq, payload, digest, created, acked in self._read(sql, params)
+        ]
+
+
+def _run(row: Sequence[Any]) -> RunRecord:
+    run_id, metadata, status, exit_code, created, updated = row
+    return RunRecord(
+        run_id=str(run_id),
+        metadata=dict(json.loads(metadata)),
+        status=cast(RunStatus, status),
+        exit_code=None if exit_code is None else int(exit_code),
+        created_at_s=float(created),
+        updated_at_s=float(created if updated is None else updated),
+    )
