@@ -1,0 +1,124 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds everything from its argument (nothing is read at import): the
+engine and session factory for ``settings.database_url``, the error table, the body-size limit,
+and the routers — probes at the root (``/healthz``, ``/readyz``), the API under ``/api/v1``,
+OpenAPI at ``/docs``. The engine is disposed when the app shuts down.
+
+Routes are plain ``def`` functions: FastAPI runs them in its thread pool, each with one
+synchronous session and one transaction (`service.deps.SessionDep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from db import migrate
+from db.engine import make_engine, make_sessionmaker
+from service.errors import ERROR_TABLE, PayloadTooLarge, error_response, register_error_handlers
+from service.routes import chunks, health, phases, projects, reports, runs, tokens
+from service.settings import Settings
+
+__all__ = ["API_PREFIX", "create_app"]
+
+API_PREFIX = "/api/v1"
+_VERSION = "0.1.0"
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``max_body_bytes`` with 413, before they are parsed.
+
+    A declared ``Content-Length`` over the limit is answered at once, without reading the
+    body; a streamed body is counted as it arrives and `PayloadTooLarge` raised once it passes
+    the limit (the error table renders it). Either way the response has the service's error
+    shape, and no route sees a byte of the body.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            rule = next(r for r in ERROR_TABLE if r.error is PayloadTooLarge)
+            await error_response(PayloadTooLarge(limit), rule)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the service for ``settings``.
+
+    The database must already be migrated (``thermoledger-server migrate``); ``/readyz``
+    answers 503 until it is.
+
+    Args:
+        settings: The process's settings.
+
+    Returns:
+        The ASGI application. Use it as a context manager (or under a server) so that its
+        engine is disposed at shutdown.
+    """
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="thermoledger",
+        version=_VERSION,
+        summary="Per-run energy, compute and carbon ledger for ML jobs",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.schema_head = migrate.head()
+    register_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+
+    app.include_router(health.router)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (projects, tokens, runs, chunks, phases, reports):
+        api.include_router(module.router)
+    app.include_router(api)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(chunks.SCHEMA_COMPONENTS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,76 @@
+"""Chunk ingest: the meters' batches, all or nothing, idempotent by (run, device, seq)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter
+
+from db import repository
+from service.deps import IngestTenant, RawBody, SessionDep, SettingsDep
+from service.ingest import prepare_batch
+from service.schemas import ChunkAckPublic, IngestBatchIn, IngestPublic
+
+router = APIRouter(prefix="/runs/{run_id}/chunks", tags=["chunks"])
+
+_SCHEMA = IngestBatchIn.model_json_schema(
+    by_alias=True, ref_template="#/components/schemas/{model}"
+)
+#: Models the ingest body refers to; `service.app` adds them to the OpenAPI components.
+SCHEMA_COMPONENTS: dict[str, Any] = {
+    **_SCHEMA.pop("$defs", {}),
+    "IngestBatchIn": _SCHEMA,
+}
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IngestBatchIn"}}},
+    }
+}
+
+
+@router.post(
+    "",
+    openapi_extra=_BODY,
+    responses={
+        409: {"description": "a chunk key repeats with other content"},
+        413: {"description": "body larger than max_body_bytes"},
+        422: {"description": "a refused field, named by its path; nothing was stored"},
+    },
+)
+def ingest_chunks(
+    run_id: UUID,
+    tenant: IngestTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: RawBody,
+) -> IngestPublic:
+    """Store a batch of sealed chunks (`meters.wire.IngestBatch`).
+
+    The body is parsed here in one pass (not by FastAPI) so a large batch is parsed by
+    pydantic's JSON parser straight into typed values. Each chunk is acknowledged as
+    ``stored`` or ``duplicate`` (identical to a stored chunk); any refused chunk rejects the
+    whole batch and stores nothing.
+    """
+    batch = IngestBatchIn.model_validate_json(body)
+    prepared = prepare_batch(
+        batch,
+        max_chunks=settings.max_chunks_per_batch,
+        max_samples_per_chunk=settings.max_samples_per_chunk,
+    )
+    acks = repository.ingest_chunks(
+        session,
+        project_id=tenant.id,
+        run_id=run_id,
+        devices=prepared.devices,
+        chunks=prepared.chunks,
+        compress_samples=settings.compress_samples,
+    )
+    stored = sum(1 for a in acks if a.status == "stored")
+    return IngestPublic(
+        run_id=run_id,
+        stored=stored,
+        duplicates=len(acks) - stored,
+        chunks=[ChunkAckPublic(device_key=a.device_key, seq=a.seq, status=a.status) for a in acks],
+    )

@@ -1,0 +1,175 @@
+"""Runs: create-or-merge by client UUID, list, read, end, declare work."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import AwareDatetime
+
+from db import repository
+from db.models import RunKind, RunStatus
+from db.repository import InvalidInput, RunCursor
+from db.types import utcnow
+from service.deps import IngestTenant, ReadTenant, SessionDep
+from service.quantities import parse_count, parse_flops
+from service.schemas import TAG_KEY_PATTERN, RunCreate, RunEnd, RunPage, RunPublic, WorkDeclare
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+MAX_PAGE = 500
+
+
+@router.put(
+    "/{run_id}",
+    responses={
+        201: {"model": RunPublic, "description": "created"},
+        409: {"description": "id taken"},
+    },
+)
+def put_run(
+    run_id: UUID, body: RunCreate, tenant: IngestTenant, session: SessionDep, response: Response
+) -> RunPublic:
+    """Create the run with this client-made id, or merge into it (every node of a job calls it).
+
+    201 when created, 200 when it existed (same body: same run, unchanged). 409 when the id
+    belongs to another project or to a run of another kind.
+    """
+    record, created = repository.upsert_run(
+        session,
+        project_id=tenant.id,
+        run_id=run_id,
+        name=body.name,
+        kind=body.kind,
+        started_at=body.started_at or utcnow(),
+        tags=body.tags,
+        host_info=body.host_info,
+        simulated=body.simulated,
+    )
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return RunPublic.of(record, tenant.slug)
+
+
+def _encode_cursor(record: repository.RunRecord) -> str:
+    raw = json.dumps([record.started_at.isoformat(), str(record.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> RunCursor:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        started, run_id = json.loads(raw)
+        at = datetime.fromisoformat(started)
+        if at.tzinfo is None:
+            raise ValueError("naive time")
+        return RunCursor(started_at=at, run_id=UUID(run_id))
+    except (ValueError, TypeError, binascii.Error) as e:
+        raise InvalidInput.one("cursor", "not a cursor this server issued") from e
+
+
+def _parse_tags(tags: list[str]) -> list[tuple[str, str]]:
+    wanted = []
+    for i, text in enumerate(tags):
+        key, sep, value = text.partition("=")
+        if not sep or not TAG_KEY_PATTERN.match(key):
+            raise InvalidInput.one(f"tag[{i}]", f"{text!r} is not key=value")
+        wanted.append((key, value))
+    return wanted
+
+
+@router.get("")
+def list_runs(
+    tenant: ReadTenant,
+    session: SessionDep,
+    kind: RunKind | None = None,
+    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
+    tag: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006 - FastAPI copies query defaults
+    started_after: AwareDatetime | None = None,
+    started_before: AwareDatetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: str | None = None,
+) -> RunPage:
+    """The project's runs, newest first, filtered; keyset pages (pass ``next_cursor`` back)."""
+    records = repository.list_runs(
+        session,
+        project_id=tenant.id,
+        kind=kind,
+        status=status_,
+        tags=_parse_tags(tag),
+        started_after=started_after,
+        started_before=started_before,
+        after=None if cursor is None else _decode_cursor(cursor),
+        limit=limit + 1,
+    )
+    page = records[:limit]
+    next_cursor = _encode_cursor(page[-1]) if len(records) > limit else None
+    return RunPage(items=[RunPublic.of(r, tenant.slug) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}")
+def get_run(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> RunPublic:
+    """One run."""
+    return RunPublic.of(
+        repository.get_run(session, project_id=tenant.id, run_id=run_id), tenant.slug
+    )
+
+
+def _end(
+    session: SessionDep,
+    tenant: IngestTenant,
+    run_id: UUID,
+    body: RunEnd | None,
+    run_status: Literal[RunStatus.FINISHED, RunStatus.FAILED],
+) -> RunPublic:
+    body = body or RunEnd()
+    record = repository.end_run(
+        session,
+        project_id=tenant.id,
+        run_id=run_id,
+        status=run_status,
+        ended_at=body.ended_at,
+        exit_code=body.exit_code,
+    )
+    return RunPublic.of(record, tenant.slug)
+
+
+@router.post("/{run_id}/finish")
+def finish_run(
+    run_id: UUID, tenant: IngestTenant, session: SessionDep, body: RunEnd | None = None
+) -> RunPublic:
+    """Mark the run finished (idempotent; 409 if it already failed)."""
+    return _end(session, tenant, run_id, body, RunStatus.FINISHED)
+
+
+@router.post("/{run_id}/fail")
+def fail_run(
+    run_id: UUID, tenant: IngestTenant, session: SessionDep, body: RunEnd | None = None
+) -> RunPublic:
+    """Mark the run failed, with the job's exit code (idempotent; 409 if it finished)."""
+    return _end(session, tenant, run_id, body, RunStatus.FAILED)
+
+
+@router.post("/{run_id}/work")
+def declare_work(
+    run_id: UUID, body: WorkDeclare, tenant: IngestTenant, session: SessionDep
+) -> RunPublic:
+    """Declare the run's work: totals so far (FLOPs with a unit, tokens, model size N)."""
+    record = repository.declare_work(
+        session,
+        project_id=tenant.id,
+        run_id=run_id,
+        flops=None if body.flops is None else parse_flops(body.flops, field="flops"),
+        flops_dtype=body.dtype,
+        tokens=None if body.tokens is None else parse_count(body.tokens, "tokens", field="tokens"),
+        params=(
+            None
+            if body.model_params is None
+            else parse_count(body.model_params, "dimensionless", field="model_params")
+        ),
+    )
+    return RunPublic.of(record, tenant.slug)

@@ -1,0 +1,24 @@
+"""Token revocation (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+
+from db import repository
+from db.models import Scope
+from service.deps import PrincipalDep, SessionDep
+from service.schemas import INT32_MAX
+
+router = APIRouter(prefix="/tokens", tags=["tokens"])
+
+
+@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=INT32_MAX)], principal: PrincipalDep, session: SessionDep
+) -> Response:
+    """Revoke a token of the caller's project (any project for the operator); idempotent."""
+    project_id = None if principal.is_operator else principal.require(Scope.ADMIN).id
+    repository.revoke_token(session, token_id=token_id, project_id=project_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,63 @@
+"""The service's settings: one pydantic-settings class, built on demand, never at import.
+
+Every field can come from the environment with the prefix ``THERMOLEDGER_`` (nested fields
+with ``__``), e.g. ``THERMOLEDGER_DATABASE_URL=postgresql+psycopg://tl@db/thermoledger``.
+`service.app.create_app` takes a `Settings` as an argument; tests build one directly.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["MIN_BOOTSTRAP_TOKEN_CHARS", "Settings"]
+
+#: Shortest operator token accepted: 32 characters of a random string is ≥ 128 bits.
+MIN_BOOTSTRAP_TOKEN_CHARS = 32
+
+
+def _default_database_url() -> str:
+    # Imported here so that reading the settings module costs nothing and touches no disk;
+    # the default file (and its directory) is only made when a Settings lacks a URL.
+    from db.engine import default_sqlite_url
+
+    return default_sqlite_url()
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process.
+
+    Attributes:
+        database_url: SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``);
+            default: the embedded SQLite file under the user's data directory.
+        max_body_bytes: Largest request body accepted, bytes (413 beyond it).
+        max_chunks_per_batch: Most chunks in one ingest batch (422 beyond it).
+        max_samples_per_chunk: Most raw samples in one chunk (422 beyond it).
+        compress_samples: zlib-compress raw sample blobs (smaller, but the compression is the
+            largest CPU cost of ingest; turn off where ingest throughput matters more than disk).
+        bootstrap_admin_token: Optional operator token (≥ 32 characters). A request bearing it
+            may create projects and manage the tokens of any project; it cannot read or ingest.
+        last_used_interval_s: A token's ``last_used_at`` is written at most this often, s (one
+            write per token and interval instead of one per request).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="THERMOLEDGER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    database_url: str = Field(default_factory=_default_database_url)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_chunks_per_batch: int = Field(default=2_000, gt=0)
+    max_samples_per_chunk: int = Field(default=100_000, gt=0)
+    compress_samples: bool = True
+    bootstrap_admin_token: SecretStr | None = None
+    last_used_interval_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("bootstrap_admin_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_BOOTSTRAP_TOKEN_CHARS:
+            raise ValueError(
+                f"bootstrap_admin_token must be at least {MIN_BOOTSTRAP_TOKEN_CHARS} characters"
+            )
+        return value

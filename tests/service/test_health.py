@@ -1,0 +1,68 @@
+"""Probes and the OpenAPI document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+
+from db import migrate
+from service.app import create_app
+from tests import dbutil
+from tests.service.conftest import TestClient, _clean_settings
+
+
+def test_healthz_answers_without_the_database(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_reports_the_schema_head(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "revision": migrate.head()}
+
+
+@pytest.mark.parametrize("backend", dbutil.BACKENDS)
+def test_readyz_is_503_until_migrated(backend: str, tmp_path: Path) -> None:
+    with dbutil.database_url(backend, tmp_path) as url:
+        app: FastAPI = create_app(_clean_settings(database_url=url))
+        with TestClient(app) as client:
+            before = client.get("/readyz")
+            assert before.status_code == 503
+            assert before.json()["code"] == "not_ready"
+            assert "thermoledger-server migrate" in before.json()["detail"]
+            migrate.upgrade(url)
+            assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "thermoledger.db"
+    app = create_app(_clean_settings(database_url=f"sqlite:///{missing}"))
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["code"] == "not_ready"
+
+
+def test_openapi_lists_every_route_and_the_ingest_body(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in (
+        "/api/v1/runs",
+        "/api/v1/runs/{run_id}",
+        "/api/v1/runs/{run_id}/chunks",
+        "/api/v1/runs/{run_id}/phases",
+        "/api/v1/runs/{run_id}/report",
+        "/api/v1/projects",
+        "/api/v1/tokens/{token_id}",
+    ):
+        assert path in paths
+    body = paths["/api/v1/runs/{run_id}/chunks"]["post"]["requestBody"]
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    components = schema["components"]["schemas"]
+    assert ref.rsplit("/", 1)[1] in components
+    assert "ChunkIn" in components
+    assert client.get("/docs").status_code == 200
