@@ -11,9 +11,9 @@ Conventions:
   float64 unix seconds (``t0_s``, ``t1_s``), the unit the accounting core integrates in.
 * Enumerations are ``VARCHAR`` + a named CHECK constraint built from the Python enum (the
   migration spells the same list out; a test compares constraint names on both backends).
-* Floats that must be finite carry a CHECK bound of ±1e300: PostgreSQL sorts NaN above every
-  number, so ``x >= 0`` alone would admit NaN there (SQLite turns NaN into NULL, which NOT NULL
-  rejects). One NaN in a chunk would make every SUM over the run NaN.
+* Floats that must be finite carry a CHECK bound of ±1e300 (`FINITE_MAX`): PostgreSQL sorts
+  NaN above every number, so ``x >= 0`` alone would admit NaN there (SQLite turns NaN into
+  NULL, which NOT NULL rejects). One NaN in a chunk would make every SUM over the run NaN.
 * Quantities are in SI base units named in the column (``energy_j``, ``power_w``); the ledger
   additionally keeps the value and unit as given.
 """
@@ -34,12 +34,15 @@ from db.types import BIGINT_PK, JSON_DOC, StrEnumType, UTCDateTime, utcnow
 __all__ = [
     "ALL_SCOPES",
     "FINITE_MAX",
+    "MEAN_IN_RANGE_METHODS",
     "NAMING_CONVENTION",
     "ApiToken",
     "Base",
     "Chunk",
     "Device",
     "DeviceKind",
+    "DevicePowerMethod",
+    "DeviceTotal",
     "EmissionFactor",
     "EnergyMethod",
     "FactorBasis",
@@ -48,6 +51,7 @@ __all__ = [
     "LedgerKind",
     "LedgerSource",
     "Phase",
+    "PhaseTotal",
     "Project",
     "Run",
     "RunKind",
@@ -97,12 +101,42 @@ class DeviceKind(enum.StrEnum):
 
 
 class EnergyMethod(enum.StrEnum):
-    """How an energy figure was obtained (DESIGN §3): never a silent 0."""
+    """How a chunk's energy figure was obtained (DESIGN §3): never a silent 0.
+
+    Exactly the wire's vocabulary (`meters.wire.METHODS`). ``mixed``: the chunk's samples
+    switched method (a device degrading from its counter to power readings mid-chunk).
+    """
 
     COUNTER = "counter"
     POWER_AVG = "power_avg"
     POWER_INSTANT = "power_instant"
     ESTIMATE = "estimate"
+    MIXED = "mixed"
+
+
+class DevicePowerMethod(enum.StrEnum):
+    """How a device's power figures are obtained, as the meter declares it per device.
+
+    ``counter`` is a counter-only device (RAPL): its power samples are counter differences.
+    A device with no usable method is never sent, so there is no ``none``; and a device has
+    one method, so there is no ``mixed``.
+    """
+
+    COUNTER = "counter"
+    POWER_AVG = "power_avg"
+    POWER_INSTANT = "power_instant"
+    ESTIMATE = "estimate"
+
+
+#: Chunk methods whose mean power is the mean of the power samples, so min ≤ mean ≤ max holds.
+#: A ``counter`` chunk's mean is its counter energy over time while min/max come from the
+#: separate power sensor (which lags: a 1 s average on Hopper; and differs by a few %), so its
+#: mean may fall outside them; ``mixed`` chunks may hold counter intervals.
+MEAN_IN_RANGE_METHODS: tuple[EnergyMethod, ...] = (
+    EnergyMethod.POWER_AVG,
+    EnergyMethod.POWER_INSTANT,
+    EnergyMethod.ESTIMATE,
+)
 
 
 class LedgerKind(enum.StrEnum):
@@ -159,6 +193,9 @@ class ScopeType(sa.TypeDecorator[Scope]):
 
     def process_result_value(self, value: int | None, dialect: Dialect) -> Scope | None:
         return None if value is None else Scope(value)
+
+
+_MEAN_IN_RANGE_SQL = ", ".join(f"'{m.value}'" for m in MEAN_IN_RANGE_METHODS)
 
 
 def _enum_check(column: str, enum_class: type[enum.StrEnum], name: str) -> sa.CheckConstraint:
@@ -290,7 +327,7 @@ class Device(Base):
         sa.UniqueConstraint("run_id", "uuid"),
         sa.UniqueConstraint("run_id", "id"),
         _enum_check("kind", DeviceKind, "kind_valid"),
-        _enum_check("power_method", EnergyMethod, "power_method_valid"),
+        _enum_check("power_method", DevicePowerMethod, "power_method_valid"),
         sa.CheckConstraint("device_index >= 0", name="device_index_nonnegative"),
         sa.CheckConstraint(
             f"power_limit_w > 0 AND power_limit_w <= {FINITE_MAX}", name="power_limit_valid"
@@ -307,8 +344,10 @@ class Device(Base):
     catalog_key: Mapped[str | None] = mapped_column(sa.String(64))
     power_limit_w: Mapped[float | None]
     has_energy_counter: Mapped[bool]
-    power_method: Mapped[EnergyMethod] = mapped_column(StrEnumType(EnergyMethod))
+    power_method: Mapped[DevicePowerMethod] = mapped_column(StrEnumType(DevicePowerMethod))
     simulated: Mapped[bool] = mapped_column(default=False)
+    #: The GPU runs MIG: its figures are the whole GPU's, shared by every instance on it.
+    mig: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="devices")
@@ -322,10 +361,23 @@ class Chunk(Base):
     biggest table carries one index fewer than with a surrogate id. ``content_hash`` (SHA-256
     hex of the canonical chunk) tells a harmless repeat from a conflicting one.
 
-    ``energy_low_j ≤ energy_j ≤ energy_high_j`` brackets the figure (gaps, counter resolution,
-    power-only integration), so reports can sum honest bounds. ``mean_power_w`` is the mean of
-    the power samples (clip it into [min, max] against rounding); ``samples`` is the
-    `db.samples` codec's blob and may be NULL once raw arrays have expired (DESIGN §8).
+    Uncertainty is stored as the **terms** of the band, not the band: ``sensor_uncertainty_j``
+    (symmetric, systematic per device) and the one-sided ``bound_below_j``/``bound_above_j``
+    (`accounting.integrate`'s model). The terms combine differently across devices (sensor
+    errors root-sum-square, bounds linearly), which a stored ``[low, high]`` could not; the
+    chunk's band is derived, ``[max(0, E − sensor − below), E + sensor + above]``.
+    ``bound_above_j = 1e300`` (`FINITE_MAX`, beyond any physical energy) means **unbounded
+    above** (a counter reset without a power limit). A sentinel rather than a nullable column:
+    every column stays NOT NULL, and an aggregate that forgets the convention errs high (a sum
+    ≥ 1e300 still reads as unbounded), where ``SUM`` would silently skip NULLs and make an
+    unbounded band look bounded.
+
+    ``mean_power_w`` is energy over counted time. For power methods it lies in
+    ``[min_power_w, max_power_w]`` (checked); for ``counter``/``mixed`` chunks it comes from
+    the counter while min/max come from the power sensor, so only ``min ≤ max`` holds
+    (`MEAN_IN_RANGE_METHODS`). ``reset_count``/``wrap_count`` count counter resets (driver
+    reloads) and wraps inside the chunk. ``samples`` is the `db.samples` codec's blob and may
+    be NULL once raw arrays have expired (DESIGN §8).
     """
 
     __tablename__ = "chunk"
@@ -338,15 +390,18 @@ class Chunk(Base):
         sa.CheckConstraint(
             f"t0_s >= 0 AND t0_s <= t1_s AND t1_s <= {FINITE_MAX}", name="time_order"
         ),
-        sa.CheckConstraint("energy_j >= 0 AND energy_low_j >= 0", name="energy_nonnegative"),
+        sa.CheckConstraint(f"energy_j >= 0 AND energy_j <= {FINITE_MAX}", name="energy_valid"),
         sa.CheckConstraint(
-            f"energy_low_j <= energy_j AND energy_j <= energy_high_j "
-            f"AND energy_high_j <= {FINITE_MAX}",
-            name="energy_bounds",
+            f"sensor_uncertainty_j >= 0 AND sensor_uncertainty_j <= {FINITE_MAX} "
+            f"AND bound_below_j >= 0 AND bound_below_j <= {FINITE_MAX} "
+            f"AND bound_above_j >= 0 AND bound_above_j <= {FINITE_MAX}",
+            name="band_terms_valid",
         ),
         sa.CheckConstraint(
-            f"min_power_w >= 0 AND min_power_w <= mean_power_w AND mean_power_w <= max_power_w "
-            f"AND max_power_w <= {FINITE_MAX}",
+            f"min_power_w >= 0 AND min_power_w <= max_power_w AND max_power_w <= {FINITE_MAX} "
+            f"AND mean_power_w >= 0 AND mean_power_w <= {FINITE_MAX} "
+            f"AND (method NOT IN ({_MEAN_IN_RANGE_SQL}) "
+            "OR (min_power_w <= mean_power_w AND mean_power_w <= max_power_w))",
             name="power_order",
         ),
         sa.CheckConstraint(
@@ -354,6 +409,7 @@ class Chunk(Base):
             "AND (gap_count > 0 OR gap_s = 0)",
             name="gaps_valid",
         ),
+        sa.CheckConstraint("reset_count >= 0 AND wrap_count >= 0", name="counts_nonnegative"),
         _enum_check("method", EnergyMethod, "method_valid"),
         sa.CheckConstraint("length(content_hash) = 64", name="content_hash_sha256_hex"),
         sa.Index(None, "run_id", "t0_s"),
@@ -366,14 +422,17 @@ class Chunk(Base):
     t1_s: Mapped[float]
     n: Mapped[int]
     energy_j: Mapped[float]
-    energy_low_j: Mapped[float]
-    energy_high_j: Mapped[float]
+    sensor_uncertainty_j: Mapped[float]
+    bound_below_j: Mapped[float]
+    bound_above_j: Mapped[float]
     min_power_w: Mapped[float]
     mean_power_w: Mapped[float]
     max_power_w: Mapped[float]
     method: Mapped[EnergyMethod] = mapped_column(StrEnumType(EnergyMethod))
     gap_s: Mapped[float] = mapped_column(default=0.0)
     gap_count: Mapped[int] = mapped_column(default=0)
+    reset_count: Mapped[int] = mapped_column(default=0)
+    wrap_count: Mapped[int] = mapped_column(default=0)
     content_hash: Mapped[str] = mapped_column(sa.String(64))
     samples: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -408,6 +467,92 @@ class Phase(Base):
     tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     run: Mapped[Run] = relationship(back_populates="phases")
+
+
+class DeviceTotal(Base):
+    """Running totals of one device's chunks: what a run report reads instead of the chunks.
+
+    Derived state, kept on purpose: summing 10⁵ chunk rows per report costs 50–100 ms on
+    SQLite and grows with the run, while these rows are O(devices). Ingest adds each newly
+    stored chunk's figures in the same transaction (an atomic ``UPSERT ... SET x = x + delta``,
+    so concurrent ingests compose); ``db.repository.rebuild_totals`` recomputes them from the
+    chunks, and tests hold the two equal. Band terms add linearly within a device (its sensor
+    error is systematic); ``bound_above_j`` keeps the chunk table's 1e300 "unbounded" sentinel
+    (a sum that reaches it is clamped to it). ``method`` is the chunks' common method, or
+    ``mixed``.
+    """
+
+    __tablename__ = "device_total"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["run_id", "device_id"], ["device.run_id", "device.id"], ondelete="CASCADE"
+        ),
+        sa.CheckConstraint("chunks > 0 AND samples > 0", name="counts_positive"),
+        sa.CheckConstraint("gap_count >= 0 AND reset_count >= 0", name="event_counts_nonnegative"),
+        sa.CheckConstraint(
+            f"energy_j >= 0 AND energy_j <= {FINITE_MAX} "
+            f"AND sensor_uncertainty_j >= 0 AND sensor_uncertainty_j <= {FINITE_MAX} "
+            f"AND bound_below_j >= 0 AND bound_below_j <= {FINITE_MAX} "
+            f"AND bound_above_j >= 0 AND bound_above_j <= {FINITE_MAX}",
+            name="energy_valid",
+        ),
+        sa.CheckConstraint(
+            f"t0_s >= 0 AND t0_s <= t1_s AND t1_s <= {FINITE_MAX} "
+            f"AND peak_power_w >= 0 AND peak_power_w <= {FINITE_MAX} "
+            f"AND gap_s >= 0 AND gap_s <= {FINITE_MAX}",
+            name="span_valid",
+        ),
+        _enum_check("method", EnergyMethod, "method_valid"),
+    )
+
+    run_id: Mapped[UUID] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    chunks: Mapped[int] = mapped_column(sa.BigInteger)
+    samples: Mapped[int] = mapped_column(sa.BigInteger)
+    energy_j: Mapped[float]
+    sensor_uncertainty_j: Mapped[float]
+    bound_below_j: Mapped[float]
+    bound_above_j: Mapped[float]
+    t0_s: Mapped[float]
+    t1_s: Mapped[float]
+    peak_power_w: Mapped[float]
+    gap_s: Mapped[float]
+    gap_count: Mapped[int] = mapped_column(sa.BigInteger)
+    reset_count: Mapped[int] = mapped_column(sa.BigInteger)
+    method: Mapped[EnergyMethod] = mapped_column(StrEnumType(EnergyMethod))
+
+
+class PhaseTotal(Base):
+    """One device's energy inside one phase: pro-rata sums of its overlapping chunks.
+
+    Derived state like `DeviceTotal`: ingest adds each new chunk's share to every phase it
+    overlaps (an open phase reaches to +inf, which is where the run's last measurement ends it
+    anyway), and recording or closing a phase recomputes its rows from the chunks. In
+    PostgreSQL the two cannot miss each other: a phase change locks its run ``FOR UPDATE``,
+    ingest takes ``FOR KEY SHARE`` on it (SQLite serialises writers anyway).
+    """
+
+    __tablename__ = "phase_total"
+    __table_args__ = (
+        sa.CheckConstraint(
+            f"energy_j >= 0 AND energy_j <= {FINITE_MAX} "
+            f"AND sensor_uncertainty_j >= 0 AND sensor_uncertainty_j <= {FINITE_MAX} "
+            f"AND bound_below_j >= 0 AND bound_below_j <= {FINITE_MAX} "
+            f"AND bound_above_j >= 0 AND bound_above_j <= {FINITE_MAX}",
+            name="energy_valid",
+        ),
+    )
+
+    phase_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("phase.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("device.id", ondelete="CASCADE"), primary_key=True
+    )
+    energy_j: Mapped[float]
+    sensor_uncertainty_j: Mapped[float]
+    bound_below_j: Mapped[float]
+    bound_above_j: Mapped[float]
 
 
 class LedgerEntry(Base):

@@ -15,19 +15,27 @@ row and two successes instead of an integrity error. SQLite serialises writers a
 the first transaction and then skips the row.
 
 Chunk ingest is all-or-nothing and costs a fixed number of statements per batch, whatever its
-size: one SELECT of the run's devices, at most one multi-row INSERT of new devices (and one
-re-read), **one** SELECT of the stored chunks whose keys or time neighbours the batch touches,
-and one bulk write of the new chunks (binary ``COPY`` on PostgreSQL, an executemany on SQLite).
-Any refusal raises before the chunks are written, and the caller's transaction rollback undoes
-the device rows.
+size: a key-share lock on the run, one SELECT of the run's devices, at most one multi-row
+INSERT of new devices (and one re-read), **one** SELECT of the stored chunks whose keys or time
+neighbours the batch touches, one bulk write of the new chunks (binary ``COPY`` on PostgreSQL,
+an executemany on SQLite), and the running totals: one SELECT of the run's phases and at most
+two multi-row UPSERTs (`db.models.DeviceTotal`, `db.models.PhaseTotal`). Any refusal raises
+before the chunks are written, and the caller's transaction rollback undoes the device rows.
 
-Chunk band storage. The chunk table keeps the band as ``energy_low_j``/``energy_high_j`` only;
-an unbounded upper end (a counter reset without a power limit) is stored as `UNBOUNDED_J`
-(the table's finite ceiling, 1e300 J, beyond any physical energy) and read back as +inf.
+Reports read only the running totals (`run_usage`: O(devices × phases), whatever the run's
+length); `rebuild_totals` re-derives them from the chunks.
+
+Chunk band storage. The chunk table keeps the band's **terms** (``sensor_uncertainty_j``,
+``bound_below_j``, ``bound_above_j``; see `db.models.Chunk`), never the band itself: sensor errors
+combine root-sum-square across devices and bounds linearly, so the report needs them apart. An
+unbounded ``bound_above_j`` (a counter reset without a power limit) is stored as `UNBOUNDED_J`
+(the table's finite ceiling, 1e300 J, beyond any physical energy) and read back as +inf; a sum
+that reaches it reads as +inf too.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -36,6 +44,7 @@ from datetime import datetime
 from typing import Any, Literal, cast
 from uuid import UUID
 
+import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -48,15 +57,18 @@ from db.models import (
     Chunk,
     Device,
     DeviceKind,
+    DevicePowerMethod,
+    DeviceTotal,
     EnergyMethod,
     Phase,
+    PhaseTotal,
     Project,
     Run,
     RunKind,
     RunStatus,
     Scope,
 )
-from db.samples import encode_samples
+from db.samples import encode_samples_many
 from db.types import utcnow
 
 __all__ = [
@@ -72,6 +84,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "PhaseAggregate",
+    "PhaseDeviceEnergy",
     "PhaseRecord",
     "ProjectRecord",
     "RunCursor",
@@ -91,6 +104,7 @@ __all__ = [
     "list_runs",
     "list_tokens",
     "plausible_power_w",
+    "rebuild_totals",
     "revoke_token",
     "run_usage",
     "touch_token",
@@ -98,7 +112,7 @@ __all__ = [
     "upsert_run",
 ]
 
-#: Stored in ``chunk.energy_high_j`` for "unbounded above"; any sum reaching it reads as +inf.
+#: Stored in ``chunk.bound_above_j`` for "unbounded above"; any sum reaching it reads as +inf.
 UNBOUNDED_J = 1e300
 #: Largest value of a BIGINT column (declared tokens and parameters).
 INT64_MAX = 2**63 - 1
@@ -262,15 +276,16 @@ class DeviceSpec:
     name: str
     power_limit_w: float | None
     has_energy_counter: bool
-    power_method: EnergyMethod
+    power_method: DevicePowerMethod
     simulated: bool
+    mig: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
     """One validated chunk to store; ``position`` is its index in the request (for messages).
 
-    ``energy_high_j`` may be +inf (stored as `UNBOUNDED_J`). ``samples`` are the raw columns
+    ``bound_above_j`` may be +inf (stored as `UNBOUNDED_J`). ``samples`` are the raw columns
     to encode (`db.samples`), or None when the meter sent none.
     """
 
@@ -281,14 +296,17 @@ class ChunkRow:
     t1_s: float
     n: int
     energy_j: float
-    energy_low_j: float
-    energy_high_j: float
+    sensor_uncertainty_j: float
+    bound_below_j: float
+    bound_above_j: float
     min_power_w: float
     mean_power_w: float
     max_power_w: float
     method: EnergyMethod
     gap_s: float
     gap_count: int
+    reset_count: int
+    wrap_count: int
     content_hash: str
     samples: Mapping[str, npt.NDArray[Any]] | None = None
 
@@ -304,9 +322,10 @@ class ChunkAck:
 
 @dataclass(frozen=True, slots=True)
 class DeviceAggregate:
-    """One device of a run with SQL aggregates over its chunk summaries.
+    """One device of a run with the running totals of its chunk summaries.
 
-    ``energy_high_j`` is +inf when any chunk is unbounded above.
+    The band terms are sums over the device's chunks (linear: a device's sensor error is
+    systematic); ``bound_above_j`` is +inf when any chunk is unbounded above.
     """
 
     id: int
@@ -321,13 +340,15 @@ class DeviceAggregate:
     chunks: int
     samples: int
     energy_j: float
-    energy_low_j: float
-    energy_high_j: float
+    sensor_uncertainty_j: float
+    bound_below_j: float
+    bound_above_j: float
     t0_s: float
     t1_s: float
     peak_power_w: float
     gap_s: float
     gap_count: int
+    reset_count: int
     method: str
 
     @property
@@ -337,17 +358,36 @@ class DeviceAggregate:
 
 
 @dataclass(frozen=True, slots=True)
-class PhaseAggregate:
-    """A phase with the energy of all devices inside it, pro-rata at chunk resolution.
+class PhaseDeviceEnergy:
+    """One device's share of a phase: pro-rata sums of its chunks' energy and band terms.
 
-    ``t1_s`` is the run's last measured time for a phase still open.
+    ``bound_above_j`` is +inf when an overlapping chunk is unbounded above.
+    """
+
+    device_id: int
+    energy_j: float
+    sensor_uncertainty_j: float
+    bound_below_j: float
+    bound_above_j: float
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseAggregate:
+    """A phase with the energy of each device inside it, pro-rata at chunk resolution.
+
+    ``t1_s`` is the run's last measured time for a phase still open. ``devices`` holds only
+    devices with a chunk overlapping the phase; their band terms are kept apart so the report
+    can combine them across devices as it does for the run's total.
     """
 
     phase: PhaseRecord
     t1_s: float
-    energy_j: float
-    energy_low_j: float
-    energy_high_j: float
+    devices: tuple[PhaseDeviceEnergy, ...] = ()
+
+    @property
+    def energy_j(self) -> float:
+        """Energy of all devices inside the phase, J."""
+        return math.fsum(d.energy_j for d in self.devices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -820,7 +860,9 @@ def upsert_phase(
         problems.append(FieldProblem("tokens", f"{tokens} is outside [0, 2**63 - 1]"))
     if problems:
         raise InvalidInput(problems)
-    _load_run(session, project_id=project_id, run_id=run_id)
+    # FOR UPDATE: no ingest of this run is in flight while the phase's totals are rebuilt
+    # (ingest holds FOR KEY SHARE), so no new chunk can miss them (`db.models.PhaseTotal`).
+    _load_run(session, project_id=project_id, run_id=run_id, lock=True)
     inserted = session.execute(
         _insert(session, _PHASE_T)
         .values(
@@ -842,7 +884,10 @@ def upsert_phase(
         .with_for_update()
     ).one()
     if inserted is not None:
+        session.flush()
+        _rebuild_phase_totals(session, run_id, [phase.id])
         return _phase_record(phase), True
+    closed = t1_s is not None and phase.t1_s is None
     for attribute, value in (
         ("t1_s", t1_s),
         ("flops", flops),
@@ -862,19 +907,56 @@ def upsert_phase(
     if tags:
         phase.tags = {**phase.tags, **tags}
     session.flush()
+    if closed:
+        _rebuild_phase_totals(session, run_id, [phase.id])
     return _phase_record(phase), False
 
 
 # --------------------------------------------------------------------------- chunks
 
 
-def _device_rows(session: Session, run_id: UUID) -> list[Device]:
-    return list(session.scalars(sa.select(Device).where(Device.run_id == run_id)))
+@dataclass(frozen=True, slots=True)
+class _DeviceRow:
+    """What ingest needs of a stored device (read with Core: no ORM identity-map cost)."""
+
+    id: int
+    host: str
+    kind: DeviceKind
+    device_index: int
+    uuid: str | None
+    power_limit_w: float | None
+
+
+def _device_rows(session: Session, run_id: UUID) -> list[_DeviceRow]:
+    d = _DEVICE_T
+    return [
+        _DeviceRow(*row)
+        for row in session.execute(
+            sa.select(
+                d.c.id, d.c.host, d.c.kind, d.c.device_index, d.c.uuid, d.c.power_limit_w
+            ).where(d.c.run_id == run_id)
+        )
+    ]
+
+
+def _require_run(session: Session, *, project_id: int, run_id: UUID) -> None:
+    """`NotFound` unless the run exists in the project (one indexed lookup, no ORM load).
+
+    Takes ``FOR KEY SHARE`` on the run (PostgreSQL; SQLite serialises writers anyway): ingests
+    of one run proceed together, while a phase change (``FOR UPDATE``) waits for them.
+    """
+    found = session.execute(
+        sa.select(_RUN_T.c.id)
+        .where(_RUN_T.c.id == run_id, _RUN_T.c.project_id == project_id)
+        .with_for_update(read=True, key_share=True)
+    ).first()
+    if found is None:
+        raise NotFound("run", run_id)
 
 
 def _match_devices(
     session: Session, run_id: UUID, specs: Sequence[DeviceSpec]
-) -> dict[str, Device]:
+) -> dict[str, _DeviceRow]:
     """Device row of each spec's key, inserting the new ones; refuses contradictions."""
 
     def slot(d: DeviceSpec) -> tuple[str, DeviceKind, int]:
@@ -899,6 +981,7 @@ def _match_devices(
                     "has_energy_counter": d.has_energy_counter,
                     "power_method": d.power_method,
                     "simulated": d.simulated,
+                    "mig": d.mig,
                     "created_at": utcnow(),
                 }
                 for d in new
@@ -907,7 +990,7 @@ def _match_devices(
         rows = _device_rows(session, run_id)
         by_slot = {(r.host, r.kind, r.device_index): r for r in rows}
     by_uid = {r.uuid: r for r in rows if r.uuid}
-    matched: dict[str, Device] = {}
+    matched: dict[str, _DeviceRow] = {}
     for i, spec in enumerate(specs):
         row = by_slot.get(slot(spec))
         other = by_uid.get(spec.uid) if spec.uid else None
@@ -938,38 +1021,46 @@ class _Stored:
     content_hash: str
 
 
+@functools.lru_cache(maxsize=64)
+def _stored_chunks_statement(devices: int) -> sa.CompoundSelect[Any]:
+    """The `_stored_chunks` query for ``devices`` devices, with bound parameters ``run_id``,
+    ``device_<k>``, ``lo_<k>``, ``hi_<k>``.
+
+    Built once per device count: the statement is large (three selects per device) and
+    building it costs far more than running it, so it is kept and only its parameters change.
+    """
+    c = _CHUNK_T
+    columns = (c.c.device_id, c.c.seq, c.c.t0_s, c.c.t1_s, c.c.content_hash)
+    run_id = sa.bindparam("run_id", type_=sa.Uuid())
+    parts: list[sa.Select[Any]] = []
+    for k in range(devices):
+        lo = sa.bindparam(f"lo_{k}", type_=sa.Integer())
+        hi = sa.bindparam(f"hi_{k}", type_=sa.Integer())
+        device_id = sa.bindparam(f"device_{k}", type_=sa.BigInteger())
+        same = sa.select(*columns).where(c.c.run_id == run_id, c.c.device_id == device_id)
+        below = same.where(c.c.seq < lo).order_by(c.c.seq.desc()).limit(1)
+        above = same.where(c.c.seq > hi).order_by(c.c.seq).limit(1)
+        # Each LIMIT 1 part is wrapped: SQLite refuses ORDER BY/LIMIT directly in a UNION.
+        parts.append(same.where(c.c.seq.between(lo, hi)))
+        parts.extend(sa.select(*part.subquery().c) for part in (below, above))
+    return sa.union_all(*parts)
+
+
 def _stored_chunks(
     session: Session, run_id: UUID, ranges: Mapping[int, tuple[int, int]]
 ) -> dict[int, dict[int, _Stored]]:
     """Stored chunks per device: those whose seq is in the batch's range, plus the nearest
-    neighbour below and above it (enough to check time order against everything stored)."""
+    neighbour below and above it (enough to check time order against everything stored).
+
+    One statement of primary-key range scans and ``ORDER BY seq LIMIT 1`` lookups, three per
+    device, planned in well under a millisecond whatever the table's size.
+    """
     if not ranges:
         return {}
-    chunk = _CHUNK_T
-    inner = _CHUNK_T.alias("neighbour")
-    terms = []
-    for device_id, (lo, hi) in ranges.items():
-        below = (
-            sa.select(sa.func.max(inner.c.seq))
-            .where(inner.c.run_id == run_id, inner.c.device_id == device_id, inner.c.seq < lo)
-            .scalar_subquery()
-        )
-        above = (
-            sa.select(sa.func.min(inner.c.seq))
-            .where(inner.c.run_id == run_id, inner.c.device_id == device_id, inner.c.seq > hi)
-            .scalar_subquery()
-        )
-        terms.append(
-            sa.and_(
-                chunk.c.device_id == device_id,
-                sa.or_(chunk.c.seq.between(lo, hi), chunk.c.seq == below, chunk.c.seq == above),
-            )
-        )
-    rows = session.execute(
-        sa.select(
-            chunk.c.device_id, chunk.c.seq, chunk.c.t0_s, chunk.c.t1_s, chunk.c.content_hash
-        ).where(chunk.c.run_id == run_id, sa.or_(*terms))
-    )
+    params: dict[str, Any] = {"run_id": run_id}
+    for k, (device_id, (lo, hi)) in enumerate(ranges.items()):
+        params.update({f"device_{k}": device_id, f"lo_{k}": lo, f"hi_{k}": hi})
+    rows = session.execute(_stored_chunks_statement(len(ranges)), params)
     stored: dict[int, dict[int, _Stored]] = {device_id: {} for device_id in ranges}
     for device_id, seq, t0_s, t1_s, content_hash in rows:
         stored[device_id][seq] = _Stored(seq, t0_s, t1_s, content_hash)
@@ -1032,8 +1123,8 @@ def ingest_chunks(
     Checks against what is stored: a repeated key with the same ``content_hash`` is a
     ``duplicate`` (not stored again); with another hash, a conflict. Every new chunk must start
     no earlier than its predecessor by seq ends, and end no later than its successor starts,
-    within `TIME_TOLERANCE_S`; its ``max_power_w`` must be plausible for the device's stored
-    power limit (`plausible_power_w`).
+    within `TIME_TOLERANCE_S`; its ``max_power_w`` and ``mean_power_w`` must be plausible for
+    the device's stored power limit (`plausible_power_w`).
 
     Args:
         session: The caller's session (the caller's rollback undoes everything on error).
@@ -1051,7 +1142,7 @@ def ingest_chunks(
         Conflict: A key repeats with other content, or a device contradicts a stored one.
         InvalidInput: Time going backwards across chunks, implausible power, unknown device key.
     """
-    _load_run(session, project_id=project_id, run_id=run_id)
+    _require_run(session, project_id=project_id, run_id=run_id)
     rows = _match_devices(session, run_id, devices)
 
     problems: list[FieldProblem] = []
@@ -1068,14 +1159,18 @@ def ingest_chunks(
             )
             continue
         ceiling_w = plausible_power_w(device.power_limit_w)
-        if c.max_power_w > ceiling_w:
-            problems.append(
-                FieldProblem(
-                    f"chunks[{c.position}].max_power_w",
-                    f"{c.max_power_w!r} W is implausible for a device limited to "
-                    f"{device.power_limit_w!r} W (ceiling 1.5 × limit + 50 W = {ceiling_w:g} W)",
+        # The mean is checked on its own: a counter chunk's mean is not bounded by max_power_w.
+        for name, value_w in (("max_power_w", c.max_power_w), ("mean_power_w", c.mean_power_w)):
+            if value_w > ceiling_w:
+                problems.append(
+                    FieldProblem(
+                        f"chunks[{c.position}].{name}",
+                        f"{value_w!r} W is implausible for a device limited to "
+                        f"{device.power_limit_w!r} W (ceiling 1.5 × limit + 50 W = "
+                        f"{ceiling_w:g} W)",
+                    )
                 )
-            )
+                break
         key = (device.id, c.seq)
         earlier = first_of_key.get(key)
         if earlier is None:
@@ -1120,7 +1215,8 @@ def ingest_chunks(
 
     to_insert = [(device_id, c) for device_id, new in new_by_device.items() for c in new]
     if to_insert:
-        _insert_chunks(session, run_id, to_insert, compress_samples=compress_samples)
+        written = _insert_chunks(session, run_id, to_insert, compress_samples=compress_samples)
+        _add_to_totals(session, run_id, written)
     device_of = {key: rows[key].id for key in rows}
     acks = []
     repeat_ids = {id(c) for c in repeats}
@@ -1140,14 +1236,17 @@ _COPY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("t1_s", "float8"),
     ("n", "int4"),
     ("energy_j", "float8"),
-    ("energy_low_j", "float8"),
-    ("energy_high_j", "float8"),
+    ("sensor_uncertainty_j", "float8"),
+    ("bound_below_j", "float8"),
+    ("bound_above_j", "float8"),
     ("min_power_w", "float8"),
     ("mean_power_w", "float8"),
     ("max_power_w", "float8"),
     ("method", "varchar"),
     ("gap_s", "float8"),
     ("gap_count", "int4"),
+    ("reset_count", "int4"),
+    ("wrap_count", "int4"),
     ("content_hash", "varchar"),
     ("samples", "bytea"),
     ("created_at", "timestamptz"),
@@ -1158,6 +1257,8 @@ def _chunk_values(
     run_id: UUID, rows: Sequence[tuple[int, ChunkRow]], *, compress_samples: bool
 ) -> list[tuple[Any, ...]]:
     now = utcnow()
+    with_samples = [c.samples for _, c in rows if c.samples is not None]
+    blobs = iter(encode_samples_many(with_samples, compress=compress_samples))
     return [
         (
             run_id,
@@ -1167,16 +1268,19 @@ def _chunk_values(
             c.t1_s,
             c.n,
             c.energy_j,
-            c.energy_low_j,
-            min(c.energy_high_j, UNBOUNDED_J),
+            c.sensor_uncertainty_j,
+            c.bound_below_j,
+            min(c.bound_above_j, UNBOUNDED_J),
             c.min_power_w,
             c.mean_power_w,
             c.max_power_w,
             c.method.value,
             c.gap_s,
             c.gap_count,
+            c.reset_count,
+            c.wrap_count,
             c.content_hash,
-            None if c.samples is None else encode_samples(c.samples, compress=compress_samples),
+            None if c.samples is None else next(blobs),
             now,
         )
         for device_id, c in rows
@@ -1209,7 +1313,7 @@ def _insert_chunks(
     rows: Sequence[tuple[int, ChunkRow]],
     *,
     compress_samples: bool,
-) -> None:
+) -> list[tuple[int, ChunkRow]]:
     """Write the new chunks in one bulk operation, tolerating keys a concurrent request stored.
 
     PostgreSQL: a binary ``COPY`` inside a savepoint, ~10× faster than an INSERT per row. The
@@ -1217,36 +1321,38 @@ def _insert_chunks(
     request stored one of them in between; then the savepoint is rolled back and the slow
     path below runs.
 
-    Slow path (and SQLite): ``INSERT ... ON CONFLICT DO NOTHING`` as one executemany. Whether
-    every row went in is read from the row count where the driver reports it (SQLite);
-    otherwise (psycopg reports none for a pipelined executemany) the keys are read back once
-    and compared by hash. A key another request stored with different content is a conflict
-    (this transaction then rolls back); with the same content it is stored once, as it must be.
+    Slow path (and SQLite): ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` the keys written,
+    as one executemany. A key another request stored instead with different content is a
+    conflict (this transaction then rolls back); with the same content it is stored once, as
+    it must be, and counted in the totals by the request that wrote it.
+
+    Returns:
+        The rows this transaction wrote (what the running totals must add).
     """
     values = _chunk_values(run_id, rows, compress_samples=compress_samples)
     if session.get_bind().dialect.name == "postgresql":
         try:
             with session.begin_nested():
                 _copy_chunks(session, values)
-            return
+            return list(rows)
         except sa.exc.IntegrityError as e:
             if getattr(e.orig, "sqlstate", None) != "23505":  # unique_violation: a race
                 raise
     table = _CHUNK_T
     names = [name for name, _ in _COPY_COLUMNS]
-    result = cast(
-        sa.CursorResult[Any],
-        session.execute(
-            _insert(session, table).on_conflict_do_nothing(),
+    written_keys = {
+        (device_id, seq)
+        for device_id, seq in session.execute(
+            _insert(session, table)
+            .on_conflict_do_nothing()
+            .returning(table.c.device_id, table.c.seq),
             [dict(zip(names, row, strict=True)) for row in values],
-        ),
-    )
-    if result.rowcount == len(rows):
-        return
-    ranges: dict[int, tuple[int, int]] = {}
-    for device_id, c in rows:
-        lo, hi = ranges.get(device_id, (c.seq, c.seq))
-        ranges[device_id] = (min(lo, c.seq), max(hi, c.seq))
+        )
+    }
+    written = [(device_id, c) for device_id, c in rows if (device_id, c.seq) in written_keys]
+    if len(written) == len(rows):
+        return written
+    others = [(device_id, c) for device_id, c in rows if (device_id, c.seq) not in written_keys]
     stored = {
         (device_id, seq): content_hash
         for device_id, seq, content_hash in session.execute(
@@ -1254,45 +1360,328 @@ def _insert_chunks(
                 table.c.run_id == run_id,
                 sa.or_(
                     *(
-                        sa.and_(table.c.device_id == device_id, table.c.seq.between(lo, hi))
-                        for device_id, (lo, hi) in ranges.items()
+                        sa.and_(table.c.device_id == device_id, table.c.seq == c.seq)
+                        for device_id, c in others
                     )
                 ),
             )
         )
     }
-    for device_id, c in rows:
+    for device_id, c in others:
         if stored.get((device_id, c.seq)) != c.content_hash:
             raise Conflict(
                 f"chunk {_key_text(c)} was stored concurrently with different content",
                 field=f"chunks[{c.position}]",
             )
+    return written
+
+
+# --------------------------------------------------------------------------- running totals
+
+_DEVICE_TOTAL_T = cast(sa.Table, DeviceTotal.__table__)
+_PHASE_TOTAL_T = cast(sa.Table, PhaseTotal.__table__)
+_TERMS = ("energy_j", "sensor_uncertainty_j", "bound_below_j", "bound_above_j")
+
+
+def _clamped_sum(table: sa.Table, excluded: Any, name: str) -> sa.ColumnElement[float]:
+    """``stored + delta``, clamped to the `UNBOUNDED_J` sentinel (which it means)."""
+    total = table.c[name] + excluded[name]
+    return sa.case((total >= UNBOUNDED_J, UNBOUNDED_J), else_=total)
+
+
+@functools.lru_cache(maxsize=8)
+def _adding_upsert(dialect: str, table_name: str, keys: tuple[str, ...]) -> sa.Insert:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` that adds the new row to the stored one.
+
+    Sums add; ``t0_s`` keeps the minimum, ``t1_s`` and ``peak_power_w`` the maximum;
+    ``bound_above_j`` saturates at the `UNBOUNDED_J` sentinel; ``method`` turns ``mixed`` when
+    the two differ. Built once per table and dialect: building it costs more than running it.
+    """
+    table = _DEVICE_TOTAL_T if table_name == _DEVICE_TOTAL_T.name else _PHASE_TOTAL_T
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    excluded = insert.excluded
+    set_: dict[str, Any] = {}
+    for column in table.columns:
+        name = column.name
+        if name in keys:
+            continue
+        if name == "bound_above_j":
+            set_[name] = _clamped_sum(table, excluded, name)
+        elif name == "t0_s":
+            set_[name] = sa.case((excluded.t0_s < table.c.t0_s, excluded.t0_s), else_=table.c.t0_s)
+        elif name in ("t1_s", "peak_power_w"):
+            set_[name] = sa.case(
+                (excluded[name] > table.c[name], excluded[name]), else_=table.c[name]
+            )
+        elif name == "method":
+            set_[name] = sa.case(
+                (excluded.method == table.c.method, table.c.method),
+                else_=sa.literal(EnergyMethod.MIXED.value),
+            )
+        else:
+            set_[name] = table.c[name] + excluded[name]
+    return insert.on_conflict_do_update(index_elements=list(keys), set_=set_)
+
+
+def _upsert_adding(
+    session: Session, table: sa.Table, keys: tuple[str, ...], deltas: Sequence[dict[str, Any]]
+) -> None:
+    """Add the delta rows to the stored rows of ``table`` (`_adding_upsert`).
+
+    Rows go in key order, so concurrent ingests lock the same rows in the same order.
+    """
+    if not deltas:
+        return
+    statement = _adding_upsert(session.get_bind().dialect.name, table.name, keys)
+    ordered = sorted(deltas, key=lambda row: tuple(row[k] for k in keys))
+    session.execute(statement, ordered)
+
+
+def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, ChunkRow]]) -> None:
+    """Add newly written chunks to their devices' totals and to every phase they overlap."""
+    if not written:
+        return
+    per_device: dict[int, list[ChunkRow]] = {}
+    for device_id, c in written:
+        per_device.setdefault(device_id, []).append(c)
+    device_rows = []
+    for device_id, chunks in per_device.items():
+        methods = {c.method for c in chunks}
+        device_rows.append(
+            {
+                "run_id": run_id,
+                "device_id": device_id,
+                "chunks": len(chunks),
+                "samples": sum(c.n for c in chunks),
+                "energy_j": math.fsum(c.energy_j for c in chunks),
+                "sensor_uncertainty_j": math.fsum(c.sensor_uncertainty_j for c in chunks),
+                "bound_below_j": math.fsum(c.bound_below_j for c in chunks),
+                "bound_above_j": min(math.fsum(c.bound_above_j for c in chunks), UNBOUNDED_J),
+                "t0_s": min(c.t0_s for c in chunks),
+                "t1_s": max(c.t1_s for c in chunks),
+                "peak_power_w": max(c.max_power_w for c in chunks),
+                "gap_s": math.fsum(c.gap_s for c in chunks),
+                "gap_count": sum(c.gap_count for c in chunks),
+                "reset_count": sum(c.reset_count for c in chunks),
+                "method": methods.pop() if len(methods) == 1 else EnergyMethod.MIXED,
+            }
+        )
+    _upsert_adding(session, _DEVICE_TOTAL_T, ("run_id", "device_id"), device_rows)
+
+    phases = session.execute(
+        sa.select(_PHASE_T.c.id, _PHASE_T.c.t0_s, _PHASE_T.c.t1_s).where(
+            _PHASE_T.c.run_id == run_id
+        )
+    ).all()
+    if not phases:
+        return
+    device_ids = np.fromiter((d for d, _ in written), np.int64, len(written))
+    c0 = np.fromiter((c.t0_s for _, c in written), np.float64, len(written))
+    c1 = np.fromiter((c.t1_s for _, c in written), np.float64, len(written))
+    terms = {
+        name: np.fromiter((getattr(c, name) for _, c in written), np.float64, len(written))
+        for name in _TERMS
+    }
+    unbounded = terms["bound_above_j"] >= UNBOUNDED_J
+    terms["bound_above_j"] = np.where(unbounded, 0.0, terms["bound_above_j"])
+    phase_rows = []
+    for phase_id, p0, p1 in phases:
+        fraction = _overlap_fraction(c0, c1, p0, math.inf if p1 is None else p1)
+        for device_id in np.unique(device_ids[fraction > 0]).tolist():
+            mine = (device_ids == device_id) & (fraction > 0)
+            row: dict[str, Any] = {"phase_id": phase_id, "device_id": device_id}
+            for name, values in terms.items():
+                row[name] = math.fsum((values[mine] * fraction[mine]).tolist())
+            if unbounded[mine].any():
+                row["bound_above_j"] = UNBOUNDED_J
+            phase_rows.append(row)
+    _upsert_adding(session, _PHASE_TOTAL_T, ("phase_id", "device_id"), phase_rows)
+
+
+def _overlap_fraction(
+    t0_s: npt.NDArray[np.float64], t1_s: npt.NDArray[np.float64], start_s: float, end_s: float
+) -> npt.NDArray[np.float64]:
+    """Share of each chunk ``[t0_s, t1_s]`` inside ``[start_s, end_s)``, by time (0 outside).
+
+    A zero-length chunk counts whole where its instant lies inside. Same rule as
+    `_phase_sums` in SQL.
+    """
+    lo = np.maximum(t0_s, start_s)
+    hi = np.minimum(t1_s, end_s)
+    length = t1_s - t0_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(length > 0, (hi - lo) / np.where(length > 0, length, 1.0), 1.0)
+    inside = np.where(
+        length > 0, (t0_s < end_s) & (t1_s > start_s), (t0_s >= start_s) & (t0_s < end_s)
+    )
+    return np.where(inside, share, 0.0)
+
+
+def _phase_sums(
+    session: Session, run_id: UUID, phase_ids: Sequence[int] | None
+) -> dict[int, list[dict[str, Any]]]:
+    """Per phase, per device: pro-rata sums of the overlapping chunks, from the chunk table.
+
+    An open phase reaches to +inf (in effect: the run's last measurement). Chunks are found by
+    the ``(run_id, t0_s)`` index, so a phase costs the chunks that start before its end.
+    """
+    c = _CHUNK_T
+    p = _PHASE_T
+    end = sa.func.coalesce(p.c.t1_s, sa.literal(UNBOUNDED_J, sa.Double()))
+    lo = sa.case((c.c.t0_s > p.c.t0_s, c.c.t0_s), else_=p.c.t0_s)
+    hi = sa.case((c.c.t1_s < end, c.c.t1_s), else_=end)
+    fraction = sa.case(
+        (c.c.t1_s > c.c.t0_s, (hi - lo) / (c.c.t1_s - c.c.t0_s)), else_=sa.literal(1.0)
+    )
+    overlaps = sa.or_(
+        sa.and_(c.c.t0_s < end, c.c.t1_s > p.c.t0_s),
+        sa.and_(c.c.t0_s == c.c.t1_s, c.c.t0_s >= p.c.t0_s, c.c.t0_s < end),
+    )
+    query = (
+        sa.select(
+            p.c.id,
+            c.c.device_id,
+            sa.func.sum(c.c.energy_j * fraction),
+            sa.func.sum(c.c.sensor_uncertainty_j * fraction),
+            sa.func.sum(c.c.bound_below_j * fraction),
+            sa.func.sum(_finite_part(c.c.bound_above_j) * fraction),
+            sa.func.max(_unbounded_flag(c.c.bound_above_j)),
+        )
+        .select_from(p)
+        .join(c, sa.and_(c.c.run_id == p.c.run_id, overlaps))
+        .where(p.c.run_id == run_id)
+        .group_by(p.c.id, c.c.device_id)
+        .order_by(p.c.id, c.c.device_id)
+    )
+    if phase_ids is not None:
+        query = query.where(p.c.id.in_(phase_ids))
+    sums: dict[int, list[dict[str, Any]]] = {}
+    for phase_id, device_id, energy, sensor, below, above, unbounded in session.execute(query):
+        sums.setdefault(phase_id, []).append(
+            {
+                "phase_id": phase_id,
+                "device_id": device_id,
+                "energy_j": float(energy or 0.0),
+                "sensor_uncertainty_j": float(sensor or 0.0),
+                "bound_below_j": float(below or 0.0),
+                "bound_above_j": (
+                    UNBOUNDED_J if unbounded else min(float(above or 0.0), UNBOUNDED_J)
+                ),
+            }
+        )
+    return sums
+
+
+def _rebuild_phase_totals(session: Session, run_id: UUID, phase_ids: Sequence[int]) -> None:
+    """Recompute the phases' totals from the chunk table."""
+    t = _PHASE_TOTAL_T
+    session.execute(sa.delete(t).where(t.c.phase_id.in_(phase_ids)))
+    rows = [row for rows in _phase_sums(session, run_id, phase_ids).values() for row in rows]
+    if rows:
+        session.execute(sa.insert(t), rows)
+
+
+def _device_sums(session: Session, run_id: UUID) -> list[dict[str, Any]]:
+    """Per device: the `DeviceTotal` figures summed from the chunk table."""
+    c = _CHUNK_T
+    rows = session.execute(
+        sa.select(
+            c.c.device_id,
+            sa.func.count(),
+            sa.func.sum(c.c.n),
+            sa.func.sum(c.c.energy_j),
+            sa.func.sum(c.c.sensor_uncertainty_j),
+            sa.func.sum(c.c.bound_below_j),
+            sa.func.sum(_finite_part(c.c.bound_above_j)),
+            sa.func.max(_unbounded_flag(c.c.bound_above_j)),
+            sa.func.min(c.c.t0_s),
+            sa.func.max(c.c.t1_s),
+            sa.func.max(c.c.max_power_w),
+            sa.func.sum(c.c.gap_s),
+            sa.func.sum(c.c.gap_count),
+            sa.func.sum(c.c.reset_count),
+            sa.func.min(c.c.method),
+            sa.func.max(c.c.method),
+        )
+        .where(c.c.run_id == run_id)
+        .group_by(c.c.device_id)
+    ).all()
+    return [
+        {
+            "run_id": run_id,
+            "device_id": row[0],
+            "chunks": row[1],
+            "samples": row[2],
+            "energy_j": row[3],
+            "sensor_uncertainty_j": row[4],
+            "bound_below_j": row[5],
+            "bound_above_j": UNBOUNDED_J if row[7] else min(row[6], UNBOUNDED_J),
+            "t0_s": row[8],
+            "t1_s": row[9],
+            "peak_power_w": row[10],
+            "gap_s": row[11],
+            "gap_count": row[12],
+            "reset_count": row[13],
+            "method": row[14] if row[14] == row[15] else EnergyMethod.MIXED,
+        }
+        for row in rows
+    ]
+
+
+def rebuild_totals(session: Session, *, project_id: int, run_id: UUID) -> None:
+    """Recompute a run's device and phase totals from its chunks (repair; audit).
+
+    Ingest and phase changes keep the totals current; this re-derives them from scratch, so a
+    test or an operator can check that the kept figures match the chunks.
+
+    Raises:
+        NotFound: No such run in the project.
+    """
+    _load_run(session, project_id=project_id, run_id=run_id, lock=True)
+    t = _DEVICE_TOTAL_T
+    session.execute(sa.delete(t).where(t.c.run_id == run_id))
+    rows = _device_sums(session, run_id)
+    if rows:
+        session.execute(sa.insert(t), rows)
+    phase_ids = session.scalars(sa.select(_PHASE_T.c.id).where(_PHASE_T.c.run_id == run_id)).all()
+    if phase_ids:
+        _rebuild_phase_totals(session, run_id, list(phase_ids))
+    session.flush()
 
 
 # --------------------------------------------------------------------------- reports
 
 
-def _sum_high(finite_sum: float | None, unbounded: int | None) -> float:
-    if unbounded:
-        return math.inf
-    return float(finite_sum or 0.0)
+def _unbounded_flag(column: sa.ColumnElement[float]) -> sa.ColumnElement[int]:
+    """1 where a stored bound is the `UNBOUNDED_J` sentinel, else 0."""
+    return sa.case((column >= UNBOUNDED_J, 1), else_=0)
+
+
+def _finite_part(column: sa.ColumnElement[float]) -> sa.ColumnElement[float]:
+    """The bound where finite, 0 where it is the sentinel (summed apart from the flag)."""
+    return sa.case((column >= UNBOUNDED_J, 0.0), else_=column)
+
+
+def _above(stored_j: float) -> float:
+    """A stored bound read back: the `UNBOUNDED_J` sentinel (or beyond) is +inf."""
+    return math.inf if stored_j >= UNBOUNDED_J else float(stored_j)
 
 
 def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
-    """The run with per-device and per-phase aggregates of its chunk summaries.
+    """The run with its per-device and per-phase totals (no chunk is read).
 
-    Two aggregate queries, no raw samples. A phase gets each overlapping chunk's energy (and
-    band) in proportion to the part of the chunk's time inside the phase: exact when phase
-    boundaries fall on chunk boundaries, otherwise it assumes constant power within a chunk
-    (error at most one chunk's energy per boundary).
+    Two small queries over the running totals (`db.models.DeviceTotal`, `PhaseTotal`), so the
+    cost is O(devices × phases) whatever the run's length. A phase's figures are each
+    overlapping chunk's, in proportion to the part of the chunk's time inside the phase:
+    exact when phase boundaries fall on chunk boundaries, otherwise it assumes constant power
+    within a chunk (error at most one chunk's energy per boundary).
 
     Raises:
         NotFound: No such run in the project.
     """
     run = _load_run(session, project_id=project_id, run_id=run_id)
-    c = _CHUNK_T
     d = _DEVICE_T
-    unbounded = sa.case((c.c.energy_high_j >= UNBOUNDED_J, 1), else_=0)
+    t = _DEVICE_TOTAL_T
     device_rows = session.execute(
         sa.select(
             d.c.id,
@@ -1304,34 +1693,23 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
             d.c.catalog_key,
             d.c.power_limit_w,
             d.c.simulated,
-            sa.func.count(),
-            sa.func.sum(c.c.n),
-            sa.func.sum(c.c.energy_j),
-            sa.func.sum(c.c.energy_low_j),
-            sa.func.sum(sa.case((c.c.energy_high_j >= UNBOUNDED_J, 0.0), else_=c.c.energy_high_j)),
-            sa.func.max(unbounded),
-            sa.func.min(c.c.t0_s),
-            sa.func.max(c.c.t1_s),
-            sa.func.max(c.c.max_power_w),
-            sa.func.sum(c.c.gap_s),
-            sa.func.sum(c.c.gap_count),
-            sa.func.min(c.c.method),
-            sa.func.max(c.c.method),
+            t.c.chunks,
+            t.c.samples,
+            t.c.energy_j,
+            t.c.sensor_uncertainty_j,
+            t.c.bound_below_j,
+            t.c.bound_above_j,
+            t.c.t0_s,
+            t.c.t1_s,
+            t.c.peak_power_w,
+            t.c.gap_s,
+            t.c.gap_count,
+            t.c.reset_count,
+            t.c.method,
         )
         .select_from(d)
-        .join(c, sa.and_(c.c.run_id == d.c.run_id, c.c.device_id == d.c.id))
+        .join(t, sa.and_(t.c.run_id == d.c.run_id, t.c.device_id == d.c.id))
         .where(d.c.run_id == run_id)
-        .group_by(
-            d.c.id,
-            d.c.host,
-            d.c.kind,
-            d.c.device_index,
-            d.c.uuid,
-            d.c.name,
-            d.c.catalog_key,
-            d.c.power_limit_w,
-            d.c.simulated,
-        )
         .order_by(d.c.host, d.c.kind, d.c.device_index)
     ).all()
     devices = tuple(
@@ -1348,14 +1726,16 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
             chunks=int(row[9]),
             samples=int(row[10]),
             energy_j=float(row[11]),
-            energy_low_j=float(row[12]),
-            energy_high_j=_sum_high(row[13], row[14]),
+            sensor_uncertainty_j=float(row[12]),
+            bound_below_j=float(row[13]),
+            bound_above_j=_above(row[14]),
             t0_s=float(row[15]),
             t1_s=float(row[16]),
             peak_power_w=float(row[17]),
             gap_s=float(row[18]),
             gap_count=int(row[19]),
-            method=str(row[20]) if row[20] == row[21] else "mixed",
+            reset_count=int(row[20]),
+            method=str(row[21]),
         )
         for row in device_rows
     )
@@ -1378,48 +1758,37 @@ def _phase_usage(
     ]
     if not phases:
         return ()
-    c = _CHUNK_T
-    p = _PHASE_T
-    end = sa.func.coalesce(p.c.t1_s, sa.literal(run_end_s, sa.Double()))
-    lo = sa.case((c.c.t0_s > p.c.t0_s, c.c.t0_s), else_=p.c.t0_s)
-    hi = sa.case((c.c.t1_s < end, c.c.t1_s), else_=end)
-    fraction = sa.case(
-        (c.c.t1_s > c.c.t0_s, (hi - lo) / (c.c.t1_s - c.c.t0_s)), else_=sa.literal(1.0)
-    )
-    overlaps = sa.or_(
-        sa.and_(c.c.t0_s < end, c.c.t1_s > p.c.t0_s),
-        sa.and_(c.c.t0_s == c.c.t1_s, c.c.t0_s >= p.c.t0_s, c.c.t0_s < end),
-    )
-    sums = {
-        row[0]: row[1:]
-        for row in session.execute(
-            sa.select(
-                p.c.id,
-                sa.func.sum(c.c.energy_j * fraction),
-                sa.func.sum(c.c.energy_low_j * fraction),
-                sa.func.sum(
-                    sa.case((c.c.energy_high_j >= UNBOUNDED_J, 0.0), else_=c.c.energy_high_j)
-                    * fraction
-                ),
-                sa.func.max(sa.case((c.c.energy_high_j >= UNBOUNDED_J, 1), else_=0)),
-            )
-            .select_from(p)
-            .join(c, sa.and_(c.c.run_id == p.c.run_id, overlaps))
-            .where(p.c.run_id == run_id)
-            .group_by(p.c.id)
+    t = _PHASE_TOTAL_T
+    shares: dict[int, list[PhaseDeviceEnergy]] = {}
+    for phase_id, device_id, energy, sensor, below, above in session.execute(
+        sa.select(
+            t.c.phase_id,
+            t.c.device_id,
+            t.c.energy_j,
+            t.c.sensor_uncertainty_j,
+            t.c.bound_below_j,
+            t.c.bound_above_j,
         )
-    }
+        .where(t.c.phase_id.in_([phase.id for phase in phases]))
+        .order_by(t.c.phase_id, t.c.device_id)
+    ):
+        shares.setdefault(phase_id, []).append(
+            PhaseDeviceEnergy(
+                device_id=int(device_id),
+                energy_j=float(energy),
+                sensor_uncertainty_j=float(sensor),
+                bound_below_j=float(below),
+                bound_above_j=_above(above),
+            )
+        )
     out = []
     for phase in phases:
-        energy, low, high, unbounded = sums.get(phase.id, (0.0, 0.0, 0.0, 0))
         t1_s = phase.t1_s if phase.t1_s is not None else (run_end_s or phase.t0_s)
         out.append(
             PhaseAggregate(
                 phase=phase,
                 t1_s=max(t1_s, phase.t0_s),
-                energy_j=float(energy or 0.0),
-                energy_low_j=float(low or 0.0),
-                energy_high_j=_sum_high(high, unbounded),
+                devices=tuple(shares.get(phase.id, ())),
             )
         )
     return tuple(out)

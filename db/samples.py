@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,13 @@ import numpy.typing as npt
 
 from db.errors import SampleCodecError
 
-__all__ = ["CODEC_VERSION", "MAX_DECODED_BYTES", "decode_samples", "encode_samples"]
+__all__ = [
+    "CODEC_VERSION",
+    "MAX_DECODED_BYTES",
+    "decode_samples",
+    "encode_samples",
+    "encode_samples_many",
+]
 
 CODEC_VERSION = 1
 #: Largest payload `decode_samples` will inflate (64 MiB): a guard against zlib bombs.
@@ -47,6 +53,8 @@ MAX_DECODED_BYTES = 64 * 1024 * 1024
 _FLAG_ZLIB = 0b01
 _FLAG_SHUFFLE = 0b10
 _KNOWN_FLAGS = _FLAG_ZLIB | _FLAG_SHUFFLE
+_PREFIX_ZLIB = bytes((CODEC_VERSION, _FLAG_ZLIB | _FLAG_SHUFFLE))
+_PREFIX_RAW = bytes((CODEC_VERSION, 0))
 _DTYPES: dict[int, np.dtype[Any]] = {
     1: np.dtype("<f4"),
     2: np.dtype("<f8"),
@@ -74,12 +82,68 @@ def encode_samples(columns: Mapping[str, npt.ArrayLike], *, compress: bool = Tru
         SampleCodecError: No columns, ragged or non-1-D columns, an unsupported dtype, a bad
             column name, or more than 255 columns.
     """
+    header, arrays = _layout(columns)
+    if compress:
+        body = [_shuffle(array) for array in arrays]
+        return _PREFIX_ZLIB + zlib.compress(b"".join([header, *body]), 6)
+    return _PREFIX_RAW + b"".join([header, *(array.tobytes() for array in arrays)])
+
+
+def encode_samples_many(
+    chunks: Sequence[Mapping[str, npt.ArrayLike]], *, compress: bool = True
+) -> list[bytes]:
+    """`encode_samples` of every chunk, the same bytes, vectorised across chunks.
+
+    Chunks with the same columns (names, dtypes, length) are stacked and byte-shuffled in one
+    numpy operation per column; what is left per chunk is a join and, when compressing, zlib.
+    For a batch of 100-sample chunks this removes most of the per-chunk Python cost.
+
+    Args:
+        chunks: Per chunk, its columns (as `encode_samples` takes them).
+        compress: As in `encode_samples`.
+
+    Returns:
+        One blob per chunk, in order.
+
+    Raises:
+        SampleCodecError: As `encode_samples`, for the first chunk of a layout that is invalid.
+    """
+    groups: dict[tuple[tuple[str, str, tuple[int, ...]], ...], list[int]] = {}
+    columns_of: list[list[npt.NDArray[Any]]] = []
+    for i, columns in enumerate(chunks):
+        arrays = [np.asarray(raw) for raw in columns.values()]
+        layout = tuple(
+            (name, a.dtype.str, a.shape) for name, a in zip(columns, arrays, strict=True)
+        )
+        groups.setdefault(layout, []).append(i)
+        columns_of.append(arrays)
+    out: list[bytes] = [b""] * len(chunks)
+    for members in groups.values():
+        header, first = _layout(chunks[members[0]])  # validates the whole group's layout
+        blocks = []
+        for j, column in enumerate(first):
+            stacked = np.stack([columns_of[i][j] for i in members]).astype(column.dtype, copy=False)
+            if compress:  # byte k of every value of a chunk together, per chunk (`_shuffle`)
+                planes = stacked.view(np.uint8).reshape(len(members), -1, column.dtype.itemsize)
+                stacked = np.ascontiguousarray(planes.transpose(0, 2, 1))
+            block = np.ascontiguousarray(stacked).reshape(len(members), -1)
+            width = block.shape[1] * block.itemsize
+            blocks.append((memoryview(block.tobytes()), width))
+        for k, i in enumerate(members):
+            payload = b"".join([header, *(view[k * w : (k + 1) * w] for view, w in blocks)])
+            out[i] = _PREFIX_ZLIB + zlib.compress(payload, 6) if compress else _PREFIX_RAW + payload
+    return out
+
+
+def _layout(columns: Mapping[str, npt.ArrayLike]) -> tuple[bytes, list[npt.NDArray[Any]]]:
+    """The payload header of ``columns`` and the columns as contiguous little-endian arrays."""
     if not columns:
         raise SampleCodecError("at least one sample column is required")
     if len(columns) > 255:
         raise SampleCodecError(f"{len(columns)} columns; at most 255 fit the format")
-    arrays: list[tuple[bytes, int, npt.NDArray[Any]]] = []
+    arrays: list[npt.NDArray[Any]] = []
     n: int | None = None
+    header = [b""]
     for name, raw in columns.items():
         encoded_name = _encode_name(name)
         array = np.asarray(raw)
@@ -93,22 +157,13 @@ def encode_samples(columns: Mapping[str, npt.ArrayLike], *, compress: bool = Tru
         code = _CODES.get(dtype)
         if code is None:
             raise SampleCodecError(f"column {name!r} has unsupported dtype {array.dtype}")
-        arrays.append((encoded_name, code, np.ascontiguousarray(array, dtype=dtype)))
+        arrays.append(np.ascontiguousarray(array, dtype=dtype))
+        header.append(struct.pack("<B", len(encoded_name)) + encoded_name + struct.pack("<B", code))
     assert n is not None  # columns is non-empty
     if n > 0xFFFFFFFF:
         raise SampleCodecError(f"{n} samples; at most 2**32 - 1 fit the format")
-
-    header = [struct.pack("<IB", n, len(arrays))]
-    for encoded_name, code, _ in arrays:
-        header.append(struct.pack("<B", len(encoded_name)) + encoded_name + struct.pack("<B", code))
-    if compress:
-        body = [_shuffle(array) for _, _, array in arrays]
-        payload = zlib.compress(b"".join(header + body), 6)
-        flags = _FLAG_ZLIB | _FLAG_SHUFFLE
-    else:
-        payload = b"".join(header + [array.tobytes() for _, _, array in arrays])
-        flags = 0
-    return bytes((CODEC_VERSION, flags)) + payload
+    header[0] = struct.pack("<IB", n, len(arrays))
+    return b"".join(header), arrays
 
 
 def decode_samples(blob: bytes) -> dict[str, npt.NDArray[Any]]:

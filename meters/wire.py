@@ -10,24 +10,44 @@ Standard library only (the service imports it too; the meter must stay light). A
     }
 
 A chunk is identified by ``(run_id, device_key, seq)``: that key is the idempotency key. The
-service acknowledges a repeat of a stored chunk with identical content (same `content_hash`)
-as ``duplicate`` and stores nothing; a repeat with different content is a conflict (409).
+service acknowledges a repeat of a stored chunk with identical content (the service's own
+digest of the parsed values) as ``duplicate`` and stores nothing; a repeat with different
+content is a conflict (409).
 
 Samples travel columnar: ``t_s`` (unix seconds), ``power_w`` (NaN-free; absent readings are
 dropped before sealing, which the summary's gap fields account for) and optionally
 ``energy_j`` (the raw counter in joules, as read, so the service can re-derive and audit).
 Every number's unit is in its name.
+
+Two sample encodings, chosen per chunk by ``samples["encoding"]``:
+
+* ``"json"`` (the default when absent): each column is a JSON list of numbers.
+* ``"f64le-base64"`` (`SAMPLES_F64_BASE64`): each column is a string, the standard base64 of
+  the values as little-endian IEEE 754 float64, 8 bytes each (`encode_column` /
+  `decode_column`). Lossless like JSON (a float64 prints and parses back exactly), but half
+  the bytes (32 B per sample for three columns against 45–60) and ~10× cheaper for the
+  service to parse. ``dumps_batch(..., samples_encoding=SAMPLES_F64_BASE64)`` sends it.
+
+The service reads both and treats the same values in either encoding as the same chunk.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NotRequired, TypedDict
+import sys
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
 SCHEMA_VERSION = 1
+SampleEncoding = Literal["json", "f64le-base64"]
+SAMPLES_JSON: Final = "json"
+SAMPLES_F64_BASE64: Final = "f64le-base64"
+SAMPLE_ENCODINGS: Final[tuple[SampleEncoding, ...]] = (SAMPLES_JSON, SAMPLES_F64_BASE64)
 METHODS = ("counter", "power_avg", "power_instant", "estimate", "mixed")
 DEVICE_KINDS = ("gpu", "cpu", "dram", "other")
 
@@ -51,11 +71,16 @@ class DevicePayload(TypedDict):
 
 
 class SamplesPayload(TypedDict):
-    """Raw samples of one chunk, columnar, equal lengths."""
+    """Raw samples of one chunk, columnar, equal lengths.
 
-    t_s: list[float]
-    power_w: list[float]
-    energy_j: NotRequired[list[float] | None]
+    Columns are lists under ``encoding`` ``"json"`` (or no ``encoding``), base64 strings
+    under ``"f64le-base64"`` (module docstring).
+    """
+
+    t_s: list[float] | str
+    power_w: list[float] | str
+    energy_j: NotRequired[list[float] | str | None]
+    encoding: NotRequired[SampleEncoding]
 
 
 class ChunkPayload(TypedDict):
@@ -94,18 +119,89 @@ class IngestBatch(TypedDict):
 def content_hash(chunk: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of a chunk's canonical JSON, excluding nothing: summary and samples.
 
-    Both sides compute it the same way, so a repeated chunk is recognised as identical or
-    conflicting without comparing columns one by one. Floats are serialised with ``repr``
-    precision by `json`; infinities (an unbounded ``energy_high_j``) are written as strings.
+    The meter's spool uses it for its own idempotency: a chunk put again under a stored key is
+    a harmless repeat when the hashes match and refused otherwise. It never travels to the
+    service, which computes its own digest over the parsed values in a fixed binary layout
+    (`service.ingest.chunk_content_hash`), so the two hashes differ and are never compared.
+    Floats are serialised with ``repr`` precision by `json`; infinities (an unbounded
+    ``energy_high_j``) are written as strings.
     """
     canonical = json.dumps(_json_safe(chunk), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def dumps_batch(devices: Sequence[DevicePayload], chunks: Sequence[ChunkPayload]) -> bytes:
-    """Serialise a batch (infinities as ``"inf"`` strings, since JSON has none)."""
+def dumps_batch(
+    devices: Sequence[DevicePayload],
+    chunks: Sequence[ChunkPayload],
+    *,
+    samples_encoding: SampleEncoding = "json",
+) -> bytes:
+    """Serialise a batch (infinities as ``"inf"`` strings, since JSON has none).
+
+    Args:
+        devices: Every device the chunks refer to.
+        chunks: The chunks; their samples may be in either encoding.
+        samples_encoding: Encoding of the samples on the wire: ``"json"`` sends them as
+            given, ``"f64le-base64"`` re-encodes JSON-list samples as base64 float64 columns.
+    """
+    if samples_encoding not in SAMPLE_ENCODINGS:
+        raise ValueError(f"samples_encoding must be one of {SAMPLE_ENCODINGS}")
+    if samples_encoding == SAMPLES_F64_BASE64:
+        chunks = [_with_binary_samples(c) for c in chunks]
     batch = {"schema": SCHEMA_VERSION, "devices": list(devices), "chunks": list(chunks)}
     return json.dumps(_json_safe(batch), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def encode_column(values: Iterable[float]) -> str:
+    """Base64 of ``values`` as little-endian float64 (the ``"f64le-base64"`` encoding).
+
+    Args:
+        values: The column (any iterable of floats; NaN and infinities are encoded as given).
+
+    Returns:
+        ASCII base64 text, 8 bytes per value before encoding.
+    """
+    packed = array("d", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def decode_column(text: str) -> array[float]:
+    """Inverse of `encode_column`.
+
+    Args:
+        text: Standard base64 (no whitespace) of little-endian float64 values.
+
+    Returns:
+        The values as ``array('d')`` in native byte order (zero-copy for ``numpy.frombuffer``).
+
+    Raises:
+        ValueError: Not base64, or not a whole number of 8-byte values.
+    """
+    try:
+        raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise ValueError(f"not base64: {e}") from e
+    if len(raw) % 8:
+        raise ValueError(f"{len(raw)} bytes is not a whole number of float64 values")
+    values = array("d")
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def _with_binary_samples(chunk: ChunkPayload) -> ChunkPayload:
+    samples = chunk.get("samples")
+    if samples is None or samples.get("encoding", SAMPLES_JSON) != SAMPLES_JSON:
+        return chunk
+    binary: SamplesPayload = {"encoding": SAMPLES_F64_BASE64, "t_s": "", "power_w": ""}
+    for name in ("t_s", "power_w", "energy_j"):
+        column = samples.get(name)
+        if isinstance(column, list):
+            binary[name] = encode_column(column)
+    return {**chunk, "samples": binary}
 
 
 def _json_safe(value: Any) -> Any:

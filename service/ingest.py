@@ -4,14 +4,24 @@ A batch (`meters.wire.IngestBatch`) is parsed from the raw body in one pass by p
 parser (types, finiteness, per-field bounds), then every check that spans fields or samples runs
 as numpy over all chunks and all samples at once:
 
-* per chunk: ``t0_s ≤ t1_s``; ``energy_low_j ≤ energy_j ≤ energy_high_j`` and
-  ``min_power_w ≤ mean_power_w ≤ max_power_w`` (within `REL_TOLERANCE` for float rounding; the
-  stored values are clipped into order); ``gap_count > 0`` whenever ``gap_s > 0``; a known
-  ``device_key``; a method the table stores (a per-chunk ``mixed`` is refused);
+* per chunk: ``t0_s ≤ t1_s``; the band the meter sent agrees with its terms,
+  ``energy_low_j = max(0, energy_j − sensor_uncertainty_j − bound_below_j)`` and
+  ``energy_high_j = energy_j + sensor_uncertainty_j + bound_above_j`` (within `REL_TOLERANCE`;
+  the table stores only the terms, so a band that contradicts them would be silently lost);
+  ``min_power_w ≤ max_power_w``, and ``min_power_w ≤ mean_power_w ≤ max_power_w`` for the
+  power methods only (`db.models.MEAN_IN_RANGE_METHODS`: a ``counter`` chunk's mean comes from
+  the counter, its min/max from the lagging power sensor, so it may lie outside them; within
+  `REL_TOLERANCE`, the stored mean is clipped into order); ``gap_count > 0`` whenever
+  ``gap_s > 0``; ``reset_count + wrap_count ≤ n`` (at most one per interval); a known
+  ``device_key``;
 * per chunk with samples: equal column lengths, ``n`` = their length, at most
   ``max_samples_per_chunk``;
 * per sample: ``t_s`` strictly increasing within the chunk and inside ``[t0_s, t1_s]`` (within
   `repository.TIME_TOLERANCE_S`); ``power_w`` inside ``[min_power_w, max_power_w]``.
+
+Samples arrive as JSON lists (checked by pydantic) or base64 float64 columns
+(`meters.wire.SAMPLES_F64_BASE64`, decoded by `meters.wire.decode_column` while parsing and
+checked here, vectorised, with the same rules and the same field paths).
 
 Whatever fails, every problem found is reported (up to a limit) with its field path, e.g.
 ``chunks[3].samples.t_s[17]``, and nothing is written. Checks against stored rows (duplicates,
@@ -23,7 +33,8 @@ identical chunk. It is SHA-256 over a fixed binary layout (`HASH_LAYOUT`): the s
 packed little-endian in a fixed order, then each sample column as float64. Hashing the parsed
 binary values is ~10× faster than re-serialising JSON (`meters.wire.content_hash` costs ~2 s per
 million samples in CPython), cannot change with a JSON library's float formatting, and treats
-``5`` and ``5.0`` as the same number. The key (device, seq) is not part of the digest.
+``5`` and ``5.0``, or a list and its base64 column, as the same content. The key (device, seq)
+is not part of the digest.
 
 Raw samples are stored with the columns `db.samples` recommends: ``t_s`` as float32 seconds
 since the chunk's ``t0_s``, ``power_w`` float32, ``energy_j`` (the counter) float64.
@@ -33,7 +44,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import struct
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +54,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from db.models import EnergyMethod
+from db.models import MEAN_IN_RANGE_METHODS
 from db.repository import TIME_TOLERANCE_S, ChunkRow, DeviceSpec, FieldProblem, InvalidInput
-from service.schemas import ChunkIn, IngestBatchIn
+from service.schemas import FINITE_MAX, ChunkIn, IngestBatchIn
 
 __all__ = [
     "HASH_LAYOUT",
@@ -58,7 +71,29 @@ REL_TOLERANCE = 1e-9
 #: Version tag and struct layout of the content hash's summary part.
 HASH_LAYOUT = (b"thermoledger.chunk.v1", struct.Struct("<ddq" + "d" * 10 + "qqq"))
 _MAX_PROBLEMS = 20
-_METHODS = {m.value: m for m in EnergyMethod}
+#: The summary fields in `HASH_LAYOUT` order: a chunk's summary is one row of this table.
+_SUMMARY_FIELDS = (
+    ("t0_s", "<f8"),
+    ("t1_s", "<f8"),
+    ("n", "<i8"),
+    ("energy_j", "<f8"),
+    ("energy_low_j", "<f8"),
+    ("energy_high_j", "<f8"),
+    ("sensor_uncertainty_j", "<f8"),
+    ("bound_below_j", "<f8"),
+    ("bound_above_j", "<f8"),
+    ("min_power_w", "<f8"),
+    ("mean_power_w", "<f8"),
+    ("max_power_w", "<f8"),
+    ("gap_s", "<f8"),
+    ("gap_count", "<i8"),
+    ("reset_count", "<i8"),
+    ("wrap_count", "<i8"),
+)
+#: Packed (unaligned) like `HASH_LAYOUT`, so a row's bytes are exactly what it packs.
+_SUMMARY_DTYPE = np.dtype(list(_SUMMARY_FIELDS))
+assert _SUMMARY_DTYPE.itemsize == HASH_LAYOUT[1].size
+_SUMMARY_GETTER = operator.attrgetter(*(name for name, _ in _SUMMARY_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +162,9 @@ class _Problems:
             raise InvalidInput(ordered[:_MAX_PROBLEMS])
 
 
-def _column(chunks: Sequence[ChunkIn], name: str, dtype: type[Any] = np.float64) -> Any:
-    return np.fromiter((getattr(c, name) for c in chunks), dtype=dtype, count=len(chunks))
+def _summary_table(chunks: Sequence[ChunkIn]) -> npt.NDArray[np.void]:
+    """Every chunk's summary fields as one structured array (one attribute pass per chunk)."""
+    return np.array([_SUMMARY_GETTER(c) for c in chunks], dtype=_SUMMARY_DTYPE)
 
 
 def _slack(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -155,6 +191,7 @@ def _check_devices(batch: IngestBatchIn, problems: _Problems) -> tuple[DeviceSpe
                 has_energy_counter=d.has_energy_counter,
                 power_method=d.power_method,
                 simulated=d.simulated,
+                mig=d.mig,
             )
         )
     return tuple(specs)
@@ -163,73 +200,118 @@ def _check_devices(batch: IngestBatchIn, problems: _Problems) -> tuple[DeviceSpe
 def _check_summaries(
     chunks: Sequence[ChunkIn], device_keys: set[str], problems: _Problems
 ) -> dict[str, npt.NDArray[Any]]:
-    cols = {
-        name: _column(chunks, name)
-        for name in (
-            "t0_s",
-            "t1_s",
-            "energy_j",
-            "energy_low_j",
-            "energy_high_j",
-            "min_power_w",
-            "mean_power_w",
-            "max_power_w",
-            "gap_s",
-        )
-    }
+    table = _summary_table(chunks)
+    cols: dict[str, npt.NDArray[Any]] = {name: table[name] for name, _ in _SUMMARY_FIELDS}
+    cols["table"] = table
+    cols["mean_in_range"] = np.fromiter(
+        (c.method in MEAN_IN_RANGE_METHODS for c in chunks), dtype=np.bool_, count=len(chunks)
+    )
     t0, t1 = cols["t0_s"], cols["t1_s"]
     e, lo, hi = cols["energy_j"], cols["energy_low_j"], cols["energy_high_j"]
+    sensor, below = cols["sensor_uncertainty_j"], cols["bound_below_j"]
+    above = cols["bound_above_j"]
     pmin, pmean, pmax = cols["min_power_w"], cols["mean_power_w"], cols["max_power_w"]
-    gap_count = _column(chunks, "gap_count", np.int64)
-    energy_slack = _slack(e)
-    power_slack = _slack(pmean)
+    in_range = cols["mean_in_range"]
+    gap_count = cols["gap_count"]
+    counts = cols["reset_count"] + cols["wrap_count"]
+    n = cols["n"]
     problems.first_in(t1 < t0, "t1_s", lambda i: f"t1_s = {t1[i]!r} s is before t0_s = {t0[i]!r} s")
+
+    want_low = np.maximum(e - sensor - below, 0.0)
     problems.first_in(
-        lo > e + energy_slack,
+        np.abs(lo - want_low) > _slack(e + sensor + below),
         "energy_low_j",
-        lambda i: f"energy_low_j = {lo[i]!r} J exceeds energy_j = {e[i]!r} J",
+        lambda i: (
+            f"energy_low_j = {lo[i]!r} J disagrees with max(0, energy_j - sensor_uncertainty_j "
+            f"- bound_below_j) = {want_low[i]!r} J"
+        ),
     )
+    want_high = e + sensor + above  # inf where the bound above is
+    unbounded = np.isinf(want_high)
+    finite_high = np.where(unbounded | np.isinf(hi), 0.0, want_high)
     problems.first_in(
-        e > hi + energy_slack,
+        np.where(
+            unbounded | np.isinf(hi),
+            unbounded != np.isinf(hi),
+            np.abs(np.where(np.isinf(hi), 0.0, hi) - finite_high) > _slack(finite_high),
+        ),
         "energy_high_j",
-        lambda i: f"energy_high_j = {hi[i]!r} J is below energy_j = {e[i]!r} J",
+        lambda i: (
+            f"energy_high_j = {hi[i]!r} J disagrees with energy_j + sensor_uncertainty_j "
+            f"+ bound_above_j = {want_high[i]!r} J"
+        ),
     )
     problems.first_in(
-        pmin > pmean + power_slack,
+        pmin > pmax,
+        "min_power_w",
+        lambda i: f"min_power_w = {pmin[i]!r} W exceeds max_power_w = {pmax[i]!r} W",
+    )
+    power_slack = _slack(pmean)
+    problems.first_in(
+        in_range & (pmin > pmean + power_slack),
         "mean_power_w",
-        lambda i: f"mean_power_w = {pmean[i]!r} W is below min_power_w = {pmin[i]!r} W",
+        lambda i: (
+            f"mean_power_w = {pmean[i]!r} W is below min_power_w = {pmin[i]!r} W "
+            f"(method {chunks[i].method.value!r} averages the power samples)"
+        ),
     )
     problems.first_in(
-        pmean > pmax + power_slack,
+        in_range & (pmean > pmax + power_slack),
         "mean_power_w",
-        lambda i: f"mean_power_w = {pmean[i]!r} W exceeds max_power_w = {pmax[i]!r} W",
+        lambda i: (
+            f"mean_power_w = {pmean[i]!r} W exceeds max_power_w = {pmax[i]!r} W "
+            f"(method {chunks[i].method.value!r} averages the power samples)"
+        ),
     )
     problems.first_in(
         (cols["gap_s"] > 0) & (gap_count == 0),
         "gap_count",
         lambda i: f"gap_count is 0 but gap_s = {cols['gap_s'][i]!r} s",
     )
+    problems.first_in(
+        counts > n,
+        "reset_count",
+        lambda i: (
+            f"reset_count + wrap_count = {counts[i]} exceeds n = {n[i]} (at most one per interval)"
+        ),
+    )
     for i, c in enumerate(chunks):
         if c.device_key not in device_keys:
             problems.add(i, f"chunks[{i}].device_key", f"{c.device_key!r} is not in devices")
-        if c.method not in _METHODS:
-            problems.add(
-                i,
-                f"chunks[{i}].method",
-                f"{c.method!r} cannot be stored per chunk; one of {', '.join(_METHODS)}",
-            )
     return cols
 
 
 @dataclass(frozen=True, slots=True)
 class _Samples:
-    """Every chunk's samples concatenated; chunk k's are ``[offsets[k], offsets[k+1])``."""
+    """Every chunk's samples concatenated; chunk k's are ``[offsets[k], offsets[k+1])``.
+
+    ``binary[k]``: chunk k's columns arrived base64-encoded, so pydantic has not checked
+    their values (`_check_decoded` does).
+    """
 
     offsets: npt.NDArray[np.int64]
     t_s: npt.NDArray[np.float64]
     power_w: npt.NDArray[np.float64]
     energy_j: npt.NDArray[np.float64] | None
     has_energy: npt.NDArray[np.bool_]
+    binary: npt.NDArray[np.bool_]
+
+
+def _concatenate(columns: Sequence[Sequence[float]], total: int) -> npt.NDArray[np.float64]:
+    """One float64 array of the columns: JSON lists in one pass, decoded arrays without copying
+    them twice."""
+    if not any(isinstance(column, array) for column in columns):
+        return np.fromiter(itertools.chain.from_iterable(columns), np.float64, total)
+    if not columns:
+        return np.zeros(0)
+    return np.concatenate(
+        [
+            np.frombuffer(column, np.float64)
+            if isinstance(column, array)
+            else np.asarray(column, np.float64)
+            for column in columns
+        ]
+    )
 
 
 def _gather_samples(
@@ -237,6 +319,7 @@ def _gather_samples(
 ) -> _Samples | None:
     lengths = np.zeros(len(chunks), np.int64)
     has_energy = np.zeros(len(chunks), np.bool_)
+    binary = np.zeros(len(chunks), np.bool_)
     for i, c in enumerate(chunks):
         s = c.samples
         if s is None:
@@ -255,18 +338,19 @@ def _gather_samples(
         else:
             lengths[i] = k
             has_energy[i] = s.energy_j is not None
+            binary[i] = s.binary
     if problems.found:
         return None
     offsets = np.zeros(len(chunks) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
     with_samples = [c.samples for c in chunks if c.samples is not None]
-    t_s = np.fromiter(itertools.chain.from_iterable(s.t_s for s in with_samples), np.float64, total)
-    power_w = np.fromiter(
-        itertools.chain.from_iterable(s.power_w for s in with_samples), np.float64, total
-    )
+    t_s = _concatenate([s.t_s for s in with_samples], total)
+    power_w = _concatenate([s.power_w for s in with_samples], total)
     energy_j = None
-    if has_energy.any():
+    if with_samples and has_energy.sum() == len(with_samples):
+        energy_j = _concatenate([s.energy_j for s in with_samples if s.energy_j is not None], total)
+    elif has_energy.any():
         # Chunks without a counter column get NaN placeholders; they are never read.
         energy_j = np.full(total, np.nan)
         for position in np.flatnonzero(has_energy).tolist():
@@ -274,7 +358,40 @@ def _gather_samples(
             assert samples is not None
             assert samples.energy_j is not None
             energy_j[offsets[position] : offsets[position + 1]] = samples.energy_j
-    return _Samples(offsets, t_s, power_w, energy_j, has_energy)
+    return _Samples(offsets, t_s, power_w, energy_j, has_energy, binary)
+
+
+def _check_decoded(samples: _Samples, problems: _Problems) -> None:
+    """What pydantic checks for JSON columns, for base64 ones: finite times; finite power and
+    counter readings in ``[0, FINITE_MAX]``."""
+    if not samples.binary.any():
+        return
+    lengths = np.diff(samples.offsets)
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    decoded = np.repeat(samples.binary, lengths)
+    columns: list[tuple[str, npt.NDArray[np.float64], bool]] = [
+        ("t_s", samples.t_s, False),
+        ("power_w", samples.power_w, True),
+    ]
+    if samples.energy_j is not None:
+        columns.append(("energy_j", samples.energy_j, True))
+    for name, values, bounded in columns:
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values)
+            if bounded:
+                bad |= (values < 0) | (values > FINITE_MAX)
+        if name == "energy_j":
+            bad &= np.repeat(samples.has_energy, lengths)
+        hits = np.flatnonzero(bad & decoded)
+        if hits.size:
+            g = int(hits[0])
+            k = int(owner[g])
+            rule = f"a finite number in [0, {FINITE_MAX:g}]" if bounded else "a finite number"
+            problems.add(
+                k,
+                f"chunks[{k}].samples.{name}[{g - int(samples.offsets[k])}]",
+                f"{values[g]!r} is not {rule}",
+            )
 
 
 def _check_samples(
@@ -353,32 +470,71 @@ def prepare_batch(
     samples = _gather_samples(chunks, max_samples_per_chunk, problems)
     problems.raise_if_any()
     assert samples is not None  # no problems: gathered
+    _check_decoded(samples, problems)
+    problems.raise_if_any()
     _check_samples(samples, summaries, problems)
     problems.raise_if_any()
     return PreparedBatch(devices=devices, chunks=tuple(_rows(chunks, samples, summaries)))
 
 
+def _content_hashes(
+    chunks: Sequence[ChunkIn], samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
+) -> list[str]:
+    """`chunk_content_hash` of every chunk, from the batch's tables without per-chunk copies:
+    the summary rows and sample columns are hashed straight from the arrays' buffers."""
+    tag, layout = HASH_LAYOUT
+    base = hashlib.sha256(tag)
+    summary = memoryview(summaries["table"].tobytes())
+    width = layout.size
+    off = samples.offsets.tolist()
+    columns = [("t_s", samples.t_s), ("power_w", samples.power_w)]
+    if samples.energy_j is not None:
+        columns.append(("energy_j", samples.energy_j))
+    views = [
+        (name.encode("ascii"), np.ascontiguousarray(values, dtype="<f8").data.cast("B"))
+        for name, values in columns
+    ]
+    has_energy = samples.has_energy.tolist()
+    out = []
+    for i, c in enumerate(chunks):
+        digest = base.copy()
+        digest.update(c.method.encode("ascii") + b"\0")
+        digest.update(summary[i * width : (i + 1) * width])
+        if c.samples is not None:
+            a, b = off[i], off[i + 1]
+            size = struct.pack("<q", b - a)
+            for k, (name, view) in enumerate(views):
+                if k < 2 or has_energy[i]:
+                    digest.update(name + size)
+                    digest.update(view[8 * a : 8 * b])
+        out.append(digest.hexdigest())
+    return out
+
+
 def _rows(
     chunks: Sequence[ChunkIn], samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
 ) -> list[ChunkRow]:
-    off = samples.offsets
+    off = samples.offsets.tolist()
     # Clip into order: the checks allowed float-rounding slack that the table's CHECKs do not.
-    low = np.minimum(summaries["energy_low_j"], summaries["energy_j"])
-    high = np.maximum(summaries["energy_high_j"], summaries["energy_j"])
-    mean = np.clip(summaries["mean_power_w"], summaries["min_power_w"], summaries["max_power_w"])
-    t_rel = (samples.t_s - np.repeat(summaries["t0_s"], np.diff(off))).astype(np.float32)
+    mean = np.where(
+        summaries["mean_in_range"],
+        np.clip(summaries["mean_power_w"], summaries["min_power_w"], summaries["max_power_w"]),
+        summaries["mean_power_w"],
+    ).tolist()
+    t_rel = (samples.t_s - np.repeat(summaries["t0_s"], np.diff(samples.offsets))).astype(
+        np.float32
+    )
     power32 = samples.power_w.astype(np.float32)
+    has_energy = samples.has_energy.tolist()
+    hashes = _content_hashes(chunks, samples, summaries)
     rows = []
     for i, c in enumerate(chunks):
-        a, b = int(off[i]), int(off[i + 1])
-        hashed: list[tuple[str, npt.NDArray[Any]]] = []
         stored: dict[str, npt.NDArray[Any]] | None = None
         if c.samples is not None:
-            hashed = [("t_s", samples.t_s[a:b]), ("power_w", samples.power_w[a:b])]
+            a, b = off[i], off[i + 1]
             stored = {"t_s": t_rel[a:b], "power_w": power32[a:b]}
-            if samples.has_energy[i]:
+            if has_energy[i]:
                 assert samples.energy_j is not None
-                hashed.append(("energy_j", samples.energy_j[a:b]))
                 stored["energy_j"] = samples.energy_j[a:b]
         rows.append(
             ChunkRow(
@@ -389,15 +545,18 @@ def _rows(
                 t1_s=c.t1_s,
                 n=c.n,
                 energy_j=c.energy_j,
-                energy_low_j=float(low[i]),
-                energy_high_j=float(high[i]),
+                sensor_uncertainty_j=c.sensor_uncertainty_j,
+                bound_below_j=c.bound_below_j,
+                bound_above_j=c.bound_above_j,
                 min_power_w=c.min_power_w,
-                mean_power_w=float(mean[i]),
+                mean_power_w=mean[i],
                 max_power_w=c.max_power_w,
-                method=_METHODS[c.method],
+                method=c.method,
                 gap_s=c.gap_s,
                 gap_count=c.gap_count,
-                content_hash=chunk_content_hash(c, hashed),
+                reset_count=c.reset_count,
+                wrap_count=c.wrap_count,
+                content_hash=hashes[i],
                 samples=stored,
             )
         )

@@ -1,11 +1,14 @@
 """Run reports from stored aggregates: `db.repository.RunUsage` → `accounting.report`.
 
-The chunk table stores each chunk's band as ``[energy_low_j, energy_high_j]`` but not the terms
-it was built from (sensor error, one-sided bounds, counter resets), so a device's band is passed
-to the accounting core as one-sided bounds (``bound_below_j = E − Σlow``, ``bound_above_j =
-Σhigh − E``) with zero sensor term. Bands then add linearly across devices, which is
-conservative: the core would combine independent sensor errors root-sum-square. The report
-says so in its notes.
+Each device reaches the accounting core with the band **terms** summed over its chunks (the
+chunk table stores the terms, not the band): ``sensor_uncertainty_j`` adds linearly within a
+device (its sensor error is systematic), ``bound_below_j``/``bound_above_j`` add linearly, and
+``reset_count`` surfaces in the report's notes. Across devices the core combines sensor errors
+root-sum-square (or linearly, with ``ReportSettings.combine="linear"``) and bounds linearly.
+
+Phases get each overlapping chunk's energy and terms pro-rata by time (`db.repository`); their
+bands are combined across devices the same way as the run's total, so a phase covering the whole
+run has the total's band.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 from typing import Any, cast
 
 from accounting.catalog import lookup as catalog_lookup
+from accounting.integrate import aggregate_energy
 from accounting.report import (
     DeclaredWork,
     DeviceUsage,
@@ -22,21 +26,17 @@ from accounting.report import (
     RunInfo,
     build_run_report,
 )
-from db.repository import Conflict, DeviceAggregate, RunUsage
+from db.repository import Conflict, DeviceAggregate, PhaseAggregate, RunUsage
 
-__all__ = ["BAND_NOTE", "report_dict"]
+__all__ = ["PHASE_NOTE", "report_dict"]
 
-BAND_NOTE = (
-    "bands are sums of the stored chunk bands (sensor and bound terms are not stored "
-    "separately), so they add linearly across devices: conservative"
-)
+PHASE_NOTE = "phase energies are pro-rata by time within each chunk that straddles a boundary"
 
 
 def _device_usage(device: DeviceAggregate) -> DeviceUsage:
     catalog_id = (
         device.catalog_key if device.catalog_key and catalog_lookup(device.catalog_key) else None
     )
-    above = device.energy_high_j - device.energy_j
     return DeviceUsage(
         key=device.key,
         host=device.host,
@@ -44,17 +44,44 @@ def _device_usage(device: DeviceAggregate) -> DeviceUsage:
         name=device.name,
         method=device.method,
         energy_j=device.energy_j,
-        sensor_uncertainty_j=0.0,
-        bound_below_j=max(device.energy_j - device.energy_low_j, 0.0),
-        bound_above_j=math.inf if math.isinf(above) else max(above, 0.0),
+        sensor_uncertainty_j=device.sensor_uncertainty_j,
+        bound_below_j=device.bound_below_j,
+        bound_above_j=device.bound_above_j,
         t0_s=device.t0_s,
         t1_s=device.t1_s,
         peak_power_w=device.peak_power_w,
         catalog_id=catalog_id,
         gap_s=device.gap_s,
         gap_count=device.gap_count,
+        reset_count=device.reset_count,
         samples=device.samples,
         simulated=device.simulated,
+    )
+
+
+def _phase_usage(phase: PhaseAggregate, settings: ReportSettings) -> PhaseUsage:
+    energy_j = low_j = high_j = 0.0
+    if phase.devices:
+        totals = aggregate_energy(
+            [d.energy_j for d in phase.devices],
+            [d.sensor_uncertainty_j for d in phase.devices],
+            [d.bound_below_j for d in phase.devices],
+            [d.bound_above_j for d in phase.devices],
+            device=[d.device_id for d in phase.devices],
+            combine=settings.combine,
+        )
+        energy_j = float(totals.energy_j[0])
+        low_j = float(totals.energy_low_j[0])
+        high_j = float(totals.energy_high_j[0])
+    return PhaseUsage(
+        name=phase.phase.name,
+        t0_s=phase.phase.t0_s,
+        t1_s=phase.t1_s,
+        energy_j=energy_j,
+        energy_low_j=low_j,
+        energy_high_j=high_j,
+        flops=phase.phase.flops,
+        tokens=None if phase.phase.tokens is None else float(phase.phase.tokens),
     )
 
 
@@ -82,19 +109,8 @@ def report_dict(usage: RunUsage, *, settings: ReportSettings | None = None) -> d
     if not usage.devices:
         raise Conflict(f"run {usage.run.id} has no measurements yet: nothing to report")
     run = usage.run
-    phases = [
-        PhaseUsage(
-            name=p.phase.name,
-            t0_s=p.phase.t0_s,
-            t1_s=p.t1_s,
-            energy_j=p.energy_j,
-            energy_low_j=p.energy_low_j,
-            energy_high_j=p.energy_high_j,
-            flops=p.phase.flops,
-            tokens=None if p.phase.tokens is None else float(p.phase.tokens),
-        )
-        for p in usage.phases
-    ]
+    settings = settings or ReportSettings()
+    phases = [_phase_usage(p, settings) for p in usage.phases]
     work = DeclaredWork(
         flops=run.declared_flops,
         dtype=run.declared_flops_dtype or "bf16",
@@ -114,9 +130,6 @@ def report_dict(usage: RunUsage, *, settings: ReportSettings | None = None) -> d
         settings=settings,
     )
     out = report.to_dict()
-    out["notes"] = [*out["notes"], BAND_NOTE]
     if usage.phases:
-        out["notes"].append(
-            "phase energies are pro-rata by time within each chunk that straddles a boundary"
-        )
+        out["notes"].append(PHASE_NOTE)
     return cast(dict[str, Any], _json_safe(out))

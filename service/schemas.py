@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -28,12 +30,16 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
 )
 
 from db.models import FINITE_MAX as MODELS_FINITE_MAX
-from db.models import DeviceKind, EnergyMethod, RunKind, RunStatus
+from db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind, RunStatus
 from db.repository import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
+from meters.wire import SAMPLES_F64_BASE64, SampleEncoding, decode_column
 
 __all__ = [
     "FINITE_MAX",
@@ -396,19 +402,58 @@ class DeviceIn(BaseModel):
     name: Annotated[str, StringConstraints(max_length=200, pattern=_NO_NUL)]
     power_limit_w: Annotated[float, Field(gt=0, le=FINITE_MAX)] | None
     has_energy_counter: bool
-    power_method: EnergyMethod
+    power_method: DevicePowerMethod
     simulated: bool
     mig: bool = False
 
 
+def _sample_column(
+    value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> Sequence[float]:
+    """A JSON list of numbers (validated here), or under ``encoding: "f64le-base64"`` a base64
+    string decoded to ``array('d')``, whose values `service.ingest` checks (vectorised)."""
+    if info.data.get("encoding") != SAMPLES_F64_BASE64:
+        checked: Sequence[float] = handler(value)
+        return checked
+    if not isinstance(value, str):
+        raise ValueError(f"must be a base64 string under encoding {SAMPLES_F64_BASE64!r}")
+    try:
+        return decode_column(value)
+    except ValueError as e:
+        raise ValueError(f"{e} (encoding {SAMPLES_F64_BASE64!r})") from e
+
+
+_COLUMN_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "array", "items": {"type": "number"}},
+        {"type": "string", "contentEncoding": "base64", "description": "float64 little-endian"},
+    ]
+}
+#: A sample column: a list (encoding ``json``) or base64 text (``f64le-base64``); in Python a
+#: validated ``list`` or a decoded ``array('d')``.
+Column = Annotated[Sequence[float], WrapValidator(_sample_column), WithJsonSchema(_COLUMN_SCHEMA)]
+NonNegativeColumn = Annotated[
+    Sequence[NonNegative], WrapValidator(_sample_column), WithJsonSchema(_COLUMN_SCHEMA)
+]
+
+
 class SamplesIn(BaseModel):
-    """`meters.wire.SamplesPayload`: columnar raw samples of one chunk."""
+    """`meters.wire.SamplesPayload`: columnar raw samples of one chunk, in either encoding.
+
+    ``encoding`` comes first so the columns' validator can read it.
+    """
 
     model_config = _WIRE
 
-    t_s: list[float]
-    power_w: list[NonNegative]
-    energy_j: list[NonNegative] | None = None
+    encoding: SampleEncoding = "json"
+    t_s: Column
+    power_w: NonNegativeColumn
+    energy_j: NonNegativeColumn | None = None
+
+    @property
+    def binary(self) -> bool:
+        """Whether the columns arrived base64-encoded (their values are not checked yet)."""
+        return isinstance(self.t_s, array)
 
 
 class ChunkIn(BaseModel):
@@ -421,7 +466,7 @@ class ChunkIn(BaseModel):
     t0_s: NonNegative
     t1_s: NonNegative
     n: Annotated[int, Field(ge=1, le=INT32_MAX)]
-    method: Literal["counter", "power_avg", "power_instant", "estimate", "mixed"]
+    method: EnergyMethod
     energy_j: NonNegative
     energy_low_j: NonNegative
     energy_high_j: Unbounded
@@ -433,8 +478,8 @@ class ChunkIn(BaseModel):
     max_power_w: NonNegative
     gap_s: NonNegative
     gap_count: Count
-    reset_count: Annotated[int, Field(ge=0, le=INT64_MAX)]
-    wrap_count: Annotated[int, Field(ge=0, le=INT64_MAX)]
+    reset_count: Count
+    wrap_count: Count
     samples: SamplesIn | None = None
 
 

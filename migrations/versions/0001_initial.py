@@ -1,4 +1,5 @@
-"""Initial schema: projects, tokens, runs, devices, chunks, phases, the ledger, factors, tariffs.
+"""Initial schema: projects, tokens, runs, devices, chunks, phases, their running totals, the
+ledger, emission factors and tariffs.
 
 Revision ID: 0001
 Revises:
@@ -28,7 +29,12 @@ depends_on: str | tuple[str, ...] | None = None
 
 _BIGINT_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
-_METHODS = "('counter', 'power_avg', 'power_instant', 'estimate')"
+#: Chunk methods: the wire's vocabulary (`meters.wire.METHODS`).
+_CHUNK_METHODS = "('counter', 'power_avg', 'power_instant', 'estimate', 'mixed')"
+#: Device power methods the meter declares (no "mixed", and devices with none are not sent).
+_POWER_METHODS = "('counter', 'power_avg', 'power_instant', 'estimate')"
+#: Chunk methods whose mean power lies in [min_power_w, max_power_w].
+_MEAN_IN_RANGE_METHODS = "('power_avg', 'power_instant', 'estimate')"
 
 
 def _utc(name: str, *, nullable: bool = False) -> sa.Column[datetime]:
@@ -178,9 +184,10 @@ def upgrade() -> None:
         sa.Column("has_energy_counter", sa.Boolean(), nullable=False),
         _str("power_method", 16),
         sa.Column("simulated", sa.Boolean(), nullable=False),
+        sa.Column("mig", sa.Boolean(), nullable=False),
         _utc("created_at"),
         _check("kind IN ('gpu', 'cpu', 'dram', 'other')", "ck_device_kind_valid"),
-        _check(f"power_method IN {_METHODS}", "ck_device_power_method_valid"),
+        _check(f"power_method IN {_POWER_METHODS}", "ck_device_power_method_valid"),
         _check("device_index >= 0", "ck_device_device_index_nonnegative"),
         _check("power_limit_w > 0 AND power_limit_w <= 1e300", "ck_device_power_limit_valid"),
         sa.ForeignKeyConstraint(
@@ -265,31 +272,39 @@ def upgrade() -> None:
         _float("t1_s"),
         sa.Column("n", sa.Integer(), nullable=False),
         _float("energy_j"),
-        _float("energy_low_j"),
-        _float("energy_high_j"),
+        _float("sensor_uncertainty_j"),
+        _float("bound_below_j"),
+        _float("bound_above_j"),
         _float("min_power_w"),
         _float("mean_power_w"),
         _float("max_power_w"),
         _str("method", 16),
         _float("gap_s"),
         sa.Column("gap_count", sa.Integer(), nullable=False),
+        sa.Column("reset_count", sa.Integer(), nullable=False),
+        sa.Column("wrap_count", sa.Integer(), nullable=False),
         _str("content_hash", 64),
         sa.Column("samples", sa.LargeBinary(), nullable=True),
         _utc("created_at"),
-        _check(f"method IN {_METHODS}", "ck_chunk_method_valid"),
-        _check("energy_j >= 0 AND energy_low_j >= 0", "ck_chunk_energy_nonnegative"),
+        _check(f"method IN {_CHUNK_METHODS}", "ck_chunk_method_valid"),
+        _check("energy_j >= 0 AND energy_j <= 1e300", "ck_chunk_energy_valid"),
         _check(
-            "energy_low_j <= energy_j AND energy_j <= energy_high_j AND energy_high_j <= 1e300",
-            "ck_chunk_energy_bounds",
+            "sensor_uncertainty_j >= 0 AND sensor_uncertainty_j <= 1e300 "
+            "AND bound_below_j >= 0 AND bound_below_j <= 1e300 "
+            "AND bound_above_j >= 0 AND bound_above_j <= 1e300",
+            "ck_chunk_band_terms_valid",
         ),
         _check(
             "gap_s >= 0 AND gap_s <= 1e300 AND gap_count >= 0 AND (gap_count > 0 OR gap_s = 0)",
             "ck_chunk_gaps_valid",
         ),
+        _check("reset_count >= 0 AND wrap_count >= 0", "ck_chunk_counts_nonnegative"),
         _check("length(content_hash) = 64", "ck_chunk_content_hash_sha256_hex"),
         _check(
-            "min_power_w >= 0 AND min_power_w <= mean_power_w "
-            "AND mean_power_w <= max_power_w AND max_power_w <= 1e300",
+            "min_power_w >= 0 AND min_power_w <= max_power_w AND max_power_w <= 1e300 "
+            "AND mean_power_w >= 0 AND mean_power_w <= 1e300 "
+            f"AND (method NOT IN {_MEAN_IN_RANGE_METHODS} "
+            "OR (min_power_w <= mean_power_w AND mean_power_w <= max_power_w))",
             "ck_chunk_power_order",
         ),
         _check("n > 0", "ck_chunk_n_positive"),
@@ -304,11 +319,77 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "device_id", "seq", name=op.f("pk_chunk")),
     )
     op.create_index(op.f("ix_chunk_run_id_t0_s"), "chunk", ["run_id", "t0_s"])
+    _energy_terms = (
+        "energy_j >= 0 AND energy_j <= 1e300 "
+        "AND sensor_uncertainty_j >= 0 AND sensor_uncertainty_j <= 1e300 "
+        "AND bound_below_j >= 0 AND bound_below_j <= 1e300 "
+        "AND bound_above_j >= 0 AND bound_above_j <= 1e300"
+    )
+    op.create_table(
+        "device_total",
+        sa.Column("run_id", sa.Uuid(), nullable=False),
+        sa.Column("device_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("chunks", sa.BigInteger(), nullable=False),
+        sa.Column("samples", sa.BigInteger(), nullable=False),
+        _float("energy_j"),
+        _float("sensor_uncertainty_j"),
+        _float("bound_below_j"),
+        _float("bound_above_j"),
+        _float("t0_s"),
+        _float("t1_s"),
+        _float("peak_power_w"),
+        _float("gap_s"),
+        sa.Column("gap_count", sa.BigInteger(), nullable=False),
+        sa.Column("reset_count", sa.BigInteger(), nullable=False),
+        _str("method", 16),
+        _check("chunks > 0 AND samples > 0", "ck_device_total_counts_positive"),
+        _check(_energy_terms, "ck_device_total_energy_valid"),
+        _check("gap_count >= 0 AND reset_count >= 0", "ck_device_total_event_counts_nonnegative"),
+        _check(f"method IN {_CHUNK_METHODS}", "ck_device_total_method_valid"),
+        _check(
+            "t0_s >= 0 AND t0_s <= t1_s AND t1_s <= 1e300 "
+            "AND peak_power_w >= 0 AND peak_power_w <= 1e300 "
+            "AND gap_s >= 0 AND gap_s <= 1e300",
+            "ck_device_total_span_valid",
+        ),
+        sa.ForeignKeyConstraint(
+            ["run_id", "device_id"],
+            ["device.run_id", "device.id"],
+            name=op.f("fk_device_total_run_id_device_id_device"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("run_id", "device_id", name=op.f("pk_device_total")),
+    )
+    op.create_table(
+        "phase_total",
+        sa.Column("phase_id", sa.BigInteger(), nullable=False),
+        sa.Column("device_id", sa.BigInteger(), nullable=False),
+        _float("energy_j"),
+        _float("sensor_uncertainty_j"),
+        _float("bound_below_j"),
+        _float("bound_above_j"),
+        _check(_energy_terms, "ck_phase_total_energy_valid"),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["device.id"],
+            name=op.f("fk_phase_total_device_id_device"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["phase_id"],
+            ["phase.id"],
+            name=op.f("fk_phase_total_phase_id_phase"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("phase_id", "device_id", name=op.f("pk_phase_total")),
+    )
     _create_ledger_triggers()
 
 
 def downgrade() -> None:
     _drop_ledger_triggers()
+    op.drop_table("phase_total")
+    op.drop_table("device_total")
     op.drop_index(op.f("ix_chunk_run_id_t0_s"), table_name="chunk")
     op.drop_table("chunk")
     op.drop_table("phase")

@@ -68,9 +68,14 @@ def ingest_chunks(
         compress_samples=settings.compress_samples,
     )
     stored = sum(1 for a in acks if a.status == "stored")
-    return IngestPublic(
+    # The acks echo values already validated; constructing them unvalidated saves ~5 % of an
+    # ingest request's CPU (a batch acknowledges thousands of chunks).
+    return IngestPublic.model_construct(
         run_id=run_id,
         stored=stored,
         duplicates=len(acks) - stored,
-        chunks=[ChunkAckPublic(device_key=a.device_key, seq=a.seq, status=a.status) for a in acks],
+        chunks=[
+            ChunkAckPublic.model_construct(device_key=a.device_key, seq=a.seq, status=a.status)
+            for a in acks
+        ],
     )

@@ -20,11 +20,14 @@ from db.models import (
     ApiToken,
     Chunk,
     Device,
+    DevicePowerMethod,
+    DeviceTotal,
     EnergyMethod,
     LedgerEntry,
     LedgerKind,
     LedgerSource,
     Phase,
+    PhaseTotal,
     Project,
     Run,
     RunKind,
@@ -70,7 +73,7 @@ def _device(session: Session, run: Run, index: int = 0, **overrides: Any) -> Dev
         "catalog_key": "h100-sxm",
         "power_limit_w": 700.0,
         "has_energy_counter": True,
-        "power_method": EnergyMethod.COUNTER,
+        "power_method": DevicePowerMethod.POWER_AVG,
     }
     fields.update(overrides)
     device = Device(**fields)
@@ -89,8 +92,9 @@ def _chunk(device: Device, seq: int, **overrides: Any) -> Chunk:
         "t1_s": t0_s + 10.0,
         "n": 100,
         "energy_j": 3000.0,
-        "energy_low_j": 2999.0,
-        "energy_high_j": 3001.0,
+        "sensor_uncertainty_j": 60.0,
+        "bound_below_j": 0.0,
+        "bound_above_j": 25.0,
         "min_power_w": 290.0,
         "mean_power_w": 300.0,
         "max_power_w": 310.0,
@@ -136,6 +140,12 @@ def test_run_device_chunks_round_trip(session: Session, device: Device) -> None:
     assert chunk.method is EnergyMethod.COUNTER
     assert chunk.gap_s == 0.0
     assert chunk.gap_count == 0
+    assert (chunk.reset_count, chunk.wrap_count) == (0, 0)
+    assert (chunk.sensor_uncertainty_j, chunk.bound_below_j, chunk.bound_above_j) == (
+        60.0,
+        0.0,
+        25.0,
+    )
 
 
 def test_duplicate_chunk_key_is_rejected(session: Session, device: Device) -> None:
@@ -156,7 +166,8 @@ def test_repeated_chunk_upload_is_a_no_op_with_on_conflict(
         {
             column.key: getattr(_chunk(device, seq), column.key)
             for column in Chunk.__table__.columns
-            if column.key not in ("samples", "created_at", "gap_s", "gap_count")
+            if column.key
+            not in ("samples", "created_at", "gap_s", "gap_count", "reset_count", "wrap_count")
         }
         for seq in (0, 1)
     ]
@@ -170,15 +181,24 @@ def test_repeated_chunk_upload_is_a_no_op_with_on_conflict(
 @pytest.mark.parametrize(
     ("overrides", "constraint"),
     [
-        ({"energy_j": -1.0, "energy_low_j": -1.0}, "ck_chunk_energy_nonnegative"),
-        ({"energy_j": 5000.0}, "ck_chunk_energy_bounds"),
+        ({"energy_j": -1.0}, "ck_chunk_energy_valid"),
+        ({"energy_j": math.inf}, "ck_chunk_energy_valid"),
+        ({"sensor_uncertainty_j": -1.0}, "ck_chunk_band_terms_valid"),
+        ({"bound_below_j": -0.5}, "ck_chunk_band_terms_valid"),
+        # +inf is stored as the 1e300 sentinel by the repository, never as itself
+        ({"bound_above_j": math.inf}, "ck_chunk_band_terms_valid"),
         ({"t1_s": T0_S - 1.0}, "ck_chunk_time_order"),
         ({"n": 0}, "ck_chunk_n_positive"),
-        ({"mean_power_w": 320.0}, "ck_chunk_power_order"),
+        ({"method": EnergyMethod.POWER_AVG, "mean_power_w": 320.0}, "ck_chunk_power_order"),
+        ({"method": EnergyMethod.POWER_INSTANT, "mean_power_w": 280.0}, "ck_chunk_power_order"),
+        ({"method": EnergyMethod.ESTIMATE, "mean_power_w": 280.0}, "ck_chunk_power_order"),
+        ({"min_power_w": 320.0}, "ck_chunk_power_order"),  # min above max, whatever the method
         ({"min_power_w": -5.0}, "ck_chunk_power_order"),
+        ({"mean_power_w": -1.0}, "ck_chunk_power_order"),
         ({"gap_s": 1.5, "gap_count": 0}, "ck_chunk_gaps_valid"),
+        ({"reset_count": -1}, "ck_chunk_counts_nonnegative"),
+        ({"wrap_count": -1}, "ck_chunk_counts_nonnegative"),
         ({"content_hash": "abc"}, "ck_chunk_content_hash_sha256_hex"),
-        ({"energy_high_j": math.inf}, "ck_chunk_energy_bounds"),
     ],
 )
 def test_chunk_checks_reject_bad_summaries(
@@ -187,12 +207,137 @@ def test_chunk_checks_reject_bad_summaries(
     _rejects(session, _chunk(device, 0, **overrides), constraint)
 
 
-def test_nan_energy_is_rejected(session: Session, device: Device) -> None:
+@pytest.mark.parametrize(
+    "column", ["energy_j", "sensor_uncertainty_j", "bound_below_j", "bound_above_j", "mean_power_w"]
+)
+def test_nan_is_rejected(session: Session, device: Device, column: str) -> None:
     # PostgreSQL: NaN sorts above every number, so only the finite bound stops it.
     # SQLite: NaN is stored as NULL, which NOT NULL stops. Either way: never stored.
-    session.add(_chunk(device, 0, energy_j=math.nan))
+    session.add(_chunk(device, 0, **{column: math.nan}))
     with pytest.raises(sa.exc.IntegrityError):
         session.flush()
+
+
+@pytest.mark.parametrize("mean_power_w", [250.0, 330.0])
+@pytest.mark.parametrize("method", [EnergyMethod.COUNTER, EnergyMethod.MIXED])
+def test_a_counter_chunk_mean_may_lie_outside_the_sensor_range(
+    session: Session, device: Device, method: EnergyMethod, mean_power_w: float
+) -> None:
+    """The mean comes from the counter, min/max from the lagging power sensor."""
+    session.add(_chunk(device, 0, method=method, mean_power_w=mean_power_w))
+    session.commit()
+    session.expunge_all()
+    stored = session.get_one(Chunk, (device.run_id, device.id, 0))
+    assert (stored.method, stored.mean_power_w) == (method, mean_power_w)
+
+
+def test_unbounded_sentinel_and_counts_round_trip(session: Session, device: Device) -> None:
+    session.add(_chunk(device, 0, bound_above_j=1e300, reset_count=2, wrap_count=1))
+    session.commit()
+    session.expunge_all()
+    stored = session.get_one(Chunk, (device.run_id, device.id, 0))
+    assert (stored.bound_above_j, stored.reset_count, stored.wrap_count) == (1e300, 2, 1)
+
+
+def test_method_vocabularies_are_checked_in_the_database(session: Session, device: Device) -> None:
+    """Below the ORM (which refuses unknown values itself), the CHECKs hold the vocabularies."""
+    session.add(_chunk(device, 0))
+    session.commit()
+    session.execute(sa.text("UPDATE chunk SET method = 'mixed'"))  # a chunk may be mixed
+    session.commit()
+    with pytest.raises(sa.exc.IntegrityError, match="ck_chunk_method_valid"):
+        session.execute(sa.text("UPDATE chunk SET method = 'none'"))
+    session.rollback()
+    session.execute(sa.text("UPDATE device SET power_method = 'counter'"))  # RAPL
+    session.commit()
+    for value in ("mixed", "none"):  # a device has one method, and one without is not sent
+        with pytest.raises(sa.exc.IntegrityError, match="ck_device_power_method_valid"):
+            session.execute(sa.text(f"UPDATE device SET power_method = '{value}'"))
+        session.rollback()
+
+
+def test_method_enums_match_the_wire() -> None:
+    from meters.wire import METHODS
+
+    assert [m.value for m in EnergyMethod] == list(METHODS)
+    assert {m.value for m in DevicePowerMethod} == set(METHODS) - {"mixed"}
+
+
+def test_device_mig_flag_round_trips(session: Session) -> None:
+    run = _run(session, _project(session))
+    _device(session, run, 0, mig=True)
+    _device(session, run, 1)
+    session.commit()
+    session.expunge_all()
+    flags = session.execute(
+        sa.select(Device.device_index, Device.mig).order_by(Device.device_index)
+    ).all()
+    assert [tuple(row) for row in flags] == [(0, True), (1, False)]
+
+
+def test_running_totals_go_with_their_run(session: Session, device: Device) -> None:
+    phase = Phase(run_id=device.run_id, name="epoch-1", t0_s=T0_S, t1_s=T0_S + 60.0)
+    session.add(phase)
+    session.flush()
+    terms = {"energy_j": 3000.0, "sensor_uncertainty_j": 60.0, "bound_below_j": 0.0}
+    session.add_all(
+        [
+            DeviceTotal(
+                run_id=device.run_id,
+                device_id=device.id,
+                chunks=1,
+                samples=100,
+                bound_above_j=1e300,  # unbounded
+                t0_s=T0_S,
+                t1_s=T0_S + 10.0,
+                peak_power_w=310.0,
+                gap_s=0.0,
+                gap_count=0,
+                reset_count=1,
+                method=EnergyMethod.COUNTER,
+                **terms,
+            ),
+            PhaseTotal(phase_id=phase.id, device_id=device.id, bound_above_j=25.0, **terms),
+        ]
+    )
+    session.commit()
+    session.execute(sa.delete(Run).where(Run.id == device.run_id))
+    session.commit()
+    for model in (DeviceTotal, PhaseTotal):
+        assert session.scalar(sa.select(sa.func.count()).select_from(model)) == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "constraint"),
+    [
+        ({"energy_j": -1.0}, "ck_device_total_energy_valid"),
+        ({"bound_above_j": 2e300}, "ck_device_total_energy_valid"),
+        ({"chunks": 0}, "ck_device_total_counts_positive"),
+        ({"t1_s": T0_S - 1.0}, "ck_device_total_span_valid"),
+        ({"reset_count": -1}, "ck_device_total_event_counts_nonnegative"),
+    ],
+)
+def test_device_total_checks(
+    session: Session, device: Device, overrides: dict[str, Any], constraint: str
+) -> None:
+    fields: dict[str, Any] = {
+        "run_id": device.run_id,
+        "device_id": device.id,
+        "chunks": 1,
+        "samples": 100,
+        "energy_j": 3000.0,
+        "sensor_uncertainty_j": 60.0,
+        "bound_below_j": 0.0,
+        "bound_above_j": 0.0,
+        "t0_s": T0_S,
+        "t1_s": T0_S + 10.0,
+        "peak_power_w": 310.0,
+        "gap_s": 0.0,
+        "gap_count": 0,
+        "reset_count": 0,
+        "method": EnergyMethod.COUNTER,
+    }
+    _rejects(session, DeviceTotal(**{**fields, **overrides}), constraint)
 
 
 def test_chunk_must_belong_to_its_devices_run(session: Session, device: Device) -> None:
@@ -222,7 +367,7 @@ def test_device_uuid_is_unique_within_a_run(session: Session, device: Device) ->
         uuid=device.uuid,
         name=device.name,
         has_energy_counter=True,
-        power_method=EnergyMethod.COUNTER,
+        power_method=DevicePowerMethod.POWER_AVG,
     )
     _rejects(session, twin, "uuid")
 

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from db.errors import SampleCodecError, StorageError
-from db.samples import CODEC_VERSION, MAX_DECODED_BYTES, decode_samples, encode_samples
+from db.samples import (
+    CODEC_VERSION,
+    MAX_DECODED_BYTES,
+    decode_samples,
+    encode_samples,
+    encode_samples_many,
+)
 
 DTYPES = ["<f4", "<f8", "<i4", "<i8", "<u4", "<u8"]
 
@@ -121,3 +127,42 @@ def test_codec_errors_are_value_and_storage_errors() -> None:
     with pytest.raises(ValueError, match="preamble"):
         decode_samples(b"\x01")
     assert issubclass(SampleCodecError, StorageError)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    layouts=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=40),
+            st.lists(st.sampled_from([*DTYPES, ">f4", ">i8"]), min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    copies=st.integers(min_value=1, max_value=4),
+    compress=st.booleans(),
+)
+def test_many_is_the_same_bytes_as_one_at_a_time(
+    data: st.DataObject,
+    layouts: list[tuple[int, list[str]]],
+    copies: int,
+    compress: bool,
+) -> None:
+    """Chunks sharing a layout are encoded together; the blobs must not notice."""
+    chunks = [
+        {f"c{i}": data.draw(hnp.arrays(np.dtype(dtype), n)) for i, dtype in enumerate(dtypes)}
+        for n, dtypes in layouts
+        for _ in range(copies)
+    ]
+    many = encode_samples_many(chunks, compress=compress)
+    assert many == [encode_samples(c, compress=compress) for c in chunks]
+
+
+def test_many_refuses_what_one_refuses() -> None:
+    good = {"t_s": np.zeros(3, np.float32)}
+    with pytest.raises(SampleCodecError, match="unsupported dtype"):
+        encode_samples_many([good, {"t_s": np.zeros(3, np.float16)}])
+    with pytest.raises(SampleCodecError, match="expected 3"):
+        encode_samples_many([good, {"t_s": np.zeros(3), "power_w": np.zeros(2)}])
+    assert encode_samples_many([]) == []

@@ -36,6 +36,10 @@ def test_parallel_retries_store_each_chunk_once(
         statuses = list(pool.map(upload, range(4)))
     assert statuses == [200] * 4
     assert row_counts(app, run_id) == {"device": 2, "chunk": 10, "phase": 0}
+    # The running totals count each chunk once too.
+    report = client.get(f"/api/v1/runs/{run_id}/report", headers=project.read).json()
+    assert report["energy"]["total"]["energy_j"] == pytest.approx(10 * 3000.0)
+    assert [d["samples"] for d in report["energy"]["by_device"]] == [50, 50]
 
 
 def _prepared(*chunks: dict[str, object]) -> repository.ChunkRow:

@@ -14,8 +14,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from db.models import Chunk
+from db.models import Chunk, Device
 from db.samples import decode_samples
+from service.ingest import chunk_content_hash, prepare_batch
+from service.schemas import IngestBatchIn
 from tests.service.conftest import (
     T0_S,
     Project,
@@ -155,8 +157,43 @@ BAD = {
     # summary consistency
     "n-mismatch": (_set("chunks.0.n", 11), "chunks[0].n"),
     "ragged-columns": (_set("chunks.0.samples.power_w", [300.0] * 9), "chunks[0].samples"),
-    "mean-below-min": (_set("chunks.1.mean_power_w", 250.0), "chunks[1].mean_power_w"),
+    "power-mean-below-min": (
+        _each(_set("chunks.1.method", "power_avg"), _set("chunks.1.mean_power_w", 250.0)),
+        "chunks[1].mean_power_w",
+    ),
+    "power-mean-above-max": (
+        _each(_set("chunks.2.method", "power_instant"), _set("chunks.2.mean_power_w", 350.0)),
+        "chunks[2].mean_power_w",
+    ),
+    "estimate-mean-above-max": (
+        _each(_set("chunks.0.method", "estimate"), _set("chunks.0.mean_power_w", 350.0)),
+        "chunks[0].mean_power_w",
+    ),
+    "min-above-max": (_set("chunks.1.min_power_w", 310.0), "chunks[1].min_power_w"),
+    "negative-mean": (_set("chunks.1.mean_power_w", -1.0), "chunks[1].mean_power_w"),
     "energy-above-high": (_set("chunks.1.energy_high_j", 10.0), "chunks[1].energy_high_j"),
+    "low-disagrees-with-terms": (_set("chunks.1.energy_low_j", 2000.0), "chunks[1].energy_low_j"),
+    "sensor-term-disagrees-with-band": (
+        _set("chunks.0.sensor_uncertainty_j", 90.0),
+        "chunks[0].energy_low_j",
+    ),
+    "high-disagrees-with-terms": (_set("chunks.1.bound_above_j", 5.0), "chunks[1].energy_high_j"),
+    "finite-high-but-unbounded-above": (
+        _set("chunks.2.bound_above_j", "inf"),
+        "chunks[2].energy_high_j",
+    ),
+    "unbounded-high-but-finite-above": (
+        _set("chunks.2.energy_high_j", "inf"),
+        "chunks[2].energy_high_j",
+    ),
+    "negative-sensor-term": (
+        _set("chunks.0.sensor_uncertainty_j", -1.0),
+        "chunks[0].sensor_uncertainty_j",
+    ),
+    "more-resets-than-intervals": (
+        _each(_set("chunks.1.reset_count", 6), _set("chunks.1.wrap_count", 5)),
+        "chunks[1].reset_count",
+    ),
     "sample-above-max": (_set("chunks.1.samples.power_w.2", 320.0), "chunks[1].samples.power_w[2]"),
     "gaps-uncounted": (_set("chunks.1.gap_s", 2.0), "chunks[1].gap_count"),
     # plausibility vs the device limit (700 W: ceiling 1100 W)
@@ -166,16 +203,29 @@ BAD = {
             _set("chunks.2.mean_power_w", 1200.0),
             _set("chunks.2.min_power_w", 1200.0),
             _set("chunks.2.energy_j", 12000.0),
+            _set("chunks.2.sensor_uncertainty_j", 0.0),
             _set("chunks.2.energy_low_j", 12000.0),
             _set("chunks.2.energy_high_j", 12000.0),
             _set("chunks.2.samples.power_w", [1200.0] * 10),
         ),
         "chunks[2].max_power_w",
     ),
+    # a counter chunk's mean may leave [min, max], but not the device's plausible range
+    "implausible-counter-mean": (
+        _each(
+            _set("chunks.1.mean_power_w", 1200.0),
+            _set("chunks.1.energy_j", 12000.0),
+            _set("chunks.1.sensor_uncertainty_j", 0.0),
+            _set("chunks.1.energy_low_j", 12000.0),
+            _set("chunks.1.energy_high_j", 12000.0),
+        ),
+        "chunks[1].mean_power_w",
+    ),
     # shape of the batch
     "unknown-device": (_set("chunks.1.device_key", "node-9/gpu9"), "chunks[1].device_key"),
-    "mixed-method": (_set("chunks.0.method", "mixed"), "chunks[0].method"),
+    "unknown-method": (_set("chunks.0.method", "none"), "chunks[0].method"),
     "bad-power-method": (_set("devices.0.power_method", "none"), "devices[0].power_method"),
+    "mixed-power-method": (_set("devices.0.power_method", "mixed"), "devices[0].power_method"),
     "bad-schema": (_set("schema", 2), "schema"),
     "too-many-chunks": (_many_chunks, "chunks"),
     "too-many-samples": (_many_samples, "chunks[1].samples"),
@@ -259,6 +309,21 @@ def test_time_order_is_checked_against_stored_neighbours(
     assert _post(client, project, run_id, batch([chunk(2)])).json()["stored"] == 1
 
 
+def test_time_order_is_checked_against_the_nearest_stored_seq_across_holes(
+    app: FastAPI, client: TestClient, project: Project, run_id: str
+) -> None:
+    assert _post(client, project, run_id, batch([chunk(0), chunk(10)])).status_code == 200
+    into_next = _post(client, project, run_id, batch([chunk(5, t0_s=T0_S + 95.0)]))
+    assert into_next.status_code == 422
+    assert into_next.json()["field"] == "chunks[0].t1_s"
+    assert "seq 10" in into_next.json()["detail"]
+    into_previous = _post(client, project, run_id, batch([chunk(5, t0_s=T0_S + 5.0)]))
+    assert into_previous.status_code == 422
+    assert into_previous.json()["field"] == "chunks[0].t0_s"
+    assert "seq 0" in into_previous.json()["detail"]
+    assert _post(client, project, run_id, batch([chunk(5)])).json()["stored"] == 1
+
+
 def test_a_device_cannot_be_registered_twice(
     app: FastAPI, client: TestClient, project: Project, run_id: str
 ) -> None:
@@ -297,10 +362,6 @@ def test_report_totals_are_the_sums_of_the_ingested_chunks(
     report = response.json()
     energy = report["energy"]
     assert energy["total"]["energy_j"] == pytest.approx(sum(c["energy_j"] for c in chunks))
-    assert energy["total"]["energy_low_j"] == pytest.approx(sum(c["energy_low_j"] for c in chunks))
-    assert energy["total"]["energy_high_j"] == pytest.approx(
-        sum(c["energy_high_j"] for c in chunks)
-    )
     by_device = {d["key"]: d for d in energy["by_device"]}
     for key, expected_j, expected_w in (
         ("node-0/GPU-node-0-0", 4 * 3000.0, 300.0),
@@ -308,12 +369,162 @@ def test_report_totals_are_the_sums_of_the_ingested_chunks(
         ("node-1/GPU-node-1-0", 2 * 3000.0, 300.0),
     ):
         assert by_device[key]["energy_j"] == pytest.approx(expected_j)
+        # Within a device the ±2 % sensor term adds linearly (systematic).
+        assert by_device[key]["energy_low_j"] == pytest.approx(0.98 * expected_j)
+        assert by_device[key]["energy_high_j"] == pytest.approx(1.02 * expected_j)
         assert by_device[key]["peak_power_w"] == expected_w
         assert by_device[key]["samples"] == expected_j / expected_w  # 1 sample per second
+    # Across devices: root-sum-square of 240, 320 and 120 J.
+    rss_j = math.hypot(240.0, 320.0, 120.0)
+    assert energy["total"]["energy_low_j"] == pytest.approx(34000.0 - rss_j)
+    assert energy["total"]["energy_high_j"] == pytest.approx(34000.0 + rss_j)
+    assert energy["by_host"]["node-1"]["energy_high_j"] == pytest.approx(6000.0 + 120.0)
     assert set(energy["by_host"]) == {"node-0", "node-1"}
     assert report["t0_s"] == T0_S
     assert report["t1_s"] == T0_S + 40.0
     assert report["run"]["id"] == run_id
+
+
+def _with_terms(
+    c: dict[str, Any], *, sensor_j: float, below_j: float = 0.0, above_j: float = 0.0
+) -> dict[str, Any]:
+    """``c`` with these band terms and the band they imply."""
+    energy_j = c["energy_j"]
+    return {
+        **c,
+        "sensor_uncertainty_j": sensor_j,
+        "bound_below_j": below_j,
+        "bound_above_j": above_j,
+        "energy_low_j": max(energy_j - sensor_j - below_j, 0.0),
+        "energy_high_j": energy_j + sensor_j + above_j,
+    }
+
+
+def test_report_band_combines_sensor_errors_rss_and_bounds_linearly(
+    client: TestClient, project: Project
+) -> None:
+    """Hand check: device 0 has 2 × 60 J = 120 J of sensor error, device 1 has 2 × 80 J =
+    160 J; across the two they combine to √(120² + 160²) = 200 J, not 280 J. Bounds add
+    linearly: 10 J below on device 0, 2 × 25 J above on device 1."""
+    run_id = create_run(client, project)
+    chunks = [
+        _with_terms(chunk(0, device_index=0), sensor_j=60.0, below_j=10.0),
+        _with_terms(chunk(1, device_index=0), sensor_j=60.0),
+        _with_terms(chunk(0, device_index=1), sensor_j=80.0, above_j=25.0),
+        _with_terms(chunk(1, device_index=1), sensor_j=80.0, above_j=25.0),
+    ]
+    assert _post(client, project, run_id, batch(chunks)).json()["stored"] == 4
+    energy = client.get(f"/api/v1/runs/{run_id}/report", headers=project.read).json()["energy"]
+    assert energy["total"]["energy_j"] == pytest.approx(12000.0)
+    assert energy["total"]["energy_low_j"] == pytest.approx(12000.0 - 200.0 - 10.0)
+    assert energy["total"]["energy_high_j"] == pytest.approx(12000.0 + 200.0 + 50.0)
+    by_device = {d["index"]: d for d in energy["by_device"]}
+    assert by_device[0]["energy_low_j"] == pytest.approx(6000.0 - 120.0 - 10.0)
+    assert by_device[1]["energy_high_j"] == pytest.approx(6000.0 + 160.0 + 50.0)
+
+
+def test_counter_resets_surface_in_the_report(client: TestClient, project: Project) -> None:
+    run_id = create_run(client, project)
+    reset = _with_terms(chunk(1), sensor_j=60.0, above_j=700.0)
+    reset["reset_count"] = 1
+    wrapped = _with_terms(chunk(0, device_index=1), sensor_j=60.0)
+    wrapped["wrap_count"] = 2  # a wrap is ordinary counter arithmetic: no note
+    unbounded = {**chunk(2), "bound_above_j": "inf", "energy_high_j": "inf", "reset_count": 1}
+    body = batch([chunk(0), reset, wrapped, unbounded])
+    assert _post(client, project, run_id, body).json()["stored"] == 4
+    report = client.get(f"/api/v1/runs/{run_id}/report", headers=project.read).json()
+    notes = report["notes"]
+    assert "node-0/GPU-node-0-0: 2 counter reset(s); the band bounds the loss" in notes
+    assert any("GPU-node-0-0: energy is unbounded above" in note for note in notes)
+    assert not any("GPU-node-0-1" in note and "reset" in note for note in notes)
+    by_device = {d["index"]: d for d in report["energy"]["by_device"]}
+    assert (by_device[0]["reset_count"], by_device[1]["reset_count"]) == (2, 0)
+    assert by_device[0]["energy_high_j"] is None
+    assert report["energy"]["total"]["energy_high_j"] is None
+
+
+def test_a_counter_chunk_mean_outside_the_sensor_range_is_stored_as_sent(
+    app: FastAPI, client: TestClient, project: Project, run_id: str
+) -> None:
+    """Counter energy / time is 306 W while the lagging power sensor read 300 W throughout."""
+    counter = chunk(0)
+    counter["mean_power_w"] = 306.0
+    power = chunk(1)
+    power["method"] = "power_avg"
+    power["mean_power_w"] = 300.0 + 1e-10  # float rounding: accepted, clipped into [min, max]
+    assert _post(client, project, run_id, batch([counter, power])).json()["stored"] == 2
+    with app.state.engine.connect() as connection:
+        means = connection.execute(
+            sa.select(Chunk.seq, Chunk.mean_power_w)
+            .where(Chunk.run_id == uuid.UUID(run_id))
+            .order_by(Chunk.seq)
+        ).all()
+    assert [tuple(row) for row in means] == [(0, 306.0), (1, 300.0)]
+
+
+def test_a_mixed_chunk_is_accepted_and_labels_its_device(
+    app: FastAPI, client: TestClient, project: Project
+) -> None:
+    run_id = create_run(client, project)
+    mixed = chunk(1)
+    mixed["method"] = "mixed"
+    mixed["mean_power_w"] = 295.0  # partly from the counter: outside [min, max] is allowed
+    assert _post(client, project, run_id, batch([chunk(0), mixed])).json()["stored"] == 2
+    with app.state.engine.connect() as connection:
+        methods = connection.execute(
+            sa.select(Chunk.method).where(Chunk.run_id == uuid.UUID(run_id)).order_by(Chunk.seq)
+        ).scalars()
+        assert [m.value for m in methods] == ["counter", "mixed"]
+    report = client.get(f"/api/v1/runs/{run_id}/report", headers=project.read).json()
+    assert report["energy"]["by_device"][0]["method"] == "mixed"
+
+
+def test_every_device_the_meter_describes_is_accepted_with_its_mig_flag(
+    app: FastAPI, client: TestClient, project: Project
+) -> None:
+    """The device vocabulary is the meter's: `meters.chunker.device_payload` for every backend
+    power method, with and without a counter; a device it labels "none" is never sent."""
+    from meters.backends.base import DeviceInfo, Method
+    from meters.chunker import device_payload
+
+    run_id = create_run(client, project)
+    devices: list[dict[str, Any]] = []
+    chunks: list[dict[str, Any]] = []
+    for method in Method:
+        for has_counter in (False, True):
+            index = len(devices)
+            info = DeviceInfo(
+                backend="simulated",
+                index=index,
+                uid=f"SIM-{index}",
+                name="NVIDIA H100 80GB HBM3",
+                power_limit_w=700.0,
+                has_energy_counter=has_counter,
+                power_method=method,
+                mig=index % 2 == 0,
+            )
+            payload = dict(device_payload(info, host="node-0"))
+            if payload["power_method"] == "none":
+                continue
+            devices.append(payload)
+            chunks.append({**chunk(0), "device_key": payload["key"]})
+    assert {d["power_method"] for d in devices} == {
+        "counter",
+        "power_avg",
+        "power_instant",
+        "estimate",
+    }
+    response = _post(client, project, run_id, batch(chunks, devices=devices))
+    assert response.status_code == 200, response.text
+    with app.state.engine.connect() as connection:
+        stored = connection.execute(
+            sa.select(Device.uuid, Device.mig, Device.power_method).where(
+                Device.run_id == uuid.UUID(run_id)
+            )
+        ).all()
+    assert {(uid, mig, m.value) for uid, mig, m in stored} == {
+        (d["uid"], d["mig"], d["power_method"]) for d in devices
+    }
 
 
 def test_phase_energy_is_pro_rata_within_chunks(client: TestClient, project: Project) -> None:
@@ -333,6 +544,25 @@ def test_phase_energy_is_pro_rata_within_chunks(client: TestClient, project: Pro
     assert by_phase["train"]["energy_j"] == pytest.approx(300.0 * 15.0)
     assert by_phase["train"]["t1_s"] == T0_S + 30.0  # open phase: up to the last measurement
     assert by_phase["warmup"]["flop_per_j"] == pytest.approx(1e15 / 4500.0)
+    # One device, ±2 % throughout: each phase carries ±2 % of its share.
+    assert by_phase["warmup"]["energy_low_j"] == pytest.approx(0.98 * 4500.0)
+    assert by_phase["train"]["energy_high_j"] == pytest.approx(1.02 * 4500.0)
+
+
+def test_a_whole_run_phase_has_the_totals_band(client: TestClient, project: Project) -> None:
+    """Phase bands combine devices like the total (sensor errors root-sum-square)."""
+    run_id = create_run(client, project)
+    chunks = _two_devices(range(2))
+    assert _post(client, project, run_id, batch(chunks)).status_code == 200
+    client.post(
+        f"/api/v1/runs/{run_id}/phases", json={"name": "all", "t0_s": T0_S}, headers=project.ingest
+    )
+    report = client.get(f"/api/v1/runs/{run_id}/report", headers=project.read).json()
+    (phase,) = report["energy"]["by_phase"]
+    total = report["energy"]["total"]
+    for key in ("energy_j", "energy_low_j", "energy_high_j"):
+        assert phase[key] == pytest.approx(total[key])
+    assert total["energy_high_j"] - total["energy_j"] == pytest.approx(math.hypot(120.0, 160.0))
 
 
 def test_an_unbounded_band_is_stored_and_reported_as_unbounded(
@@ -388,3 +618,24 @@ def test_raw_samples_are_stored_compactly_and_decode(
     )
     np.testing.assert_array_equal(columns["power_w"], np.float32(312.5))
     np.testing.assert_array_equal(columns["energy_j"], sent["samples"]["energy_j"])
+
+
+def test_batch_hashes_match_the_reference_definition() -> None:
+    """`prepare_batch` hashes from the batch's tables; `chunk_content_hash` is the definition."""
+    unbounded = {**chunk(1), "bound_above_j": "inf", "energy_high_j": "inf"}
+    counter = chunk(2, n=7, interval_s=0.3)
+    counter["samples"]["energy_j"] = [5e6 + 90.0 * i for i in range(7)]
+    bare = {**chunk(3), "samples": None}
+    body = batch([chunk(0), unbounded, counter, bare])
+    parsed = IngestBatchIn.model_validate_json(json.dumps(body))
+    rows = prepare_batch(parsed, max_chunks=10, max_samples_per_chunk=100).chunks
+    for row, c in zip(rows, parsed.chunks, strict=True):
+        columns: list[tuple[str, Any]] = []
+        if c.samples is not None:
+            columns = [
+                (name, np.asarray(getattr(c.samples, name), np.float64))
+                for name in ("t_s", "power_w", "energy_j")
+                if getattr(c.samples, name) is not None
+            ]
+        assert row.content_hash == chunk_content_hash(c, columns)
+    assert len({row.content_hash for row in rows}) == 4
