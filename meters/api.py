@@ -1,0 +1,813 @@
+"""The in-process meter: ``with Meter(run="llama-ft") as m:`` around a job, phases and work inside.
+
+::
+
+    from meters.api import Meter
+
+    with Meter(run="llama-ft", kind="training", server="http://ledger:8000", token=TOKEN) as m:
+        with m.phase("epoch-3"):
+            loss = train_one_epoch()
+            m.add_tokens(tokens_seen)
+            m.add_flops(6 * n_params * tokens_seen, dtype="bf16")
+        print(m.summary().energy_j)
+
+What it does
+    `Meter.start` resolves the run id (`meters.runid`), decides whether this process samples
+    (one meter per node) and records work (rank 0), opens the devices (NVML when it finds GPUs,
+    else simulated devices, labelled as such everywhere), and starts the sampler thread
+    (`meters.sampler.Sampler`), which seals chunks into the durable spool. With a ``server`` an
+    uploader thread (`meters.uploader.Uploader`) sends them as they are sealed; without one the
+    run stays in the spool for ``thermoledger push``. Phases and declared work go to the control
+    outbox (`meters.control`) and travel the same way.
+
+Never disturb the job
+    Nothing the meter does raises into the job: a failure to start leaves a disabled meter (an
+    error in the log, every call a no-op), and a failure later is logged once and skipped. An
+    exception from the job body is the job's: the run is marked failed (exit code 1, or the
+    ``SystemExit`` code) and the exception propagates unchanged.
+
+Ranks
+    Under torchrun / SLURM with several processes per node, only local rank 0 samples; only
+    global rank 0 records phases and work; the other ranks' meters do nothing (one log line).
+    Under ``thermoledger run`` the wrapper samples the node and the meter in the job records
+    phases and work into the wrapper's spool directory; the wrapper declares the run (name it
+    with ``--name``). Declared work is a run total: declare the job's global figures from rank 0.
+
+Durability
+    Sealed chunks are fsync'd before anything else sees them. Declared work is written to the
+    control outbox at most every `WORK_SAVE_S` seconds (and at every phase end and at stop), so
+    a ``kill -9`` loses at most the unsealed chunk tail and a few seconds of work counts. The
+    meter installs no signal handlers (the job owns them): an unhandled SIGTERM ends the
+    process without ``atexit``, losing the open chunk; ``thermoledger run`` or the sidecar
+    handle signals for you.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
+
+from meters.backends.base import PowerBackend
+from meters.control import ControlStore
+from meters.runid import Election, RunIdentity, elect, resolve_run_id
+from meters.sampler import MeterSummary, Sampler
+from meters.settings import BackendChoice, MeterSettings
+from meters.spool import RunStatus, Spool
+from meters.uploader import PushResult, Uploader
+from meters.wire import ChunkPayload, DevicePayload
+
+__all__ = [
+    "RUN_KINDS",
+    "WORK_SAVE_S",
+    "Meter",
+    "PhaseRecord",
+    "WorkTotals",
+    "empty_summary",
+    "meter",
+    "open_backend",
+]
+
+_LOG = logging.getLogger(__name__)
+RUN_KINDS: Final = ("training", "inference", "eval", "other")
+WORK_SAVE_S: Final = 5.0
+"""Declared work is written to the control outbox at most this often, s (and at phase ends)."""
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+_DTYPE = re.compile(r"^[A-Za-z0-9_]{1,16}$")
+_MAX_NAME = 200
+
+State = Literal["new", "running", "recording", "idle", "disabled", "stopped"]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def open_backend(
+    choice: BackendChoice,
+    *,
+    gpus: Sequence[int | str] | None = None,
+    logger: logging.Logger | None = None,
+) -> tuple[PowerBackend, str]:
+    """Open the devices to meter.
+
+    Args:
+        choice: ``nvml``, ``rapl``, ``simulated``, or ``auto``: NVML when it finds a GPU, else
+            simulated devices (with a warning; every figure is labelled simulated).
+        gpus: NVML selection (indices or UUIDs); with ``simulated``, how many devices.
+        logger: Where the fallback warning goes.
+
+    Returns:
+        The backend and a label for people (``"nvml"``, ``"simulated (no NVIDIA GPU: ...)"``).
+
+    Raises:
+        meters.errors.MeterError: ``nvml`` or ``rapl`` was asked for and cannot be opened.
+    """
+    log = logger if logger is not None else _LOG
+    if choice == "rapl":
+        from meters.backends.rapl import RaplBackend
+
+        return RaplBackend(), "rapl"
+    if choice in ("nvml", "auto"):
+        from meters.backends.nvml import NvmlBackend
+        from meters.errors import MeterError
+
+        try:
+            backend = NvmlBackend(gpus=gpus)
+        except MeterError as e:
+            if choice == "nvml":
+                raise
+            reason = str(e)
+        else:
+            if backend.devices() or choice == "nvml":
+                return backend, "nvml"
+            backend.close()
+            reason = "NVML lists no GPU for this process"
+        log.warning(
+            "no NVIDIA GPU found (%s): metering SIMULATED devices; their figures are labelled "
+            "simulated and are not measurements",
+            reason,
+        )
+        return _simulated(gpus), f"simulated (no NVIDIA GPU: {reason})"
+    return _simulated(gpus), "simulated"
+
+
+def _simulated(gpus: Sequence[int | str] | None) -> PowerBackend:
+    from meters.backends.simulated import SimulatedBackend, default_fleet
+
+    return SimulatedBackend(default_fleet(len(gpus) if gpus else 1))
+
+
+def empty_summary(run_id: str) -> MeterSummary:
+    """The summary of a meter that samples nothing (another process meters this node)."""
+    return MeterSummary(
+        run_id=run_id,
+        devices=(),
+        energy_j=0.0,
+        energy_low_j=0.0,
+        energy_high_j=0.0,
+        ticks=0,
+        overruns=0,
+        read_errors=0,
+        spool_errors=0,
+        unspooled=0,
+        dropped=0,
+        cpu_s=0.0,
+    )
+
+
+@dataclass(slots=True)
+class WorkTotals:
+    """Work declared so far.
+
+    Attributes:
+        flops_by_dtype: FLOPs per precision (``"bf16"`` → FLOP).
+        tokens: Tokens processed.
+        model_params: Model size N (parameters), when declared.
+    """
+
+    flops_by_dtype: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+    model_params: int | None = None
+
+    @property
+    def flops(self) -> float:
+        """All FLOPs, whatever the precision."""
+        return math.fsum(self.flops_by_dtype.values())
+
+    @property
+    def dtype(self) -> str | None:
+        """The precision with the most FLOPs (the run's declared dtype), or None."""
+        if not self.flops_by_dtype:
+            return None
+        return max(self.flops_by_dtype.items(), key=lambda item: item[1])[0]
+
+
+@dataclass(slots=True)
+class PhaseRecord:
+    """A phase window (unix seconds) and the work added while it was open."""
+
+    name: str
+    t0_s: float
+    tags: dict[str, str]
+    t1_s: float | None = None
+    work: WorkTotals = field(default_factory=WorkTotals)
+
+    @property
+    def key(self) -> str:
+        """Its identity in the control outbox (the service identifies it by name and t0)."""
+        return f"{self.name}@{self.t0_s!r}"
+
+    def body(self) -> dict[str, Any]:
+        """The ``POST /runs/{id}/phases`` body (work only once the phase is closed)."""
+        out: dict[str, Any] = {"name": self.name, "t0_s": self.t0_s, "tags": self.tags}
+        if self.t1_s is not None:
+            out["t1_s"] = self.t1_s
+            if self.work.flops_by_dtype:
+                out["flops"] = {"value": self.work.flops, "unit": "FLOP"}
+                out["dtype"] = self.work.dtype
+            if self.work.tokens:
+                out["tokens"] = self.work.tokens
+        return out
+
+
+class _SeqGuard:
+    """The sampler's sink: the spool, with chunk numbering that never reuses an acked seq."""
+
+    def __init__(self, spool: Spool, control: ControlStore) -> None:
+        self._spool = spool
+        self._control = control
+
+    def open_run(self, run_id: str, metadata: Mapping[str, Any] | None = None) -> None:
+        self._spool.open_run(run_id, metadata)
+
+    def put_devices(self, run_id: str, devices: Iterable[DevicePayload]) -> None:
+        self._spool.put_devices(run_id, devices)
+
+    def put_chunks(self, run_id: str, chunks: Iterable[ChunkPayload]) -> int:
+        return self._spool.put_chunks(run_id, chunks)
+
+    def next_seqs(self, run_id: str) -> dict[str, int]:
+        seqs = self._spool.next_seqs(run_id)
+        for key, seq in self._control.next_seqs(run_id).items():
+            seqs[key] = max(seqs.get(key, 0), seq)
+        return seqs
+
+    def set_run_status(self, run_id: str, status: RunStatus, exit_code: int | None = None) -> None:
+        self._spool.set_run_status(run_id, status, exit_code)
+
+
+def _default_name() -> str:
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script or "python"
+
+
+def _exit_code_of(error: BaseException) -> int:
+    if isinstance(error, SystemExit):
+        code = error.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(error, KeyboardInterrupt):
+        return 130  # as a shell reports SIGINT
+    return 1  # what the interpreter exits with on an uncaught exception
+
+
+class Meter:
+    """Meters the devices of this node while a job runs (see the module docstring).
+
+    Args:
+        run: The run's name (default: the script's file name).
+        kind: ``training``, ``inference``, ``eval`` or ``other``.
+        run_id: Explicit run id (UUID, or any text mapped to one); default: `meters.runid`.
+        server: Service URL (default: ``THERMOLEDGER_SERVER``; none: offline).
+        token: Token with the ``ingest`` scope (default: ``THERMOLEDGER_TOKEN``).
+        backend: Devices to read: a `PowerBackend` (not closed by the meter), or a choice
+            (``"auto"``: NVML if it finds GPUs, else simulated, labelled; ``"nvml"``, ``"rapl"``,
+            ``"simulated"``). Default: ``THERMOLEDGER_BACKEND``, else ``"auto"``.
+        gpus: NVML selection (indices or UUIDs) for the default backend.
+        interval_s: Sampling interval, s (default 0.1).
+        chunk_s: Chunk length, s (default 10).
+        spool_dir: Spool directory (default: ``THERMOLEDGER_SPOOL_DIR`` or the user's state
+            directory).
+        tags: Run tags (``key=value``; keys ``[A-Za-z0-9_.:/-]{1,64}``).
+        simulate: Meter simulated devices even where GPUs exist (demos, tests).
+        upload_timeout_s: How long `stop` keeps trying to upload, s (default 30).
+        env: Environment to read (default: ``os.environ``).
+        host: Host name in device keys (default: ``socket.gethostname()``).
+        logger: Where the meter logs.
+    """
+
+    def __init__(
+        self,
+        run: str | None = None,
+        *,
+        kind: str = "training",
+        run_id: str | None = None,
+        server: str | None = None,
+        token: str | None = None,
+        backend: PowerBackend | BackendChoice | None = None,
+        gpus: str | Sequence[int | str] | None = None,
+        interval_s: float | None = None,
+        chunk_s: float | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        simulate: bool = False,
+        upload_timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        host: str | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.name = (run or _default_name()).strip()[:_MAX_NAME] or "python"
+        self.kind = kind
+        self._explicit_run_id = run_id
+        self._options: dict[str, Any] = {
+            "server": server,
+            "token": token,
+            "gpus": gpus,
+            "interval_s": interval_s,
+            "chunk_s": chunk_s,
+            "spool_dir": spool_dir,
+            "upload_timeout_s": upload_timeout_s,
+            "backend": "simulated" if simulate else backend if isinstance(backend, str) else None,
+        }
+        self._given_backend = None if isinstance(backend, str) else backend
+        self._tags = dict(tags or {})
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self.host = host or socket.gethostname()
+        self._log = logger if logger is not None else _LOG
+        self._lock = threading.RLock()
+        self.state: State = "new"
+        self.run_id: str = ""
+        self.identity: RunIdentity | None = None
+        self.election: Election | None = None
+        self.settings: MeterSettings | None = None
+        self.backend_label = "none"
+        self.simulated = False
+        self.upload: PushResult | None = None
+        self.work = WorkTotals()
+        self._backend: PowerBackend | None = None
+        self._owns_backend = False
+        self._sampler: Sampler | None = None
+        self._spool: Spool | None = None
+        self._control: ControlStore | None = None
+        self._uploader: Uploader | None = None
+        self._upload_stores: tuple[Spool, ControlStore] | None = None
+        self._phases: list[PhaseRecord] = []
+        self._work_dirty = False
+        self._work_saved_s = -math.inf
+        self._final: MeterSummary | None = None
+        self._warned: set[str] = set()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def sampling(self) -> bool:
+        """Whether this meter reads devices (it is the node's one meter)."""
+        return self._sampler is not None
+
+    @property
+    def recording(self) -> bool:
+        """Whether phases and work are recorded here (rank 0, meter running)."""
+        return self.state in ("running", "recording") and bool(
+            self.election and self.election.record_work
+        )
+
+    def start(self) -> Meter:
+        """Start metering; never raises (a failure leaves a disabled meter, logged)."""
+        with self._lock:
+            if self.state != "new":
+                self._warn_once("start", "Meter.start: a meter starts once (state %s)", self.state)
+                return self
+            try:
+                self._start()
+            except Exception as e:
+                self._log.error(
+                    "thermoledger: metering disabled for this run (%s: %s); the job goes on",
+                    type(e).__name__,
+                    e,
+                )
+                if self._sampler is not None:
+                    # Started before the failure: keep what it sealed, stop it from sampling.
+                    with contextlib.suppress(Exception):
+                        self._sampler.stop()
+                    self._sampler = None
+                self._teardown()
+                self.state = "disabled"
+            return self
+
+    def _start(self) -> None:
+        options = {k: v for k, v in self._options.items() if k != "backend"}
+        self.settings = settings = MeterSettings.resolve(
+            env=self._env, backend=self._options["backend"], **options
+        )
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"kind must be one of {RUN_KINDS}, got {self.kind!r}")
+        self.identity = resolve_run_id(self._explicit_run_id, self._env)
+        self.run_id = self.identity.run_id
+        self.election = election = elect(self._env, host=self.host)
+        if not (election.sample or election.record_work):
+            self._log.info(
+                "thermoledger: run %s: %s; this meter does nothing", self.run_id, election.reason
+            )
+            self.state = "idle"
+            return
+        if not election.sample:
+            self._log.info("thermoledger: run %s: %s", self.run_id, election.reason)
+        self._control = ControlStore.in_directory(settings.spool_dir)
+        started_s = time.time()
+        if election.sample:
+            if self._given_backend is not None:
+                self._backend = self._given_backend
+                self.backend_label = type(self._given_backend).__name__
+            else:
+                self._backend, self.backend_label = open_backend(
+                    settings.backend, gpus=settings.gpus, logger=self._log
+                )
+                self._owns_backend = True
+            devices = self._backend.devices()
+            self.simulated = any(d.simulated for d in devices)
+            self._spool = Spool.in_directory(settings.spool_dir)
+            self._sampler = Sampler(
+                self._backend,
+                run_id=self.run_id,
+                spool=_SeqGuard(self._spool, self._control),
+                interval_s=settings.interval_s,
+                chunk_s=settings.chunk_s,
+                host=self.host,
+                metadata={
+                    "name": self.name,
+                    "kind": self.kind,
+                    "tags": self._valid_tags(self._tags),
+                    "backend": self.backend_label,
+                    "simulated": self.simulated,
+                },
+                logger=self._log,
+            )
+        # Where another process meters the node (``thermoledger run``, a sidecar), that
+        # process's declaration of the run stands: this one only fills in when it is first.
+        self._control.put(
+            self.run_id, "run", self._run_body(started_s), if_absent=not election.sample
+        )
+        if self._sampler is not None:
+            self._sampler.start()
+        if settings.api_url is not None:
+            stores = (
+                Spool.in_directory(settings.spool_dir),
+                ControlStore.in_directory(settings.spool_dir),
+            )
+            self._upload_stores = stores
+            self._uploader = Uploader(
+                stores[0],
+                stores[1],
+                api_url=settings.api_url,
+                token=settings.token,
+                run_ids=[self.run_id],
+                logger=self._log,
+            )
+            self._uploader.start()
+        self.state = "running" if self._sampler is not None else "recording"
+        atexit.register(self._at_exit)
+        where = settings.server or f"the spool {settings.spool_dir} (offline)"
+        self._log.info(
+            "thermoledger: run %s (%s) metering %d device(s) via %s every %g s into %s",
+            self.run_id,
+            self.identity.source,
+            len(self._backend.devices()) if self._backend is not None else 0,
+            self.backend_label if self._sampler is not None else "another process",
+            settings.interval_s,
+            where,
+        )
+
+    def _run_body(self, started_s: float) -> dict[str, Any]:
+        assert self.identity is not None
+        assert self.settings is not None
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "run_id_source": self.identity.source,
+            "run_id_given": self.identity.given,
+            "sampling": self._sampler is not None,
+        }
+        if self._sampler is not None and self._backend is not None:
+            info.update(
+                backend=self.backend_label,
+                devices=len(self._backend.devices()),
+                interval_s=self.settings.interval_s,
+                chunk_s=self.settings.chunk_s,
+            )
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "started_at": datetime.fromtimestamp(started_s, UTC).isoformat(),
+            "tags": self._valid_tags(self._tags),
+            "host_info": {f"{'meter' if self._sampler else 'job'}@{self.host}": info},
+            "simulated": self.simulated,
+        }
+
+    def _valid_tags(self, tags: Mapping[str, str]) -> dict[str, str]:
+        out = {}
+        for key, value in tags.items():
+            text = str(value)
+            if _TAG_KEY.match(str(key)) and len(text) <= 200 and "\x00" not in text:
+                out[str(key)] = text
+            else:
+                self._warn_once(
+                    f"tag:{key}", "thermoledger: tag %r=%r dropped (invalid)", key, value
+                )
+        return out
+
+    def stop(self, *, exit_code: int | None = 0, failed: bool | None = None) -> MeterSummary:
+        """Stop metering: flush, record how the run ended, upload for a bounded time.
+
+        Never raises. Returns the final summary (also after a second call).
+
+        Args:
+            exit_code: The job's exit code (0: success).
+            failed: Mark the run failed (default: when ``exit_code`` is not 0 or None).
+        """
+        with self._lock:
+            if self._final is not None:
+                return self._final
+            if self.state == "new":
+                self.state = "stopped"
+            failed = failed if failed is not None else exit_code not in (0, None)
+            status: RunStatus = "failed" if failed else "finished"
+            summary = empty_summary(self.run_id)
+            try:
+                for phase in list(reversed(self._phases)):
+                    self._close_phase(phase)
+                self._save_work(force=True)
+                if self._sampler is not None:
+                    summary = self._sampler.stop(status=status, exit_code=exit_code)
+            except Exception as e:
+                self._warn_once("stop", "thermoledger: stopping the meter failed: %s", e)
+            try:
+                if self._uploader is not None and self.settings is not None:
+                    self.upload = self._uploader.stop(
+                        drain_timeout_s=self.settings.upload_timeout_s
+                    )
+                    self._report_upload(self.upload)
+            except Exception as e:
+                self._warn_once("upload", "thermoledger: the final upload failed: %s", e)
+            self._teardown()
+            if self.state in ("running", "recording"):
+                self.state = "stopped"
+            self._final = summary
+            atexit.unregister(self._at_exit)
+            return summary
+
+    def abort_upload(self) -> None:
+        """Cut the final upload of `stop` short (what is left stays in the spool).
+
+        Safe to call from a signal handler (it sets a flag, takes no lock): ``thermoledger
+        run`` calls it when a signal arrives while it finishes.
+        """
+        uploader = self._uploader
+        if uploader is not None:
+            uploader.abort_drain()
+
+    def _report_upload(self, result: PushResult) -> None:
+        if result.complete:
+            self._log.info(
+                "thermoledger: run %s uploaded (%d chunks stored, %d duplicates)",
+                self.run_id,
+                result.stored,
+                result.duplicates,
+            )
+            return
+        assert self.settings is not None
+        self._log.warning(
+            "thermoledger: run %s: %d chunk(s) and %d message(s) not uploaded (%s); they are "
+            "safe in %s: run `thermoledger push` later",
+            self.run_id,
+            result.remaining + result.refused,
+            result.messages_pending,
+            result.error or "; ".join(result.blocked) or "refused by the service",
+            self.settings.spool_dir,
+        )
+
+    def _teardown(self) -> None:
+        for close in (
+            self._uploader.close if self._uploader is not None else None,
+            self._backend.close if self._backend is not None and self._owns_backend else None,
+            self._spool.close if self._spool is not None else None,
+            self._control.close if self._control is not None else None,
+            *((s.close for s in self._upload_stores) if self._upload_stores else ()),
+        ):
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as e:
+                self._warn_once(f"close:{type(e).__name__}", "thermoledger: closing failed: %s", e)
+        self._uploader = None
+        self._upload_stores = None
+
+    def _at_exit(self) -> None:
+        # The interpreter is exiting with the meter still running: keep what was measured.
+        self.stop(exit_code=None, failed=False)
+
+    def __enter__(self) -> Meter:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        code = 0 if exc is None else _exit_code_of(exc)
+        self.stop(exit_code=code, failed=code != 0)
+
+    # -- phases and work ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def phase(self, name: str, **tags: str) -> Iterator[PhaseRecord]:
+        """A named window of the run (``with m.phase("epoch-3"):``), sent as a phase.
+
+        Work added while it is open (`add_flops`, `add_tokens`) counts for it and for the run.
+        Nested phases are fine. The job's exceptions pass through; the phase is closed anyway.
+
+        Args:
+            name: The phase's name (``epoch-3``, ``eval``, ``inference``).
+            tags: Phase tags.
+
+        Yields:
+            The phase record (``t0_s``; ``t1_s`` after the block, unix seconds).
+        """
+        record = PhaseRecord(
+            name=str(name).strip()[:_MAX_NAME] or "phase", t0_s=time.time(), tags={}
+        )
+        opened = False
+        if self.recording:
+            try:
+                with self._lock:
+                    record.tags = self._valid_tags(tags)
+                    self._phases.append(record)
+                    opened = True
+                    self._put_phase(record)
+            except Exception as e:
+                self._warn_once("phase", "thermoledger: recording a phase failed: %s", e)
+        try:
+            yield record
+        finally:
+            record.t1_s = max(time.time(), record.t0_s)
+            if opened:
+                try:
+                    self._close_phase(record)
+                except Exception as e:
+                    self._warn_once("phase", "thermoledger: recording a phase failed: %s", e)
+
+    def _close_phase(self, record: PhaseRecord) -> None:
+        with self._lock:
+            if record not in self._phases:
+                return
+            self._phases.remove(record)
+            if record.t1_s is None:
+                record.t1_s = max(time.time(), record.t0_s)
+            self._put_phase(record)
+            self._save_work(force=True)
+
+    def _put_phase(self, record: PhaseRecord) -> None:
+        if self._control is not None:
+            self._control.put(self.run_id, "phase", record.body(), key=record.key)
+            if self._uploader is not None:
+                self._uploader.nudge()
+
+    def add_flops(self, flops: float, dtype: str = "bf16") -> None:
+        """Declare FLOPs done (adds to the run and to every open phase).
+
+        Args:
+            flops: Floating-point operations, FLOP (finite, >= 0).
+            dtype: Their precision (``bf16``, ``fp8``, ``fp32`` …), for the hardware bound.
+        """
+        try:
+            value = float(flops)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0 and _DTYPE.match(str(dtype))):
+            self._warn_once(
+                "flops",
+                "thermoledger: add_flops(%r, dtype=%r) ignored: need a finite FLOP count >= 0 "
+                "and a short dtype",
+                flops,
+                dtype,
+            )
+            return
+        if not self.recording:
+            return
+        with self._lock:
+            for target in (self.work, *(p.work for p in self._phases)):
+                target.flops_by_dtype[dtype] = target.flops_by_dtype.get(dtype, 0.0) + value
+            self._work_dirty = True
+            self._save_work(force=False)
+
+    def add_tokens(self, tokens: int) -> None:
+        """Declare tokens processed (adds to the run and to every open phase).
+
+        Args:
+            tokens: A count of tokens (an integer >= 0).
+        """
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            try:
+                as_int = int(tokens)
+                ok = as_int == tokens and as_int >= 0
+            except (TypeError, ValueError, OverflowError):
+                ok = False
+            if not ok:
+                self._warn_once(
+                    "tokens", "thermoledger: add_tokens(%r) ignored: need an integer >= 0", tokens
+                )
+                return
+            tokens = as_int
+        if not self.recording:
+            return
+        with self._lock:
+            for target in (self.work, *(p.work for p in self._phases)):
+                target.tokens += tokens
+            self._work_dirty = True
+            self._save_work(force=False)
+
+    def declare_model(self, *, params: int) -> None:
+        """Declare the model size N (parameters), so reports can estimate 6·N·D FLOPs."""
+        if isinstance(params, bool) or not isinstance(params, int) or params <= 0:
+            self._warn_once(
+                "params",
+                "thermoledger: declare_model(params=%r) ignored: need an integer > 0",
+                params,
+            )
+            return
+        if not self.recording:
+            return
+        with self._lock:
+            self.work.model_params = params
+            self._work_dirty = True
+            self._save_work(force=True)
+
+    def _save_work(self, *, force: bool) -> None:
+        """Write the work totals to the outbox (throttled to `WORK_SAVE_S` unless forced)."""
+        if not self._work_dirty or self._control is None or not self.recording:
+            return
+        now_s = time.monotonic()
+        if not force and now_s - self._work_saved_s < WORK_SAVE_S:
+            return
+        try:
+            body: dict[str, Any] = {}
+            if self.work.flops_by_dtype:
+                body["flops"] = {"value": self.work.flops, "unit": "FLOP"}
+                body["dtype"] = self.work.dtype
+                if len(self.work.flops_by_dtype) > 1:
+                    self._warn_once(
+                        "dtypes",
+                        "thermoledger: FLOPs in several precisions %s; the run declares the "
+                        "total under the largest share (%s)",
+                        sorted(self.work.flops_by_dtype),
+                        self.work.dtype,
+                    )
+            if self.work.tokens:
+                body["tokens"] = self.work.tokens
+            if self.work.model_params is not None:
+                body["model_params"] = self.work.model_params
+            self._control.put(self.run_id, "work", body)
+            self._work_dirty = False
+            self._work_saved_s = now_s
+            if self._uploader is not None:
+                self._uploader.nudge()
+        except Exception as e:
+            self._warn_once("work", "thermoledger: recording work failed: %s", e)
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def summary(self) -> MeterSummary:
+        """Energy so far per device (sealed chunks plus the open one), method and band.
+
+        A meter that samples nothing (another process meters this node, or it is disabled)
+        has no devices: look at `sampling` before reading an empty summary as zero energy.
+        """
+        if self._final is not None:
+            return self._final
+        sampler = self._sampler
+        if sampler is None:
+            return empty_summary(self.run_id)
+        try:
+            return sampler.summary()
+        except Exception as e:
+            self._warn_once("summary", "thermoledger: summary failed: %s", e)
+            return empty_summary(self.run_id)
+
+    def _warn_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            self._log.warning(message, *args)
+
+
+@overload
+def meter(run: Callable[P, R]) -> Callable[P, R]: ...
+@overload
+def meter(run: str | None = None, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def meter(run: Any = None, **options: Any) -> Any:
+    """Decorator: each call of the function is metered as one run (``@meter`` or ``@meter(...)``).
+
+    Args:
+        run: The run's name (default: the function's qualified name).
+        options: Any other `Meter` argument.
+    """
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        name = run if isinstance(run, str) else func.__qualname__
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with Meter(name, **options):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate(run) if callable(run) else decorate

@@ -1,0 +1,698 @@
+"""``thermoledger``: the client command line (the light side; no web stack, no database).
+
+Commands:
+
+* ``thermoledger run [options] -- python train.py ...`` meters a job. The child runs in its own
+  process group (given the terminal's foreground when the wrapper has it, so Ctrl-C, ``input()``
+  and debuggers reach it as without the wrapper); SIGINT, SIGTERM and SIGHUP sent to the wrapper
+  are forwarded to that group. The wrapper returns the child's exit code, 128 + N when a signal
+  N killed it (like a shell). On a terminal it shows one status line (power, energy, elapsed,
+  refreshed about once a second, on stderr); at the end it prints a summary table on stderr
+  and marks the run finished (exit 0) or failed (the exit code). The child's environment gets
+  ``THERMOLEDGER_RUN_ID`` (so a `meters.api.Meter` inside joins the run),
+  ``THERMOLEDGER_SPOOL_DIR`` and ``THERMOLEDGER_NODE_METER`` (so that Meter records phases and
+  work but does not sample the node a second time).
+* ``thermoledger sidecar --run-id ID`` meters until SIGTERM/SIGINT, then flushes, marks the run
+  finished, uploads what it can and exits 0: for pods and SLURM prolog/epilog.
+* ``thermoledger push`` sends everything pending in the spool (offline runs); exits 1 if
+  anything could not be sent, after a summary.
+* ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
+
+Options come from flags, then ``THERMOLEDGER_*`` (`meters.settings`). A metering failure never
+stops the job: the wrapper then runs the child unmetered and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Final, TextIO
+
+from meters.api import RUN_KINDS, Meter
+from meters.runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id, node_meter_mark
+from meters.sampler import MeterSummary
+from meters.settings import BACKENDS, ENV_PREFIX, MeterSettings, SettingsError
+from meters.uploader import PushResult
+
+__all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_summary"]
+
+FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_J_PER_KWH: Final = 3.6e6
+_STATUS_REFRESH_S: Final = 1.0
+_SIGNAL_POLL_S: Final = 0.2
+_EXIT_USAGE: Final = 2
+_EXIT_NOT_FOUND: Final = 127
+_EXIT_NOT_EXECUTABLE: Final = 126
+
+
+class _Prefixed(logging.Formatter):
+    """Log lines start with ``thermoledger:`` exactly once."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith("thermoledger") else f"thermoledger: {text}"
+
+
+def _logger(err: TextIO, verbose: bool) -> logging.Logger:
+    log = logging.getLogger("thermoledger.cli")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(_Prefixed("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+    return log
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def format_energy(energy_j: float) -> str:
+    """Joules for people: ``812 J``, ``3.21 kJ``, ``4.5 MJ`` (and kWh beside the large ones)."""
+    if energy_j != energy_j:  # NaN
+        return "n/a"
+    for scale, unit in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
+        if abs(energy_j) >= scale:
+            return f"{energy_j / scale:.3g} {unit}"
+    return f"{energy_j:.3g} J"
+
+
+def _duration(seconds: float) -> str:
+    total = max(int(seconds), 0)
+    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def _number(value: float, spec: str) -> str:
+    return "n/a" if value != value else format(value, spec)
+
+
+def render_summary(
+    summary: MeterSummary,
+    *,
+    title: str,
+    backend_label: str,
+    simulated: bool,
+    upload: PushResult | None,
+    spool_dir: str,
+) -> str:
+    """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals."""
+    lines = [title]
+    lines.append(f"  devices read by: {backend_label}")
+    if simulated:
+        lines.append("  SIMULATED devices: these figures are not measurements.")
+    header = (
+        f"  {'device':<28} {'energy J':>12} {'kWh':>10} {'mean W':>8} {'peak W':>8} "
+        f"{'duration s':>10}  {'method':<13} band J"
+    )
+    lines.append(header)
+    for d in summary.devices:
+        band = f"[{d.energy_low_j:.4g}, {d.energy_high_j:.4g}]"
+        lines.append(
+            f"  {d.key[-28:]:<28} {d.energy_j:>12.2f} {d.energy_j / _J_PER_KWH:>10.6f} "
+            f"{_number(d.mean_power_w, '>8.1f')} {_number(d.peak_power_w, '>8.1f')} "
+            f"{d.duration_s:>10.2f}  {d.method:<13} {band}"
+        )
+        if d.missed:
+            missed = ", ".join(f"{k} {v}" for k, v in sorted(d.missed.items()))
+            lines.append(f"  {'':<28} missed readings: {missed}")
+    if not summary.devices:
+        lines.append("  (no device was metered by this process)")
+    else:
+        duration = max((d.duration_s for d in summary.devices), default=0.0)
+        mean_w = summary.energy_j / duration if duration > 0 else float("nan")
+        band = f"[{summary.energy_low_j:.4g}, {summary.energy_high_j:.4g}]"
+        # No total peak: the devices' peaks need not coincide, and their sum would mislead.
+        lines.append(
+            f"  {'total':<28} {summary.energy_j:>12.2f} {summary.energy_j / _J_PER_KWH:>10.6f} "
+            f"{_number(mean_w, '>8.1f')} {'':>8} {duration:>10.2f}  {'':<13} {band}"
+        )
+    if summary.overruns or summary.read_errors or summary.spool_errors or summary.unspooled:
+        lines.append(
+            f"  meter: {summary.overruns} overruns, {summary.read_errors} failed reads, "
+            f"{summary.spool_errors} spool errors, {summary.unspooled} chunks not spooled"
+        )
+    if upload is None:
+        lines.append(
+            f"  offline: the run is in the spool {spool_dir}; `thermoledger push` sends it"
+        )
+    elif upload.complete:
+        lines.append(
+            f"  uploaded: {upload.stored} chunks stored, {upload.duplicates} duplicates, "
+            f"{upload.messages_sent} run/phase/work messages"
+        )
+    else:
+        why = upload.error or "; ".join(upload.blocked) or "refused by the service"
+        lines.append(
+            f"  NOT fully uploaded ({why}): {upload.remaining + upload.refused} chunks and "
+            f"{upload.messages_pending} messages wait in {spool_dir}; `thermoledger push` later"
+        )
+    return "\n".join(lines) + "\n"
+
+
+class _StatusLine:
+    """The live one-line status on a terminal (stderr), refreshed about once a second."""
+
+    def __init__(self, stream: TextIO, meter: Meter, enabled: bool) -> None:
+        self._stream = stream
+        self._meter = meter
+        self.enabled = enabled
+        self._start_s = time.monotonic()
+        self._last: tuple[float, float] | None = None
+        self._shown = False
+
+    def refresh(self) -> None:
+        if not self.enabled:
+            return
+        try:
+            self._draw()
+        except Exception:
+            self.enabled = False  # a status line is not worth disturbing the wrapper for
+
+    def _draw(self) -> None:
+        now_s = time.monotonic()
+        summary = self._meter.summary()
+        energy_j = summary.energy_j
+        power = ""
+        if self._last is not None and now_s > self._last[0]:
+            power = f"{(energy_j - self._last[1]) / (now_s - self._last[0]):7.1f} W | "
+        self._last = (now_s, energy_j)
+        devices = len(summary.devices)
+        label = " | SIMULATED" if self._meter.simulated else ""
+        text = (
+            f"[thermoledger] {devices} device(s) | {power}{format_energy(energy_j)} | "
+            f"{_duration(now_s - self._start_s)}{label}"
+        )
+        self._write("\r\x1b[K" + text)
+
+    def clear(self) -> None:
+        if self._shown:
+            self._write("\r\x1b[K")
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+            self._shown = True
+        except (OSError, ValueError):
+            self.enabled = False  # the terminal went away (SIGHUP): stop drawing
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- the child ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ignoring(signum: signal.Signals) -> Iterator[None]:
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+def _terminal_fd() -> int | None:
+    """stdin's fd when this process owns the terminal's foreground (else None)."""
+    try:
+        fd = sys.stdin.fileno()
+        if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+            return fd
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def _hand_terminal(fd: int | None, pgrp: int) -> None:
+    """Make ``pgrp`` the terminal's foreground group (as a shell does for a job)."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError), _ignoring(signal.SIGTTOU):
+        os.tcsetpgrp(fd, pgrp)
+
+
+def _spawn(
+    command: Sequence[str], env: Mapping[str, str], terminal: int | None
+) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(list(command), env=dict(env), process_group=0)
+    if terminal is not None:
+        _hand_terminal(terminal, child.pid)
+        # Had the child read the terminal before it was its own, it stopped (SIGTTIN): go on.
+        with contextlib.suppress(OSError):
+            os.killpg(child.pid, signal.SIGCONT)
+    return child
+
+
+class _Forwarder:
+    """Signal handlers that forward SIGINT/SIGTERM/SIGHUP to the child's process group.
+
+    Installed before the child exists, so a signal in between is not lost (nor kills the
+    wrapper): it is forwarded as soon as the child is there.
+    """
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.early: list[int] = []
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> _Forwarder:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def attach(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        for signum in self.early:
+            self._send(signum)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.child is None:
+            self.early.append(signum)
+        else:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        assert self.child is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.child.pid, signum)
+
+
+class _Finishing:
+    """While the meter flushes and uploads at the end, a signal cuts the upload short.
+
+    It does not kill the wrapper mid-flush: the partial chunk and the run's status reach the
+    spool first; only the upload is abandoned (``thermoledger push`` finishes it later).
+    """
+
+    def __init__(self, meter: Meter, log: logging.Logger) -> None:
+        self._meter = meter
+        self._log = log
+        self._previous: dict[signal.Signals, Any] = {}
+        self.received: list[int] = []
+
+    def __enter__(self) -> _Finishing:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self.received:
+            self._log.warning(
+                "signal %s while finishing: the upload was cut short; the spool keeps the rest",
+                signal.Signals(self.received[0]).name,
+            )
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        self._meter.abort_upload()
+
+
+def _wait(child: subprocess.Popen[bytes], status: _StatusLine) -> int:
+    """Wait for the child; returns its shell-style exit code (128 + N when killed by signal N)."""
+    while True:
+        try:
+            code = child.wait(timeout=_STATUS_REFRESH_S)
+            break
+        except subprocess.TimeoutExpired:
+            status.refresh()
+    return 128 - code if code < 0 else code
+
+
+def _child_env(
+    env: Mapping[str, str], meter: Meter, settings: MeterSettings | None
+) -> dict[str, str]:
+    out = dict(env)
+    if meter.run_id:
+        out[RUN_ID_ENV] = meter.run_id
+    if settings is not None:
+        out[ENV_PREFIX + "SPOOL_DIR"] = str(settings.spool_dir)
+    if meter.sampling:
+        out[NODE_METER_ENV] = node_meter_mark(meter.host)
+    return out
+
+
+def _default_name(command: Sequence[str]) -> str:
+    """``python train.py --lr 3`` → ``train.py``; ``python -m pkg.train`` → ``pkg.train``.
+
+    The first ``*.py`` argument names the run (also behind ``torchrun`` and friends), then a
+    ``-m`` module; else the program's name. Arguments are not used otherwise: they may hold
+    secrets, and the name travels to the service.
+    """
+    program = os.path.basename(command[0])
+    rest = list(command[1:])
+    for i, arg in enumerate(rest):
+        if arg == "-m" and i + 1 < len(rest):
+            return rest[i + 1]
+        if arg == "-c" and program.startswith("python"):
+            return f"{program} -c"
+        if arg.endswith(".py") and not arg.startswith("-"):
+            return os.path.basename(arg)
+    return program
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _tags(raw: Sequence[str] | None, parser: argparse.ArgumentParser) -> dict[str, str]:
+    tags = {}
+    for item in raw or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--tag needs key=value, got {item!r}")
+        tags[key] = value
+    return tags
+
+
+def _meter(
+    args: argparse.Namespace, env: Mapping[str, str], log: logging.Logger, name: str
+) -> Meter:
+    return Meter(
+        name,
+        kind=args.kind,
+        run_id=args.run_id,
+        server=args.server,
+        token=args.token,
+        gpus=args.gpus,
+        interval_s=args.interval,
+        chunk_s=args.chunk,
+        spool_dir=args.spool_dir,
+        tags=args.tags,
+        simulate=args.simulate,
+        backend=args.backend,
+        upload_timeout_s=args.upload_timeout,
+        env=env,
+        logger=log,
+    )
+
+
+def _title(meter: Meter, verb: str, code: int | None) -> str:
+    ended = "" if code is None else (" (exit 0)" if code == 0 else f" (exit {code})")
+    return f"thermoledger: run {meter.run_id} {meter.name!r} {verb}{ended}"
+
+
+def _cmd_run(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    env: Mapping[str, str],
+    err: TextIO,
+    log: logging.Logger,
+) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error(
+            "run: give the command to meter after --, e.g. thermoledger run -- python x.py"
+        )
+    MeterSettings.resolve(  # refuse bad flags before anything runs (exit 2)
+        env=env,
+        server=args.server,
+        token=args.token,
+        spool_dir=args.spool_dir,
+        interval_s=args.interval,
+        chunk_s=args.chunk,
+        gpus=args.gpus,
+        backend=args.backend,
+        upload_timeout_s=args.upload_timeout,
+    )
+    terminal = _terminal_fd()
+    with _Forwarder() as forwarder:
+        meter = _meter(args, env, log, args.name or _default_name(command)).start()
+        if meter.state == "disabled":
+            log.error("the job runs unmetered")
+        try:
+            child = _spawn(command, _child_env(env, meter, meter.settings), terminal)
+        except OSError as e:
+            code = _EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else _EXIT_NOT_EXECUTABLE
+            err.write(f"thermoledger: cannot run {command[0]!r}: {e.strerror or e}\n")
+            meter.stop(exit_code=code, failed=True)
+            return code
+        forwarder.attach(child)
+        status = _StatusLine(err, meter, enabled=_isatty(err) and not args.quiet and meter.sampling)
+        try:
+            code = _wait(child, status)
+        finally:
+            _hand_terminal(terminal, os.getpgrp())
+    status.clear()
+    with _Finishing(meter, log):
+        summary = meter.stop(exit_code=code, failed=code != 0)
+    if not args.quiet and meter.state != "disabled":
+        _write_summary(err, log, meter, summary, "finished" if code == 0 else "failed", code)
+    return code
+
+
+def _write_summary(
+    err: TextIO,
+    log: logging.Logger,
+    meter: Meter,
+    summary: MeterSummary,
+    verb: str,
+    code: int | None,
+) -> None:
+    """Print the summary table; a failure to format it must not change the exit code."""
+    try:
+        err.write(
+            render_summary(
+                summary,
+                title=_title(meter, verb, code),
+                backend_label=meter.backend_label,
+                simulated=meter.simulated,
+                upload=meter.upload,
+                spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
+            )
+        )
+    except Exception as e:
+        log.error("could not print the summary (%s: %s)", type(e).__name__, e)
+
+
+def _cmd_sidecar(
+    args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
+) -> int:
+    meter = _meter(args, env, log, args.name or "sidecar")
+    received: list[int] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)  # only record it: see meters.sampler.sample_until_signalled
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        meter.start()
+        if meter.state in ("idle", "disabled"):
+            log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
+        while not received:
+            time.sleep(_SIGNAL_POLL_S)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    with _Finishing(meter, log):
+        summary = meter.stop(exit_code=None, failed=False)
+    if not args.quiet and meter.sampling:
+        verb = f"stopped by {signal.Signals(received[0]).name}"
+        _write_summary(err, log, meter, summary, verb, None)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    from meters.control import CONTROL_FILENAME, ControlStore
+    from meters.spool import SPOOL_FILENAME, Spool
+    from meters.uploader import Uploader
+
+    settings = MeterSettings.resolve(
+        env=env, server=args.server, token=args.token, spool_dir=args.spool_dir
+    )
+    if settings.api_url is None:
+        err.write("thermoledger push: no server: pass --server URL or set THERMOLEDGER_SERVER\n")
+        return _EXIT_USAGE
+    directory = settings.spool_dir
+    if not (directory / SPOOL_FILENAME).exists() and not (directory / CONTROL_FILENAME).exists():
+        out.write(f"nothing to push: no spool in {directory}\n")
+        return 0
+    run_ids = None if args.run_id is None else [canonical_run_id(args.run_id)]
+    with Spool.in_directory(directory) as spool, ControlStore.in_directory(directory) as control:
+        if args.retry_rejected:
+            freed = control.clear_rejections(run_ids[0] if run_ids else None)
+            out.write(f"retrying {freed} rejected chunk(s)\n")
+        with Uploader(
+            spool, control, api_url=settings.api_url, token=settings.token, run_ids=run_ids
+        ) as uploader:
+            result = uploader.drain(timeout_s=args.timeout)
+    out.write(
+        f"pushed to {settings.server}: {result.acknowledged} chunk(s) sent "
+        f"({result.stored} stored, {result.duplicates} duplicates), "
+        f"{result.messages_sent} run/phase/work message(s); remaining: {result.remaining} "
+        f"chunk(s), {result.messages_pending} message(s); rejected: {result.refused} chunk(s)\n"
+    )
+    for blocked in result.blocked:
+        out.write(f"  blocked run {blocked}\n")
+    if result.error:
+        out.write(f"  stopped by: {result.error}\n")
+    if result.refused:
+        out.write("  rejected chunks stay in the spool; see the log, then --retry-rejected\n")
+    return 0 if result.complete else 1
+
+
+def _cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    from meters.control import CONTROL_FILENAME, ControlStore
+    from meters.spool import SPOOL_FILENAME, Spool
+
+    settings = MeterSettings.resolve(env=env, spool_dir=args.spool_dir)
+    directory = settings.spool_dir
+    if not (directory / SPOOL_FILENAME).exists():
+        out.write(f"no spool in {directory}\n")
+        return 0
+    with Spool.in_directory(directory) as spool:
+        runs = spool.runs()
+        control = (
+            ControlStore.in_directory(directory)
+            if (directory / CONTROL_FILENAME).exists()
+            else None
+        )
+        try:
+            out.write(f"spool {directory}: {len(runs)} run(s)\n")
+            if runs:
+                out.write(
+                    f"  {'run id':<36}  {'status':<8} {'exit':>4} {'started (UTC)':<19} "
+                    f"{'pending':>7} {'acked':>7} {'refused':>7} {'msgs':>4}  name\n"
+                )
+            totals = [0, 0, 0]
+            for run in runs:
+                counts = spool.counts(run.run_id)
+                refused = len(control.rejected_chunks(run.run_id)) if control else 0
+                messages = len(control.messages(run.run_id, pending_only=True)) if control else 0
+                started = datetime.fromtimestamp(run.created_at_s, UTC).strftime(
+                    "%Y-%m-%d %H:%M:%S"
+                )
+                exit_code = "" if run.exit_code is None else str(run.exit_code)
+                name = str(run.metadata.get("name", ""))
+                out.write(
+                    f"  {run.run_id:<36}  {run.status:<8} {exit_code:>4} {started:<19} "
+                    f"{counts.pending:>7} {counts.acked:>7} {refused:>7} {messages:>4}  {name}\n"
+                )
+                totals[0] += counts.pending
+                totals[1] += counts.acked
+                totals[2] += refused
+            out.write(
+                f"  total: {totals[0]} pending, {totals[1]} acknowledged (not yet purged), "
+                f"{totals[2]} refused\n"
+            )
+        finally:
+            if control is not None:
+                control.close()
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def _meter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpus", help="NVML indices or UUIDs, e.g. 0,1 (default: all visible)")
+    parser.add_argument("--interval", type=float, help="sampling interval, s (default 0.1)")
+    parser.add_argument("--chunk", type=float, help="chunk length, s (default 10)")
+    parser.add_argument(
+        "--server", help="service URL (default: THERMOLEDGER_SERVER; none: offline)"
+    )
+    parser.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
+    parser.add_argument(
+        "--run-id", help="run id (default: THERMOLEDGER_RUN_ID, SLURM, torchrun, new)"
+    )
+    parser.add_argument("--name", help="run name (default: from the command)")
+    parser.add_argument("--kind", default="training", choices=RUN_KINDS, help="default: training")
+    parser.add_argument("--tag", action="append", metavar="KEY=VALUE", help="run tag (repeatable)")
+    parser.add_argument(
+        "--simulate", action="store_true", help="meter simulated devices (labelled)"
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help="device backend (default: auto: NVML, else simulated)"
+    )
+    parser.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
+    parser.add_argument(
+        "--upload-timeout", type=float, help="seconds to keep uploading at the end (default 30)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no status line, no summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thermoledger",
+        description="Meter the energy of ML jobs and send it to a thermoledger service.",
+    )
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="meter a command: thermoledger run [options] -- CMD ...")
+    _meter_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    sidecar = sub.add_parser("sidecar", help="meter this node until SIGTERM (pods, SLURM)")
+    _meter_options(sidecar)
+    push = sub.add_parser("push", help="send everything pending in the spool")
+    push.add_argument("--server", help="service URL (default: THERMOLEDGER_SERVER)")
+    push.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
+    push.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
+    push.add_argument("--run-id", help="only this run")
+    push.add_argument(
+        "--retry-rejected", action="store_true", help="try chunks the service refused again"
+    )
+    push.add_argument("--timeout", type=float, default=60.0, help="give up after s (default 60)")
+    push.add_argument("-v", "--verbose", action="store_true", help="log each problem")
+    status = sub.add_parser("status", help="what the spool holds")
+    status.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
+    status.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run ``thermoledger <command> ...``; returns the exit status.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+        env: Environment (default: ``os.environ``).
+        out: Where results go (default: stdout).
+        err: Where status, summaries and logs go (default: stderr).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    log = _logger(err, getattr(args, "verbose", False))
+    if hasattr(args, "tag"):
+        args.tags = _tags(args.tag, parser)
+    commands: dict[str, Callable[[], int]] = {
+        "run": lambda: _cmd_run(args, parser, env, err, log),
+        "sidecar": lambda: _cmd_sidecar(args, env, err, log),
+        "push": lambda: _cmd_push(args, env, out, err),
+        "status": lambda: _cmd_status(args, env, out),
+    }
+    try:
+        return commands[args.subcommand]()
+    except SettingsError as e:
+        err.write(f"thermoledger: {e}\n")
+        return _EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""The meter's settings: a small frozen dataclass from explicit values, then ``THERMOLEDGER_*``.
+
+Not pydantic-settings (the service's choice): the meter runs inside training pods and must stay
+light, so this is the standard library only. Precedence, per field: an explicit value (a CLI
+flag, a `meters.api.Meter` argument) > the environment > the default. Built on demand by
+`MeterSettings.resolve`, never at import.
+
+Environment variables::
+
+    THERMOLEDGER_SERVER             service base URL, e.g. http://ledger:8000 (unset: offline)
+    THERMOLEDGER_TOKEN              API token with the ``ingest`` scope
+    THERMOLEDGER_SPOOL_DIR          spool directory (default: $XDG_STATE_HOME/thermoledger,
+                                    else ~/.local/state/thermoledger)
+    THERMOLEDGER_INTERVAL_S         sampling interval, s (default 0.1)
+    THERMOLEDGER_CHUNK_S            chunk length, s (default 10)
+    THERMOLEDGER_GPUS               GPU selection, comma-separated NVML indices or UUIDs
+    THERMOLEDGER_BACKEND            auto | nvml | rapl | simulated (default auto)
+    THERMOLEDGER_UPLOAD_TIMEOUT_S   how long a finishing meter tries to upload, s (default 30)
+
+The run id has its own resolution (`meters.runid`), since it is shared by every node of a job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from meters.errors import MeterError
+
+__all__ = [
+    "API_PREFIX",
+    "BACKENDS",
+    "ENV_PREFIX",
+    "BackendChoice",
+    "MeterSettings",
+    "SettingsError",
+    "api_base_url",
+    "default_spool_dir",
+    "parse_gpus",
+]
+
+ENV_PREFIX: Final = "THERMOLEDGER_"
+API_PREFIX: Final = "/api/v1"
+BackendChoice = Literal["auto", "nvml", "rapl", "simulated"]
+BACKENDS: Final[tuple[BackendChoice, ...]] = ("auto", "nvml", "rapl", "simulated")
+
+
+class SettingsError(ValueError, MeterError):
+    """A setting has a value the meter cannot use; the message names the setting and its source."""
+
+
+def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The spool directory: ``$THERMOLEDGER_SPOOL_DIR``, else the user's XDG state directory.
+
+    Args:
+        env: Environment to read (default: ``os.environ``).
+
+    Returns:
+        ``$THERMOLEDGER_SPOOL_DIR``, else ``$XDG_STATE_HOME/thermoledger``, else
+        ``~/.local/state/thermoledger`` (the XDG default; no platformdirs needed).
+    """
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_PREFIX + "SPOOL_DIR", "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    state = env.get("XDG_STATE_HOME", "").strip()
+    # XDG: a relative XDG_STATE_HOME is invalid and must be ignored.
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "thermoledger"
+
+
+def api_base_url(server: str) -> str:
+    """The API root for a service URL: ``http://h:8000`` → ``http://h:8000/api/v1``.
+
+    Raises:
+        SettingsError: Not an http(s) URL with a host.
+    """
+    text = server.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"server must be an http(s) URL such as http://ledger:8000: {server!r}")
+    return text if text.endswith(API_PREFIX) else text + API_PREFIX
+
+
+def parse_gpus(text: str | Sequence[int | str] | None) -> tuple[int | str, ...] | None:
+    """A GPU selection: ``"0,1"`` → ``(0, 1)``; UUIDs (``GPU-…``, ``MIG-…``) stay strings.
+
+    Returns:
+        None for no selection (every GPU, or ``CUDA_VISIBLE_DEVICES``).
+
+    Raises:
+        SettingsError: An empty entry or a negative index.
+    """
+    if text is None:
+        return None
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    if isinstance(text, str) and not text.strip():
+        return None
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, int):
+            value: int | str = item
+        elif item == "":
+            raise SettingsError(f"gpus: empty entry in {text!r}")
+        else:
+            value = int(item) if item.lstrip("-").isdigit() else item
+        if isinstance(value, int) and value < 0:
+            raise SettingsError(f"gpus: an index must be >= 0, got {value}")
+        out.append(value)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSettings:
+    """What one meter process needs to know.
+
+    Attributes:
+        server: Service base URL (None: offline; chunks wait in the spool for ``push``).
+        token: Bearer token for the service (``ingest`` scope).
+        spool_dir: Directory of the spool and control files.
+        interval_s: Sampling interval, s.
+        chunk_s: Chunk length, s.
+        gpus: NVML indices or UUIDs to meter (None: ``CUDA_VISIBLE_DEVICES`` or every GPU).
+        backend: ``auto`` (NVML when it finds GPUs, else simulated, labelled), ``nvml``,
+            ``rapl`` or ``simulated``.
+        upload_timeout_s: How long a finishing meter keeps trying to upload, s.
+    """
+
+    server: str | None = None
+    token: str | None = None
+    spool_dir: Path = field(default_factory=default_spool_dir)
+    interval_s: float = 0.1
+    chunk_s: float = 10.0
+    gpus: tuple[int | str, ...] | None = None
+    backend: BackendChoice = "auto"
+    upload_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval_s", "chunk_s", "upload_timeout_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise SettingsError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.chunk_s < self.interval_s:
+            raise SettingsError(
+                f"chunk_s ({self.chunk_s} s) must be at least interval_s ({self.interval_s} s)"
+            )
+        if self.backend not in BACKENDS:
+            raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.server is not None:
+            api_base_url(self.server)
+
+    @property
+    def api_url(self) -> str | None:
+        """The API root (``…/api/v1``), or None offline."""
+        return None if self.server is None else api_base_url(self.server)
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        server: str | None = None,
+        token: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        interval_s: float | None = None,
+        chunk_s: float | None = None,
+        gpus: str | Sequence[int | str] | None = None,
+        backend: str | None = None,
+        upload_timeout_s: float | None = None,
+    ) -> MeterSettings:
+        """Settings from explicit values (None: not given), then ``THERMOLEDGER_*``, then defaults.
+
+        Raises:
+            SettingsError: A value (explicit or from the environment) is unusable; the message
+                names the variable.
+        """
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name, "").strip()
+            return value or None
+
+        def number(name: str, given: float | None, default: float) -> float:
+            if given is not None:
+                return float(given)
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+
+        chosen_backend = backend if backend is not None else (text("BACKEND") or "auto")
+        if chosen_backend not in BACKENDS:
+            raise SettingsError(f"backend must be one of {BACKENDS}, got {chosen_backend!r}")
+        return cls(
+            server=server if server is not None else text("SERVER"),
+            token=token if token is not None else text("TOKEN"),
+            spool_dir=Path(spool_dir).expanduser()
+            if spool_dir is not None
+            else default_spool_dir(env),
+            interval_s=number("INTERVAL_S", interval_s, 0.1),
+            chunk_s=number("CHUNK_S", chunk_s, 10.0),
+            gpus=parse_gpus(gpus if gpus is not None else text("GPUS")),
+            backend=chosen_backend,
+            upload_timeout_s=number("UPLOAD_TIMEOUT_S", upload_timeout_s, 30.0),
+        )
