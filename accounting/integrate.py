@@ -11,6 +11,30 @@ Integration rule
     an interval), so a window whose edges fall on samples gets exactly the trapezoid sum, and
     adjacent windows add up to the whole to float rounding.
 
+Averaged readings (``averaging_window_s`` w > 0)
+    A reading r(t) that is the trailing moving average of the true power over [t − w, t]
+    (NVML on Hopper: w = 1 s) lags P by w/2: integrated as if it were P(t), a window cut at a
+    450 W step misses by up to 450 W × w/2. Read as the power at t − w/2, the readings over
+    [a, b] describe the true energy over [a − w/2, b − w/2]; the chunk and window edges stay
+    at sample times (a chunk's samples must lie inside its [t0_s, t1_s], and counter chunks
+    of the same device tile on those times), so the two half-windows are traded at the edges:
+    E(a, b) ≈ ∫_a^b r dt + (w/2)·(r(b) − r(a)). In terms of P this weighs [a − w, a] and
+    [b − w, b] with zero-mean linear ramps, so the estimate is **exact whenever P is linear
+    over the window before each edge** (a steady load, a ramp, a step more than w before an
+    edge), needs no sample after b (a meter seals a chunk at its bridge sample), and
+    telescopes: chunks and adjacent windows still add up to the whole. Residual: at each edge
+    the error is ∫ P·h over the edge's [t − w, t], with h a ramp from +1/2 down to −1/2.
+    That interval is exactly the one the edge's reading averages, so P's mean there is r(t):
+    the worst P within [floor, ceiling] with that mean sits at the ceiling for the first
+    u·w and at the floor after (u = (r − floor)/(ceiling − floor)), which bounds the error by
+    (w/2)·(r − floor)(ceiling − r)/(ceiling − floor) per edge, at most (ceiling − floor)·w/8
+    (r midway); both signs are possible. This is a bound when the ceiling is the device's
+    power limit (``max_power_w``); with the trace's own peak it is an assumption. An edge
+    that meets a gap is not corrected, and may be off by the whole lag, (ceiling − floor) ×
+    w/2. The corrected energy is clipped at 0 (only noise could drive it below), and a
+    chunk's min/max power widen to include its mean (the true mean may pass the extremes of
+    the smoothed readings).
+
 Gaps
     Interval i is a **gap** when dt_i > gap_factor × nominal interval (default factor 3). The
     nominal interval is the caller's (the meter knows its own period) or else the median
@@ -61,11 +85,17 @@ Uncertainty model
       sensor's gain error, for which NVIDIA publishes no counter figure. Pass a calibrated
       value when you have one.
     * ``bound_below_j`` / ``bound_above_j`` (one-sided, worst case, not statistical): gaps (see
-      above), counter resets, and **coverage**. When readings cover only ``coverage_fraction``
-      c of the time (A100/H100 instantaneous readings: about 0.25, Yang et al., SC24), the
-      unseen 1 − c of each interval may have drawn anything between ``min_power_w`` and the
-      ceiling, so interval energy e lies in [e − (1−c)(e − floor·dt), e + (1−c)(ceil·dt − e)].
-      This is wide on purpose; it is the honest price of part-time sampling. Prefer the counter.
+      above), counter resets, **coverage** and the **averaging residual**. When readings cover
+      only ``coverage_fraction`` c of the time (A100/H100 instantaneous readings: about 0.25,
+      Yang et al., SC24; c = 0 for point samples), the unseen 1 − c of each interval may have
+      drawn anything between ``min_power_w`` and the ceiling, so interval energy e lies in
+      [e − (1−c)(e − floor·dt), e + (1−c)(ceil·dt − e)]. This is wide on purpose; it is the
+      honest price of part-time sampling. Prefer the counter. The averaging residual
+      (at most (ceiling − floor) × w/8 per window edge, × w/2 per gap edge; see "Averaged
+      readings")
+      is added to both bounds: it is a worst case of either sign, and like aliasing it is
+      correlated across the devices of one job (they step together), so it must add
+      linearly rather than root-sum-square with the sensor term.
 
     The band is energy_low_j = max(0, E − sensor − bound_below), energy_high_j = E + sensor +
     bound_above; terms add linearly inside one trace. Across devices (`aggregate_energy`), rows
@@ -84,8 +114,10 @@ Speed
     preallocated buffers (``out=``), validates and detects gaps on each block while it is in
     cache, and forms the trapezoid sum with two dot products (no per-interval temporaries).
     The sensor term costs nothing while every reading is above abs/rel (100 W by default);
-    the trace's peak is read only when a bound needs it (a gap or partial coverage without
-    ``max_power_w``). ``bench/integrate.py`` measures it against a memory-bandwidth reference.
+    the trace's peak is read only when a bound needs it (a gap, partial coverage or an
+    averaging window without ``max_power_w``). The lag correction and the residual cost a
+    few operations per chunk, after the kernel, and nothing at all when w = 0.
+    ``bench/integrate.py`` measures it against a memory-bandwidth reference.
 """
 
 from __future__ import annotations
@@ -225,6 +257,7 @@ class PowerEnergy:
         method: How the power was read (``power_avg``, ``power_instant``, ``estimate``).
         gap_policy: Policy applied to gaps.
         coverage_fraction: Fraction of time the readings represent (1 for averaged power).
+        averaging_window_s: Moving-average window the readings were corrected for, s.
         nominal_interval_s: Nominal sampling interval used for gap detection, s (NaN when the
             trace has no interval and none was given).
         gap_threshold_s: Intervals longer than this are gaps, s.
@@ -256,6 +289,7 @@ class PowerEnergy:
     gap_energy_bridge_j: float
     ceiling_power_w: float
     gaps: GapReport
+    averaging_window_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +320,7 @@ class PowerEnergyBatch:
     gap_energy_bridge_j: FloatArray
     ceiling_power_w: FloatArray
     gaps: GapReport
+    averaging_window_s: float = 0.0
 
     def __len__(self) -> int:
         return int(self.energy_j.size)
@@ -312,6 +347,7 @@ class PowerEnergyBatch:
             gap_energy_bridge_j=float(self.gap_energy_bridge_j[k]),
             ceiling_power_w=float(self.ceiling_power_w[k]),
             gaps=self.gaps.select(k),
+            averaging_window_s=self.averaging_window_s,
         )
 
 
@@ -368,7 +404,8 @@ class ChunkSummaries:
         n: Number of samples in the chunk.
         energy_j, energy_low_j, energy_high_j: Estimate and band, J.
         sensor_uncertainty_j, bound_below_j, bound_above_j: Band terms, J (module docstring).
-        min_power_w, max_power_w: Extremes of the power samples the chunk touches, W.
+        min_power_w, max_power_w: Extremes of the power samples the chunk touches, W (for
+            lag-corrected averaged readings, widened to include mean_power_w).
         mean_power_w: energy_j / counted time, W, where counted time excludes gaps under
             ``"exclude"`` (power methods); the mean of the chunk's samples when that time is 0.
         gap_s, gap_count: Gaps inside the chunk (seconds, count).
@@ -418,6 +455,9 @@ class EnergyCurve:
         unbounded_start_s, unbounded_end_s: Intervals whose upper bound is infinite (counter
             resets without max_power_w), s.
         method: Method of the energy figures.
+        averaging_window_s: Moving-average window w of the readings, s (0: none); a window
+            [a, b) then gets the lag correction (w/2)(r(b) − r(a)).
+        floor_power_w, ceiling_power_w: The power range the averaging residual assumes, W.
     """
 
     t_s: FloatArray
@@ -430,6 +470,9 @@ class EnergyCurve:
     unbounded_start_s: FloatArray
     unbounded_end_s: FloatArray
     method: Method
+    averaging_window_s: float = 0.0
+    floor_power_w: float = 0.0
+    ceiling_power_w: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +577,7 @@ class _PowerOptions:
     sensor_rel_error: float
     sensor_abs_error_w: float
     coverage_fraction: float
+    averaging_window_s: float
 
 
 def _power_options(
@@ -547,6 +591,7 @@ def _power_options(
     sensor_rel_error: float,
     sensor_abs_error_w: float,
     coverage_fraction: float,
+    averaging_window_s: float,
 ) -> _PowerOptions:
     if method not in POWER_METHODS:
         raise InvalidArgument(f"method must be one of {POWER_METHODS}, got {method!r}")
@@ -569,9 +614,8 @@ def _power_options(
         min_power_w=min_power_w,
         sensor_rel_error=_check_param("sensor_rel_error", sensor_rel_error, low=0.0),
         sensor_abs_error_w=_check_param("sensor_abs_error_w", sensor_abs_error_w, low=0.0),
-        coverage_fraction=_check_param(
-            "coverage_fraction", coverage_fraction, low=0.0, low_open=True, high=1.0
-        ),
+        coverage_fraction=_check_param("coverage_fraction", coverage_fraction, low=0.0, high=1.0),
+        averaging_window_s=_check_param("averaging_window_s", averaging_window_s, low=0.0),
     )
 
 
@@ -848,7 +892,8 @@ def _power_kernel(
     partial = opts.coverage_fraction < 1.0
     want_floor = partial and floor_w > 0.0
     want_ceil = partial and opts.max_power_w is not None
-    track = want_stats or want_ceil or (partial and opts.max_power_w is None)
+    needs_ceiling = partial or opts.averaging_window_s > 0.0
+    track = want_stats or want_ceil or (needs_ceiling and opts.max_power_w is None)
     lazy_peak = opts.max_power_w is None and not track
     peak_from = 0  # samples before this were not tracked (lazy peak)
 
@@ -1108,6 +1153,26 @@ def _power_groups(
         below += unseen * np.maximum(e_meas - floor_w * measured_s + 0.5 * sums.xf2, 0.0)
         above += unseen * np.maximum(g_ceil * measured_s - e_meas + 0.5 * sums.xc2, 0.0)
 
+    energy = e_meas + gap_fill
+    w = opts.averaging_window_s
+    if w > 0.0:
+        # Lag correction: ∫_a^b r dt + (w/2)(r(b) − r(a)) estimates the true energy over
+        # [a, b], exactly when P is linear over [a − w, a] and [b − w, b] (module docstring).
+        last = lay.grp_last
+        spans = duration > 0
+        shift = np.where(spans, 0.5 * w * (p[last] - p[first]), 0.0) if ng else np.zeros(0)
+        energy = np.maximum(energy + shift, 0.0)
+        # Residual of the two edges (module docstring); an edge that meets a gap is not
+        # corrected, so it may be off by the whole lag, (ceiling − floor) × w/2.
+        g_ceil = ceiling[grp_seg]
+        swing = np.maximum(g_ceil - floor_w, 0.0) if ng else np.zeros(0)
+        edges = _edge_residual(p[first], w, floor_w, g_ceil) + _edge_residual(
+            p[last], w, floor_w, g_ceil
+        )
+        residual = np.where(spans, edges, 0.0) + swing * gap_count * w
+        below += residual
+        above += residual
+
     counted = measured_s if opts.gap_policy == "exclude" else duration
     gaps = GapReport(
         segment=g_seg.astype(np.int64),
@@ -1118,7 +1183,7 @@ def _power_groups(
         bridge_j=bridge,
     )
     return _GroupEnergy(
-        energy_j=e_meas + gap_fill,
+        energy_j=energy,
         sensor_j=0.5 * sums.s2,
         below_j=below,
         above_j=above,
@@ -1135,6 +1200,21 @@ def _power_groups(
         seg_ceiling_w=ceiling,
         gaps=gaps,
     )
+
+
+def _edge_residual(
+    reading_w: FloatArray, window_s: float, floor_w: float, ceiling_w: float | FloatArray
+) -> FloatArray:
+    """Worst lag-corrected error at a window edge whose averaged reading is r, J.
+
+    (w/2)·(r − floor)(ceiling − r)/(ceiling − floor): the most ∫P·h can reach over the
+    edge's averaging window when P stays in [floor, ceiling] with mean r (module docstring).
+    """
+    span = np.maximum(np.asarray(ceiling_w, dtype=np.float64) - floor_w, 0.0)
+    up = np.clip(reading_w - floor_w, 0.0, span)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = 0.5 * window_s * up * (span - up) / span
+    return np.where(span > 0, out, 0.0)
 
 
 def _sum_by(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
@@ -1167,6 +1247,7 @@ def integrate_power_segments(
     sensor_rel_error: float = SENSOR_REL_ERROR,
     sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
     coverage_fraction: float = 1.0,
+    averaging_window_s: float = 0.0,
 ) -> PowerEnergyBatch:
     """Integrate many power traces given in segmented form (trapezoid rule, gaps handled).
 
@@ -1190,8 +1271,13 @@ def integrate_power_segments(
         sensor_rel_error: Relative sensor accuracy (default 0.05).
         sensor_abs_error_w: Absolute sensor accuracy, W (default 5); per reading the larger
             of the two applies.
-        coverage_fraction: Fraction of each interval the readings represent, in (0, 1]
-            (about 0.25 for A100/H100 instantaneous readings; 1 for averaged power).
+        coverage_fraction: Fraction of each interval the readings represent, in [0, 1]
+            (about 0.25 for A100/H100 instantaneous readings; 1 for averaged power; 0 for
+            point samples, whose band is the honest [floor, ceiling] × time).
+        averaging_window_s: Window w of a trailing moving-average reading, s (NVML on
+            Hopper: 1 s); 0 (default) for readings taken as the power at their own time.
+            With w > 0 the estimate is lag-corrected and the band gains the averaging
+            residual (module docstring, "Averaged readings").
 
     Returns:
         One entry per trace (see `PowerEnergyBatch`).
@@ -1211,6 +1297,7 @@ def integrate_power_segments(
         sensor_rel_error=sensor_rel_error,
         sensor_abs_error_w=sensor_abs_error_w,
         coverage_fraction=coverage_fraction,
+        averaging_window_s=averaging_window_s,
     )
     t = _as_1d(t_s, "t_s")
     p = _as_1d(power_w, "power_w")
@@ -1265,6 +1352,7 @@ def integrate_power_segments(
         gap_energy_bridge_j=full(g.gap_bridge_j),
         ceiling_power_w=full(g.seg_ceiling_w, math.nan),
         gaps=gaps,
+        averaging_window_s=opts.averaging_window_s,
     )
 
 
@@ -1281,6 +1369,7 @@ def integrate_power(
     sensor_rel_error: float = SENSOR_REL_ERROR,
     sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
     coverage_fraction: float = 1.0,
+    averaging_window_s: float = 0.0,
 ) -> PowerEnergy:
     """Integrate one power trace to energy (trapezoid rule), detecting and handling gaps.
 
@@ -1288,7 +1377,7 @@ def integrate_power(
         t_s: Sample times, s, strictly increasing.
         power_w: Power readings, W, finite and >= 0; same length as ``t_s`` (at least 1).
         method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction: As in
+        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
             `integrate_power_segments`.
 
     Returns:
@@ -1321,6 +1410,7 @@ def integrate_power(
         sensor_rel_error=sensor_rel_error,
         sensor_abs_error_w=sensor_abs_error_w,
         coverage_fraction=coverage_fraction,
+        averaging_window_s=averaging_window_s,
     )
     return batch.trace(0)
 
@@ -1338,6 +1428,7 @@ def integrate_power_rows(
     sensor_rel_error: float = SENSOR_REL_ERROR,
     sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
     coverage_fraction: float = 1.0,
+    averaging_window_s: float = 0.0,
 ) -> PowerEnergyBatch:
     """Integrate equal-length traces given as a 2-D array (devices × samples).
 
@@ -1345,7 +1436,7 @@ def integrate_power_rows(
         t_s: Sample times, s: shape (n,) shared by all rows, or (rows, n).
         power_w: Power, W, shape (rows, n).
         method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction: As in
+        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
             `integrate_power_segments`.
 
     Returns:
@@ -1365,6 +1456,7 @@ def integrate_power_rows(
         sensor_rel_error=sensor_rel_error,
         sensor_abs_error_w=sensor_abs_error_w,
         coverage_fraction=coverage_fraction,
+        averaging_window_s=averaging_window_s,
     )
 
 
@@ -1563,6 +1655,7 @@ def summarize_chunks(
     sensor_rel_error: float = SENSOR_REL_ERROR,
     sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
     coverage_fraction: float = 1.0,
+    averaging_window_s: float = 0.0,
 ) -> ChunkSummaries:
     """Summarise one trace, or many in segmented form, into chunks that tile it.
 
@@ -1584,7 +1677,7 @@ def summarize_chunks(
         wrap_j: Counter modulus, J (see `integrate_counter`).
         counter_rel_error: Relative counter error (default 0.02).
         method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction: As in
+        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
             `integrate_power_segments` (for power-derived chunks; gaps are reported for
             counter-derived chunks too, but cost no energy there).
 
@@ -1605,6 +1698,7 @@ def summarize_chunks(
         sensor_rel_error=sensor_rel_error,
         sensor_abs_error_w=sensor_abs_error_w,
         coverage_fraction=coverage_fraction,
+        averaging_window_s=averaging_window_s,
     )
     t = _as_1d(t_s, "t_s")
     p = _as_1d(power_w, "power_w")
@@ -1653,6 +1747,11 @@ def summarize_chunks(
     sample_mean = np.add.reduceat(p, first) / n_in if ng else np.zeros(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counted > 0, energy / np.where(counted > 0, counted, 1.0), sample_mean)
+    if counter_j is None and opts.averaging_window_s > 0.0:
+        # The lag-corrected mean may pass the extremes of the smoothed readings (the true
+        # power did); min/max widen to it so that min <= mean <= max still holds.
+        np.minimum(pmin, mean, out=pmin)
+        np.maximum(pmax, mean, out=pmax)
     if bins is not None:
         chunk_index = bins[first].astype(np.int64) if ng else np.zeros(0, np.int64)
     else:
@@ -1706,6 +1805,7 @@ def power_energy_curve(
     sensor_rel_error: float = SENSOR_REL_ERROR,
     sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
     coverage_fraction: float = 1.0,
+    averaging_window_s: float = 0.0,
 ) -> EnergyCurve:
     """Cumulative energy of a power trace, for `window_energy`; same model as `integrate_power`.
 
@@ -1713,7 +1813,8 @@ def power_energy_curve(
         t_s: Sample times, s, strictly increasing.
         power_w: Power readings, W.
         method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction: As in `integrate_power`.
+        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
+        `integrate_power`.
 
     Returns:
         The cumulative curve; its last value is the trace's energy in J.
@@ -1728,6 +1829,7 @@ def power_energy_curve(
         sensor_rel_error=sensor_rel_error,
         sensor_abs_error_w=sensor_abs_error_w,
         coverage_fraction=coverage_fraction,
+        averaging_window_s=averaging_window_s,
     )
     t = _as_1d(t_s, "t_s")
     p = _as_1d(power_w, "power_w")
@@ -1759,7 +1861,7 @@ def power_energy_curve(
     floor_w = opts.min_power_w
     if opts.max_power_w is not None:
         ceiling = opts.max_power_w
-    elif gap.any() or opts.coverage_fraction < 1.0:
+    elif gap.any() or opts.coverage_fraction < 1.0 or opts.averaging_window_s > 0.0:
         ceiling = float(p.max())
     else:
         ceiling = math.nan
@@ -1772,6 +1874,12 @@ def power_energy_curve(
         above = np.zeros_like(e)
     below[gap] = np.maximum(e[gap] - floor_w * dt[gap], 0.0)
     above[gap] = np.maximum(ceiling * dt[gap] - e[gap], 0.0)
+    w = opts.averaging_window_s
+    if w > 0.0:
+        # Edges next to a gap are not lag-corrected: (ceiling − floor) × w/2 each (two).
+        gap_edges = w * max(ceiling - floor_w, 0.0)
+        below[gap] += gap_edges
+        above[gap] += gap_edges
     none = np.zeros(0)
     return EnergyCurve(
         t_s=t,
@@ -1784,6 +1892,9 @@ def power_energy_curve(
         unbounded_start_s=none,
         unbounded_end_s=none,
         method=opts.method,
+        averaging_window_s=w,
+        floor_power_w=floor_w,
+        ceiling_power_w=ceiling,
     )
 
 
@@ -1849,12 +1960,27 @@ def _curve_at(curve: EnergyCurve, x: FloatArray) -> FloatArray:
     return np.where(xc >= t[-1], curve.energy_j[-1], value)
 
 
+def _rate_at(curve: EnergyCurve, x: FloatArray) -> FloatArray:
+    """Modelled power at times x (clipped to the trace), W: the curve's piecewise-linear rate."""
+    t = curve.t_s
+    if t.size < 2:
+        return np.zeros_like(x)
+    xc = np.clip(x, t[0], t[-1])
+    i = np.clip(np.searchsorted(t, xc, side="right") - 1, 0, t.size - 2)
+    frac = (xc - t[i]) / (t[i + 1] - t[i])
+    a = curve.rate_start_w[i]
+    return a + (curve.rate_end_w[i] - a) * frac
+
+
 def window_energy(curve: EnergyCurve, start_s: npt.ArrayLike, end_s: npt.ArrayLike) -> WindowEnergy:
     """Energy of windows [start_s, end_s), vectorised over windows.
 
     Every window's energy is E(end) − E(start) on the same cumulative curve, so adjacent
     windows add up to the whole exactly (to float rounding). Parts of a window outside the
-    trace contribute nothing (``covered_s`` says how much of it the trace covers).
+    trace contribute nothing (``covered_s`` says how much of it the trace covers). For a curve
+    of averaged readings (``averaging_window_s`` w > 0) each window adds the lag correction
+    (w/2)(r(end) − r(start)), which telescopes, so adjacent windows still add up to the whole,
+    and its band gains the averaging residual of both edges (module docstring).
 
     Args:
         curve: From `power_energy_curve` or `counter_energy_curve`.
@@ -1889,6 +2015,16 @@ def window_energy(curve: EnergyCurve, start_s: npt.ArrayLike, end_s: npt.ArrayLi
         )
         above = np.where(hits > 0, np.inf, above)
     covered = np.clip(b, t[0], t[-1]) - np.clip(a, t[0], t[-1])
+    w = curve.averaging_window_s
+    if w > 0.0:
+        spans = covered > 0
+        r_a, r_b = _rate_at(curve, a), _rate_at(curve, b)
+        energy = np.where(spans, np.maximum(energy + 0.5 * w * (r_b - r_a), 0.0), energy)
+        floor_w, ceil_w = curve.floor_power_w, curve.ceiling_power_w
+        edges = _edge_residual(r_a, w, floor_w, ceil_w) + _edge_residual(r_b, w, floor_w, ceil_w)
+        residual = np.where(spans, edges, 0.0)
+        below = below + residual
+        above = above + residual
     low, high = _band(energy, sensor, below, above)
     return WindowEnergy(
         start_s=a.copy(),

@@ -40,9 +40,23 @@ Which energy figure
 
 Uncertainty
     The band comes from the kernel. Sensor errors are the backend's `UncertaintyHint` when it
-    states one, else the kernel's defaults (NVML's ±5 % or ±5 W); a simulated device states
-    none, and averaged-power lag is a model error the sensor term must still cover. The power
-    limit, when known, bounds gaps (``max_power_w``).
+    states one, else the kernel's defaults (NVML's ±5 % or ±5 W). The power limit, when known,
+    is the ceiling of every bound (``max_power_w``). What a reading represents in time comes
+    from the hint's ``power_window_s`` (`reading_model`):
+
+    * ``power_avg`` with a known window w: the kernel corrects the w/2 lag of the moving
+      average and adds its residual ((ceiling − floor) × w/8 per chunk edge) to the band. The
+      chunk keeps its sample times as ``t0_s``/``t1_s``: the correction estimates the energy
+      of exactly that window, so chunks of any method tile the same time line. An averaged
+      reading of unknown window is integrated as is (no backend reports one today).
+    * ``power_instant``: the reading covers w of every interval Δ, so the coverage fraction
+      is min(1, w/Δ); w = 0 (a point sample, as the simulated backend states) gives coverage
+      0, the honest [floor, ceiling] × time band. An **unknown** window (NVML's instantaneous
+      readings, pre-Volta GPUs) is treated as a point sample too: nothing backs a narrower
+      band, and pulses shorter than Δ alias into a point-sampled trace by tens of percent
+      (70 ms pulses every 100 ms: +8.5 % over a whole run). Prefer the counter where the
+      device has one (the chunk then uses it and this band does not apply).
+    * ``estimate``: taken as it is (coverage 1).
 """
 
 from __future__ import annotations
@@ -64,7 +78,7 @@ from meters.backends.base import DeviceInfo, FloatArray, Method
 from meters.wire import ChunkPayload, DevicePayload, SamplesPayload
 from meters.wire import Method as WireMethod
 
-__all__ = ["DeviceChunker", "DeviceSummary", "device_payload"]
+__all__ = ["DeviceChunker", "DeviceSummary", "device_payload", "reading_model"]
 
 _WIRE_METHODS: Final[dict[str, WireMethod]] = {
     "counter": "counter",
@@ -108,6 +122,29 @@ def device_payload(info: DeviceInfo, *, host: str) -> DevicePayload:
         "simulated": info.simulated,
         "mig": info.mig,
     }
+
+
+def reading_model(info: DeviceInfo, *, interval_s: float) -> tuple[float, float]:
+    """How much of the time a device's power readings represent, for the kernel's band.
+
+    Args:
+        info: The device (its power method and `UncertaintyHint.power_window_s`).
+        interval_s: The sampler's nominal interval, s.
+
+    Returns:
+        ``(coverage_fraction, averaging_window_s)``: the fraction of each interval the
+        readings cover (in [0, 1]) and the moving-average window to correct for, s (0: none).
+        See the module docstring for the rules and why an unknown instantaneous window
+        counts as a point sample.
+    """
+    window_s = info.uncertainty.power_window_s
+    if info.power_method == Method.POWER_AVG:
+        return 1.0, window_s if window_s is not None and window_s > 0 else 0.0
+    if info.power_method == Method.POWER_INSTANT:
+        if window_s is None or not window_s > 0:
+            return 0.0, 0.0
+        return min(1.0, window_s / interval_s), 0.0
+    return 1.0, 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +282,7 @@ class DeviceChunker:
         stated = hint.power_rel > 0 or hint.power_abs_w > 0
         self._sensor_rel = hint.power_rel if stated else SENSOR_REL_ERROR
         self._sensor_abs_w = hint.power_abs_w if stated else SENSOR_ABS_ERROR_W
+        self._coverage, self._window_s = reading_model(info, interval_s=interval_s)
         capacity = max(16, math.ceil(chunk_s / interval_s) + 8)
         self._t = np.empty(capacity)  # seconds since the origin: full float64 resolution
         self._p = np.empty(capacity)
@@ -458,6 +496,8 @@ class DeviceChunker:
             max_power_w=self.info.power_limit_w,
             sensor_rel_error=self._sensor_rel,
             sensor_abs_error_w=self._sensor_abs_w,
+            coverage_fraction=self._coverage,
+            averaging_window_s=self._window_s,
         )
 
     def _seal(self, m: int, *, bridged: bool) -> ChunkPayload:

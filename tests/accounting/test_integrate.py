@@ -672,7 +672,9 @@ def test_invalid_counters_name_the_problem() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"coverage_fraction": 0.0}, "coverage_fraction"),
+        ({"coverage_fraction": -0.1}, "coverage_fraction"),
+        ({"averaging_window_s": -1.0}, "averaging_window_s"),
+        ({"averaging_window_s": math.inf}, "averaging_window_s"),
         ({"coverage_fraction": 1.5}, "coverage_fraction"),
         ({"gap_factor": 0.5}, "gap_factor"),
         ({"nominal_interval_s": -1.0}, "nominal_interval_s"),
@@ -706,3 +708,95 @@ def test_method_names() -> None:
 def test_importing_integrate_does_not_import_pint() -> None:
     code = "import sys, accounting.integrate; sys.exit('pint' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- averaged readings (lag correction) and point samples (coverage 0) -------------------------
+
+_LOW_W, _HIGH_W, _STEP_S, _WINDOW_S, _LIMIT_W = 100.0, 550.0, 10.0, 1.0, 700.0
+
+
+def _step_energy_j(t_s: FloatArray | float) -> FloatArray:
+    """Primitive of a 100 W → 550 W step at 10 s, J."""
+    t = np.asarray(t_s, dtype=np.float64)
+    return _LOW_W * t + (_HIGH_W - _LOW_W) * np.clip(t - _STEP_S, 0.0, None)
+
+
+def _averaged_step() -> tuple[FloatArray, FloatArray]:
+    """The step read as a 1 s trailing moving average, every 0.1 s over [0, 30] s (exact)."""
+    t = np.linspace(0.0, 30.0, 301)
+    return t, (_step_energy_j(t) - _step_energy_j(t - _WINDOW_S)) / _WINDOW_S
+
+
+def test_lag_correction_is_exact_where_power_is_linear_before_each_edge() -> None:
+    t, r = _averaged_step()
+    # Windows whose edges lie before the step or at least w after it: P is constant over the
+    # second before each edge, so the corrected figure is exact (the raw one is not).
+    for a, b in [(2.0, 9.0), (5.0, 11.0), (3.0, 20.0), (12.0, 29.0), (0.0, 30.0)]:
+        keep = (t >= a - 1e-9) & (t <= b + 1e-9)
+        true = float(_step_energy_j(b) - _step_energy_j(a))
+        fixed = integrate_power(t[keep], r[keep], averaging_window_s=_WINDOW_S)
+        raw = integrate_power(t[keep], r[keep])
+        assert fixed.energy_j == pytest.approx(true, rel=1e-12, abs=1e-9)
+        assert fixed.averaging_window_s == _WINDOW_S
+        if a < _STEP_S < b:
+            assert abs(raw.energy_j - true) > 0.1 * (_HIGH_W - _LOW_W)  # the lag is real
+    curve = power_energy_curve(t, r, averaging_window_s=_WINDOW_S)
+    starts, ends = np.array([1.05, 4.2, 11.3]), np.array([9.5, 17.77, 28.4])
+    assert window_energy(curve, starts, ends).energy_j == pytest.approx(
+        _step_energy_j(ends) - _step_energy_j(starts), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("edge_s", [9.8, 10.0, 10.2, 10.5, 10.7, 11.0])  # on the sample grid
+def test_averaging_band_covers_windows_cut_at_the_step(edge_s: float) -> None:
+    t, r = _averaged_step()
+    keep = (t >= 4.0 - 1e-9) & (t <= edge_s + 1e-9)
+    true = float(_step_energy_j(edge_s) - _step_energy_j(4.0))
+    res = integrate_power(
+        t[keep], r[keep], averaging_window_s=_WINDOW_S, max_power_w=_LIMIT_W, sensor_rel_error=0.0
+    )
+    # Worst error of a step cut inside its window: (high − low) × w/8 = 56.25 J, at w/2.
+    assert abs(res.energy_j - true) <= (_HIGH_W - _LOW_W) * _WINDOW_S / 8 + 1e-9
+    assert res.energy_low_j <= true <= res.energy_high_j
+    # Residual per edge: (w/2)(r − floor)(ceiling − r)/(ceiling − floor), both edges, both sides.
+    u = np.array([r[keep][0], r[keep][-1]])
+    residual = float(np.sum(0.5 * _WINDOW_S * u * (_LIMIT_W - u) / _LIMIT_W))
+    assert res.bound_above_j == pytest.approx(residual, rel=1e-12)
+    assert res.bound_below_j == pytest.approx(residual, rel=1e-12)
+    # Chunks and windows of the same trace agree with it and tile.
+    chunks = summarize_chunks(t, r, chunk_s=5.0, averaging_window_s=_WINDOW_S)
+    assert float(chunks.energy_j.sum()) == pytest.approx(float(_step_energy_j(30.0)), rel=1e-12)
+    assert np.all(chunks.min_power_w <= chunks.mean_power_w)
+    assert np.all(chunks.mean_power_w <= chunks.max_power_w)
+    curve = power_energy_curve(
+        t, r, averaging_window_s=_WINDOW_S, max_power_w=_LIMIT_W, sensor_rel_error=0.0
+    )
+    win = window_energy(curve, [4.0], [edge_s])
+    assert win.energy_j[0] == pytest.approx(res.energy_j, rel=1e-12)
+    assert win.energy_low_j[0] <= true <= win.energy_high_j[0]
+
+
+def test_averaging_window_zero_changes_nothing() -> None:
+    t, p = _traces(7, 1)[0]
+    plain = integrate_power(t, p, nominal_interval_s=0.1)
+    zero = integrate_power(t, p, nominal_interval_s=0.1, averaging_window_s=0.0)
+    for name in ("energy_j", "energy_low_j", "energy_high_j", "bound_below_j", "bound_above_j"):
+        assert getattr(zero, name) == getattr(plain, name), name
+
+
+def test_point_samples_get_the_floor_to_ceiling_band() -> None:
+    """Coverage 0: 70 ms pulses sampled every 100 ms alias, and the band still covers them."""
+    t = np.arange(0.0, 10.0001, 0.1)
+    p = np.where((t % 0.35) < 0.07, 700.0, 80.0)  # what the point samples happen to see
+    true_j = 10.0 * (80.0 + 620.0 * 0.2)  # 20 % duty over 10 s
+    res = integrate_power(
+        t,
+        p,
+        coverage_fraction=0.0,
+        max_power_w=_LIMIT_W,
+        sensor_rel_error=0.0,
+        sensor_abs_error_w=0.0,
+    )
+    assert res.energy_low_j == pytest.approx(0.0, abs=1e-9)
+    assert res.energy_high_j == pytest.approx(_LIMIT_W * 10.0, rel=1e-12)
+    assert res.energy_low_j <= true_j <= res.energy_high_j

