@@ -20,6 +20,13 @@ Commands:
 
 Options come from flags, then ``THERMOLEDGER_*`` (`meters.settings`). A metering failure never
 stops the job: the wrapper then runs the child unmetered and says so.
+
+With a grid intensity (``--grid-intensity``) and/or a tariff (``--tariff``) configured, the
+summary of ``run`` and ``sidecar`` also gives the run's location-based CO2e and energy cost, with
+the PUE (``--pue``, default 1.0: IT energy only) applied and stated, and the band carried through
+(low energy → low figure). Plain arithmetic, the accounting core's model without pint:
+``facility kWh = J / 3.6e6 × PUE``; CO2e g = facility kWh × g/kWh; USD = facility kWh × USD/kWh.
+Nothing is guessed: no region, no default intensity, no default price.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -40,13 +48,20 @@ from typing import Any, Final, TextIO
 from meters.api import RUN_KINDS, Meter
 from meters.runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id, node_meter_mark
 from meters.sampler import MeterSummary
-from meters.settings import BACKENDS, ENV_PREFIX, MeterSettings, SettingsError
+from meters.settings import (
+    BACKENDS,
+    ENV_PREFIX,
+    FootprintSettings,
+    MeterSettings,
+    SettingsError,
+)
 from meters.uploader import PushResult
 
-__all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_summary"]
+__all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
 
 FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _J_PER_KWH: Final = 3.6e6
+_J_PER_WH: Final = 3.6e3
 _STATUS_REFRESH_S: Final = 1.0
 _SIGNAL_POLL_S: Final = 0.2
 _EXIT_USAGE: Final = 2
@@ -96,6 +111,64 @@ def _number(value: float, spec: str) -> str:
     return "n/a" if value != value else format(value, spec)
 
 
+def _significant(value: float, digits: int = 3) -> str:
+    """``0.012345`` → ``0.0123``; ``5.678`` → ``5.68``; ``1234.5`` → ``1235`` (no exponent)."""
+    if not math.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+    return f"{value:.{decimals}f}"
+
+
+def _format_wh(energy_j: float) -> str:
+    """Joules as Wh, kWh or MWh with three significant figures."""
+    energy_wh = energy_j / _J_PER_WH
+    for scale, unit in ((1e6, "MWh"), (1e3, "kWh")):
+        if abs(energy_wh) >= scale:
+            return f"{_significant(energy_wh / scale)} {unit}"
+    return f"{_significant(energy_wh)} Wh"
+
+
+def render_footprint(
+    energy_j: float,
+    energy_low_j: float,
+    energy_high_j: float,
+    footprint: FootprintSettings,
+) -> list[str]:
+    """The cost and CO2e lines of the summary; empty when neither is configured.
+
+    Args:
+        energy_j: Metered (IT) energy, J.
+        energy_low_j: Lower end of its band, J.
+        energy_high_j: Upper end of its band, J.
+        footprint: Grid intensity (gCO2e/kWh), PUE and tariff (USD/kWh) as configured.
+
+    Returns:
+        Lines (indented, no newline): ``cost`` when a tariff is set, ``CO2e`` when a grid
+        intensity is set, each with its inputs and its band.
+    """
+    facility_kwh = [e / _J_PER_KWH * footprint.pue for e in (energy_j, energy_low_j, energy_high_j)]
+    pue = f"PUE {footprint.pue:.2f}" + (", IT energy only" if footprint.pue == 1.0 else "")
+    energy = _format_wh(energy_j)
+    lines = []
+    if footprint.tariff_usd_per_kwh is not None:
+        usd, low_usd, high_usd = (kwh * footprint.tariff_usd_per_kwh for kwh in facility_kwh)
+        lines.append(
+            f"  cost   {_significant(usd)} USD ({energy} × {pue} at "
+            f"{footprint.tariff_usd_per_kwh:g} USD/kWh); band [{_significant(low_usd)}, "
+            f"{_significant(high_usd)}] USD"
+        )
+    if footprint.grid_intensity_g_per_kwh is not None:
+        g, low_g, high_g = (kwh * footprint.grid_intensity_g_per_kwh for kwh in facility_kwh)
+        lines.append(
+            f"  CO2e   {_significant(g)} g location-based ({energy} × {pue} at "
+            f"{footprint.grid_intensity_g_per_kwh:g} g/kWh; region as configured); "
+            f"band [{_significant(low_g)}, {_significant(high_g)}] g"
+        )
+    return lines
+
+
 def render_summary(
     summary: MeterSummary,
     *,
@@ -104,8 +177,15 @@ def render_summary(
     simulated: bool,
     upload: PushResult | None,
     spool_dir: str,
+    footprint: FootprintSettings | None = None,
+    verbose: bool = False,
 ) -> str:
-    """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals."""
+    """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals.
+
+    With ``footprint`` configured (a grid intensity and/or a tariff), the cost and CO2e lines of
+    `render_footprint` follow the table; unconfigured, nothing about them is printed, but for
+    one hint line when ``verbose``.
+    """
     lines = [title]
     lines.append(f"  devices read by: {backend_label}")
     if simulated:
@@ -136,6 +216,17 @@ def render_summary(
             f"  {'total':<28} {summary.energy_j:>12.2f} {summary.energy_j / _J_PER_KWH:>10.6f} "
             f"{_number(mean_w, '>8.1f')} {'':>8} {duration:>10.2f}  {'':<13} {band}"
         )
+        if footprint is not None and footprint.configured:
+            lines.extend(
+                render_footprint(
+                    summary.energy_j, summary.energy_low_j, summary.energy_high_j, footprint
+                )
+            )
+        elif verbose:
+            lines.append(
+                "  cost and CO2e: not configured (--tariff / THERMOLEDGER_TARIFF_USD_PER_KWH, "
+                "--grid-intensity / THERMOLEDGER_GRID_INTENSITY_G_PER_KWH, --pue)"
+            )
     if summary.overruns or summary.read_errors or summary.spool_errors or summary.unspooled:
         lines.append(
             f"  meter: {summary.overruns} overruns, {summary.read_errors} failed reads, "
@@ -403,6 +494,15 @@ def _meter(
     )
 
 
+def _footprint(args: argparse.Namespace, env: Mapping[str, str]) -> FootprintSettings:
+    return FootprintSettings.resolve(
+        env=env,
+        grid_intensity_g_per_kwh=args.grid_intensity,
+        pue=args.pue,
+        tariff_usd_per_kwh=args.tariff,
+    )
+
+
 def _title(meter: Meter, verb: str, code: int | None) -> str:
     ended = "" if code is None else (" (exit 0)" if code == 0 else f" (exit {code})")
     return f"thermoledger: run {meter.run_id} {meter.name!r} {verb}{ended}"
@@ -433,6 +533,7 @@ def _cmd_run(
         backend=args.backend,
         upload_timeout_s=args.upload_timeout,
     )
+    footprint = _footprint(args, env)
     terminal = _terminal_fd()
     with _Forwarder() as forwarder:
         meter = _meter(args, env, log, args.name or _default_name(command)).start()
@@ -455,7 +556,8 @@ def _cmd_run(
     with _Finishing(meter, log):
         summary = meter.stop(exit_code=code, failed=code != 0)
     if not args.quiet and meter.state != "disabled":
-        _write_summary(err, log, meter, summary, "finished" if code == 0 else "failed", code)
+        verb = "finished" if code == 0 else "failed"
+        _write_summary(err, log, meter, summary, verb, code, footprint, args.verbose)
     return code
 
 
@@ -466,6 +568,8 @@ def _write_summary(
     summary: MeterSummary,
     verb: str,
     code: int | None,
+    footprint: FootprintSettings,
+    verbose: bool,
 ) -> None:
     """Print the summary table; a failure to format it must not change the exit code."""
     try:
@@ -477,6 +581,8 @@ def _write_summary(
                 simulated=meter.simulated,
                 upload=meter.upload,
                 spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
+                footprint=footprint,
+                verbose=verbose,
             )
         )
     except Exception as e:
@@ -486,6 +592,7 @@ def _write_summary(
 def _cmd_sidecar(
     args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
 ) -> int:
+    footprint = _footprint(args, env)  # a bad value exits 2 before anything is metered
     meter = _meter(args, env, log, args.name or "sidecar")
     received: list[int] = []
 
@@ -506,7 +613,7 @@ def _cmd_sidecar(
         summary = meter.stop(exit_code=None, failed=False)
     if not args.quiet and meter.sampling:
         verb = f"stopped by {signal.Signals(received[0]).name}"
-        _write_summary(err, log, meter, summary, verb, None)
+        _write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
     return 0
 
 
@@ -625,6 +732,26 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
     parser.add_argument(
         "--upload-timeout", type=float, help="seconds to keep uploading at the end (default 30)"
+    )
+    parser.add_argument(
+        "--grid-intensity",
+        type=float,
+        metavar="G_PER_KWH",
+        help="location-based grid intensity of your region, gCO2e/kWh, for a CO2e line in the "
+        "summary (default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
+    )
+    parser.add_argument(
+        "--pue",
+        type=float,
+        help="power usage effectiveness, >= 1, applied to cost and CO2e "
+        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
+    )
+    parser.add_argument(
+        "--tariff",
+        type=float,
+        metavar="USD_PER_KWH",
+        help="electricity price, USD/kWh, for a cost line in the summary "
+        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line, no summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")

@@ -17,6 +17,15 @@ Environment variables::
     THERMOLEDGER_BACKEND            auto | nvml | rapl | simulated (default auto)
     THERMOLEDGER_UPLOAD_TIMEOUT_S   how long a finishing meter tries to upload, s (default 30)
 
+The wrapper's summary also prices and converts the energy when told how (`FootprintSettings`);
+nothing here guesses a region, a grid intensity or a tariff::
+
+    THERMOLEDGER_GRID_INTENSITY_G_PER_KWH   location-based grid intensity, gCO2e/kWh (unset: no
+                                            CO2e)
+    THERMOLEDGER_PUE                        power usage effectiveness, >= 1 (default 1.0: IT energy
+                                            only, and the summary says so)
+    THERMOLEDGER_TARIFF_USD_PER_KWH         electricity tariff, USD/kWh (unset: no cost)
+
 The run id has its own resolution (`meters.runid`), since it is shared by every node of a job.
 """
 
@@ -37,6 +46,7 @@ __all__ = [
     "BACKENDS",
     "ENV_PREFIX",
     "BackendChoice",
+    "FootprintSettings",
     "MeterSettings",
     "SettingsError",
     "api_base_url",
@@ -210,4 +220,102 @@ class MeterSettings:
             gpus=parse_gpus(gpus if gpus is not None else text("GPUS")),
             backend=chosen_backend,
             upload_timeout_s=number("UPLOAD_TIMEOUT_S", upload_timeout_s, 30.0),
+        )
+
+
+# field -> (flag, environment variable, lower bound, unit): one table so that every message
+# names both places a value can come from.
+_FOOTPRINT_FIELDS: Final[dict[str, tuple[str, str, float, str]]] = {
+    "grid_intensity_g_per_kwh": (
+        "--grid-intensity",
+        ENV_PREFIX + "GRID_INTENSITY_G_PER_KWH",
+        0.0,
+        "gCO2e/kWh",
+    ),
+    "pue": ("--pue", ENV_PREFIX + "PUE", 1.0, "(facility energy / IT energy)"),
+    "tariff_usd_per_kwh": ("--tariff", ENV_PREFIX + "TARIFF_USD_PER_KWH", 0.0, "USD/kWh"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FootprintSettings:
+    """How the wrapper's summary turns joules into CO2e and dollars; nothing is assumed.
+
+    Separate from `MeterSettings` on purpose: an in-process `meters.api.Meter` never uses these,
+    so a bad value here must not stop it from metering. The arithmetic is the accounting core's
+    (``kWh = J / 3.6e6``; facility kWh = IT kWh × PUE) without pint, which the meter must not load.
+
+    Attributes:
+        grid_intensity_g_per_kwh: Location-based grid intensity, gCO2e/kWh, of the region the
+            user configured (None: no CO2e figure; no default and no geolocation).
+        pue: Power usage effectiveness (facility / IT energy), >= 1; 1.0 prices the metered IT
+            energy only.
+        tariff_usd_per_kwh: Electricity price, USD/kWh (None: no cost figure).
+    """
+
+    grid_intensity_g_per_kwh: float | None = None
+    pue: float = 1.0
+    tariff_usd_per_kwh: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, (flag, variable, minimum, unit) in _FOOTPRINT_FIELDS.items():
+            value = getattr(self, name)
+            if value is None and name != "pue":
+                continue
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= minimum
+            ):
+                raise SettingsError(
+                    f"{flag} / {variable} must be a finite number >= {minimum:g} {unit}, "
+                    f"got {value!r}"
+                )
+
+    @property
+    def configured(self) -> bool:
+        """Whether there is anything to show: a grid intensity or a tariff (a PUE alone is not)."""
+        return self.grid_intensity_g_per_kwh is not None or self.tariff_usd_per_kwh is not None
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        grid_intensity_g_per_kwh: float | None = None,
+        pue: float | None = None,
+        tariff_usd_per_kwh: float | None = None,
+    ) -> FootprintSettings:
+        """Explicit values (None: not given), then ``THERMOLEDGER_*``, then the defaults.
+
+        Args:
+            env: Environment to read (default: ``os.environ``).
+            grid_intensity_g_per_kwh: gCO2e/kWh, location-based.
+            pue: Facility / IT energy, >= 1.
+            tariff_usd_per_kwh: USD/kWh.
+
+        Raises:
+            SettingsError: A value is not a finite number in range; the message names the flag
+                and the environment variable.
+        """
+        env = os.environ if env is None else env
+
+        def number(name: str, given: float | None) -> float | None:
+            if given is not None:
+                return float(given)
+            variable = _FOOTPRINT_FIELDS[name][1]
+            raw = env.get(variable, "").strip()
+            if not raw:
+                return None
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"{variable} must be a number, got {raw!r}") from None
+
+        chosen_pue = number("pue", pue)
+        return cls(
+            grid_intensity_g_per_kwh=number("grid_intensity_g_per_kwh", grid_intensity_g_per_kwh),
+            pue=1.0 if chosen_pue is None else chosen_pue,
+            tariff_usd_per_kwh=number("tariff_usd_per_kwh", tariff_usd_per_kwh),
         )

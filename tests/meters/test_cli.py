@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import select
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from meters import cli
 from meters.runid import canonical_run_id
+from meters.settings import FootprintSettings, SettingsError
 from meters.spool import Spool
 from tests import dbutil
 from tests.e2e.liveserver import LiveServer, free_port, migrate_and_issue_token
@@ -427,3 +429,170 @@ def test_energy_is_formatted_for_people() -> None:
 )
 def test_the_default_run_name_comes_from_the_command(command: list[str], name: str) -> None:
     assert cli._default_name(command) == name
+
+
+# -- cost and CO2e in the summary ---------------------------------------------------------------
+
+# 3 significant figures printed: at most half a unit in the last place, relative to a leading 1
+PRINTED_REL = 6e-3
+FOOTPRINT_VARS = ("GRID_INTENSITY_G_PER_KWH", "PUE", "TARIFF_USD_PER_KWH")
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """os.environ without THERMOLEDGER_* (a developer's shell must not leak in), plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOLEDGER_")}
+    env.update({f"THERMOLEDGER_{k}": v for k, v in settings.items()})
+    return env
+
+
+def printed_total(err: str) -> tuple[float, float, float]:
+    """Energy, band low and band high of the summary's total row, J, as printed."""
+    match = re.search(r"^  total\s+(\S+)\s.*\[(\S+), (\S+)\]$", err, re.MULTILINE)
+    assert match, err
+    energy_j, low_j, high_j = (float(g) for g in match.groups())
+    return energy_j, low_j, high_j
+
+
+def test_cost_and_co2e_match_the_printed_energy(tmp_path: Path) -> None:
+    code, _, err = run_main(
+        "run", "--simulate", *FAST, "--spool-dir", str(tmp_path),
+        "--grid-intensity", "481", "--pue", "1.1", "--tariff", "0.12",
+        "--", PY, "-c", "import time; time.sleep(0.2)",
+        env=clean_env(),
+    )  # fmt: skip
+    assert code == 0, err
+    energy_j, low_j, high_j = printed_total(err)
+    assert energy_j > 0
+    facility_kwh = [e / 3.6e6 * 1.1 for e in (energy_j, low_j, high_j)]
+
+    cost = re.search(
+        r"^  cost   (\S+) USD \((\S+) Wh × PUE 1\.10 at 0\.12 USD/kWh\); "
+        r"band \[(\S+), (\S+)\] USD$",
+        err,
+        re.MULTILINE,
+    )
+    assert cost, err
+    usd, energy_wh, low_usd, high_usd = (float(g) for g in cost.groups())
+    assert energy_wh == pytest.approx(energy_j / 3600, rel=PRINTED_REL)
+    assert [usd, low_usd, high_usd] == pytest.approx(
+        [kwh * 0.12 for kwh in facility_kwh], rel=PRINTED_REL
+    )
+
+    co2e = re.search(
+        r"^  CO2e   (\S+) g location-based \((\S+) Wh × PUE 1\.10 at 481 g/kWh; "
+        r"region as configured\); band \[(\S+), (\S+)\] g$",
+        err,
+        re.MULTILINE,
+    )
+    assert co2e, err
+    g, energy_wh, low_g, high_g = (float(x) for x in co2e.groups())
+    assert [g, low_g, high_g] == pytest.approx([kwh * 481 for kwh in facility_kwh], rel=PRINTED_REL)
+    assert low_g <= g <= high_g
+    # after the table, before the spool line
+    assert err.index("  total ") < err.index("  cost ") < err.index("  offline:")
+
+
+def test_settings_come_from_the_environment_and_flags_win(tmp_path: Path) -> None:
+    env = clean_env(TARIFF_USD_PER_KWH="0.2", PUE="2")
+    code, _, err = run_main(
+        "run", "--simulate", *FAST, "--spool-dir", str(tmp_path), "--pue", "1.25",
+        "--", PY, "-c", "import time; time.sleep(0.1)",
+        env=env,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "× PUE 1.25 at 0.2 USD/kWh" in err
+    assert "CO2e" not in err  # no intensity configured: none guessed
+
+    code, _, err = run_main(
+        "run", "--simulate", *FAST, "--spool-dir", str(tmp_path),
+        "--", PY, "-c", "import time; time.sleep(0.1)",
+        env=clean_env(GRID_INTENSITY_G_PER_KWH="30"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "× PUE 1.00, IT energy only at 30 g/kWh" in err
+    assert "  cost " not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        (["--pue", "0.9"], {}, "--pue"),
+        (["--grid-intensity", "-1"], {}, "--grid-intensity"),
+        (["--tariff", "-0.01"], {}, "--tariff"),
+        (["--tariff", "nan"], {}, "--tariff"),
+        (["--grid-intensity", "inf"], {}, "--grid-intensity"),
+        ([], {"PUE": "abc"}, "THERMOLEDGER_PUE"),
+        ([], {"GRID_INTENSITY_G_PER_KWH": "-5"}, "THERMOLEDGER_GRID_INTENSITY_G_PER_KWH"),
+        ([], {"TARIFF_USD_PER_KWH": "inf"}, "THERMOLEDGER_TARIFF_USD_PER_KWH"),
+    ],
+)
+def test_bad_cost_or_carbon_settings_exit_2_naming_them(
+    tmp_path: Path, flags: list[str], env: dict[str, str], named: str
+) -> None:
+    marker = tmp_path / "ran"
+    code, _, err = run_main(
+        "run", "--simulate", *flags, "--spool-dir", str(tmp_path),
+        "--", PY, "-c", f"open({str(marker)!r}, 'w')",
+        env=clean_env(**env),
+    )  # fmt: skip
+    assert code == 2
+    assert named in err
+    assert "Traceback" not in err
+    assert not marker.exists()
+    code, _, err = run_main(
+        "sidecar", "--simulate", *flags, "--spool-dir", str(tmp_path), env=clean_env(**env)
+    )
+    assert code == 2
+    assert named in err
+    assert not (tmp_path / "spool.sqlite3").exists()
+
+
+def test_an_unparsable_flag_is_refused_by_argparse(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("run", "--simulate", "--tariff", "cheap", "--", PY, "-c", "pass")
+    assert exit_info.value.code == 2
+
+
+def test_without_intensity_or_tariff_there_is_no_cost_or_co2e(tmp_path: Path) -> None:
+    argv = ["run", "--simulate", *FAST, "--spool-dir", str(tmp_path), "--pue", "1.5"]
+    code, _, err = run_main(*argv, "--", PY, "-c", "pass", env=clean_env())
+    assert code == 0, err
+    assert "  total " in err
+    assert not [line for line in err.splitlines() if "cost" in line or "CO2e" in line]
+    code, _, err = run_main(*argv, "-v", "--", PY, "-c", "pass", env=clean_env())
+    assert code == 0, err
+    (hint,) = [line for line in err.splitlines() if "cost and CO2e" in line]
+    assert "not configured" in hint
+    assert not [line for line in err.splitlines() if line.startswith(("  cost   ", "  CO2e   "))]
+
+
+def test_footprint_lines_against_analytic_figures() -> None:
+    # 36 kJ = 10 Wh; × PUE 1.5 = 15 Wh; at 0.2 USD/kWh = 0.003 USD; at 400 g/kWh = 6 g
+    footprint = FootprintSettings(grid_intensity_g_per_kwh=400, pue=1.5, tariff_usd_per_kwh=0.2)
+    cost, co2e = cli.render_footprint(36e3, 32.4e3, 39.6e3, footprint)
+    assert cost == (
+        "  cost   0.00300 USD (10.0 Wh × PUE 1.50 at 0.2 USD/kWh); band [0.00270, 0.00330] USD"
+    )
+    assert co2e == (
+        "  CO2e   6.00 g location-based (10.0 Wh × PUE 1.50 at 400 g/kWh; region as configured); "
+        "band [5.40, 6.60] g"
+    )
+    (big,) = cli.render_footprint(7.2e9, 7.2e9, 7.2e9, FootprintSettings(tariff_usd_per_kwh=0.1))
+    assert big.startswith("  cost   200 USD (2.00 MWh × PUE 1.00, IT energy only at 0.1 USD/kWh)")
+    assert cli.render_footprint(1.0, 1.0, 1.0, FootprintSettings(pue=1.2)) == []
+
+
+def test_footprint_settings_resolve_and_validate() -> None:
+    env = {
+        f"THERMOLEDGER_{k}": v for k, v in zip(FOOTPRINT_VARS, ("250", "1.3", "0.1"), strict=True)
+    }
+    assert FootprintSettings.resolve(env=env) == FootprintSettings(250.0, 1.3, 0.1)
+    assert FootprintSettings.resolve(env=env, pue=1.0).pue == 1.0
+    unset = FootprintSettings.resolve(env={})
+    assert unset == FootprintSettings(None, 1.0, None)
+    assert not unset.configured
+    assert FootprintSettings(grid_intensity_g_per_kwh=0.0).configured  # zero is a value
+    with pytest.raises(SettingsError, match="--pue / THERMOLEDGER_PUE"):
+        FootprintSettings(pue=float("nan"))
+    with pytest.raises(SettingsError, match="THERMOLEDGER_TARIFF_USD_PER_KWH must be a number"):
+        FootprintSettings.resolve(env={"THERMOLEDGER_TARIFF_USD_PER_KWH": "1,5"})
