@@ -12,6 +12,15 @@ What is read, per GPU and tick:
   interval. On GA100 and older architectures, instantaneous power is returned" (NVML docs), so the
   method is `Method.POWER_AVG` or `Method.POWER_INSTANT` accordingly. Both in milliwatts.
 
+One call per GPU and tick where the driver allows: nvml.h documents the field value
+``NVML_FI_DEV_ENERGY`` (191) as the same counter as ``nvmlDeviceGetTotalEnergyConsumption``, so
+power and energy can come from one ``nvmlDeviceGetFieldValues(handle, [power field, 191])``. That
+is trusted per GPU only after a check at open: the field answers, and the counter read right after
+it is not below it and not ahead by more than the power limit times the time between the two reads
+plus 1 J (`DeviceInfo.note` and `NvmlBackend.energy_in_field` say which path each GPU takes).
+Otherwise the GPU keeps two calls. Per-field return codes are translated like the errors of the
+separate calls, by the same function.
+
 Which GPUs: an explicit ``gpus=[...]`` (NVML indices or UUIDs / UUID prefixes; an unknown entry
 raises), else ``CUDA_VISIBLE_DEVICES`` from the ``env`` mapping with CUDA's own rules (indices,
 ``GPU-<uuid>`` or a unique prefix, ``MIG-<uuid>`` and the older ``MIG-GPU-<uuid>/<gi>/<ci>``; the
@@ -95,6 +104,7 @@ NVML_ERROR_UNKNOWN = 999
 
 NVML_FI_DEV_POWER_AVERAGE = 185
 NVML_FI_DEV_POWER_INSTANT = 186
+NVML_FI_DEV_ENERGY = 191  # mJ since driver load, "same as nvmlDeviceGetTotalEnergyConsumption"
 
 NVML_VALUE_TYPE_DOUBLE = 0
 NVML_VALUE_TYPE_UNSIGNED_INT = 1
@@ -182,6 +192,14 @@ _POWER_REL = 0.05  # NVML: "+/- 5% of current power draw"
 _POWER_ABS_W = 5.0  # nvidia-smi: "accurate to within +/- 5 W"
 _COUNTER_RESOLUTION_J = 1e-3  # the counter counts millijoules
 _COUNTER_UPDATE_S = 0.1  # "updated every 20-100 ms" on recent GPUs
+# The energy field must trail the counter read after it by at most what the GPU can draw in
+# between: its power limit (this when NVML gives none: above any single board today) times the
+# gap, plus 1 J for counter steps and rounding.
+_UNKNOWN_LIMIT_W = 2000.0
+_FIELD_SLACK_J = 1.0
+
+# Per-GPU failures that cost a figure for one tick (DeviceLost is handled apart: for good).
+_TRANSIENT = (ReadError, NotSupported, DeviceUnavailable, PermissionDenied)
 
 NvmlHandle = Any
 T = TypeVar("T")
@@ -263,6 +281,8 @@ class _Gpu:
     power_method: Method
     has_counter: bool
     lost: str = ""  # non-empty once the GPU fell off the bus: the reason
+    # [field_id, NVML_FI_DEV_ENERGY] when one call reads both (checked at open), else None
+    combined: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -326,6 +346,15 @@ class NvmlBackend:
     def devices(self) -> tuple[DeviceInfo, ...]:
         """The selected GPUs, in array order."""
         return tuple(gpu.info for gpu in self._gpus)
+
+    @property
+    def energy_in_field(self) -> tuple[bool, ...]:
+        """Per GPU, in array order: whether energy comes with power in one field-values call.
+
+        True where the ``NVML_FI_DEV_ENERGY`` field passed the check against the counter at open;
+        False where energy is read by ``nvmlDeviceGetTotalEnergyConsumption`` (or not at all).
+        """
+        return tuple(gpu.combined is not None for gpu in self._gpus)
 
     def read(self) -> Readings:
         """Read power and counter of every selected GPU; per-GPU failures become statuses."""
@@ -415,6 +444,9 @@ class NvmlBackend:
                 if field_id is not None
                 else self._optional(self._nvml.nvmlDeviceGetPowerUsage, handle, device=uid)
             )
+            combined, energy_note = None, ""
+            if field_id is not None and counter_mj is not None:
+                combined, energy_note = self._probe_energy_field(handle, uid, field_id, limit_mw)
         except DeviceLost as e:
             entry.error = str(e)
             return self._unreachable(entry, via_mig)
@@ -433,6 +465,7 @@ class NvmlBackend:
         has_counter = counter_mj is not None
         if not has_counter:
             notes.append("no energy counter (before Volta): energy must come from power")
+        notes.append(energy_note)
         mig = via_mig or (mig_mode is not None and mig_mode[0] == NVML_DEVICE_MIG_ENABLE)
         if mig:
             notes.append("MIG: power and energy are for the whole GPU, shared by its instances")
@@ -462,7 +495,43 @@ class NvmlBackend:
             ),
             note="; ".join(note for note in notes if note),
         )
-        return _Gpu(info, handle, field_id, method, has_counter)
+        return _Gpu(info, handle, field_id, method, has_counter, combined=combined)
+
+    def _probe_energy_field(
+        self, handle: NvmlHandle, uid: str, field_id: int, limit_mw: int | None
+    ) -> tuple[list[int] | None, str]:
+        """Whether ``NVML_FI_DEV_ENERGY`` agrees with the counter here: the fields, and a note.
+
+        The field is read first and the counter right after, so a field that is the counter shows
+        0 <= counter - field <= limit x gap + slack; any other answer keeps the two-call path.
+        """
+        fields = [field_id, NVML_FI_DEV_ENERGY]
+        fallback = "energy by nvmlDeviceGetTotalEnergyConsumption (a second call per tick): "
+        t0_s = self._clock.monotonic_s()
+        values = self._optional(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
+        if values is None:
+            return None, fallback + "nvmlDeviceGetFieldValues refused the energy field"
+        try:
+            field_mj = _field_number(values[1], NVML_FI_DEV_ENERGY, uid)
+        except DeviceLost:
+            raise
+        except MeterError as e:
+            return None, fallback + f"NVML_FI_DEV_ENERGY unusable ({e})"
+        counter_mj = self._optional(
+            self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid
+        )
+        gap_s = self._clock.monotonic_s() - t0_s
+        if counter_mj is None:
+            return None, fallback + "the counter did not answer the check"
+        limit_w = _UNKNOWN_LIMIT_W if limit_mw is None else limit_mw / 1000.0
+        slack_mj = 1000.0 * (limit_w * gap_s + _FIELD_SLACK_J)
+        ahead_mj = counter_mj - field_mj
+        if not 0.0 <= ahead_mj <= slack_mj:
+            return None, fallback + (
+                f"NVML_FI_DEV_ENERGY ({field_mj:.0f} mJ) disagrees with the counter "
+                f"({counter_mj} mJ)"
+            )
+        return fields, "power and energy in one nvmlDeviceGetFieldValues call (NVML_FI_DEV_ENERGY)"
 
     def _probe_fields(self, handle: NvmlHandle, uid: str, fields: list[int]) -> int | None:
         """The first power field (in preference order) the driver answers, else None."""
@@ -498,10 +567,13 @@ class NvmlBackend:
             return
         uid = gpu.info.uid
         try:
+            if gpu.combined is not None:
+                self._read_combined(buffer, i, gpu, gpu.combined)
+                return
             if gpu.power_method != Method.NONE:
                 try:
                     buffer.set_power(i, self._power_mw(gpu) / 1000.0, gpu.power_method)
-                except (ReadError, NotSupported, DeviceUnavailable, PermissionDenied) as e:
+                except _TRANSIENT as e:
                     buffer.fail(i, _status_of(e), str(e))
             if gpu.has_counter:
                 try:
@@ -509,11 +581,31 @@ class NvmlBackend:
                         self._nvml.nvmlDeviceGetTotalEnergyConsumption, gpu.handle, device=uid
                     )
                     buffer.set_energy(i, energy_mj / 1000.0)
-                except (ReadError, NotSupported, DeviceUnavailable, PermissionDenied) as e:
+                except _TRANSIENT as e:
                     buffer.fail(i, _status_of(e), str(e))
         except DeviceLost as e:
             gpu.lost = str(e)
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
+
+    def _read_combined(self, buffer: ReadingsBuffer, i: int, gpu: _Gpu, fields: list[int]) -> None:
+        """Power and counter from one field-values call; each field fails on its own."""
+        uid = gpu.info.uid
+        try:
+            power, energy = self._call(
+                self._nvml.nvmlDeviceGetFieldValues, gpu.handle, fields, device=uid
+            )
+        except _TRANSIENT as e:
+            # the one call carried both figures: both are missing this tick
+            buffer.fail(i, _status_of(e), str(e))
+            return
+        try:
+            buffer.set_power(i, _field_number(power, fields[0], uid) / 1000.0, gpu.power_method)
+        except _TRANSIENT as e:
+            buffer.fail(i, _status_of(e), str(e))
+        try:
+            buffer.set_energy(i, _field_number(energy, fields[1], uid) / 1000.0)
+        except _TRANSIENT as e:
+            buffer.fail(i, _status_of(e), str(e))
 
     def _power_mw(self, gpu: _Gpu) -> float:
         uid = gpu.info.uid
@@ -522,14 +614,23 @@ class NvmlBackend:
         values = self._call(
             self._nvml.nvmlDeviceGetFieldValues, gpu.handle, [gpu.field_id], device=uid
         )
-        value = values[0]
-        code = int(value.nvmlReturn)
-        if code != NVML_SUCCESS:
-            raise translate_nvml_error(code, call=f"nvmlDeviceGetFieldValues({gpu.field_id})")
-        member = _VALUE_MEMBERS.get(int(value.valueType))
-        if member is None:
-            raise ReadError(f"field {gpu.field_id} for {uid}: unknown value type {value.valueType}")
-        return float(getattr(value.value, member))
+        return _field_number(values[0], gpu.field_id, uid)
+
+
+def _field_number(value: Any, field_id: int, uid: str) -> float:
+    """The number in one ``c_nvmlFieldValue_t``, in NVML's unit for that field.
+
+    Raises:
+        MeterError: The field's own ``nvmlReturn`` is an error (translated like a call's error),
+            or its value type is unknown (`ReadError`).
+    """
+    code = int(value.nvmlReturn)
+    if code != NVML_SUCCESS:
+        raise translate_nvml_error(code, call=f"nvmlDeviceGetFieldValues({field_id})", device=uid)
+    member = _VALUE_MEMBERS.get(int(value.valueType))
+    if member is None:
+        raise ReadError(f"field {field_id} for {uid}: unknown value type {value.valueType}")
+    return float(getattr(value.value, member))
 
 
 def _status_of(error: MeterError) -> DeviceStatus:

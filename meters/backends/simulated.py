@@ -22,6 +22,7 @@ The clock is injectable, so tests step a `meters.testing.ManualClock` instead of
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +70,27 @@ class Profile(ABC):
         t = np.asarray(t_s, dtype=np.float64)
         return self.energy_j(t - window_s, t) / window_s
 
+    # Scalar twins of the above for callers that evaluate one instant at a time (the fake NVML
+    # answers one call per GPU): numpy costs microseconds per call on a scalar, float arithmetic
+    # tens of nanoseconds. Subclasses override the first two with the same float operations as
+    # their vectorised forms, so both give identical results.
+
+    def power_at_w(self, t_s: float) -> float:
+        """P(t) in watts at one instant ``t_s`` (seconds)."""
+        return float(self.power_w(t_s))
+
+    def primitive_at_j(self, t_s: float) -> float:
+        """F(t) in joules at one instant ``t_s`` (seconds)."""
+        return float(self.primitive_j(t_s))
+
+    def energy_between_j(self, t0_s: float, t1_s: float) -> float:
+        """Exact energy in joules drawn over [t0_s, t1_s] (seconds), as a float."""
+        return self.primitive_at_j(t1_s) - self.primitive_at_j(t0_s)
+
+    def average_power_at_w(self, t_s: float, window_s: float = 1.0) -> float:
+        """Exact trailing mean power in watts over [t_s - window_s, t_s], as a float."""
+        return self.energy_between_j(t_s - window_s, t_s) / window_s
+
 
 @dataclass(frozen=True, slots=True)
 class Steady(Profile):
@@ -89,6 +111,14 @@ class Steady(Profile):
     def primitive_j(self, t_s: ArrayLike) -> FloatArray:
         """F(t) = level_w · t."""
         return self.level_w * np.asarray(t_s, dtype=np.float64)
+
+    def power_at_w(self, t_s: float) -> float:
+        """P(t) = level_w."""
+        return float(self.level_w)
+
+    def primitive_at_j(self, t_s: float) -> float:
+        """F(t) = level_w · t."""
+        return self.level_w * float(t_s)
 
 
 def steady(power_w: float) -> Steady:
@@ -141,6 +171,21 @@ class Bursty(Profile):
         time_high_s = periods * on_s + np.minimum(into_period_s, on_s)
         return self.low_w * t + (self.high_w - self.low_w) * time_high_s
 
+    def power_at_w(self, t_s: float) -> float:
+        """`power_w` at one instant, in float arithmetic."""
+        u = float(t_s) + self.phase_s
+        return float(self.high_w if u % self.period_s < self.duty * self.period_s else self.low_w)
+
+    def primitive_at_j(self, t_s: float) -> float:
+        """`primitive_j` at one instant, in float arithmetic (same operations, same result)."""
+        t = float(t_s)
+        u = t + self.phase_s
+        on_s = self.duty * self.period_s
+        periods = float(math.floor(u / self.period_s))
+        into_period_s = min(max(u - periods * self.period_s, 0.0), self.period_s)
+        time_high_s = periods * on_s + min(into_period_s, on_s)
+        return self.low_w * t + (self.high_w - self.low_w) * time_high_s
+
 
 @dataclass(frozen=True, slots=True)
 class Ramp(Profile):
@@ -172,6 +217,19 @@ class Ramp(Profile):
         t_end_s = self.t_start_s + self.duration_s
         s = np.clip(t, self.t_start_s, t_end_s) - self.t_start_s
         extra = s * s / (2.0 * self.duration_s) + np.maximum(t - t_end_s, 0.0)
+        return self.start_w * t + (self.end_w - self.start_w) * extra
+
+    def power_at_w(self, t_s: float) -> float:
+        """`power_w` at one instant, in float arithmetic."""
+        s = min(max(float(t_s), self.t_start_s), self.t_start_s + self.duration_s) - self.t_start_s
+        return self.start_w + (self.end_w - self.start_w) * (s / self.duration_s)
+
+    def primitive_at_j(self, t_s: float) -> float:
+        """`primitive_j` at one instant, in float arithmetic (same operations, same result)."""
+        t = float(t_s)
+        t_end_s = self.t_start_s + self.duration_s
+        s = min(max(t, self.t_start_s), t_end_s) - self.t_start_s
+        extra = s * s / (2.0 * self.duration_s) + max(t - t_end_s, 0.0)
         return self.start_w * t + (self.end_w - self.start_w) * extra
 
 

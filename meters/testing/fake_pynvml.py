@@ -14,7 +14,11 @@ clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scrip
   only on Ampere and newer; ``nvmlDeviceGetPowerUsage`` a 1 s average or instantaneous;
 - ``reloads_at_s``: driver reloads, after which the counter restarts from 0;
 - ``lost_at_s``: the GPU falls off the bus (every call raises GPU_IS_LOST from then on);
-- ``faults``: any call failing with any code during a time window;
+- ``faults``: any call failing with any code during a time window, or (``field_id``) one field
+  of ``nvmlDeviceGetFieldValues`` answering that code in its own ``nvmlReturn``;
+- ``energy_field``: the field value ``NVML_FI_DEV_ENERGY`` (the counter, as an unsigned long long;
+  default: wherever the counter answers), optionally off from the counter by
+  ``energy_field_offset_mj`` to mimic a driver whose field disagrees;
 - ``call_latency_s``: every call on the GPU takes that long (a `ManualClock` is advanced, a real
   clock is slept on);
 - ``counter_update_s``: the counter only moves every so often, as on real GPUs (20-100 ms).
@@ -121,12 +125,19 @@ ERROR_CLASSES = _make_error_classes()
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A scripted failure: ``call`` (None: every call) raises ``code`` while start <= t < end."""
+    """A scripted failure while start <= t < end.
+
+    Without ``field_id``: ``call`` (None: every call) raises ``code``. With ``field_id``: the call
+    succeeds but that field of ``nvmlDeviceGetFieldValues`` answers ``code`` in its ``nvmlReturn``.
+    A fault on ``nvmlDeviceGetTotalEnergyConsumption`` also fails the ENERGY field (the same
+    counter), answered in that field's ``nvmlReturn``.
+    """
 
     code: int
     start_s: float = 0.0
     end_s: float = math.inf
     call: str | None = None
+    field_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,9 @@ class FakeGpu:
         power_limit_mw: Power-management limit in mW (None: NotSupported).
         has_counter: Total-energy counter (default: Volta or newer).
         field_power: Answers the POWER_INSTANT / POWER_AVERAGE field values (default: Volta+).
+        energy_field: Answers the ENERGY field value (default: where the counter answers).
+        energy_field_offset_mj: The ENERGY field shows the counter plus this (0: the same counter,
+            as nvml.h documents; anything else mimics a driver whose field disagrees).
         power_usage: Answers ``nvmlDeviceGetPowerUsage``.
         usage_average: ``nvmlDeviceGetPowerUsage`` returns the 1 s mean (default: Ampere+; the
             GA100 presets say False).
@@ -160,6 +174,8 @@ class FakeGpu:
     power_limit_mw: int | None = 700_000
     has_counter: bool | None = None
     field_power: bool | None = None
+    energy_field: bool | None = None
+    energy_field_offset_mj: int = 0
     power_usage: bool = True
     usage_average: bool | None = None
     counter_start_mj: int = 0
@@ -179,6 +195,10 @@ class FakeGpu:
         """Whether the power field values answer."""
         volta_plus = self.architecture >= codes.NVML_DEVICE_ARCH_VOLTA
         return volta_plus if self.field_power is None else self.field_power
+
+    def energy_field_supported(self) -> bool:
+        """Whether the ENERGY field value answers."""
+        return self.counter_supported() if self.energy_field is None else self.energy_field
 
     def usage_is_average(self) -> bool:
         """Whether ``nvmlDeviceGetPowerUsage`` returns the 1 s mean."""
@@ -298,20 +318,29 @@ class FakeNvml:
 
     def _on_gpu(self, call: str, handle: FakeHandle, compute: Callable[[FakeGpu, float], T]) -> T:
         """Run one device call with its latency, loss and faults; the value is taken mid-call."""
-        self._require_init()
-        gpu = self.gpus[handle.position]
-        self.calls[(call, handle.position)] += 1
-        self._wait(gpu.call_latency_s / 2)
+        if self.refcount <= 0:
+            raise NVMLError(codes.NVML_ERROR_UNINITIALIZED)
+        position = handle.position
+        gpu = self.gpus[position]
+        self.calls[(call, position)] += 1
+        half_latency_s = 0.5 * gpu.call_latency_s
+        if half_latency_s > 0:
+            self._wait(half_latency_s)
         try:
-            t_s = self.now_s()
+            t_s = self.clock.monotonic_s() - self.loaded_mono_s
             if gpu.lost_at_s is not None and t_s >= gpu.lost_at_s:
                 raise NVMLError(codes.NVML_ERROR_GPU_IS_LOST)
             for fault in gpu.faults:
-                if fault.call in (None, call) and fault.start_s <= t_s < fault.end_s:
+                if (
+                    fault.field_id is None
+                    and fault.call in (None, call)
+                    and fault.start_s <= t_s < fault.end_s
+                ):
                     raise NVMLError(fault.code)
             return compute(gpu, t_s)
         finally:
-            self._wait(gpu.call_latency_s / 2)
+            if half_latency_s > 0:
+                self._wait(half_latency_s)
 
     # -- library ------------------------------------------------------------------------------
 
@@ -425,16 +454,18 @@ class FakeNvml:
             for slot, requested in zip(array, field_ids, strict=True):
                 field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
                 slot.fieldId, slot.scopeId, slot.timestamp = field_id, scope_id, wall_us
-                slot.valueType = codes.NVML_VALUE_TYPE_UNSIGNED_INT
-                power = {
-                    codes.NVML_FI_DEV_POWER_INSTANT: _instant_mw,
-                    codes.NVML_FI_DEV_POWER_AVERAGE: _average_mw,
-                }.get(field_id)
-                if power is None or scope_id != 0 or not gpu.fields_supported():
-                    slot.nvmlReturn = codes.NVML_ERROR_NOT_SUPPORTED
-                else:
-                    slot.nvmlReturn = codes.NVML_SUCCESS
-                    slot.value.uiVal = power(gpu, t_s)
+                code = _field_fault(gpu, field_id, t_s)
+                answer = _FIELDS.get(field_id)
+                if code is None and (answer is None or scope_id != 0 or not answer[0](gpu)):
+                    code = codes.NVML_ERROR_NOT_SUPPORTED
+                if code is not None or answer is None:
+                    slot.valueType = codes.NVML_VALUE_TYPE_UNSIGNED_INT
+                    slot.nvmlReturn = code
+                    continue
+                _, value_type, member, read = answer
+                slot.valueType = value_type
+                slot.nvmlReturn = codes.NVML_SUCCESS
+                setattr(slot.value, member, read(gpu, t_s))
             return array
 
         return self._on_gpu("nvmlDeviceGetFieldValues", handle, values)
@@ -447,11 +478,57 @@ class FakeNvml:
 
 
 def _instant_mw(gpu: FakeGpu, t_s: float) -> int:
-    return round(1000.0 * float(gpu.profile.power_w(t_s)))
+    return round(1000.0 * gpu.profile.power_at_w(t_s))
 
 
 def _average_mw(gpu: FakeGpu, t_s: float) -> int:
-    return round(1000.0 * float(gpu.profile.average_power_w(t_s, 1.0)))
+    return round(1000.0 * gpu.profile.average_power_at_w(t_s, 1.0))
+
+
+def _energy_field_mj(gpu: FakeGpu, t_s: float) -> int:
+    return max(0, counter_mj(gpu, t_s) + gpu.energy_field_offset_mj)
+
+
+def _field_fault(gpu: FakeGpu, field_id: int, t_s: float) -> int | None:
+    # The ENERGY field is the counter read another way, so a fault scripted on the counter call
+    # fails it too: a scripted counter outage stays an outage whichever path the backend takes.
+    counter = field_id == codes.NVML_FI_DEV_ENERGY
+    for fault in gpu.faults:
+        if not fault.start_s <= t_s < fault.end_s:
+            continue
+        if fault.field_id == field_id or (
+            counter and fault.field_id is None and fault.call == _COUNTER_CALL
+        ):
+            return fault.code
+    return None
+
+
+_COUNTER_CALL = "nvmlDeviceGetTotalEnergyConsumption"
+
+
+# The field values the fake answers: field id -> (supported on this GPU?, NVML value type, the
+# c_nvmlValue_t member it fills, its value at t_s). Power in mW as an unsigned int, energy in mJ
+# as an unsigned long long, as the real driver returns them.
+_FIELDS: dict[int, tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu, float], int]]] = {
+    codes.NVML_FI_DEV_POWER_INSTANT: (
+        FakeGpu.fields_supported,
+        codes.NVML_VALUE_TYPE_UNSIGNED_INT,
+        "uiVal",
+        _instant_mw,
+    ),
+    codes.NVML_FI_DEV_POWER_AVERAGE: (
+        FakeGpu.fields_supported,
+        codes.NVML_VALUE_TYPE_UNSIGNED_INT,
+        "uiVal",
+        _average_mw,
+    ),
+    codes.NVML_FI_DEV_ENERGY: (
+        FakeGpu.energy_field_supported,
+        codes.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
+        "ullVal",
+        _energy_field_mj,
+    ),
+}
 
 
 def counter_mj(gpu: FakeGpu, t_s: float) -> int:
@@ -465,12 +542,13 @@ def counter_mj(gpu: FakeGpu, t_s: float) -> int:
         ``counter_start_mj`` (until the first reload) plus the energy since the last load,
         floored to whole mJ and held between counter updates.
     """
-    reloads = [r for r in gpu.reloads_at_s if r <= t_s]
-    since_s = max(reloads) if reloads else 0.0
-    start_mj = 0 if reloads else gpu.counter_start_mj
+    since_s, start_mj = 0.0, gpu.counter_start_mj
+    for reload_s in gpu.reloads_at_s:
+        if reload_s <= t_s:
+            since_s, start_mj = max(since_s, reload_s), 0
     if gpu.counter_update_s > 0:
         t_s = max(since_s, math.floor(t_s / gpu.counter_update_s) * gpu.counter_update_s)
-    return start_mj + math.floor(1000.0 * float(gpu.profile.energy_j(since_s, t_s)))
+    return start_mj + math.floor(1000.0 * gpu.profile.energy_between_j(since_s, t_s))
 
 
 if TYPE_CHECKING:

@@ -173,3 +173,54 @@ def test_default_uuids_are_distinct_and_stable() -> None:
     assert a.uuids == b.uuids
     assert len(set(a.uuids)) == 3
     assert all(u.startswith("GPU-") for u in a.uuids)
+
+
+def test_energy_field_is_the_counter_as_an_unsigned_long_long() -> None:
+    clock = ManualClock()
+    gpu = h100(profile=steady(100.0), counter_start_mj=10**12, reloads_at_s=(5.0,))
+    fake = FakeNvml([gpu, p100(), h100(energy_field_offset_mj=-3)], clock=clock)
+    fake.nvmlInit()
+    fields = [codes.NVML_FI_DEV_POWER_INSTANT, codes.NVML_FI_DEV_ENERGY]
+    clock.advance(4.0)
+    power, energy = fake.nvmlDeviceGetFieldValues(FakeHandle(0), fields)
+    assert (power.valueType, power.value.uiVal) == (codes.NVML_VALUE_TYPE_UNSIGNED_INT, 100_000)
+    assert energy.valueType == codes.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+    assert energy.nvmlReturn == codes.NVML_SUCCESS
+    assert energy.value.ullVal == 10**12 + 400_000 > 2**32  # needs the 64-bit member
+    assert energy.value.ullVal == fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(0))
+    clock.advance(2.0)
+    (energy,) = fake.nvmlDeviceGetFieldValues(FakeHandle(0), [codes.NVML_FI_DEV_ENERGY])
+    assert energy.value.ullVal == 100_000  # restarted at the reload
+    (energy,) = fake.nvmlDeviceGetFieldValues(FakeHandle(1), [codes.NVML_FI_DEV_ENERGY])
+    assert energy.nvmlReturn == codes.NVML_ERROR_NOT_SUPPORTED
+    (energy,) = fake.nvmlDeviceGetFieldValues(FakeHandle(2), [codes.NVML_FI_DEV_ENERGY])
+    assert energy.value.ullVal == fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(2)) - 3
+
+
+def test_a_field_fault_answers_in_that_field_only() -> None:
+    clock = ManualClock()
+    fault = Fault(codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, field_id=codes.NVML_FI_DEV_ENERGY)
+    fake = FakeNvml([h100(faults=(fault,))], clock=clock)
+    fake.nvmlInit()
+    fields = [codes.NVML_FI_DEV_POWER_INSTANT, codes.NVML_FI_DEV_ENERGY]
+    clock.advance(1.5)
+    power, energy = fake.nvmlDeviceGetFieldValues(FakeHandle(0), fields)
+    assert power.nvmlReturn == codes.NVML_SUCCESS
+    assert energy.nvmlReturn == codes.NVML_ERROR_TIMEOUT
+    assert fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(0)) == 450_000  # the call is fine
+    clock.advance(1.0)
+    _, energy = fake.nvmlDeviceGetFieldValues(FakeHandle(0), fields)
+    assert energy.nvmlReturn == codes.NVML_SUCCESS
+
+
+def test_a_counter_fault_also_fails_the_energy_field() -> None:
+    clock = ManualClock()
+    counter_call = "nvmlDeviceGetTotalEnergyConsumption"
+    fault = Fault(codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, call=counter_call)
+    fake = FakeNvml([h100(faults=(fault,))], clock=clock)
+    fake.nvmlInit()
+    fields = [codes.NVML_FI_DEV_POWER_INSTANT, codes.NVML_FI_DEV_ENERGY]
+    clock.advance(1.5)
+    power, energy = fake.nvmlDeviceGetFieldValues(FakeHandle(0), fields)
+    assert power.nvmlReturn == codes.NVML_SUCCESS
+    assert energy.nvmlReturn == codes.NVML_ERROR_TIMEOUT

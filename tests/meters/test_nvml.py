@@ -191,9 +191,26 @@ def test_a_gpu_lost_before_opening_is_listed_as_lost() -> None:
     assert backend.read().status.tolist() == [DeviceStatus.LOST, DeviceStatus.OK]
 
 
-def test_a_transient_error_costs_one_figure_for_one_tick() -> None:
-    timeout = Fault(codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, call="nvmlDeviceGetTotalEnergyConsumption")
-    backend, _, clock = _open([h100(faults=(timeout,)), h100()])
+@pytest.mark.parametrize(
+    "gpu",
+    [
+        # two calls: the counter call times out
+        h100(
+            energy_field=False,
+            faults=(
+                Fault(
+                    codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, call="nvmlDeviceGetTotalEnergyConsumption"
+                ),
+            ),
+        ),
+        # one call: the energy field answers the timeout in its own nvmlReturn
+        h100(
+            faults=(Fault(codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, field_id=codes.NVML_FI_DEV_ENERGY),)
+        ),
+    ],
+)
+def test_a_transient_error_costs_one_figure_for_one_tick(gpu: FakeGpu) -> None:
+    backend, _, clock = _open([gpu, h100()])
     clock.advance(1.5)
     readings = backend.read()
     assert readings.status.tolist() == [DeviceStatus.ERROR, DeviceStatus.OK]
@@ -215,14 +232,21 @@ def test_a_refused_read_is_denied_not_zero() -> None:
     assert "/dev/nvidia" in readings.messages[0]
 
 
-def test_slow_calls_stamp_each_gpu_at_the_midpoint_of_its_reads() -> None:
-    backend, _, clock = _open([h100(call_latency_s=0.02), h100(call_latency_s=0.05)])
+@pytest.mark.parametrize(("energy_field", "calls"), [(False, 2), (True, 1)])
+def test_slow_calls_stamp_each_gpu_at_the_midpoint_of_its_reads(
+    energy_field: bool, calls: int
+) -> None:
+    gpus = [h100(call_latency_s=latency_s, energy_field=energy_field) for latency_s in (0.02, 0.05)]
+    backend, _, clock = _open(gpus)
+    assert backend.energy_in_field == (energy_field, energy_field)
     t0_s, wall0_s = clock.monotonic_s(), clock.wall_s()
     readings = backend.read()
-    # two calls each (power field, counter): 0.04 s then 0.10 s
-    assert readings.t_mono_s == pytest.approx([t0_s + 0.02, t0_s + 0.04 + 0.05])
-    assert readings.t_wall_s - wall0_s == pytest.approx(readings.t_mono_s - t0_s)
-    assert clock.monotonic_s() == pytest.approx(t0_s + 0.14)
+    # two calls each (power field, counter) or one (both fields): each GPU stamped mid-read
+    first_s, second_s = calls * 0.02, calls * 0.05
+    assert readings.t_mono_s == pytest.approx([t0_s + first_s / 2, t0_s + first_s + second_s / 2])
+    # wall times are ~1.7e9 s, whose float64 spacing is ~2.4e-7 s
+    assert readings.t_wall_s - wall0_s == pytest.approx(readings.t_mono_s - t0_s, abs=1e-6)
+    assert clock.monotonic_s() == pytest.approx(t0_s + first_s + second_s)
 
 
 # -- selection ----------------------------------------------------------------------------------
@@ -364,3 +388,143 @@ def test_real_gpus() -> None:
                 assert 0.0 < second.power_w[i] < 2.0 * (device.power_limit_w or 2000.0)
             if device.has_energy_counter:
                 assert second.energy_j[i] >= first.energy_j[i]
+
+
+# -- power and energy in one field-values call -------------------------------------------------
+
+
+def _calls_per_read(backend: NvmlBackend, fake: FakeNvml, clock: ManualClock) -> dict[str, int]:
+    before = fake.calls.copy()
+    clock.advance(0.1)
+    backend.read()
+    per_call: dict[str, int] = {}
+    for (name, _), n in (fake.calls - before).items():
+        per_call[name] = per_call.get(name, 0) + n
+    return per_call
+
+
+def test_h100_reads_power_and_energy_in_one_call() -> None:
+    backend, fake, clock = _open([h100(profile=steady(300.0), counter_start_mj=7_000)] * 2)
+    assert backend.energy_in_field == (True, True)
+    assert "one nvmlDeviceGetFieldValues call" in backend.devices()[0].note
+    assert _calls_per_read(backend, fake, clock) == {"nvmlDeviceGetFieldValues": 2}
+    clock.advance(9.9)
+    readings = backend.read()
+    assert readings.power_w.tolist() == [300.0, 300.0]
+    assert readings.energy_j.tolist() == [7.0 + 3000.0] * 2
+    assert readings.energy_method.tolist() == [Method.COUNTER] * 2
+    assert readings.status.tolist() == [DeviceStatus.OK] * 2
+
+
+@pytest.mark.parametrize(
+    ("gpu", "why"),
+    [
+        (h100(energy_field=False), "Not Supported"),  # an older driver does not know the field
+        (h100(energy_field_offset_mj=5_000), "disagrees"),  # ahead of the counter
+        (h100(energy_field_offset_mj=-2_000_000, counter_start_mj=10**9), "disagrees"),  # behind
+        (
+            h100(faults=(Fault(codes.NVML_ERROR_NOT_FOUND, field_id=codes.NVML_FI_DEV_ENERGY),)),
+            "unusable",
+        ),
+    ],
+)
+def test_an_energy_field_that_fails_the_check_keeps_two_calls(gpu: FakeGpu, why: str) -> None:
+    backend, fake, clock = _open([gpu])
+    assert backend.energy_in_field == (False,)
+    assert "nvmlDeviceGetTotalEnergyConsumption" in backend.devices()[0].note
+    assert why in backend.devices()[0].note
+    assert _calls_per_read(backend, fake, clock) == {
+        "nvmlDeviceGetFieldValues": 1,
+        "nvmlDeviceGetTotalEnergyConsumption": 1,
+    }
+    clock.advance(0.9)
+    readings = backend.read()
+    # the counter's value, not the field's
+    assert readings.energy_j.tolist() == [gpu.counter_start_mj / 1000.0 + 300.0]
+    assert readings.status.tolist() == [DeviceStatus.OK]
+
+
+def test_a_gpu_whose_counter_trails_by_what_it_drew_meanwhile_passes_the_check() -> None:
+    # 0.5 s between the field and the counter read at 300 W: the counter is 150 J ahead
+    backend, _, _ = _open([h100(call_latency_s=0.5)])
+    assert backend.energy_in_field == (True,)
+
+
+def test_gpus_without_a_power_field_or_counter_are_not_probed_for_the_energy_field() -> None:
+    backend, fake, clock = _open([p100(), v100(field_power=False)])
+    assert backend.energy_in_field == (False, False)
+    assert fake.calls[("nvmlDeviceGetFieldValues", 1)] == 1  # the power-field probe only
+    assert _calls_per_read(backend, fake, clock) == {
+        "nvmlDeviceGetPowerUsage": 2,
+        "nvmlDeviceGetTotalEnergyConsumption": 1,
+    }
+
+
+@pytest.mark.parametrize("energy_field", [True, False])
+def test_counter_reset_reads_the_same_on_both_paths(energy_field: bool) -> None:
+    gpu = h100(
+        profile=steady(100.0),
+        counter_start_mj=50_000_000,
+        reloads_at_s=(5.0,),
+        energy_field=energy_field,
+    )
+    backend, _, clock = _open([gpu])
+    assert backend.energy_in_field == (energy_field,)
+    clock.advance(4.0)
+    before = backend.read()
+    clock.advance(2.0)
+    after = backend.read()
+    assert before.energy_j.tolist() == [50_000.0 + 400.0]
+    assert after.energy_j.tolist() == [100.0]
+    assert after.status.tolist() == [DeviceStatus.OK]
+
+
+@pytest.mark.parametrize("energy_field", [True, False])
+def test_a_lost_gpu_reads_the_same_on_both_paths(energy_field: bool) -> None:
+    gpus = [h100(lost_at_s=5.0, energy_field=energy_field), h100(energy_field=energy_field)]
+    backend, fake, clock = _open(gpus)
+    clock.advance(6.0)
+    readings = backend.read()
+    assert readings.status.tolist() == [DeviceStatus.LOST, DeviceStatus.OK]
+    assert np.isnan(readings.power_w[0])
+    assert np.isnan(readings.energy_j[0])
+    assert "GPU is lost" in readings.messages[0]
+    calls_to_lost_gpu = sum(n for (_, p), n in fake.calls.items() if p == 0)
+    backend.read()
+    assert sum(n for (_, p), n in fake.calls.items() if p == 0) == calls_to_lost_gpu
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "power_nan", "energy_nan"),
+    [
+        (codes.NVML_ERROR_NOT_SUPPORTED, DeviceStatus.ERROR, True, False),
+        (codes.NVML_ERROR_TIMEOUT, DeviceStatus.ERROR, True, False),
+        (codes.NVML_ERROR_NO_PERMISSION, DeviceStatus.DENIED, True, False),
+        (codes.NVML_ERROR_GPU_IS_LOST, DeviceStatus.LOST, True, True),
+    ],
+)
+@pytest.mark.parametrize("energy_field", [True, False])
+def test_a_failing_power_field_maps_the_same_on_both_paths(
+    energy_field: bool, code: int, status: DeviceStatus, power_nan: bool, energy_nan: bool
+) -> None:
+    fault = Fault(code, 1.0, 2.0, field_id=codes.NVML_FI_DEV_POWER_INSTANT)
+    backend, _, clock = _open([h100(faults=(fault,), energy_field=energy_field)])
+    assert backend.energy_in_field == (energy_field,)
+    clock.advance(1.5)
+    readings = backend.read()
+    assert readings.status.tolist() == [status]
+    assert np.isnan(readings.power_w[0]) == power_nan
+    assert np.isnan(readings.energy_j[0]) == energy_nan
+    assert "nvmlDeviceGetFieldValues(186)" in readings.messages[0]
+
+
+def test_a_failing_combined_call_costs_both_figures_for_that_tick() -> None:
+    timeout = Fault(codes.NVML_ERROR_TIMEOUT, 1.0, 2.0, call="nvmlDeviceGetFieldValues")
+    backend, _, clock = _open([h100(faults=(timeout,))])
+    clock.advance(1.5)
+    readings = backend.read()
+    assert readings.status.tolist() == [DeviceStatus.ERROR]
+    assert np.isnan(readings.power_w[0])
+    assert np.isnan(readings.energy_j[0])
+    clock.advance(1.0)
+    assert backend.read().status.tolist() == [DeviceStatus.OK]

@@ -173,3 +173,27 @@ def test_bursty_primitive_never_steps_back_at_period_boundaries() -> None:
         profile = Bursty(310.0, 640.0, period_s=1.7, duty=0.72, phase_s=phase_s)
         t = np.arange(0.0, 900.0, 0.1)
         assert np.all(np.diff(profile.primitive_j(t)) >= 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(profile=profiles, t_s=times, window_s=st.floats(0.01, 5.0))
+def test_scalar_path_equals_the_vectorised_one_exactly(
+    profile: Profile, t_s: float, window_s: float
+) -> None:
+    assert profile.power_at_w(t_s) == float(profile.power_w(t_s))
+    assert profile.primitive_at_j(t_s) == float(profile.primitive_j(t_s))
+    assert profile.energy_between_j(t_s - window_s, t_s) == float(
+        profile.energy_j(t_s - window_s, t_s)
+    )
+    assert profile.average_power_at_w(t_s, window_s) == float(
+        profile.average_power_w(t_s, window_s)
+    )
+    assert type(profile.power_at_w(t_s)) is float
+    assert type(profile.primitive_at_j(t_s)) is float
+
+
+def test_scalar_path_at_bursty_period_boundaries() -> None:
+    profile = Bursty(310.0, 640.0, period_s=1.7, duty=0.72, phase_s=0.37)
+    for t_s in np.arange(0.0, 50.0, 0.1).tolist() + [1.7 * k - 0.37 for k in range(30)]:
+        assert profile.primitive_at_j(t_s) == float(profile.primitive_j(t_s))
+        assert profile.power_at_w(t_s) == float(profile.power_w(t_s))
