@@ -273,3 +273,14 @@ def test_a_writer_and_an_uploader_thread_share_one_spool(spool: Spool) -> None:
     assert sorted(k.seq for k in acked) == list(range(n))  # each chunk acked exactly once
     assert spool.counts() == spool.counts(RUN)
     assert spool.counts().pending == 0
+
+
+def test_json_safe_fast_path_keeps_non_finite_markers() -> None:
+    """The all-finite fast path for sample columns must not let inf/NaN through unmarked."""
+    from meters.wire import _json_safe
+
+    assert _json_safe([1.0, 2.5]) == [1.0, 2.5]
+    assert _json_safe([1.0, float("inf"), 2.0]) == [1.0, "inf", 2.0]
+    assert _json_safe([1e308, 1e308]) == [1e308, 1e308]  # the sum overflows: checked one by one
+    assert _json_safe([float("inf"), float("-inf")]) == ["inf", "-inf"]
+    assert _json_safe([float("nan")]) == ["nan"]
