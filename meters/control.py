@@ -29,12 +29,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+from meters._sqlite import write_transaction
 from meters.spool import ChunkKey, SpoolError
 
 __all__ = [
@@ -355,28 +356,11 @@ class ControlStore:
             raise SpoolError(f"control file {self.path} is closed")
         return self._conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise SpoolError(f"control file {self.path}: cannot begin a write: {e}") from e
-            try:
-                yield conn
-            except BaseException as e:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(e, sqlite3.Error):
-                    raise SpoolError(f"control file {self.path}: {e}") from e
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise SpoolError(f"control file {self.path}: commit failed: {e}") from e
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, taken with the write lock up front (no upgrade deadlock)."""
+        return write_transaction(
+            self._lock, self._connection, f"control file {self.path}", SpoolError
+        )
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:

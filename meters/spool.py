@@ -33,12 +33,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, cast
 
+from meters._sqlite import write_transaction
 from meters.errors import MeterError
 from meters.wire import ChunkPayload, DevicePayload, content_hash
 
@@ -454,31 +455,9 @@ class Spool:
             raise SpoolError(f"spool {self.path} is closed")
         return self._conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, taken with the write lock up front (no upgrade deadlock)."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise SpoolError(f"spool {self.path}: cannot begin a write: {e}") from e
-            try:
-                yield conn
-            except BaseException as e:
-                # SQLite may already have rolled back (e.g. disk full); a second ROLLBACK
-                # would raise and hide the real error.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(e, sqlite3.Error):
-                    raise SpoolError(f"spool {self.path}: {e}") from e
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise SpoolError(f"spool {self.path}: commit failed: {e}") from e
+        return write_transaction(self._lock, self._connection, f"spool {self.path}", SpoolError)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
