@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-from meters._sqlite import write_transaction
+from meters._sqlite import open_database, write_transaction
 from meters.spool import ChunkKey, SpoolError
 
 __all__ = [
@@ -147,29 +147,14 @@ class ControlStore:
         self.path = Path(path)
         self._now = now
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-        except (OSError, sqlite3.Error) as e:
-            raise SpoolError(f"cannot open control file {self.path}: {e}") from e
-        try:
-            with self._write() as conn:
-                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                if version > _SCHEMA_VERSION:
-                    raise SpoolError(
-                        f"control file {self.path} has schema {version}; "
-                        f"this meter knows {_SCHEMA_VERSION}"
-                    )
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        except BaseException:
-            self.close()
-            raise
+        self._conn: sqlite3.Connection | None = open_database(
+            self.path,
+            what=f"control file {self.path}",
+            schema=_SCHEMA,
+            schema_version=_SCHEMA_VERSION,
+            busy_timeout_s=busy_timeout_s,
+            error=SpoolError,
+        )
 
     @classmethod
     def in_directory(cls, directory: str | Path, **kwargs: Any) -> ControlStore:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, cast
 
-from meters._sqlite import write_transaction
+from meters._sqlite import open_database, write_transaction
 from meters.errors import MeterError
 from meters.wire import ChunkPayload, DevicePayload, content_hash
 
@@ -206,19 +206,14 @@ class Spool:
         self.path = Path(path)
         self._now = now
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as e:
-            raise SpoolError(f"cannot open spool {self.path}: {e}") from e
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            raise
+        self._conn: sqlite3.Connection | None = open_database(
+            self.path,
+            what=f"spool {self.path}",
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            busy_timeout_s=busy_timeout_s,
+            error=SpoolError,
+        )
 
     @classmethod
     def in_directory(cls, directory: str | Path, **kwargs: Any) -> Spool:
@@ -428,27 +423,6 @@ class Spool:
         return SpoolCounts(pending=int(rows[0][0]), acked=int(rows[0][1]))
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _setup(self) -> None:
-        with self._lock:
-            conn = self._connection()
-            try:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-            except sqlite3.Error as e:
-                raise SpoolError(f"cannot open spool {self.path}: {e}") from e
-            if str(mode).lower() != "wal":
-                raise SpoolError(f"spool {self.path}: the file system refuses WAL mode ({mode})")
-        with self._write() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {self.path} has schema {version}; this meter knows {SCHEMA_VERSION}"
-                )
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
