@@ -6,11 +6,13 @@ device per POST (25: 200 chunks, the uploader's default batch), ``--batches`` PO
 thread with its own ``httpx.Client``, all against one real server started as a subprocess on
 a free 127.0.0.1 port (``thermoledger-server serve``: uvicorn, one process; ``--workers N``
 runs N uvicorn processes instead). Bodies are serialised before the clock starts (the meter's
-cost, not the service's), once per sample encoding (``--encodings``: JSON lists, and base64
-float64 columns, `meters.wire.SAMPLES_F64_BASE64`); the clock runs from the first POST to the
-last acknowledgement. Every batch must come back 200, and every sample must be in the table.
-The service path includes everything a real ingest does: auth, parsing, validation, hashing,
-sample encoding (zlib unless ``--no-compress``), the COPY, the running totals, the commit.
+cost, not the service's), once per encoding (``--encodings``: JSON lists, base64 float64
+columns in JSON, `meters.wire.SAMPLES_F64_BASE64`, and the columnar binary batch the uploader
+sends by default, `meters.wire.BATCH_BINARY`); the clock runs from the first POST to the last
+acknowledgement. Every batch must come back 200, and every sample must be in the table. The
+service path includes everything a real ingest does: auth, parsing, validation, hashing,
+sample blob encoding (zlib only with ``--compress``, off as in the server's default), the
+COPY, the running totals, the commit.
 
 Databases: the local PostgreSQL server (``THERMOLEDGER_BENCH_DATABASE_URL``, default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``), in a fresh schema dropped afterwards;
@@ -26,7 +28,7 @@ with rows prepared before the clock starts (summary columns and raw-sample blobs
 Targets: >= 1,000,000 samples/s into PostgreSQL, and >= 30 % of raw.
 
 Run: ``.venv/bin/python bench/ingest.py [--uploaders 4] [--batches 25] [--backends
-postgres,sqlite] [--encodings json,f64le-base64] [--no-compress] [--workers 1] [--profile]``
+postgres,sqlite] [--encodings json,f64le-base64,binary] [--compress] [--workers 1] [--profile]``
 (about a minute by default). ``--profile`` runs the service's request path in-process (parse
 → validate → store → commit, no HTTP) under cProfile on PostgreSQL and prints where the time
 goes.
@@ -55,8 +57,16 @@ from db.engine import make_engine, make_sessionmaker
 from db.models import Chunk, Device, RunKind
 from db.samples import encode_samples
 from db.types import utcnow
-from meters.wire import SAMPLE_ENCODINGS, ChunkPayload, DevicePayload, SampleEncoding, dumps_batch
-from service.ingest import prepare_batch
+from meters.wire import (
+    BATCH_BINARY,
+    SAMPLE_ENCODINGS,
+    ChunkPayload,
+    DevicePayload,
+    SampleEncoding,
+    content_type,
+    dumps_batch,
+)
+from service.ingest import PreparedBatch, prepare_batch, prepare_binary_batch
 from service.schemas import IngestBatchIn
 
 TARGET_SAMPLES_PER_S = 1_000_000
@@ -130,7 +140,7 @@ def service_path(
 ) -> float:
     """Seconds to POST every batch through a real server; checks every chunk was stored."""
     token = issue_bench_token(url)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {token}"}
     env = {"THERMOLEDGER_COMPRESS_SAMPLES": "true" if compress else "false"}
     with Server(url, env, workers=workers) as server:
         run_id = str(uuid.uuid4())
@@ -144,7 +154,11 @@ def service_path(
         def upload(i: int) -> None:
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=120) as client:
                 for body in workload.bodies[encoding][i]:
-                    response = client.post(f"/api/v1/runs/{run_id}/chunks", content=body)
+                    response = client.post(
+                        f"/api/v1/runs/{run_id}/chunks",
+                        content=body,
+                        headers={"Content-Type": content_type(encoding)},
+                    )
                     if response.status_code != 200:
                         raise RuntimeError(f"{response.status_code}: {json_error(response)}")
                     if response.json()["duplicates"]:
@@ -319,8 +333,7 @@ def profile(
     def handle_all() -> None:
         for body in workload.bodies[encoding][0]:
             with sessions() as session, session.begin():
-                batch = IngestBatchIn.model_validate_json(body)
-                prepared = prepare_batch(batch, max_chunks=10**6, max_samples_per_chunk=10**6)
+                prepared = _prepare(body, encoding)
                 repository.ingest_chunks(
                     session,
                     project_id=token_project,
@@ -343,6 +356,13 @@ def profile(
     pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
+def _prepare(body: bytes, encoding: SampleEncoding) -> PreparedBatch:
+    limits = {"max_chunks": 10**6, "max_samples_per_chunk": 10**6}
+    if encoding == BATCH_BINARY:
+        return prepare_binary_batch(body, **limits)
+    return prepare_batch(IngestBatchIn.model_validate_json(body), **limits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--uploaders", type=int, default=4, help="concurrent uploaders (4)")
@@ -352,14 +372,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=25, help="POSTs per uploader (25)")
     parser.add_argument("--backends", default="postgres,sqlite", help="postgres,sqlite")
     parser.add_argument(
-        "--encodings", default="json,f64le-base64", help="sample encodings (json,f64le-base64)"
+        "--encodings",
+        default="json,f64le-base64,binary",
+        help="batch encodings (json,f64le-base64,binary)",
     )
-    parser.add_argument("--no-compress", action="store_true", help="store raw blobs uncompressed")
+    parser.add_argument(
+        "--compress", action="store_true", help="zlib the raw blobs (off, as the server default)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="server processes (1)")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process path")
     parser.add_argument("--top", type=int, default=25, help="profile rows to print (25)")
     args = parser.parse_args()
-    compress = not args.no_compress
+    compress = args.compress
     encodings: list[SampleEncoding] = []
     for name in args.encodings.split(","):
         if name.strip() not in SAMPLE_ENCODINGS:

@@ -1046,21 +1046,56 @@ def _stored_chunks_statement(devices: int) -> sa.CompoundSelect[Any]:
     return sa.union_all(*parts)
 
 
+#: `_stored_chunks` on PostgreSQL: the same three lookups per device, as one fixed statement
+#: over arrays (``LATERAL``), so it is parsed and planned once per connection, not per batch.
+_STORED_CHUNKS_PG = sa.text(
+    """
+    SELECT x.device_id, x.seq, x.t0_s, x.t1_s, x.content_hash
+    FROM unnest(CAST(:devices AS bigint[]), CAST(:los AS int[]), CAST(:his AS int[]))
+        AS r(device_id, lo, hi)
+    CROSS JOIN LATERAL (
+        (SELECT device_id, seq, t0_s, t1_s, content_hash FROM chunk
+         WHERE run_id = :run_id AND device_id = r.device_id AND seq BETWEEN r.lo AND r.hi)
+        UNION ALL
+        (SELECT device_id, seq, t0_s, t1_s, content_hash FROM chunk
+         WHERE run_id = :run_id AND device_id = r.device_id AND seq < r.lo
+         ORDER BY seq DESC LIMIT 1)
+        UNION ALL
+        (SELECT device_id, seq, t0_s, t1_s, content_hash FROM chunk
+         WHERE run_id = :run_id AND device_id = r.device_id AND seq > r.hi
+         ORDER BY seq LIMIT 1)
+    ) AS x
+    """
+).bindparams(sa.bindparam("run_id", type_=sa.Uuid()))
+
+
 def _stored_chunks(
     session: Session, run_id: UUID, ranges: Mapping[int, tuple[int, int]]
 ) -> dict[int, dict[int, _Stored]]:
     """Stored chunks per device: those whose seq is in the batch's range, plus the nearest
     neighbour below and above it (enough to check time order against everything stored).
 
-    One statement of primary-key range scans and ``ORDER BY seq LIMIT 1`` lookups, three per
-    device, planned in well under a millisecond whatever the table's size.
+    Primary-key range scans and ``ORDER BY seq LIMIT 1`` lookups, three per device, in one
+    statement (`_STORED_CHUNKS_PG` on PostgreSQL, a cached ``UNION ALL`` elsewhere), whatever
+    the table's size.
     """
     if not ranges:
         return {}
-    params: dict[str, Any] = {"run_id": run_id}
-    for k, (device_id, (lo, hi)) in enumerate(ranges.items()):
-        params.update({f"device_{k}": device_id, f"lo_{k}": lo, f"hi_{k}": hi})
-    rows = session.execute(_stored_chunks_statement(len(ranges)), params)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            _STORED_CHUNKS_PG,
+            {
+                "run_id": run_id,
+                "devices": list(ranges),
+                "los": [lo for lo, _ in ranges.values()],
+                "his": [hi for _, hi in ranges.values()],
+            },
+        )
+    else:
+        params: dict[str, Any] = {"run_id": run_id}
+        for k, (device_id, (lo, hi)) in enumerate(ranges.items()):
+            params.update({f"device_{k}": device_id, f"lo_{k}": lo, f"hi_{k}": hi})
+        rows = session.execute(_stored_chunks_statement(len(ranges)), params)
     stored: dict[int, dict[int, _Stored]] = {device_id: {} for device_id in ranges}
     for device_id, seq, t0_s, t1_s, content_hash in rows:
         stored[device_id][seq] = _Stored(seq, t0_s, t1_s, content_hash)

@@ -108,30 +108,44 @@ def encode_samples_many(
     Raises:
         SampleCodecError: As `encode_samples`, for the first chunk of a layout that is invalid.
     """
-    groups: dict[tuple[tuple[str, str, tuple[int, ...]], ...], list[int]] = {}
+    groups: dict[tuple[tuple[str, np.dtype[Any], int], ...], list[int]] = {}
     columns_of: list[list[npt.NDArray[Any]]] = []
     for i, columns in enumerate(chunks):
-        arrays = [np.asarray(raw) for raw in columns.values()]
+        arrays = [
+            raw if isinstance(raw, np.ndarray) else np.asarray(raw) for raw in columns.values()
+        ]
         layout = tuple(
-            (name, a.dtype.str, a.shape) for name, a in zip(columns, arrays, strict=True)
+            (name, a.dtype, a.shape[0] if a.ndim == 1 else -1)
+            for name, a in zip(columns, arrays, strict=True)
         )
         groups.setdefault(layout, []).append(i)
         columns_of.append(arrays)
     out: list[bytes] = [b""] * len(chunks)
     for members in groups.values():
         header, first = _layout(chunks[members[0]])  # validates the whole group's layout
+        if not compress:
+            # Little-endian columns of a checked dtype: each chunk is its bytes, joined.
+            head = _PREFIX_RAW + header
+            native = all(
+                column.dtype == a.dtype
+                for column, a in zip(first, columns_of[members[0]], strict=True)
+            )
+            for i in members:
+                arrays = columns_of[i]
+                if not native:
+                    arrays = [a.astype(c.dtype) for a, c in zip(arrays, first, strict=True)]
+                out[i] = b"".join([head, *(a.tobytes() for a in arrays)])
+            continue
         blocks = []
         for j, column in enumerate(first):
             stacked = np.stack([columns_of[i][j] for i in members]).astype(column.dtype, copy=False)
-            if compress:  # byte k of every value of a chunk together, per chunk (`_shuffle`)
-                planes = stacked.view(np.uint8).reshape(len(members), -1, column.dtype.itemsize)
-                stacked = np.ascontiguousarray(planes.transpose(0, 2, 1))
-            block = np.ascontiguousarray(stacked).reshape(len(members), -1)
-            width = block.shape[1] * block.itemsize
-            blocks.append((memoryview(block.tobytes()), width))
+            # byte k of every value of a chunk together, per chunk (`_shuffle`)
+            planes = stacked.view(np.uint8).reshape(len(members), -1, column.dtype.itemsize)
+            block = np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(len(members), -1)
+            blocks.append((memoryview(block.tobytes()), block.shape[1]))
         for k, i in enumerate(members):
             payload = b"".join([header, *(view[k * w : (k + 1) * w] for view, w in blocks)])
-            out[i] = _PREFIX_ZLIB + zlib.compress(payload, 6) if compress else _PREFIX_RAW + payload
+            out[i] = _PREFIX_ZLIB + zlib.compress(payload, 6)
     return out
 
 

@@ -52,10 +52,11 @@ import httpx
 from meters.control import ControlStore, Message
 from meters.spool import RunRecord, Spool, SpooledChunk
 from meters.wire import (
-    SAMPLES_F64_BASE64,
+    BATCH_BINARY,
     ChunkPayload,
     DevicePayload,
     SampleEncoding,
+    content_type,
     dumps_batch,
 )
 
@@ -236,9 +237,10 @@ class Uploader:
         backoff: Retry policy after failures.
         purge_after_s: Acknowledged chunks are deleted from the spool this long after their
             acknowledgement, s (their seqs are remembered, so numbering never repeats).
-        samples_encoding: How raw samples travel (`meters.wire`): ``"f64le-base64"`` (default;
-            half the bytes of JSON lists and much cheaper for the service to parse) or
-            ``"json"`` for a service that predates the binary encoding.
+        samples_encoding: How batches travel (`meters.wire`): ``"binary"`` (default; the
+            columnar binary batch, the cheapest for the service to check and store),
+            ``"f64le-base64"`` (JSON with base64 sample columns) or ``"json"`` (plain JSON,
+            for a service that predates both).
         logger: Where problems are logged.
     """
 
@@ -258,7 +260,7 @@ class Uploader:
         poll_s: float = 2.0,
         backoff: Backoff | None = None,
         purge_after_s: float = 3600.0,
-        samples_encoding: SampleEncoding = SAMPLES_F64_BASE64,
+        samples_encoding: SampleEncoding = BATCH_BINARY,
         logger: logging.Logger | None = None,
     ) -> None:
         if max_chunks < 1 or max_samples < 1 or max_body_bytes < 1:
@@ -620,7 +622,7 @@ class Uploader:
             "POST",
             f"runs/{run_id}/chunks",
             content=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": content_type(self.samples_encoding)},
         )
         if response.status_code == 404 and not redeclared:
             self._declare(run_id, self.spool.run_status(run_id), tally, force=True)

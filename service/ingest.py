@@ -54,9 +54,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from db.models import MEAN_IN_RANGE_METHODS
+from db.models import MEAN_IN_RANGE_METHODS, EnergyMethod
 from db.repository import TIME_TOLERANCE_S, ChunkRow, DeviceSpec, FieldProblem, InvalidInput
-from service.schemas import FINITE_MAX, ChunkIn, IngestBatchIn
+from meters.wire import split_binary_batch
+from service.schemas import (
+    FINITE_MAX,
+    BinaryBatchHeaderIn,
+    ChunkColumnsIn,
+    ChunkIn,
+    DeviceIn,
+    IngestBatchIn,
+)
 
 __all__ = [
     "HASH_LAYOUT",
@@ -64,6 +72,7 @@ __all__ = [
     "PreparedBatch",
     "chunk_content_hash",
     "prepare_batch",
+    "prepare_binary_batch",
 ]
 
 #: Relative slack of the order checks between summary fields (float rounding only).
@@ -94,6 +103,44 @@ _SUMMARY_FIELDS = (
 _SUMMARY_DTYPE = np.dtype(list(_SUMMARY_FIELDS))
 assert _SUMMARY_DTYPE.itemsize == HASH_LAYOUT[1].size
 _SUMMARY_GETTER = operator.attrgetter(*(name for name, _ in _SUMMARY_FIELDS))
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunks:
+    """A batch's chunks columnar, however they arrived: the per-chunk strings as lists, the
+    numeric summary as one structured array in `HASH_LAYOUT` order."""
+
+    device_key: Sequence[str]
+    method: Sequence[EnergyMethod]
+    seq: Sequence[int]
+    table: npt.NDArray[np.void]
+    sampled: Sequence[bool]
+
+    @classmethod
+    def of_objects(cls, chunks: Sequence[ChunkIn]) -> _Chunks:
+        return cls(
+            device_key=[c.device_key for c in chunks],
+            method=[c.method for c in chunks],
+            seq=[c.seq for c in chunks],
+            table=np.array([_SUMMARY_GETTER(c) for c in chunks], dtype=_SUMMARY_DTYPE),
+            sampled=[c.samples is not None for c in chunks],
+        )
+
+    @classmethod
+    def of_columns(cls, columns: ChunkColumnsIn) -> _Chunks:
+        table = np.zeros(len(columns.device_key), dtype=_SUMMARY_DTYPE)
+        for name, _ in _SUMMARY_FIELDS:
+            table[name] = getattr(columns, name)
+        return cls(
+            device_key=columns.device_key,
+            method=columns.method,
+            seq=columns.seq,
+            table=table,
+            sampled=columns.sampled,
+        )
+
+    def __len__(self) -> int:
+        return len(self.device_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,19 +209,14 @@ class _Problems:
             raise InvalidInput(ordered[:_MAX_PROBLEMS])
 
 
-def _summary_table(chunks: Sequence[ChunkIn]) -> npt.NDArray[np.void]:
-    """Every chunk's summary fields as one structured array (one attribute pass per chunk)."""
-    return np.array([_SUMMARY_GETTER(c) for c in chunks], dtype=_SUMMARY_DTYPE)
-
-
 def _slack(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return REL_TOLERANCE * np.maximum(np.abs(values), 1.0)
 
 
-def _check_devices(batch: IngestBatchIn, problems: _Problems) -> tuple[DeviceSpec, ...]:
+def _check_devices(devices: Sequence[DeviceIn], problems: _Problems) -> tuple[DeviceSpec, ...]:
     seen: dict[str, int] = {}
     specs = []
-    for i, d in enumerate(batch.devices):
+    for i, d in enumerate(devices):
         if d.key in seen:
             problems.add(-1, f"devices[{i}].key", f"{d.key!r} repeats devices[{seen[d.key]}]")
             continue
@@ -198,13 +240,13 @@ def _check_devices(batch: IngestBatchIn, problems: _Problems) -> tuple[DeviceSpe
 
 
 def _check_summaries(
-    chunks: Sequence[ChunkIn], device_keys: set[str], problems: _Problems
+    chunks: _Chunks, device_keys: set[str], problems: _Problems
 ) -> dict[str, npt.NDArray[Any]]:
-    table = _summary_table(chunks)
+    table = chunks.table
     cols: dict[str, npt.NDArray[Any]] = {name: table[name] for name, _ in _SUMMARY_FIELDS}
     cols["table"] = table
     cols["mean_in_range"] = np.fromiter(
-        (c.method in MEAN_IN_RANGE_METHODS for c in chunks), dtype=np.bool_, count=len(chunks)
+        (m in MEAN_IN_RANGE_METHODS for m in chunks.method), dtype=np.bool_, count=len(chunks)
     )
     t0, t1 = cols["t0_s"], cols["t1_s"]
     e, lo, hi = cols["energy_j"], cols["energy_low_j"], cols["energy_high_j"]
@@ -222,8 +264,8 @@ def _check_summaries(
         np.abs(lo - want_low) > _slack(e + sensor + below),
         "energy_low_j",
         lambda i: (
-            f"energy_low_j = {lo[i]!r} J disagrees with max(0, energy_j - sensor_uncertainty_j "
-            f"- bound_below_j) = {want_low[i]!r} J"
+            f"energy_low_j = {float(lo[i])!r} J disagrees with max(0, energy_j - "
+            f"sensor_uncertainty_j - bound_below_j) = {float(want_low[i])!r} J"
         ),
     )
     want_high = e + sensor + above  # inf where the bound above is
@@ -237,36 +279,36 @@ def _check_summaries(
         ),
         "energy_high_j",
         lambda i: (
-            f"energy_high_j = {hi[i]!r} J disagrees with energy_j + sensor_uncertainty_j "
-            f"+ bound_above_j = {want_high[i]!r} J"
+            f"energy_high_j = {float(hi[i])!r} J disagrees with energy_j + sensor_uncertainty_j "
+            f"+ bound_above_j = {float(want_high[i])!r} J"
         ),
     )
     problems.first_in(
         pmin > pmax,
         "min_power_w",
-        lambda i: f"min_power_w = {pmin[i]!r} W exceeds max_power_w = {pmax[i]!r} W",
+        lambda i: f"min_power_w = {float(pmin[i])!r} W exceeds max_power_w = {float(pmax[i])!r} W",
     )
     power_slack = _slack(pmean)
     problems.first_in(
         in_range & (pmin > pmean + power_slack),
         "mean_power_w",
         lambda i: (
-            f"mean_power_w = {pmean[i]!r} W is below min_power_w = {pmin[i]!r} W "
-            f"(method {chunks[i].method.value!r} averages the power samples)"
+            f"mean_power_w = {float(pmean[i])!r} W is below min_power_w = {float(pmin[i])!r} W "
+            f"(method {chunks.method[i].value!r} averages the power samples)"
         ),
     )
     problems.first_in(
         in_range & (pmean > pmax + power_slack),
         "mean_power_w",
         lambda i: (
-            f"mean_power_w = {pmean[i]!r} W exceeds max_power_w = {pmax[i]!r} W "
-            f"(method {chunks[i].method.value!r} averages the power samples)"
+            f"mean_power_w = {float(pmean[i])!r} W exceeds max_power_w = {float(pmax[i])!r} W "
+            f"(method {chunks.method[i].value!r} averages the power samples)"
         ),
     )
     problems.first_in(
         (cols["gap_s"] > 0) & (gap_count == 0),
         "gap_count",
-        lambda i: f"gap_count is 0 but gap_s = {cols['gap_s'][i]!r} s",
+        lambda i: f"gap_count is 0 but gap_s = {float(cols['gap_s'][i])!r} s",
     )
     problems.first_in(
         counts > n,
@@ -275,9 +317,9 @@ def _check_summaries(
             f"reset_count + wrap_count = {counts[i]} exceeds n = {n[i]} (at most one per interval)"
         ),
     )
-    for i, c in enumerate(chunks):
-        if c.device_key not in device_keys:
-            problems.add(i, f"chunks[{i}].device_key", f"{c.device_key!r} is not in devices")
+    for i, key in enumerate(chunks.device_key):
+        if key not in device_keys:
+            problems.add(i, f"chunks[{i}].device_key", f"{key!r} is not in devices")
     return cols
 
 
@@ -390,7 +432,7 @@ def _check_decoded(samples: _Samples, problems: _Problems) -> None:
             problems.add(
                 k,
                 f"chunks[{k}].samples.{name}[{g - int(samples.offsets[k])}]",
-                f"{values[g]!r} is not {rule}",
+                f"{float(values[g])!r} is not {rule}",
             )
 
 
@@ -420,7 +462,8 @@ def _check_samples(
         back,
         "t_s",
         lambda g, k, j: (
-            f"{t[g]!r} s is not after t_s[{j - 1}] = {t[g - 1]!r} s (time must strictly increase)"
+            f"{float(t[g])!r} s is not after t_s[{j - 1}] = {float(t[g - 1])!r} s "
+            "(time must strictly increase)"
         ),
     )
     t0 = summaries["t0_s"][owner]
@@ -429,7 +472,7 @@ def _check_samples(
         (t < t0 - TIME_TOLERANCE_S) | (t > t1 + TIME_TOLERANCE_S),
         "t_s",
         lambda g, k, j: (
-            f"{t[g]!r} s is outside the chunk's [t0_s, t1_s] = [{t0[g]!r}, {t1[g]!r}] s"
+            f"{float(t[g])!r} s is outside the chunk's [t0_s, t1_s] = [{t0[g]!r}, {t1[g]!r}] s"
         ),
     )
     pmin = summaries["min_power_w"][owner]
@@ -439,8 +482,8 @@ def _check_samples(
         (p < pmin - slack) | (p > pmax + slack),
         "power_w",
         lambda g, k, j: (
-            f"{p[g]!r} W is outside the chunk's [min_power_w, max_power_w] = "
-            f"[{pmin[g]!r}, {pmax[g]!r}] W"
+            f"{float(p[g])!r} W is outside the chunk's [min_power_w, max_power_w] = "
+            f"[{float(pmin[g])!r}, {float(pmax[g])!r}] W"
         ),
     )
 
@@ -448,7 +491,7 @@ def _check_samples(
 def prepare_batch(
     batch: IngestBatchIn, *, max_chunks: int, max_samples_per_chunk: int
 ) -> PreparedBatch:
-    """Validate a parsed batch and turn it into the repository's inputs.
+    """Validate a parsed JSON batch and turn it into the repository's inputs.
 
     Args:
         batch: The parsed body.
@@ -461,13 +504,108 @@ def prepare_batch(
     Raises:
         InvalidInput: Every problem found (up to 20), each naming its field path.
     """
+    if len(batch.chunks) > max_chunks:
+        raise InvalidInput.one(
+            "chunks", f"{len(batch.chunks)} chunks; at most {max_chunks} per batch"
+        )
     problems = _Problems()
-    chunks = batch.chunks
-    if len(chunks) > max_chunks:
-        raise InvalidInput.one("chunks", f"{len(chunks)} chunks; at most {max_chunks} per batch")
-    devices = _check_devices(batch, problems)
+    chunks = _Chunks.of_objects(batch.chunks)
+    devices = _check_devices(batch.devices, problems)
     summaries = _check_summaries(chunks, {d.key for d in devices}, problems)
-    samples = _gather_samples(chunks, max_samples_per_chunk, problems)
+    samples = _gather_samples(batch.chunks, max_samples_per_chunk, problems)
+    return _prepared(devices, chunks, summaries, samples, problems)
+
+
+def prepare_binary_batch(
+    body: bytes, *, max_chunks: int, max_samples_per_chunk: int
+) -> PreparedBatch:
+    """Validate a binary batch (`meters.wire.BATCH_BINARY`) and turn it into the repository's
+    inputs: the same checks, the same field paths (``chunks[3].t1_s`` is entry 3 of the
+    ``t1_s`` column) and the same content hashes as the JSON form of the same batch.
+
+    Raises:
+        InvalidInput: A malformed body, or every problem found (up to 20).
+        pydantic.ValidationError: A header that does not match `BinaryBatchHeaderIn`.
+    """
+    try:
+        text, blocks = split_binary_batch(body)
+    except ValueError as e:
+        raise InvalidInput.one("body", str(e)) from e
+    header = BinaryBatchHeaderIn.model_validate_json(text)
+    columns = header.chunks
+    count = len(columns.device_key)
+    if count > max_chunks:
+        raise InvalidInput.one("chunks", f"{count} chunks; at most {max_chunks} per batch")
+    ragged = [
+        FieldProblem(f"chunks.{name}", f"has {len(values)} entries, chunks.device_key {count}")
+        for name, values in columns
+        if len(values) != count
+    ]
+    if ragged:
+        raise InvalidInput(ragged)
+    problems = _Problems()
+    chunks = _Chunks.of_columns(columns)
+    devices = _check_devices(header.devices, problems)
+    summaries = _check_summaries(chunks, {d.key for d in devices}, problems)
+    samples = _unpack_blocks(columns, summaries["n"], blocks, max_samples_per_chunk, problems)
+    return _prepared(devices, chunks, summaries, samples, problems)
+
+
+def _unpack_blocks(
+    columns: ChunkColumnsIn,
+    n: npt.NDArray[np.int64],
+    blocks: memoryview,
+    max_samples: int,
+    problems: _Problems,
+) -> _Samples | None:
+    """The sample columns of a binary batch as views of the body (no copy), once the header's
+    sizes are checked against each other and against the bytes that follow it."""
+    sampled = np.asarray(columns.sampled, np.bool_)
+    counter = np.asarray(columns.counter, np.bool_)
+    problems.first_in(
+        counter & ~sampled, "counter", lambda i: "is set but the chunk carries no samples"
+    )
+    problems.first_in(
+        sampled & (n > max_samples),
+        "n",
+        lambda i: f"{n[i]} samples; at most {max_samples} per chunk",
+    )
+    if problems.found:
+        return None
+    lengths = np.where(sampled, n, 0)
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    with_counter = int(lengths[counter].sum())
+    expected = 8 * (2 * total + with_counter)
+    if blocks.nbytes != expected:
+        problems.add(
+            -1,
+            "body",
+            f"the sample blocks hold {blocks.nbytes} bytes; the header's n, sampled and counter "
+            f"columns call for {expected} (8 bytes per value: t_s and power_w of "
+            f"{total} samples, energy_j of {with_counter})",
+        )
+        return None
+    values = np.frombuffer(blocks, "<f8")
+    t_s, power_w = values[:total], values[total : 2 * total]
+    energy_j: npt.NDArray[np.float64] | None = None
+    if with_counter and with_counter == total:
+        energy_j = values[2 * total :]
+    elif with_counter:
+        # Chunks without a counter column get NaN placeholders; they are never read.
+        energy_j = np.full(total, np.nan)
+        energy_j[np.repeat(counter, lengths)] = values[2 * total :]
+    return _Samples(offsets, t_s, power_w, energy_j, counter & sampled, sampled)
+
+
+def _prepared(
+    devices: tuple[DeviceSpec, ...],
+    chunks: _Chunks,
+    summaries: dict[str, npt.NDArray[Any]],
+    samples: _Samples | None,
+    problems: _Problems,
+) -> PreparedBatch:
     problems.raise_if_any()
     assert samples is not None  # no problems: gathered
     _check_decoded(samples, problems)
@@ -478,7 +616,7 @@ def prepare_batch(
 
 
 def _content_hashes(
-    chunks: Sequence[ChunkIn], samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
+    chunks: _Chunks, samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
 ) -> list[str]:
     """`chunk_content_hash` of every chunk, from the batch's tables without per-chunk copies:
     the summary rows and sample columns are hashed straight from the arrays' buffers."""
@@ -495,12 +633,13 @@ def _content_hashes(
         for name, values in columns
     ]
     has_energy = samples.has_energy.tolist()
+    methods = [m.encode("ascii") + b"\0" for m in chunks.method]
     out = []
-    for i, c in enumerate(chunks):
+    for i, sampled in enumerate(chunks.sampled):
         digest = base.copy()
-        digest.update(c.method.encode("ascii") + b"\0")
+        digest.update(methods[i])
         digest.update(summary[i * width : (i + 1) * width])
-        if c.samples is not None:
+        if sampled:
             a, b = off[i], off[i + 1]
             size = struct.pack("<q", b - a)
             for k, (name, view) in enumerate(views):
@@ -512,7 +651,7 @@ def _content_hashes(
 
 
 def _rows(
-    chunks: Sequence[ChunkIn], samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
+    chunks: _Chunks, samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
 ) -> list[ChunkRow]:
     off = samples.offsets.tolist()
     # Clip into order: the checks allowed float-rounding slack that the table's CHECKs do not.
@@ -527,10 +666,11 @@ def _rows(
     power32 = samples.power_w.astype(np.float32)
     has_energy = samples.has_energy.tolist()
     hashes = _content_hashes(chunks, samples, summaries)
+    field = {name: summaries[name].tolist() for name, _ in _SUMMARY_FIELDS}
     rows = []
-    for i, c in enumerate(chunks):
+    for i, sampled in enumerate(chunks.sampled):
         stored: dict[str, npt.NDArray[Any]] | None = None
-        if c.samples is not None:
+        if sampled:
             a, b = off[i], off[i + 1]
             stored = {"t_s": t_rel[a:b], "power_w": power32[a:b]}
             if has_energy[i]:
@@ -539,23 +679,23 @@ def _rows(
         rows.append(
             ChunkRow(
                 position=i,
-                device_key=c.device_key,
-                seq=c.seq,
-                t0_s=c.t0_s,
-                t1_s=c.t1_s,
-                n=c.n,
-                energy_j=c.energy_j,
-                sensor_uncertainty_j=c.sensor_uncertainty_j,
-                bound_below_j=c.bound_below_j,
-                bound_above_j=c.bound_above_j,
-                min_power_w=c.min_power_w,
+                device_key=chunks.device_key[i],
+                seq=chunks.seq[i],
+                t0_s=field["t0_s"][i],
+                t1_s=field["t1_s"][i],
+                n=field["n"][i],
+                energy_j=field["energy_j"][i],
+                sensor_uncertainty_j=field["sensor_uncertainty_j"][i],
+                bound_below_j=field["bound_below_j"][i],
+                bound_above_j=field["bound_above_j"][i],
+                min_power_w=field["min_power_w"][i],
                 mean_power_w=mean[i],
-                max_power_w=c.max_power_w,
-                method=c.method,
-                gap_s=c.gap_s,
-                gap_count=c.gap_count,
-                reset_count=c.reset_count,
-                wrap_count=c.wrap_count,
+                max_power_w=field["max_power_w"][i],
+                method=chunks.method[i],
+                gap_s=field["gap_s"][i],
+                gap_count=field["gap_count"][i],
+                reset_count=field["reset_count"][i],
+                wrap_count=field["wrap_count"][i],
                 content_hash=hashes[i],
                 samples=stored,
             )

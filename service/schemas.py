@@ -39,7 +39,7 @@ from pydantic import (
 from db.models import FINITE_MAX as MODELS_FINITE_MAX
 from db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind, RunStatus
 from db.repository import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
-from meters.wire import SAMPLES_F64_BASE64, SampleEncoding, decode_column
+from meters.wire import SAMPLES_F64_BASE64, decode_column
 
 __all__ = [
     "FINITE_MAX",
@@ -47,7 +47,9 @@ __all__ = [
     "INT64_MAX",
     "SLUG_PATTERN",
     "TAG_KEY_PATTERN",
+    "BinaryBatchHeaderIn",
     "ChunkAckPublic",
+    "ChunkColumnsIn",
     "ChunkIn",
     "CountIn",
     "DeviceIn",
@@ -445,7 +447,7 @@ class SamplesIn(BaseModel):
 
     model_config = _WIRE
 
-    encoding: SampleEncoding = "json"
+    encoding: Literal["json", "f64le-base64"] = "json"
     t_s: Column
     power_w: NonNegativeColumn
     energy_j: NonNegativeColumn | None = None
@@ -491,6 +493,49 @@ class IngestBatchIn(BaseModel):
     schema_version: Literal[1] = Field(alias="schema")
     devices: list[DeviceIn]
     chunks: list[ChunkIn]
+
+
+class ChunkColumnsIn(BaseModel):
+    """The chunks of a binary batch (`meters.wire.BATCH_BINARY`): one list per summary field.
+
+    Every list has one entry per chunk (`service.ingest` checks the lengths agree);
+    ``sampled`` says the chunk's samples are in the body's blocks, ``counter`` that an
+    ``energy_j`` column is among them.
+    """
+
+    model_config = _WIRE
+
+    device_key: list[Text]
+    seq: list[Count]
+    t0_s: list[NonNegative]
+    t1_s: list[NonNegative]
+    n: list[Annotated[int, Field(ge=1, le=INT32_MAX)]]
+    method: list[EnergyMethod]
+    energy_j: list[NonNegative]
+    energy_low_j: list[NonNegative]
+    energy_high_j: list[Unbounded]
+    sensor_uncertainty_j: list[NonNegative]
+    bound_below_j: list[NonNegative]
+    bound_above_j: list[Unbounded]
+    min_power_w: list[NonNegative]
+    mean_power_w: list[NonNegative]
+    max_power_w: list[NonNegative]
+    gap_s: list[NonNegative]
+    gap_count: list[Count]
+    reset_count: list[Count]
+    wrap_count: list[Count]
+    sampled: list[bool]
+    counter: list[bool]
+
+
+class BinaryBatchHeaderIn(BaseModel):
+    """The JSON header of a binary batch (`meters.wire.dumps_binary_batch`)."""
+
+    model_config = _WIRE
+
+    schema_version: Literal[1] = Field(alias="schema")
+    devices: list[DeviceIn]
+    chunks: ChunkColumnsIn
 
 
 class ChunkAckPublic(BaseModel):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 
 from db import repository
+from meters.wire import BINARY_CONTENT_TYPE
 from service.deps import IngestTenant, RawBody, SessionDep, SettingsDep
-from service.ingest import prepare_batch
+from service.ingest import prepare_batch, prepare_binary_batch
 from service.schemas import ChunkAckPublic, IngestBatchIn, IngestPublic
 
 router = APIRouter(prefix="/runs/{run_id}/chunks", tags=["chunks"])
@@ -25,7 +26,20 @@ SCHEMA_COMPONENTS: dict[str, Any] = {
 _BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IngestBatchIn"}}},
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/IngestBatchIn"}},
+            BINARY_CONTENT_TYPE: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": (
+                        "The same batch, columnar: b'TLB\\x01', a u32le header length, a JSON "
+                        "header (devices, one list per chunk field, sampled/counter flags), "
+                        "then float64le blocks t_s, power_w, energy_j (see meters.wire)"
+                    ),
+                }
+            },
+        },
     }
 }
 
@@ -45,20 +59,26 @@ def ingest_chunks(
     session: SessionDep,
     settings: SettingsDep,
     body: RawBody,
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> IngestPublic:
     """Store a batch of sealed chunks (`meters.wire.IngestBatch`).
 
     The body is parsed here in one pass (not by FastAPI) so a large batch is parsed by
     pydantic's JSON parser straight into typed values. Each chunk is acknowledged as
     ``stored`` or ``duplicate`` (identical to a stored chunk); any refused chunk rejects the
-    whole batch and stores nothing.
+    whole batch and stores nothing. ``Content-Type:
+    application/vnd.thermoledger.batch`` sends the columnar binary form
+    (`meters.wire.BATCH_BINARY`); anything else is read as JSON.
     """
-    batch = IngestBatchIn.model_validate_json(body)
-    prepared = prepare_batch(
-        batch,
-        max_chunks=settings.max_chunks_per_batch,
-        max_samples_per_chunk=settings.max_samples_per_chunk,
-    )
+    limits = {
+        "max_chunks": settings.max_chunks_per_batch,
+        "max_samples_per_chunk": settings.max_samples_per_chunk,
+    }
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type == BINARY_CONTENT_TYPE:
+        prepared = prepare_binary_batch(body, **limits)
+    else:
+        prepared = prepare_batch(IngestBatchIn.model_validate_json(body), **limits)
     acks = repository.ingest_chunks(
         session,
         project_id=tenant.id,

@@ -27,7 +27,7 @@ from meters.sampler import Sampler
 from meters.spool import Spool
 from meters.testing import ManualClock
 from meters.uploader import Backoff, PushResult, Uploader, run_body_from_spool
-from meters.wire import content_hash
+from meters.wire import BINARY_CONTENT_TYPE, content_hash, loads_binary_batch
 from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
 
@@ -64,7 +64,10 @@ class FakeService:
             response = fault(request)
             if response is not None:
                 return response
-        body = json.loads(request.content) if request.content else {}
+        if request.headers.get("Content-Type") == BINARY_CONTENT_TYPE:
+            body: Any = loads_binary_batch(request.content)
+        else:
+            body = json.loads(request.content) if request.content else {}
         if request.method == "PUT":
             created = run_id not in self.runs
             self.runs.setdefault(run_id, body)
