@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest bench clean
+.PHONY: demo test lint types pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
@@ -25,7 +25,19 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The page tests drive a real headless Chromium (Debian's package; Playwright's own browser
+# download needs the internet). Installed here when missing and we may (root + apt-get).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$THERMOLEDGER_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; }; \
+	  else \
+	    echo "note: no chromium; browser tests skip (fail under CI=true); install Debian's chromium"; \
+	  fi; }
+
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test: lint types pytest
