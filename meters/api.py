@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from meters.backends.base import PowerBackend
 from meters.control import ControlStore
@@ -68,6 +68,9 @@ from meters.settings import BackendChoice, MeterSettings
 from meters.spool import RunStatus, Spool
 from meters.uploader import PushResult, Uploader
 from meters.wire import ChunkPayload, DevicePayload
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "RUN_KINDS",
@@ -284,6 +287,8 @@ class Meter:
         env: Environment to read (default: ``os.environ``).
         host: Host name in device keys (default: ``socket.gethostname()``).
         logger: Where the meter logs.
+        upload_transport: httpx transport the uploader sends through (default: httpx's own);
+            ``thermoledger --metrics-port`` passes a `meters.metrics.CountingTransport`.
     """
 
     def __init__(
@@ -305,6 +310,7 @@ class Meter:
         env: Mapping[str, str] | None = None,
         host: str | None = None,
         logger: logging.Logger | None = None,
+        upload_transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.name = (run or _default_name()).strip()[:_MAX_NAME] or "python"
         self.kind = kind
@@ -324,6 +330,7 @@ class Meter:
         self._env: Mapping[str, str] = os.environ if env is None else env
         self.host = host or socket.gethostname()
         self._log = logger if logger is not None else _LOG
+        self._upload_transport = upload_transport
         self._lock = threading.RLock()
         self.state: State = "new"
         self.run_id: str = ""
@@ -353,6 +360,12 @@ class Meter:
     def sampling(self) -> bool:
         """Whether this meter reads devices (it is the node's one meter)."""
         return self._sampler is not None
+
+    @property
+    def devices(self) -> tuple[DevicePayload, ...]:
+        """The devices this meter samples, as sent to the service (empty when it samples none)."""
+        sampler = self._sampler
+        return sampler.devices if sampler is not None else ()
 
     @property
     def recording(self) -> bool:
@@ -451,6 +464,7 @@ class Meter:
                 api_url=settings.api_url,
                 token=settings.token,
                 run_ids=[self.run_id],
+                transport=self._upload_transport,
                 logger=self._log,
             )
             self._uploader.start()

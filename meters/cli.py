@@ -27,6 +27,11 @@ the PUE (``--pue``, default 1.0: IT energy only) applied and stated, and the ban
 (low energy → low figure). Plain arithmetic, the accounting core's model without pint:
 ``facility kWh = J / 3.6e6 × PUE``; CO2e g = facility kWh × g/kWh; USD = facility kWh × USD/kWh.
 Nothing is guessed: no region, no default intensity, no default price.
+
+Observing the meter itself (``run`` and ``sidecar``): ``--metrics-port PORT`` serves Prometheus
+metrics (`meters.metrics`: power, energy, samples, spool depth, upload failures), computed only
+when scraped; ``--log-format json`` writes every log line, and the summary, as one JSON object
+per line with the run id (`meters.logs`). Both are off by default (`ObserveSettings`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from types import FrameType
 from typing import Any, Final, TextIO
 
 from meters.api import RUN_KINDS, Meter
+from meters.logs import LOG_FORMATS, JsonFormatter, LogFormat, RunIdFilter, json_handler
 from meters.runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id, node_meter_mark
 from meters.sampler import MeterSummary
 from meters.settings import (
@@ -53,6 +59,7 @@ from meters.settings import (
     ENV_PREFIX,
     FootprintSettings,
     MeterSettings,
+    ObserveSettings,
     SettingsError,
 )
 from meters.uploader import PushResult
@@ -77,12 +84,17 @@ class _Prefixed(logging.Formatter):
         return text if text.startswith("thermoledger") else f"thermoledger: {text}"
 
 
-def _logger(err: TextIO, verbose: bool) -> logging.Logger:
+def _logger(err: TextIO, verbose: bool, log_format: LogFormat = "text") -> logging.Logger:
     log = logging.getLogger("thermoledger.cli")
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-    handler = logging.StreamHandler(err)
-    handler.setFormatter(_Prefixed("%(message)s"))
+    for old in list(log.handlers):
+        log.removeHandler(old)
+    handler: logging.Handler
+    if log_format == "json":
+        # The run id is not known yet; `_meter` points the filter at the meter's.
+        handler = json_handler(err, run_id=lambda: None)
+    else:
+        handler = logging.StreamHandler(err)
+        handler.setFormatter(_Prefixed("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO if verbose else logging.WARNING)
     log.propagate = False
@@ -475,7 +487,7 @@ def _tags(raw: Sequence[str] | None, parser: argparse.ArgumentParser) -> dict[st
 def _meter(
     args: argparse.Namespace, env: Mapping[str, str], log: logging.Logger, name: str
 ) -> Meter:
-    return Meter(
+    meter = Meter(
         name,
         kind=args.kind,
         run_id=args.run_id,
@@ -491,7 +503,47 @@ def _meter(
         upload_timeout_s=args.upload_timeout,
         env=env,
         logger=log,
+        upload_transport=args.upload_transport,
     )
+    for handler in log.handlers:
+        for f in handler.filters:
+            if isinstance(f, RunIdFilter):
+                f.run_id = lambda: meter.run_id  # resolved as the meter starts
+    return meter
+
+
+def _observe(args: argparse.Namespace, env: Mapping[str, str]) -> ObserveSettings:
+    """The metrics and log settings of ``run`` / ``sidecar`` (defaults for other commands)."""
+    if not hasattr(args, "metrics_port"):
+        return ObserveSettings()
+    return ObserveSettings.resolve(
+        env=env,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        log_format=args.log_format,
+    )
+
+
+@contextlib.contextmanager
+def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Iterator[None]:
+    """Serve the meter's metrics while the block runs, when a port is configured."""
+    observe: ObserveSettings = args.observe
+    server = None
+    if observe.metrics_port is not None and meter.state not in ("new", "disabled"):
+        from meters.metrics import serve_meter_metrics
+
+        server = serve_meter_metrics(
+            meter,
+            port=observe.metrics_port,
+            address=observe.metrics_addr,
+            transport=args.upload_transport,
+            logger=log,
+        )
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _footprint(args: argparse.Namespace, env: Mapping[str, str]) -> FootprintSettings:
@@ -547,9 +599,17 @@ def _cmd_run(
             meter.stop(exit_code=code, failed=True)
             return code
         forwarder.attach(child)
-        status = _StatusLine(err, meter, enabled=_isatty(err) and not args.quiet and meter.sampling)
+        status = _StatusLine(
+            err,
+            meter,
+            enabled=_isatty(err)
+            and not args.quiet
+            and meter.sampling
+            and args.observe.log_format == "text",
+        )
         try:
-            code = _wait(child, status)
+            with _metrics(args, meter, log):
+                code = _wait(child, status)
         finally:
             _hand_terminal(terminal, os.getpgrp())
     status.clear()
@@ -571,20 +631,44 @@ def _write_summary(
     footprint: FootprintSettings,
     verbose: bool,
 ) -> None:
-    """Print the summary table; a failure to format it must not change the exit code."""
+    """Print the summary table; a failure to format it must not change the exit code.
+
+    With JSON logs the table is one log record (whatever the log level), with the totals as
+    fields, so that stderr stays one JSON object per line.
+    """
     try:
-        err.write(
-            render_summary(
-                summary,
-                title=_title(meter, verb, code),
-                backend_label=meter.backend_label,
-                simulated=meter.simulated,
-                upload=meter.upload,
-                spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
-                footprint=footprint,
-                verbose=verbose,
-            )
+        table = render_summary(
+            summary,
+            title=_title(meter, verb, code),
+            backend_label=meter.backend_label,
+            simulated=meter.simulated,
+            upload=meter.upload,
+            spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
+            footprint=footprint,
+            verbose=verbose,
         )
+        if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
+            err.write(table)
+            return
+        record = log.makeRecord(
+            log.name,
+            logging.INFO,
+            __file__,
+            0,
+            table.rstrip("\n"),
+            (),
+            None,
+            extra={
+                "event": "summary",
+                "exit_code": code,
+                "energy_j": summary.energy_j,
+                "energy_low_j": summary.energy_low_j,
+                "energy_high_j": summary.energy_high_j,
+                "devices": len(summary.devices),
+                "simulated": meter.simulated,
+            },
+        )
+        log.handle(record)  # past the level check: the summary is always written
     except Exception as e:
         log.error("could not print the summary (%s: %s)", type(e).__name__, e)
 
@@ -604,8 +688,9 @@ def _cmd_sidecar(
         meter.start()
         if meter.state in ("idle", "disabled"):
             log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
-        while not received:
-            time.sleep(_SIGNAL_POLL_S)
+        with _metrics(args, meter, log):
+            while not received:
+                time.sleep(_SIGNAL_POLL_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -753,6 +838,24 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
         help="electricity price, USD/kWh, for a cost line in the summary "
         "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port, 0 for any free one "
+        "(default: THERMOLEDGER_METRICS_PORT; unset: none)",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        metavar="ADDR",
+        help="interface for the metrics (default: THERMOLEDGER_METRICS_ADDR, else 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json: one object per line with the run id "
+        "(default: THERMOLEDGER_LOG_FORMAT, else text)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line, no summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")
 
@@ -805,7 +908,17 @@ def main(
     err = err or sys.stderr
     parser = _build_parser()
     args = parser.parse_args(argv)
-    log = _logger(err, getattr(args, "verbose", False))
+    try:
+        args.observe = _observe(args, env)
+    except SettingsError as e:
+        err.write(f"thermoledger: {e}\n")
+        return _EXIT_USAGE
+    log = _logger(err, getattr(args, "verbose", False), args.observe.log_format)
+    args.upload_transport = None
+    if args.observe.metrics_port is not None:
+        from meters.metrics import CountingTransport
+
+        args.upload_transport = CountingTransport()
     if hasattr(args, "tag"):
         args.tags = _tags(args.tag, parser)
     commands: dict[str, Callable[[], int]] = {

@@ -26,6 +26,12 @@ nothing here guesses a region, a grid intensity or a tariff::
                                             only, and the summary says so)
     THERMOLEDGER_TARIFF_USD_PER_KWH         electricity tariff, USD/kWh (unset: no cost)
 
+How the ``thermoledger`` process itself is observed (`ObserveSettings`; off unless set)::
+
+    THERMOLEDGER_METRICS_PORT   serve Prometheus metrics on this TCP port (`meters.metrics`)
+    THERMOLEDGER_METRICS_ADDR   interface for them (default 0.0.0.0, so Prometheus can scrape)
+    THERMOLEDGER_LOG_FORMAT     text (default) | json: JSON lines with the run id (`meters.logs`)
+
 The run id has its own resolution (`meters.runid`), since it is shared by every node of a job.
 """
 
@@ -40,6 +46,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from meters.errors import MeterError
+from meters.logs import LOG_FORMATS, LogFormat
 
 __all__ = [
     "API_PREFIX",
@@ -48,6 +55,7 @@ __all__ = [
     "BackendChoice",
     "FootprintSettings",
     "MeterSettings",
+    "ObserveSettings",
     "SettingsError",
     "api_base_url",
     "default_spool_dir",
@@ -318,4 +326,78 @@ class FootprintSettings:
             grid_intensity_g_per_kwh=number("grid_intensity_g_per_kwh", grid_intensity_g_per_kwh),
             pue=1.0 if chosen_pue is None else chosen_pue,
             tariff_usd_per_kwh=number("tariff_usd_per_kwh", tariff_usd_per_kwh),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveSettings:
+    """How the ``thermoledger`` process is observed: its metrics endpoint and its log lines.
+
+    Separate from `MeterSettings`: an in-process `meters.api.Meter` lives in the job's process,
+    whose logging and ports are the job's, so only the command line uses these.
+
+    Attributes:
+        metrics_port: TCP port of the Prometheus endpoint (None: no endpoint; 0: any free port).
+        metrics_addr: Interface it binds (``0.0.0.0``: all, so a pod can be scraped).
+        log_format: ``text`` (for people) or ``json`` (one object per line, with the run id).
+    """
+
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
+    log_format: LogFormat = "text"
+
+    def __post_init__(self) -> None:
+        port = self.metrics_port
+        if port is not None and (isinstance(port, bool) or not 0 <= port <= 65535):
+            raise SettingsError(
+                f"--metrics-port / {ENV_PREFIX}METRICS_PORT must be a TCP port 0-65535, "
+                f"got {port!r}"
+            )
+        if not self.metrics_addr.strip():
+            raise SettingsError(f"--metrics-addr / {ENV_PREFIX}METRICS_ADDR must not be empty")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(
+                f"--log-format / {ENV_PREFIX}LOG_FORMAT must be one of {LOG_FORMATS}, "
+                f"got {self.log_format!r}"
+            )
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str | None = None,
+        log_format: str | None = None,
+    ) -> ObserveSettings:
+        """Explicit values (None: not given), then ``THERMOLEDGER_*``, then the defaults.
+
+        Raises:
+            SettingsError: A value is unusable; the message names the flag and the variable.
+        """
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            return env.get(ENV_PREFIX + name, "").strip() or None
+
+        port = metrics_port
+        raw_port = text("METRICS_PORT")
+        if port is None and raw_port is not None:
+            try:
+                port = int(raw_port)
+            except ValueError:
+                raise SettingsError(
+                    f"{ENV_PREFIX}METRICS_PORT must be a TCP port, got {raw_port!r}"
+                ) from None
+        chosen_format = log_format if log_format is not None else text("LOG_FORMAT") or "text"
+        formats: dict[str, LogFormat] = {f: f for f in LOG_FORMATS}
+        if chosen_format not in formats:
+            raise SettingsError(
+                f"--log-format / {ENV_PREFIX}LOG_FORMAT must be one of {LOG_FORMATS}, "
+                f"got {chosen_format!r}"
+            )
+        return cls(
+            metrics_port=port,
+            metrics_addr=metrics_addr or text("METRICS_ADDR") or "0.0.0.0",
+            log_format=formats[chosen_format],
         )

@@ -2,12 +2,15 @@
 
 Commands:
 
-* ``serve`` — run the API with uvicorn (settings from ``THERMOLEDGER_*``).
+* ``serve`` — run the API with uvicorn (settings from ``THERMOLEDGER_*``); ``--log-format json``
+  (or ``THERMOLEDGER_LOG_FORMAT=json``) logs one JSON object per line (`service.logs`).
 * ``migrate`` — upgrade the database to the newest schema (run it before ``serve``).
 * ``token create --project X --scopes admin,ingest,read`` — create the project if it is missing
   and issue a token for it, printed once on stdout (``TOKEN=$(thermoledger-server token create
   ...)``); this is how a fresh install gets its first token. ``token revoke --id N``.
 * ``demo`` — the simulated 8-GPU demo report (no database needed).
+* ``audit verify [--project SLUG] [--anchor SEQ:HASH]`` — recompute every ledger hash chain and
+  name each broken entry; exit 1 if any is broken (`service.audit_cli`).
 
 Heavy imports (the web stack, SQLAlchemy, Alembic) happen inside the command that needs them,
 so ``thermoledger-server demo`` and ``--help`` stay fast.
@@ -16,9 +19,12 @@ so ``thermoledger-server demo`` and ``--help`` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
+
+from service.audit_cli import add_audit_parser
 
 
 def _database_option(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +49,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (default: 1; about one per core for ingest)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text, or json lines with the run id (default: THERMOLEDGER_LOG_FORMAT, else text)",
+    )
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     _database_option(migrate)
@@ -61,6 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")
     _database_option(revoke)
     revoke.add_argument("--id", type=int, required=True, dest="token_id", help="token id")
+    add_audit_parser(sub, _database_option)
     return parser
 
 
@@ -168,15 +186,37 @@ def main(
         import uvicorn
 
         from service.app import create_app
+        from service.logs import log_config
         from service.settings import Settings
 
-        settings = Settings(database_url=args.database_url) if args.database_url else Settings()
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        overrides = {"database_url": args.database_url, "log_format": args.log_format}
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        if args.workers > 1:
+            # Each worker process builds its own app from the environment: pass the overrides on.
+            for name, value in overrides.items():
+                if value is not None:
+                    os.environ[f"THERMOLEDGER_{name.upper()}"] = value
+        uvicorn.run(
+            "service.app:app_from_env" if args.workers > 1 else create_app(settings),
+            factory=args.workers > 1,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            log_config=log_config(settings.log_format, args.log_level),
+            access_log=False,  # the service's own request log replaces it (service.metrics)
+        )
         return 0
     if args.command == "token" and args.token_command == "create":
         return _token_create(args, out, err)
     if args.command == "token" and args.token_command == "revoke":
         return _token_revoke(args, out, err)
+    if args.command == "audit":
+        from service.audit_cli import audit_main
+
+        return audit_main(args, out, err, url=_database_url(args))
     parser.error(f"unknown command {args.command!r}")
     return 2  # pragma: no cover - parser.error exits
 

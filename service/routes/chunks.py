@@ -11,6 +11,7 @@ from db import repository
 from meters.wire import BINARY_CONTENT_TYPE
 from service.deps import IngestTenant, RawBody, SessionDep, SettingsDep
 from service.ingest import prepare_batch, prepare_binary_batch
+from service.metrics import record_ingest
 from service.schemas import ChunkAckPublic, IngestBatchIn, IngestPublic
 
 router = APIRouter(prefix="/runs/{run_id}/chunks", tags=["chunks"])
@@ -88,6 +89,9 @@ def ingest_chunks(
         compress_samples=settings.compress_samples,
     )
     stored = sum(1 for a in acks if a.status == "stored")
+    record_ingest(
+        stored=stored, duplicates=len(acks) - stored, samples=sum(c.n for c in prepared.chunks)
+    )
     # The acks echo values already validated; constructing them unvalidated saves ~5 % of an
     # ingest request's CPU (a batch acknowledges thousands of chunks).
     return IngestPublic.model_construct(

@@ -1,0 +1,338 @@
+"""Prometheus metrics and request logs of the service: one registry per app, one middleware.
+
+`create_app` builds a `ServiceMetrics` (its own `CollectorRegistry`, never the process-global
+one, so tests that build many apps never collide) and wraps the application in
+`ObservabilityMiddleware`, which times every HTTP request and writes one access-log record for
+it. ``GET /metrics`` serves the registry in the Prometheus text format; with
+``THERMOLEDGER_METRICS_TOKEN`` set it asks for ``Authorization: Bearer <that token>``
+(otherwise it is open, like ``/healthz``: keep the port off the internet, or set the token).
+
+Metrics::
+
+    thermoledger_http_requests_total{method, route, status_class}   counter
+    thermoledger_http_request_duration_seconds{method, route}       histogram, s
+    thermoledger_http_requests_in_flight                            gauge
+    thermoledger_threadpool_tasks_waiting                           gauge (queue depth)
+    thermoledger_threadpool_threads_busy / _threads_limit           gauges
+    thermoledger_ingest_batches_total                               counter
+    thermoledger_ingest_chunks_total{status="stored"|"duplicate"}   counter
+    thermoledger_ingest_samples_total                               counter
+    thermoledger_service_info{version}                              gauge (1)
+
+Cardinality stays bounded: ``route`` is the route's *template*
+(``/api/v1/runs/{run_id}/chunks``), never the raw path; a path that matches no route is
+``unmatched``, as is a request refused before routing (a body over the size limit); ``method``
+is one of the HTTP methods or ``other``; ``status_class`` is ``2xx`` … ``5xx``. Routes are plain
+``def`` functions that run in anyio's thread pool, so a request that waits for a thread is
+queued there: the ``threadpool`` gauges show that queue, read when ``/metrics`` is scraped.
+
+Ingest counters
+    The ingest route reports what it stored with `record_ingest` (one call, no app argument: the
+    middleware puts a per-request tally in a context variable, which anyio carries into the
+    route's worker thread). The counters move only when the response is a success, so a batch
+    whose transaction is rolled back is not counted.
+
+Request logs
+    One record per request on the ``service.access`` logger (uvicorn's own access log is off):
+    method, route, path, status, duration_ms, client, and ``run_id`` when the route has one,
+    as fields for `meters.logs.JsonFormatter` (``THERMOLEDGER_LOG_FORMAT=json``) and in the text.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import Unauthenticated
+from service.settings import Settings
+
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "ObservabilityMiddleware",
+    "ServiceMetrics",
+    "record_ingest",
+    "router",
+]
+
+ACCESS_LOGGER: Final = "service.access"
+UNMATCHED: Final = "unmatched"
+#: Request latency buckets, s: 1 ms … 30 s (an ingest batch of 2,000 chunks takes ~1 s).
+LATENCY_BUCKETS_S: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+@dataclass
+class _Tally:
+    """What one request ingested (`record_ingest`), applied by the middleware on success."""
+
+    batches: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    samples: int = 0
+
+
+_TALLY: contextvars.ContextVar[_Tally | None] = contextvars.ContextVar(
+    "thermoledger_ingest_tally", default=None
+)
+
+
+def record_ingest(*, stored: int, duplicates: int, samples: int) -> None:
+    """Count one ingested batch for the metrics of the app serving this request.
+
+    Call it from the ingest route once the repository has acknowledged the batch; the counters
+    move when the response is sent with a success status. Outside a request it does nothing.
+
+    Args:
+        stored: Chunks stored.
+        duplicates: Chunks acknowledged as identical repeats.
+        samples: Raw samples in the batch's chunks.
+    """
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.batches += 1
+        tally.stored += stored
+        tally.duplicates += duplicates
+        tally.samples += samples
+
+
+@dataclass
+class ServiceMetrics:
+    """The metric objects of one app, on a registry of their own."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry())
+    requests: Counter = field(init=False)
+    latency: Histogram = field(init=False)
+    in_flight: Gauge = field(init=False)
+    waiting: Gauge = field(init=False)
+    busy: Gauge = field(init=False)
+    limit: Gauge = field(init=False)
+    batches: Counter = field(init=False)
+    chunks: Counter = field(init=False)
+    samples: Counter = field(init=False)
+    version: str = "0"
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "thermoledger_http_requests",
+            "HTTP requests answered, by route template and status class",
+            ["method", "route", "status_class"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "thermoledger_http_request_duration_seconds",
+            "Time from request to the end of the response, s, by route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "thermoledger_http_requests_in_flight", "HTTP requests being served now", registry=r
+        )
+        self.waiting = Gauge(
+            "thermoledger_threadpool_tasks_waiting",
+            "Requests queued for a worker thread (read at scrape time)",
+            registry=r,
+        )
+        self.busy = Gauge(
+            "thermoledger_threadpool_threads_busy",
+            "Worker threads running a request (read at scrape time)",
+            registry=r,
+        )
+        self.limit = Gauge(
+            "thermoledger_threadpool_threads_limit", "Most worker threads at once", registry=r
+        )
+        self.batches = Counter("thermoledger_ingest_batches", "Chunk batches ingested", registry=r)
+        self.chunks = Counter(
+            "thermoledger_ingest_chunks",
+            "Chunks acknowledged by ingest, stored or duplicate",
+            ["status"],
+            registry=r,
+        )
+        self.samples = Counter(
+            "thermoledger_ingest_samples", "Raw samples in ingested chunks", registry=r
+        )
+        for status in ("stored", "duplicate"):
+            self.chunks.labels(status=status)
+        Gauge("thermoledger_service_info", "The service (value 1)", ["version"], registry=r).labels(
+            version=self.version
+        ).set(1)
+
+    def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
+        """Count one answered request."""
+        self.requests.labels(method, route, f"{status // 100}xx").inc()
+        self.latency.labels(method, route).observe(elapsed_s)
+
+    def apply(self, tally: _Tally) -> None:
+        """Add a successful request's ingest tally to the counters."""
+        if tally.batches:
+            self.batches.inc(tally.batches)
+            self.chunks.labels(status="stored").inc(tally.stored)
+            self.chunks.labels(status="duplicate").inc(tally.duplicates)
+            self.samples.inc(tally.samples)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format, with the thread pool read now.
+
+        Must run on the event loop's thread (it reads anyio's default thread limiter).
+        """
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        stats = limiter.statistics()
+        self.waiting.set(stats.tasks_waiting)
+        self.busy.set(stats.borrowed_tokens)
+        self.limit.set(stats.total_tokens)
+        return generate_latest(self.registry)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that served this request, e.g. ``/api/v1/runs/{run_id}``.
+
+    The router leaves the matched route in the scope; its template lacks the prefixes of the
+    routers it was included through (``/api/v1``), which are the part of the request path in
+    front of the route's own. Path parameter values are put back as ``{name}`` wherever they
+    appear, so no raw id reaches a label. A request answered before routing (a body over the
+    size limit, a path no route matches) is `UNMATCHED`.
+    """
+    route = scope.get("route")
+    own = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(own, str) or not own:
+        return UNMATCHED
+    params = {str(k): str(v) for k, v in scope.get("path_params", {}).items()}
+    rendered = own
+    for name, value in params.items():
+        rendered = rendered.replace("{" + name + "}", value)
+    path = str(scope.get("path", ""))
+    prefix = path[: -len(rendered)] if rendered and path.endswith(rendered) else ""
+    if params and prefix:
+        values = {value: name for name, value in params.items()}
+        prefix = "/".join(
+            "{" + values[part] + "}" if part in values else part for part in prefix.split("/")
+        )
+    return prefix + own
+
+
+class ObservabilityMiddleware:
+    """Times, counts and logs every HTTP request (see the module docstring).
+
+    Args:
+        app: The application inside.
+        metrics: Where the figures go.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app raises before answering
+        tally = _Tally()
+        token = _TALLY.set(tally)
+        metrics = self.metrics
+        metrics.in_flight.inc()
+        start_s = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed_s = time.perf_counter() - start_s
+            metrics.in_flight.dec()
+            _TALLY.reset(token)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            route = route_template(scope)
+            metrics.observe(method, route, status, elapsed_s)
+            if status < 400:
+                metrics.apply(tally)
+            _log_request(scope, method, route, status, elapsed_s)
+
+
+def _log_request(scope: Scope, method: str, route: str, status: int, elapsed_s: float) -> None:
+    if not _access_log.isEnabledFor(logging.INFO):
+        return
+    run_id = scope.get("path_params", {}).get("run_id")
+    client = scope.get("client")
+    path = scope.get("path", "")
+    duration_ms = round(elapsed_s * 1e3, 3)
+    _access_log.info(
+        "%s %s %d %.1f ms%s",
+        method,
+        path,
+        status,
+        duration_ms,
+        f" run {run_id}" if run_id else "",
+        extra={
+            "method": method,
+            "route": route,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "run_id": str(run_id) if run_id else None,
+        },
+    )
+
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        401: {"description": "THERMOLEDGER_METRICS_TOKEN is set and was not presented"},
+    },
+)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics of this process (see `service.metrics`)."""
+    settings: Settings = request.app.state.settings
+    expected = settings.metrics_token
+    if expected is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.get_secret_value().encode()
+        ):
+            raise Unauthenticated("GET /metrics needs the metrics token (Bearer)")
+    metrics: ServiceMetrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
