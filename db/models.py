@@ -48,11 +48,14 @@ __all__ = [
     "FactorBasis",
     "FactorRate",
     "LedgerEntry",
+    "LedgerHead",
     "LedgerKind",
     "LedgerSource",
     "Phase",
     "PhaseTotal",
     "Project",
+    "ProjectAccounting",
+    "PueKind",
     "Run",
     "RunKind",
     "RunStatus",
@@ -169,6 +172,16 @@ class FactorRate(enum.StrEnum):
 
     AVERAGE = "average"
     MARGINAL = "marginal"
+
+
+class PueKind(enum.StrEnum):
+    """Where a project's PUE comes from (`accounting.carbon.Pue.kind`)."""
+
+    PUBLISHED = "published"
+    SURVEY = "survey"
+    ASSUMPTION = "assumption"
+    DEFINITION = "definition"
+    MEASURED = "measured"
 
 
 class Scope(enum.IntFlag):
@@ -606,7 +619,8 @@ class EmissionFactor(Base):
     Two axes instead of DESIGN's single ``kind``: ``basis`` (location | market, the GHG Scope 2
     method it serves) and ``rate`` (average | marginal) are independent. ``project_id`` NULL is
     a shared factor; a project's own (a PPA, a supplier-specific market factor) overrides it.
-    Non-overlap of versions is enforced by the repository, not the database.
+    Non-overlap of versions is enforced by `db.factors`, not the database; rows are never
+    edited except to close an open-ended version (set its ``valid_to``).
     """
 
     __tablename__ = "emission_factor"
@@ -659,3 +673,55 @@ class Tariff(Base):
     source: Mapped[str] = mapped_column(sa.String(500))
     year: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LedgerHead(Base):
+    """The last entry of a project's ledger chain: its seq and hash, kept beside the chain.
+
+    Appending locks this row (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite serialises
+    writers), which serialises appends per project, and updates it in the same transaction.
+    Verification compares it with the chain's last entry, so deleting the newest entries, or
+    appending a forged one behind the service's back, shows even though no link breaks.
+    """
+
+    __tablename__ = "ledger_head"
+    __table_args__ = (
+        sa.CheckConstraint("seq >= 0", name="seq_nonnegative"),
+        sa.CheckConstraint("length(hash) = 64", name="hash_sha256_hex"),
+    )
+
+    project_id: Mapped[int] = mapped_column(sa.ForeignKey("project.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProjectAccounting(Base):
+    """How a project's energy becomes carbon and cost: its grid region and its PUE.
+
+    Configured explicitly by the project's admin; nothing is guessed (no geolocation). The
+    region selects emission factors and tariffs (`db.factors`); the PUE is stored with its
+    provenance as resolved when it was set (a built-in default's value and source are copied,
+    so a later release with other defaults does not change it). Figures already in the ledger
+    keep the region and PUE they were derived with: changing this row changes only what is
+    ledgered afterwards.
+    """
+
+    __tablename__ = "project_accounting"
+    __table_args__ = (
+        sa.CheckConstraint("length(region) >= 1", name="region_not_empty"),
+        sa.CheckConstraint(f"pue >= 1 AND pue <= {FINITE_MAX}", name="pue_valid"),
+        _enum_check("pue_kind", PueKind, "pue_kind_valid"),
+    )
+
+    project_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("project.id", ondelete="CASCADE"), primary_key=True
+    )
+    region: Mapped[str] = mapped_column(sa.String(64))
+    pue: Mapped[float]
+    #: A built-in default's name (``hyperscale``, ``typical``, ``none`` …) or ``measured``.
+    pue_name: Mapped[str] = mapped_column(sa.String(64))
+    pue_kind: Mapped[PueKind] = mapped_column(StrEnumType(PueKind))
+    pue_source: Mapped[str] = mapped_column(sa.String(500))
+    pue_year: Mapped[int | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -12,7 +12,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response, status
 from pydantic import AwareDatetime
 
-from db import repository
+from db import ledger, repository
 from db.models import RunKind, RunStatus
 from db.repository import InvalidInput, RunCursor
 from db.types import utcnow
@@ -135,6 +135,9 @@ def _end(
         ended_at=body.ended_at,
         exit_code=body.exit_code,
     )
+    # Freeze the run's published figures in the ledger, in the same transaction (a repeat
+    # appends only when its measurements changed since; see `db.ledger.record_run_end`).
+    ledger.record_run_end(session, project_id=tenant.id, run_id=run_id)
     return RunPublic.of(record, tenant.slug)
 
 

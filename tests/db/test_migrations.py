@@ -100,8 +100,8 @@ def test_scripts_come_from_the_installed_package() -> None:
     location = migrate.script_location()
     assert (location / "env.py").is_file()
     revisions = sorted(p.name for p in (location / "versions").glob("*.py"))
-    assert revisions == ["0001_initial.py"]
-    assert migrate.head() == "0001"
+    assert revisions == ["0001_initial.py", "0002_ledger_head_project_accounting.py"]
+    assert migrate.head() == "0002"
 
 
 def test_autogenerate_writes_plain_types(database_url: str) -> None:

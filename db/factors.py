@@ -1,0 +1,646 @@
+"""Versioned emission factors and tariffs, and each project's region and PUE.
+
+Versions
+--------
+An `db.models.EmissionFactor` or `db.models.Tariff` row is one **version**: a value valid over
+``[valid_from, valid_to)`` (``valid_to`` NULL = until further notice). Versions of the same key
+— (region, basis, rate, project) for factors, (region, project) for tariffs; ``project`` NULL
+is a shared version — never overlap: `add_factor` / `add_tariff` refuse an overlapping window
+with `Conflict` naming the version in the way. A version is never edited, with one exception:
+`close_factor` / `close_tariff` set the ``valid_to`` of an open-ended version, so that a newer
+one can follow it. Figures already derived with a version are frozen in the ledger with that
+version's id, value, source and window (`db.ledger`): adding, or closing, a version never
+changes a published figure.
+
+Lookup (`find_factor`, `find_tariff`) takes a region and an instant: the project's own version
+covering it, else a shared one, else — for location-based grid averages only — the **built-in
+default** for the region from ``accounting/data/factors.toml`` (annual, country-level Ember
+figures with source and year; `accounting.carbon.default_emission_factors`). Built-ins are
+resolved in code rather than seeded as rows, so that they are visibly *defaults* (``id`` None,
+``builtin`` true in every provenance record) and a database never holds a copy that silently
+differs from the release it runs. There are no built-in market-based factors (residual mixes
+are supplier- and year-specific) and no built-in tariffs: without one of the project's or a
+shared version, the market-based figure and the cost are *not available*, never guessed.
+
+Region and PUE (`db.models.ProjectAccounting`) are set explicitly per project. Without a
+region nothing is looked up (no carbon is derived); without a PUE the boundary is IT-only
+(``none``, 1.0, labelled as such).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from accounting.carbon import Pue, default_emission_factors, default_pue
+from accounting.units import magnitude_in
+from db.models import (
+    EmissionFactor,
+    FactorBasis,
+    FactorRate,
+    ProjectAccounting,
+    PueKind,
+    Tariff,
+)
+from db.repository import Conflict, InvalidInput, NotFound
+from db.types import utcnow
+
+__all__ = [
+    "AccountingConfig",
+    "FactorVersion",
+    "TariffVersion",
+    "add_factor",
+    "add_tariff",
+    "builtin_factors",
+    "close_factor",
+    "close_tariff",
+    "find_factor",
+    "find_tariff",
+    "get_accounting",
+    "list_factors",
+    "list_tariffs",
+    "normalize_region",
+    "set_accounting",
+]
+
+#: Name of the built-in defaults in provenance records.
+BUILTIN_SOURCE = "accounting/data/factors.toml"
+
+
+def normalize_region(region: str) -> str:
+    """Regions compare case-insensitively: stored and looked up upper-case, trimmed."""
+    return region.strip().upper()
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _window(valid_from: datetime | None, valid_to: datetime | None) -> str:
+    start = valid_from.isoformat() if valid_from is not None else "…"
+    return f"{start} … {valid_to.isoformat() if valid_to is not None else 'open'}"
+
+
+@dataclass(frozen=True, slots=True)
+class FactorVersion:
+    """One emission-factor version, stored or built in.
+
+    Attributes:
+        id: The row id; None for a built-in default.
+        project_id: The owning project; None for a shared version (and built-ins).
+        region: Grid region (upper-case).
+        basis: ``location`` or ``market`` (GHG Protocol Scope 2 method).
+        rate: ``average`` or ``marginal``.
+        value: The value as published, in ``unit``.
+        unit: Its unit, e.g. ``gCO2e/kWh`` or ``kgCO2e/MWh``.
+        intensity_g_per_kwh: The value in gCO2e/kWh.
+        valid_from: Start of validity (None for a built-in: any time).
+        valid_to: End of validity, exclusive (None: open).
+        source: Where the number comes from.
+        year: Year of the underlying data.
+        created_at: When the version was added (None for a built-in).
+        note: A caveat that travels with the factor (built-ins only).
+    """
+
+    id: int | None
+    project_id: int | None
+    region: str
+    basis: FactorBasis
+    rate: FactorRate
+    value: float
+    unit: str
+    intensity_g_per_kwh: float
+    valid_from: datetime | None
+    valid_to: datetime | None
+    source: str
+    year: int | None
+    created_at: datetime | None = None
+    note: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        """Whether this is a built-in default rather than a stored version."""
+        return self.id is None
+
+    def label(self) -> str:
+        """``version 12 of DE location/average (shared; valid … )`` for messages."""
+        owner = "shared" if self.project_id is None else "this project's"
+        name = "the built-in default" if self.builtin else f"version {self.id}"
+        return (
+            f"{name} of {self.region} {self.basis.value}/{self.rate.value} ({owner}; valid "
+            f"{_window(self.valid_from, self.valid_to)}; source: {self.source})"
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """What a ledger entry records about the factor it was derived with."""
+        return {
+            "id": self.id,
+            "builtin": self.builtin,
+            "scope": "shared" if self.project_id is None else "project",
+            "region": self.region,
+            "basis": self.basis.value,
+            "rate": self.rate.value,
+            "value": self.value,
+            "unit": self.unit,
+            "intensity_g_per_kwh": self.intensity_g_per_kwh,
+            "valid_from": _iso(self.valid_from),
+            "valid_to": _iso(self.valid_to),
+            "source": BUILTIN_SOURCE + ": " + self.source if self.builtin else self.source,
+            "year": self.year,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TariffVersion:
+    """One tariff version (there are no built-in tariffs).
+
+    Attributes:
+        id: The row id.
+        project_id: The owning project; None for a shared version.
+        region: Region (upper-case).
+        value: Price as published, in ``unit``.
+        unit: Its unit, e.g. ``USD/kWh`` or ``USD/MWh``.
+        usd_per_kwh: The price in USD/kWh (may be negative: wholesale prices go below zero).
+        valid_from: Start of validity.
+        valid_to: End of validity, exclusive (None: open).
+        source: Where the price comes from.
+        year: Year it refers to.
+        created_at: When the version was added.
+    """
+
+    id: int
+    project_id: int | None
+    region: str
+    value: float
+    unit: str
+    usd_per_kwh: float
+    valid_from: datetime
+    valid_to: datetime | None
+    source: str
+    year: int | None
+    created_at: datetime
+
+    def label(self) -> str:
+        """``version 3 of the DE tariff (shared; valid …)`` for messages."""
+        owner = "shared" if self.project_id is None else "this project's"
+        return (
+            f"version {self.id} of the {self.region} tariff ({owner}; valid "
+            f"{_window(self.valid_from, self.valid_to)}; source: {self.source})"
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """What a ledger entry records about the tariff it was priced with."""
+        return {
+            "id": self.id,
+            "scope": "shared" if self.project_id is None else "project",
+            "region": self.region,
+            "value": self.value,
+            "unit": self.unit,
+            "usd_per_kwh": self.usd_per_kwh,
+            "valid_from": _iso(self.valid_from),
+            "valid_to": _iso(self.valid_to),
+            "source": self.source,
+            "year": self.year,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingConfig:
+    """A project's region and PUE (`db.models.ProjectAccounting`).
+
+    Attributes:
+        project_id: The project.
+        region: Grid region (upper-case), or None when not configured.
+        pue: The PUE with its provenance (``none``, 1.0, when not configured).
+        updated_at: When it was last set (None when never).
+    """
+
+    project_id: int
+    region: str | None
+    pue: Pue
+    updated_at: datetime | None
+
+
+def _factor_version(row: EmissionFactor) -> FactorVersion:
+    return FactorVersion(
+        id=row.id,
+        project_id=row.project_id,
+        region=row.region,
+        basis=row.basis,
+        rate=row.rate,
+        value=row.value,
+        unit=row.unit,
+        intensity_g_per_kwh=magnitude_in({"value": row.value, "unit": row.unit}, "gCO2e/kWh"),
+        valid_from=row.valid_from,
+        valid_to=row.valid_to,
+        source=row.source,
+        year=row.year,
+        created_at=row.created_at,
+    )
+
+
+def _tariff_version(row: Tariff) -> TariffVersion:
+    return TariffVersion(
+        id=row.id,
+        project_id=row.project_id,
+        region=row.region,
+        value=row.value,
+        unit=row.unit,
+        usd_per_kwh=magnitude_in({"value": row.value, "unit": row.unit}, "USD/kWh"),
+        valid_from=row.valid_from,
+        valid_to=row.valid_to,
+        source=row.source,
+        year=row.year,
+        created_at=row.created_at,
+    )
+
+
+def builtin_factors() -> list[FactorVersion]:
+    """The built-in location-based grid averages, as versions without an id."""
+    return [
+        FactorVersion(
+            id=None,
+            project_id=None,
+            region=region,
+            basis=FactorBasis.LOCATION,
+            rate=FactorRate.AVERAGE,
+            value=factor.intensity_g_per_kwh,
+            unit="gCO2e/kWh",
+            intensity_g_per_kwh=factor.intensity_g_per_kwh,
+            valid_from=None,
+            valid_to=None,
+            source=factor.source,
+            year=factor.year,
+            note=factor.note,
+        )
+        for region, factor in sorted(default_emission_factors().items())
+    ]
+
+
+def _serialise(session: Session, table: str) -> None:
+    """Serialise version writes of one table on PostgreSQL (SQLite serialises every writer).
+
+    The overlap check reads, then inserts; without the lock two concurrent adds could both
+    pass it. Version writes are rare admin actions, so one lock per table is plenty.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"thermoledger:{table}".encode())
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
+
+def _check_window(valid_from: datetime, valid_to: datetime | None) -> None:
+    if valid_to is not None and valid_to <= valid_from:
+        raise InvalidInput.one(
+            "valid_to", f"{valid_to.isoformat()} is not after valid_from {valid_from.isoformat()}"
+        )
+
+
+def _overlaps(
+    column_from: Any, column_to: Any, valid_from: datetime, valid_to: datetime | None
+) -> sa.ColumnElement[bool]:
+    """SQL: the stored window ``[column_from, column_to)`` overlaps ``[valid_from, valid_to)``."""
+    ends_after_start = sa.or_(column_to.is_(None), column_to > valid_from)
+    if valid_to is None:
+        return ends_after_start
+    return sa.and_(ends_after_start, column_from < valid_to)
+
+
+def _same_owner(column: Any, project_id: int | None) -> sa.ColumnElement[bool]:
+    same: sa.ColumnElement[bool] = column.is_(None) if project_id is None else column == project_id
+    return same
+
+
+# --------------------------------------------------------------------------- emission factors
+
+
+def add_factor(
+    session: Session,
+    *,
+    project_id: int | None,
+    region: str,
+    basis: FactorBasis,
+    rate: FactorRate,
+    value: float,
+    unit: str,
+    valid_from: datetime,
+    valid_to: datetime | None,
+    source: str,
+    year: int | None,
+) -> FactorVersion:
+    """Add an emission-factor version.
+
+    Args:
+        session: The caller's session.
+        project_id: The project that owns it, or None for a shared version.
+        region: Grid region (compared case-insensitively).
+        basis, rate: Its Scope 2 method and rate.
+        value, unit: The value as published (a ``gCO2e/kWh``-compatible unit; checked by
+            the caller with `accounting.units.parse_quantity`).
+        valid_from, valid_to: Validity ``[valid_from, valid_to)``; ``valid_to`` None = open.
+        source: Where the number comes from.
+        year: Year of the underlying data.
+
+    Raises:
+        InvalidInput: ``valid_to`` not after ``valid_from``.
+        Conflict: The window overlaps a version of the same key (named in the message).
+    """
+    _check_window(valid_from, valid_to)
+    region = normalize_region(region)
+    _serialise(session, "emission_factor")
+    clash = session.scalars(
+        sa.select(EmissionFactor)
+        .where(
+            EmissionFactor.region == region,
+            EmissionFactor.basis == basis,
+            EmissionFactor.rate == rate,
+            _same_owner(EmissionFactor.project_id, project_id),
+            _overlaps(EmissionFactor.valid_from, EmissionFactor.valid_to, valid_from, valid_to),
+        )
+        .order_by(EmissionFactor.valid_from)
+        .limit(1)
+    ).one_or_none()
+    if clash is not None:
+        raise Conflict(
+            f"[{_window(valid_from, valid_to)}) overlaps {_factor_version(clash).label()}; "
+            f"close that version first (POST /api/v1/factors/{clash.id}/close) or choose a "
+            "window that does not overlap it",
+            field="valid_from",
+        )
+    row = EmissionFactor(
+        project_id=project_id,
+        region=region,
+        basis=basis,
+        rate=rate,
+        value=value,
+        unit=unit,
+        valid_from=valid_from,
+        valid_to=valid_to,
+        source=source,
+        year=year,
+    )
+    session.add(row)
+    session.flush()
+    return _factor_version(row)
+
+
+def _load_factor(session: Session, factor_id: int, project_id: int | None) -> EmissionFactor:
+    row = session.get(EmissionFactor, factor_id)
+    if row is None or row.project_id != project_id:
+        raise NotFound("emission factor", factor_id)
+    return row
+
+
+def close_factor(
+    session: Session, *, factor_id: int, project_id: int | None, valid_to: datetime
+) -> FactorVersion:
+    """End an open-ended factor version at ``valid_to`` (so that a newer one can follow).
+
+    Args:
+        session: The caller's session.
+        factor_id: The version.
+        project_id: Its owner as the caller sees it (None: a shared version); a version of
+            another owner is not found.
+        valid_to: The new end of validity (exclusive), after its ``valid_from``.
+
+    Raises:
+        NotFound: No such version for this owner.
+        Conflict: It is already closed.
+        InvalidInput: ``valid_to`` not after its ``valid_from``.
+    """
+    _serialise(session, "emission_factor")
+    row = _load_factor(session, factor_id, project_id)
+    if row.valid_to is not None:
+        raise Conflict(
+            f"version {row.id} is already closed at {row.valid_to.isoformat()}; versions are "
+            "never edited: add a new one",
+            field="valid_to",
+        )
+    _check_window(row.valid_from, valid_to)
+    row.valid_to = valid_to
+    session.flush()
+    return _factor_version(row)
+
+
+def list_factors(
+    session: Session,
+    *,
+    project_id: int | None,
+    region: str | None = None,
+    basis: FactorBasis | None = None,
+) -> list[FactorVersion]:
+    """Stored versions visible to a project (its own and the shared ones), oldest first."""
+    query = sa.select(EmissionFactor).where(
+        sa.or_(EmissionFactor.project_id.is_(None), EmissionFactor.project_id == project_id)
+        if project_id is not None
+        else EmissionFactor.project_id.is_(None)
+    )
+    if region is not None:
+        query = query.where(EmissionFactor.region == normalize_region(region))
+    if basis is not None:
+        query = query.where(EmissionFactor.basis == basis)
+    query = query.order_by(
+        EmissionFactor.region,
+        EmissionFactor.basis,
+        EmissionFactor.rate,
+        EmissionFactor.valid_from,
+        EmissionFactor.id,
+    )
+    return [_factor_version(row) for row in session.scalars(query)]
+
+
+def find_factor(
+    session: Session,
+    *,
+    project_id: int | None,
+    region: str,
+    basis: FactorBasis,
+    at: datetime,
+    rate: FactorRate = FactorRate.AVERAGE,
+) -> FactorVersion | None:
+    """The factor that applies to ``region`` at ``at``: the project's, a shared one, a built-in.
+
+    Returns:
+        The version, or None when there is none (never a guess from another region or basis).
+    """
+    region = normalize_region(region)
+    covering = sa.and_(
+        EmissionFactor.region == region,
+        EmissionFactor.basis == basis,
+        EmissionFactor.rate == rate,
+        EmissionFactor.valid_from <= at,
+        sa.or_(EmissionFactor.valid_to.is_(None), EmissionFactor.valid_to > at),
+    )
+    owners = [project_id, None] if project_id is not None else [None]
+    for owner in owners:
+        row = session.scalars(
+            sa.select(EmissionFactor)
+            .where(covering, _same_owner(EmissionFactor.project_id, owner))
+            .limit(1)
+        ).one_or_none()
+        if row is not None:
+            return _factor_version(row)
+    if basis is FactorBasis.LOCATION and rate is FactorRate.AVERAGE:
+        return next((f for f in builtin_factors() if f.region == region), None)
+    return None
+
+
+# --------------------------------------------------------------------------- tariffs
+
+
+def add_tariff(
+    session: Session,
+    *,
+    project_id: int | None,
+    region: str,
+    value: float,
+    unit: str,
+    valid_from: datetime,
+    valid_to: datetime | None,
+    source: str,
+    year: int | None,
+) -> TariffVersion:
+    """Add a tariff version (see `add_factor`; the key is region and owner).
+
+    Raises:
+        InvalidInput: ``valid_to`` not after ``valid_from``.
+        Conflict: The window overlaps a version of the same key (named in the message).
+    """
+    _check_window(valid_from, valid_to)
+    region = normalize_region(region)
+    _serialise(session, "tariff")
+    clash = session.scalars(
+        sa.select(Tariff)
+        .where(
+            Tariff.region == region,
+            _same_owner(Tariff.project_id, project_id),
+            _overlaps(Tariff.valid_from, Tariff.valid_to, valid_from, valid_to),
+        )
+        .order_by(Tariff.valid_from)
+        .limit(1)
+    ).one_or_none()
+    if clash is not None:
+        raise Conflict(
+            f"[{_window(valid_from, valid_to)}) overlaps {_tariff_version(clash).label()}; "
+            f"close that version first (POST /api/v1/tariffs/{clash.id}/close) or choose a "
+            "window that does not overlap it",
+            field="valid_from",
+        )
+    row = Tariff(
+        project_id=project_id,
+        region=region,
+        value=value,
+        unit=unit,
+        valid_from=valid_from,
+        valid_to=valid_to,
+        source=source,
+        year=year,
+    )
+    session.add(row)
+    session.flush()
+    return _tariff_version(row)
+
+
+def close_tariff(
+    session: Session, *, tariff_id: int, project_id: int | None, valid_to: datetime
+) -> TariffVersion:
+    """End an open-ended tariff version at ``valid_to`` (see `close_factor`).
+
+    Raises:
+        NotFound: No such version for this owner.
+        Conflict: It is already closed.
+        InvalidInput: ``valid_to`` not after its ``valid_from``.
+    """
+    _serialise(session, "tariff")
+    row = session.get(Tariff, tariff_id)
+    if row is None or row.project_id != project_id:
+        raise NotFound("tariff", tariff_id)
+    if row.valid_to is not None:
+        raise Conflict(
+            f"version {row.id} is already closed at {row.valid_to.isoformat()}; versions are "
+            "never edited: add a new one",
+            field="valid_to",
+        )
+    _check_window(row.valid_from, valid_to)
+    row.valid_to = valid_to
+    session.flush()
+    return _tariff_version(row)
+
+
+def list_tariffs(
+    session: Session, *, project_id: int | None, region: str | None = None
+) -> list[TariffVersion]:
+    """Stored tariff versions visible to a project (its own and the shared ones)."""
+    query = sa.select(Tariff).where(
+        sa.or_(Tariff.project_id.is_(None), Tariff.project_id == project_id)
+        if project_id is not None
+        else Tariff.project_id.is_(None)
+    )
+    if region is not None:
+        query = query.where(Tariff.region == normalize_region(region))
+    query = query.order_by(Tariff.region, Tariff.valid_from, Tariff.id)
+    return [_tariff_version(row) for row in session.scalars(query)]
+
+
+def find_tariff(
+    session: Session, *, project_id: int | None, region: str, at: datetime
+) -> TariffVersion | None:
+    """The tariff that applies to ``region`` at ``at``: the project's, else a shared one."""
+    region = normalize_region(region)
+    covering = sa.and_(
+        Tariff.region == region,
+        Tariff.valid_from <= at,
+        sa.or_(Tariff.valid_to.is_(None), Tariff.valid_to > at),
+    )
+    owners = [project_id, None] if project_id is not None else [None]
+    for owner in owners:
+        row = session.scalars(
+            sa.select(Tariff).where(covering, _same_owner(Tariff.project_id, owner)).limit(1)
+        ).one_or_none()
+        if row is not None:
+            return _tariff_version(row)
+    return None
+
+
+# --------------------------------------------------------------------------- project settings
+
+
+def get_accounting(session: Session, *, project_id: int) -> AccountingConfig:
+    """The project's region and PUE; unset: no region, PUE ``none`` (IT-only boundary)."""
+    row = session.get(ProjectAccounting, project_id)
+    if row is None:
+        return AccountingConfig(
+            project_id=project_id, region=None, pue=default_pue("none"), updated_at=None
+        )
+    pue = Pue(
+        value=row.pue,
+        name=row.pue_name,
+        kind=row.pue_kind.value,
+        source=row.pue_source,
+        year=row.pue_year,
+    )
+    return AccountingConfig(
+        project_id=project_id, region=row.region, pue=pue, updated_at=row.updated_at
+    )
+
+
+def set_accounting(session: Session, *, project_id: int, region: str, pue: Pue) -> AccountingConfig:
+    """Set the project's region and PUE (what is ledgered from now on is derived with them)."""
+    row = session.get(ProjectAccounting, project_id)
+    if row is None:
+        row = ProjectAccounting(project_id=project_id)
+        session.add(row)
+    row.region = normalize_region(region)
+    row.pue = pue.value
+    row.pue_name = pue.name
+    row.pue_kind = PueKind(pue.kind)
+    row.pue_source = pue.source
+    row.pue_year = pue.year
+    row.updated_at = utcnow()
+    session.flush()
+    return get_accounting(session, project_id=project_id)
