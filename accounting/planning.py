@@ -26,9 +26,16 @@ the central estimate uses the median FLOP/J and the range uses the extreme (or c
 FLOP/J values. The best efficiency gives the low energy. **Duration** = FLOPs / (peak FLOP/s per
 device × devices × MFU). Cost and CO2e follow from `accounting.cost` and `accounting.carbon`.
 
+Without comparable runs, `rated_flop_per_j` gives the datasheet figure MFU × peak / TDP: the
+efficiency of boards drawing exactly TDP at that MFU. Boards usually draw less, so energy
+estimated from it errs high; a plan must say which basis it used.
+
 **Amortisation.** A model whose training consumed F (J, USD or gCO2e) and whose inference costs
 m per token has, after x tokens served, the amortised per-token value F/x + m. This decreases
-monotonically towards the inference floor m. Two options a and b cost the same at
+monotonically towards the inference floor m. At the **parity volume** x = F/m
+(`inference_parity`) the training share F/x equals the inference cost m: below it, training
+dominates the per-token figure; above it, serving does, and more volume barely helps.
+Two options a and b cost the same at
 x* = (F_b − F_a) / (m_a − m_b). When x* is not a positive number of tokens, no break-even exists,
 and `break_even` returns ``tokens=None`` with the reason (one option dominates, or the two are
 parallel).
@@ -62,6 +69,7 @@ __all__ = [
     "ComputeSetup",
     "EnergyEstimate",
     "Metric",
+    "Parity",
     "ServingOption",
     "TrainingPlan",
     "amortisation_curve",
@@ -70,8 +78,11 @@ __all__ = [
     "chinchilla_check",
     "estimate_energy",
     "inference_flops_per_token",
+    "inference_parity",
     "plan_training",
+    "rated_flop_per_j",
     "training_flops",
+    "volume_grid",
 ]
 
 #: FLOP per parameter per training token: 2 forward + 4 backward (Kaplan 2020).
@@ -573,6 +584,30 @@ def plan_training(
     )
 
 
+def rated_flop_per_j(peak_flop_per_s: float, tdp_w: float, mfu: float) -> float:
+    """Datasheet efficiency at a utilisation: MFU × peak / TDP, FLOP/J.
+
+    The efficiency of a board that sustains ``mfu`` of its dense peak while drawing its full
+    TDP. Real boards usually draw less than TDP at typical MFU, so this is a conservative
+    (low) efficiency and the energy estimated from it a high one. Use it only when no
+    comparable run has been measured, and say so.
+
+    Args:
+        peak_flop_per_s: Dense peak of one device at the run's precision, FLOP/s.
+        tdp_w: The device's board power limit, W.
+        mfu: Model FLOPs utilisation, in (0, 1].
+
+    Returns:
+        FLOP/J.
+    """
+    peak = chk.positive(peak_flop_per_s, "peak_flop_per_s")
+    tdp = chk.positive(tdp_w, "tdp_w")
+    utilisation = chk.fraction(mfu, "mfu")
+    if utilisation == 0.0:
+        raise InvalidQuantity("must be > 0", field="mfu")
+    return utilisation * peak / tdp
+
+
 # --------------------------------------------------------------------------------------------
 # Amortisation and break-even
 
@@ -788,6 +823,112 @@ def amortisation_curve(option: ServingOption, tokens_served: ArrayLike) -> Amort
         ),
         usd_per_token=curve("usd"),
         co2e_g_per_token=curve("co2e"),
+    )
+
+
+def volume_grid(low_tokens: float, high_tokens: float, points: int = 64) -> NDArray[np.float64]:
+    """Log-spaced served-token volumes from ``low_tokens`` to ``high_tokens``, both included.
+
+    Args:
+        low_tokens: Smallest volume, tokens (> 0).
+        high_tokens: Largest volume, tokens (> ``low_tokens``).
+        points: Number of volumes (2 … 10 000).
+
+    Returns:
+        Increasing volumes, evenly spaced in log10.
+    """
+    low = chk.positive(low_tokens, "low_tokens")
+    high = chk.positive(high_tokens, "high_tokens")
+    if not high > low:
+        raise InvalidQuantity(
+            f"must be above low_tokens = {low:g}, got {high:g}", field="high_tokens"
+        )
+    if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= 10_000:
+        raise InvalidQuantity(f"must be an integer in [2, 10000], got {points!r}", field="points")
+    grid: NDArray[np.float64] = np.logspace(math.log10(low), math.log10(high), points)
+    grid[0], grid[-1] = low, high  # exact ends despite rounding in log space
+    return grid
+
+
+@dataclass(frozen=True, slots=True)
+class Parity:
+    """The served volume at which training's share per token equals the inference cost.
+
+    Attributes:
+        metric: ``energy``, ``usd`` or ``co2e``.
+        unit: The metric's unit (J, USD, gCO2e).
+        option: The option's name.
+        tokens: F / m, tokens; None when there is no such volume.
+        per_token_at_parity: Amortised value there, 2·m, in ``unit`` per token.
+        reason: Plain-language explanation, always set.
+    """
+
+    metric: Metric
+    unit: str
+    option: str
+    tokens: float | None
+    per_token_at_parity: float | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record."""
+        return {
+            "metric": self.metric,
+            "unit": self.unit,
+            "option": self.option,
+            "tokens": self.tokens,
+            "per_token_at_parity": self.per_token_at_parity,
+            "reason": self.reason,
+        }
+
+
+def inference_parity(option: ServingOption, *, metric: Metric = "energy") -> Parity:
+    """Tokens served at which training's amortised share F/x equals the per-token cost m.
+
+    Args:
+        option: The model's training and inference costs.
+        metric: Energy (J), cost (USD) or emissions (gCO2e).
+
+    Returns:
+        x = F/m, or ``tokens=None`` with the reason when F or m is zero or x overflows.
+
+    Raises:
+        InvalidQuantity: Unknown metric, or the option lacks that metric.
+    """
+    fixed, marginal = _priced(option, metric)
+    unit = _METRIC_UNITS[metric]
+    if fixed == 0.0:
+        return Parity(
+            metric, unit, option.name, None, None, "no training cost: nothing to amortise"
+        )
+    if marginal == 0.0:
+        return Parity(
+            metric,
+            unit,
+            option.name,
+            None,
+            None,
+            "inference costs nothing per token: the training share dominates at every volume",
+        )
+    tokens = fixed / marginal
+    if not math.isfinite(tokens):
+        return Parity(
+            metric,
+            unit,
+            option.name,
+            None,
+            None,
+            f"the inference cost per token ({marginal:.3g} {unit}) is too small against the "
+            f"training cost ({fixed:.3g} {unit}): parity lies beyond any representable volume",
+        )
+    return Parity(
+        metric,
+        unit,
+        option.name,
+        tokens,
+        2.0 * marginal,
+        f"below {tokens:.4g} tokens served, training dominates the per-token {metric}; "
+        "above it, inference does",
     )
 
 

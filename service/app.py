@@ -3,7 +3,9 @@
 ``create_app(settings)`` builds everything from its argument (nothing is read at import): the
 engine and session factory for ``settings.database_url``, the error table, the body-size limit,
 and the routers — probes at the root (``/healthz``, ``/readyz``), the API under ``/api/v1``,
-OpenAPI at ``/docs``. The engine is disposed when the app shuts down.
+OpenAPI at ``/docs``, Prometheus metrics at ``/metrics`` on a registry of this app's own, with
+every request timed, counted and logged by `service.metrics.ObservabilityMiddleware`. The
+engine is disposed when the app shuts down.
 
 Routes are plain ``def`` functions: FastAPI runs them in its thread pool, each with one
 synchronous session and one transaction (`service.deps.SessionDep`).
@@ -22,11 +24,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import migrate
 from db.engine import make_engine, make_sessionmaker
+from service import pages
 from service.errors import ERROR_TABLE, PayloadTooLarge, error_response, register_error_handlers
-from service.routes import chunks, health, phases, projects, reports, runs, tokens
+from service.metrics import ObservabilityMiddleware, ServiceMetrics
+from service.metrics import router as metrics_router
+from service.routes import (
+    audit,
+    chunks,
+    factors,
+    health,
+    ledger,
+    models,
+    phases,
+    plan,
+    projects,
+    reports,
+    rollups,
+    runs,
+    tokens,
+)
 from service.settings import Settings
 
-__all__ = ["API_PREFIX", "create_app"]
+__all__ = ["API_PREFIX", "app_from_env", "create_app"]
 
 API_PREFIX = "/api/v1"
 _VERSION = "0.1.0"
@@ -103,12 +122,30 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.schema_head = migrate.head()
     register_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it also times and counts what BodySizeLimit refuses.
+    app.state.metrics = metrics = ServiceMetrics(version=_VERSION)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     app.include_router(health.router)
+    app.include_router(metrics_router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (projects, tokens, runs, chunks, phases, reports):
+    for module in (
+        projects,
+        tokens,
+        runs,
+        chunks,
+        phases,
+        reports,
+        ledger,
+        factors,
+        rollups,
+        audit,
+        models,
+        plan,
+    ):
         api.include_router(module.router)
     app.include_router(api)
+    pages.install(app)  # HTML pages, /login, /static; HTML faces for the error table
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -122,3 +159,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The service for the ``THERMOLEDGER_*`` environment: uvicorn's factory when it runs
+    several worker processes (``thermoledger-server serve --workers N``)."""
+    return create_app(Settings())

@@ -110,6 +110,8 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(NotReady, 503, "not_ready"),
     ErrorRule(MigrationError, 503, "not_ready"),
     ErrorRule(sa.exc.OperationalError, 503, "database_unavailable"),
+    # No pooled connection came free in time (every one busy): as retryable as the above.
+    ErrorRule(sa.exc.TimeoutError, 503, "database_unavailable"),
 )
 
 # Where a request part's name leads a pydantic location, it says nothing to the reader.
@@ -154,7 +156,7 @@ def _problems(exc: Exception, rule: ErrorRule) -> list[dict[str, Any]]:
         return [_problem(None, "the request contradicts a database constraint", rule.code)]
     if isinstance(exc, sa.exc.DataError):
         return [_problem(None, "a value is out of the range the database can store", rule.code)]
-    if isinstance(exc, sa.exc.OperationalError):
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.TimeoutError):
         return [_problem(None, "the database is unavailable", rule.code)]
     if isinstance(exc, HTTPException):
         return [_problem(None, str(exc.detail), rule.code)]

@@ -1,14 +1,19 @@
-"""Run reports, from SQL aggregates of the chunk summaries (raw samples are never read)."""
+"""Run reports, from SQL aggregates of the chunk summaries (raw samples are never read).
+
+``GET .../report`` is the JSON report; ``GET .../report.csv`` the same figures as CSV rows per
+device, host and phase with units in the headers (`service.report_csv`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from db import repository
 from service.deps import ReadTenant, SessionDep
+from service.report_csv import report_csv
 from service.reports import report_dict
 
 router = APIRouter(prefix="/runs/{run_id}/report", tags=["reports"])
@@ -18,3 +23,26 @@ router = APIRouter(prefix="/runs/{run_id}/report", tags=["reports"])
 def get_report(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> dict[str, Any]:
     """The run report: energy by device, host and phase, efficiency, bounds, cost, carbon."""
     return report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
+
+
+@router.get(
+    ".csv",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "the report as CSV"},
+        409: {"description": "the run has no measurements yet"},
+    },
+)
+def get_report_csv(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> Response:
+    """The run report as CSV: a total row, then rows per device, host and phase."""
+    report = report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
+    return csv_response(report)
+
+
+def csv_response(report: dict[str, Any]) -> Response:
+    """``report`` as a CSV download named after the run id."""
+    return Response(
+        content=report_csv(report),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="run-{report["run"]["id"]}.csv"'},
+    )

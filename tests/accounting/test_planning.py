@@ -22,8 +22,11 @@ from accounting.planning import (
     chinchilla_check,
     estimate_energy,
     inference_flops_per_token,
+    inference_parity,
     plan_training,
+    rated_flop_per_j,
     training_flops,
+    volume_grid,
 )
 
 WORLD = default_emission_factor("WORLD")
@@ -330,3 +333,72 @@ def test_break_even_equalises_totals(fa: float, fb: float, ma: float, mb: float)
         total_a = fa + ma * result.tokens
         total_b = fb + mb * result.tokens
         assert total_a == pytest.approx(total_b, rel=1e-9, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasheet efficiency, volume grids and the inference parity point
+
+
+def test_rated_flop_per_j_is_mfu_times_peak_over_tdp() -> None:
+    # H100 SXM bf16 dense 989.5 TFLOP/s at 700 W: 1.4136e12 FLOP/J at 100 % MFU.
+    assert rated_flop_per_j(989.5e12, 700.0, 1.0) == pytest.approx(1.41357e12, rel=1e-5)
+    assert rated_flop_per_j(989.5e12, 700.0, 0.4) == pytest.approx(0.4 * 989.5e12 / 700.0)
+    with pytest.raises(InvalidQuantity, match="mfu"):
+        rated_flop_per_j(989.5e12, 700.0, 0.0)
+    with pytest.raises(InvalidQuantity, match="mfu"):
+        rated_flop_per_j(989.5e12, 700.0, 1.5)
+    with pytest.raises(InvalidQuantity, match="tdp_w"):
+        rated_flop_per_j(989.5e12, -1.0, 0.5)
+
+
+def test_volume_grid_is_log_spaced_with_exact_ends() -> None:
+    grid = volume_grid(1e3, 1e9, 7)
+    assert grid[0] == 1e3
+    assert grid[-1] == 1e9
+    np.testing.assert_allclose(np.diff(np.log10(grid)), 1.0)
+    with pytest.raises(InvalidQuantity, match="high_tokens"):
+        volume_grid(1e9, 1e3)
+    with pytest.raises(InvalidQuantity, match="points"):
+        volume_grid(1.0, 10.0, 1)
+    with pytest.raises(InvalidQuantity, match="low_tokens"):
+        volume_grid(0.0, 10.0)
+
+
+def test_inference_parity_hand_solution() -> None:
+    # 1 TJ of training, 0.25 J per served token: parity at 4e12 tokens, where F/x = m.
+    option = ServingOption("7B", training_energy_j=1e12, inference_energy_j_per_token=0.25)
+    parity = inference_parity(option)
+    assert parity.tokens == pytest.approx(4e12)
+    assert parity.per_token_at_parity == pytest.approx(0.5)
+    assert parity.unit == "J"
+    at = amortised_per_token(1e12, 0.25, [parity.tokens])[0]
+    assert at == pytest.approx(parity.per_token_at_parity)
+    assert json.loads(json.dumps(parity.to_dict()))["tokens"] == pytest.approx(4e12)
+
+
+def test_inference_parity_edge_cases_say_why() -> None:
+    free_training = ServingOption("a", training_energy_j=0.0, inference_energy_j_per_token=0.2)
+    assert inference_parity(free_training).tokens is None
+    assert "nothing to amortise" in inference_parity(free_training).reason
+    free_serving = ServingOption("b", training_energy_j=1e9, inference_energy_j_per_token=0.0)
+    assert inference_parity(free_serving).tokens is None
+    assert "every volume" in inference_parity(free_serving).reason
+    tiny = ServingOption("c", training_energy_j=1e300, inference_energy_j_per_token=1e-300)
+    assert inference_parity(tiny).tokens is None
+    assert "representable" in inference_parity(tiny).reason
+
+
+def test_inference_parity_in_usd_needs_prices() -> None:
+    option = ServingOption("a", training_energy_j=1.0, inference_energy_j_per_token=1.0)
+    with pytest.raises(InvalidQuantity, match="usd"):
+        inference_parity(option, metric="usd")
+    priced = ServingOption.from_energy(
+        "p",
+        training_energy_j=3.6e9,  # 1 MWh
+        inference_energy_j_per_token=3.6,  # 1 mWh
+        pue=default_pue("none"),
+        tariff=TARIFF,
+    )
+    parity = inference_parity(priced, metric="usd")
+    assert parity.tokens == pytest.approx(1e9)  # same energy ratio under one tariff
+    assert parity.unit == "USD"

@@ -1,0 +1,594 @@
+"""Amortisation and planning from measured runs: the service side of `accounting.planning`.
+
+**Amortisation.** Training and inference runs of one model are linked by a tag, ``model=<tag>``
+(`MODEL_TAG_KEY`), set when the run is created. The model's training cost F is the measured
+energy of its training runs; its inference cost per token m is the measured energy of its
+inference runs over the tokens they declared (runs without declared tokens are left out of m,
+and listed). A request may instead state m (``inference_j_per_token``), labelled *assumed*,
+for a model not yet served. From F and m, `accounting.planning` gives the amortised J/token
+(and USD, gCO2e per token when priced) over served-token volumes, the parity volume F/m, and
+the break-even volume against another model (``compare``).
+
+**Planning.** A planned training run of N parameters on D tokens needs 6·N·D FLOPs. Its energy
+comes from the FLOP/J measured on **comparable runs**: the project's most recent training runs
+(`COMPARABLE_RUNS_MAX`) whose every device is the requested catalog hardware and whose FLOPs
+ran at the requested dtype. The central estimate uses their median, the range their extremes
+(or percentiles). Without any such run the datasheet efficiency MFU × peak / TDP stands in
+(`accounting.planning.rated_flop_per_j`, with the MFU at ½× … 1.5× for the range), and the plan
+says so. Duration = FLOPs / (peak × devices × MFU), with MFU as requested, else the comparable
+runs' median, else `DEFAULT_MFU` (labelled assumed).
+
+**Pricing.** Both use the accounting context of the run reports (`accounting.report
+.ReportSettings` defaults: typical PUE, world-average grid factor) unless the request names a
+built-in region or PUE, or gives a tariff; the assumptions travel with every answer.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+from uuid import UUID
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy.orm import Session
+
+from accounting.carbon import (
+    J_PER_KWH,
+    EmissionFactor,
+    Pue,
+    default_emission_factors,
+    default_pues,
+)
+from accounting.catalog import builtin_catalog, normalize_dtype
+from accounting.catalog import lookup as catalog_lookup
+from accounting.cost import CloudPrice, Tariff
+from accounting.planning import (
+    ComputeSetup,
+    Metric,
+    ServingOption,
+    amortisation_curve,
+    break_even,
+    inference_parity,
+    plan_training,
+    rated_flop_per_j,
+    volume_grid,
+)
+from accounting.report import ReportSettings
+from db import repository
+from db.models import RunKind
+from db.repository import Conflict, FieldProblem, InvalidInput, NotFound, RunRecord
+from db.selection import RunEnergy, select_runs
+from service.reports import report_dict
+
+__all__ = [
+    "COMPARABLE_RUNS_MAX",
+    "DEFAULT_MFU",
+    "MODEL_TAG_KEY",
+    "ComparableRun",
+    "PlanRequest",
+    "Pricing",
+    "amortisation",
+    "comparable_runs",
+    "plan",
+    "pricing",
+]
+
+#: Tag key that links runs to the model they train or serve.
+MODEL_TAG_KEY = "model"
+#: Most recent training runs examined for comparable efficiency.
+COMPARABLE_RUNS_MAX = 100
+#: MFU assumed for a plan's duration when neither the request nor comparable runs give one.
+DEFAULT_MFU = 0.4
+_METRICS: tuple[Metric, ...] = ("energy", "usd", "co2e")
+
+
+# --------------------------------------------------------------------------------------------
+# Pricing
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """The accounting context of an answer: facility overhead, grid factor, optional tariff."""
+
+    pue: Pue
+    location_factor: EmissionFactor
+    tariff: Tariff | None
+
+    def assumptions(self) -> list[str]:
+        """The context as lines a reader can check."""
+        factor = self.location_factor
+        lines = [
+            f"PUE {self.pue.value:g} ({self.pue.name}, {self.pue.kind}: {self.pue.source})",
+            f"grid {factor.region} {factor.intensity_g_per_kwh:g} gCO2e/kWh, {factor.kind}-based "
+            f"({factor.source})",
+        ]
+        if self.tariff is None:
+            lines.append("no tariff given: USD figures are not available")
+        else:
+            lines.append(f"tariff {self.tariff.usd_per_kwh:g} USD/kWh ({self.tariff.source})")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record."""
+        return {
+            "pue": self.pue.to_dict(),
+            "location_factor": self.location_factor.to_dict(),
+            "tariff": None if self.tariff is None else self.tariff.to_dict(),
+        }
+
+
+def pricing(
+    *,
+    region: str | None = None,
+    pue: str | None = None,
+    tariff_usd_per_kwh: float | None = None,
+) -> Pricing:
+    """The run reports' accounting context, with a built-in region, PUE or a tariff swapped in.
+
+    Args:
+        region: Built-in grid region (``WORLD``, ``DE``, ...); None for the reports' default.
+        pue: Built-in PUE name (``typical``, ``hyperscale``, ...); None for the default.
+        tariff_usd_per_kwh: Electricity price, USD/kWh; None leaves USD unpriced.
+
+    Raises:
+        InvalidInput: An unknown region or PUE name, or a bad tariff (each field named).
+    """
+    defaults = ReportSettings()
+    problems: list[FieldProblem] = []
+    factor = defaults.location_factor
+    if region is not None:
+        factors = default_emission_factors()
+        key = region.strip().upper()
+        if key in factors:
+            factor = factors[key]
+        else:
+            problems.append(
+                FieldProblem("region", f"{region!r} is not built in; choose from {sorted(factors)}")
+            )
+    facility = defaults.pue
+    if pue is not None:
+        pues = default_pues()
+        if pue in pues:
+            facility = pues[pue]
+        else:
+            problems.append(
+                FieldProblem("pue", f"{pue!r} is not built in; choose from {list(pues)}")
+            )
+    tariff = None
+    if tariff_usd_per_kwh is not None:
+        if not (math.isfinite(tariff_usd_per_kwh) and 0 <= tariff_usd_per_kwh <= 100):
+            problems.append(
+                FieldProblem("tariff_usd_per_kwh", f"{tariff_usd_per_kwh!r} is not in [0, 100]")
+            )
+        else:
+            tariff = Tariff(tariff_usd_per_kwh, source="given in the request")
+    if problems:
+        raise InvalidInput(problems)
+    return Pricing(pue=facility, location_factor=factor, tariff=tariff)
+
+
+# --------------------------------------------------------------------------------------------
+# Amortisation
+
+
+def _run_line(run: RunRecord, energy: RunEnergy | None) -> dict[str, Any]:
+    return {
+        "id": str(run.id),
+        "name": run.name,
+        "kind": run.kind.value,
+        "status": run.status.value,
+        "started_at": run.started_at.isoformat(),
+        "energy_j": None if energy is None else energy.energy_j,
+        "tokens": run.declared_tokens,
+        "simulated": run.simulated,
+    }
+
+
+def _option(
+    session: Session, *, project_id: int, model_tag: str, pricing: Pricing
+) -> tuple[ServingOption | None, dict[str, Any]]:
+    """The model's measured training and inference figures, and its option when complete."""
+    tags = [(MODEL_TAG_KEY, model_tag)]
+    training = select_runs(session, project_id=project_id, kind=RunKind.TRAINING, tags=tags)
+    inference = select_runs(session, project_id=project_id, kind=RunKind.INFERENCE, tags=tags)
+    if not training.runs and not inference.runs:
+        raise NotFound("model", f"{MODEL_TAG_KEY}={model_tag}")
+    train_j = math.fsum(
+        training.energy[r.id].energy_j for r in training.runs if r.id in training.energy
+    )
+    served = [
+        r for r in inference.runs if r.id in inference.energy and (r.declared_tokens or 0) > 0
+    ]
+    infer_j = math.fsum(inference.energy[r.id].energy_j for r in served)
+    tokens = float(sum(r.declared_tokens or 0 for r in served))
+    figures: dict[str, Any] = {
+        "training": {
+            "runs": [_run_line(r, training.energy.get(r.id)) for r in training.runs],
+            "measured_runs": training.measured_runs,
+            "energy_j": train_j,
+            "energy_kwh": train_j / J_PER_KWH,
+        },
+        "inference": {
+            "runs": [_run_line(r, inference.energy.get(r.id)) for r in inference.runs],
+            "runs_with_tokens": len(served),
+            "energy_j": infer_j,
+            "tokens": tokens,
+            "j_per_token": infer_j / tokens if tokens > 0 else None,
+            "source": "measured" if tokens > 0 else None,
+        },
+        "tokens_served_so_far": tokens,
+    }
+    if not training.measured_runs or tokens <= 0:
+        return None, figures
+    option = ServingOption.from_energy(
+        model_tag,
+        training_energy_j=train_j,
+        inference_energy_j_per_token=infer_j / tokens,
+        pue=pricing.pue,
+        tariff=pricing.tariff,
+        factor=pricing.location_factor,
+    )
+    return option, figures
+
+
+def _volumes(anchors: Sequence[float | None], points: int) -> np.ndarray[Any, Any]:
+    known = [a for a in anchors if a is not None and math.isfinite(a) and a > 0]
+    if not known:
+        return volume_grid(1e6, 1e15, points)
+    low = max(1.0, min(known) / 100.0)
+    high = max(max(known) * 100.0, low * 10.0)
+    return volume_grid(low, high, points)
+
+
+def amortisation(
+    session: Session,
+    *,
+    project_id: int,
+    model_tag: str,
+    pricing: Pricing,
+    tokens_served: float | None = None,
+    inference_j_per_token: float | None = None,
+    compare: str | None = None,
+    points: int = 64,
+) -> dict[str, Any]:
+    """Amortised J/token, USD/token and gCO2e/token of a model over served tokens.
+
+    Args:
+        session: The caller's session.
+        project_id: The project.
+        model_tag: Value of the runs' ``model`` tag.
+        pricing: Accounting context (`pricing`).
+        tokens_served: Volume to evaluate at (default: the tokens served so far, else the
+            parity volume).
+        inference_j_per_token: Assumed inference energy per token, J (replaces the measured
+            figure; labelled assumed).
+        compare: Another model tag: adds the break-even volume between the two.
+        points: Volumes on the curve.
+
+    Returns:
+        JSON-safe answer (see `service.routes.models`).
+
+    Raises:
+        NotFound: No run carries the tag (or the compared one).
+        Conflict: No measured training run, or no inference energy per token (measured or
+            assumed).
+    """
+    option, figures = _option(session, project_id=project_id, model_tag=model_tag, pricing=pricing)
+    if inference_j_per_token is not None:
+        figures["inference"]["j_per_token"] = inference_j_per_token
+        figures["inference"]["source"] = "assumed (given in the request)"
+        train_j = figures["training"]["energy_j"]
+        option = None
+        if figures["training"]["measured_runs"]:
+            option = ServingOption.from_energy(
+                model_tag,
+                training_energy_j=train_j,
+                inference_energy_j_per_token=inference_j_per_token,
+                pue=pricing.pue,
+                tariff=pricing.tariff,
+                factor=pricing.location_factor,
+            )
+    if not figures["training"]["measured_runs"]:
+        raise Conflict(
+            f"no training run tagged {MODEL_TAG_KEY}={model_tag} has measurements: "
+            "nothing to amortise",
+            field="model_tag",
+        )
+    if option is None:
+        raise Conflict(
+            f"no inference run tagged {MODEL_TAG_KEY}={model_tag} has measurements and declared "
+            "tokens: give inference_j_per_token to assume one",
+            field="inference_j_per_token",
+        )
+    parity = {
+        m: inference_parity(option, metric=m).to_dict() if _priced(option, m) else None
+        for m in _METRICS
+    }
+    other: dict[str, Any] | None = None
+    other_option: ServingOption | None = None
+    crossings: list[float | None] = []
+    if compare is not None:
+        other_option, other_figures = _option(
+            session, project_id=project_id, model_tag=compare, pricing=pricing
+        )
+        if other_option is None:
+            raise Conflict(
+                f"model {compare!r} lacks a measured training run or inference tokens",
+                field="compare",
+            )
+        even = {
+            m: break_even(option, other_option, metric=m).to_dict()
+            if _priced(option, m) and _priced(other_option, m)
+            else None
+            for m in _METRICS
+        }
+        crossings = [e["tokens"] for e in even.values() if e is not None]
+        other = {
+            "model_tag": compare,
+            "option": other_option.to_dict(),
+            "training": other_figures["training"],
+            "inference": other_figures["inference"],
+            "break_even": even,
+        }
+    so_far = figures["tokens_served_so_far"]
+    parity_tokens = parity["energy"]["tokens"] if parity["energy"] else None
+    at_tokens = tokens_served or (so_far if so_far > 0 else parity_tokens) or 1e9
+    volumes = _volumes([so_far, parity_tokens, tokens_served, *crossings], points)
+    point = amortisation_curve(option, [at_tokens])
+    if other is not None and other_option is not None:
+        other["curve"] = amortisation_curve(other_option, volumes).to_dict()
+    measured = figures["inference"]["source"] == "measured"
+    return {
+        "model_tag": model_tag,
+        "tag": f"{MODEL_TAG_KEY}={model_tag}",
+        **figures,
+        "option": option.to_dict(),
+        "at": {
+            "tokens_served": at_tokens,
+            "j_per_token": float(point.j_per_token[0]),
+            "usd_per_token": _first(point.usd_per_token),
+            "co2e_g_per_token": _first(point.co2e_g_per_token),
+        },
+        "parity": parity,
+        "curve": amortisation_curve(option, volumes).to_dict(),
+        "compare": other,
+        "pricing": pricing.to_dict(),
+        "assumptions": [
+            "training cost = measured IT energy of the model's training runs",
+            "inference cost per token = measured IT energy of its inference runs / their "
+            "declared tokens"
+            if measured
+            else "inference cost per token assumed (given in the request)",
+            "hardware purchase or rental is not included",
+            *pricing.assumptions(),
+        ],
+    }
+
+
+def _priced(option: ServingOption, metric: Metric) -> bool:
+    return option.fixed_and_marginal(metric) is not None
+
+
+def _first(values: np.ndarray[Any, Any] | None) -> float | None:
+    return None if values is None else float(values[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass(frozen=True, slots=True)
+class ComparableRun:
+    """A measured training run whose efficiency a plan may rest on."""
+
+    id: UUID
+    name: str
+    flop_per_j: float
+    mfu: float | None
+    energy_j: float
+    flops: float
+    simulated: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "flop_per_j": self.flop_per_j,
+            "mfu": self.mfu,
+            "energy_j": self.energy_j,
+            "flops": self.flops,
+            "simulated": self.simulated,
+        }
+
+
+def comparable_runs(
+    session: Session, *, project_id: int, hardware: str, dtype: str
+) -> list[ComparableRun]:
+    """Recent training runs on ``hardware`` alone, with FLOPs at ``dtype`` (newest first).
+
+    Args:
+        session: The caller's session.
+        project_id: The project.
+        hardware: Catalog id every device of the run must resolve to.
+        dtype: Precision the run's FLOPs must have been declared at.
+    """
+    wanted = normalize_dtype(dtype)
+    records = repository.list_runs(
+        session, project_id=project_id, kind=RunKind.TRAINING, limit=COMPARABLE_RUNS_MAX
+    )
+    out = []
+    for record in records:
+        usage = repository.run_usage(session, project_id=project_id, run_id=record.id)
+        if not usage.devices:
+            continue
+        report = report_dict(usage)
+        devices = report["energy"]["by_device"]
+        flop_per_j = report["efficiency"]["flop_per_j"]
+        if flop_per_j is None or not flop_per_j > 0:
+            continue
+        if any(d["catalog_id"] != hardware for d in devices):
+            continue
+        if normalize_dtype(report["work"]["dtype"]) != wanted:
+            continue
+        out.append(
+            ComparableRun(
+                id=record.id,
+                name=record.name,
+                flop_per_j=float(flop_per_j),
+                mfu=report["efficiency"]["mfu"],
+                energy_j=float(report["energy"]["total"]["energy_j"]),
+                flops=float(report["work"]["flops"]),
+                simulated=bool(report["run"]["simulated"]),
+            )
+        )
+    return out
+
+
+def _catalog_id(value: str) -> str:
+    if catalog_lookup(value) is None or value not in builtin_catalog():
+        raise ValueError(f"{value!r} is not a catalog id; see accounting/data/catalog.toml")
+    return value
+
+
+class PlanRequest(BaseModel):
+    """A planned training run: model size, data, hardware, and the accounting context.
+
+    ``hardware`` is a catalog id (e.g. ``nvidia-h100-sxm5-80gb``); ``region`` and ``pue`` name
+    built-in factors; ``tariff_usd_per_kwh`` and ``device_hour_usd`` (a rental price per
+    device-hour) are optional and leave USD unpriced when absent.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    n_params: Annotated[float, Field(gt=0, le=1e16, description="N, parameters")]
+    n_tokens: Annotated[float, Field(gt=0, le=1e18, description="D, training tokens")]
+    hardware: Annotated[str, Field(min_length=1, max_length=64)]
+    n_devices: Annotated[int, Field(ge=1, le=10_000_000)] = 8
+    dtype: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,16}$")] = "bf16"
+    mfu: Annotated[float | None, Field(gt=0, le=1)] = None
+    region: Annotated[str | None, Field(max_length=16)] = None
+    pue: Annotated[str | None, Field(max_length=32)] = None
+    tariff_usd_per_kwh: Annotated[float | None, Field(ge=0, le=100)] = None
+    device_hour_usd: Annotated[float | None, Field(ge=0, le=10_000)] = None
+    percentiles: tuple[float, float] | None = None
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_hardware(cls, value: str) -> str:
+        return _catalog_id(value)
+
+    @model_validator(mode="after")
+    def _dtype_on_hardware(self) -> PlanRequest:
+        entry = builtin_catalog().get(self.hardware)
+        if not entry.supports(self.dtype):
+            raise ValueError(
+                f"dtype {self.dtype!r} has no published peak on {self.hardware}; it has: "
+                f"{', '.join(entry.dtypes)}"
+            )
+        return self
+
+
+def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str, Any]:
+    """Estimate a training run before it starts (see the module docstring).
+
+    Args:
+        session: The caller's session.
+        project_id: The project whose runs count as comparable.
+        request: The planned run.
+
+    Returns:
+        JSON-safe plan: `accounting.planning.TrainingPlan.to_dict` plus ``hardware``,
+        ``basis`` (which efficiency figures it rests on) and ``assumptions``.
+
+    Raises:
+        InvalidInput: Unknown region or PUE, or bad percentiles.
+        Conflict: No comparable run and no TDP in the catalog to fall back on.
+    """
+    context = pricing(
+        region=request.region, pue=request.pue, tariff_usd_per_kwh=request.tariff_usd_per_kwh
+    )
+    entry = builtin_catalog().get(request.hardware)
+    dtype = normalize_dtype(request.dtype)
+    peak = entry.peak(dtype)
+    comparable = comparable_runs(
+        session, project_id=project_id, hardware=request.hardware, dtype=dtype
+    )
+    measured_mfu = [r.mfu for r in comparable if r.mfu is not None]
+    if request.mfu is not None:
+        mfu, mfu_source = request.mfu, "given in the request"
+    elif measured_mfu:
+        mfu, mfu_source = statistics.median(measured_mfu), "median of the comparable runs"
+    else:
+        mfu, mfu_source = DEFAULT_MFU, "assumed (no request value, no comparable run)"
+    mfu = min(mfu, 1.0)
+    if comparable:
+        samples = [r.flop_per_j for r in comparable]
+        basis: dict[str, Any] = {
+            "kind": "measured",
+            "description": f"FLOP/J measured on {len(comparable)} comparable run(s): training, "
+            f"every device {request.hardware}, FLOPs at {dtype}",
+            "runs": [r.to_dict() for r in comparable],
+        }
+    else:
+        if entry.tdp_w is None:
+            raise Conflict(
+                f"no comparable run was measured and {request.hardware} has no TDP in the "
+                "catalog: there is no efficiency to plan with",
+                field="hardware",
+            )
+        mfus = (0.5 * mfu, mfu, min(1.0, 1.5 * mfu))
+        samples = [rated_flop_per_j(peak, entry.tdp_w, m) for m in mfus]
+        basis = {
+            "kind": "datasheet",
+            "description": f"no comparable run measured: MFU × peak / TDP of {entry.name} at "
+            f"{dtype} (MFU {mfus[0]:.2g} … {mfus[2]:.2g}); boards usually draw less than TDP, "
+            "so this errs high on energy",
+            "runs": [],
+        }
+    percentiles = request.percentiles
+    if percentiles is not None and not 0 <= percentiles[0] <= percentiles[1] <= 100:
+        raise InvalidInput.one("percentiles", f"need 0 ≤ lo ≤ hi ≤ 100, got {list(percentiles)}")
+    hardware_price = (
+        None
+        if request.device_hour_usd is None
+        else CloudPrice(request.device_hour_usd, source="given in the request")
+    )
+    result = plan_training(
+        n_params=request.n_params,
+        n_tokens=request.n_tokens,
+        flop_per_j_samples=samples,
+        percentiles=percentiles,
+        setup=ComputeSetup(peak, request.n_devices, mfu, device=entry.name),
+        pue=context.pue,
+        location_factor=context.location_factor,
+        tariff=context.tariff,
+        hardware=hardware_price,
+    )
+    out = result.to_dict()
+    out["hardware"] = {
+        "id": entry.id,
+        "name": entry.name,
+        "dtype": dtype,
+        "peak_flop_per_s": peak,
+        "tdp_w": entry.tdp_w,
+        "n_devices": request.n_devices,
+    }
+    out["mfu_source"] = mfu_source
+    out["basis"] = basis
+    out["pricing"] = context.to_dict()
+    out["assumptions"] = [
+        "FLOPs = 6·N·D (Kaplan et al. 2020; attention-context FLOPs not included)",
+        f"duration = FLOPs / (peak {peak:.4g} FLOP/s × {request.n_devices} device(s) × MFU "
+        f"{mfu:.3g}); MFU {mfu_source}",
+        basis["description"],
+        *context.assumptions(),
+        "hardware rental not priced"
+        if hardware_price is None
+        else f"hardware {request.device_hour_usd:g} USD per device-hour (given in the request)",
+    ]
+    return out

@@ -1,0 +1,658 @@
+"""The pages: runs list, run report, comparison, models (amortisation) and planning.
+
+Every route is a thin GET: parse the query, read through `db` / `service.economics`, compute
+charts (`service.pages.charts`), render a template. Figures come from the same functions as the
+JSON API (`service.reports.report_dict`, `service.economics`), so a page and its JSON never
+disagree. All reads are scoped to the signed-in token's project (`service.pages.auth`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from uuid import UUID
+
+import pydantic
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from accounting.carbon import J_PER_KWH, default_emission_factors, default_pues, scope2_emissions
+from accounting.catalog import builtin_catalog
+from accounting.cost import run_cost
+from accounting.report import ReportSettings
+from db import repository
+from db.envelope import envelope_of
+from db.models import RunKind, RunStatus
+from db.repository import InvalidInput, RunRecord
+from db.selection import select_runs
+from service.deps import SessionDep
+from service.economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pricing
+from service.pages import charts
+from service.pages.auth import PageTenant
+from service.pages.render import render
+from service.reports import report_dict
+from service.routes.reports import csv_response
+from service.schemas import TAG_KEY_PATTERN
+
+__all__ = ["MAX_COMPARE", "MAX_LISTED", "router"]
+
+router = APIRouter(include_in_schema=False)
+
+#: Rows the runs table shows (the totals cover the whole selection).
+MAX_LISTED = 200
+#: Most runs compared side by side.
+MAX_COMPARE = 8
+
+_METHOD_WORDS = {
+    "counter": "the GPU's cumulative energy counter (difference of two readings; exact up to "
+    "the counter's resolution)",
+    "power_avg": "averaged power readings (a 1 s moving average, lag-corrected), integrated "
+    "with the trapezoid rule",
+    "power_instant": "instantaneous power readings, integrated with the trapezoid rule; they "
+    "cover only part of each interval, which the band accounts for",
+    "estimate": "an estimate (no direct reading of this device)",
+    "mixed": "a mix of methods (the device changed method during the run)",
+}
+_BOUND_ROWS = (
+    ("hardware_roofline", "hardware roofline", "peak FLOP/J at TDP"),
+    ("energy_roofline", "energy roofline", "Choi et al. 2013"),
+    ("landauer", "Landauer floor", "k_B·T·ln 2 per bit erased"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Query parsing
+
+
+def _day(text: str | None, field: str, *, end: bool = False) -> datetime | None:
+    """``YYYY-MM-DD`` (UTC day; ``end`` = the next midnight) or an ISO time with a zone."""
+    if not text:
+        return None
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            return day + timedelta(days=1) if end else day
+        when = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise InvalidInput.one(field, f"{text!r} is not a date (YYYY-MM-DD)") from e
+    if when.tzinfo is None:
+        raise InvalidInput.one(field, f"{text!r} has no time zone")
+    return when
+
+
+def _tags(texts: list[str]) -> list[tuple[str, str]]:
+    wanted = []
+    for i, text in enumerate(t for t in texts if t.strip()):
+        key, sep, value = text.strip().partition("=")
+        if not sep or not TAG_KEY_PATTERN.match(key):
+            raise InvalidInput.one(f"tag[{i}]", f"{text!r} is not key=value")
+        wanted.append((key, value))
+    return wanted
+
+
+def _enum(kind: type[RunKind] | type[RunStatus], text: str | None, field: str) -> Any:
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError as e:
+        choices = ", ".join(member.value for member in kind)
+        raise InvalidInput.one(field, f"{text!r} is not one of {choices}") from e
+
+
+# --------------------------------------------------------------------------------------------
+# Runs list
+
+
+@router.get("/", include_in_schema=False)
+def home() -> RedirectResponse:
+    """The runs list is the front page."""
+    return RedirectResponse("/runs", status_code=307)
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(
+    request: Request,
+    tenant: PageTenant,
+    session: SessionDep,
+    kind: str | None = None,
+    status: str | None = None,
+    tag: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies query defaults
+    started_after: str | None = None,
+    started_before: str | None = None,
+) -> HTMLResponse:
+    """The project's runs, filtered, with kWh, CO2e and USD totals for the whole selection."""
+    filters = {
+        "kind": kind or "",
+        "status": status or "",
+        "tag": [t for t in tag if t.strip()],
+        "started_after": started_after or "",
+        "started_before": started_before or "",
+    }
+    selection = select_runs(
+        session,
+        project_id=tenant.id,
+        kind=_enum(RunKind, kind, "kind"),
+        status=_enum(RunStatus, status, "status"),
+        tags=_tags(tag),
+        started_after=_day(started_after, "started_after"),
+        started_before=_day(started_before, "started_before", end=True),
+    )
+    settings = ReportSettings()
+    total_j = selection.total_energy_j
+    carbon = scope2_emissions(total_j, pue=settings.pue, location_factor=settings.location_factor)
+    cost = run_cost(energy_j=total_j, tariff=settings.tariff, pue=settings.pue)
+    g_per_j = settings.pue.value * settings.location_factor.intensity_g_per_kwh / J_PER_KWH
+    rows = []
+    for run in selection.runs[:MAX_LISTED]:
+        energy = selection.energy.get(run.id)
+        rows.append(
+            {
+                "run": run,
+                "energy_j": None if energy is None else energy.energy_j,
+                "co2e_g": None if energy is None else energy.energy_j * g_per_j,
+                "devices": 0 if energy is None else energy.devices,
+                "duration_s": None if energy is None else energy.duration_s,
+            }
+        )
+    return render(
+        request,
+        "runs.html.j2",
+        nav="runs",
+        project=tenant.slug,
+        filters=filters,
+        rows=rows,
+        count=len(selection.runs),
+        truncated=selection.truncated,
+        listed=min(len(selection.runs), MAX_LISTED),
+        measured=selection.measured_runs,
+        total_j=total_j,
+        carbon=carbon,
+        cost=cost,
+        kinds=[k.value for k in RunKind],
+        statuses=[s.value for s in RunStatus],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Run report
+
+
+def _method_lines(devices: list[dict[str, Any]]) -> list[str]:
+    counts = Counter(d["method"] for d in devices)
+    return [
+        f"{n} device{'s' if n != 1 else ''}: {_METHOD_WORDS.get(method, method)}"
+        for method, n in counts.most_common()
+    ]
+
+
+def _uncertainty(report: dict[str, Any]) -> dict[str, Any]:
+    total = report["energy"]["total"]
+    energy, low, high = total["energy_j"], total["energy_low_j"], total["energy_high_j"]
+    devices = report["energy"]["by_device"]
+    return {
+        "energy_j": energy,
+        "low_j": low,
+        "high_j": high,
+        "below_pct": (energy - low) / energy if energy else None,
+        "above_pct": None if high is None or not energy else (high - energy) / energy,
+        "gaps": sum(d["gap_count"] for d in devices),
+        "gap_s": sum(d["gap_s"] for d in devices),
+        "resets": sum(d["reset_count"] for d in devices),
+    }
+
+
+def _bounds_rows(report: dict[str, Any]) -> list[charts.StripRow]:
+    bounds = report["bounds"]
+    flops = report["work"]["flops"]
+    measured_j = report["energy"]["total"]["energy_j"]
+    rows = [
+        charts.StripRow(
+            "measured",
+            (measured_j / flops,),
+            "#1b1b1b",
+            note=f"{measured_j / flops:.3g} J/FLOP = {flops / measured_j:.3g} FLOP/J",
+            series="measured",
+        )
+    ]
+    for i, (key, label, basis) in enumerate(_BOUND_ROWS):
+        bound = bounds[key]
+        if bound is None:
+            continue
+        orders = bound["orders_of_magnitude"]
+        rows.append(
+            charts.StripRow(
+                f"{label} ({basis})",
+                (bound["bound_j_per_flop"],),
+                charts.color(i),
+                note=f"{bound['bound_j_per_flop']:.3g} J/FLOP; measured is "
+                f"{orders:+.2f} orders above",
+                series=key,
+            )
+        )
+    return rows
+
+
+def _assumption_lines(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested assumptions mapping as (key path, text) lines."""
+    if isinstance(value, dict):
+        out = []
+        for key, item in value.items():
+            out.extend(
+                _assumption_lines(item, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+            )
+        return out
+    if isinstance(value, list):
+        return [(prefix, ", ".join(str(v) for v in value))]
+    if isinstance(value, float):
+        return [(prefix, f"{value:.4g}")]
+    return [(prefix, "n/a" if value is None else str(value))]
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def report_page(
+    run_id: UUID, request: Request, tenant: PageTenant, session: SessionDep
+) -> HTMLResponse:
+    """The run report: power over time, energy by device and phase, bounds, cost and carbon."""
+    usage = repository.run_usage(session, project_id=tenant.id, run_id=run_id)
+    if not usage.devices:
+        return render(
+            request, "report_empty.html.j2", nav="runs", project=tenant.slug, run=usage.run
+        )
+    report = report_dict(usage)
+    envelope = envelope_of(session, usage=usage)
+    devices = report["energy"]["by_device"]
+    colors = {d["key"]: charts.color(i) for i, d in enumerate(devices)}
+    phases = [
+        charts.PhaseSpan(p["name"], p["t0_s"], p["t1_s"]) for p in report["energy"]["by_phase"]
+    ]
+    power = charts.power_chart(envelope, phases, colors)
+    by_device = charts.bar_chart(
+        "energy-by-device",
+        "Energy by device, with its uncertainty band",
+        [
+            charts.Bar(
+                d["key"],
+                d["energy_j"],
+                d["energy_low_j"],
+                d["energy_high_j"],
+                colors[d["key"]],
+                note=d["method"],
+            )
+            for d in devices
+        ],
+        unit="kWh",
+        scale=J_PER_KWH,
+    )
+    by_phase = None
+    if report["energy"]["by_phase"]:
+        by_phase = charts.bar_chart(
+            "energy-by-phase",
+            "Energy by phase, with its uncertainty band",
+            [
+                charts.Bar(
+                    p["name"], p["energy_j"], p["energy_low_j"], p["energy_high_j"], "#6b7b8c"
+                )
+                for p in report["energy"]["by_phase"]
+            ],
+            unit="kWh",
+            scale=J_PER_KWH,
+        )
+    bounds_chart = None
+    bounds_assumptions: dict[str, list[tuple[str, str]]] = {}
+    if report["bounds"] is not None and report["work"]["flops"]:
+        bounds_chart = charts.strip_chart(
+            "bounds",
+            "Measured energy per FLOP against the three bounds",
+            _bounds_rows(report),
+            unit="J/FLOP",
+        )
+        for key, label, _ in _BOUND_ROWS:
+            bound = report["bounds"][key]
+            if bound is not None:
+                bounds_assumptions[label] = _assumption_lines(bound["assumptions"])
+    return render(
+        request,
+        "report.html.j2",
+        nav="runs",
+        project=tenant.slug,
+        run=usage.run,
+        report=report,
+        power=power,
+        envelope=envelope,
+        by_device=by_device,
+        by_phase=by_phase,
+        bounds_chart=bounds_chart,
+        bounds_assumptions=bounds_assumptions,
+        bounds_reason=next(
+            (n for n in report["notes"] if "FLOPs" in n or "bounds" in n), "no FLOPs declared"
+        ),
+        methods=_method_lines(devices),
+        uncertainty=_uncertainty(report),
+        colors=colors,
+    )
+
+
+@router.get("/runs/{run_id}/report.json")
+def report_json(run_id: UUID, tenant: PageTenant, session: SessionDep) -> JSONResponse:
+    """The JSON report (as ``GET /api/v1/runs/{id}/report``), for a signed-in browser."""
+    report = report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
+    return JSONResponse(
+        report,
+        headers={"Content-Disposition": f'attachment; filename="run-{run_id}.json"'},
+    )
+
+
+@router.get("/runs/{run_id}/report.csv")
+def report_csv_page(run_id: UUID, tenant: PageTenant, session: SessionDep) -> Response:
+    """The CSV report (as ``GET /api/v1/runs/{id}/report.csv``), for a signed-in browser."""
+    return csv_response(
+        report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Compare
+
+
+_COMPARED = (
+    # (key, label, unit, display scale)
+    ("energy", "Energy", "kWh", J_PER_KWH),
+    ("j_per_token", "Energy per token", "J/token", 1.0),
+    ("flop_per_j", "Efficiency", "FLOP/J", 1.0),
+    ("cost", "Cost", "USD", 1.0),
+    ("co2e", "Emissions (location-based)", "gCO2e", 1.0),
+)
+
+
+def _compared_value(report: dict[str, Any], key: str) -> tuple[float | None, Any, Any]:
+    if key == "energy":
+        total = report["energy"]["total"]
+        return total["energy_j"], total["energy_low_j"], total["energy_high_j"]
+    if key == "cost":
+        cost = report["cost"]
+        priced = cost["energy_usd"] is not None or cost["hardware_usd"] is not None
+        return (cost["total_usd"] if priced else None), None, None
+    if key == "co2e":
+        return report["carbon"]["location_based"]["co2e_g"], None, None
+    return report["efficiency"][key], None, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    run: RunRecord
+    report: dict[str, Any] | None
+    color: str
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request,
+    tenant: PageTenant,
+    session: SessionDep,
+    run: Annotated[list[UUID], Query()] = [],  # noqa: B006 - FastAPI copies query defaults
+) -> HTMLResponse:
+    """Runs side by side: energy, J/token, FLOP/J, cost and CO2e."""
+    ids = list(dict.fromkeys(run))
+    if len(ids) > MAX_COMPARE:
+        raise InvalidInput.one("run", f"{len(ids)} runs; compare at most {MAX_COMPARE}")
+    columns = []
+    for i, run_id in enumerate(ids):
+        usage = repository.run_usage(session, project_id=tenant.id, run_id=run_id)
+        report = report_dict(usage) if usage.devices else None
+        columns.append(_Column(usage.run, report, charts.color(i)))
+    metric_charts = []
+    for key, label, unit, scale in _COMPARED:
+        bars = []
+        for c in columns:
+            if c.report is None:
+                continue
+            value, low, high = _compared_value(c.report, key)
+            bars.append(charts.Bar(c.run.name, value, low, high, c.color))
+        if any(bar.value is not None for bar in bars):
+            metric_charts.append(
+                (label, charts.bar_chart(f"compare-{key}", label, bars, unit=unit, scale=scale))
+            )
+    return render(
+        request,
+        "compare.html.j2",
+        nav="runs",
+        project=tenant.slug,
+        columns=columns,
+        metric_charts=metric_charts,
+        max_compare=MAX_COMPARE,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Models and amortisation
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, tenant: PageTenant, session: SessionDep) -> HTMLResponse:
+    """Every model tag in the project, with its training and inference run counts."""
+    selection = select_runs(session, project_id=tenant.id)
+    models: dict[str, Counter[str]] = {}
+    for run in selection.runs:
+        tag = run.tags.get(MODEL_TAG_KEY)
+        if isinstance(tag, str) and tag:
+            models.setdefault(tag, Counter())[run.kind.value] += 1
+    return render(
+        request,
+        "models.html.j2",
+        nav="models",
+        project=tenant.slug,
+        models=sorted(models.items()),
+        tag_key=MODEL_TAG_KEY,
+        truncated=selection.truncated,
+    )
+
+
+def _amortisation_charts(answer: dict[str, Any]) -> list[tuple[str, charts.Chart]]:
+    curve = answer["curve"]
+    other = answer["compare"]
+    tokens = curve["tokens_served"]
+    metrics = (
+        ("j_per_token", "floor_j_per_token", "Energy per token", "J/token", "energy"),
+        (
+            "co2e_g_per_token",
+            "floor_co2e_g_per_token",
+            "Emissions per token",
+            "gCO2e/token",
+            "co2e",
+        ),
+        ("usd_per_token", "floor_usd_per_token", "Cost per token", "USD/token", "usd"),
+    )
+    out = []
+    for key, floor_key, title, unit, metric in metrics:
+        if curve[key] is None:
+            continue
+        lines = [
+            charts.Curve(f"{answer['model_tag']}: amortised", charts.color(0), tuple(curve[key]))
+        ]
+        floor = curve[floor_key]
+        if floor:
+            lines.append(
+                charts.Curve(
+                    f"{answer['model_tag']}: inference only",
+                    charts.color(0),
+                    (floor,) * len(tokens),
+                    True,
+                )
+            )
+        markers = []
+        if answer["tokens_served_so_far"] > 0:
+            markers.append(charts.Marker(answer["tokens_served_so_far"], "served so far", "served"))
+        parity = answer["parity"][metric]
+        if parity is not None and parity["tokens"]:
+            markers.append(charts.Marker(parity["tokens"], "training = inference", "parity"))
+        if other is not None and other["curve"][key] is not None:
+            lines.append(
+                charts.Curve(
+                    f"{other['model_tag']}: amortised", charts.color(1), tuple(other["curve"][key])
+                )
+            )
+            even = other["break_even"][metric]
+            if even is not None and even["tokens"]:
+                markers.append(charts.Marker(even["tokens"], "break-even", "break-even"))
+        out.append(
+            (
+                title,
+                charts.curve_chart(
+                    f"amortisation-{metric}",
+                    f"{title} as a function of tokens served",
+                    tokens,
+                    lines,
+                    x_unit="tokens served",
+                    y_unit=unit,
+                    markers=markers,
+                ),
+            )
+        )
+    return out
+
+
+@router.get("/models/{model_tag}", response_class=HTMLResponse)
+def model_page(
+    model_tag: str,
+    request: Request,
+    tenant: PageTenant,
+    session: SessionDep,
+    tokens_served: Annotated[float | None, Query(gt=0, le=1e30)] = None,
+    inference_j_per_token: Annotated[float | None, Query(ge=0, le=1e9)] = None,
+    compare: str | None = None,
+    region: str | None = None,
+    pue: str | None = None,
+    tariff_usd_per_kwh: Annotated[float | None, Query(ge=0, le=100)] = None,
+) -> HTMLResponse:
+    """Amortised J/token, gCO2e/token and USD/token of a model over tokens served."""
+    answer = amortisation(
+        session,
+        project_id=tenant.id,
+        model_tag=model_tag,
+        pricing=pricing(
+            region=region or None, pue=pue or None, tariff_usd_per_kwh=tariff_usd_per_kwh
+        ),
+        tokens_served=tokens_served,
+        inference_j_per_token=inference_j_per_token,
+        compare=compare or None,
+    )
+    query = {
+        "tokens_served": tokens_served,
+        "inference_j_per_token": inference_j_per_token,
+        "compare": compare or "",
+        "region": region or "",
+        "pue": pue or "",
+        "tariff_usd_per_kwh": tariff_usd_per_kwh,
+    }
+    return render(
+        request,
+        "model.html.j2",
+        nav="models",
+        project=tenant.slug,
+        answer=answer,
+        charts=_amortisation_charts(answer),
+        query=query,
+        regions=sorted(default_emission_factors()),
+        pues=list(default_pues()),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+_PLAN_FIELDS = (
+    "n_params",
+    "n_tokens",
+    "hardware",
+    "n_devices",
+    "dtype",
+    "mfu",
+    "region",
+    "pue",
+    "tariff_usd_per_kwh",
+    "device_hour_usd",
+)
+
+
+def _plan_form(params: dict[str, str]) -> tuple[PlanRequest | None, list[str]]:
+    """The form's request, or the problems to show beside it (a form, not an API: no 422)."""
+    given = {k: v.strip() for k, v in params.items() if k in _PLAN_FIELDS and v.strip()}
+    if not {"n_params", "n_tokens", "hardware"} <= given.keys():
+        return None, []
+    try:
+        return PlanRequest.model_validate(given), []
+    except pydantic.ValidationError as e:
+        return None, [
+            f"{'.'.join(str(p) for p in error['loc']) or 'form'}: {error['msg']}"
+            for error in e.errors()
+        ]
+
+
+def _plan_charts(result: dict[str, Any]) -> list[tuple[str, charts.Chart]]:
+    energy = result["energy"]
+    out = [
+        (
+            "Energy estimate",
+            charts.bar_chart(
+                "plan-energy",
+                "Planned energy: central estimate and range",
+                [
+                    charts.Bar(
+                        "planned run",
+                        energy["energy_j_central"],
+                        energy["energy_j_low"],
+                        energy["energy_j_high"],
+                        charts.color(0),
+                    )
+                ],
+                unit="kWh",
+                scale=J_PER_KWH,
+            ),
+        )
+    ]
+    rows = [
+        charts.StripRow(r["name"], (r["flop_per_j"],), charts.color(1), series=f"run-{r['id']}")
+        for r in result["basis"]["runs"]
+    ]
+    rows.append(
+        charts.StripRow(
+            "range used",
+            (energy["flop_per_j_low"], energy["flop_per_j_central"], energy["flop_per_j_high"]),
+            charts.color(0),
+            note=f"median {energy['flop_per_j_central']:.3g} FLOP/J",
+            series="range",
+        )
+    )
+    out.append(
+        (
+            "Efficiency basis",
+            charts.strip_chart("plan-basis", "FLOP/J the plan rests on", rows, unit="FLOP/J"),
+        )
+    )
+    return out
+
+
+@router.get("/plan", response_class=HTMLResponse)
+def plan_page(request: Request, tenant: PageTenant, session: SessionDep) -> HTMLResponse:
+    """Plan a training run: the form, and the estimate once N, D and the hardware are given."""
+    params = dict(request.query_params)
+    body, problems = _plan_form(params)
+    result = None if body is None else plan(session, project_id=tenant.id, request=body)
+    catalog = builtin_catalog()
+    return render(
+        request,
+        "plan.html.j2",
+        nav="plan",
+        project=tenant.slug,
+        form={k: params.get(k, "") for k in _PLAN_FIELDS},
+        problems=problems,
+        result=result,
+        plan_charts=[] if result is None else _plan_charts(result),
+        hardware=[(e.id, e.name) for e in catalog],
+        regions=sorted(default_emission_factors()),
+        pues=list(default_pues()),
+    )

@@ -1,0 +1,142 @@
+"""A run report as CSV: one row per figure a spreadsheet wants to sum or plot.
+
+The JSON report (`service.reports.report_dict`) nests; a spreadsheet wants flat rows. The CSV
+holds one table with a ``section`` column: a ``total`` row, one ``device`` row per device, one
+``host`` row per host and one ``phase`` row per phase. Every numeric column has its unit in its
+header (``energy_j``, ``energy_kwh``, ``mean_power_w``, ``co2e_location_g``), the same names as
+in the JSON, and a cell that does not apply to a section, or has no value (an unbounded band,
+market-based CO2e without a market factor), is empty, never 0.
+
+Carbon and cost appear on the ``total`` row only: the report prices the run, not each device.
+Lines end with CRLF and text is UTF-8, as RFC 4180 and spreadsheet imports expect. Text that
+a spreadsheet would run as a formula (a run named ``=HYPERLINK(...)``) gets a leading ``'``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["CSV_COLUMNS", "report_csv"]
+
+#: Column order of the CSV (units in the names).
+CSV_COLUMNS: tuple[str, ...] = (
+    "section",
+    "run_id",
+    "run_name",
+    "key",
+    "host",
+    "name",
+    "catalog_id",
+    "method",
+    "simulated",
+    "t0_s",
+    "t1_s",
+    "duration_s",
+    "energy_j",
+    "energy_kwh",
+    "energy_low_j",
+    "energy_high_j",
+    "mean_power_w",
+    "peak_power_w",
+    "gap_s",
+    "gap_count",
+    "reset_count",
+    "samples",
+    "flops",
+    "tokens",
+    "flop_per_j",
+    "j_per_token",
+    "co2e_location_g",
+    "co2e_market_g",
+    "cost_usd",
+)
+
+
+#: A text cell starting with one of these is a formula to a spreadsheet (CSV injection).
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    # Names come from clients: quote a leading formula character so a spreadsheet shows text.
+    return "'" + text if text.startswith(_FORMULA_LEADS) else text
+
+
+def _rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    run = report["run"]
+    energy = report["energy"]
+    base = {"run_id": run["id"], "run_name": run["name"]}
+    total = energy["total"]
+    rows: list[dict[str, Any]] = [
+        {
+            **base,
+            "section": "total",
+            "simulated": run["simulated"],
+            "t0_s": report["t0_s"],
+            "t1_s": report["t1_s"],
+            "duration_s": report["duration_s"],
+            "energy_j": total["energy_j"],
+            "energy_kwh": total["energy_kwh"],
+            "energy_low_j": total["energy_low_j"],
+            "energy_high_j": total["energy_high_j"],
+            "mean_power_w": energy["mean_power_w"],
+            "flops": report["work"]["flops"],
+            "tokens": report["work"]["tokens"],
+            "flop_per_j": report["efficiency"]["flop_per_j"],
+            "j_per_token": report["efficiency"]["j_per_token"],
+            "co2e_location_g": report["carbon"]["location_based"]["co2e_g"],
+            "co2e_market_g": report["carbon"]["market_based"]["co2e_g"],
+            "cost_usd": report["cost"]["total_usd"],
+        }
+    ]
+    for device in energy["by_device"]:
+        rows.append(
+            {
+                **base,
+                "section": "device",
+                **{k: device.get(k) for k in CSV_COLUMNS if k in device},
+            }
+        )
+    for host, line in energy["by_host"].items():
+        rows.append({**base, "section": "host", "key": host, "host": host, **line})
+    for phase in energy["by_phase"]:
+        rows.append(
+            {
+                **base,
+                "section": "phase",
+                "key": phase["name"],
+                **{k: phase.get(k) for k in CSV_COLUMNS if k in phase},
+            }
+        )
+    return rows
+
+
+def report_csv(report: Mapping[str, Any]) -> str:
+    """The report (as `service.reports.report_dict` returns it) as CSV text.
+
+    Args:
+        report: The JSON-safe report.
+
+    Returns:
+        The CSV, header first, CRLF line ends.
+    """
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n"
+    )
+    writer.writeheader()
+    for row in _rows(report):
+        writer.writerow({k: _cell(row.get(k)) for k in CSV_COLUMNS})
+    return out.getvalue()

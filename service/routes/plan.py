@@ -1,0 +1,23 @@
+"""Planning: a training run's FLOPs, energy, duration, cost and CO2e before it starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.deps import ReadTenant, SessionDep
+from service.economics import PlanRequest, plan
+
+router = APIRouter(prefix="/plan", tags=["planning"])
+
+
+@router.post("", responses={409: {"description": "no efficiency to plan with"}})
+def post_plan(body: PlanRequest, tenant: ReadTenant, session: SessionDep) -> dict[str, Any]:
+    """Estimate a planned training run from N, D and the hardware, with a range.
+
+    Energy rests on the FLOP/J measured on the project's comparable runs (same hardware and
+    dtype), else on the datasheet; the answer says which, and flags D far from Chinchilla's
+    20·N.
+    """
+    return plan(session, project_id=tenant.id, request=body)

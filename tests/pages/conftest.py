@@ -1,0 +1,26 @@
+"""Fixtures for the page tests: the service fixtures (both backends) and a seeded project."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+
+from tests.pages.seed import Fleet, seed_project
+from tests.service import conftest as service
+from tests.service.conftest import Project, TestClient, make_project
+
+# The service tests' fixtures, shared: one migrated database per module and backend.
+database_url = service.database_url
+settings = service.settings
+app = service.app
+client = service.client
+project = service.project
+other = service.other
+run_id = service.run_id
+
+
+@pytest.fixture(scope="module")
+def seeded(app: FastAPI, client: TestClient) -> tuple[Project, Fleet]:
+    """One project per module and backend with two models' runs (see `seed_project`)."""
+    owner = make_project(app)
+    return owner, seed_project(client, owner.every, duration_s=300.0)

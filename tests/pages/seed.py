@@ -1,0 +1,250 @@
+"""Realistic runs for the page tests, sent through the public API like a meter sends them.
+
+Traces come from the meter's own code: the simulated backend (`meters.backends.simulated`,
+closed-form power) read on a manual clock and sealed by `meters.chunker.DeviceChunker`, so the
+chunks carry the summaries, bands and samples a real meter would upload. Devices are renamed
+to a catalogued GPU (they stay flagged simulated) so the report can compute the bounds.
+
+``client`` is anything with httpx's ``put``/``post`` (a `TestClient`, or an ``httpx.Client``
+with a ``base_url`` for a live server).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meters.backends.simulated import Bursty, Ramp, SimulatedBackend, SimulatedDevice, steady
+from meters.chunker import DeviceChunker, SealJob, device_payload, seal
+from meters.testing import ManualClock
+
+T0_S = 1_790_000_000.0
+GPU_NAME = "NVIDIA H100 80GB HBM3"
+BATCH = 40
+
+
+class Client(Protocol):
+    def put(self, url: str, **kwargs: Any) -> Any: ...
+    def post(self, url: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SeededRun:
+    """A run the seed created: its id and what went into it."""
+
+    id: str
+    name: str
+    kind: str
+    devices: int
+    chunks: int
+    phases: tuple[tuple[str, float, float], ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def fleet(n: int = 4) -> tuple[SimulatedDevice, ...]:
+    """``n`` simulated GPUs with training-like loads (bursty, a ramp, a steady one)."""
+    out = []
+    for i in range(n):
+        if i % 3 == 0:
+            profile: Any = Bursty(310.0, 640.0 - 10.0 * i, period_s=37.0, duty=0.7, phase_s=5.0 * i)
+        elif i % 3 == 1:
+            profile = Ramp(150.0, 560.0, duration_s=240.0, t_start_s=30.0)
+        else:
+            profile = steady(420.0 + 5 * i)
+        out.append(SimulatedDevice(profile, reading="average", counter_offset_j=1e6 * (i + 1)))
+    return tuple(out)
+
+
+def trace(
+    devices: Sequence[SimulatedDevice],
+    *,
+    duration_s: float,
+    t0_s: float = T0_S,
+    interval_s: float = 1.0,
+    chunk_s: float = 10.0,
+    host: str = "sim-node-0",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Device payloads and sealed chunks of a simulated trace, exactly as a meter makes them."""
+    clock = ManualClock(monotonic_s=1000.0, wall_s=t0_s)
+    backend = SimulatedBackend(devices, clock=clock)
+    infos = backend.devices()
+    origin = clock.monotonic_s()
+    chunkers = [
+        DeviceChunker(
+            info,
+            key=f"{host}/{info.uid}",
+            first_seq=0,
+            interval_s=interval_s,
+            chunk_s=chunk_s,
+            origin_mono_s=origin,
+            unix_offset_s=clock.wall_s() - clock.monotonic_s(),
+        )
+        for info in infos
+    ]
+    jobs: list[SealJob] = []
+    steps = round(duration_s / interval_s)
+    for step in range(steps + 1):
+        readings = backend.read()
+        for i, chunker in enumerate(chunkers):
+            job = chunker.add(
+                float(readings.t_mono_s[i]), float(readings.power_w[i]), float(readings.energy_j[i])
+            )
+            if job is not None:
+                jobs.append(job)
+        if step < steps:
+            clock.advance(interval_s)
+    jobs.extend(job for job in (c.flush() for c in chunkers) if job is not None)
+    sealed, failed = seal(jobs)
+    assert not failed, failed
+    chunks = [dict(c) for c in sealed]
+    payloads = []
+    for info in infos:
+        payload = dict(device_payload(info, host=host))
+        payload["name"] = GPU_NAME  # resolves in the hardware catalog; still flagged simulated
+        payloads.append(payload)
+    return payloads, chunks
+
+
+def _ok(response: Any) -> Any:
+    assert response.status_code in (200, 201), response.text
+    return response
+
+
+def seed_run(
+    client: Client,
+    headers: dict[str, str],
+    *,
+    name: str,
+    kind: str = "training",
+    devices: int = 4,
+    duration_s: float = 900.0,
+    t0_s: float = T0_S,
+    phases: Sequence[tuple[str, float, float]] = (),
+    tags: dict[str, str] | None = None,
+    work: dict[str, Any] | None = None,
+    finish: bool = True,
+) -> SeededRun:
+    """Create a run, upload its simulated trace in batches, record phases and work, finish it.
+
+    Args:
+        client: API client.
+        headers: Bearer headers of a token with ``ingest``.
+        name: Run name.
+        kind: Run kind.
+        devices: Simulated GPUs.
+        duration_s: Trace length, s.
+        t0_s: Unix start of the trace.
+        phases: (name, start, end) in seconds since ``t0_s``.
+        tags: Run tags.
+        work: Body of ``POST /work`` (e.g. ``{"model_params": 1.3e9, "tokens": 2.5e8}``).
+        finish: Mark the run finished.
+    """
+    run_id = str(uuid.uuid4())
+    _ok(
+        client.put(
+            f"/api/v1/runs/{run_id}",
+            json={"name": name, "kind": kind, "tags": tags or {}, "simulated": True},
+            headers=headers,
+        )
+    )
+    payloads, chunks = trace(fleet(devices), duration_s=duration_s, t0_s=t0_s)
+    for start in range(0, len(chunks), BATCH):
+        body = {"schema": 1, "devices": payloads, "chunks": chunks[start : start + BATCH]}
+        _ok(client.post(f"/api/v1/runs/{run_id}/chunks", json=body, headers=headers))
+    for phase, a, b in phases:
+        _ok(
+            client.post(
+                f"/api/v1/runs/{run_id}/phases",
+                json={"name": phase, "t0_s": t0_s + a, "t1_s": t0_s + b},
+                headers=headers,
+            )
+        )
+    if work:
+        _ok(client.post(f"/api/v1/runs/{run_id}/work", json=work, headers=headers))
+    if finish:
+        _ok(client.post(f"/api/v1/runs/{run_id}/finish", json={}, headers=headers))
+    return SeededRun(
+        id=run_id,
+        name=name,
+        kind=kind,
+        devices=devices,
+        chunks=len(chunks),
+        phases=tuple(phases),
+        tags=dict(tags or {}),
+    )
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The runs `seed_project` makes: two models, each trained and served."""
+
+    train: SeededRun
+    serve: SeededRun
+    train_large: SeededRun
+    serve_large: SeededRun
+    empty: SeededRun
+
+
+TRAIN_PHASES = (("warmup", 0.0, 60.0), ("train", 60.0, 780.0), ("eval", 780.0, 900.0))
+
+
+def seed_project(client: Client, headers: dict[str, str], *, duration_s: float = 900.0) -> Fleet:
+    """A small project: model ``demo-1b`` and ``demo-3b``, each with a training and an
+    inference run (declared work and tokens), plus a run with no measurements.
+
+    Tokens scale with ``duration_s`` so the runs keep a plausible MFU (0.2–0.55).
+    """
+    scale = duration_s / 900.0
+    train = seed_run(
+        client,
+        headers,
+        name="demo-1b-train",
+        duration_s=duration_s,
+        phases=[(n, a * duration_s / 900, b * duration_s / 900) for n, a, b in TRAIN_PHASES],
+        tags={"model": "demo-1b", "team": "nlp"},
+        work={"model_params": 1.3e9, "tokens": round(2.5e8 * scale), "dtype": "bf16"},
+    )
+    serve = seed_run(
+        client,
+        headers,
+        name="demo-1b-serve",
+        kind="inference",
+        devices=2,
+        duration_s=duration_s / 3,
+        t0_s=T0_S + 3600,
+        tags={"model": "demo-1b"},
+        work={"model_params": 1.3e9, "tokens": round(4.0e7 * scale)},
+    )
+    train_large = seed_run(
+        client,
+        headers,
+        name="demo-3b-train",
+        devices=6,
+        duration_s=duration_s,
+        t0_s=T0_S + 7200,
+        tags={"model": "demo-3b", "team": "nlp"},
+        work={"model_params": 3.0e9, "tokens": round(1.2e8 * scale), "dtype": "bf16"},
+    )
+    serve_large = seed_run(
+        client,
+        headers,
+        name="demo-3b-serve",
+        kind="inference",
+        devices=1,
+        duration_s=duration_s / 3,
+        t0_s=T0_S + 10800,
+        tags={"model": "demo-3b"},
+        work={"model_params": 3.0e9, "tokens": round(6.0e7 * scale)},
+    )
+    run_id = str(uuid.uuid4())
+    _ok(
+        client.put(
+            f"/api/v1/runs/{run_id}",
+            json={"name": "queued-job", "kind": "eval", "tags": {"team": "vision"}},
+            headers=headers,
+        )
+    )
+    empty = SeededRun(id=run_id, name="queued-job", kind="eval", devices=0, chunks=0)
+    return Fleet(train, serve, train_large, serve_large, empty)

@@ -1,0 +1,219 @@
+"""The pages in a real headless Chromium, against a live server on loopback.
+
+What only a browser can tell: the pages load without console errors or failed requests, the
+SVG charts lay out with real geometry (not just markup), the phases are shaded, the bounds
+chart has its four series, and the login form works. Screenshots of every page are kept under
+``artifacts/screenshots/`` (gitignored) for a human to look at.
+
+Chromium is Debian's (``/usr/bin/chromium``) or the one named by ``THERMOLEDGER_CHROMIUM``,
+driven by Playwright's Python API (Playwright's own browser download is not used). Without a
+browser the module is skipped — except under ``CI=true``, where that is a failure. The variable
+is read at import because the suite's autouse fixture strips ``THERMOLEDGER_*`` from the
+environment of every test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.dbutil import in_ci
+from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
+from tests.pages.seed import Fleet, seed_project
+
+CHROMIUM = (
+    os.environ.get("THERMOLEDGER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+)
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+TIMEOUT_MS = 20_000
+
+
+def _chromium() -> str:
+    if not Path(CHROMIUM).is_file():
+        message = f"no Chromium at {CHROMIUM} (set THERMOLEDGER_CHROMIUM)"
+        if in_ci():
+            pytest.fail(message + " (CI=true: this is an error, not a skip)")
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@dataclass
+class Site:
+    """The live server, its seeded runs, and a signed-in browser page."""
+
+    url: str
+    token: str
+    fleet: Fleet
+    page: Any
+    problems: list[str] = field(default_factory=list)
+
+    def visit(self, path: str, shot: str) -> Any:
+        """Open ``path``, wait for the network to settle, screenshot it, return the page."""
+        self.problems.clear()
+        response = self.page.goto(self.url + path, wait_until="networkidle")
+        assert response is not None, path
+        assert response.status == 200, (path, response.status)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+        assert self.problems == [], self.problems
+        return self.page
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    directory = tmp_path_factory.mktemp("browser")
+    url = f"sqlite:///{directory / 'thermoledger.db'}"
+    token = migrate_and_issue_token(url, project="pages")
+    server = LiveServer(url, directory / "server.log")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30.0) as api:
+            fleet = seed_project(api, {"Authorization": f"Bearer {token}"})
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=executable, headless=True, args=["--no-sandbox"]
+            )
+            try:
+                context = browser.new_context(viewport={"width": 1200, "height": 900})
+                context.set_default_timeout(TIMEOUT_MS)
+                page = context.new_page()
+                found = Site(server.url, token, fleet, page)
+                page.on(
+                    "console",
+                    lambda m: (
+                        found.problems.append(f"console {m.type}: {m.text}")
+                        if m.type in ("error", "warning")
+                        else None
+                    ),
+                )
+                page.on("pageerror", lambda e: found.problems.append(f"page error: {e}"))
+                page.on(
+                    "requestfailed", lambda r: found.problems.append(f"request failed: {r.url}")
+                )
+                page.on(
+                    "response",
+                    lambda r: (
+                        found.problems.append(f"HTTP {r.status}: {r.url}")
+                        if r.status >= 400
+                        else None
+                    ),
+                )
+                yield found
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+
+
+def _geometry(page: Any, selector: str) -> list[dict[str, float]]:
+    """Rendered bounding boxes (SVG user units) of every element matching ``selector``."""
+    return list(
+        page.eval_on_selector_all(
+            selector,
+            "els => els.map(e => { const b = e.getBBox(); "
+            "return {x: b.x, y: b.y, width: b.width, height: b.height}; })",
+        )
+    )
+
+
+def test_login_form_signs_the_browser_in(site: Site) -> None:
+    page = site.page
+    response = page.goto(site.url + "/runs", wait_until="networkidle")
+    assert response is not None
+    assert "/login" in page.url  # redirected to the form
+    page.fill("input[name=token]", site.token)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/runs")
+    assert page.locator("h1").inner_text() == "Runs"
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["tl_token"]["httpOnly"] is True
+
+
+def test_runs_page(site: Site) -> None:
+    page = site.visit("/runs", "runs")
+    assert page.locator("tr[data-run]").count() == 5
+    assert page.locator("[data-total=runs]").inner_text() == "5"
+    assert "kWh" in page.locator("[data-total=kwh]").inner_text()
+
+
+def test_report_page_charts_render_with_data(site: Site) -> None:
+    run = site.fleet.train
+    page = site.visit(f"/runs/{run.id}", "report")
+
+    series = page.locator("svg[data-chart=power] g.series")
+    assert series.count() == run.devices
+    for i in range(run.devices):
+        assert int(series.nth(i).get_attribute("data-points") or 0) > 100
+    means = _geometry(page, "svg[data-chart=power] g.series polyline.mean")
+    bands = _geometry(page, "svg[data-chart=power] g.series polygon.band")
+    assert len(means) >= run.devices
+    assert len(bands) >= run.devices
+    assert all(box["width"] > 500 for box in means)  # each line spans the run, as drawn
+    # The bursty GPU swings 310–640 W inside a bucket: its band is tall; the steady one's is flat.
+    assert max(box["height"] for box in bands) > 50
+    phases = _geometry(page, "svg[data-chart=power] rect.phase")
+    assert len(phases) == 3
+    widths = [box["width"] for box in phases]
+    assert widths[1] > widths[2] > widths[0] > 0  # train 12 min, eval 2 min, warmup 1 min
+
+    bounds = page.locator("svg[data-chart=bounds] g.series")
+    assert bounds.count() == 4
+    names = [bounds.nth(i).get_attribute("data-series") for i in range(4)]
+    assert names == ["measured", "hardware_roofline", "energy_roofline", "landauer"]
+    points = _geometry(page, "svg[data-chart=bounds] circle.point")
+    assert len(points) == 4
+    xs = [box["x"] for box in points]
+    assert xs[3] < min(xs[:3])  # the Landauer floor lies orders of magnitude to the left
+    assert page.locator("svg[data-chart=energy-by-device] rect.bar").count() == run.devices
+    assert page.locator("a.export").count() == 2
+
+
+def test_report_exports_download_in_the_browser(site: Site) -> None:
+    run = site.fleet.train
+    response = site.page.request.get(f"{site.url}/runs/{run.id}/report.csv")
+    assert response.status == 200
+    assert response.text().startswith("section,run_id,")
+    report = site.page.request.get(f"{site.url}/runs/{run.id}/report.json").json()
+    assert report["run"]["id"] == run.id
+
+
+def test_compare_page(site: Site) -> None:
+    fleet = site.fleet
+    query = "&".join(f"run={r.id}" for r in (fleet.train, fleet.train_large, fleet.serve))
+    page = site.visit(f"/compare?{query}", "compare")
+    for chart in ("compare-energy", "compare-j_per_token", "compare-flop_per_j", "compare-co2e"):
+        assert page.locator(f"svg[data-chart={chart}] rect.bar").count() == 3, chart
+
+
+def test_model_page(site: Site) -> None:
+    page = site.visit("/models/demo-1b?compare=demo-3b&tariff_usd_per_kwh=0.12", "model")
+    curves = _geometry(page, "svg[data-chart=amortisation-energy] polyline.curve")
+    assert len(curves) == 3
+    assert all(box["width"] > 500 for box in curves)
+    assert page.locator("svg[data-chart=amortisation-usd]").count() == 1
+    assert page.locator("svg[data-chart=amortisation-energy] line.marker").count() >= 2
+
+
+def test_plan_page(site: Site) -> None:
+    site.visit("/plan", "plan-form")
+    page = site.page
+    page.fill("input[name=n_params]", "7e9")
+    page.fill("input[name=n_tokens]", "2e12")
+    page.fill("input[name=n_devices]", "64")
+    page.select_option("select[name=region]", "DE")
+    page.click("form.plan button[type=submit]")
+    page.wait_for_selector("svg[data-chart=plan-energy]")
+    assert page.locator("[data-chinchilla=over_trained]").count() == 1
+    assert page.locator("[data-basis=measured]").count() == 1
+    page.screenshot(path=str(SCREENSHOTS / "plan.png"), full_page=True)
+    assert site.problems == [], site.problems

@@ -1,0 +1,378 @@
+"""The HTML pages through the app (TestClient), on SQLite and PostgreSQL.
+
+Browser behaviour (rendering, console errors, screenshots) is `test_browser`'s; here: what
+each page says, who may see it, and that its figures are the JSON API's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from service.pages.auth import COOKIE
+from tests.pages.seed import Fleet
+from tests.service.conftest import Project, TestClient
+
+HTML = {"Accept": "text/html"}
+
+
+def _svg(html: str, chart: str) -> str:
+    match = re.search(rf'<svg class="chart" data-chart="{re.escape(chart)}".*?</svg>', html, re.S)
+    assert match, f"no {chart} chart"
+    return match.group(0)
+
+
+def _series(svg: str) -> dict[str, int]:
+    return {
+        name: int(points)
+        for name, points in re.findall(
+            r'<g class="series" data-series="([^"]*)" data-points="(\d+)"', svg
+        )
+    }
+
+
+def _get(client: TestClient, url: str, headers: dict[str, str]) -> str:
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200, response.text[:2000]
+    assert response.headers["content-type"].startswith("text/html")
+    return response.text
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+def test_pages_redirect_to_the_login_form_without_a_token(client: TestClient) -> None:
+    response = client.get("/runs?kind=training", headers=HTML, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login?next=%2Fruns%3Fkind%3Dtraining"
+    form = client.get("/login?next=/runs", headers=HTML)
+    assert form.status_code == 200
+    assert 'name="token"' in form.text
+    assert client.get("/", follow_redirects=False).headers["location"] == "/runs"
+
+
+@pytest.fixture
+def browser(app: FastAPI) -> TestClient:
+    """A client with its own cookie jar (the module's client must stay signed out)."""
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_login_sets_an_httponly_cookie_that_the_pages_accept(
+    browser: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    token = project.read["Authorization"].removeprefix("Bearer ")
+    response = browser.post(
+        "/login",
+        content=f"token={token}&next=/runs/{fleet.train.id}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/runs/{fleet.train.id}"
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie or "samesite=lax" in cookie.lower()
+    assert browser.cookies.get(COOKIE) == token
+    page = browser.get(f"/runs/{fleet.train.id}", headers=HTML)
+    assert page.status_code == 200
+    assert fleet.train.name in page.text
+    out = browser.post("/logout", follow_redirects=False)
+    assert out.status_code == 303
+    assert COOKIE not in browser.cookies
+    assert browser.get("/runs", headers=HTML, follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("", "paste a token"),
+        ("tl_000000000000_" + "x" * 43, "invalid token"),
+        ("nope", "malformed"),
+    ],
+)
+def test_login_refuses_bad_tokens_with_the_reason(
+    browser: TestClient, token: str, reason: str
+) -> None:
+    response = browser.post(
+        "/login",
+        content=f"token={token}&next=/runs",
+        headers={"Content-Type": "application/x-www-form-urlencoded", **HTML},
+        follow_redirects=False,
+    )
+    assert response.status_code == 401
+    assert reason in response.text
+    assert "set-cookie" not in response.headers
+
+
+def test_login_needs_the_read_scope_and_never_redirects_off_site(
+    browser: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, _ = seeded
+    ingest = project.ingest["Authorization"].removeprefix("Bearer ")
+    response = browser.post(
+        "/login",
+        content=f"token={ingest}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 401
+    assert "read" in response.text
+    token = project.read["Authorization"].removeprefix("Bearer ")
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil"):
+        response = browser.post(
+            "/login",
+            content=f"token={token}&next={target}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            follow_redirects=False,
+        )
+        assert response.headers["location"] == "/runs"
+
+
+def test_a_query_token_is_not_a_login(client: TestClient, seeded: tuple[Project, Fleet]) -> None:
+    project, _ = seeded
+    token = project.read["Authorization"].removeprefix("Bearer ")
+    response = client.get(f"/runs?token={token}", headers=HTML, follow_redirects=False)
+    assert response.status_code == 303
+
+
+# --------------------------------------------------------------------------- tenancy, errors
+
+
+def test_another_projects_run_is_not_found_as_html(
+    client: TestClient, seeded: tuple[Project, Fleet], other: Project
+) -> None:
+    _, fleet = seeded
+    response = client.get(f"/runs/{fleet.train.id}", headers={**other.read, **HTML})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert "not found" in response.text
+    listing = _get(client, "/runs", {**other.read, **HTML})
+    assert fleet.train.name not in listing
+    for url in (f"/runs/{fleet.train.id}/report.csv", f"/runs/{fleet.train.id}/report.json"):
+        assert client.get(url, headers=other.read).status_code == 404
+
+
+def test_api_errors_stay_json(client: TestClient, seeded: tuple[Project, Fleet]) -> None:
+    project, _ = seeded
+    response = client.get(
+        "/api/v1/runs/00000000-0000-0000-0000-000000000000", headers={**project.read, **HTML}
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+def test_bad_filters_are_an_html_422_naming_the_field(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, _ = seeded
+    for query, field in (("started_after=yesterday", "started_after"), ("tag=nokey", "tag[0]")):
+        response = client.get(f"/runs?{query}", headers={**project.read, **HTML})
+        assert response.status_code == 422, response.text
+        assert field in response.text
+
+
+def test_static_stylesheet_is_served(client: TestClient) -> None:
+    response = client.get("/static/style.css")
+    assert response.status_code == 200
+    assert "svg.chart" in response.text
+
+
+# --------------------------------------------------------------------------- runs list
+
+
+def test_runs_list_totals_are_the_sum_of_the_reports(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    html = _get(client, "/runs", {**project.read, **HTML})
+    for run in (fleet.train, fleet.serve, fleet.train_large, fleet.serve_large, fleet.empty):
+        assert f'data-run="{run.id}"' in html
+    measured = [fleet.train, fleet.serve, fleet.train_large, fleet.serve_large]
+    reports = [
+        client.get(f"/api/v1/runs/{r.id}/report", headers=project.read).json() for r in measured
+    ]
+    total_kwh = sum(r["energy"]["total"]["energy_kwh"] for r in reports)
+    total_g = sum(r["carbon"]["location_based"]["co2e_g"] for r in reports)
+    shown_kwh = re.search(r'data-total="kwh">([\d.,]+) kWh<', html)
+    assert shown_kwh is not None
+    assert float(shown_kwh.group(1).replace(",", "")) == pytest.approx(total_kwh, rel=1e-3)
+    shown_co2e = re.search(r'data-total="co2e">([\d.,]+) (k?g)CO2e<', html)
+    assert shown_co2e is not None
+    grams = float(shown_co2e.group(1).replace(",", "")) * (
+        1e3 if shown_co2e.group(2) == "kg" else 1
+    )
+    assert grams == pytest.approx(total_g, rel=1e-3)
+    assert 'data-total="runs">5<' in html
+    assert 'data-total="usd">not priced<' in html
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("kind=inference", {"demo-1b-serve", "demo-3b-serve"}),
+        ("tag=model%3Ddemo-3b", {"demo-3b-train", "demo-3b-serve"}),
+        ("tag=team%3Dnlp&kind=training", {"demo-1b-train", "demo-3b-train"}),
+        ("status=running", {"queued-job"}),
+        ("started_after=2000-01-01&started_before=2000-12-31", set()),
+    ],
+)
+def test_runs_list_filters(
+    client: TestClient, seeded: tuple[Project, Fleet], query: str, expected: set[str]
+) -> None:
+    project, fleet = seeded
+    html = _get(client, f"/runs?{query}", {**project.read, **HTML})
+    names = {
+        r.name
+        for r in (fleet.train, fleet.serve, fleet.train_large, fleet.serve_large, fleet.empty)
+        if f'data-run="{r.id}"' in html
+    }
+    assert names == expected
+    assert f'data-total="runs">{len(expected)}<' in html
+
+
+# --------------------------------------------------------------------------- run report
+
+
+def test_report_page_draws_every_device_the_phases_and_the_bounds(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    run = fleet.train
+    html = _get(client, f"/runs/{run.id}", {**project.read, **HTML})
+    report = client.get(f"/api/v1/runs/{run.id}/report", headers=project.read).json()
+
+    power = _svg(html, "power")
+    series = _series(power)
+    assert list(series) == [d["key"] for d in report["energy"]["by_device"]]
+    assert all(points > 10 for points in series.values())
+    assert power.count('class="phase phase-') == 3
+    assert power.count('class="band"') >= run.devices
+    assert power.count('class="mean"') >= run.devices
+
+    bounds = _series(_svg(html, "bounds"))
+    assert list(bounds) == ["measured", "hardware_roofline", "energy_roofline", "landauer"]
+    assert all(points == 1 for points in bounds.values())
+    device_bars = _svg(html, "energy-by-device")
+    values = [float(v) for v in re.findall(r'class="bar"[^>]*data-value="([^"]+)"', device_bars)]
+    kwh = [d["energy_kwh"] for d in report["energy"]["by_device"]]
+    assert values == pytest.approx(kwh)
+    assert len(_series(_svg(html, "energy-by-phase"))) == 3
+
+    for text in (
+        "simulated devices: not a measurement",
+        "location-based",
+        "market-based",
+        "not available",
+        "The true value lies between",
+        "energy counter",
+        f"/runs/{run.id}/report.csv",
+        f"/runs/{run.id}/report.json",
+        "k_B·T·ln 2",
+    ):
+        assert text in html, text
+
+
+def test_report_page_of_a_run_without_measurements(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    html = _get(client, f"/runs/{fleet.empty.id}", {**project.read, **HTML})
+    assert "No measurements yet" in html
+    assert "<svg" not in html
+
+
+def test_page_exports_are_the_api_exports(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    for page_path, api_path in (("report.json", "report"), ("report.csv", "report.csv")):
+        page = client.get(f"/runs/{fleet.train.id}/{page_path}", headers=project.read)
+        api = client.get(f"/api/v1/runs/{fleet.train.id}/{api_path}", headers=project.read)
+        assert page.status_code == api.status_code == 200
+        if page_path.endswith(".json"):
+            assert page.json() == api.json()
+        else:
+            assert page.content == api.content
+        assert "attachment" in page.headers["content-disposition"]
+
+
+def test_a_name_with_markup_is_escaped(client: TestClient, project: Project) -> None:
+    from tests.service.conftest import batch, chunk, create_run
+
+    run_id = create_run(client, project, name="<script>alert(1)</script>")
+    response = client.post(
+        f"/api/v1/runs/{run_id}/chunks", json=batch([chunk(0)]), headers=project.ingest
+    )
+    assert response.status_code == 200
+    for url in (f"/runs/{run_id}", "/runs", f"/compare?run={run_id}"):
+        html = _get(client, url, {**project.read, **HTML})
+        assert "<script>alert(1)</script>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+# --------------------------------------------------------------------------- compare, models, plan
+
+
+def test_compare_page_puts_runs_side_by_side(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    runs = [fleet.train, fleet.serve, fleet.empty]
+    html = _get(
+        client, "/compare?" + "&".join(f"run={r.id}" for r in runs), {**project.read, **HTML}
+    )
+    energy = _series(_svg(html, "compare-energy"))
+    assert list(energy) == [fleet.train.name, fleet.serve.name]  # the empty run has no bar
+    assert set(_series(_svg(html, "compare-j_per_token"))) == {fleet.train.name, fleet.serve.name}
+    assert 'data-chart="compare-cost"' not in html  # nothing is priced: no empty chart
+    assert "no data yet" in html
+    too_many = "&".join(f"run={fleet.train.id[:-1]}{i}" for i in range(9))
+    assert client.get(f"/compare?{too_many}", headers={**project.read, **HTML}).status_code == 422
+
+
+def test_models_page_lists_tags_and_links_the_amortisation(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, _ = seeded
+    html = _get(client, "/models", {**project.read, **HTML})
+    assert 'href="/models/demo-1b"' in html
+    assert 'href="/models/demo-3b"' in html
+    page = _get(client, "/models/demo-1b?compare=demo-3b", {**project.read, **HTML})
+    energy = _series(_svg(page, "amortisation-energy"))
+    assert list(energy) == ["demo-1b: amortised", "demo-1b: inference only", "demo-3b: amortised"]
+    assert 'data-chart="amortisation-co2e"' in page
+    assert 'data-chart="amortisation-usd"' not in page  # no tariff
+    priced = _get(client, "/models/demo-1b?tariff_usd_per_kwh=0.1", {**project.read, **HTML})
+    assert 'data-chart="amortisation-usd"' in priced
+    missing = client.get("/models/nope", headers={**project.read, **HTML})
+    assert missing.status_code == 404
+
+
+def test_plan_page_estimates_and_flags_chinchilla(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, _ = seeded
+    empty = _get(client, "/plan", {**project.read, **HTML})
+    assert 'name="n_params"' in empty
+    assert 'data-chart="plan-energy"' not in empty
+    query = "n_params=7e9&n_tokens=2e12&hardware=nvidia-h100-sxm5-80gb&n_devices=64"
+    html = _get(client, f"/plan?{query}", {**project.read, **HTML})
+    assert 'data-chinchilla="over_trained"' in html
+    assert 'data-basis="measured"' in html
+    basis = _series(_svg(html, "plan-basis"))
+    assert len(basis) == 3  # two comparable training runs and the range
+    bad = _get(
+        client, "/plan?n_params=7e9&n_tokens=1e12&hardware=no-such-gpu", {**project.read, **HTML}
+    )
+    assert "not a catalog id" in bad
+
+
+def _answer(client: TestClient, project: Project, url: str) -> Any:
+    response = client.get(url, headers=project.read)
+    assert response.status_code == 200, response.text
+    return response.json()
