@@ -402,11 +402,16 @@ class _Finishing:
 
     It does not kill the wrapper mid-flush: the partial chunk and the run's status reach the
     spool first; only the upload is abandoned (``thermoledger push`` finishes it later).
+
+    With ``linger`` (the process is the ``thermoledger`` command itself), a signal after the
+    flush is ignored instead of restoring the default handler: the work is done, and the exit
+    status must stay the child's, not become the signal's while the summary is printed.
     """
 
-    def __init__(self, meter: Meter, log: logging.Logger) -> None:
+    def __init__(self, meter: Meter, log: logging.Logger, *, linger: bool = False) -> None:
         self._meter = meter
         self._log = log
+        self._linger = linger
         self._previous: dict[signal.Signals, Any] = {}
         self.received: list[int] = []
 
@@ -416,7 +421,7 @@ class _Finishing:
 
     def __exit__(self, *exc_info: object) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self._linger else handler)
         if self.received:
             self._log.warning(
                 "signal %s while finishing: the upload was cut short; the spool keeps the rest",
@@ -613,7 +618,7 @@ def _cmd_run(
         finally:
             _hand_terminal(terminal, os.getpgrp())
     status.clear()
-    with _Finishing(meter, log):
+    with _Finishing(meter, log, linger=args.process_entry):
         summary = meter.stop(exit_code=code, failed=code != 0)
     if not args.quiet and meter.state != "disabled":
         verb = "finished" if code == 0 else "failed"
@@ -694,7 +699,7 @@ def _cmd_sidecar(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    with _Finishing(meter, log):
+    with _Finishing(meter, log, linger=args.process_entry):
         summary = meter.stop(exit_code=None, failed=False)
     if not args.quiet and meter.sampling:
         verb = f"stopped by {signal.Signals(received[0]).name}"
@@ -902,12 +907,14 @@ def main(
         out: Where results go (default: stdout).
         err: Where status, summaries and logs go (default: stderr).
     """
+    process_entry = argv is None  # the `thermoledger` command itself, not a caller in-process
     argv = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.process_entry = process_entry
     try:
         args.observe = _observe(args, env)
     except SettingsError as e:
