@@ -13,6 +13,7 @@ the three bounds are reported as unavailable with the reason, not guessed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -175,6 +176,10 @@ class ReportSettings:
     Attributes:
         pue: Facility overhead.
         location_factor: Grid-average factor where the energy was drawn (region set explicitly).
+        location_unavailable_reason: Why no grid-average factor applies (e.g. no region is
+            configured). When given, ``location_factor`` is not used: the location-based
+            figure and the SCI are reported as not available, with this reason, never filled
+            in from a default.
         market_factor: Contractual-instrument factor, if the consumer holds one.
         market_coverage: Fraction of facility energy the instrument covers.
         residual_mix_factor: Residual-mix factor for the uncovered part, if known.
@@ -201,6 +206,7 @@ class ReportSettings:
     bits_model: Literal["word", "1bit"] | float = "word"
     combine: Literal["independent", "linear"] = "independent"
     catalog: Catalog | None = None
+    location_unavailable_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +229,11 @@ class EnergyLine:
 
 @dataclass(frozen=True)
 class RunReport:
-    """The per-run report. `to_dict` for JSON, `render_text` for a terminal."""
+    """The per-run report. `to_dict` for JSON, `render_text` for a terminal.
+
+    With ``location_unavailable_reason`` set, ``carbon.location_co2e_g`` is NaN and
+    ``carbon.location_factor`` a placeholder: the location-based figure is not available.
+    """
 
     run: RunInfo
     t0_s: float
@@ -242,6 +252,7 @@ class RunReport:
     carbon: Scope2Emissions
     sci: SciResult | None
     notes: tuple[str, ...]
+    location_unavailable_reason: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -303,10 +314,23 @@ class RunReport:
             },
             "bounds": None if self.bounds is None else self.bounds.to_dict(),
             "cost": self.cost.to_dict(),
-            "carbon": self.carbon.to_dict(),
+            "carbon": self._carbon_dict(),
             "sci": None if self.sci is None else self.sci.to_dict(),
             "notes": list(self.notes),
         }
+
+    def _carbon_dict(self) -> dict[str, Any]:
+        out = self.carbon.to_dict()
+        if self.location_unavailable_reason is None:
+            out["location_based"] = {"status": "available", **out["location_based"]}
+        else:
+            out["location_based"] = {
+                "status": "not_available",
+                "co2e_g": None,
+                "factor": None,
+                "reason": self.location_unavailable_reason,
+            }
+        return out
 
     def _device_dict(self, device: DeviceUsage) -> dict[str, Any]:
         entry = self.device_catalog.get(device.key)
@@ -398,11 +422,14 @@ class RunReport:
         out.append("Carbon (GHG Scope 2)")
         carbon = self.carbon
         factor = carbon.location_factor
-        out.append(
-            f"  location-based {carbon.location_co2e_g:,.1f} gCO2e "
-            f"({factor.region}, {factor.intensity_g_per_kwh:g} g/kWh, {factor.source}; "
-            f"PUE {carbon.pue.value:g})"
-        )
+        if self.location_unavailable_reason is not None:
+            out.append(f"  location-based not available ({self.location_unavailable_reason})")
+        else:
+            out.append(
+                f"  location-based {carbon.location_co2e_g:,.1f} gCO2e "
+                f"({factor.region}, {factor.intensity_g_per_kwh:g} g/kWh, {factor.source}; "
+                f"PUE {carbon.pue.value:g})"
+            )
         if carbon.market_co2e_g is None:
             out.append(f"  market-based   not available ({carbon.market_unavailable_reason})")
         else:
@@ -533,7 +560,8 @@ def build_run_report(
         phases: Named windows with their energies.
         work: Declared work (FLOPs or model size + tokens).
         settings: Accounting context (defaults: typical PUE 1.56, world-average grid factor,
-            no prices, no embodied carbon, 300 K).
+            no prices, no embodied carbon, 300 K). With its ``location_unavailable_reason``
+            set, no location-based figure and no SCI are computed.
 
     Returns:
         The `RunReport`.
@@ -631,16 +659,23 @@ def build_run_report(
         hardware=settings.hardware,
         device_hours=device_hours if settings.hardware is not None else None,
     )
+    unavailable = settings.location_unavailable_reason
     carbon = scope2_emissions(
         total.energy_j,
         pue=settings.pue,
-        location_factor=settings.location_factor,
+        location_factor=(
+            settings.location_factor if unavailable is None else _no_location_factor(unavailable)
+        ),
         market_factor=settings.market_factor,
         market_coverage=settings.market_coverage,
         residual_mix_factor=settings.residual_mix_factor,
     )
     sci: SciResult | None = None
-    if settings.location_factor.kind in ("location", "average", "marginal"):
+    if unavailable is not None:
+        # Scope2Emissions always holds a location-based figure: NaN marks it as absent.
+        carbon = dataclasses.replace(carbon, location_co2e_g=math.nan)
+        notes.append(f"no SCI: it needs a grid intensity and none applies ({unavailable})")
+    elif settings.location_factor.kind in ("location", "average", "marginal"):
         sci = software_carbon_intensity(
             energy_j=total.energy_j,
             pue=settings.pue,
@@ -672,6 +707,15 @@ def build_run_report(
         carbon=carbon,
         sci=sci,
         notes=tuple(dict.fromkeys(notes)),
+        location_unavailable_reason=unavailable,
+    )
+
+
+def _no_location_factor(reason: str) -> EmissionFactor:
+    """A placeholder for `scope2_emissions` when no location-based factor applies: its figure
+    is replaced by NaN and never reported (see `RunReport`)."""
+    return EmissionFactor(
+        region="n/a", intensity_g_per_kwh=0.0, kind="location", source=f"not available: {reason}"
     )
 
 

@@ -25,19 +25,32 @@ shared version, the market-based figure and the cost are *not available*, never 
 Region and PUE (`db.models.ProjectAccounting`) are set explicitly per project. Without a
 region nothing is looked up (no carbon is derived); without a PUE the boundary is IT-only
 (``none``, 1.0, labelled as such).
+
+One resolution
+--------------
+`resolve_context` is the single place that turns a project and an instant into the
+`AccountingContext` every carbon and cost figure is derived with: region, PUE, the location-
+and market-based factor versions and the tariff version valid at that instant, and — for each
+figure that cannot be derived — the reason, worded once (`unavailable_reasons`). The ledger
+freezes a run's figures with it (`db.ledger.record_run_end`); the run reports, pages and
+economics use it too, through the ledger's frozen record where there is one (`db.basis`), so
+that a figure never differs between a report and the ledger. The arithmetic is the context's
+too (`AccountingContext.co2e_location_g` …), in the order the accounting core does it, so the
+two agree to the last bit.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from accounting.carbon import Pue, default_emission_factors, default_pue
+from accounting.carbon import J_PER_KWH, Pue, default_emission_factors, default_pue
 from accounting.units import magnitude_in
 from db.models import (
     EmissionFactor,
@@ -51,7 +64,10 @@ from db.repository import Conflict, InvalidInput, NotFound
 from db.types import utcnow
 
 __all__ = [
+    "CONTEXT_FIGURES",
     "AccountingConfig",
+    "AccountingContext",
+    "AppliedVersion",
     "FactorVersion",
     "TariffVersion",
     "add_factor",
@@ -65,7 +81,9 @@ __all__ = [
     "list_factors",
     "list_tariffs",
     "normalize_region",
+    "resolve_context",
     "set_accounting",
+    "unavailable_reasons",
 ]
 
 #: Name of the built-in defaults in provenance records.
@@ -644,3 +662,244 @@ def set_accounting(session: Session, *, project_id: int, region: str, pue: Pue) 
     row.updated_at = utcnow()
     session.flush()
     return get_accounting(session, project_id=project_id)
+
+
+# --------------------------------------------------------------------------- the accounting context
+
+#: The figures a context derives beyond energy (names as in `db.ledger.FIGURES`).
+CONTEXT_FIGURES: tuple[str, ...] = ("co2e_location", "co2e_market", "energy_cost")
+
+
+def _instant(when: datetime) -> str:
+    """``2025-10-10 00:00:00 UTC``: how an instant reads in a reason."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedVersion:
+    """A factor or tariff version as a figure applies it.
+
+    Built from a `FactorVersion` or `TariffVersion` when resolved, or read back from the
+    ledger's provenance of a frozen figure — the same record either way.
+
+    Attributes:
+        per_kwh: Its value per kWh: gCO2e/kWh for a factor, USD/kWh for a tariff.
+        provenance: Its record (`FactorVersion.provenance`, `TariffVersion.provenance`), which
+            the ledger stores with every figure derived with it.
+    """
+
+    per_kwh: float
+    provenance: Mapping[str, Any]
+
+    @classmethod
+    def of_factor(cls, version: FactorVersion) -> AppliedVersion:
+        """A factor version as applied."""
+        return cls(per_kwh=version.intensity_g_per_kwh, provenance=version.provenance())
+
+    @classmethod
+    def of_tariff(cls, version: TariffVersion) -> AppliedVersion:
+        """A tariff version as applied."""
+        return cls(per_kwh=version.usd_per_kwh, provenance=version.provenance())
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> AppliedVersion:
+        """Read back from a ledger provenance record (a factor's or a tariff's).
+
+        Raises:
+            ValueError: The record holds no per-kWh value.
+        """
+        value = record.get("intensity_g_per_kwh", record.get("usd_per_kwh"))
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"provenance record without a per-kWh value: {dict(record)!r}")
+        return cls(per_kwh=float(value), provenance=dict(record))
+
+    @property
+    def id(self) -> int | None:
+        """The version's row id; None for a built-in default."""
+        value = self.provenance.get("id")
+        return int(value) if isinstance(value, int | float) else None
+
+    def label(self) -> str:
+        """``version 12 of DE location/average, 400 gCO2e/kWh (shared; source: …; valid …)``."""
+        p = self.provenance
+        owner = "this project's" if p.get("scope") == "project" else "shared"
+        source = str(p.get("source"))
+        if p.get("year") is not None:
+            source += f", {p['year']}"
+        value = f"{_number(p.get('value'))} {p.get('unit')}"
+        if "basis" in p:
+            what = f"{p.get('region')} {p.get('basis')}/{p.get('rate')}"
+            if p.get("builtin"):
+                return f"the built-in default of {what}, {value} (source: {source})"
+        else:
+            what = f"the {p.get('region')} tariff"
+        window = f"{p.get('valid_from') or '…'} … {p.get('valid_to') or 'open'}"
+        return f"version {self.id} of {what}, {value} ({owner}; source: {source}; valid {window})"
+
+
+def unavailable_reasons(
+    *,
+    region: str | None,
+    at: datetime,
+    location: AppliedVersion | None,
+    market: AppliedVersion | None,
+    tariff: AppliedVersion | None,
+) -> dict[str, str]:
+    """Why each figure of `CONTEXT_FIGURES` that cannot be derived is not available.
+
+    The ledger records these words with a run's figures and the reports show the same words:
+    a missing figure says why, and is never filled in from a default.
+    """
+    if region is None:
+        reason = (
+            "the project has no region configured (PUT /api/v1/accounting): no emission factor "
+            "or tariff is looked up without one"
+        )
+        return dict.fromkeys(CONTEXT_FIGURES, reason)
+    when = _instant(at)
+    reasons: dict[str, str] = {}
+    if location is None:
+        reasons["co2e_location"] = (
+            f"no location-based emission factor for region {region} is valid at {when} (neither "
+            "the project's own, a shared version nor a built-in default)"
+        )
+    if market is None:
+        reasons["co2e_market"] = (
+            f"no market-based emission factor for region {region} is valid at {when} (the "
+            "project's own or a shared version; there are no built-in market-based factors, and "
+            "the location-based factor is not substituted)"
+        )
+    if tariff is None:
+        reasons["energy_cost"] = (
+            f"no tariff for region {region} is valid at {when} (the project's own or a shared "
+            "version; there are no built-in tariffs)"
+        )
+    return reasons
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingContext:
+    """What a run's carbon and cost figures are derived with, and why any is missing.
+
+    Attributes:
+        at: The instant the versions are valid at (a run's end).
+        region: Grid region, or None when the project has none configured.
+        pue: The PUE (facility energy = IT energy × PUE).
+        location: The location-based (grid-average) factor version, if one applies.
+        market: The market-based factor version, if one applies.
+        tariff: The tariff version, if one applies.
+        unavailable: ``{figure: reason}`` for each of `CONTEXT_FIGURES` not derived.
+    """
+
+    at: datetime
+    region: str | None
+    pue: Pue
+    location: AppliedVersion | None = None
+    market: AppliedVersion | None = None
+    tariff: AppliedVersion | None = None
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+    def facility_j(self, energy_j: float) -> float:
+        """Facility energy, J: IT energy × PUE."""
+        return energy_j * self.pue.value
+
+    def _per_facility_kwh(self, energy_j: float, applied: AppliedVersion | None) -> float | None:
+        # The accounting core's order of operations (accounting.carbon.scope2_emissions,
+        # accounting.cost.run_cost): (IT × PUE) / J_PER_KWH × per-kWh value.
+        if applied is None:
+            return None
+        return self.facility_j(energy_j) / J_PER_KWH * applied.per_kwh
+
+    def co2e_location_g(self, energy_j: float) -> float | None:
+        """Location-based CO2e of ``energy_j`` of IT energy, g (None: not available)."""
+        return self._per_facility_kwh(energy_j, self.location)
+
+    def co2e_market_g(self, energy_j: float) -> float | None:
+        """Market-based CO2e of ``energy_j`` of IT energy, g (None: not available)."""
+        return self._per_facility_kwh(energy_j, self.market)
+
+    def energy_cost_usd(self, energy_j: float) -> float | None:
+        """Cost of ``energy_j`` of IT energy billed as facility energy, USD (None: not priced)."""
+        return self._per_facility_kwh(energy_j, self.tariff)
+
+    def statement(self) -> list[str]:
+        """The basis as lines a reader can check."""
+        pue = self.pue
+        lines = [
+            f"region: {self.region}" if self.region is not None else "region: not configured",
+            f"PUE {pue.value:g} ({pue.name}, {pue.kind}: {pue.source}"
+            + (f", {pue.year}" if pue.year is not None else "")
+            + ")",
+        ]
+        for figure, name, applied in (
+            ("co2e_location", "location-based factor", self.location),
+            ("co2e_market", "market-based factor", self.market),
+            ("energy_cost", "tariff", self.tariff),
+        ):
+            if applied is not None:
+                lines.append(f"{name}: {applied.label()}")
+            else:
+                lines.append(f"{name}: not available: {self.unavailable.get(figure, 'none')}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe record of the basis."""
+        return {
+            "at": self.at.astimezone(UTC).isoformat(),
+            "region": self.region,
+            "pue": self.pue.to_dict(),
+            "location_factor": None if self.location is None else dict(self.location.provenance),
+            "market_factor": None if self.market is None else dict(self.market.provenance),
+            "tariff": None if self.tariff is None else dict(self.tariff.provenance),
+            "unavailable": dict(self.unavailable),
+            "statement": self.statement(),
+        }
+
+
+def resolve_context(
+    session: Session,
+    *,
+    project_id: int,
+    at: datetime,
+    region: str | None = None,
+    pue: Pue | None = None,
+) -> AccountingContext:
+    """The project's accounting context at ``at``: its region and PUE, and the factor and tariff
+    versions valid then (`find_factor`, `find_tariff`).
+
+    Args:
+        session: The caller's session.
+        project_id: The project.
+        at: The instant (a run's end; now for a plan).
+        region: Use this region instead of the project's (an explicit override).
+        pue: Use this PUE instead of the project's (an explicit override).
+    """
+    config = get_accounting(session, project_id=project_id)
+    where = normalize_region(region) if region is not None else config.region
+    location = market = tariff = None
+    if where is not None:
+        found = find_factor(
+            session, project_id=project_id, region=where, basis=FactorBasis.LOCATION, at=at
+        )
+        location = None if found is None else AppliedVersion.of_factor(found)
+        found = find_factor(
+            session, project_id=project_id, region=where, basis=FactorBasis.MARKET, at=at
+        )
+        market = None if found is None else AppliedVersion.of_factor(found)
+        price = find_tariff(session, project_id=project_id, region=where, at=at)
+        tariff = None if price is None else AppliedVersion.of_tariff(price)
+    return AccountingContext(
+        at=at,
+        region=where,
+        pue=pue or config.pue,
+        location=location,
+        market=market,
+        tariff=tariff,
+        unavailable=unavailable_reasons(
+            region=where, at=at, location=location, market=market, tariff=tariff
+        ),
+    )

@@ -19,6 +19,9 @@ ledger freezes its published figures: the measured IT energy (with the methods a
 band), the facility energy (× the project's PUE), the location- and market-based CO2e and the
 energy cost — each derived with the factor and tariff versions valid at the run's end and
 recording their ids, values, sources and windows — and the tokens and FLOPs the run declared.
+The context comes from `db.factors.resolve_context`, the resolution the run reports share
+(`db.basis`); a figure that cannot be derived (no region, no version valid then) is absent, and
+the facility-energy entry records why (``unavailable``, in the words the reports show).
 A run with no measurements appends nothing. Ending it again is harmless; when its
 measurements changed in between (another node's chunks arrived, more work was declared), the
 figures are derived again and each new entry **supersedes** the current one. Nothing is ever
@@ -42,7 +45,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from accounting.carbon import J_PER_KWH
 from accounting.integrate import aggregate_energy
 from db import factors, repository
 from db.chain import (
@@ -57,7 +59,6 @@ from db.chain import (
     verify_chain,
 )
 from db.models import (
-    FactorBasis,
     LedgerEntry,
     LedgerHead,
     LedgerKind,
@@ -629,7 +630,9 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
     )
 
     at = run.ended_at
-    config = factors.get_accounting(session, project_id=project_id)
+    # The one resolution the reports use too (`db.factors.resolve_context`, read back by
+    # `db.basis`): region, PUE, the versions valid at the run's end, and why any is missing.
+    context = factors.resolve_context(session, project_id=project_id, at=at)
     base = {"origin": "run_end", "run_status": run.status.value, "signature": signature}
     appended: list[LedgerRecord] = []
 
@@ -674,48 +677,48 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
             }
         },
     )
-    pue = config.pue
-    facility_j = measured.energy_j * pue.value
-    pue_record = pue.to_dict()
+    pue_record = context.pue.to_dict()
+    facility_extra: dict[str, Any] = {
+        "inputs": {"it_energy": it_seq},
+        "pue": pue_record,
+        "region": context.region,
+    }
+    if context.unavailable:
+        facility_extra["unavailable"] = dict(context.unavailable)
     facility_seq = add(
         "facility_energy",
-        facility_j,
+        context.facility_j(measured.energy_j),
         "J",
         LedgerSource.DERIVED,
-        {"inputs": {"it_energy": it_seq}, "pue": pue_record, "region": config.region},
+        facility_extra,
     )
-    facility_kwh = facility_j / J_PER_KWH
     inputs = {"it_energy": it_seq, "facility_energy": facility_seq}
-    if config.region is not None:
-        for basis, figure in (
-            (FactorBasis.LOCATION, "co2e_location"),
-            (FactorBasis.MARKET, "co2e_market"),
-        ):
-            factor = factors.find_factor(
-                session, project_id=project_id, region=config.region, basis=basis, at=at
-            )
-            if factor is not None:
-                add(
-                    figure,
-                    facility_kwh * factor.intensity_g_per_kwh,
-                    "gCO2e",
-                    LedgerSource.DERIVED,
-                    {"inputs": inputs, "pue": pue_record, "factor": factor.provenance()},
-                )
-        tariff = factors.find_tariff(session, project_id=project_id, region=config.region, at=at)
-        if tariff is not None:
+    for figure, applied, value in (
+        ("co2e_location", context.location, context.co2e_location_g(measured.energy_j)),
+        ("co2e_market", context.market, context.co2e_market_g(measured.energy_j)),
+    ):
+        if applied is not None and value is not None:
             add(
-                "energy_cost",
-                facility_kwh * tariff.usd_per_kwh,
-                "USD",
+                figure,
+                value,
+                "gCO2e",
                 LedgerSource.DERIVED,
-                {
-                    "inputs": inputs,
-                    "pue": pue_record,
-                    "billed": "facility energy (IT × PUE)",
-                    "tariff": tariff.provenance(),
-                },
+                {"inputs": inputs, "pue": pue_record, "factor": dict(applied.provenance)},
             )
+    cost = context.energy_cost_usd(measured.energy_j)
+    if context.tariff is not None and cost is not None:
+        add(
+            "energy_cost",
+            cost,
+            "USD",
+            LedgerSource.DERIVED,
+            {
+                "inputs": inputs,
+                "pue": pue_record,
+                "billed": "facility energy (IT × PUE)",
+                "tariff": dict(context.tariff.provenance),
+            },
+        )
     if run.declared_tokens is not None:
         add("tokens", float(run.declared_tokens), "token", LedgerSource.DECLARED, {})
     if run.declared_flops is not None:

@@ -18,9 +18,13 @@ ran at the requested dtype. The central estimate uses their median, the range th
 says so. Duration = FLOPs / (peak × devices × MFU), with MFU as requested, else the comparable
 runs' median, else `DEFAULT_MFU` (labelled assumed).
 
-**Pricing.** Both use the accounting context of the run reports (`accounting.report
-.ReportSettings` defaults: typical PUE, world-average grid factor) unless the request names a
-built-in region or PUE, or gives a tariff; the assumptions travel with every answer.
+**Pricing.** Both price energy in the project's accounting context — the one its run reports
+and its ledger use (`db.factors.resolve_context`): the project's region and PUE, and the
+location- and market-based factor and tariff versions valid now. A request may override the
+region (a built-in one; its factor and tariff versions are then looked up as the ledger would),
+the PUE (a built-in name) or the tariff (a price); every override is labelled as such, and the
+assumptions travel with every answer. Without a region (configured or given) nothing is priced
+in gCO2e or USD, for the same reason the ledger gives — never from a world average.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -57,12 +62,13 @@ from accounting.planning import (
     rated_flop_per_j,
     volume_grid,
 )
-from accounting.report import ReportSettings
 from db import repository
+from db.factors import AccountingContext, AppliedVersion, resolve_context
 from db.models import RunKind
 from db.repository import Conflict, FieldProblem, InvalidInput, NotFound, RunRecord
 from db.selection import RunEnergy, select_runs
-from service.reports import report_dict
+from db.types import utcnow
+from service.reports import emission_factor, run_report
 
 __all__ = [
     "COMPARABLE_RUNS_MAX",
@@ -71,10 +77,12 @@ __all__ = [
     "ComparableRun",
     "PlanRequest",
     "Pricing",
+    "PricingOverrides",
     "amortisation",
     "comparable_runs",
     "plan",
     "pricing",
+    "resolve_pricing",
 ]
 
 #: Tag key that links runs to the model they train or serve.
@@ -91,33 +99,92 @@ _METRICS: tuple[Metric, ...] = ("energy", "usd", "co2e")
 
 
 @dataclass(frozen=True, slots=True)
-class Pricing:
-    """The accounting context of an answer: facility overhead, grid factor, optional tariff."""
+class PricingOverrides:
+    """What a request overrides of the project's accounting context (None: the project's).
 
+    Attributes:
+        region: A built-in grid region, upper-case.
+        pue: A built-in PUE.
+        tariff: A price given in the request.
+    """
+
+    region: str | None = None
+    pue: Pue | None = None
+    tariff: Tariff | None = None
+
+    def names(self) -> list[str]:
+        """Which parts are overridden."""
+        return [
+            name
+            for name, value in (("region", self.region), ("pue", self.pue), ("tariff", self.tariff))
+            if value is not None
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """The accounting context of an answer: the project's, with the request's overrides.
+
+    Attributes:
+        context: The resolved context (region, PUE, versions, reasons for what is missing).
+        overrides: What the request overrode.
+        pue: The PUE applied.
+        location_factor: The grid-average factor, or None when none applies.
+        market_factor: The market-based factor, or None.
+        tariff: The electricity price, or None when energy is not priced in USD.
+        tariff_note: Why a tariff version that applies is not used, if one is not.
+    """
+
+    context: AccountingContext
+    overrides: PricingOverrides
     pue: Pue
-    location_factor: EmissionFactor
+    location_factor: EmissionFactor | None
+    market_factor: EmissionFactor | None
     tariff: Tariff | None
+    tariff_note: str | None = None
+
+    def _tag(self, name: str) -> str:
+        return " [override: given in the request]" if name in self.overrides.names() else ""
 
     def assumptions(self) -> list[str]:
-        """The context as lines a reader can check."""
-        factor = self.location_factor
+        """The context as lines a reader can check, overrides labelled."""
+        context = self.context
+        pue = self.pue
+        region = context.region
         lines = [
-            f"PUE {self.pue.value:g} ({self.pue.name}, {self.pue.kind}: {self.pue.source})",
-            f"grid {factor.region} {factor.intensity_g_per_kwh:g} gCO2e/kWh, {factor.kind}-based "
-            f"({factor.source})",
+            (f"region {region}" if region else "no region configured") + self._tag("region"),
+            f"PUE {pue.value:g} ({pue.name}, {pue.kind}: {pue.source}){self._tag('pue')}",
         ]
-        if self.tariff is None:
-            lines.append("no tariff given: USD figures are not available")
+        if context.location is not None:
+            lines.append(f"grid: {context.location.label()}{self._tag('region')}")
         else:
-            lines.append(f"tariff {self.tariff.usd_per_kwh:g} USD/kWh ({self.tariff.source})")
+            lines.append(
+                "gCO2e figures are not available: "
+                + context.unavailable.get("co2e_location", "no grid factor")
+            )
+        if self.tariff is not None and "tariff" in self.overrides.names():
+            lines.append(
+                f"tariff {self.tariff.usd_per_kwh:g} USD/kWh ({self.tariff.source})"
+                + self._tag("tariff")
+            )
+        elif self.tariff is not None and context.tariff is not None:
+            lines.append(f"tariff: {context.tariff.label()}{self._tag('region')}")
+        else:
+            reason = self.tariff_note or context.unavailable.get("energy_cost", "no tariff")
+            lines.append(f"USD figures are not available: {reason}")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record."""
+        """JSON-safe record: what was applied, the basis it was resolved on, the overrides."""
         return {
             "pue": self.pue.to_dict(),
-            "location_factor": self.location_factor.to_dict(),
+            "location_factor": (
+                None if self.location_factor is None else self.location_factor.to_dict()
+            ),
+            "market_factor": None if self.market_factor is None else self.market_factor.to_dict(),
             "tariff": None if self.tariff is None else self.tariff.to_dict(),
+            "basis": self.context.to_dict(),
+            "overrides": self.overrides.names(),
         }
 
 
@@ -126,30 +193,29 @@ def pricing(
     region: str | None = None,
     pue: str | None = None,
     tariff_usd_per_kwh: float | None = None,
-) -> Pricing:
-    """The run reports' accounting context, with a built-in region, PUE or a tariff swapped in.
+) -> PricingOverrides:
+    """The request's overrides of the project's accounting context, checked.
 
     Args:
-        region: Built-in grid region (``WORLD``, ``DE``, ...); None for the reports' default.
-        pue: Built-in PUE name (``typical``, ``hyperscale``, ...); None for the default.
-        tariff_usd_per_kwh: Electricity price, USD/kWh; None leaves USD unpriced.
+        region: Built-in grid region (``WORLD``, ``DE``, ...); None for the project's.
+        pue: Built-in PUE name (``typical``, ``hyperscale``, ...); None for the project's.
+        tariff_usd_per_kwh: Electricity price, USD/kWh; None for the project's tariff version.
 
     Raises:
         InvalidInput: An unknown region or PUE name, or a bad tariff (each field named).
     """
-    defaults = ReportSettings()
     problems: list[FieldProblem] = []
-    factor = defaults.location_factor
+    where = None
     if region is not None:
         factors = default_emission_factors()
         key = region.strip().upper()
         if key in factors:
-            factor = factors[key]
+            where = key
         else:
             problems.append(
                 FieldProblem("region", f"{region!r} is not built in; choose from {sorted(factors)}")
             )
-    facility = defaults.pue
+    facility = None
     if pue is not None:
         pues = default_pues()
         if pue in pues:
@@ -168,7 +234,62 @@ def pricing(
             tariff = Tariff(tariff_usd_per_kwh, source="given in the request")
     if problems:
         raise InvalidInput(problems)
-    return Pricing(pue=facility, location_factor=factor, tariff=tariff)
+    return PricingOverrides(region=where, pue=facility, tariff=tariff)
+
+
+def _applied_tariff(applied: AppliedVersion | None) -> tuple[Tariff | None, str | None]:
+    if applied is None:
+        return None, None
+    if applied.per_kwh < 0:
+        return None, (
+            f"{applied.label()} is negative; amortised and planned USD are not computed with it"
+        )
+    region = applied.provenance.get("region")
+    return (
+        Tariff(
+            usd_per_kwh=applied.per_kwh,
+            source=f"{applied.provenance.get('source')} [version {applied.id}]",
+            region=region if isinstance(region, str) else None,
+        ),
+        None,
+    )
+
+
+def resolve_pricing(
+    session: Session,
+    *,
+    project_id: int,
+    overrides: PricingOverrides | None = None,
+    at: datetime | None = None,
+) -> Pricing:
+    """The project's accounting context at ``at`` (default: now), with the overrides applied.
+
+    The context is `db.factors.resolve_context`'s — the ledger's and the run reports' — so an
+    answer without overrides prices energy exactly as a run ending now would be ledgered.
+    """
+    overrides = overrides or PricingOverrides()
+    context = resolve_context(
+        session,
+        project_id=project_id,
+        at=at or utcnow(),
+        region=overrides.region,
+        pue=overrides.pue,
+    )
+    tariff, note = _applied_tariff(context.tariff)
+    if overrides.tariff is not None:
+        tariff, note = overrides.tariff, None
+    location = context.location
+    return Pricing(
+        context=context,
+        overrides=overrides,
+        pue=context.pue,
+        location_factor=None if location is None else emission_factor(location, "location"),
+        market_factor=(
+            None if context.market is None else emission_factor(context.market, "market")
+        ),
+        tariff=tariff,
+        tariff_note=note,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +370,7 @@ def amortisation(
     *,
     project_id: int,
     model_tag: str,
-    pricing: Pricing,
+    pricing: PricingOverrides | None = None,
     tokens_served: float | None = None,
     inference_j_per_token: float | None = None,
     compare: str | None = None,
@@ -261,7 +382,8 @@ def amortisation(
         session: The caller's session.
         project_id: The project.
         model_tag: Value of the runs' ``model`` tag.
-        pricing: Accounting context (`pricing`).
+        pricing: The request's overrides of the project's accounting context (`pricing`);
+            resolved now (`resolve_pricing`).
         tokens_served: Volume to evaluate at (default: the tokens served so far, else the
             parity volume).
         inference_j_per_token: Assumed inference energy per token, J (replaces the measured
@@ -277,7 +399,8 @@ def amortisation(
         Conflict: No measured training run, or no inference energy per token (measured or
             assumed).
     """
-    option, figures = _option(session, project_id=project_id, model_tag=model_tag, pricing=pricing)
+    context = resolve_pricing(session, project_id=project_id, overrides=pricing)
+    option, figures = _option(session, project_id=project_id, model_tag=model_tag, pricing=context)
     if inference_j_per_token is not None:
         figures["inference"]["j_per_token"] = inference_j_per_token
         figures["inference"]["source"] = "assumed (given in the request)"
@@ -288,9 +411,9 @@ def amortisation(
                 model_tag,
                 training_energy_j=train_j,
                 inference_energy_j_per_token=inference_j_per_token,
-                pue=pricing.pue,
-                tariff=pricing.tariff,
-                factor=pricing.location_factor,
+                pue=context.pue,
+                tariff=context.tariff,
+                factor=context.location_factor,
             )
     if not figures["training"]["measured_runs"]:
         raise Conflict(
@@ -313,7 +436,7 @@ def amortisation(
     crossings: list[float | None] = []
     if compare is not None:
         other_option, other_figures = _option(
-            session, project_id=project_id, model_tag=compare, pricing=pricing
+            session, project_id=project_id, model_tag=compare, pricing=context
         )
         if other_option is None:
             raise Conflict(
@@ -356,7 +479,7 @@ def amortisation(
         "parity": parity,
         "curve": amortisation_curve(option, volumes).to_dict(),
         "compare": other,
-        "pricing": pricing.to_dict(),
+        "pricing": context.to_dict(),
         "assumptions": [
             "training cost = measured IT energy of the model's training runs",
             "inference cost per token = measured IT energy of its inference runs / their "
@@ -364,7 +487,7 @@ def amortisation(
             if measured
             else "inference cost per token assumed (given in the request)",
             "hardware purchase or rental is not included",
-            *pricing.assumptions(),
+            *context.assumptions(),
         ],
     }
 
@@ -426,7 +549,7 @@ def comparable_runs(
         usage = repository.run_usage(session, project_id=project_id, run_id=record.id)
         if not usage.devices:
             continue
-        report = report_dict(usage)
+        report = run_report(session, project_id=project_id, run_id=record.id)
         devices = report["energy"]["by_device"]
         flop_per_j = report["efficiency"]["flop_per_j"]
         if flop_per_j is None or not flop_per_j > 0:
@@ -458,9 +581,11 @@ def _catalog_id(value: str) -> str:
 class PlanRequest(BaseModel):
     """A planned training run: model size, data, hardware, and the accounting context.
 
-    ``hardware`` is a catalog id (e.g. ``nvidia-h100-sxm5-80gb``); ``region`` and ``pue`` name
-    built-in factors; ``tariff_usd_per_kwh`` and ``device_hour_usd`` (a rental price per
-    device-hour) are optional and leave USD unpriced when absent.
+    ``hardware`` is a catalog id (e.g. ``nvidia-h100-sxm5-80gb``). ``region`` (a built-in
+    region), ``pue`` (a built-in name) and ``tariff_usd_per_kwh`` override the project's
+    accounting context and are labelled as overrides; absent, the project's region, PUE and
+    tariff version apply (`resolve_pricing`). ``device_hour_usd`` (a rental price per
+    device-hour) is optional; without it hardware time is not priced.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -509,8 +634,12 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str
         InvalidInput: Unknown region or PUE, or bad percentiles.
         Conflict: No comparable run and no TDP in the catalog to fall back on.
     """
-    context = pricing(
-        region=request.region, pue=request.pue, tariff_usd_per_kwh=request.tariff_usd_per_kwh
+    context = resolve_pricing(
+        session,
+        project_id=project_id,
+        overrides=pricing(
+            region=request.region, pue=request.pue, tariff_usd_per_kwh=request.tariff_usd_per_kwh
+        ),
     )
     entry = builtin_catalog().get(request.hardware)
     dtype = normalize_dtype(request.dtype)
@@ -566,6 +695,7 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str
         setup=ComputeSetup(peak, request.n_devices, mfu, device=entry.name),
         pue=context.pue,
         location_factor=context.location_factor,
+        market_factor=context.market_factor if context.location_factor is not None else None,
         tariff=context.tariff,
         hardware=hardware_price,
     )

@@ -8,6 +8,11 @@ in the JSON, and a cell that does not apply to a section, or has no value (an un
 market-based CO2e without a market factor), is empty, never 0.
 
 Carbon and cost appear on the ``total`` row only: the report prices the run, not each device.
+They are the JSON report's, on the run's accounting basis (the ledger's, once the run's end is
+ledgered), and the row says which: ``region``, ``pue``, the factor and tariff versions
+(``version 12``, or ``built-in`` for a built-in default) and ``accounting_basis`` (``ledger``
+when frozen there, ``resolved`` while provisional). A figure that is not available — no region,
+no version valid at the run's end, no tariff — is an empty cell, never 0.
 Lines end with CRLF and text is UTF-8, as RFC 4180 and spreadsheet imports expect. Text that
 a spreadsheet would run as a formula (a run named ``=HYPERLINK(...)``) gets a leading ``'``.
 """
@@ -50,9 +55,17 @@ CSV_COLUMNS: tuple[str, ...] = (
     "tokens",
     "flop_per_j",
     "j_per_token",
+    "energy_facility_j",
+    "pue",
+    "region",
     "co2e_location_g",
     "co2e_market_g",
+    "energy_cost_usd",
     "cost_usd",
+    "location_factor_version",
+    "market_factor_version",
+    "tariff_version",
+    "accounting_basis",
 )
 
 
@@ -72,6 +85,32 @@ def _cell(value: Any) -> str:
     text = str(value)
     # Names come from clients: quote a leading formula character so a spreadsheet shows text.
     return "'" + text if text.startswith(_FORMULA_LEADS) else text
+
+
+def _version(record: Mapping[str, Any] | None) -> str | None:
+    if record is None:
+        return None
+    return "built-in" if record.get("builtin") else f"version {record.get('id')}"
+
+
+def _accounting(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The total row's carbon and cost cells, and the basis they rest on."""
+    carbon, cost = report["carbon"], report["cost"]
+    priced = cost.get("energy_usd") is not None or cost.get("hardware_usd") is not None
+    basis = report.get("accounting") or {}
+    return {
+        "energy_facility_j": carbon.get("energy_facility_j"),
+        "pue": (carbon.get("pue") or {}).get("value"),
+        "region": basis.get("region"),
+        "co2e_location_g": carbon["location_based"]["co2e_g"],
+        "co2e_market_g": carbon["market_based"]["co2e_g"],
+        "energy_cost_usd": cost.get("energy_usd"),
+        "cost_usd": cost["total_usd"] if priced else None,
+        "location_factor_version": _version(basis.get("location_factor")),
+        "market_factor_version": _version(basis.get("market_factor")),
+        "tariff_version": _version(basis.get("tariff")),
+        "accounting_basis": basis.get("source"),
+    }
 
 
 def _rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -96,9 +135,7 @@ def _rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "tokens": report["work"]["tokens"],
             "flop_per_j": report["efficiency"]["flop_per_j"],
             "j_per_token": report["efficiency"]["j_per_token"],
-            "co2e_location_g": report["carbon"]["location_based"]["co2e_g"],
-            "co2e_market_g": report["carbon"]["market_based"]["co2e_g"],
-            "cost_usd": report["cost"]["total_usd"],
+            **_accounting(report),
         }
     ]
     for device in energy["by_device"]:

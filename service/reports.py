@@ -9,14 +9,29 @@ root-sum-square (or linearly, with ``ReportSettings.combine="linear"``) and boun
 Phases get each overlapping chunk's energy and terms pro-rata by time (`db.repository`); their
 bands are combined across devices the same way as the run's total, so a phase covering the whole
 run has the total's band.
+
+Carbon and cost are derived on the run's **accounting basis** (`db.basis`): the project's region
+and PUE and the factor and tariff versions the ledger froze at the run's end — or, for a run not
+ledgered yet, those valid at its end (now, while it runs), resolved by the very function the
+ledger calls (`db.factors.resolve_context`). `report_settings` turns that basis into the
+accounting core's `ReportSettings`, so the report's CO2e and cost equal the ledger's figures
+for the same energy. What the basis cannot give is not available, with the ledger's own words
+for why (no region: no location- or market-based figure and no cost; never a world average).
+The report's ``accounting`` section states the basis: region, PUE and its kind, each version's
+id, source, year and window, whether it is frozen, and the ledger entries it was read from.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any, cast
+from uuid import UUID
 
+from sqlalchemy.orm import Session
+
+from accounting.carbon import EmissionFactor, FactorKind
 from accounting.catalog import lookup as catalog_lookup
+from accounting.cost import Tariff
 from accounting.integrate import aggregate_energy
 from accounting.report import (
     DeclaredWork,
@@ -26,11 +41,16 @@ from accounting.report import (
     RunInfo,
     build_run_report,
 )
+from db import repository
+from db.basis import RunBasis, run_basis
+from db.factors import AccountingContext, AppliedVersion
 from db.repository import Conflict, DeviceAggregate, PhaseAggregate, RunUsage
 
-__all__ = ["PHASE_NOTE", "report_dict"]
+__all__ = ["PHASE_NOTE", "emission_factor", "report_dict", "report_settings", "run_report"]
 
 PHASE_NOTE = "phase energies are pro-rata by time within each chunk that straddles a boundary"
+#: How `accounting.cost.run_cost` notes energy it did not price.
+_UNPRICED = "Energy not priced"
 
 
 def _device_usage(device: DeviceAggregate) -> DeviceUsage:
@@ -96,12 +116,97 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def report_dict(usage: RunUsage, *, settings: ReportSettings | None = None) -> dict[str, Any]:
-    """The run report as JSON-safe plain types (`accounting.report.RunReport.to_dict`).
+def emission_factor(applied: AppliedVersion, kind: FactorKind) -> EmissionFactor:
+    """A factor version as the accounting core's `EmissionFactor` (its source names the
+    version, so the report's factor record says which one)."""
+    p = applied.provenance
+    source = str(p.get("source"))
+    if applied.id is not None:
+        source += f" [version {applied.id}]"
+    year, note = p.get("year"), p.get("note")
+    return EmissionFactor(
+        region=str(p.get("region")),
+        intensity_g_per_kwh=applied.per_kwh,
+        kind=kind,
+        source=source,
+        year=int(year) if isinstance(year, int | float) else None,
+        note=note if isinstance(note, str) else None,
+    )
+
+
+def _tariff_source(applied: AppliedVersion) -> str:
+    return f"{applied.provenance.get('source')} [version {applied.id}]"
+
+
+def _tariff(applied: AppliedVersion) -> Tariff:
+    region = applied.provenance.get("region")
+    return Tariff(
+        usd_per_kwh=applied.per_kwh,
+        source=_tariff_source(applied),
+        region=region if isinstance(region, str) else None,
+    )
+
+
+def report_settings(context: AccountingContext) -> ReportSettings:
+    """The accounting core's settings for a run on ``context``.
+
+    A negative tariff (wholesale prices dip below zero; the ledger prices with it) has no
+    `accounting.cost.Tariff`: it is left out here and `report_dict` prices the energy with it.
+    """
+    location = context.location
+    tariff = context.tariff
+    return ReportSettings(
+        pue=context.pue,
+        location_factor=(
+            emission_factor(location, "location")
+            if location is not None
+            else ReportSettings().location_factor  # not used: the reason below applies
+        ),
+        location_unavailable_reason=(
+            None if location is not None else context.unavailable.get("co2e_location")
+        ),
+        market_factor=None if context.market is None else emission_factor(context.market, "market"),
+        tariff=None if tariff is None or tariff.per_kwh < 0 else _tariff(tariff),
+    )
+
+
+def _state_basis(out: dict[str, Any], basis: RunBasis) -> None:
+    """Add the basis to the report: the ``accounting`` section, the reasons, the notes."""
+    context = basis.context
+    energy_j = out["energy"]["total"]["energy_j"]
+    out["accounting"] = basis.to_dict(energy_j)
+    market = out["carbon"]["market_based"]
+    if context.market is None and market["co2e_g"] is None:
+        market["reason"] = context.unavailable.get("co2e_market", market["reason"])
+    cost = out["cost"]
+    tariff = context.tariff
+    if tariff is not None and tariff.per_kwh < 0:
+        energy_usd = context.energy_cost_usd(energy_j)
+        cost["energy_usd"] = energy_usd
+        cost["total_usd"] = (energy_usd or 0.0) + (cost["hardware_usd"] or 0.0)
+        cost["tariff"] = {"usd_per_kwh": tariff.per_kwh, "source": _tariff_source(tariff)}
+    reason = context.unavailable.get("energy_cost") if cost["energy_usd"] is None else None
+    cost["energy_status"] = "not_available" if reason is not None else "available"
+    cost["energy_reason"] = reason
+    # The core's note says only that no tariff was given; say why, in the ledger's words.
+    for notes in (cost["notes"], out["notes"]):
+        notes[:] = [
+            n
+            for n in notes
+            if not n.startswith(_UNPRICED) or (reason is None and cost["energy_usd"] is None)
+        ]
+    if reason is not None:
+        out["notes"].append(f"energy not priced: {reason}")
+    out["notes"].extend(basis.notes(energy_j))
+
+
+def report_dict(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
+    """The run report as JSON-safe plain types (`accounting.report.RunReport.to_dict`), with
+    its accounting basis stated (``accounting``).
 
     Args:
         usage: The run with its device and phase aggregates.
-        settings: Accounting context (default: `ReportSettings()`).
+        basis: The run's accounting basis (`db.basis.run_basis`).
 
     Raises:
         Conflict: The run has no chunks yet: there is nothing to report.
@@ -109,7 +214,7 @@ def report_dict(usage: RunUsage, *, settings: ReportSettings | None = None) -> d
     if not usage.devices:
         raise Conflict(f"run {usage.run.id} has no measurements yet: nothing to report")
     run = usage.run
-    settings = settings or ReportSettings()
+    settings = report_settings(basis.context)
     phases = [_phase_usage(p, settings) for p in usage.phases]
     work = DeclaredWork(
         flops=run.declared_flops,
@@ -132,4 +237,19 @@ def report_dict(usage: RunUsage, *, settings: ReportSettings | None = None) -> d
     out = report.to_dict()
     if usage.phases:
         out["notes"].append(PHASE_NOTE)
+    _state_basis(out, basis)
     return cast(dict[str, Any], _json_safe(out))
+
+
+def run_report(session: Session, *, project_id: int, run_id: UUID) -> dict[str, Any]:
+    """The report of one of the project's runs, on its accounting basis (`report_dict`).
+
+    Raises:
+        NotFound: No such run in the project.
+        Conflict: The run has no measurements yet.
+    """
+    usage = repository.run_usage(session, project_id=project_id, run_id=run_id)
+    if not usage.devices:
+        raise Conflict(f"run {run_id} has no measurements yet: nothing to report")
+    basis = run_basis(session, project_id=project_id, run=usage.run)
+    return report_dict(usage, basis=basis)

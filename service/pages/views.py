@@ -4,12 +4,17 @@ Every route is a thin GET: parse the query, read through `db` / `service.economi
 charts (`service.pages.charts`), render a template. Figures come from the same functions as the
 JSON API (`service.reports.report_dict`, `service.economics`), so a page and its JSON never
 disagree. All reads are scoped to the signed-in token's project (`service.pages.auth`).
+
+Carbon and cost are on each run's accounting basis (`db.basis`): what the ledger froze at the
+run's end, else the project's context resolved at its end (now, while it runs). The runs list
+sums those per-run figures — each run on its own basis, exactly as its report — and says how
+many runs have none (no region configured, no version valid then) instead of guessing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,11 +23,10 @@ import pydantic
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from accounting.carbon import J_PER_KWH, default_emission_factors, default_pues, scope2_emissions
+from accounting.carbon import J_PER_KWH, default_emission_factors, default_pues
 from accounting.catalog import builtin_catalog
-from accounting.cost import run_cost
-from accounting.report import ReportSettings
 from db import repository
+from db.basis import RunBasis, run_bases, run_basis
 from db.envelope import envelope_of
 from db.models import RunKind, RunStatus
 from db.repository import InvalidInput, RunRecord
@@ -32,7 +36,7 @@ from service.economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pr
 from service.pages import charts
 from service.pages.auth import PageTenant
 from service.pages.render import render
-from service.reports import report_dict
+from service.reports import report_dict, run_report
 from service.routes.reports import csv_response
 from service.schemas import TAG_KEY_PATTERN
 
@@ -106,6 +110,43 @@ def _enum(kind: type[RunKind] | type[RunStatus], text: str | None, field: str) -
 # Runs list
 
 
+@dataclass
+class _Total:
+    """A figure summed over the measured runs that have it, and the runs that do not."""
+
+    value_sum: float = 0.0
+    runs: int = 0
+    missing: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def value(self) -> float | None:
+        return self.value_sum if self.runs else None
+
+    def add(self, value: float | None, reason: str | None) -> None:
+        if value is None:
+            self.missing += 1
+            self.reasons[reason or "not available"] += 1
+        else:
+            self.value_sum += value
+            self.runs += 1
+
+    @property
+    def reason(self) -> str | None:
+        """The most common reason a run lacks the figure."""
+        return self.reasons.most_common(1)[0][0] if self.reasons else None
+
+
+def _basis_summary(bases: list[RunBasis]) -> str:
+    """``DE grid, PUE 1.1 (hyperscale)`` when every run shares it, else says it is per run."""
+    kinds = {(b.context.region, b.context.pue.value, b.context.pue.name) for b in bases}
+    if len(kinds) != 1:
+        return "each run on its own basis (regions or PUEs differ)"
+    ((region, value, name),) = kinds
+    where = f"{region} grid" if region else "no region configured"
+    return f"{where}, PUE {value:g} ({name})"
+
+
 @router.get("/", include_in_schema=False)
 def home() -> RedirectResponse:
     """The runs list is the front page."""
@@ -140,11 +181,21 @@ def runs_page(
         started_after=_day(started_after, "started_after"),
         started_before=_day(started_before, "started_before", end=True),
     )
-    settings = ReportSettings()
     total_j = selection.total_energy_j
-    carbon = scope2_emissions(total_j, pue=settings.pue, location_factor=settings.location_factor)
-    cost = run_cost(energy_j=total_j, tariff=settings.tariff, pue=settings.pue)
-    g_per_j = settings.pue.value * settings.location_factor.intensity_g_per_kwh / J_PER_KWH
+    measured = [r for r in selection.runs if r.id in selection.energy]
+    bases = run_bases(session, project_id=tenant.id, runs=measured)
+    totals = {figure: _Total() for figure in ("co2e_location", "co2e_market", "energy_cost")}
+    co2e: dict[UUID, float | None] = {}
+    for run in measured:
+        energy_j = selection.energy[run.id].energy_j
+        context = bases[run.id].context
+        co2e[run.id] = context.co2e_location_g(energy_j)
+        for figure, value in (
+            ("co2e_location", co2e[run.id]),
+            ("co2e_market", context.co2e_market_g(energy_j)),
+            ("energy_cost", context.energy_cost_usd(energy_j)),
+        ):
+            totals[figure].add(value, context.unavailable.get(figure))
     rows = []
     for run in selection.runs[:MAX_LISTED]:
         energy = selection.energy.get(run.id)
@@ -152,7 +203,7 @@ def runs_page(
             {
                 "run": run,
                 "energy_j": None if energy is None else energy.energy_j,
-                "co2e_g": None if energy is None else energy.energy_j * g_per_j,
+                "co2e_g": co2e.get(run.id),
                 "devices": 0 if energy is None else energy.devices,
                 "duration_s": None if energy is None else energy.duration_s,
             }
@@ -169,8 +220,9 @@ def runs_page(
         listed=min(len(selection.runs), MAX_LISTED),
         measured=selection.measured_runs,
         total_j=total_j,
-        carbon=carbon,
-        cost=cost,
+        totals=totals,
+        basis=_basis_summary(list(bases.values())) if bases else None,
+        frozen=sum(1 for b in bases.values() if b.frozen),
         kinds=[k.value for k in RunKind],
         statuses=[s.value for s in RunStatus],
     )
@@ -261,7 +313,7 @@ def report_page(
         return render(
             request, "report_empty.html.j2", nav="runs", project=tenant.slug, run=usage.run
         )
-    report = report_dict(usage)
+    report = report_dict(usage, basis=run_basis(session, project_id=tenant.id, run=usage.run))
     envelope = envelope_of(session, usage=usage)
     devices = report["energy"]["by_device"]
     colors = {d["key"]: charts.color(i) for i, d in enumerate(devices)}
@@ -338,7 +390,7 @@ def report_page(
 @router.get("/runs/{run_id}/report.json")
 def report_json(run_id: UUID, tenant: PageTenant, session: SessionDep) -> JSONResponse:
     """The JSON report (as ``GET /api/v1/runs/{id}/report``), for a signed-in browser."""
-    report = report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
+    report = run_report(session, project_id=tenant.id, run_id=run_id)
     return JSONResponse(
         report,
         headers={"Content-Disposition": f'attachment; filename="run-{run_id}.json"'},
@@ -348,9 +400,7 @@ def report_json(run_id: UUID, tenant: PageTenant, session: SessionDep) -> JSONRe
 @router.get("/runs/{run_id}/report.csv")
 def report_csv_page(run_id: UUID, tenant: PageTenant, session: SessionDep) -> Response:
     """The CSV report (as ``GET /api/v1/runs/{id}/report.csv``), for a signed-in browser."""
-    return csv_response(
-        report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
-    )
+    return csv_response(run_report(session, project_id=tenant.id, run_id=run_id))
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +451,10 @@ def compare_page(
     columns = []
     for i, run_id in enumerate(ids):
         usage = repository.run_usage(session, project_id=tenant.id, run_id=run_id)
-        report = report_dict(usage) if usage.devices else None
+        report = None
+        if usage.devices:
+            basis = run_basis(session, project_id=tenant.id, run=usage.run)
+            report = report_dict(usage, basis=basis)
         columns.append(_Column(usage.run, report, charts.color(i)))
     metric_charts = []
     for key, label, unit, scale in _COMPARED:

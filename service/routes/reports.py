@@ -1,7 +1,9 @@
 """Run reports, from SQL aggregates of the chunk summaries (raw samples are never read).
 
 ``GET .../report`` is the JSON report; ``GET .../report.csv`` the same figures as CSV rows per
-device, host and phase with units in the headers (`service.report_csv`).
+device, host and phase with units in the headers (`service.report_csv`). Both carry carbon and
+cost on the run's accounting basis — the ledger's, for a run whose end it froze
+(`service.reports.run_report`) — so neither ever disagrees with the ledger.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from db import repository
 from service.deps import ReadTenant, SessionDep
 from service.report_csv import report_csv
-from service.reports import report_dict
+from service.reports import run_report
 
 router = APIRouter(prefix="/runs/{run_id}/report", tags=["reports"])
 
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/runs/{run_id}/report", tags=["reports"])
 @router.get("", responses={409: {"description": "the run has no measurements yet"}})
 def get_report(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> dict[str, Any]:
     """The run report: energy by device, host and phase, efficiency, bounds, cost, carbon."""
-    return report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
+    return run_report(session, project_id=tenant.id, run_id=run_id)
 
 
 @router.get(
@@ -35,8 +36,7 @@ def get_report(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> dict[st
 )
 def get_report_csv(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> Response:
     """The run report as CSV: a total row, then rows per device, host and phase."""
-    report = report_dict(repository.run_usage(session, project_id=tenant.id, run_id=run_id))
-    return csv_response(report)
+    return csv_response(run_report(session, project_id=tenant.id, run_id=run_id))
 
 
 def csv_response(report: dict[str, Any]) -> Response:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from accounting.carbon import default_emission_factor, default_pue
+from accounting.carbon import EmissionFactor, default_emission_factor, default_pue
 from accounting.catalog import get
 from accounting.cost import Tariff
 from accounting.integrate import integrate_power, summarize_chunks
@@ -133,6 +133,32 @@ def test_cost_and_carbon_side_by_side() -> None:
     assert report.carbon.location_co2e_g == pytest.approx(481.0 * pue)
     assert report.carbon.market_co2e_g is None  # never silently equal to location-based
     assert report.cost.energy_usd == pytest.approx(0.12 * pue)
+
+
+def test_without_a_location_factor_the_figure_is_not_available_with_its_reason() -> None:
+    reason = "no region is configured"
+    settings = ReportSettings(
+        pue=default_pue("hyperscale"),
+        location_unavailable_reason=reason,
+        market_factor=EmissionFactor(
+            region="X", intensity_g_per_kwh=100.0, kind="market", source="supplier"
+        ),
+    )
+    report = build_run_report(
+        run=RunInfo("r9", "t"), devices=[_device("h/0", "h", 3.6e6)], settings=settings
+    )
+    data = report.to_dict()
+    location = data["carbon"]["location_based"]
+    assert location == {"status": "not_available", "co2e_g": None, "factor": None, "reason": reason}
+    assert math.isnan(report.carbon.location_co2e_g)  # never a number from a default
+    assert data["carbon"]["market_based"]["co2e_g"] == pytest.approx(100.0 * 1.1)
+    assert data["sci"] is None
+    assert any(reason in note for note in data["notes"])
+    assert f"location-based not available ({reason})" in report.render_text()
+    with_factor = build_run_report(
+        run=RunInfo("r9", "t"), devices=[_device("h/0", "h", 3.6e6)], settings=IT_ONLY
+    )
+    assert with_factor.to_dict()["carbon"]["location_based"]["status"] == "available"
 
 
 def test_unbounded_band_serialises_as_null() -> None:

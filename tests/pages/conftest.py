@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 
-from tests.pages.seed import Fleet, seed_project
+from tests.pages.seed import Fleet, configure_accounting, seed_project
 from tests.service import conftest as service
 from tests.service.conftest import Project, TestClient, make_project
 
@@ -21,6 +21,8 @@ run_id = service.run_id
 
 @pytest.fixture(scope="module")
 def seeded(app: FastAPI, client: TestClient) -> tuple[Project, Fleet]:
-    """One project per module and backend with two models' runs (see `seed_project`)."""
+    """One project per module and backend with two models' runs (see `seed_project`), its
+    region and PUE configured (`configure_accounting`: DE, typical; no tariff)."""
     owner = make_project(app)
+    configure_accounting(client, owner.admin)
     return owner, seed_project(client, owner.every, duration_s=300.0)

@@ -112,6 +112,23 @@ def _ok(response: Any) -> Any:
     return response
 
 
+#: The region and PUE `configure_accounting` gives a seeded project (built-in DE factor, no
+#: tariff): its runs get location-based CO2e, and nothing is priced in USD.
+SEED_REGION = "DE"
+SEED_PUE = "typical"
+
+
+def configure_accounting(
+    client: Client, headers: dict[str, str], *, region: str = SEED_REGION, pue: str = SEED_PUE
+) -> dict[str, Any]:
+    """Set the project's region and PUE (``headers`` need the admin scope), before its runs
+    end: the ledger freezes their figures with them, and the reports read them back."""
+    body: dict[str, Any] = _ok(
+        client.put("/api/v1/accounting", json={"region": region, "pue": pue}, headers=headers)
+    ).json()
+    return body
+
+
 def seed_run(
     client: Client,
     headers: dict[str, str],

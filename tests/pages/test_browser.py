@@ -14,6 +14,7 @@ environment of every test.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,9 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
+from service import cli as server_cli
 from tests.dbutil import in_ci
 from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
-from tests.pages.seed import Fleet, seed_project
+from tests.pages.seed import Fleet, configure_accounting, seed_project
 
 CHROMIUM = (
     os.environ.get("THERMOLEDGER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -42,6 +44,27 @@ def _chromium() -> str:
             pytest.fail(message + " (CI=true: this is an error, not a skip)")
         pytest.skip(message)
     return CHROMIUM
+
+
+def _admin_token(database_url: str, project: str) -> str:
+    """An ``admin`` token of ``project``, issued as an operator would (to set its region)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = server_cli.main(
+        [
+            "token",
+            "create",
+            "--project",
+            project,
+            "--scopes",
+            "admin",
+            "--database-url",
+            database_url,
+        ],
+        out=out,
+        err=err,
+    )
+    assert code == 0, err.getvalue()
+    return out.getvalue().strip().splitlines()[-1]
 
 
 @dataclass
@@ -74,10 +97,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     directory = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{directory / 'thermoledger.db'}"
     token = migrate_and_issue_token(url, project="pages")
+    admin = _admin_token(url, project="pages")
     server = LiveServer(url, directory / "server.log")
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30.0) as api:
+            configure_accounting(api, {"Authorization": f"Bearer {admin}"})
             fleet = seed_project(api, {"Authorization": f"Bearer {token}"})
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(

@@ -51,6 +51,19 @@ def test_amortisation_from_the_measured_runs(
     assert parity["tokens"] == pytest.approx(train_j / (serve_j / tokens))
     assert answer["parity"]["usd"] is None  # no tariff: USD is not priced, not zero
     assert answer["at"]["usd_per_token"] is None
+    # Priced in the project's own context (the ledger's and the reports'): DE, typical PUE.
+    pricing = answer["pricing"]
+    assert (pricing["basis"]["region"], pricing["pue"]["name"], pricing["overrides"]) == (
+        "DE",
+        "typical",
+        [],
+    )
+    assert pricing["location_factor"]["region"] == "DE"
+    assert answer["at"]["co2e_g_per_token"] == pytest.approx(
+        answer["at"]["j_per_token"] / 3.6e6 * 1.56 * 381.0, rel=1e-9
+    )
+    reason = pricing["basis"]["unavailable"]["energy_cost"]
+    assert f"USD figures are not available: {reason}" in answer["assumptions"]
     curve = answer["curve"]
     j = np.array(curve["j_per_token"])
     assert np.all(np.diff(j) < 0)
@@ -85,7 +98,11 @@ def test_amortisation_priced_and_compared(
     usd = answer["at"]["usd_per_token"]
     assert usd == pytest.approx(answer["at"]["j_per_token"] / 3.6e6 * 1.1 * 0.2, rel=1e-9)
     assert answer["pricing"]["location_factor"]["region"] == "FR"
-    assert any("tariff 0.2 USD/kWh" in line for line in answer["assumptions"])
+    assert answer["pricing"]["overrides"] == ["region", "pue", "tariff"]
+    overridden = [line for line in answer["assumptions"] if "[override" in line]
+    assert any(line.startswith("tariff 0.2 USD/kWh") for line in overridden)
+    assert any(line.startswith("PUE 1.1 (hyperscale") for line in overridden)
+    assert any(line.startswith("region FR") for line in overridden)
     assert len(answer["compare"]["curve"]["j_per_token"]) == len(answer["curve"]["j_per_token"])
 
 
@@ -176,6 +193,11 @@ def test_plan_falls_back_to_the_datasheet_and_flags_chinchilla(
     assert plan["cost"]["hardware_usd"] == pytest.approx(plan["device_hours"] * 2.0)
     assert plan["total_usd_range"][0] < plan["total_usd_range"][1]
     assert plan["mfu_source"].startswith("assumed")
+    # No region configured nor given: no gCO2e, for the reason the ledger gives.
+    assert plan["carbon"] is None
+    reason = plan["pricing"]["basis"]["unavailable"]["co2e_location"]
+    assert "no region configured" in reason
+    assert f"gCO2e figures are not available: {reason}" in plan["assumptions"]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,11 @@ def test_csv_report_matches_the_json_report(
     assert float(total["energy_kwh"]) == pytest.approx(float(total["energy_j"]) / 3.6e6)
     assert float(total["co2e_location_g"]) == report["carbon"]["location_based"]["co2e_g"]
     assert total["co2e_market_g"] == ""  # not available is empty, never 0
+    assert total["cost_usd"] == total["energy_cost_usd"] == ""  # no tariff: not priced
+    # The basis the figures rest on: the project's region and PUE, as the ledger froze them.
+    assert (total["region"], total["pue"], total["accounting_basis"]) == ("DE", "1.56", "ledger")
+    assert (total["location_factor_version"], total["tariff_version"]) == ("built-in", "")
+    assert float(total["energy_facility_j"]) == report["carbon"]["energy_facility_j"]
     assert float(total["flops"]) == pytest.approx(report["work"]["flops"])
     devices = [r for r in rows if r["section"] == "device"]
     assert [d["key"] for d in devices] == [d["key"] for d in report["energy"]["by_device"]]
@@ -102,3 +107,5 @@ def test_unbounded_and_missing_values_are_empty_cells() -> None:
     assert row["energy_high_j"] == ""
     assert row["flops"] == ""
     assert row["energy_low_j"] == "4.0"
+    assert row["cost_usd"] == ""  # nothing priced: empty, not the 0.0 total of no parts
+    assert row["region"] == row["accounting_basis"] == ""

@@ -273,8 +273,14 @@ def test_report_page_draws_every_device_the_phases_and_the_bounds(
         f"/runs/{run.id}/report.csv",
         f"/runs/{run.id}/report.json",
         "k_B·T·ln 2",
+        "Accounting basis",
+        "region: DE",  # the project's (`configure_accounting`), as the ledger froze it
+        "PUE 1.56 (typical, survey:",
+        "the built-in default of DE location/average, 381 gCO2e/kWh",
     ):
         assert text in html, text
+    assert report["carbon"]["location_based"]["factor"]["region"] == "DE"
+    assert report["accounting"]["frozen"] is True
 
 
 def test_report_page_of_a_run_without_measurements(
@@ -370,6 +376,55 @@ def test_plan_page_estimates_and_flags_chinchilla(
         client, "/plan?n_params=7e9&n_tokens=1e12&hardware=no-such-gpu", {**project.read, **HTML}
     )
     assert "not a catalog id" in bad
+
+
+def test_pages_of_a_project_without_a_region_say_why_nothing_is_in_gco2e(
+    app: FastAPI, client: TestClient
+) -> None:
+    from tests.pages.seed import seed_run
+    from tests.service.conftest import make_project
+
+    project = make_project(app)  # no region configured: no factor applies, none is guessed
+    headers = {**project.read, **HTML}
+    train = seed_run(
+        client,
+        project.every,
+        name="bare-train",
+        devices=1,
+        duration_s=60.0,
+        tags={"model": "bare"},
+        work={"model_params": 1.3e8, "tokens": 2.0e7, "dtype": "bf16"},
+    )
+    seed_run(
+        client,
+        project.every,
+        name="bare-serve",
+        kind="inference",
+        devices=1,
+        duration_s=30.0,
+        tags={"model": "bare"},
+        work={"model_params": 1.3e8, "tokens": 4.0e6},
+    )
+    reason = "the project has no region configured"
+    report = _get(client, f"/runs/{train.id}", headers)
+    assert 'data-figure="co2e_location">not available<' in report
+    assert reason in report
+    runs = _get(client, "/runs", headers)
+    assert 'data-total="co2e">not available<' in runs
+    assert f"2 run(s) without it: {reason}" in runs
+    compare = _get(client, f"/compare?run={train.id}", headers)
+    assert 'data-chart="compare-co2e"' not in compare  # no bars from a default factor
+    model = _get(client, "/models/bare", headers)
+    assert 'data-chart="amortisation-co2e"' not in model
+    assert "gCO2e not available" in model
+    assert f"gCO2e figures are not available: {reason}" in model
+    overridden = _get(client, "/models/bare?region=FR", headers)
+    assert 'data-chart="amortisation-co2e"' in overridden
+    assert "[override: given in the request]" in overridden
+    query = "n_params=7e9&n_tokens=1.4e11&hardware=nvidia-h100-sxm5-80gb&n_devices=64"
+    plan = _get(client, f"/plan?{query}", headers)
+    assert 'data-chart="plan-energy"' in plan
+    assert reason in plan
 
 
 def _answer(client: TestClient, project: Project, url: str) -> Any:
