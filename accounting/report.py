@@ -36,7 +36,7 @@ from accounting.carbon import (
     scope2_emissions,
     software_carbon_intensity,
 )
-from accounting.catalog import Catalog, CatalogEntry, builtin_catalog, resolve
+from accounting.catalog import Catalog, CatalogEntry, UnsupportedDtype, builtin_catalog, resolve
 from accounting.cost import CloudPrice, CostBreakdown, OwnedHardware, Tariff, run_cost
 from accounting.integrate import ChunkSummaries, aggregate_energy
 from accounting.planning import inference_flops_per_token, training_flops
@@ -648,7 +648,7 @@ def build_run_report(
                 temperature_k=settings.temperature_k,
                 bits_model=settings.bits_model,
             )
-        except BoundError as e:
+        except (BoundError, UnsupportedDtype) as e:
             notes.append(f"bounds unavailable: {e}")
 
     device_hours = sum(d.duration_s for d in devices) / 3600.0

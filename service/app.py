@@ -13,6 +13,7 @@ synchronous session and one transaction (`service.deps.SessionDep`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,6 +50,36 @@ __all__ = ["API_PREFIX", "app_from_env", "create_app"]
 
 API_PREFIX = "/api/v1"
 _VERSION = "0.1.0"
+
+
+class InFlightLimit:
+    """At most ``limit`` requests inside the app at once; the rest wait on the event loop.
+
+    Routes run in a bounded thread pool and hold a database connection from a bounded pool.
+    Without a cap, more concurrent requests than threads can leave every thread waiting for
+    a connection or a lock that only a request *without* a thread could release: the process
+    stalls until timeouts fire (seen with 45 SQLite uploaders, or 50 sharing one token on
+    PostgreSQL). Queueing before the app keeps the pool's users few enough to finish. Probes
+    and ``/metrics`` bypass the queue, so a busy service still answers its liveness check.
+    """
+
+    _BYPASS = frozenset({"/healthz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self._BYPASS:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:  # one semaphore per event loop
+            self._slots, self._loop = asyncio.Semaphore(self.limit), loop
+        async with self._slots:
+            await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -122,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.schema_head = migrate.head()
     register_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
     # Added last, so outermost: it also times and counts what BodySizeLimit refuses.
     app.state.metrics = metrics = ServiceMetrics(version=_VERSION)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
             samples it saves about a third of the blob bytes (byte-shuffled float32/float64
             columns compress poorly) for ~0.3 µs of CPU per sample, the largest single cost of
             ingest; turn it on where disk matters more than ingest throughput.
+        max_in_flight: Most requests inside one process at once; more wait in a queue (below
+            the route thread pool and the database pool: 5 connections + 10 overflow).
         bootstrap_admin_token: Optional operator token (≥ 32 characters). A request bearing it
             may create projects and manage the tokens of any project; it cannot read or ingest.
         last_used_interval_s: A token's ``last_used_at`` is written at most this often, s (one
@@ -58,6 +60,7 @@ class Settings(BaseSettings):
     max_chunks_per_batch: int = Field(default=2_000, gt=0)
     max_samples_per_chunk: int = Field(default=100_000, gt=0)
     compress_samples: bool = False
+    max_in_flight: int = Field(default=15, gt=0)
     bootstrap_admin_token: SecretStr | None = None
     last_used_interval_s: float = Field(default=60.0, ge=0)
     log_format: Literal["text", "json"] = "text"
