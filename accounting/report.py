@@ -544,6 +544,29 @@ def devices_from_chunks(
     return tuple(devices)
 
 
+#: A device whose readings end this many of its own sampling intervals (and at least
+#: `STOPPED_EARLY_MIN_S`) before the run's last reading stopped answering: the meter seals every
+#: device's chunks at the same instants, so healthy devices end within about one interval.
+STOPPED_EARLY_INTERVALS = 10
+STOPPED_EARLY_MIN_S = 1.0
+
+
+def _stopped_early(devices: Sequence[DeviceUsage], run_t1_s: float) -> list[str]:
+    """Notes for devices whose readings end well before the run's (lost, or stopped answering):
+    their energy covers only part of the run, which the total alone would not show."""
+    notes = []
+    for d in devices:
+        span_s = d.t1_s - d.t0_s
+        interval_s = span_s / d.samples if d.samples and span_s > 0 else 0.0
+        early_s = run_t1_s - d.t1_s
+        if early_s > max(STOPPED_EARLY_INTERVALS * interval_s, STOPPED_EARLY_MIN_S):
+            notes.append(
+                f"{d.key}: no readings in the last {early_s:.1f} s of the run (the device was "
+                f"lost or stopped answering); its energy covers {span_s:.1f} s only"
+            )
+    return notes
+
+
 def build_run_report(
     *,
     run: RunInfo,
@@ -620,6 +643,7 @@ def build_run_report(
         device_catalog[d.key] = resolution.entry
         if resolution.entry is None:
             notes.append(f"{d.key}: {d.name!r} is {resolution.status} in the hardware catalog")
+    notes.extend(_stopped_early(devices, t1_s))
     for d in devices:
         if d.gap_count:
             notes.append(f"{d.key}: {d.gap_count} sampling gap(s), {d.gap_s:.1f} s in all")

@@ -218,3 +218,18 @@ def test_phases_appear_in_order() -> None:
 def test_needs_a_device() -> None:
     with pytest.raises(ValueError, match="at least one device"):
         build_run_report(run=RunInfo("r", "t"), devices=[])
+
+
+def test_a_device_that_stopped_early_is_named() -> None:
+    # 10 Hz for 100 s; the lost device's readings end 30 s early, the late one's 0.1 s early.
+    devices = [
+        _device("h/0", "h", 30_000.0, samples=1000),
+        _device("h/1", "h", 21_000.0, duration_s=70.0, samples=700, index=1),
+        _device("h/2", "h", 29_970.0, duration_s=99.9, samples=999, index=2),
+    ]
+    report = build_run_report(run=RunInfo("r1", "t"), devices=devices, settings=IT_ONLY)
+    stopped = [n for n in report.notes if "stopped answering" in n]
+    assert stopped == [
+        "h/1: no readings in the last 30.0 s of the run (the device was lost or stopped "
+        "answering); its energy covers 70.0 s only"
+    ]
