@@ -1,9 +1,13 @@
 """Per-device chunking: samples in, sealed wire chunks out, tiled by the left-sample rule.
 
-A `DeviceChunker` holds the samples of one device's open chunk in preallocated float64 arrays
-(time, power, raw counter; grown by doubling, reused after every seal) and seals chunks with
-`accounting.integrate.summarize_chunks`, the same kernel the service uses, so meter and service
-compute a chunk's figures by the same rules.
+A `DeviceChunker` holds the samples of one device's open chunk (time, power, raw counter) in
+Python lists, since at 10 Hz an append costs less than a store into a numpy array, and hands out
+a `SealJob` when a chunk is complete. `seal` turns the jobs of a tick, across devices, into wire
+chunks with `accounting.integrate.summarize_chunks`, the same kernel the service uses, so meter
+and service compute a chunk's figures by the same rules. The kernel costs a few hundred
+microseconds per call and little per sample, so the chunks due together (every device's, once
+per chunk period) go through one call per group of devices with the same kernel options, as
+segments: 8 GPUs seal for about the cost of one.
 
 Chunk boundaries
     Samples fall into time bins of ``chunk_s`` seconds aligned to the sampler's start. Following
@@ -62,8 +66,9 @@ Uncertainty
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -78,7 +83,14 @@ from meters.backends.base import DeviceInfo, FloatArray, Method
 from meters.wire import ChunkPayload, DevicePayload, SamplesPayload
 from meters.wire import Method as WireMethod
 
-__all__ = ["DeviceChunker", "DeviceSummary", "device_payload", "reading_model"]
+__all__ = [
+    "DeviceChunker",
+    "DeviceSummary",
+    "SealJob",
+    "device_payload",
+    "reading_model",
+    "seal",
+]
 
 _WIRE_METHODS: Final[dict[str, WireMethod]] = {
     "counter": "counter",
@@ -236,8 +248,31 @@ class _Totals:
         self.methods.add(str(s.method[i]))
 
 
+@dataclass(slots=True, eq=False)
+class SealJob:
+    """A chunk waiting to be summarised: its samples, with the bridge last when ``bridged``.
+
+    Made by `DeviceChunker.add` (a bridge arrived), `DeviceChunker.flush` and
+    `DeviceChunker.seal_stale`; turned into a wire chunk by `seal`. The chunker has already
+    moved on (its open chunk starts with the bridge or the carried sample).
+
+    Attributes:
+        chunker: The device's chunker.
+        t_s: Sample times, s since the sampler's start.
+        power_w: Power samples, W.
+        counter_j: Raw counter samples, J (NaN where absent).
+        bridged: The last sample is the next chunk's first (not one of this chunk's own).
+    """
+
+    chunker: DeviceChunker
+    t_s: list[float]
+    power_w: list[float]
+    counter_j: list[float]
+    bridged: bool
+
+
 class DeviceChunker:
-    """Buffers one device's samples and seals them into wire chunks.
+    """Buffers one device's samples and hands out its chunks to seal (`SealJob`, `seal`).
 
     Not thread-safe: the sampler serialises calls under its lock.
 
@@ -271,7 +306,7 @@ class DeviceChunker:
         self._origin_mono_s = origin_mono_s
         self._origin_unix_s = origin_mono_s + unix_offset_s
         self._derive_power = info.power_method == Method.NONE and info.has_energy_counter
-        self._method: PowerMethod = (
+        method: PowerMethod = (
             "power_avg"
             if info.power_method == Method.POWER_AVG
             else "estimate"
@@ -280,14 +315,23 @@ class DeviceChunker:
         )
         hint = info.uncertainty
         stated = hint.power_rel > 0 or hint.power_abs_w > 0
-        self._sensor_rel = hint.power_rel if stated else SENSOR_REL_ERROR
-        self._sensor_abs_w = hint.power_abs_w if stated else SENSOR_ABS_ERROR_W
-        self._coverage, self._window_s = reading_model(info, interval_s=interval_s)
-        capacity = max(16, math.ceil(chunk_s / interval_s) + 8)
-        self._t = np.empty(capacity)  # seconds since the origin: full float64 resolution
-        self._p = np.empty(capacity)
-        self._c = np.empty(capacity)
-        self._n = 0
+        coverage, window_s = reading_model(info, interval_s=interval_s)
+        self._kernel = _KernelOptions(
+            wrap_j=info.counter_wrap_j,
+            method=method,
+            nominal_interval_s=interval_s,
+            max_power_w=info.power_limit_w,
+            sensor_rel_error=hint.power_rel if stated else SENSOR_REL_ERROR,
+            sensor_abs_error_w=hint.power_abs_w if stated else SENSOR_ABS_ERROR_W,
+            coverage_fraction=coverage,
+            averaging_window_s=window_s,
+        )
+        # The open chunk, in lists: an append costs less than a store into a numpy array, and
+        # the arrays the kernel needs are built once per chunk. Times are seconds since the
+        # origin (full float64 resolution).
+        self._t: list[float] = []
+        self._p: list[float] = []
+        self._c: list[float] = []
         self._bin = 0
         self._patch_first_power = False
         self._last_t_s = -math.inf
@@ -304,8 +348,8 @@ class DeviceChunker:
 
     def add(
         self, t_mono_s: float, power_w: float, counter_j: float, status: str = "ok"
-    ) -> ChunkPayload | None:
-        """Take one reading; returns the chunk it sealed as a bridge, if any.
+    ) -> SealJob | None:
+        """Take one reading; returns the chunk it completed as a bridge, to `seal`.
 
         Args:
             t_mono_s: Monotonic time of the reading, s.
@@ -315,17 +359,18 @@ class DeviceChunker:
                 not a sample.
 
         Returns:
-            The sealed chunk when this sample is the first of a new bin, else None. A reading
+            The chunk to seal when this sample is the first of a new bin, else None. A reading
             that is not a sample (no power; for a counter-only device no counter; or time not
             advancing) is counted in `missed` and returns None.
         """
         t_rel_s = t_mono_s - self._origin_mono_s
         t_s = t_rel_s + self._origin_unix_s
+        # x != x: NaN (no call per device and tick)
         if self._derive_power:
-            if math.isnan(counter_j):
+            if counter_j != counter_j:
                 self.miss(status if status != "ok" else "no_counter")
                 return None
-        elif math.isnan(power_w):
+        elif power_w != power_w:
             self.miss(status if status != "ok" else "no_power")
             return None
         if not t_s > self._last_t_s:
@@ -341,60 +386,103 @@ class DeviceChunker:
         if power_w > self._max_w:
             self._max_w = power_w
         bin_ = math.floor(t_rel_s / self._chunk_s + _BIN_EPS)
-        sealed = None
-        if self._n and bin_ > self._bin:
-            self._put(self._n, t_rel_s, power_w, counter_j)
-            sealed = self._seal(self._n + 1, bridged=True)
-            self._t[0], self._p[0], self._c[0] = t_rel_s, power_w, counter_j
-            self._n = 1
+        job = None
+        t = self._t
+        if t and bin_ > self._bin:
+            t.append(t_rel_s)
+            self._p.append(power_w)
+            self._c.append(counter_j)
+            job = SealJob(self, t, self._p, self._c, bridged=True)
+            self._t, self._p, self._c = [t_rel_s], [power_w], [counter_j]
         else:
-            self._put(self._n, t_rel_s, power_w, counter_j)
-            self._n += 1
+            t.append(t_rel_s)
+            self._p.append(power_w)
+            self._c.append(counter_j)
         self._bin = bin_
-        return sealed
+        return job
+
+    def take(
+        self, t_mono_s: Sequence[float], power_w: Sequence[float], counter_j: Sequence[float]
+    ) -> None:
+        """Take plain readings in a row, as `add` would one by one: the sampler's fast path.
+
+        Plain means: the chunker is `steady`, every power is a number, every time is later than
+        the one before it (and than the last sample, by more than the rounding of unix times)
+        and lies in the open chunk's bin. The caller checks that; nothing here does.
+        """
+        origin_s = self._origin_mono_s
+        t_rel_s = [t - origin_s for t in t_mono_s]
+        self._t.extend(t_rel_s)
+        self._p.extend(power_w)
+        self._c.extend(counter_j)
+        self._samples += len(t_rel_s)
+        low_w, high_w = min(power_w), max(power_w)
+        if low_w < self._min_w:
+            self._min_w = low_w
+        if high_w > self._max_w:
+            self._max_w = high_w
+        self._last_t_s = t_rel_s[-1] + self._origin_unix_s
+        self._last_mono_s = t_mono_s[-1]
+
+    @property
+    def steady(self) -> bool:
+        """Whether `take` may be used: an open chunk, readings OK, power read (not derived)."""
+        return bool(self._t) and self.status == "ok" and not self._derive_power
+
+    @property
+    def last_mono_s(self) -> float:
+        """Monotonic time of the last sample, s (-inf before any)."""
+        return self._last_mono_s
+
+    @property
+    def bin_end_mono_s(self) -> float:
+        """Monotonic time where the open chunk's bin ends, s."""
+        return self._origin_mono_s + (self._bin + 1) * self._chunk_s
 
     def drop_open_chunk(self, reason: str) -> None:
         """Forget the open chunk's samples, counting them as missed for ``reason``.
 
         The next sample starts afresh (the chunks tile no more across the drop).
         """
-        if self._n:
-            self.missed[reason] = self.missed.get(reason, 0) + self._n
-        self._n = 0
+        if self._t:
+            self.missed[reason] = self.missed.get(reason, 0) + len(self._t)
+        self._t, self._p, self._c = [], [], []
         self._patch_first_power = False
 
     def miss(self, reason: str) -> None:
         """Count a reading that was not a sample, by reason."""
         self.missed[reason] = self.missed.get(reason, 0) + 1
 
-    def seal_stale(self, t_mono_s: float) -> ChunkPayload | None:
-        """Seal the open chunk without a bridge if a whole chunk period passed with no sample.
+    def seal_stale(self, t_mono_s: float) -> SealJob | None:
+        """Hand out the open chunk without a bridge if a whole chunk period passed with no sample.
 
         Args:
             t_mono_s: Monotonic time now, s.
 
         Returns:
-            The sealed chunk, or None.
+            The chunk to seal, or None.
         """
-        now_bin = math.floor((t_mono_s - self._origin_mono_s) / self._chunk_s + _BIN_EPS)
-        if now_bin >= self._bin + 2:
+        if self.stale_bin(t_mono_s) >= self._bin + 2:
             return self.flush()
         return None
 
-    def flush(self) -> ChunkPayload | None:
-        """Seal the open chunk without a bridge (stop, SIGTERM); its last sample is carried.
+    def stale_bin(self, t_mono_s: float) -> int:
+        """The bin of time ``t_mono_s``: `seal_stale` can only act when this moves on."""
+        return math.floor((t_mono_s - self._origin_mono_s) / self._chunk_s + _BIN_EPS)
+
+    def flush(self) -> SealJob | None:
+        """Hand out the open chunk without a bridge (stop, SIGTERM); its last sample is carried.
 
         Returns:
-            The sealed chunk, or None when the open chunk holds fewer than two samples (a lone
+            The chunk to seal, or None when the open chunk holds fewer than two samples (a lone
             sample is already the end of the previous chunk, or the whole run is one instant).
         """
-        if self._n < 2:
+        t = self._t
+        if len(t) < 2:
             return None
-        sealed = self._seal(self._n, bridged=False)
-        last = self._n - 1
-        self._t[0], self._p[0], self._c[0] = self._t[last], self._p[last], self._c[last]
-        self._n = 1
-        return sealed
+        job = SealJob(self, t, self._p, self._c, bridged=False)
+        self._t, self._p, self._c = [t[-1]], [self._p[-1]], [self._c[-1]]
+        return job
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -405,8 +493,8 @@ class DeviceChunker:
         duration, gap_count, gap_s = tot.duration_s, tot.gap_count, tot.gap_s
         resets, wraps = tot.reset_count, tot.wrap_count
         methods = set(tot.methods)
-        if self._n >= 2 and not (self._derive_power and self._patch_first_power):
-            tail = self._summarize(self._n, bridged=False)
+        if len(self._t) >= 2 and not (self._derive_power and self._patch_first_power):
+            tail = self._summarize(self._t, self._p, self._c, bridged=False)
             energy += float(tail.energy_j[0])
             sensor += float(tail.sensor_uncertainty_j[0])
             below += float(tail.bound_below_j[0])
@@ -444,19 +532,58 @@ class DeviceChunker:
             message=self.message,
         )
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- sealing (through `seal`) -------------------------------------------------------------
 
-    def _put(self, i: int, t_rel_s: float, power_w: float, counter_j: float) -> None:
-        if i >= self._t.size:
-            size = 2 * self._t.size
-            for name in ("_t", "_p", "_c"):
-                old = getattr(self, name)
-                new = np.empty(size)
-                new[: old.size] = old
-                setattr(self, name, new)
-        self._t[i] = t_rel_s
-        self._p[i] = power_w
-        self._c[i] = counter_j
+    def finish(self, job: SealJob, s: ChunkSummaries, k: int) -> ChunkPayload:
+        """The wire chunk of ``job``, whose figures are entry ``k`` of ``s``; numbers it."""
+        self._totals.add(s, k)
+        own = len(job.t_s) - 1 if job.bridged else len(job.t_s)
+        origin_s = self._origin_unix_s
+        # Python float addition is numpy's float64 addition: the same unix times either way.
+        samples: SamplesPayload = {
+            "t_s": [t + origin_s for t in job.t_s[:own]],
+            "power_w": job.power_w[:own],
+        }
+        counter = job.counter_j[:own]
+        if not any(c != c for c in counter):  # no NaN
+            samples["energy_j"] = counter
+        payload: ChunkPayload = {
+            "device_key": self.key,
+            "seq": self.next_seq,
+            "t0_s": float(s.t0_s[k]) + origin_s,
+            "t1_s": float(s.t1_s[k]) + origin_s,
+            "n": int(s.n[k]),
+            "method": _WIRE_METHODS[str(s.method[k])],
+            "energy_j": float(s.energy_j[k]),
+            "energy_low_j": float(s.energy_low_j[k]),
+            "energy_high_j": float(s.energy_high_j[k]),
+            "sensor_uncertainty_j": float(s.sensor_uncertainty_j[k]),
+            "bound_below_j": float(s.bound_below_j[k]),
+            "bound_above_j": float(s.bound_above_j[k]),
+            "min_power_w": float(s.min_power_w[k]),
+            "mean_power_w": float(s.mean_power_w[k]),
+            "max_power_w": float(s.max_power_w[k]),
+            "gap_s": float(s.gap_s[k]),
+            "gap_count": int(s.gap_count[k]),
+            "reset_count": int(s.reset_count[k]),
+            "wrap_count": int(s.wrap_count[k]),
+            "samples": samples,
+        }
+        self.next_seq += 1
+        return payload
+
+    def abandon(self, job: SealJob) -> None:
+        """The kernel refused ``job`` (a meter bug): its samples are missed (``internal``).
+
+        The sample it carried or bridged into the open chunk goes too, so the next sample
+        starts afresh, as `drop_open_chunk` leaves it.
+        """
+        own = len(job.t_s) - 1 if job.bridged else len(job.t_s)
+        self.missed["internal"] = self.missed.get("internal", 0) + own
+        self._t, self._p, self._c = [], [], []
+        self._patch_first_power = False
+
+    # -- internals ----------------------------------------------------------------------------
 
     def _derived_power_w(self, t_mono_s: float, counter_j: float) -> float:
         """Mean power over the interval ending at this sample, from the counter.
@@ -464,11 +591,10 @@ class DeviceChunker:
         The interval is taken on the monotonic clock: unix seconds near 1.7e9 resolve only
         0.24 µs, a 2e-6 relative error on a 0.1 s interval.
         """
-        if self._n == 0:
+        if not self._t:
             self._patch_first_power = True
             return math.nan
-        prev = self._n - 1
-        delta_j = counter_j - float(self._c[prev])
+        delta_j = counter_j - self._c[-1]
         if delta_j < 0:
             wrap_j = self.info.counter_wrap_j
             # A decrease is a wrap (add the modulus) or a reset (the post-reset value is a
@@ -482,56 +608,134 @@ class DeviceChunker:
             self._max_w = max(self._max_w, power_w)
         return power_w
 
-    def _summarize(self, m: int, *, bridged: bool) -> ChunkSummaries:
-        t, p, c = self._t[:m], self._p[:m], self._c[:m]
-        use_counter = self.info.has_energy_counter and not bool(np.isnan(c).any())
+    def _use_counter(self, counter_j: FloatArray) -> bool:
+        return self.info.has_energy_counter and not bool(np.isnan(counter_j).any())
+
+    def _summarize(
+        self, t_s: list[float], power_w: list[float], counter_j: list[float], *, bridged: bool
+    ) -> ChunkSummaries:
+        """The kernel on one chunk's samples (the open chunk, or a job `seal` must isolate)."""
+        m = len(t_s)
+        c = np.array(counter_j, dtype=np.float64)
         return summarize_chunks(
-            t,
-            p,
+            np.array(t_s, dtype=np.float64),
+            np.array(power_w, dtype=np.float64),
             chunk_starts=[0, m - 1] if bridged else [0],
-            counter_j=c if use_counter else None,
-            wrap_j=self.info.counter_wrap_j,
-            method=self._method,
-            nominal_interval_s=self._interval_s,
-            max_power_w=self.info.power_limit_w,
-            sensor_rel_error=self._sensor_rel,
-            sensor_abs_error_w=self._sensor_abs_w,
-            coverage_fraction=self._coverage,
-            averaging_window_s=self._window_s,
+            counter_j=c if self._use_counter(c) else None,
+            **self._kernel.kwargs(),
         )
 
-    def _seal(self, m: int, *, bridged: bool) -> ChunkPayload:
-        """Seal samples [0, m) (the last one the bridge when ``bridged``) as the next chunk."""
-        s = self._summarize(m, bridged=bridged)
-        self._totals.add(s, 0)
-        own = m - 1 if bridged else m
-        t_s: FloatArray = self._t[:own] + self._origin_unix_s
-        samples: SamplesPayload = {"t_s": t_s.tolist(), "power_w": self._p[:own].tolist()}
-        c = self._c[:own]
-        if not bool(np.isnan(c).any()):
-            samples["energy_j"] = c.tolist()
-        origin_s = self._origin_unix_s
-        payload: ChunkPayload = {
-            "device_key": self.key,
-            "seq": self.next_seq,
-            "t0_s": float(s.t0_s[0]) + origin_s,
-            "t1_s": float(s.t1_s[0]) + origin_s,
-            "n": int(s.n[0]),
-            "method": _WIRE_METHODS[str(s.method[0])],
-            "energy_j": float(s.energy_j[0]),
-            "energy_low_j": float(s.energy_low_j[0]),
-            "energy_high_j": float(s.energy_high_j[0]),
-            "sensor_uncertainty_j": float(s.sensor_uncertainty_j[0]),
-            "bound_below_j": float(s.bound_below_j[0]),
-            "bound_above_j": float(s.bound_above_j[0]),
-            "min_power_w": float(s.min_power_w[0]),
-            "mean_power_w": float(s.mean_power_w[0]),
-            "max_power_w": float(s.max_power_w[0]),
-            "gap_s": float(s.gap_s[0]),
-            "gap_count": int(s.gap_count[0]),
-            "reset_count": int(s.reset_count[0]),
-            "wrap_count": int(s.wrap_count[0]),
-            "samples": samples,
+
+@dataclass(frozen=True, slots=True)
+class _KernelOptions:
+    """The device's parameters of `summarize_chunks`: devices that share them seal together."""
+
+    wrap_j: float | None
+    method: PowerMethod
+    nominal_interval_s: float
+    max_power_w: float | None
+    sensor_rel_error: float
+    sensor_abs_error_w: float
+    coverage_fraction: float
+    averaging_window_s: float
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "wrap_j": self.wrap_j,
+            "method": self.method,
+            "nominal_interval_s": self.nominal_interval_s,
+            "max_power_w": self.max_power_w,
+            "sensor_rel_error": self.sensor_rel_error,
+            "sensor_abs_error_w": self.sensor_abs_error_w,
+            "coverage_fraction": self.coverage_fraction,
+            "averaging_window_s": self.averaging_window_s,
         }
-        self.next_seq += 1
-        return payload
+
+
+def seal(jobs: Sequence[SealJob]) -> tuple[list[ChunkPayload], list[tuple[SealJob, Exception]]]:
+    """Seal chunks of any devices, one kernel call per group of devices with the same options.
+
+    The kernel's cost is mostly per call (a few hundred µs), not per sample, so the sampler
+    seals every chunk due in a tick together: the chunks are concatenated as segments of one
+    `summarize_chunks` call per group (same `_KernelOptions`, same counter use), each segment
+    chunked at its bridge exactly as a lone call would chunk it. Segments never interact in the
+    kernel, so each chunk's figures are those of a call of its own, up to float rounding
+    (energies integrated from power may differ in the last bits, summed in another order).
+    When a group's call fails, its chunks are sealed one by one, so only the chunk at fault is
+    lost (`DeviceChunker.abandon`).
+
+    Args:
+        jobs: Chunks to seal; one device's in the order they were handed out.
+
+    Returns:
+        ``(payloads, failures)``: the wire chunks, numbered, in the order of ``jobs``; and the
+        jobs the kernel refused, each with its exception.
+    """
+    groups: dict[tuple[_KernelOptions, bool], list[int]] = {}
+    arrays: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+    for index, job in enumerate(jobs):
+        c = np.array(job.counter_j, dtype=np.float64)
+        arrays.append(
+            (np.array(job.t_s, dtype=np.float64), np.array(job.power_w, dtype=np.float64), c)
+        )
+        key = (job.chunker._kernel, job.chunker._use_counter(c))
+        groups.setdefault(key, []).append(index)
+    results: list[tuple[ChunkSummaries, int] | Exception] = [
+        RuntimeError("not sealed") for _ in jobs
+    ]
+    for (options, use_counter), members in groups.items():
+        try:
+            s = _summarize_group(
+                [jobs[i] for i in members], [arrays[i] for i in members], options, use_counter
+            )
+        except Exception:
+            for i in members:  # find the chunk at fault
+                job = jobs[i]
+                try:
+                    results[i] = (
+                        job.chunker._summarize(
+                            job.t_s, job.power_w, job.counter_j, bridged=job.bridged
+                        ),
+                        0,
+                    )
+                except Exception as e:
+                    results[i] = e
+            continue
+        k = 0
+        for i in members:
+            results[i] = (s, k)
+            k += 2 if jobs[i].bridged else 1
+    payloads: list[ChunkPayload] = []
+    failures: list[tuple[SealJob, Exception]] = []
+    for job, result in zip(jobs, results, strict=True):
+        if isinstance(result, Exception):
+            job.chunker.abandon(job)
+            failures.append((job, result))
+        else:
+            payloads.append(job.chunker.finish(job, *result))
+    return payloads, failures
+
+
+def _summarize_group(
+    jobs: Sequence[SealJob],
+    arrays: Sequence[tuple[FloatArray, FloatArray, FloatArray]],
+    options: _KernelOptions,
+    use_counter: bool,
+) -> ChunkSummaries:
+    """One kernel call over several chunks, each a segment cut at its bridge."""
+    sizes = [t.size for t, _, _ in arrays]
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    starts: list[int] = []
+    for job, first, size in zip(jobs, offsets.tolist(), sizes, strict=False):
+        starts.append(first)
+        if job.bridged:
+            starts.append(first + size - 1)
+    return summarize_chunks(
+        np.concatenate([t for t, _, _ in arrays]),
+        np.concatenate([p for _, p, _ in arrays]),
+        offsets=offsets,
+        chunk_starts=starts,
+        counter_j=np.concatenate([c for _, _, c in arrays]) if use_counter else None,
+        **options.kwargs(),
+    )

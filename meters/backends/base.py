@@ -16,6 +16,14 @@ reset and the counter says nothing about that interval.
 Timestamps are per device: a backend that reads devices one after another stamps each with the
 midpoint of its own calls (monotonic), and derives the wall time from one wall/monotonic pair taken
 at the start of the tick, so the two clocks never disagree within a tick.
+
+A fast path for the sampler, optional: a backend that also offers ``read_flat()`` (`FlatReader`)
+hands one tick over as plain Python lists (`FlatReadings`), filled through a `FlatBuffer`, the
+list twin of `ReadingsBuffer` with the same methods and the same rules (checked as each figure is
+set instead of on freezing). At 10 Hz over a handful of devices, the seven small numpy arrays of
+a `Readings`, its checks and the sampler's conversion back to Python numbers cost more than the
+readings themselves. ``read()`` stays the interface; a backend with both builds its `Readings`
+from the same buffer (`FlatBuffer.freeze`), so the two paths cannot disagree.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -294,6 +302,133 @@ class ReadingsBuffer:
         )
 
 
+class FlatReadings(NamedTuple):
+    """One tick as plain Python lists (position ``i`` is device ``i``): the sampler's fast path.
+
+    The figures of a `Readings` that the sampler uses, with the same units and rules: NaN where
+    a figure is absent, ``status`` as `DeviceStatus` codes, an empty message when OK. Wall times
+    and method codes are left out (the sampler takes methods from `DeviceInfo`).
+    """
+
+    t_mono_s: list[float]
+    power_w: list[float]
+    energy_j: list[float]
+    status: list[int]
+    messages: list[str]
+
+
+def flat_readings(readings: Readings) -> FlatReadings:
+    """The `FlatReadings` of a `Readings` (for backends that offer only ``read()``)."""
+    return FlatReadings(
+        t_mono_s=readings.t_mono_s.tolist(),
+        power_w=readings.power_w.tolist(),
+        energy_j=readings.energy_j.tolist(),
+        status=readings.status.tolist(),
+        messages=list(readings.messages),
+    )
+
+
+class FlatBuffer:
+    """`ReadingsBuffer` on Python lists: the same methods and rules, no numpy per figure.
+
+    Every slot starts absent (NaN, `Method.NONE`, `DeviceStatus.OK`, no message). The rules that
+    `Readings` checks on construction are checked here as each figure is set (a value is finite
+    and non-negative and has a method), and `fail` clears a lost or unsupported device, so
+    `flat` hands over lists that obey them without a pass over the tick; `freeze` builds the
+    checked `Readings` of the same tick.
+
+    Raises:
+        ValueError: From `set_power` / `set_energy`, for a value that is NaN, negative or
+            infinite, or that comes without a method.
+    """
+
+    __slots__ = (
+        "_t_mono0_s",
+        "_t_wall0_s",
+        "_t_wall_s",
+        "energy_j",
+        "energy_method",
+        "messages",
+        "power_method",
+        "power_w",
+        "status",
+        "t_mono_s",
+    )
+
+    def __init__(self, n: int, *, t_wall_s: float, t_mono_s: float) -> None:
+        self._t_wall0_s = t_wall_s
+        self._t_mono0_s = t_mono_s
+        self._t_wall_s: dict[int, float] = {}  # wall times given to `stamp`
+        self.t_mono_s = [t_mono_s] * n
+        """Monotonic time of each read, s: `stamp` sets it, or a backend directly (the wall time
+        then follows from the tick's wall/monotonic pair)."""
+        self.power_w = [math.nan] * n
+        self.energy_j = [math.nan] * n
+        self.status = [0] * n
+        self.power_method = [0] * n
+        self.energy_method = [0] * n
+        self.messages = [""] * n
+
+    def stamp(self, i: int, t_mono_s: float, *, t_wall_s: float | None = None) -> None:
+        """Time device ``i``'s read at monotonic ``t_mono_s`` (as `ReadingsBuffer.stamp`)."""
+        self.t_mono_s[i] = t_mono_s
+        if t_wall_s is not None:
+            self._t_wall_s[i] = t_wall_s
+        else:
+            self._t_wall_s.pop(i, None)
+
+    def set_power(self, i: int, power_w: float, method: Method) -> None:
+        """Record a power figure in watts with its method."""
+        if not 0.0 <= power_w < math.inf:
+            raise ValueError(f"power_w must be finite and non-negative: {power_w}")
+        if method == Method.NONE:
+            raise ValueError("power_w: a value without a method")
+        self.power_w[i] = power_w
+        self.power_method[i] = method
+
+    def set_energy(self, i: int, energy_j: float, method: Method = Method.COUNTER) -> None:
+        """Record a raw counter figure in joules with its method."""
+        if not 0.0 <= energy_j < math.inf:
+            raise ValueError(f"energy_j must be finite and non-negative: {energy_j}")
+        if method == Method.NONE:
+            raise ValueError("energy_j: a value without a method")
+        self.energy_j[i] = energy_j
+        self.energy_method[i] = method
+
+    def fail(self, i: int, status: DeviceStatus, message: str) -> None:
+        """Mark device ``i`` as not OK (as `ReadingsBuffer.fail`: the gravest status wins)."""
+        if status == DeviceStatus.LOST or status == DeviceStatus.NOT_SUPPORTED:
+            self.power_w[i] = math.nan
+            self.energy_j[i] = math.nan
+            self.power_method[i] = Method.NONE
+            self.energy_method[i] = Method.NONE
+        if _SEVERITY[status] > _SEVERITY[DeviceStatus(self.status[i])]:
+            self.status[i] = status
+        previous = self.messages[i]
+        self.messages[i] = f"{previous}; {message}" if previous else message
+
+    def flat(self) -> FlatReadings:
+        """The tick as lists (the buffer must not be used afterwards)."""
+        return FlatReadings(self.t_mono_s, self.power_w, self.energy_j, self.status, self.messages)
+
+    def freeze(self) -> Readings:
+        """The finished, read-only `Readings` of the same tick."""
+        wall0_s, mono0_s, given = self._t_wall0_s, self._t_mono0_s, self._t_wall_s
+        t_wall_s = [
+            given[i] if i in given else wall0_s + (t - mono0_s) for i, t in enumerate(self.t_mono_s)
+        ]
+        return Readings(
+            t_wall_s=np.array(t_wall_s, dtype=np.float64),
+            t_mono_s=np.array(self.t_mono_s, dtype=np.float64),
+            power_w=np.array(self.power_w, dtype=np.float64),
+            energy_j=np.array(self.energy_j, dtype=np.float64),
+            status=np.array(self.status, dtype=np.int8),
+            power_method=np.array(self.power_method, dtype=np.int8),
+            energy_method=np.array(self.energy_method, dtype=np.int8),
+            messages=tuple(self.messages),
+        )
+
+
 @runtime_checkable
 class PowerBackend(Protocol):
     """What every device backend offers: a fixed device list and one vectorised read."""
@@ -308,6 +443,20 @@ class PowerBackend(Protocol):
 
     def close(self) -> None:
         """Release the vendor library or files; idempotent."""
+        ...
+
+
+@runtime_checkable
+class FlatReader(Protocol):
+    """A backend that also hands a tick over as lists: the sampler then calls `read_flat`.
+
+    ``read_flat()`` must give the same figures as ``read()`` would at that moment (the same
+    calls, the same statuses); it exists only to spare the per-tick numpy round trip. The lists
+    it returns are the caller's to keep (the sampler holds on to them): new ones every tick.
+    """
+
+    def read_flat(self) -> FlatReadings:
+        """Read every device once, as lists."""
         ...
 
 

@@ -30,6 +30,9 @@ node of identical GPUs. A MIG entry selects its parent GPU, flagged ``mig``: NVM
 energy for the whole GPU, shared by all its instances. A GPU named twice (two MIG instances of one
 GPU) is metered once, so nothing is counted twice.
 
+Each read fills a `meters.backends.base.FlatBuffer`: `NvmlBackend.read` freezes it into the
+`Readings`, `NvmlBackend.read_flat` hands its lists to the sampler as they are.
+
 Failures: NVML errors are translated once, by `translate_nvml_error`. A GPU that falls off the bus
 (GPU is lost, reset required, unknown error) is marked `DeviceStatus.LOST` from then on and is not
 called again; the other GPUs carry on. A transient failure (timeout, no data, ...) makes that
@@ -44,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -52,9 +56,10 @@ from meters.backends.base import (
     Clock,
     DeviceInfo,
     DeviceStatus,
+    FlatBuffer,
+    FlatReadings,
     Method,
     Readings,
-    ReadingsBuffer,
     SystemClock,
     UncertaintyHint,
 )
@@ -181,6 +186,14 @@ _VALUE_MEMBERS = {
     NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
     NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
     NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+
+# Value types that hold a finite, non-negative number whatever the bits (the read's fast path).
+_UNSIGNED_MEMBERS = {
+    NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
     NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
 }
 
@@ -358,14 +371,11 @@ class NvmlBackend:
 
     def read(self) -> Readings:
         """Read power and counter of every selected GPU; per-GPU failures become statuses."""
-        buffer = ReadingsBuffer(
-            len(self._gpus), t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s()
-        )
-        for i, gpu in enumerate(self._gpus):
-            t0_s = self._clock.monotonic_s()
-            self._read_one(buffer, i, gpu)
-            buffer.stamp(i, 0.5 * (t0_s + self._clock.monotonic_s()))
-        return buffer.freeze()
+        return self._read_all().freeze()
+
+    def read_flat(self) -> FlatReadings:
+        """`read` as plain lists (`meters.backends.base.FlatReader`: the sampler's fast path)."""
+        return self._read_all().flat()
 
     def close(self) -> None:
         """Shut NVML down (once; later calls do nothing)."""
@@ -558,7 +568,57 @@ class NvmlBackend:
         )
         return _Gpu(info, entry.handle, None, Method.NONE, False, lost=entry.error or "lost")
 
-    def _read_one(self, buffer: ReadingsBuffer, i: int, gpu: _Gpu) -> None:
+    def _read_all(self) -> FlatBuffer:
+        """Every selected GPU, once, into a `FlatBuffer`.
+
+        The common case is handled here, inline: a GPU whose power and energy come in one
+        field-values call, both fields answered, as unsigned integers (finite and non-negative
+        by type, so the buffer's checks cannot fail and are skipped). At 10 Hz the helper calls
+        of the general path cost about as much as the NVML call itself. Anything else (the call
+        or a field failed, another value type, a GPU read with two calls, a lost one) goes the
+        general way, with the result of the same call.
+        """
+        clock = self._clock
+        system = type(clock) is SystemClock
+        monotonic_s = time.monotonic if system else clock.monotonic_s
+        t_wall_s = time.time() if system else clock.wall_s()
+        buffer = FlatBuffer(len(self._gpus), t_wall_s=t_wall_s, t_mono_s=monotonic_s())
+        t_mono_s = buffer.t_mono_s
+        read_fields = self._nvml.nvmlDeviceGetFieldValues
+        nvml_error = self._nvml.NVMLError
+        power_w, power_method = buffer.power_w, buffer.power_method
+        energy_j, energy_method = buffer.energy_j, buffer.energy_method
+        counter = Method.COUNTER
+        for i, gpu in enumerate(self._gpus):
+            t0_s = monotonic_s()
+            fields = gpu.combined
+            if fields is None or gpu.lost:
+                self._read_one(buffer, i, gpu)
+            else:
+                try:
+                    values = read_fields(gpu.handle, fields)
+                except nvml_error as e:
+                    self._read_combined(buffer, i, gpu, e)
+                else:
+                    power, energy = values
+                    p_member = (
+                        _UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
+                    )
+                    e_member = (
+                        _UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
+                    )
+                    if p_member is not None and e_member is not None:
+                        power_w[i] = getattr(power.value, p_member) / 1000.0
+                        power_method[i] = gpu.power_method
+                        energy_j[i] = getattr(energy.value, e_member) / 1000.0
+                        energy_method[i] = counter
+                    else:
+                        self._read_combined(buffer, i, gpu, values)
+            t_mono_s[i] = 0.5 * (t0_s + monotonic_s())  # the call's midpoint (wall time follows)
+        return buffer
+
+    def _read_one(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:
+        """A GPU that is lost, offers nothing, or is read with two calls."""
         if gpu.lost:
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
             return
@@ -567,9 +627,6 @@ class NvmlBackend:
             return
         uid = gpu.info.uid
         try:
-            if gpu.combined is not None:
-                self._read_combined(buffer, i, gpu, gpu.combined)
-                return
             if gpu.power_method != Method.NONE:
                 try:
                     buffer.set_power(i, self._power_mw(gpu) / 1000.0, gpu.power_method)
@@ -587,24 +644,35 @@ class NvmlBackend:
             gpu.lost = str(e)
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
 
-    def _read_combined(self, buffer: ReadingsBuffer, i: int, gpu: _Gpu, fields: list[int]) -> None:
-        """Power and counter from one field-values call; each field fails on its own."""
+    def _read_combined(self, buffer: FlatBuffer, i: int, gpu: _Gpu, result: Any) -> None:
+        """The general handling of one field-values call for power and counter.
+
+        Args:
+            result: What the call gave: the field values, or the NVML error it raised.
+        """
         uid = gpu.info.uid
+        fields = gpu.combined
+        assert fields is not None
         try:
-            power, energy = self._call(
-                self._nvml.nvmlDeviceGetFieldValues, gpu.handle, fields, device=uid
-            )
+            if isinstance(result, Exception):
+                code = getattr(result, "value", NVML_ERROR_UNKNOWN)
+                call = "nvmlDeviceGetFieldValues"
+                raise translate_nvml_error(int(code), call=call, device=uid) from result
+            power, energy = result
+            try:
+                power_w = _field_number(power, fields[0], uid) / 1000.0
+                buffer.set_power(i, power_w, gpu.power_method)
+            except _TRANSIENT as e:
+                buffer.fail(i, _status_of(e), str(e))
+            try:
+                buffer.set_energy(i, _field_number(energy, fields[1], uid) / 1000.0)
+            except _TRANSIENT as e:
+                buffer.fail(i, _status_of(e), str(e))
+        except DeviceLost as e:
+            gpu.lost = str(e)
+            buffer.fail(i, DeviceStatus.LOST, gpu.lost)
         except _TRANSIENT as e:
             # the one call carried both figures: both are missing this tick
-            buffer.fail(i, _status_of(e), str(e))
-            return
-        try:
-            buffer.set_power(i, _field_number(power, fields[0], uid) / 1000.0, gpu.power_method)
-        except _TRANSIENT as e:
-            buffer.fail(i, _status_of(e), str(e))
-        try:
-            buffer.set_energy(i, _field_number(energy, fields[1], uid) / 1000.0)
-        except _TRANSIENT as e:
             buffer.fail(i, _status_of(e), str(e))
 
     def _power_mw(self, gpu: _Gpu) -> float:

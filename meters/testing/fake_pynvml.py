@@ -21,6 +21,8 @@ clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scrip
   ``energy_field_offset_mj`` to mimic a driver whose field disagrees;
 - ``call_latency_s``: every call on the GPU takes that long (a `ManualClock` is advanced, a real
   clock is slept on);
+- ``slow_calls``: calls started during a time window take that much longer (`SlowCall`: a GPU
+  that turns sluggish mid-run, or hangs for a while, as one falling off the bus can);
 - ``counter_update_s``: the counter only moves every so often, as on real GPUs (20-100 ms).
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import struct
 import time
 import uuid as uuidlib
 from collections import Counter
@@ -72,6 +75,27 @@ class c_nvmlFieldValue_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
 
 
 _FieldValue = c_nvmlFieldValue_t
+
+# How the fake driver writes a c_nvmlFieldValue_t: fieldId, scopeId, timestamp, latencyUsec,
+# valueType, nvmlReturn, then the union member of the value's type, in the struct's native
+# layout, in one struct.pack_into per field (as the C library fills it, not attribute by
+# attribute through ctypes).
+_SLOT_SIZE = ctypes.sizeof(_FieldValue)
+_HEADER = "@IIqqII"
+_NO_VALUE = struct.Struct(_HEADER)
+_WITH_VALUE = {
+    name: struct.Struct(_HEADER + code)
+    for name, code in (
+        ("dVal", "d"),
+        ("uiVal", "I"),
+        ("ulVal", "L"),
+        ("ullVal", "Q"),
+        ("sllVal", "q"),
+        ("siVal", "i"),
+        ("usVal", "H"),
+    )
+}
+assert _NO_VALUE.size == c_nvmlFieldValue_t.value.offset  # the layout the formats assume
 
 
 class NVMLError(Exception):
@@ -141,6 +165,25 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowCall:
+    """Calls started while start <= t < end take ``latency_s`` seconds longer.
+
+    ``call`` (None: every call) names the one NVML function that is slow. The extra time is
+    spent like ``call_latency_s``, half before the value is taken and half after; a window the
+    call overlaps but did not start in does not slow it.
+    """
+
+    latency_s: float
+    start_s: float = 0.0
+    end_s: float = math.inf
+    call: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.latency_s >= 0 and math.isfinite(self.latency_s)):
+            raise ValueError(f"latency_s must be a finite number >= 0, got {self.latency_s!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class FakeGpu:
     """One fake GPU. Times are seconds since the fake driver loaded; power limit in mW.
 
@@ -164,6 +207,7 @@ class FakeGpu:
         lost_at_s: Falls off the bus at this time.
         faults: Scripted failures.
         call_latency_s: How long every call on this GPU takes.
+        slow_calls: Windows in which (some) calls take longer.
         mig_devices: UUIDs (``MIG-…``) of its MIG instances; non-empty means MIG mode is on.
     """
 
@@ -184,6 +228,7 @@ class FakeGpu:
     lost_at_s: float | None = None
     faults: tuple[Fault, ...] = ()
     call_latency_s: float = 0.0
+    slow_calls: tuple[SlowCall, ...] = ()
     mig_devices: tuple[str, ...] = ()
 
     def counter_supported(self) -> bool:
@@ -204,6 +249,15 @@ class FakeGpu:
         """Whether ``nvmlDeviceGetPowerUsage`` returns the 1 s mean."""
         ampere_plus = self.architecture >= codes.NVML_DEVICE_ARCH_AMPERE
         return ampere_plus if self.usage_average is None else self.usage_average
+
+    def latency_s(self, call: str, t_s: float) -> float:
+        """How long ``call`` started at ``t_s`` takes, s (``call_latency_s`` plus slow windows)."""
+        extra_s = sum(
+            slow.latency_s
+            for slow in self.slow_calls
+            if slow.call in (None, call) and slow.start_s <= t_s < slow.end_s
+        )
+        return self.call_latency_s + extra_s
 
 
 def h100(**overrides: Any) -> FakeGpu:
@@ -285,6 +339,9 @@ class FakeNvml:
         self.init_error = init_error
         self.refcount = 0
         self.calls: Counter[tuple[str, int]] = Counter()
+        # Per GPU, the field values it answers (a FakeGpu is frozen): looked up, not worked out
+        # on every call, as the driver knows what its GPU supports.
+        self._answers = tuple(_answers(gpu) for gpu in self.gpus)
 
     def __getattr__(self, name: str) -> Any:
         # The module's remaining NVML_* constants and NVMLError_* classes, as pynvml exposes them.
@@ -323,7 +380,8 @@ class FakeNvml:
         position = handle.position
         gpu = self.gpus[position]
         self.calls[(call, position)] += 1
-        half_latency_s = 0.5 * gpu.call_latency_s
+        scripted = gpu.call_latency_s or gpu.slow_calls
+        half_latency_s = 0.5 * gpu.latency_s(call, self.now_s()) if scripted else 0.0
         if half_latency_s > 0:
             self._wait(half_latency_s)
         try:
@@ -448,24 +506,26 @@ class FakeNvml:
     ) -> ctypes.Array[_FieldValue]:
         """Field values as a ``c_nvmlFieldValue_t`` array; per-field ``nvmlReturn``."""
 
+        answers = self._answers[handle.position]
+
         def values(gpu: FakeGpu, t_s: float) -> ctypes.Array[_FieldValue]:
             array = (_FieldValue * len(field_ids))()
             wall_us = int(self.clock.wall_s() * 1e6)
-            for slot, requested in zip(array, field_ids, strict=True):
+            for slot, requested in enumerate(field_ids):
                 field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
-                slot.fieldId, slot.scopeId, slot.timestamp = field_id, scope_id, wall_us
-                code = _field_fault(gpu, field_id, t_s)
-                answer = _FIELDS.get(field_id)
-                if code is None and (answer is None or scope_id != 0 or not answer[0](gpu)):
+                code = _field_fault(gpu, field_id, t_s) if gpu.faults else None
+                answer = answers.get(field_id) if scope_id == 0 else None
+                if code is None and answer is None:
                     code = codes.NVML_ERROR_NOT_SUPPORTED
+                head = (field_id, scope_id, wall_us, 0)
                 if code is not None or answer is None:
-                    slot.valueType = codes.NVML_VALUE_TYPE_UNSIGNED_INT
-                    slot.nvmlReturn = code
+                    unsigned = codes.NVML_VALUE_TYPE_UNSIGNED_INT
+                    _NO_VALUE.pack_into(array, slot * _SLOT_SIZE, *head, unsigned, code)
                     continue
                 _, value_type, member, read = answer
-                slot.valueType = value_type
-                slot.nvmlReturn = codes.NVML_SUCCESS
-                setattr(slot.value, member, read(gpu, t_s))
+                _WITH_VALUE[member].pack_into(
+                    array, slot * _SLOT_SIZE, *head, value_type, codes.NVML_SUCCESS, read(gpu, t_s)
+                )
             return array
 
         return self._on_gpu("nvmlDeviceGetFieldValues", handle, values)
@@ -504,12 +564,13 @@ def _field_fault(gpu: FakeGpu, field_id: int, t_s: float) -> int | None:
 
 
 _COUNTER_CALL = "nvmlDeviceGetTotalEnergyConsumption"
+_Answer = tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu, float], int]]
 
 
 # The field values the fake answers: field id -> (supported on this GPU?, NVML value type, the
 # c_nvmlValue_t member it fills, its value at t_s). Power in mW as an unsigned int, energy in mJ
 # as an unsigned long long, as the real driver returns them.
-_FIELDS: dict[int, tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu, float], int]]] = {
+_FIELDS: dict[int, _Answer] = {
     codes.NVML_FI_DEV_POWER_INSTANT: (
         FakeGpu.fields_supported,
         codes.NVML_VALUE_TYPE_UNSIGNED_INT,
@@ -529,6 +590,43 @@ _FIELDS: dict[int, tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu,
         _energy_field_mj,
     ),
 }
+
+
+def _answers(gpu: FakeGpu) -> dict[int, _Answer]:
+    """The field values ``gpu`` answers, by field id, each with what reads it.
+
+    Two readers are bound to the GPU, with the same float operations (the same values) and
+    less of the fake's own work: the instantaneous power calls the profile directly, and where
+    nothing moves the counter's origin (no reload, no update period) the ENERGY field takes
+    the profile's primitive at load once instead of on every read.
+    """
+    answers = {field_id: answer for field_id, answer in _FIELDS.items() if answer[0](gpu)}
+    profile = gpu.profile
+    instant = answers.get(codes.NVML_FI_DEV_POWER_INSTANT)
+    if instant is not None:
+        power_at_w = profile.power_at_w
+
+        def read_power(gpu: FakeGpu, t_s: float) -> int:
+            return round(1000.0 * power_at_w(t_s))
+
+        answers[codes.NVML_FI_DEV_POWER_INSTANT] = (*instant[:3], read_power)
+    energy = answers.get(codes.NVML_FI_DEV_ENERGY)
+    if (
+        energy is None
+        or gpu.reloads_at_s
+        or gpu.counter_update_s > 0
+        or type(profile).energy_between_j is not Profile.energy_between_j
+    ):
+        return answers
+    primitive_j = profile.primitive_at_j
+    at_load_j = primitive_j(0.0)
+    start_mj = gpu.counter_start_mj + gpu.energy_field_offset_mj
+
+    def read(gpu: FakeGpu, t_s: float) -> int:
+        return max(0, start_mj + math.floor(1000.0 * (primitive_j(t_s) - at_load_j)))
+
+    answers[codes.NVML_FI_DEV_ENERGY] = (*energy[:3], read)
+    return answers
 
 
 def counter_mj(gpu: FakeGpu, t_s: float) -> int:

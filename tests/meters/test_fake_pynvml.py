@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 
 from meters.backends import nvml as codes
-from meters.backends.simulated import Bursty, steady
+from meters.backends.simulated import Bursty, Ramp, steady
 from meters.testing import ManualClock
 from meters.testing import fake_pynvml as fake_module
 from meters.testing.fake_pynvml import FakeGpu, FakeHandle, FakeNvml, Fault, a100, h100, p100
@@ -195,6 +195,27 @@ def test_energy_field_is_the_counter_as_an_unsigned_long_long() -> None:
     assert energy.nvmlReturn == codes.NVML_ERROR_NOT_SUPPORTED
     (energy,) = fake.nvmlDeviceGetFieldValues(FakeHandle(2), [codes.NVML_FI_DEV_ENERGY])
     assert energy.value.ullVal == fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(2)) - 3
+
+
+@pytest.mark.parametrize(
+    "gpu",
+    [
+        h100(profile=Bursty(150.0, 680.0, period_s=2.0, duty=0.6, phase_s=0.4)),
+        h100(profile=Ramp(120.0, 650.0, duration_s=3.0, t_start_s=0.5), counter_start_mj=7),
+        h100(profile=steady(333.3), energy_field_offset_mj=5),
+        h100(profile=Bursty(90.0, 240.0, period_s=1.3), reloads_at_s=(1.05,)),
+        h100(profile=steady(250.0), counter_update_s=0.05),
+    ],
+)
+def test_the_energy_field_reads_the_counter_to_the_millijoule(gpu: FakeGpu) -> None:
+    clock = ManualClock()
+    fake = FakeNvml([gpu], clock=clock)
+    fake.nvmlInit()
+    for _ in range(40):
+        clock.advance(0.0937)
+        (energy,) = fake.nvmlDeviceGetFieldValues(FakeHandle(0), [codes.NVML_FI_DEV_ENERGY])
+        counter = fake.nvmlDeviceGetTotalEnergyConsumption(FakeHandle(0))
+        assert energy.value.ullVal == counter + gpu.energy_field_offset_mj
 
 
 def test_a_field_fault_answers_in_that_field_only() -> None:
