@@ -30,6 +30,7 @@ from db import migrate
 from db.engine import make_engine, make_sessionmaker, normalize_url
 from db.models import Scope
 from db.repository import get_or_create_project
+from meters.chunker import chunk_payload
 from meters.wire import ChunkPayload, DevicePayload
 from service.auth import issue_token
 
@@ -241,32 +242,17 @@ def meter_chunks(
             a = k * samples_per_chunk
             b = a + samples_per_chunk
             chunks.append(
-                {
-                    "device_key": device["key"],
-                    "seq": k,
-                    "t0_s": float(s.t0_s[k]),
-                    "t1_s": float(s.t1_s[k]),
-                    "n": samples_per_chunk,
-                    "method": "counter",
-                    "energy_j": float(s.energy_j[k]),
-                    "energy_low_j": float(s.energy_low_j[k]),
-                    "energy_high_j": float(s.energy_high_j[k]),
-                    "sensor_uncertainty_j": float(s.sensor_uncertainty_j[k]),
-                    "bound_below_j": float(s.bound_below_j[k]),
-                    "bound_above_j": float(s.bound_above_j[k]),
-                    "min_power_w": float(s.min_power_w[k]),
-                    "mean_power_w": float(s.mean_power_w[k]),
-                    "max_power_w": float(s.max_power_w[k]),
-                    "gap_s": float(s.gap_s[k]),
-                    "gap_count": int(s.gap_count[k]),
-                    "reset_count": int(s.reset_count[k]),
-                    "wrap_count": int(s.wrap_count[k]),
-                    "samples": {
+                chunk_payload(
+                    s,
+                    k,
+                    device_key=device["key"],
+                    seq=k,
+                    samples={
                         "t_s": t[a:b].tolist(),
                         "power_w": power_w[a:b].tolist(),
                         "energy_j": counter_j[a:b].tolist(),
                     },
-                }
+                )
             )
         out.append(chunks)
     return out

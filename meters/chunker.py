@@ -87,6 +87,7 @@ __all__ = [
     "DeviceChunker",
     "DeviceSummary",
     "SealJob",
+    "chunk_payload",
     "device_payload",
     "reading_model",
     "seal",
@@ -157,6 +158,51 @@ def reading_model(info: DeviceInfo, *, interval_s: float) -> tuple[float, float]
             return 0.0, 0.0
         return min(1.0, window_s / interval_s), 0.0
     return 1.0, 0.0
+
+
+def chunk_payload(
+    s: ChunkSummaries,
+    k: int,
+    *,
+    device_key: str,
+    seq: int,
+    samples: SamplesPayload | None,
+    origin_s: float = 0.0,
+) -> ChunkPayload:
+    """The wire chunk whose figures are entry ``k`` of the kernel's summaries ``s``.
+
+    Args:
+        s: `accounting.integrate.summarize_chunks` output (times relative to ``origin_s``).
+        k: Which chunk of ``s``.
+        device_key: The device's wire key.
+        seq: The chunk's number for that device.
+        samples: Its raw samples, or None to send the summary only.
+        origin_s: Added to ``s``'s times to make them unix seconds.
+    """
+    payload: ChunkPayload = {
+        "device_key": device_key,
+        "seq": seq,
+        "t0_s": float(s.t0_s[k]) + origin_s,
+        "t1_s": float(s.t1_s[k]) + origin_s,
+        "n": int(s.n[k]),
+        "method": _WIRE_METHODS[str(s.method[k])],
+        "energy_j": float(s.energy_j[k]),
+        "energy_low_j": float(s.energy_low_j[k]),
+        "energy_high_j": float(s.energy_high_j[k]),
+        "sensor_uncertainty_j": float(s.sensor_uncertainty_j[k]),
+        "bound_below_j": float(s.bound_below_j[k]),
+        "bound_above_j": float(s.bound_above_j[k]),
+        "min_power_w": float(s.min_power_w[k]),
+        "mean_power_w": float(s.mean_power_w[k]),
+        "max_power_w": float(s.max_power_w[k]),
+        "gap_s": float(s.gap_s[k]),
+        "gap_count": int(s.gap_count[k]),
+        "reset_count": int(s.reset_count[k]),
+        "wrap_count": int(s.wrap_count[k]),
+    }
+    if samples is not None:
+        payload["samples"] = samples
+    return payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,28 +593,9 @@ class DeviceChunker:
         counter = job.counter_j[:own]
         if not any(c != c for c in counter):  # no NaN
             samples["energy_j"] = counter
-        payload: ChunkPayload = {
-            "device_key": self.key,
-            "seq": self.next_seq,
-            "t0_s": float(s.t0_s[k]) + origin_s,
-            "t1_s": float(s.t1_s[k]) + origin_s,
-            "n": int(s.n[k]),
-            "method": _WIRE_METHODS[str(s.method[k])],
-            "energy_j": float(s.energy_j[k]),
-            "energy_low_j": float(s.energy_low_j[k]),
-            "energy_high_j": float(s.energy_high_j[k]),
-            "sensor_uncertainty_j": float(s.sensor_uncertainty_j[k]),
-            "bound_below_j": float(s.bound_below_j[k]),
-            "bound_above_j": float(s.bound_above_j[k]),
-            "min_power_w": float(s.min_power_w[k]),
-            "mean_power_w": float(s.mean_power_w[k]),
-            "max_power_w": float(s.max_power_w[k]),
-            "gap_s": float(s.gap_s[k]),
-            "gap_count": int(s.gap_count[k]),
-            "reset_count": int(s.reset_count[k]),
-            "wrap_count": int(s.wrap_count[k]),
-            "samples": samples,
-        }
+        payload = chunk_payload(
+            s, k, device_key=self.key, seq=self.next_seq, origin_s=origin_s, samples=samples
+        )
         self.next_seq += 1
         return payload
 
