@@ -38,6 +38,7 @@ from db.factors import (
     resolve_context,
     unavailable_reasons,
 )
+from db.ledger import entry_accounted_at
 from db.models import LedgerEntry, RunStatus
 from db.repository import RunRecord
 from db.types import utcnow
@@ -199,16 +200,6 @@ def _entries(
     return out
 
 
-def _instant(provenance: Mapping[str, Any], fallback: datetime) -> datetime:
-    text = provenance.get("accounted_at")
-    if isinstance(text, str):
-        try:
-            return datetime.fromisoformat(text)
-        except ValueError:
-            pass
-    return fallback
-
-
 def _applied(entry: _Entry | None, key: str) -> AppliedVersion | None:
     record = None if entry is None else entry.provenance.get(key)
     return AppliedVersion.from_record(record) if isinstance(record, Mapping) else None
@@ -253,7 +244,7 @@ def _frozen(run: RunRecord, entries: Sequence[_Entry]) -> RunBasis | None:
     pue_record = None if facility is None else facility.provenance.get("pue")
     if facility is None or not isinstance(pue_record, Mapping):
         return None
-    at = _instant(it.provenance, run.ended_at or utcnow())
+    at = entry_accounted_at(it.provenance, run.ended_at or utcnow())
     region = facility.provenance.get("region")
     region = region if isinstance(region, str) else None
     location = _applied(batch.get("co2e_location"), "factor")

@@ -42,10 +42,10 @@ two agree to the last bit.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -334,6 +334,77 @@ def _same_owner(column: Any, project_id: int | None) -> sa.ColumnElement[bool]:
     return same
 
 
+_VersionRow = TypeVar("_VersionRow", EmissionFactor, Tariff)
+
+
+def _add_version(
+    session: Session,
+    model: type[_VersionRow],
+    key: Sequence[sa.ColumnElement[bool]],
+    *,
+    label: Callable[[_VersionRow], str],
+    route: str,
+    project_id: int | None,
+    valid_from: datetime,
+    valid_to: datetime | None,
+    **fields: Any,
+) -> _VersionRow:
+    """Insert a version of ``model`` unless its window overlaps one of the same ``key`` and
+    owner (a 409 naming that version; ``route`` is where it is closed)."""
+    _serialise(session, model.__tablename__)
+    clash = session.scalars(
+        sa.select(model)
+        .where(
+            *key,
+            _same_owner(model.project_id, project_id),
+            _overlaps(model.valid_from, model.valid_to, valid_from, valid_to),
+        )
+        .order_by(model.valid_from)
+        .limit(1)
+    ).one_or_none()
+    if clash is not None:
+        raise Conflict(
+            f"[{_window(valid_from, valid_to)}) overlaps {label(clash)}; "
+            f"close that version first (POST /api/v1/{route}/{clash.id}/close) or choose a "
+            "window that does not overlap it",
+            field="valid_from",
+        )
+    row = model(project_id=project_id, valid_from=valid_from, valid_to=valid_to, **fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _close_version(session: Session, row: EmissionFactor | Tariff, valid_to: datetime) -> None:
+    """End an open-ended version at ``valid_to``; versions are never otherwise edited."""
+    if row.valid_to is not None:
+        raise Conflict(
+            f"version {row.id} is already closed at {row.valid_to.isoformat()}; versions are "
+            "never edited: add a new one",
+            field="valid_to",
+        )
+    _check_window(row.valid_from, valid_to)
+    row.valid_to = valid_to
+    session.flush()
+
+
+def _find_version(
+    session: Session,
+    model: type[_VersionRow],
+    covering: sa.ColumnElement[bool],
+    project_id: int | None,
+) -> _VersionRow | None:
+    """The version matching ``covering``: the project's own first, else a shared one."""
+    owners = [project_id, None] if project_id is not None else [None]
+    for owner in owners:
+        row = session.scalars(
+            sa.select(model).where(covering, _same_owner(model.project_id, owner)).limit(1)
+        ).one_or_none()
+        if row is not None:
+            return row
+    return None
+
+
 # --------------------------------------------------------------------------- emission factors
 
 
@@ -370,40 +441,27 @@ def add_factor(
     """
     _check_window(valid_from, valid_to)
     region = normalize_region(region)
-    _serialise(session, "emission_factor")
-    clash = session.scalars(
-        sa.select(EmissionFactor)
-        .where(
+    row = _add_version(
+        session,
+        EmissionFactor,
+        (
             EmissionFactor.region == region,
             EmissionFactor.basis == basis,
             EmissionFactor.rate == rate,
-            _same_owner(EmissionFactor.project_id, project_id),
-            _overlaps(EmissionFactor.valid_from, EmissionFactor.valid_to, valid_from, valid_to),
-        )
-        .order_by(EmissionFactor.valid_from)
-        .limit(1)
-    ).one_or_none()
-    if clash is not None:
-        raise Conflict(
-            f"[{_window(valid_from, valid_to)}) overlaps {_factor_version(clash).label()}; "
-            f"close that version first (POST /api/v1/factors/{clash.id}/close) or choose a "
-            "window that does not overlap it",
-            field="valid_from",
-        )
-    row = EmissionFactor(
+        ),
+        label=lambda clash: _factor_version(clash).label(),
+        route="factors",
         project_id=project_id,
+        valid_from=valid_from,
+        valid_to=valid_to,
         region=region,
         basis=basis,
         rate=rate,
         value=value,
         unit=unit,
-        valid_from=valid_from,
-        valid_to=valid_to,
         source=source,
         year=year,
     )
-    session.add(row)
-    session.flush()
     return _factor_version(row)
 
 
@@ -433,15 +491,7 @@ def close_factor(
     """
     _serialise(session, "emission_factor")
     row = _load_factor(session, factor_id, project_id)
-    if row.valid_to is not None:
-        raise Conflict(
-            f"version {row.id} is already closed at {row.valid_to.isoformat()}; versions are "
-            "never edited: add a new one",
-            field="valid_to",
-        )
-    _check_window(row.valid_from, valid_to)
-    row.valid_to = valid_to
-    session.flush()
+    _close_version(session, row, valid_to)
     return _factor_version(row)
 
 
@@ -494,15 +544,9 @@ def find_factor(
         EmissionFactor.valid_from <= at,
         sa.or_(EmissionFactor.valid_to.is_(None), EmissionFactor.valid_to > at),
     )
-    owners = [project_id, None] if project_id is not None else [None]
-    for owner in owners:
-        row = session.scalars(
-            sa.select(EmissionFactor)
-            .where(covering, _same_owner(EmissionFactor.project_id, owner))
-            .limit(1)
-        ).one_or_none()
-        if row is not None:
-            return _factor_version(row)
+    row = _find_version(session, EmissionFactor, covering, project_id)
+    if row is not None:
+        return _factor_version(row)
     if basis is FactorBasis.LOCATION and rate is FactorRate.AVERAGE:
         return next((f for f in builtin_factors() if f.region == region), None)
     return None
@@ -531,36 +575,21 @@ def add_tariff(
     """
     _check_window(valid_from, valid_to)
     region = normalize_region(region)
-    _serialise(session, "tariff")
-    clash = session.scalars(
-        sa.select(Tariff)
-        .where(
-            Tariff.region == region,
-            _same_owner(Tariff.project_id, project_id),
-            _overlaps(Tariff.valid_from, Tariff.valid_to, valid_from, valid_to),
-        )
-        .order_by(Tariff.valid_from)
-        .limit(1)
-    ).one_or_none()
-    if clash is not None:
-        raise Conflict(
-            f"[{_window(valid_from, valid_to)}) overlaps {_tariff_version(clash).label()}; "
-            f"close that version first (POST /api/v1/tariffs/{clash.id}/close) or choose a "
-            "window that does not overlap it",
-            field="valid_from",
-        )
-    row = Tariff(
+    row = _add_version(
+        session,
+        Tariff,
+        (Tariff.region == region,),
+        label=lambda clash: _tariff_version(clash).label(),
+        route="tariffs",
         project_id=project_id,
+        valid_from=valid_from,
+        valid_to=valid_to,
         region=region,
         value=value,
         unit=unit,
-        valid_from=valid_from,
-        valid_to=valid_to,
         source=source,
         year=year,
     )
-    session.add(row)
-    session.flush()
     return _tariff_version(row)
 
 
@@ -578,15 +607,7 @@ def close_tariff(
     row = session.get(Tariff, tariff_id)
     if row is None or row.project_id != project_id:
         raise NotFound("tariff", tariff_id)
-    if row.valid_to is not None:
-        raise Conflict(
-            f"version {row.id} is already closed at {row.valid_to.isoformat()}; versions are "
-            "never edited: add a new one",
-            field="valid_to",
-        )
-    _check_window(row.valid_from, valid_to)
-    row.valid_to = valid_to
-    session.flush()
+    _close_version(session, row, valid_to)
     return _tariff_version(row)
 
 
@@ -615,14 +636,8 @@ def find_tariff(
         Tariff.valid_from <= at,
         sa.or_(Tariff.valid_to.is_(None), Tariff.valid_to > at),
     )
-    owners = [project_id, None] if project_id is not None else [None]
-    for owner in owners:
-        row = session.scalars(
-            sa.select(Tariff).where(covering, _same_owner(Tariff.project_id, owner)).limit(1)
-        ).one_or_none()
-        if row is not None:
-            return _tariff_version(row)
-    return None
+    row = _find_version(session, Tariff, covering, project_id)
+    return None if row is None else _tariff_version(row)
 
 
 # --------------------------------------------------------------------------- project settings

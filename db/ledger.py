@@ -335,7 +335,8 @@ def append(
     return _record(row, slug)
 
 
-def _accounted_at(provenance: Mapping[str, Any], fallback: datetime) -> datetime:
+def entry_accounted_at(provenance: Mapping[str, Any], fallback: datetime) -> datetime:
+    """When an entry was accounted (``provenance["accounted_at"]``), else ``fallback``."""
     text = provenance.get("accounted_at")
     if isinstance(text, str):
         try:
@@ -359,7 +360,7 @@ def _record(row: LedgerEntry, slug: str, superseded_by: int | None = None) -> Le
         unit_si=row.unit_si,
         value_given=row.value_given,
         unit_given=row.unit_given,
-        accounted_at=_accounted_at(provenance, row.created_at),
+        accounted_at=entry_accounted_at(provenance, row.created_at),
         created_at=row.created_at,
         provenance=provenance,
         prev_hash=row.prev_hash,

@@ -19,6 +19,8 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from accounting.carbon import J_PER_KWH
+
 __all__ = ["TEMPLATES_DIR", "environment", "render"]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -71,7 +73,7 @@ def kwh(value_j: float | None) -> str:
     if _missing(value_j):
         return _NA
     assert value_j is not None
-    value = value_j / 3.6e6
+    value = value_j / J_PER_KWH
     if abs(value) >= 1e4:
         return f"{num(value / 1e3, 4)} MWh"
     return f"{num(value, 4)} kWh"
