@@ -218,7 +218,7 @@ def meter_chunks(
     """
     rng = np.random.default_rng(seed)
     out: list[list[ChunkPayload]] = []
-    n = chunks_per_device * samples_per_chunk + 1  # the last sample bridges the last chunk
+    n = chunks_per_device * samples_per_chunk  # a meter's last chunk ends at its last sample
     for device in devices:
         t = t0_s + interval_s * np.arange(n) + rng.uniform(-1e-3, 1e-3, n)
         phase = rng.uniform(0, 2 * np.pi)
@@ -232,7 +232,7 @@ def meter_chunks(
         s = summarize_chunks(
             t,
             power_w,
-            chunk_starts=np.arange(0, n - 1, samples_per_chunk),
+            chunk_starts=np.arange(0, n, samples_per_chunk),
             counter_j=counter_j,
             max_power_w=LIMIT_W,
             nominal_interval_s=interval_s,
