@@ -55,7 +55,6 @@ from sqlalchemy.orm import Session
 from db import repository
 from db.engine import make_engine, make_sessionmaker
 from db.models import Chunk, Device, RunKind
-from db.samples import encode_samples
 from db.types import utcnow
 from meters.wire import (
     BATCH_BINARY,
@@ -208,12 +207,17 @@ def _raw_rows(
                 per_batch = []
                 for chunks in batches:
                     parsed = IngestBatchIn.model_validate_json(dumps_batch(devs, chunks))
-                    prepared = prepare_batch(parsed, max_chunks=10**6, max_samples_per_chunk=10**6)
+                    prepared = prepare_batch(
+                        parsed,
+                        max_chunks=10**6,
+                        max_samples_per_chunk=10**6,
+                        compress_samples=compress,
+                    )
                     ids = _device_ids(session, project.id, run_id, prepared.devices)
                     now = utcnow()
                     rows = []
                     for c in prepared.chunks:
-                        assert c.samples is not None
+                        assert c.blob is not None
                         values = {
                             "run_id": run_id,
                             "device_id": ids[c.device_key],
@@ -234,7 +238,7 @@ def _raw_rows(
                             "reset_count": c.reset_count,
                             "wrap_count": c.wrap_count,
                             "content_hash": c.content_hash,
-                            "samples": encode_samples(c.samples, compress=compress),
+                            "samples": c.blob,
                             "created_at": now,
                         }
                         rows.append(tuple(values[name] for name in names))
@@ -333,7 +337,7 @@ def profile(
     def handle_all() -> None:
         for body in workload.bodies[encoding][0]:
             with sessions() as session, session.begin():
-                prepared = _prepare(body, encoding)
+                prepared = _prepare(body, encoding, compress=compress)
                 repository.ingest_chunks(
                     session,
                     project_id=token_project,
@@ -356,8 +360,12 @@ def profile(
     pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
-def _prepare(body: bytes, encoding: SampleEncoding) -> PreparedBatch:
-    limits = {"max_chunks": 10**6, "max_samples_per_chunk": 10**6}
+def _prepare(body: bytes, encoding: SampleEncoding, *, compress: bool) -> PreparedBatch:
+    limits: dict[str, Any] = {
+        "max_chunks": 10**6,
+        "max_samples_per_chunk": 10**6,
+        "compress_samples": compress,
+    }
     if encoding == BATCH_BINARY:
         return prepare_binary_batch(body, **limits)
     return prepare_batch(IngestBatchIn.model_validate_json(body), **limits)

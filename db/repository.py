@@ -41,7 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 from uuid import UUID
 
 import numpy as np
@@ -281,12 +281,15 @@ class DeviceSpec:
     mig: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRow:
+class ChunkRow(NamedTuple):
     """One validated chunk to store; ``position`` is its index in the request (for messages).
 
+    A named tuple rather than a frozen dataclass: a batch makes hundreds, and a tuple is built
+    several times faster.
+
     ``bound_above_j`` may be +inf (stored as `UNBOUNDED_J`). ``samples`` are the raw columns
-    to encode (`db.samples`), or None when the meter sent none.
+    to encode (`db.samples`); ``blob`` is the raw columns encoded already, stored as given
+    (`service.ingest` encodes a batch's blobs together). Neither: the meter sent no samples.
     """
 
     position: int
@@ -309,11 +312,12 @@ class ChunkRow:
     wrap_count: int
     content_hash: str
     samples: Mapping[str, npt.NDArray[Any]] | None = None
+    blob: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkAck:
-    """Fate of one chunk of a batch: newly ``stored``, or an identical ``duplicate``."""
+class ChunkAck(NamedTuple):
+    """Fate of one chunk of a batch: newly ``stored``, or an identical ``duplicate`` (a named
+    tuple, as `ChunkRow`)."""
 
     device_key: str
     seq: int
@@ -560,17 +564,36 @@ def add_token(
     return _token_record(row, project.slug)
 
 
+@functools.lru_cache(maxsize=1)
+def _find_token_statement() -> sa.Select[Any]:
+    """`find_token`'s query with Core (every request runs it: no ORM load), built once."""
+    t, p = cast(sa.Table, ApiToken.__table__), cast(sa.Table, Project.__table__)
+    return (
+        sa.select(
+            t.c.id,
+            t.c.project_id,
+            p.c.slug,
+            t.c.name,
+            t.c.prefix,
+            t.c.scopes,
+            t.c.created_at,
+            t.c.last_used_at,
+            t.c.expires_at,
+            t.c.revoked_at,
+            t.c.hash,
+        )
+        .join_from(t, p, p.c.id == t.c.project_id)
+        .where(t.c.prefix == sa.bindparam("prefix"))
+    )
+
+
 def find_token(session: Session, *, prefix: str) -> StoredToken | None:
     """The token with this public prefix (revoked and expired ones included), or None."""
-    row = session.execute(
-        sa.select(ApiToken, Project.slug)
-        .join(Project, Project.id == ApiToken.project_id)
-        .where(ApiToken.prefix == prefix)
-    ).one_or_none()
+    row = session.execute(_find_token_statement(), {"prefix": prefix}).one_or_none()
     if row is None:
         return None
-    token, slug = row
-    return StoredToken(record=_token_record(token, slug), hash=token.hash)
+    *fields, token_hash = row
+    return StoredToken(record=TokenRecord(*fields), hash=token_hash)
 
 
 def touch_token(session: Session, *, token_id: int, now: datetime) -> None:
@@ -939,30 +962,49 @@ def _device_rows(session: Session, run_id: UUID) -> list[_DeviceRow]:
     ]
 
 
-def _require_run(session: Session, *, project_id: int, run_id: UUID) -> None:
-    """`NotFound` unless the run exists in the project (one indexed lookup, no ORM load).
+@functools.lru_cache(maxsize=1)
+def _run_for_ingest_statement() -> sa.Select[Any]:
+    """`_run_for_ingest`'s query, built once (building it costs more than running it)."""
+    r, d = _RUN_T, _DEVICE_T
+    has_phases = sa.exists().where(_PHASE_T.c.run_id == r.c.id)
+    return (
+        sa.select(
+            has_phases, d.c.id, d.c.host, d.c.kind, d.c.device_index, d.c.uuid, d.c.power_limit_w
+        )
+        .select_from(r.outerjoin(d, d.c.run_id == r.c.id))
+        .where(r.c.id == sa.bindparam("run_id"), r.c.project_id == sa.bindparam("project_id"))
+        .with_for_update(read=True, key_share=True, of=r)
+    )
+
+
+def _run_for_ingest(
+    session: Session, *, project_id: int, run_id: UUID
+) -> tuple[list[_DeviceRow], bool]:
+    """The run's devices and whether it has phases, in one round trip; `NotFound` unless the
+    run exists in the project.
 
     Takes ``FOR KEY SHARE`` on the run (PostgreSQL; SQLite serialises writers anyway): ingests
-    of one run proceed together, while a phase change (``FOR UPDATE``) waits for them.
+    of one run proceed together, while a phase change (``FOR UPDATE``) waits for them, so the
+    phases seen here stay the run's phases until this transaction ends.
     """
     found = session.execute(
-        sa.select(_RUN_T.c.id)
-        .where(_RUN_T.c.id == run_id, _RUN_T.c.project_id == project_id)
-        .with_for_update(read=True, key_share=True)
-    ).first()
-    if found is None:
+        _run_for_ingest_statement(), {"run_id": run_id, "project_id": project_id}
+    ).all()
+    if not found:
         raise NotFound("run", run_id)
+    devices = [_DeviceRow(*row[1:]) for row in found if row[1] is not None]
+    return devices, bool(found[0][0])
 
 
 def _match_devices(
-    session: Session, run_id: UUID, specs: Sequence[DeviceSpec]
+    session: Session, run_id: UUID, specs: Sequence[DeviceSpec], rows: list[_DeviceRow]
 ) -> dict[str, _DeviceRow]:
-    """Device row of each spec's key, inserting the new ones; refuses contradictions."""
+    """Device row of each spec's key, given the run's stored ``rows``, inserting the new ones;
+    refuses contradictions."""
 
     def slot(d: DeviceSpec) -> tuple[str, DeviceKind, int]:
         return (d.host, d.kind, d.index)
 
-    rows = _device_rows(session, run_id)
     by_slot = {(r.host, r.kind, r.device_index): r for r in rows}
     new = [d for d in specs if slot(d) not in by_slot]
     if new:
@@ -1167,7 +1209,8 @@ def ingest_chunks(
         run_id: The run.
         devices: Every device the chunks refer to, by ``key``.
         chunks: The chunks, in request order (``position`` names them in errors).
-        compress_samples: zlib-compress the raw sample blobs.
+        compress_samples: zlib-compress the raw sample blobs it encodes (a chunk that carries
+            its ``blob`` is stored as given).
 
     Returns:
         One acknowledgement per chunk, in request order.
@@ -1177,8 +1220,8 @@ def ingest_chunks(
         Conflict: A key repeats with other content, or a device contradicts a stored one.
         InvalidInput: Time going backwards across chunks, implausible power, unknown device key.
     """
-    _require_run(session, project_id=project_id, run_id=run_id)
-    rows = _match_devices(session, run_id, devices)
+    stored_devices, has_phases = _run_for_ingest(session, project_id=project_id, run_id=run_id)
+    rows = _match_devices(session, run_id, devices, stored_devices)
 
     problems: list[FieldProblem] = []
     first_of_key: dict[tuple[int, int], ChunkRow] = {}
@@ -1251,7 +1294,7 @@ def ingest_chunks(
     to_insert = [(device_id, c) for device_id, new in new_by_device.items() for c in new]
     if to_insert:
         written = _insert_chunks(session, run_id, to_insert, compress_samples=compress_samples)
-        _add_to_totals(session, run_id, written)
+        _add_to_totals(session, run_id, written, phases=has_phases)
     device_of = {key: rows[key].id for key in rows}
     acks = []
     repeat_ids = {id(c) for c in repeats}
@@ -1292,8 +1335,8 @@ def _chunk_values(
     run_id: UUID, rows: Sequence[tuple[int, ChunkRow]], *, compress_samples: bool
 ) -> list[tuple[Any, ...]]:
     now = utcnow()
-    with_samples = [c.samples for _, c in rows if c.samples is not None]
-    blobs = iter(encode_samples_many(with_samples, compress=compress_samples))
+    to_encode = [c.samples for _, c in rows if c.samples is not None and c.blob is None]
+    encoded = iter(encode_samples_many(to_encode, compress=compress_samples))
     return [
         (
             run_id,
@@ -1315,7 +1358,7 @@ def _chunk_values(
             c.reset_count,
             c.wrap_count,
             c.content_hash,
-            None if c.samples is None else next(blobs),
+            c.blob if c.blob is not None or c.samples is None else next(encoded),
             now,
         )
         for device_id, c in rows
@@ -1472,8 +1515,11 @@ def _upsert_adding(
     session.execute(statement, ordered)
 
 
-def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, ChunkRow]]) -> None:
-    """Add newly written chunks to their devices' totals and to every phase they overlap."""
+def _add_to_totals(
+    session: Session, run_id: UUID, written: Sequence[tuple[int, ChunkRow]], *, phases: bool
+) -> None:
+    """Add newly written chunks to their devices' totals and to every phase they overlap
+    (``phases``: whether the run has any; without, they are not looked up)."""
     if not written:
         return
     per_device: dict[int, list[ChunkRow]] = {}
@@ -1502,13 +1548,14 @@ def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, 
             }
         )
     _upsert_adding(session, _DEVICE_TOTAL_T, ("run_id", "device_id"), device_rows)
-
-    phases = session.execute(
+    if not phases:
+        return
+    found = session.execute(
         sa.select(_PHASE_T.c.id, _PHASE_T.c.t0_s, _PHASE_T.c.t1_s).where(
             _PHASE_T.c.run_id == run_id
         )
     ).all()
-    if not phases:
+    if not found:
         return
     device_ids = np.fromiter((d for d, _ in written), np.int64, len(written))
     c0 = np.fromiter((c.t0_s for _, c in written), np.float64, len(written))
@@ -1520,7 +1567,7 @@ def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, 
     unbounded = terms["bound_above_j"] >= UNBOUNDED_J
     terms["bound_above_j"] = np.where(unbounded, 0.0, terms["bound_above_j"])
     phase_rows = []
-    for phase_id, p0, p1 in phases:
+    for phase_id, p0, p1 in found:
         fraction = _overlap_fraction(c0, c1, p0, math.inf if p1 is None else p1)
         for device_id in np.unique(device_ids[fraction > 0]).tolist():
             mine = (device_ids == device_id) & (fraction > 0)

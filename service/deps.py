@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 
-def get_settings(request: Request) -> Settings:
-    """The settings the app was created with."""
+async def get_settings(request: Request) -> Settings:
+    """The settings the app was created with (async: no thread-pool hop for a lookup)."""
     settings: Settings = request.app.state.settings
     return settings
 
@@ -76,8 +76,8 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def _tenant_with(scope: Scope) -> Callable[[Principal], Tenant]:
-    def tenant(principal: PrincipalDep) -> Tenant:
+def _tenant_with(scope: Scope) -> Callable[[Principal], Coroutine[Any, Any, Tenant]]:
+    async def tenant(principal: PrincipalDep) -> Tenant:  # async: no thread-pool hop
         return principal.require(scope)
 
     tenant.__name__ = f"tenant_with_{str(scope.name).lower()}"

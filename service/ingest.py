@@ -56,6 +56,7 @@ import numpy.typing as npt
 
 from db.models import MEAN_IN_RANGE_METHODS, EnergyMethod
 from db.repository import TIME_TOLERANCE_S, ChunkRow, DeviceSpec, FieldProblem, InvalidInput
+from db.samples import encode_sample_rows
 from meters.wire import split_binary_batch
 from service.schemas import (
     FINITE_MAX,
@@ -489,7 +490,11 @@ def _check_samples(
 
 
 def prepare_batch(
-    batch: IngestBatchIn, *, max_chunks: int, max_samples_per_chunk: int
+    batch: IngestBatchIn,
+    *,
+    max_chunks: int,
+    max_samples_per_chunk: int,
+    compress_samples: bool = False,
 ) -> PreparedBatch:
     """Validate a parsed JSON batch and turn it into the repository's inputs.
 
@@ -497,9 +502,12 @@ def prepare_batch(
         batch: The parsed body.
         max_chunks: Most chunks accepted in one batch.
         max_samples_per_chunk: Most samples accepted in one chunk.
+        compress_samples: Encode the sample blobs compressed (`db.samples`; the server's
+            ``compress_samples`` setting, off by default as there).
 
     Returns:
-        Device specs and chunk rows (with content hashes and sample columns to store).
+        Device specs and chunk rows (with content hashes, sample columns and their encoded
+        blobs to store).
 
     Raises:
         InvalidInput: Every problem found (up to 20), each naming its field path.
@@ -513,11 +521,15 @@ def prepare_batch(
     devices = _check_devices(batch.devices, problems)
     summaries = _check_summaries(chunks, {d.key for d in devices}, problems)
     samples = _gather_samples(batch.chunks, max_samples_per_chunk, problems)
-    return _prepared(devices, chunks, summaries, samples, problems)
+    return _prepared(devices, chunks, summaries, samples, problems, compress_samples)
 
 
 def prepare_binary_batch(
-    body: bytes, *, max_chunks: int, max_samples_per_chunk: int
+    body: bytes,
+    *,
+    max_chunks: int,
+    max_samples_per_chunk: int,
+    compress_samples: bool = False,
 ) -> PreparedBatch:
     """Validate a binary batch (`meters.wire.BATCH_BINARY`) and turn it into the repository's
     inputs: the same checks, the same field paths (``chunks[3].t1_s`` is entry 3 of the
@@ -548,7 +560,7 @@ def prepare_binary_batch(
     devices = _check_devices(header.devices, problems)
     summaries = _check_summaries(chunks, {d.key for d in devices}, problems)
     samples = _unpack_blocks(columns, summaries["n"], blocks, max_samples_per_chunk, problems)
-    return _prepared(devices, chunks, summaries, samples, problems)
+    return _prepared(devices, chunks, summaries, samples, problems, compress_samples)
 
 
 def _unpack_blocks(
@@ -605,6 +617,7 @@ def _prepared(
     summaries: dict[str, npt.NDArray[Any]],
     samples: _Samples | None,
     problems: _Problems,
+    compress_samples: bool,
 ) -> PreparedBatch:
     problems.raise_if_any()
     assert samples is not None  # no problems: gathered
@@ -612,48 +625,96 @@ def _prepared(
     problems.raise_if_any()
     _check_samples(samples, summaries, problems)
     problems.raise_if_any()
-    return PreparedBatch(devices=devices, chunks=tuple(_rows(chunks, samples, summaries)))
+    rows = _rows(chunks, samples, summaries, compress_samples=compress_samples)
+    return PreparedBatch(devices=devices, chunks=tuple(rows))
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Chunks alike in what their content hash and sample blob are made of: one method, and
+    either no samples or ``n`` samples each, with or without the counter column."""
+
+    members: npt.NDArray[np.intp]
+    method: EnergyMethod
+    sampled: bool
+    n: int
+    has_energy: bool
+
+    def gather(self, samples: _Samples, column: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The members' stretches of a concatenated sample column, one row per member."""
+        starts = samples.offsets[self.members]
+        rows: npt.NDArray[Any] = column[starts[:, None] + np.arange(self.n)]
+        return rows
+
+
+def _groups(chunks: _Chunks, samples: _Samples) -> list[_Group]:
+    """The batch's chunks in `_Group`s (a meter's batch is usually one or two groups)."""
+    lengths = np.diff(samples.offsets).tolist()
+    has_energy = samples.has_energy.tolist()
+    keys: dict[tuple[EnergyMethod, bool, int, bool], list[int]] = {}
+    for i, (method, sampled) in enumerate(zip(chunks.method, chunks.sampled, strict=True)):
+        key = (method, sampled, lengths[i], sampled and has_energy[i])
+        keys.setdefault(key, []).append(i)
+    return [
+        _Group(np.asarray(members, np.intp), method, sampled, n, energy)
+        for (method, sampled, n, energy), members in keys.items()
+    ]
+
+
+def _rows_of_bytes(parts: Sequence[bytes | npt.NDArray[Any]], rows: int) -> list[bytes]:
+    """Concatenate, row by row, constant byte strings and per-row arrays (rows × anything):
+    row k of the result is every part's row k (or the constant) in order, as bytes."""
+    blocks = [
+        np.broadcast_to(np.frombuffer(p, np.uint8), (rows, len(p)))
+        if isinstance(p, bytes)
+        else np.ascontiguousarray(p).view(np.uint8).reshape(rows, -1)
+        for p in parts
+    ]
+    matrix = np.concatenate(blocks, axis=1)
+    width = matrix.shape[1]
+    data = memoryview(matrix.tobytes())
+    return [bytes(data[k * width : (k + 1) * width]) for k in range(rows)]
 
 
 def _content_hashes(
-    chunks: _Chunks, samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
+    groups: Sequence[_Group],
+    samples: _Samples,
+    summaries: dict[str, npt.NDArray[Any]],
+    count: int,
 ) -> list[str]:
-    """`chunk_content_hash` of every chunk, from the batch's tables without per-chunk copies:
-    the summary rows and sample columns are hashed straight from the arrays' buffers."""
-    tag, layout = HASH_LAYOUT
-    base = hashlib.sha256(tag)
-    summary = memoryview(summaries["table"].tobytes())
-    width = layout.size
-    off = samples.offsets.tolist()
-    columns = [("t_s", samples.t_s), ("power_w", samples.power_w)]
-    if samples.energy_j is not None:
-        columns.append(("energy_j", samples.energy_j))
-    views = [
-        (name.encode("ascii"), np.ascontiguousarray(values, dtype="<f8").data.cast("B"))
-        for name, values in columns
-    ]
-    has_energy = samples.has_energy.tolist()
-    methods = [m.encode("ascii") + b"\0" for m in chunks.method]
-    out = []
-    for i, sampled in enumerate(chunks.sampled):
-        digest = base.copy()
-        digest.update(methods[i])
-        digest.update(summary[i * width : (i + 1) * width])
-        if sampled:
-            a, b = off[i], off[i + 1]
-            size = struct.pack("<q", b - a)
-            for k, (name, view) in enumerate(views):
-                if k < 2 or has_energy[i]:
-                    digest.update(name + size)
-                    digest.update(view[8 * a : 8 * b])
-        out.append(digest.hexdigest())
+    """`chunk_content_hash` of every chunk, a group at a time: each member's hashed bytes are
+    assembled as one row of a byte matrix (SHA-256 of the concatenation is the digest of the
+    parts fed in turn), so the only per-chunk work is the digest itself."""
+    tag, _ = HASH_LAYOUT
+    table = summaries["table"]
+    out = [""] * count
+    for group in groups:
+        rows = len(group.members)
+        parts: list[bytes | npt.NDArray[Any]] = [
+            tag + group.method.encode("ascii") + b"\0",
+            table[group.members],
+        ]
+        if group.sampled:
+            size = struct.pack("<q", group.n)
+            columns = [("t_s", samples.t_s), ("power_w", samples.power_w)]
+            if group.has_energy:
+                assert samples.energy_j is not None
+                columns.append(("energy_j", samples.energy_j))
+            for name, values in columns:
+                parts.append(name.encode("ascii") + size)
+                parts.append(group.gather(samples, values).astype("<f8", copy=False))
+        for i, message in zip(group.members.tolist(), _rows_of_bytes(parts, rows), strict=True):
+            out[i] = hashlib.sha256(message).hexdigest()
     return out
 
 
 def _rows(
-    chunks: _Chunks, samples: _Samples, summaries: dict[str, npt.NDArray[Any]]
+    chunks: _Chunks,
+    samples: _Samples,
+    summaries: dict[str, npt.NDArray[Any]],
+    *,
+    compress_samples: bool,
 ) -> list[ChunkRow]:
-    off = samples.offsets.tolist()
     # Clip into order: the checks allowed float-rounding slack that the table's CHECKs do not.
     mean = np.where(
         summaries["mean_in_range"],
@@ -664,40 +725,49 @@ def _rows(
         np.float32
     )
     power32 = samples.power_w.astype(np.float32)
-    has_energy = samples.has_energy.tolist()
-    hashes = _content_hashes(chunks, samples, summaries)
+    groups = _groups(chunks, samples)
+    hashes = _content_hashes(groups, samples, summaries, len(chunks))
+    blobs: list[bytes | None] = [None] * len(chunks)
+    for group in groups:
+        if not group.sampled:
+            continue
+        stored = {
+            "t_s": group.gather(samples, t_rel),
+            "power_w": group.gather(samples, power32),
+        }
+        if group.has_energy:
+            assert samples.energy_j is not None
+            stored["energy_j"] = group.gather(samples, samples.energy_j)
+        encoded = encode_sample_rows(stored, compress=compress_samples)
+        for i, blob in zip(group.members.tolist(), encoded, strict=True):
+            blobs[i] = blob
     field = {name: summaries[name].tolist() for name, _ in _SUMMARY_FIELDS}
-    rows = []
-    for i, sampled in enumerate(chunks.sampled):
-        stored: dict[str, npt.NDArray[Any]] | None = None
-        if sampled:
-            a, b = off[i], off[i + 1]
-            stored = {"t_s": t_rel[a:b], "power_w": power32[a:b]}
-            if has_energy[i]:
-                assert samples.energy_j is not None
-                stored["energy_j"] = samples.energy_j[a:b]
-        rows.append(
-            ChunkRow(
-                position=i,
-                device_key=chunks.device_key[i],
-                seq=chunks.seq[i],
-                t0_s=field["t0_s"][i],
-                t1_s=field["t1_s"][i],
-                n=field["n"][i],
-                energy_j=field["energy_j"][i],
-                sensor_uncertainty_j=field["sensor_uncertainty_j"][i],
-                bound_below_j=field["bound_below_j"][i],
-                bound_above_j=field["bound_above_j"][i],
-                min_power_w=field["min_power_w"][i],
-                mean_power_w=mean[i],
-                max_power_w=field["max_power_w"][i],
-                method=chunks.method[i],
-                gap_s=field["gap_s"][i],
-                gap_count=field["gap_count"][i],
-                reset_count=field["reset_count"][i],
-                wrap_count=field["wrap_count"][i],
-                content_hash=hashes[i],
-                samples=stored,
-            )
+    count = len(chunks)
+    # Positional, column by column (`ChunkRow`'s field order): a keyword call per chunk costs
+    # more than everything else here together.
+    return list(
+        map(
+            ChunkRow,
+            range(count),
+            chunks.device_key,
+            chunks.seq,
+            field["t0_s"],
+            field["t1_s"],
+            field["n"],
+            field["energy_j"],
+            field["sensor_uncertainty_j"],
+            field["bound_below_j"],
+            field["bound_above_j"],
+            field["min_power_w"],
+            mean,
+            field["max_power_w"],
+            chunks.method,
+            field["gap_s"],
+            field["gap_count"],
+            field["reset_count"],
+            field["wrap_count"],
+            hashes,
+            itertools.repeat(None, count),  # samples: their blobs carry them
+            blobs,
         )
-    return rows
+    )

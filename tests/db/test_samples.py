@@ -16,6 +16,7 @@ from db.samples import (
     CODEC_VERSION,
     MAX_DECODED_BYTES,
     decode_samples,
+    encode_sample_rows,
     encode_samples,
     encode_samples_many,
 )
@@ -166,3 +167,20 @@ def test_many_refuses_what_one_refuses() -> None:
     with pytest.raises(SampleCodecError, match="expected 3"):
         encode_samples_many([good, {"t_s": np.zeros(3), "power_w": np.zeros(2)}])
     assert encode_samples_many([]) == []
+
+
+def test_rows_are_the_blobs_of_each_row() -> None:
+    t = np.arange(12, dtype=np.float32).reshape(3, 4)
+    e = np.arange(12, dtype=">f8").reshape(3, 4) * 1e9
+    for compress in (False, True):
+        rows = encode_sample_rows({"t_s": t, "energy_j": e}, compress=compress)
+        assert rows == [
+            encode_samples({"t_s": t[k], "energy_j": e[k]}, compress=compress) for k in range(3)
+        ]
+    assert encode_sample_rows({"t_s": np.zeros((0, 4))}) == []
+    with pytest.raises(SampleCodecError, match="one shape"):
+        encode_sample_rows({"t_s": np.zeros((2, 3)), "power_w": np.zeros((2, 4))})
+    with pytest.raises(SampleCodecError, match="one shape"):
+        encode_sample_rows({"t_s": np.zeros(3)})
+    with pytest.raises(SampleCodecError, match="unsupported dtype"):
+        encode_sample_rows({"t_s": np.zeros((2, 3), np.float16)})

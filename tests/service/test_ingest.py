@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from db.models import Chunk, Device
-from db.samples import decode_samples
+from db.samples import decode_samples, encode_samples
 from service.ingest import chunk_content_hash, prepare_batch
-from service.schemas import IngestBatchIn
+from service.schemas import IngestBatchIn, IngestPublic
 from tests.service.conftest import (
     T0_S,
     Project,
@@ -626,7 +626,8 @@ def test_batch_hashes_match_the_reference_definition() -> None:
     counter = chunk(2, n=7, interval_s=0.3)
     counter["samples"]["energy_j"] = [5e6 + 90.0 * i for i in range(7)]
     bare = {**chunk(3), "samples": None}
-    body = batch([chunk(0), unbounded, counter, bare])
+    power = {**chunk(4, power_w=250.0), "method": "power_avg"}
+    body = batch([chunk(0), unbounded, counter, bare, power, chunk(5, n=7), chunk(6)])
     parsed = IngestBatchIn.model_validate_json(json.dumps(body))
     rows = prepare_batch(parsed, max_chunks=10, max_samples_per_chunk=100).chunks
     for row, c in zip(rows, parsed.chunks, strict=True):
@@ -638,4 +639,53 @@ def test_batch_hashes_match_the_reference_definition() -> None:
                 if getattr(c.samples, name) is not None
             ]
         assert row.content_hash == chunk_content_hash(c, columns)
-    assert len({row.content_hash for row in rows}) == 4
+    assert len({row.content_hash for row in rows}) == 7
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_batch_blobs_are_each_chunks_own_encoding(compress: bool) -> None:
+    """The blobs are encoded a group of alike chunks at a time; each must be its own."""
+    counter = chunk(2, n=7, interval_s=0.3)
+    counter["samples"]["energy_j"] = [5e6 + 90.0 * i for i in range(7)]
+    body = batch([chunk(0), counter, {**chunk(3), "samples": None}, chunk(4, n=5), chunk(5)])
+    parsed = IngestBatchIn.model_validate_json(json.dumps(body))
+    rows = prepare_batch(
+        parsed, max_chunks=10, max_samples_per_chunk=100, compress_samples=compress
+    ).chunks
+    for row, sent in zip(rows, body["chunks"], strict=True):
+        if sent["samples"] is None:
+            assert row.blob is None
+            continue
+        assert row.blob is not None
+        columns = decode_samples(row.blob)
+        assert row.blob == encode_samples(columns, compress=compress)
+        assert list(columns) == ["t_s", "power_w", *(["energy_j"] if row.seq == 2 else [])]
+        np.testing.assert_allclose(
+            columns["t_s"].astype(np.float64) + sent["t0_s"], sent["samples"]["t_s"], atol=1e-5
+        )
+        np.testing.assert_array_equal(columns["power_w"], np.float32(sent["samples"]["power_w"]))
+
+
+def test_the_acknowledgement_is_valid_json_of_its_documented_shape(
+    client: TestClient, project: Project, run_id: str
+) -> None:
+    """The acks are written as JSON by hand (speed): keys needing escapes must survive."""
+    host = 'nö"de\\1\t'
+    sent = [chunk(0, host=host), chunk(1, host=host), chunk(0, device_index=1)]
+    first = _post(client, project, run_id, batch(sent))
+    assert first.status_code == 200
+    assert first.headers["content-type"] == "application/json"
+    again = _post(client, project, run_id, batch([sent[1], chunk(2, host=host)]))
+    for response, statuses in ((first, ["stored"] * 3), (again, ["duplicate", "stored"])):
+        ack = IngestPublic.model_validate_json(response.content)
+        assert ack.run_id == uuid.UUID(run_id)
+        assert [c.status for c in ack.chunks] == statuses
+        assert ack.stored == statuses.count("stored")
+        assert ack.duplicates == statuses.count("duplicate")
+    assert [
+        (c.device_key, c.seq) for c in IngestPublic.model_validate_json(first.content).chunks
+    ] == [
+        (f"{host}/gpu0", 0),
+        (f"{host}/gpu0", 1),
+        ("node-0/gpu1", 0),
+    ]
