@@ -5,7 +5,9 @@ engine and session factory for ``settings.database_url``, the error table, the b
 and the routers — probes at the root (``/healthz``, ``/readyz``), the API under ``/api/v1``,
 OpenAPI at ``/docs``, Prometheus metrics at ``/metrics`` on a registry of this app's own, with
 every request timed, counted and logged by `service.metrics.ObservabilityMiddleware`. The
-engine is disposed when the app shuts down.
+engine is disposed when the app shuts down. Under several worker processes (`app_from_env`
+with ``PROMETHEUS_MULTIPROC_DIR`` set) ``/metrics`` merges every worker's figures instead, and
+each worker marks itself dead in the metrics directory when it shuts down.
 
 Routes are plain ``def`` functions: FastAPI runs them in its thread pool, each with one
 synchronous session and one transaction (`service.deps.SessionDep`).
@@ -14,8 +16,10 @@ synchronous session and one transaction (`service.deps.SessionDep`).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -27,7 +31,7 @@ from db import migrate
 from db.engine import make_engine, make_sessionmaker
 from service import pages
 from service.errors import ERROR_TABLE, PayloadTooLarge, error_response, register_error_handlers
-from service.metrics import ObservabilityMiddleware, ServiceMetrics
+from service.metrics import MULTIPROC_ENV, ObservabilityMiddleware, ServiceMetrics
 from service.metrics import router as metrics_router
 from service.routes import (
     audit,
@@ -119,7 +123,7 @@ class BodySizeLimit:
         await self.app(scope, counted, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAPI:
     """Build the service for ``settings``.
 
     The database must already be migrated (``thermoledger-server migrate``); ``/readyz``
@@ -127,18 +131,28 @@ def create_app(settings: Settings) -> FastAPI:
 
     Args:
         settings: The process's settings.
+        metrics_dir: The multiprocess metrics directory shared by the worker processes of one
+            server (`app_from_env` passes ``PROMETHEUS_MULTIPROC_DIR``): ``/metrics`` then
+            serves the sum of all workers. None (one process): a registry of this app's own.
 
     Returns:
         The ASGI application. Use it as a context manager (or under a server) so that its
         engine is disposed at shutdown.
+
+    Raises:
+        RuntimeError: ``metrics_dir`` is given but prometheus_client was imported without
+            ``PROMETHEUS_MULTIPROC_DIR`` (`service.metrics.ServiceMetrics`).
     """
+    metrics = ServiceMetrics(version=_VERSION, multiprocess_dir=metrics_dir)
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.started()
         try:
             yield
         finally:
+            metrics.stopped()
             engine.dispose()
 
     app = FastAPI(
@@ -155,7 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
     # Added last, so outermost: it also times and counts what BodySizeLimit refuses.
-    app.state.metrics = metrics = ServiceMetrics(version=_VERSION)
+    app.state.metrics = metrics
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     app.include_router(health.router)
@@ -195,5 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """The service for the ``THERMOLEDGER_*`` environment: uvicorn's factory when it runs
-    several worker processes (``thermoledger-server serve --workers N``)."""
-    return create_app(Settings())
+    several worker processes (``thermoledger-server serve --workers N``), whose metrics are
+    merged through ``PROMETHEUS_MULTIPROC_DIR`` when it is set."""
+    directory = os.environ.get(MULTIPROC_ENV, "").strip()
+    return create_app(Settings(), metrics_dir=Path(directory) if directory else None)

@@ -4,6 +4,9 @@ Commands:
 
 * ``serve`` — run the API with uvicorn (settings from ``THERMOLEDGER_*``); ``--log-format json``
   (or ``THERMOLEDGER_LOG_FORMAT=json``) logs one JSON object per line (`service.logs`).
+  ``--workers N`` runs N processes on the port, their ``/metrics`` merged through a
+  ``PROMETHEUS_MULTIPROC_DIR`` (the operator's, wiped at start, or a private temporary one
+  removed at exit: `service.metrics.multiprocess_directory`).
 * ``migrate`` — upgrade the database to the newest schema (run it before ``serve``).
 * ``token create --project X --scopes admin,ingest,read`` — create the project if it is missing
   and issue a token for it, printed once on stdout (``TOKEN=$(thermoledger-server token create
@@ -19,6 +22,7 @@ so ``thermoledger-server demo`` and ``--help`` stay fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -187,6 +191,7 @@ def main(
 
         from service.app import create_app
         from service.logs import log_config
+        from service.metrics import MULTIPROC_ENV, multiprocess_directory
         from service.settings import Settings
 
         overrides = {"database_url": args.database_url, "log_format": args.log_format}
@@ -198,16 +203,25 @@ def main(
             for name, value in overrides.items():
                 if value is not None:
                     os.environ[f"THERMOLEDGER_{name.upper()}"] = value
-        uvicorn.run(
-            "service.app:app_from_env" if args.workers > 1 else create_app(settings),
-            factory=args.workers > 1,
-            workers=args.workers,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            log_config=log_config(settings.log_format, args.log_level),
-            access_log=False,  # the service's own request log replaces it (service.metrics)
+        # Workers share their metrics through a directory named in the environment they
+        # inherit. One process needs none, but when the operator names one, prometheus_client
+        # writes there even so, and stale files from an earlier run must go first.
+        metrics_dir = (
+            multiprocess_directory(os.environ)
+            if args.workers > 1 or os.environ.get(MULTIPROC_ENV, "").strip()
+            else contextlib.nullcontext()
         )
+        with metrics_dir:
+            uvicorn.run(
+                "service.app:app_from_env" if args.workers > 1 else create_app(settings),
+                factory=args.workers > 1,
+                workers=args.workers,
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                log_config=log_config(settings.log_format, args.log_level),
+                access_log=False,  # the service's own request log replaces it (service.metrics)
+            )
         return 0
     if args.command == "token" and args.token_command == "create":
         return _token_create(args, out, err)

@@ -7,6 +7,20 @@ it. ``GET /metrics`` serves the registry in the Prometheus text format; with
 ``THERMOLEDGER_METRICS_TOKEN`` set it asks for ``Authorization: Bearer <that token>``
 (otherwise it is open, like ``/healthz``: keep the port off the internet, or set the token).
 
+Several worker processes (``thermoledger-server serve --workers N``)
+    A scrape reaches one worker, so per-process counts would jump between workers and miss the
+    others' requests. The server therefore runs prometheus_client's multiprocess mode: before
+    the workers start, `multiprocess_directory` sets ``PROMETHEUS_MULTIPROC_DIR`` (a private
+    temporary directory, or the operator's, wiped of stale files), each worker's metric values
+    live in memory-mapped files there, and the worker that answers ``/metrics`` merges all of
+    them (`prometheus_client.multiprocess.MultiProcessCollector`): counters and histograms are
+    summed over the workers, dead ones included, so they never go backwards. Gauges say how
+    they merge: the in-flight and thread-pool gauges are summed over the *live* workers (a
+    worker marks itself dead at shutdown, `ServiceMetrics.stopped`, and a scrape forgets
+    workers that died without one, `forget_dead_workers`); ``service_info`` is the maximum.
+    Names and labels are the same in both modes; the multiprocess text just has no
+    ``_created`` series.
+
 Metrics::
 
     thermoledger_http_requests_total{method, route, status_class}   counter
@@ -24,7 +38,9 @@ Cardinality stays bounded: ``route`` is the route's *template*
 ``unmatched``, as is a request refused before routing (a body over the size limit); ``method``
 is one of the HTTP methods or ``other``; ``status_class`` is ``2xx`` … ``5xx``. Routes are plain
 ``def`` functions that run in anyio's thread pool, so a request that waits for a thread is
-queued there: the ``threadpool`` gauges show that queue, read when ``/metrics`` is scraped.
+queued there: the ``threadpool`` gauges show that queue, read when ``/metrics`` is scraped
+(with several workers, also by each worker after each of its requests, since a scrape can only
+read the pool of the worker that answers it).
 
 Ingest counters
     The ingest route reports what it stored with `record_ingest` (one call, no app argument: the
@@ -43,8 +59,14 @@ from __future__ import annotations
 import contextvars
 import hmac
 import logging
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 import anyio.to_thread
@@ -56,7 +78,9 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client import values as prometheus_values
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unauthenticated
@@ -64,13 +88,18 @@ from service.settings import Settings
 
 __all__ = [
     "LATENCY_BUCKETS_S",
+    "MULTIPROC_ENV",
     "ObservabilityMiddleware",
     "ServiceMetrics",
+    "forget_dead_workers",
+    "multiprocess_directory",
     "record_ingest",
     "router",
 ]
 
 ACCESS_LOGGER: Final = "service.access"
+#: Where prometheus_client's multiprocess mode keeps each process's values (read at its import).
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED: Final = "unmatched"
 #: Request latency buckets, s: 1 ms … 30 s (an ingest batch of 2,000 chunks takes ~1 s).
 LATENCY_BUCKETS_S: Final = (
@@ -130,9 +159,24 @@ def record_ingest(*, stored: int, duplicates: int, samples: int) -> None:
 
 @dataclass
 class ServiceMetrics:
-    """The metric objects of one app, on a registry of their own."""
+    """The metric objects of one app, and the registry that ``/metrics`` serves.
 
-    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry())
+    Args:
+        version: The service version, the ``version`` label of ``thermoledger_service_info``.
+        multiprocess_dir: None: the metrics live on a registry of this app's own (one process,
+            and every in-process test app). A directory: multiprocess mode (see the module
+            docstring); the values go to this process's files there, and `registry` merges
+            the files of every worker. ``PROMETHEUS_MULTIPROC_DIR`` must name it already when
+            prometheus_client is first imported, as `multiprocess_directory` arranges.
+
+    Raises:
+        RuntimeError: ``multiprocess_dir`` is given but prometheus_client was imported without
+            ``PROMETHEUS_MULTIPROC_DIR``, so its values would never reach the directory.
+    """
+
+    version: str = "0"
+    multiprocess_dir: Path | None = None
+    registry: CollectorRegistry = field(init=False)
     requests: Counter = field(init=False)
     latency: Histogram = field(init=False)
     in_flight: Gauge = field(init=False)
@@ -142,10 +186,24 @@ class ServiceMetrics:
     batches: Counter = field(init=False)
     chunks: Counter = field(init=False)
     samples: Counter = field(init=False)
-    version: str = "0"
 
     def __post_init__(self) -> None:
-        r = self.registry
+        self.registry = CollectorRegistry()
+        r: CollectorRegistry | None = self.registry
+        if self.multiprocess_dir is not None:
+            if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(
+                    f"multiprocess metrics need {MULTIPROC_ENV} set before prometheus_client is "
+                    f"first imported (it was not); start the workers with it set to "
+                    f"{str(self.multiprocess_dir)!r}"
+                )
+            # The metric objects go on no registry: their values reach /metrics only through
+            # the collector, which reads this process's files with everyone else's (registering
+            # them as well would export this worker's share a second time).
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.registry, path=str(self.multiprocess_dir)
+            )
+            r = None
         self.requests = Counter(
             "thermoledger_http_requests",
             "HTTP requests answered, by route template and status class",
@@ -159,21 +217,30 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        # multiprocess_mode says how the workers' values merge (ignored in one process).
         self.in_flight = Gauge(
-            "thermoledger_http_requests_in_flight", "HTTP requests being served now", registry=r
+            "thermoledger_http_requests_in_flight",
+            "HTTP requests being served now",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.waiting = Gauge(
             "thermoledger_threadpool_tasks_waiting",
             "Requests queued for a worker thread (read at scrape time)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.busy = Gauge(
             "thermoledger_threadpool_threads_busy",
             "Worker threads running a request (read at scrape time)",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.limit = Gauge(
-            "thermoledger_threadpool_threads_limit", "Most worker threads at once", registry=r
+            "thermoledger_threadpool_threads_limit",
+            "Most worker threads at once",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.batches = Counter("thermoledger_ingest_batches", "Chunk batches ingested", registry=r)
         self.chunks = Counter(
@@ -187,9 +254,18 @@ class ServiceMetrics:
         )
         for status in ("stored", "duplicate"):
             self.chunks.labels(status=status)
-        Gauge("thermoledger_service_info", "The service (value 1)", ["version"], registry=r).labels(
-            version=self.version
-        ).set(1)
+        Gauge(
+            "thermoledger_service_info",
+            "The service (value 1)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        ).labels(version=self.version).set(1)
+
+    @property
+    def multiprocess(self) -> bool:
+        """Whether this app is one of several worker processes sharing its metrics."""
+        return self.multiprocess_dir is not None
 
     def observe(self, method: str, route: str, status: int, elapsed_s: float) -> None:
         """Count one answered request."""
@@ -204,17 +280,127 @@ class ServiceMetrics:
             self.chunks.labels(status="duplicate").inc(tally.duplicates)
             self.samples.inc(tally.samples)
 
+    def read_threadpool(self) -> None:
+        """Set the thread-pool gauges from anyio's default thread limiter, now.
+
+        Must run on the event loop's thread.
+        """
+        stats = anyio.to_thread.current_default_thread_limiter().statistics()
+        self.waiting.set(stats.tasks_waiting)
+        self.busy.set(stats.borrowed_tokens)
+        self.limit.set(stats.total_tokens)
+
+    def started(self) -> None:
+        """The app has started (its lifespan): a worker publishes its thread limit at once,
+        since a scrape answered by another worker cannot read this one's pool."""
+        if self.multiprocess:
+            self.read_threadpool()
+
+    def stopped(self) -> None:
+        """The app is shutting down (its lifespan): a worker marks itself dead, so its live
+        gauges (in flight, thread pool) leave the sums; its counters stay in them."""
+        if self.multiprocess_dir is not None:
+            _mark_dead(os.getpid(), self.multiprocess_dir)
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, with the thread pool read now.
 
         Must run on the event loop's thread (it reads anyio's default thread limiter).
         """
-        limiter = anyio.to_thread.current_default_thread_limiter()
-        stats = limiter.statistics()
-        self.waiting.set(stats.tasks_waiting)
-        self.busy.set(stats.borrowed_tokens)
-        self.limit.set(stats.total_tokens)
+        self.read_threadpool()
+        if self.multiprocess_dir is not None:
+            forget_dead_workers(self.multiprocess_dir)
         return generate_latest(self.registry)
+
+
+def _mark_dead(pid: int, directory: Path) -> None:
+    """Remove a process's live-gauge files (prometheus_client's own bookkeeping)."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+def forget_dead_workers(
+    directory: Path, *, alive: Callable[[int], bool] = _process_alive
+) -> list[int]:
+    """Mark dead the workers whose live-gauge files remain although their process is gone.
+
+    A worker that shuts down marks itself dead (`ServiceMetrics.stopped`); one that is killed
+    (out of memory, SIGKILL) cannot, and uvicorn starts a replacement under a new process id.
+    Without this its last in-flight count would stay in the sum for good. Counter and
+    histogram files are left alone: a dead worker's counts still belong to the totals.
+
+    Args:
+        directory: The multiprocess directory.
+        alive: Whether a process id is running (injected by tests).
+
+    Returns:
+        The process ids marked dead, ascending.
+    """
+    pids: set[int] = set()
+    for path in directory.glob("gauge_live*_*.db"):
+        pid_text = path.stem.rpartition("_")[2]
+        if pid_text.isdigit() and int(pid_text) > 0:
+            pids.add(int(pid_text))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not alive(pid))
+    for pid in dead:
+        _mark_dead(pid, directory)
+    return dead
+
+
+@contextmanager
+def multiprocess_directory(
+    environ: MutableMapping[str, str], *, temp_root: Path | None = None
+) -> Iterator[Path]:
+    """The directory where a server's worker processes keep their metrics, named in ``environ``.
+
+    Enter it before the workers start: they inherit ``PROMETHEUS_MULTIPROC_DIR`` and
+    prometheus_client reads it when they import it. An operator's ``PROMETHEUS_MULTIPROC_DIR``
+    is honoured: the directory is created if missing, and the ``*.db`` files a previous run
+    left there are deleted now (their counts are not this run's, and a worker that reuses an
+    old process id, as pid 1 in a container does, would carry them on); it stays after exit,
+    with this run's files, until the next start wipes them. Without it a private directory is
+    made with `tempfile.mkdtemp` and removed at exit, along with the variable.
+
+    Args:
+        environ: The environment the workers inherit (`os.environ`).
+        temp_root: Where the private directory goes (default: the system's temporary folder).
+
+    Yields:
+        The directory.
+
+    Raises:
+        NotADirectoryError: ``PROMETHEUS_MULTIPROC_DIR`` names something that is not a folder.
+    """
+    given = environ.get(MULTIPROC_ENV, "").strip()
+    if given:
+        directory = Path(given)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{MULTIPROC_ENV}={given!r} is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        environ[MULTIPROC_ENV] = str(directory)
+        yield directory
+        return
+    directory = Path(
+        tempfile.mkdtemp(prefix="thermoledger-metrics-", dir=str(temp_root) if temp_root else None)
+    )
+    environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def route_template(scope: Scope) -> str:
@@ -284,6 +470,8 @@ class ObservabilityMiddleware:
             metrics.observe(method, route, status, elapsed_s)
             if status < 400:
                 metrics.apply(tally)
+            if metrics.multiprocess:
+                metrics.read_threadpool()
             _log_request(scope, method, route, status, elapsed_s)
 
 
@@ -325,7 +513,7 @@ router = APIRouter(tags=["health"])
     },
 )
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus metrics of this process (see `service.metrics`)."""
+    """Prometheus metrics of this service, all its worker processes (see `service.metrics`)."""
     settings: Settings = request.app.state.settings
     expected = settings.metrics_token
     if expected is not None:

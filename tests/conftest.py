@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# prometheus_client picks its value storage when first imported: with this set (a developer's
+# shell), every in-process test app would write to shared multiprocess files.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
 
 @pytest.fixture(autouse=True)
 def _no_thermoledger_env(monkeypatch: pytest.MonkeyPatch) -> None:
