@@ -13,7 +13,11 @@ Commands:
   ``THERMOLEDGER_SPOOL_DIR`` and ``THERMOLEDGER_NODE_METER`` (so that Meter records phases and
   work but does not sample the node a second time).
 * ``thermoledger sidecar --run-id ID`` meters until SIGTERM/SIGINT, then flushes, marks the run
-  finished, uploads what it can and exits 0: for pods and SLURM prolog/epilog.
+  finished, uploads what it can and exits 0: for pods and SLURM prolog/epilog. With
+  ``--attribute-pods`` (a Kubernetes node meter) it keeps one run per pod holding GPUs on the
+  node and one for the unallocated GPUs, from the kubelet's PodResources API (`meters.pods`).
+* ``thermoledger pod-resources-relay --listen PATH`` offers the kubelet's root-only
+  PodResources socket on a socket an unprivileged meter may use (`meters.k8s`), until SIGTERM.
 * ``thermoledger push`` sends everything pending in the spool (offline runs); exits 1 if
   anything could not be sent, after a summary.
 * ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
@@ -51,8 +55,15 @@ from types import FrameType
 from typing import Any, Final, TextIO
 
 from meters.api import RUN_KINDS, Meter
+from meters.k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 from meters.logs import LOG_FORMATS, JsonFormatter, LogFormat, RunIdFilter, json_handler
-from meters.runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id, node_meter_mark
+from meters.runid import (
+    NODE_METER_ENV,
+    RUN_ID_ENV,
+    canonical_run_id,
+    node_meter_mark,
+    resolve_run_id,
+)
 from meters.sampler import MeterSummary
 from meters.settings import (
     BACKENDS,
@@ -681,6 +692,8 @@ def _write_summary(
 def _cmd_sidecar(
     args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
 ) -> int:
+    if args.attribute_pods:
+        return _cmd_sidecar_pods(args, env, err, log)
     footprint = _footprint(args, env)  # a bad value exits 2 before anything is metered
     meter = _meter(args, env, log, args.name or "sidecar")
     received: list[int] = []
@@ -704,6 +717,154 @@ def _cmd_sidecar(
     if not args.quiet and meter.sampling:
         verb = f"stopped by {signal.Signals(received[0]).name}"
         _write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
+    return 0
+
+
+def _cmd_sidecar_pods(
+    args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
+) -> int:
+    """``sidecar --attribute-pods``: `meters.pods.PodAttribution` until SIGTERM/SIGINT."""
+    from meters.errors import MeterError
+    from meters.pods import (
+        PodAttribution,
+        PodSettings,
+        render_attribution,
+        serve_attribution_metrics,
+    )
+
+    settings = MeterSettings.resolve(
+        env=env,
+        server=args.server,
+        token=args.token,
+        spool_dir=args.spool_dir,
+        interval_s=args.interval,
+        chunk_s=args.chunk,
+        gpus=args.gpus,
+        backend="simulated" if args.simulate else args.backend,
+        upload_timeout_s=args.upload_timeout,
+    )
+    pods = PodSettings.resolve(
+        env=env, socket_path=args.pod_resources_socket, poll_s=args.pod_poll, node=args.node
+    )
+    identity = resolve_run_id(args.run_id, env)
+    if identity.source == "new":
+        log.warning(
+            "no --run-id: the runs of this node get new ids at every start, so a restarted "
+            "meter does not resume them (the DaemonSet passes k8s-node:<node>:<pod uid>)"
+        )
+    try:
+        attribution = PodAttribution.for_node(
+            settings,
+            pods,
+            base_run_id=identity.run_id,
+            name=args.name,
+            kind=args.kind,
+            tags=args.tags,
+            env=env,
+            logger=log,
+            upload_transport=args.upload_transport,
+        )
+    except SettingsError:
+        raise  # exit 2 from `main`, like every other bad setting
+    except MeterError as e:  # grpcio / protobuf missing
+        err.write(f"thermoledger: {e}\n")
+        return _EXIT_USAGE
+    received: list[int] = []
+    finishing: list[bool] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if finishing:
+            attribution.abort_upload()  # a second signal cuts the final upload short
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            attribution.start()
+        except MeterError as e:
+            log.error("pod attribution disabled: %s; waiting for SIGTERM", e)
+            while not received:
+                time.sleep(_SIGNAL_POLL_S)
+            attribution.stop()
+            return 0
+        observe: ObserveSettings = args.observe
+        server = (
+            serve_attribution_metrics(
+                attribution,
+                port=observe.metrics_port,
+                address=observe.metrics_addr,
+                transport=args.upload_transport,
+                logger=log,
+            )
+            if observe.metrics_port is not None
+            else None
+        )
+        try:
+            attribution.run(lambda: bool(received))
+        finally:
+            if server is not None:
+                server.close()
+        finishing.append(True)
+        totals = attribution.stop()
+    finally:
+        for sig, handler in previous.items():
+            # As `_Finishing` does: once the work is done, a late signal must not change the
+            # exit status of the command itself.
+            signal.signal(sig, signal.SIG_IGN if args.process_entry else handler)
+    if not args.quiet:
+        why = signal.Signals(received[0]).name if received else "request"
+        table = render_attribution(
+            totals,
+            title=f"thermoledger: node {pods.node}: pod attribution stopped by {why}",
+            spool_dir=str(settings.spool_dir),
+        )
+        if any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
+            runs = {t.run_id: {"name": t.name, "energy_j": t.energy_j} for t in totals.values()}
+            record = log.makeRecord(
+                log.name,
+                logging.INFO,
+                __file__,
+                0,
+                table.rstrip("\n"),
+                (),
+                None,
+                extra={
+                    "event": "summary",
+                    "energy_j": math.fsum(t.energy_j for t in totals.values()),
+                    "runs": runs,
+                },
+            )
+            log.handle(record)  # past the level check: the summary is always written
+        else:
+            err.write(table)
+    return 0
+
+
+def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> int:
+    """``pod-resources-relay``: `meters.k8s.PodResourcesRelay` until SIGTERM/SIGINT."""
+    from meters.k8s import PodResourcesError, PodResourcesRelay
+
+    received: list[int] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            relay = PodResourcesRelay(args.socket, args.listen, mode=args.mode, logger=log)
+            relay.start()
+        except PodResourcesError as e:
+            err.write(f"thermoledger: {e}\n")
+            return 1
+        try:
+            while not received:
+                time.sleep(_SIGNAL_POLL_S)
+        finally:
+            relay.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -865,6 +1026,44 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")
 
 
+def _pod_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Kubernetes node meter")
+    group.add_argument(
+        "--attribute-pods",
+        action="store_true",
+        help="one run per pod holding GPUs on this node and one for the unallocated GPUs, from "
+        "the kubelet's PodResources API (run ids derived from --run-id)",
+    )
+    group.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH",
+        help="the kubelet's PodResources socket, or a relay's (default: "
+        f"THERMOLEDGER_POD_RESOURCES_SOCKET, else {DEFAULT_POD_RESOURCES_SOCKET})",
+    )
+    group.add_argument(
+        "--pod-poll",
+        type=float,
+        metavar="S",
+        help="seconds between two questions to the kubelet (default: THERMOLEDGER_POD_POLL_S, "
+        "else 5)",
+    )
+    group.add_argument(
+        "--node",
+        metavar="NAME",
+        help="the node's name (default: THERMOLEDGER_NODE_NAME, else the host name)",
+    )
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"not a permission mode: {text!r}")
+    return mode
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thermoledger",
@@ -876,6 +1075,26 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     sidecar = sub.add_parser("sidecar", help="meter this node until SIGTERM (pods, SLURM)")
     _meter_options(sidecar)
+    _pod_options(sidecar)
+    relay = sub.add_parser(
+        "pod-resources-relay",
+        help="offer the kubelet's root-only PodResources socket to an unprivileged meter",
+    )
+    relay.add_argument(
+        "--socket",
+        default=DEFAULT_POD_RESOURCES_SOCKET,
+        help="the kubelet's socket (default: %(default)s)",
+    )
+    relay.add_argument(
+        "--listen", required=True, help="the socket to offer (its directory must exist)"
+    )
+    relay.add_argument(
+        "--mode",
+        type=_octal_mode,
+        default=0o660,
+        help="permission bits of --listen, octal (default 0660: owner and group)",
+    )
+    relay.add_argument("-v", "--verbose", action="store_true", help="log connection problems")
     push = sub.add_parser("push", help="send everything pending in the spool")
     push.add_argument("--server", help="service URL (default: THERMOLEDGER_SERVER)")
     push.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
@@ -931,6 +1150,7 @@ def main(
     commands: dict[str, Callable[[], int]] = {
         "run": lambda: _cmd_run(args, parser, env, err, log),
         "sidecar": lambda: _cmd_sidecar(args, env, err, log),
+        "pod-resources-relay": lambda: _cmd_relay(args, err, log),
         "push": lambda: _cmd_push(args, env, out, err),
         "status": lambda: _cmd_status(args, env, out),
     }
