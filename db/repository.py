@@ -315,6 +315,10 @@ class ChunkRow(NamedTuple):
     blob: bytes | None = None
 
 
+#: Position of each `ChunkRow` field (columns of a transposed batch).
+_CHUNK_FIELD: dict[str, int] = {name: i for i, name in enumerate(ChunkRow._fields)}
+
+
 class ChunkAck(NamedTuple):
     """Fate of one chunk of a batch: newly ``stored``, or an identical ``duplicate`` (a named
     tuple, as `ChunkRow`)."""
@@ -1226,6 +1230,7 @@ def ingest_chunks(
     problems: list[FieldProblem] = []
     first_of_key: dict[tuple[int, int], ChunkRow] = {}
     repeats: list[ChunkRow] = []
+    ceilings = {key: plausible_power_w(row.power_limit_w) for key, row in rows.items()}
     for c in chunks:
         device = rows.get(c.device_key)
         if device is None:
@@ -1236,19 +1241,21 @@ def ingest_chunks(
                 )
             )
             continue
-        ceiling_w = plausible_power_w(device.power_limit_w)
+        ceiling_w = ceilings[c.device_key]
         # The mean is checked on its own: a counter chunk's mean is not bounded by max_power_w.
-        for name, value_w in (("max_power_w", c.max_power_w), ("mean_power_w", c.mean_power_w)):
-            if value_w > ceiling_w:
-                problems.append(
-                    FieldProblem(
-                        f"chunks[{c.position}].{name}",
-                        f"{value_w!r} W is implausible for a device limited to "
-                        f"{device.power_limit_w!r} W (ceiling 1.5 × limit + 50 W = "
-                        f"{ceiling_w:g} W)",
-                    )
+        if c.max_power_w > ceiling_w or c.mean_power_w > ceiling_w:
+            name, value_w = (
+                ("max_power_w", c.max_power_w)
+                if c.max_power_w > ceiling_w
+                else ("mean_power_w", c.mean_power_w)
+            )
+            problems.append(
+                FieldProblem(
+                    f"chunks[{c.position}].{name}",
+                    f"{value_w!r} W is implausible for a device limited to "
+                    f"{device.power_limit_w!r} W (ceiling 1.5 × limit + 50 W = {ceiling_w:g} W)",
                 )
-                break
+            )
         key = (device.id, c.seq)
         earlier = first_of_key.get(key)
         if earlier is None:
@@ -1525,25 +1532,27 @@ def _add_to_totals(
     per_device: dict[int, list[ChunkRow]] = {}
     for device_id, c in written:
         per_device.setdefault(device_id, []).append(c)
+    f = _CHUNK_FIELD
     device_rows = []
     for device_id, chunks in per_device.items():
-        methods = {c.method for c in chunks}
+        column = list(zip(*chunks, strict=True))  # one tuple per ChunkRow field
+        methods = set(column[f["method"]])
         device_rows.append(
             {
                 "run_id": run_id,
                 "device_id": device_id,
                 "chunks": len(chunks),
-                "samples": sum(c.n for c in chunks),
-                "energy_j": math.fsum(c.energy_j for c in chunks),
-                "sensor_uncertainty_j": math.fsum(c.sensor_uncertainty_j for c in chunks),
-                "bound_below_j": math.fsum(c.bound_below_j for c in chunks),
-                "bound_above_j": min(math.fsum(c.bound_above_j for c in chunks), UNBOUNDED_J),
-                "t0_s": min(c.t0_s for c in chunks),
-                "t1_s": max(c.t1_s for c in chunks),
-                "peak_power_w": max(c.max_power_w for c in chunks),
-                "gap_s": math.fsum(c.gap_s for c in chunks),
-                "gap_count": sum(c.gap_count for c in chunks),
-                "reset_count": sum(c.reset_count for c in chunks),
+                "samples": sum(column[f["n"]]),
+                "energy_j": math.fsum(column[f["energy_j"]]),
+                "sensor_uncertainty_j": math.fsum(column[f["sensor_uncertainty_j"]]),
+                "bound_below_j": math.fsum(column[f["bound_below_j"]]),
+                "bound_above_j": min(math.fsum(column[f["bound_above_j"]]), UNBOUNDED_J),
+                "t0_s": min(column[f["t0_s"]]),
+                "t1_s": max(column[f["t1_s"]]),
+                "peak_power_w": max(column[f["max_power_w"]]),
+                "gap_s": math.fsum(column[f["gap_s"]]),
+                "gap_count": sum(column[f["gap_count"]]),
+                "reset_count": sum(column[f["reset_count"]]),
                 "method": methods.pop() if len(methods) == 1 else EnergyMethod.MIXED,
             }
         )

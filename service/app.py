@@ -54,6 +54,22 @@ __all__ = ["API_PREFIX", "app_from_env", "create_app"]
 
 API_PREFIX = "/api/v1"
 _VERSION = "0.1.0"
+#: The sections of /docs, in reading order.
+_OPENAPI_TAGS: list[dict[str, Any]] = [
+    {"name": "health", "description": "Liveness and readiness."},
+    {"name": "projects", "description": "Projects (admin scope)."},
+    {"name": "tokens", "description": "API tokens: shown once, stored hashed, revocable."},
+    {"name": "runs", "description": "Runs: create or upsert by client UUID, list, finish."},
+    {"name": "chunks", "description": "Meter chunk ingest: all or nothing, idempotent."},
+    {"name": "phases", "description": "Phases and declared work of a run."},
+    {"name": "reports", "description": "Per-run energy reports (JSON, CSV)."},
+    {"name": "ledger", "description": "The append-only, hash-chained sustainability ledger."},
+    {"name": "factors", "description": "Versioned emission factors, tariffs, project settings."},
+    {"name": "rollups", "description": "Monthly and quarterly totals by project or tag."},
+    {"name": "audit", "description": "Ledger verification and auditor exports."},
+    {"name": "models", "description": "Training to inference amortisation per model."},
+    {"name": "planning", "description": "Energy plans before a run."},
+]
 
 
 class InFlightLimit:
@@ -159,6 +175,7 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
         title="thermoledger",
         version=_VERSION,
         summary="Per-run energy, compute and carbon ledger for ML jobs",
+        openapi_tags=_OPENAPI_TAGS,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -175,11 +192,13 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
     app.include_router(health.router)
     app.include_router(metrics_router)
     api = APIRouter(prefix=API_PREFIX)
+    # Chunk ingest first: routes are matched in order, and it is the hot path (the docs order
+    # their sections by `_OPENAPI_TAGS`, not by this).
     for module in (
+        chunks,
         projects,
         tokens,
         runs,
-        chunks,
         phases,
         reports,
         ledger,
@@ -196,7 +215,11 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+                tags=app.openapi_tags,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(chunks.SCHEMA_COMPONENTS)

@@ -98,7 +98,7 @@ def ingest_chunks(
     # The acks echo values already validated: written straight as JSON in the shape of
     # `IngestPublic` (which documents it) instead of through a model per chunk, which cost
     # ~10 % of an ingest request's CPU (a batch acknowledges hundreds of chunks).
-    keys = {a.device_key: json.dumps(a.device_key) for a in acks}
+    keys = {key: json.dumps(key) for key in {a.device_key for a in acks}}
     chunks_json = ",".join(
         f'{{"device_key":{keys[a.device_key]},"seq":{a.seq},"status":"{a.status}"}}' for a in acks
     )

@@ -65,4 +65,13 @@ def test_openapi_lists_every_route_and_the_ingest_body(client: TestClient) -> No
     components = schema["components"]["schemas"]
     assert ref.rsplit("/", 1)[1] in components
     assert "ChunkIn" in components
+    ack = paths["/api/v1/runs/{run_id}/chunks"]["post"]["responses"]["200"]["content"]
+    assert ack["application/json"]["schema"]["$ref"].endswith("/IngestPublic")
+    # every section of the docs is described, in reading order (not route-matching order)
+    operations = [op for path in paths.values() for op in path.values() if "responses" in op]
+    assert all(op.get("tags") for op in operations)
+    used = {tag for op in operations for tag in op["tags"]}
+    described = [tag["name"] for tag in schema["tags"]]
+    assert used == set(described)
+    assert described.index("runs") < described.index("chunks")
     assert client.get("/docs").status_code == 200
