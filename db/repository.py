@@ -40,7 +40,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, cast
 from uuid import UUID
 
@@ -970,34 +970,30 @@ def _device_rows(session: Session, run_id: UUID) -> list[_DeviceRow]:
 def _run_for_ingest_statement() -> sa.Select[Any]:
     """`_run_for_ingest`'s query, built once (building it costs more than running it)."""
     r, d = _RUN_T, _DEVICE_T
-    has_phases = sa.exists().where(_PHASE_T.c.run_id == r.c.id)
     return (
-        sa.select(
-            has_phases, d.c.id, d.c.host, d.c.kind, d.c.device_index, d.c.uuid, d.c.power_limit_w
-        )
+        sa.select(r.c.id, d.c.id, d.c.host, d.c.kind, d.c.device_index, d.c.uuid, d.c.power_limit_w)
         .select_from(r.outerjoin(d, d.c.run_id == r.c.id))
         .where(r.c.id == sa.bindparam("run_id"), r.c.project_id == sa.bindparam("project_id"))
         .with_for_update(read=True, key_share=True, of=r)
     )
 
 
-def _run_for_ingest(
-    session: Session, *, project_id: int, run_id: UUID
-) -> tuple[list[_DeviceRow], bool]:
-    """The run's devices and whether it has phases, in one round trip; `NotFound` unless the
-    run exists in the project.
+def _run_for_ingest(session: Session, *, project_id: int, run_id: UUID) -> list[_DeviceRow]:
+    """The run's devices, in the round trip that checks the run; `NotFound` unless the run
+    exists in the project.
 
     Takes ``FOR KEY SHARE`` on the run (PostgreSQL; SQLite serialises writers anyway): ingests
-    of one run proceed together, while a phase change (``FOR UPDATE``) waits for them, so the
-    phases seen here stay the run's phases until this transaction ends.
+    of one run proceed together, while a phase change (``FOR UPDATE``) waits for them. The
+    run's phases are read later, by another statement: one that waited here for a phase change
+    still reads the tables as they were when it started (READ COMMITTED), so it would miss the
+    phase just committed.
     """
     found = session.execute(
         _run_for_ingest_statement(), {"run_id": run_id, "project_id": project_id}
     ).all()
     if not found:
         raise NotFound("run", run_id)
-    devices = [_DeviceRow(*row[1:]) for row in found if row[1] is not None]
-    return devices, bool(found[0][0])
+    return [_DeviceRow(*row[1:]) for row in found if row[1] is not None]
 
 
 def _match_devices(
@@ -1224,7 +1220,7 @@ def ingest_chunks(
         Conflict: A key repeats with other content, or a device contradicts a stored one.
         InvalidInput: Time going backwards across chunks, implausible power, unknown device key.
     """
-    stored_devices, has_phases = _run_for_ingest(session, project_id=project_id, run_id=run_id)
+    stored_devices = _run_for_ingest(session, project_id=project_id, run_id=run_id)
     rows = _match_devices(session, run_id, devices, stored_devices)
 
     problems: list[FieldProblem] = []
@@ -1301,7 +1297,7 @@ def ingest_chunks(
     to_insert = [(device_id, c) for device_id, new in new_by_device.items() for c in new]
     if to_insert:
         written = _insert_chunks(session, run_id, to_insert, compress_samples=compress_samples)
-        _add_to_totals(session, run_id, written, phases=has_phases)
+        _add_to_totals(session, run_id, written)
     device_of = {key: rows[key].id for key in rows}
     acks = []
     repeat_ids = {id(c) for c in repeats}
@@ -1372,8 +1368,74 @@ def _chunk_values(
     ]
 
 
+#: PostgreSQL's binary COPY framing: signature, flags and header extension; the end marker.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+#: Big-endian numpy layout and byte size of each fixed-size type `_COPY_COLUMNS` uses.
+_COPY_FIXED: dict[str, tuple[str, int]] = {
+    "uuid": ("V16", 16),
+    "int8": (">i8", 8),
+    "int4": (">i4", 4),
+    "float8": (">f8", 8),
+    "timestamptz": (">i8", 8),  # microseconds since 2000-01-01 UTC
+}
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _copy_data(values: Sequence[tuple[Any, ...]]) -> bytes:
+    """The binary ``COPY`` stream of chunk rows in `_COPY_COLUMNS` order, built with numpy.
+
+    PostgreSQL's binary format: the signature, then per row a 16-bit field count and, per
+    field, its 32-bit length (-1 for NULL) and big-endian bytes, then the end marker. Rows whose
+    text and blob fields have the same sizes share one packed numpy record layout, so a
+    group is encoded in one pass instead of a driver call per row (a batch is a group or two).
+    """
+    variable = [i for i, (_, kind) in enumerate(_COPY_COLUMNS) if kind not in _COPY_FIXED]
+    groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    for row in values:
+        sizes = tuple(-1 if row[i] is None else len(_as_bytes(row[i])) for i in variable)
+        groups.setdefault(sizes, []).append(row)
+    parts = [_COPY_SIGNATURE]
+    for sizes, rows in groups.items():
+        size_of = dict(zip(variable, sizes, strict=True))
+        layout: list[tuple[str, str]] = [("fields", ">i2")]
+        for i, (name, kind) in enumerate(_COPY_COLUMNS):
+            layout.append((f"{name}.length", ">i4"))
+            if i not in size_of:
+                layout.append((name, _COPY_FIXED[kind][0]))
+            elif size_of[i] > 0:
+                layout.append((name, f"V{size_of[i]}"))
+        table = np.empty(len(rows), dtype=np.dtype(layout))
+        table["fields"] = len(_COPY_COLUMNS)
+        columns = list(zip(*rows, strict=True))
+        for i, (name, kind) in enumerate(_COPY_COLUMNS):
+            column = columns[i]
+            if i in size_of:
+                table[f"{name}.length"] = size_of[i]
+                if size_of[i] > 0:
+                    data = b"".join(_as_bytes(v) for v in column)
+                    table[name] = np.frombuffer(data, f"V{size_of[i]}")
+                continue
+            table[f"{name}.length"] = _COPY_FIXED[kind][1]
+            if kind == "uuid":
+                table[name] = np.frombuffer(b"".join(u.bytes for u in column), "V16")
+            elif kind == "timestamptz":
+                table[name] = [(t - _PG_EPOCH) // _MICROSECOND for t in column]
+            else:
+                table[name] = column
+        parts.append(table.tobytes())
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
 def _copy_chunks(session: Session, values: Sequence[tuple[Any, ...]]) -> None:
-    """Binary ``COPY`` of chunk rows into the table (PostgreSQL), in the session's transaction.
+    """Binary ``COPY`` of chunk rows into the table (PostgreSQL), in the session's transaction
+    (the stream built by `_copy_data`).
 
     Driver errors are re-raised as SQLAlchemy's, so they map like any other statement's.
     """
@@ -1383,11 +1445,10 @@ def _copy_chunks(session: Session, values: Sequence[tuple[Any, ...]]) -> None:
     statement = f"COPY chunk ({columns}) FROM STDIN (FORMAT BINARY)"
     driver = session.connection().connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
+    data = _copy_data(values)
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.set_types([kind for _, kind in _COPY_COLUMNS])
-            for row in values:
-                copy.write_row(row)
+            copy.write(data)
     except psycopg.Error as e:
         raise sa.exc.DBAPIError.instance(statement, None, e, psycopg.Error) from e
 
@@ -1522,11 +1583,8 @@ def _upsert_adding(
     session.execute(statement, ordered)
 
 
-def _add_to_totals(
-    session: Session, run_id: UUID, written: Sequence[tuple[int, ChunkRow]], *, phases: bool
-) -> None:
-    """Add newly written chunks to their devices' totals and to every phase they overlap
-    (``phases``: whether the run has any; without, they are not looked up)."""
+def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, ChunkRow]]) -> None:
+    """Add newly written chunks to their devices' totals and to every phase they overlap."""
     if not written:
         return
     per_device: dict[int, list[ChunkRow]] = {}
@@ -1557,8 +1615,6 @@ def _add_to_totals(
             }
         )
     _upsert_adding(session, _DEVICE_TOTAL_T, ("run_id", "device_id"), device_rows)
-    if not phases:
-        return
     found = session.execute(
         sa.select(_PHASE_T.c.id, _PHASE_T.c.t0_s, _PHASE_T.c.t1_s).where(
             _PHASE_T.c.run_id == run_id
