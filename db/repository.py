@@ -40,7 +40,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, NamedTuple, cast
 from uuid import UUID
 
@@ -1368,74 +1368,8 @@ def _chunk_values(
     ]
 
 
-#: PostgreSQL's binary COPY framing: signature, flags and header extension; the end marker.
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_COPY_TRAILER = b"\xff\xff"
-#: Big-endian numpy layout and byte size of each fixed-size type `_COPY_COLUMNS` uses.
-_COPY_FIXED: dict[str, tuple[str, int]] = {
-    "uuid": ("V16", 16),
-    "int8": (">i8", 8),
-    "int4": (">i4", 4),
-    "float8": (">f8", 8),
-    "timestamptz": (">i8", 8),  # microseconds since 2000-01-01 UTC
-}
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _copy_data(values: Sequence[tuple[Any, ...]]) -> bytes:
-    """The binary ``COPY`` stream of chunk rows in `_COPY_COLUMNS` order, built with numpy.
-
-    PostgreSQL's binary format: the signature, then per row a 16-bit field count and, per
-    field, its 32-bit length (-1 for NULL) and big-endian bytes, then the end marker. Rows whose
-    text and blob fields have the same sizes share one packed numpy record layout, so a
-    group is encoded in one pass instead of a driver call per row (a batch is a group or two).
-    """
-    variable = [i for i, (_, kind) in enumerate(_COPY_COLUMNS) if kind not in _COPY_FIXED]
-    groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
-    for row in values:
-        sizes = tuple(-1 if row[i] is None else len(_as_bytes(row[i])) for i in variable)
-        groups.setdefault(sizes, []).append(row)
-    parts = [_COPY_SIGNATURE]
-    for sizes, rows in groups.items():
-        size_of = dict(zip(variable, sizes, strict=True))
-        layout: list[tuple[str, str]] = [("fields", ">i2")]
-        for i, (name, kind) in enumerate(_COPY_COLUMNS):
-            layout.append((f"{name}.length", ">i4"))
-            if i not in size_of:
-                layout.append((name, _COPY_FIXED[kind][0]))
-            elif size_of[i] > 0:
-                layout.append((name, f"V{size_of[i]}"))
-        table = np.empty(len(rows), dtype=np.dtype(layout))
-        table["fields"] = len(_COPY_COLUMNS)
-        columns = list(zip(*rows, strict=True))
-        for i, (name, kind) in enumerate(_COPY_COLUMNS):
-            column = columns[i]
-            if i in size_of:
-                table[f"{name}.length"] = size_of[i]
-                if size_of[i] > 0:
-                    data = b"".join(_as_bytes(v) for v in column)
-                    table[name] = np.frombuffer(data, f"V{size_of[i]}")
-                continue
-            table[f"{name}.length"] = _COPY_FIXED[kind][1]
-            if kind == "uuid":
-                table[name] = np.frombuffer(b"".join(u.bytes for u in column), "V16")
-            elif kind == "timestamptz":
-                table[name] = [(t - _PG_EPOCH) // _MICROSECOND for t in column]
-            else:
-                table[name] = column
-        parts.append(table.tobytes())
-    parts.append(_COPY_TRAILER)
-    return b"".join(parts)
-
-
-def _as_bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
-
-
 def _copy_chunks(session: Session, values: Sequence[tuple[Any, ...]]) -> None:
-    """Binary ``COPY`` of chunk rows into the table (PostgreSQL), in the session's transaction
-    (the stream built by `_copy_data`).
+    """Binary ``COPY`` of chunk rows into the table (PostgreSQL), in the session's transaction.
 
     Driver errors are re-raised as SQLAlchemy's, so they map like any other statement's.
     """
@@ -1445,10 +1379,11 @@ def _copy_chunks(session: Session, values: Sequence[tuple[Any, ...]]) -> None:
     statement = f"COPY chunk ({columns}) FROM STDIN (FORMAT BINARY)"
     driver = session.connection().connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    data = _copy_data(values)
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.write(data)
+            copy.set_types([kind for _, kind in _COPY_COLUMNS])
+            for row in values:
+                copy.write_row(row)
     except psycopg.Error as e:
         raise sa.exc.DBAPIError.instance(statement, None, e, psycopg.Error) from e
 

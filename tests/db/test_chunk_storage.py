@@ -1,9 +1,7 @@
 """Chunk rows come back from the table exactly as `repository.ingest_chunks` was given them.
 
-On PostgreSQL they travel as a binary ``COPY`` stream that the repository builds itself
-(`db.repository._copy_data`); on SQLite as an executemany. Mixed layouts in one batch (methods
-of different lengths, samples or none, blobs of different sizes, an unbounded band) exercise
-every grouping of that stream.
+On PostgreSQL they travel as a binary ``COPY``; on SQLite as an executemany. One batch mixes
+methods, chunks with and without samples, blobs of different sizes and an unbounded band.
 """
 
 from __future__ import annotations
