@@ -233,9 +233,11 @@ class DeviceSummary:
         wrap_count: Counter wraps seen.
         missed: Readings that were not samples, by reason: a `DeviceStatus` label (``lost``,
             ``error``, ``not_supported``, ``denied``), ``exception`` (the read raised),
+            ``slow`` (a tick went on without the device: its previous read was still running),
             ``no_power`` / ``no_counter`` (the figure a sample needs is absent with no status)
             or ``repeat`` (time did not advance).
-        status: Status label of the latest reading.
+        status: Status label of the latest reading (``slow`` while the sampler waits for a
+            read that outlasted a tick).
         message: The latest non-empty status message.
     """
 

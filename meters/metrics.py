@@ -34,7 +34,7 @@ Metrics (labels: ``run_id``; per device also ``device`` (the device key ``host/u
     thermoledger_meter_read_errors_total           counter  ticks whose device read raised
     thermoledger_meter_spool_pending_chunks        gauge    sealed chunks not yet acknowledged
     thermoledger_meter_upload_failures_total       counter  failed upload requests {reason}
-    thermoledger_meter_cpu_seconds_total           counter  CPU time of the sampler thread, s
+    thermoledger_meter_cpu_seconds_total           counter  CPU time of the sampler threads, s
     thermoledger_meter_info                        gauge    1 {backend, sampling, simulated}
 
 Upload failures are counted by a transport wrapper (`CountingTransport`) the meter's uploader
@@ -207,7 +207,7 @@ class MeterCollector(Collector):
             ("overruns", "Ticks skipped because a tick overran its slot", summary.overruns),
             ("read_errors", "Ticks whose device read raised", summary.read_errors),
             ("spool_errors", "Failed writes of sealed chunks to the spool", summary.spool_errors),
-            ("cpu_seconds", "CPU time of the sampler thread, s", summary.cpu_s),
+            ("cpu_seconds", "CPU time of the sampler threads, s", summary.cpu_s),
         ):
             family = CounterMetricFamily(f"thermoledger_meter_{name}", help_text, labels=["run_id"])
             family.add_metric([run_id], value)

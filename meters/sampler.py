@@ -1,12 +1,34 @@
-"""The sampler: one thread reads every device on a drift-free schedule and seals chunks.
+"""The sampler: two threads take turns reading every device on a drift-free schedule.
 
 Schedule
     Tick k is due at ``start + k·interval_s`` (monotonic), never "interval after the last tick
-    finished", so the per-tick work does not accumulate into drift. A tick that overruns its
-    slot makes the sampler skip the deadlines already past (counted in `MeterSummary.overruns`)
-    and resume on the grid; it never bursts to catch up. The same `Sampler.step` drives the
-    background thread and the tests, which pass a `meters.testing.ManualClock` and its
-    ``advance`` as the sleep function, so they run thousands of ticks without sleeping.
+    finished", so the per-tick work does not accumulate into drift. Two threads take turns
+    (`TickSchedule.claim`): a thread that finishes a tick claims the first deadline no thread has
+    claimed yet, so the two alternate and each sleeps two intervals, for the same wake-ups per
+    second as one thread. Only when no thread is free at a deadline is it skipped (counted in
+    `MeterSummary.overruns`); the sampler resumes on the grid and never bursts to catch up. The
+    same `Sampler.step` drives the sampler by hand on the caller's thread in tests, which pass a
+    `meters.testing.ManualClock` and its ``advance`` as the sleep function, so they run
+    thousands of ticks without sleeping.
+
+Slow devices
+    A driver call can take far longer than a tick (a GPU falling off the bus can hang NVML for
+    seconds), and one thread reading devices one after another would hold every device up
+    behind it. With a backend that reads one device at a time
+    (`meters.backends.base.DeviceReader`, NVML), a tick reads each device under that device's
+    own lock, taken without waiting: a device whose read is still running on another thread is
+    skipped for that tick, a missed reading labelled ``slow``, and read after the others from
+    then on. A tick still reading when the next one starts is **overtaken**: it stops after the
+    call in progress, the next tick delivers the readings it had finished (they are older than
+    its own), and it delivers the slow device's reading itself when the call returns. Its
+    thread is out of the rotation meanwhile, so a spare thread joins whenever fewer than two
+    would be free; a thread back from a slow read stays as a spare, up to three free ones
+    (idle threads cost no wake-ups: the free ones share the ticks), and the threads never
+    outnumber the devices plus two. The other devices keep their schedule; the slow one is
+    sampled when it answers, timed at its own calls, its energy counter spanning the gaps. Only
+    where a device turns slow does a tick lose the readings of the devices it had not reached
+    (one tick each: no gap). A backend read as a whole (simulated, replay, RAPL) is one unit:
+    while its read hangs, every device is ``slow``.
 
 Samples and chunks
     Each device's readings go to a `meters.chunker.DeviceChunker`, which seals a chunk per
@@ -20,23 +42,27 @@ Samples and chunks
 Cost
     The meter's budget is 0.5 % of one core at 10 Hz × 8 GPUs (``bench/meter_overhead.py``),
     where a tick runs on cold caches after 100 ms of sleep, so every step per device counts.
-    The tick takes the readings as plain lists where the backend offers them
-    (`meters.backends.base.FlatReader`). A tick whose readings are all plain (every device OK
-    with a power reading, time moving on, no chunk due) is kept as one row of those lists and
-    handed to the chunkers in one go later (`Sampler._plain`, `Sampler._fold`): a few list
-    operations instead of a call per device, with the same samples, in the same order, as
-    feeding the chunkers one reading at a time would give. The thread sleeps in one timed
-    lock acquire per tick, which `Sampler.stop` cuts short.
+    The tick takes the readings as plain lists (`meters.backends.base.FlatBuffer`, or
+    `meters.backends.base.FlatReader` for a backend read as a whole). A tick whose readings are
+    all plain (every device OK with a power reading, time moving on, no chunk due, no other tick
+    in flight) is kept as one row of those lists and handed to the chunkers in one go later
+    (`Sampler._plain`, `Sampler._fold`): a few list operations instead of a call per device,
+    with the same samples, in the same order, as feeding the chunkers one reading at a time
+    would give. What reading around slow devices adds to such a tick is a lock taken and
+    released per device and one more short critical section (the claim). The threads sleep in
+    one timed lock acquire per tick, which `Sampler.stop` cuts short.
 
 Never disturb the job
-    Everything the meter can get wrong stays inside the thread: an exception from
-    ``backend.read()`` becomes a missed tick for every device (reason ``exception``), a spool that
-    cannot be written keeps the sealed chunks in memory and retries on the next tick, and each
-    kind of trouble is logged once, with no logging per tick.
+    Everything the meter can get wrong stays inside its threads: an exception from a read
+    becomes a missed reading (reason ``exception``) for the devices it covers, a spool that
+    cannot be written keeps the sealed chunks in memory and retries on the next tick (a tick
+    finding the spool busy with the other thread's write leaves its chunks to the next one), a
+    call that never returns costs one thread and that device's readings, and each kind of
+    trouble is logged once, with no logging per tick.
 
 Durability
     Sealed chunks are committed to the `ChunkSink` (the `meters.spool.Spool`) from the sampler
-    thread, before anything else can see them. `Sampler.flush` seals the partial chunks (stop,
+    threads, before anything else can see them. `Sampler.flush` seals the partial chunks (stop,
     SIGTERM); a restarted meter with the same spool and run id resumes each device's numbering
     after the highest stored seq. `sample_until_signalled` is the process-level loop: it meters
     until SIGTERM/SIGINT, flushes and marks the run finished.
@@ -58,7 +84,9 @@ from typing import Any, Final, Protocol
 from accounting.integrate import aggregate_energy
 from meters.backends.base import (
     Clock,
+    DeviceReader,
     DeviceStatus,
+    FlatBuffer,
     FlatReader,
     FlatReadings,
     Method,
@@ -84,6 +112,18 @@ _LOG = logging.getLogger(__name__)
 _DEADLINE_EPS: Final = 1e-9
 _SIGNAL_POLL_S: Final = 0.2  # how often the main thread looks for a stop request, s
 _STATUS_LABELS: Final = {int(s): s.label for s in DeviceStatus}
+# Free sampler threads (not held in a read a later tick went past): at least two, so that one
+# covers for the other; up to three, so that a thread back from a slow read stays as a spare
+# instead of being started again for the next one (an idle thread costs no wake-ups: the free
+# threads share the ticks).
+_FREE_MIN: Final = 2
+_FREE_MAX: Final = 3
+# In `Sampler._codes`, a device labelled slow (no `DeviceStatus` code: the sampler's own label).
+_SLOW: Final = -1
+_SLOW_MESSAGE: Final = (
+    "a read of this device was still running when the next tick came; the ticks go on "
+    "without it and take its readings when it answers"
+)
 
 
 class ChunkSink(Protocol):
@@ -140,7 +180,11 @@ class _Wakeup:
 
 
 class TickSchedule:
-    """Drift-free deadlines ``start_s + k·interval_s`` that skip, never burst, after an overrun.
+    """Drift-free deadlines ``start_s + k·interval_s``, handed out to the threads that tick.
+
+    Each tick is claimed once. A thread free at some moment takes the first deadline nobody has
+    claimed, or, when that one has passed (every thread was busy), the first that has not: the
+    deadlines in between are skipped, never caught up in a burst.
 
     Args:
         start_s: Monotonic time of tick 0, s.
@@ -153,21 +197,27 @@ class TickSchedule:
         self.start_s = start_s
         self.interval_s = interval_s
         self.k = 0
-        """Index of the next tick."""
+        """Index of the first tick not yet claimed."""
 
-    def deadline_s(self) -> float:
-        """Monotonic time the next tick is due, s."""
-        return self.start_s + self.k * self.interval_s
+    def deadline_s(self, k: int) -> float:
+        """Monotonic time tick ``k`` is due, s."""
+        return self.start_s + k * self.interval_s
 
-    def advance(self, now_s: float) -> int:
-        """Move to the next tick after one finished at ``now_s``; returns deadlines skipped.
+    def claim(self, now_s: float) -> tuple[int, int]:
+        """The next tick for a thread free at ``now_s``, and how many deadlines it skips.
 
-        The next tick is the first deadline after the current one that is not yet past.
+        Args:
+            now_s: Monotonic time now, s.
+
+        Returns:
+            ``(k, skipped)``: the tick to run (due at `deadline_s` of ``k``, maybe already due),
+            and the unclaimed deadlines before it that had passed.
         """
-        due = self.k + 1
+        due = self.k
         behind = math.ceil((now_s - self.start_s) / self.interval_s - _DEADLINE_EPS)
-        self.k = max(due, behind)
-        return self.k - due
+        k = max(due, behind)
+        self.k = k + 1
+        return k, k - due
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +237,7 @@ class MeterSummary:
         spool_errors: Failed attempts to write sealed chunks to the spool.
         unspooled: Sealed chunks waiting in memory for the spool.
         dropped: Sealed chunks given up on (a conflicting chunk under the same key).
-        cpu_s: CPU time the ticks took, s (thread time of the sampling thread).
+        cpu_s: CPU time the ticks took, s (thread time of the sampling threads).
     """
 
     run_id: str
@@ -204,11 +254,43 @@ class MeterSummary:
     cpu_s: float
 
 
+class _Read:
+    """One tick's reading of the devices, as a later tick sees it while it is in flight.
+
+    (A plain class: built once per tick, and a dataclass's default factories cost more.)
+
+    Attributes:
+        thread: `threading.get_ident` of the thread reading.
+        flat: The readings, by device position (a slot is final once its position is in
+            ``done``).
+        done: Positions read, in the order they were read.
+        busy: Positions skipped: their previous read was still running.
+        failed: Positions whose read raised, and ``error`` what it raised.
+        error: The last exception a read raised.
+        overtaken: A later tick started (or delivered) before this one finished reading; it
+            stops after the call in progress.
+        adopted: How many of ``done`` a later tick has delivered already.
+    """
+
+    __slots__ = ("adopted", "busy", "done", "error", "failed", "flat", "overtaken", "thread")
+
+    def __init__(self, thread: int) -> None:
+        self.thread = thread
+        self.flat: FlatBuffer | FlatReadings | None = None
+        self.done: list[int] = []
+        self.busy: list[int] = []
+        self.failed: list[int] = []
+        self.error: Exception | None = None
+        self.overtaken = False
+        self.adopted = 0
+
+
 class Sampler:
     """Reads every device of one backend each ``interval_s`` and seals per-device chunks.
 
-    Drive it either with `start` / `stop` (a daemon thread) or, in tests, with `step` /
-    `run_ticks` on the caller's thread; both run the same code.
+    Drive it either with `start` / `stop` (daemon threads taking turns) or, in tests, with
+    `step` / `run_ticks` on the caller's thread; both run the same code (by hand, a tick that
+    hangs in a read holds the caller: no other thread covers for it).
 
     Args:
         backend: The devices to read. Its clock must share the monotonic base of ``clock``.
@@ -246,8 +328,12 @@ class Sampler:
         if not (chunk_s >= interval_s and math.isfinite(chunk_s)):
             raise ValueError(f"chunk_s must be finite and >= interval_s: {chunk_s!r}")
         self.backend = backend
+        # A backend read device by device gets a lock per device, else one for the whole read.
         # The lists the tick works on: straight from a backend that offers them (no numpy
         # round trip), else from its Readings.
+        self._read_device: Callable[[FlatBuffer, int], None] | None = (
+            backend.read_device if isinstance(backend, DeviceReader) else None
+        )
         self._read: Callable[[], FlatReadings] = (
             backend.read_flat
             if isinstance(backend, FlatReader)
@@ -258,9 +344,11 @@ class Sampler:
         self.chunk_s = chunk_s
         self._spool = spool
         self._clock: Clock = clock if clock is not None else SystemClock()
+        system = type(self._clock) is SystemClock
         self._monotonic_s: Callable[[], float] = (
-            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic_s
+            time.monotonic if system else self._clock.monotonic_s
         )
+        self._wall_s: Callable[[], float] = time.time if system else self._clock.wall_s
         self._stop_event = threading.Event()
         self._wakeup = _Wakeup()
         self._sleep: Callable[[float], object] = sleep if sleep is not None else self._wakeup.wait
@@ -279,10 +367,22 @@ class Sampler:
             **dict(metadata or {}),
         }
         self._log = logger if logger is not None else _LOG
-        self._lock = threading.Lock()  # device state and counters
+        self._lock = threading.Lock()  # device state, counters, threads, reads in flight
         self._write_lock = threading.Lock()  # the outbox drain and spool writes
         self._warn_lock = threading.Lock()  # may be taken while holding the others
-        self._thread: threading.Thread | None = None
+        # Reading: one lock per unit (a device, or the whole backend), taken without waiting:
+        # held, its read is still running on another thread. Units in the order a tick reads
+        # them (those found busy go last).
+        units = len(self._infos) if self._read_device is not None else 1
+        self._unit_locks = tuple(threading.Lock() for _ in range(units))
+        self._order: tuple[int, ...] = tuple(range(len(self._infos)))
+        self._reading: list[_Read] = []  # the ticks reading now, oldest first
+        self._thread: threading.Thread | None = None  # the first sampler thread, once started
+        self._threads: list[threading.Thread] = []
+        self._workers = 0  # sampler threads in the rotation (those overtaken included)
+        self._stuck = 0  # of which, overtaken: still in a read that a later tick went past
+        self._max_workers = units + _FREE_MIN
+        self._step_k: int | None = None  # by hand: the tick `step` runs next
         self._schedule: TickSchedule | None = None
         self._chunkers: tuple[DeviceChunker, ...] = ()
         self._codes: list[int] = []  # per device, the status code its label was last set from
@@ -309,30 +409,32 @@ class Sampler:
     # -- driving ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background thread (tick 0 is due at once).
+        """Start the sampler threads (tick 0 is due at once).
 
         Raises:
             RuntimeError: Already started, or stopped.
         """
         if self._thread is not None or self._stopped:
             raise RuntimeError("a Sampler starts once")
-        self._begin()
-        self._thread = threading.Thread(
-            target=self._run, name=f"thermoledger-sampler-{self.run_id}", daemon=True
-        )
-        self._thread.start()
+        schedule = self._begin()
+        with self._lock:
+            for _ in range(_FREE_MIN):
+                k, _ = schedule.claim(schedule.start_s)
+                self._spawn(k)
 
     def step(self) -> None:
         """Wait for the next deadline, tick once, and schedule the next tick.
 
         Raises:
-            RuntimeError: Called from another thread while the background thread runs.
+            RuntimeError: Called while the sampler threads run (from another thread).
         """
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            raise RuntimeError("the sampler thread is running: step() drives a sampler by hand")
+        if self._thread is not None and threading.current_thread() not in self._threads:
+            raise RuntimeError("the sampler threads are running: step() drives a sampler by hand")
         schedule = self._schedule if self._schedule is not None else self._begin()
-        wait_s = schedule.deadline_s() - self._monotonic_s()
+        if self._step_k is None:
+            with self._lock:
+                self._step_k = self._claim()
+        wait_s = schedule.deadline_s(self._step_k) - self._monotonic_s()
         if wait_s > 0:
             self._sleep(wait_s)
         if self._stop_event.is_set():
@@ -342,10 +444,8 @@ class Sampler:
         finally:
             # Even after a failed tick (a meter bug): the next one waits for its deadline
             # instead of the thread spinning on a deadline already past.
-            skipped = schedule.advance(self._monotonic_s())
-            if skipped:
-                with self._lock:
-                    self._overruns += skipped
+            with self._lock:
+                self._step_k = self._claim()
 
     def run_ticks(self, n: int) -> None:
         """Run ``n`` scheduled ticks on the caller's thread (`step` ``n`` times)."""
@@ -378,18 +478,23 @@ class Sampler:
         exit_code: int | None = None,
         timeout_s: float = 10.0,
     ) -> MeterSummary:
-        """Stop the thread, flush, optionally record the run's status; returns the final summary.
+        """Stop the threads, flush, optionally record the run's status; returns the final summary.
 
         Args:
             status: Record this run status in the spool (None: leave it).
             exit_code: The job's exit code, stored with the status.
-            timeout_s: How long to wait for a tick in progress, s.
+            timeout_s: How long to wait for the ticks in progress, s (a read that hangs is left
+                behind: its thread adds nothing once this returns).
         """
         self._stop_event.set()
         self._wakeup.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
+        deadline_s = time.monotonic() + timeout_s
+        with self._lock:
+            stuck = {read.thread for read in self._reading if read.overtaken}
+            threads = sorted(self._threads, key=lambda t: t.ident in stuck)  # the free ones first
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline_s - time.monotonic()))
         with self._lock:
             # A tick still stuck in a read (join timed out) must not add after the flush.
             self._stopped = True
@@ -504,77 +609,244 @@ class Sampler:
         self._registered = True
         return True
 
-    def _run(self) -> None:
+    def _spawn(self, k: int | None) -> None:
+        """Start a sampler thread that runs tick ``k`` first (None: claims one) (holds the lock)."""
+        thread = threading.Thread(
+            target=self._run, args=(k,), name=f"thermoledger-sampler-{self.run_id}", daemon=True
+        )
+        self._threads[:] = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        self._workers += 1
+        if self._thread is None:
+            self._thread = thread
+        thread.start()
+
+    def _claim(self) -> int:
+        """Claim the calling thread's next tick; count the deadlines skipped (holds the lock)."""
+        assert self._schedule is not None  # started
+        k, skipped = self._schedule.claim(self._monotonic_s())
+        self._overruns += skipped
+        return k
+
+    def _run(self, k: int | None) -> None:
+        """One sampler thread: tick, claim the next deadline free, sleep until it; repeat."""
+        schedule = self._schedule
+        assert schedule is not None  # started
         while not self._stop_event.is_set():
+            if k is None:
+                with self._lock:
+                    k = self._claim()
+            wait_s = schedule.deadline_s(k) - self._monotonic_s()
+            if wait_s > 0:
+                self._sleep(wait_s)
+            if self._stop_event.is_set():
+                return
             try:
-                self.step()
+                self._tick()
             except Exception as e:
                 # A bug in the meter must not end metering, let alone the job.
                 self._warn_once(f"step:{type(e).__name__}", "sampler tick failed: %s", e)
+            with self._lock:
+                if self._workers - self._stuck > _FREE_MAX:
+                    # Back from a read that a spare covered for: one spare too many.
+                    self._workers -= 1
+                    return
+                k = self._claim()
 
     def _tick(self) -> None:
         cpu0_s = time.thread_time()
-        try:
-            t_mono, power, counter, status, messages = self._read()
-            n = len(self._chunkers)
-            if not len(t_mono) == len(power) == len(counter) == len(status) == len(messages) == n:
-                raise RuntimeError(f"backend returned {len(messages)} readings for {n} devices")
-        except Exception as e:
-            self._on_read_error(e)
-        else:
-            codes = self._codes
+        read = _Read(threading.get_ident())
+        reading = self._reading
+        if reading:  # a tick still reading: it is overtaken (every read in flight is older)
             with self._lock:
-                if self._stopped:
-                    return
-                self._ticks += 1
-                jobs: list[SealJob] = []
-                if self._plain(t_mono, power, status):
-                    self._rows.append((t_mono, power, counter))
-                    self._fast_after_s = max(t_mono) + self._time_slack_s
-                else:
-                    self._fold()
-                    for i, ch in enumerate(self._chunkers):
-                        code = status[i]
-                        if code != codes[i]:
-                            codes[i] = code
-                            label = _STATUS_LABELS.get(code, "error")
-                            if label != ch.status:
-                                self._on_status_change(ch, label, messages[i])
-                        # ch.status is this reading's label (the reason counted if no sample)
-                        try:
-                            job = ch.add(t_mono[i], power[i], counter[i], ch.status)
-                        except Exception as e:
-                            self._chunking_failed(ch, e)
-                            continue
-                        if job is not None:
-                            jobs.append(job)
-                    self._arm()
-                self._seal_stale(jobs)
-                self._seal(jobs)
+                for other in reading:
+                    self._overtake(other)
+        reading.append(read)
+        try:
+            if self._read_device is not None:
+                self._read_devices(read, self._read_device)
+            else:
+                self._read_whole(read)
+        finally:
+            delivered = self._deliver(read)
+        if not delivered:  # stopped meanwhile: a read that hung adds nothing after stop()
+            return
         # Spool only when there is something: chunks sealed now or left by a failed write (read
         # without the lock: what flush() puts there meanwhile, flush() drains itself).
         if self._outbox:
-            self._drain()
+            self._drain(wait=False)
         with self._lock:
             self._cpu_s += time.thread_time() - cpu0_s
 
-    def _on_read_error(self, error: Exception) -> None:
+    def _read_devices(self, read: _Read, read_device: Callable[[FlatBuffer, int], None]) -> None:
+        """Read device by device, skipping those still being read by another tick."""
+        buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
+        read.flat = buffer
+        done = read.done
+        locks = self._unit_locks
+        for i in self._order:
+            lock = locks[i]
+            if not lock.acquire(False):
+                read.busy.append(i)
+                continue
+            try:
+                read_device(buffer, i)
+                done.append(i)  # listed while the lock is held: before any later read of it
+            except Exception as e:
+                read.failed.append(i)
+                read.error = e
+            finally:
+                lock.release()
+            if read.overtaken:
+                return
+
+    def _read_whole(self, read: _Read) -> None:
+        """Read every device in one backend call, unless the previous call is still running."""
+        n = len(self._infos)
+        lock = self._unit_locks[0]
+        if not lock.acquire(False):
+            read.busy.extend(range(n))
+            return
+        try:
+            flat = self._read()
+            if {len(column) for column in flat} != {n}:
+                raise RuntimeError(
+                    f"backend returned {len(flat.messages)} readings for {n} devices"
+                )
+            read.flat = flat
+            read.done.extend(range(n))
+        except Exception as e:
+            read.failed.extend(range(n))
+            read.error = e
+        finally:
+            lock.release()
+
+    def _overtake(self, read: _Read) -> None:
+        """Mark a read in flight as overtaken by a later tick (caller holds the lock).
+
+        Its thread is out of the rotation until the call it is in returns: a spare thread
+        joins when fewer than two would be left free (never by hand, never past the devices
+        plus two).
+        """
+        if read.overtaken:
+            return
+        read.overtaken = True
+        self._stuck += 1
+        if (
+            self._thread is not None
+            and not self._stop_event.is_set()
+            and self._workers - self._stuck < _FREE_MIN
+            and self._workers < self._max_workers
+        ):
+            self._spawn(None)
+
+    def _deliver(self, read: _Read) -> bool:
+        """Hand a tick's readings to the chunkers, after what older ticks still in flight read.
+
+        Returns:
+            False when the sampler was stopped meanwhile (nothing is added then).
+        """
+        with self._lock:
+            reading = self._reading
+            position = reading.index(read)
+            older = reading[:position]
+            del reading[position]
+            if read.overtaken:
+                self._stuck -= 1
+            if self._stopped:
+                return False
+            self._ticks += 1
+            jobs: list[SealJob] = []
+            flat = read.flat
+            if (
+                flat is not None
+                and not (older or read.overtaken or read.busy or read.failed)
+                and self._plain(flat.t_mono_s, flat.power_w, flat.status)
+            ):
+                self._rows.append((flat.t_mono_s, flat.power_w, flat.energy_j))
+                self._fast_after_s = max(flat.t_mono_s) + self._time_slack_s
+            else:
+                self._fold()
+                for other in older:  # their readings are older than this tick's
+                    self._overtake(other)
+                    self._take(other, jobs)
+                self._take(read, jobs)
+                if read.busy:
+                    self._on_busy(read.busy)
+                if read.failed:
+                    self._on_read_error(read)
+                self._arm()
+            self._seal_stale(jobs)
+            self._seal(jobs)
+        return True
+
+    def _take(self, read: _Read, jobs: list[SealJob]) -> None:
+        """Add the readings of ``read`` not delivered yet, device by device (holds the lock)."""
+        flat = read.flat
+        done = read.done
+        end = len(done)
+        if flat is None or read.adopted >= end:
+            return
+        t_mono, power, counter, status, messages = (
+            flat.t_mono_s,
+            flat.power_w,
+            flat.energy_j,
+            flat.status,
+            flat.messages,
+        )
+        codes = self._codes
+        chunkers = self._chunkers
+        for i in done[read.adopted : end]:
+            ch = chunkers[i]
+            code = status[i]
+            if code != codes[i]:
+                codes[i] = code
+                label = _STATUS_LABELS.get(code, "error")
+                if label != ch.status:
+                    self._on_status_change(ch, label, messages[i])
+            # ch.status is this reading's label (the reason counted if no sample)
+            try:
+                job = ch.add(t_mono[i], power[i], counter[i], ch.status)
+            except Exception as e:
+                self._chunking_failed(ch, e)
+                continue
+            if job is not None:
+                jobs.append(job)
+        read.adopted = end
+
+    def _on_busy(self, busy: list[int]) -> None:
+        """Devices skipped because their read was still running: labelled ``slow`` (holds the lock).
+
+        They are read after the others from now on, so that a read that hangs holds up no
+        device behind it on its thread.
+        """
+        codes = self._codes
+        for i in busy:
+            ch = self._chunkers[i]
+            if codes[i] != _SLOW:
+                codes[i] = _SLOW  # the next reading's own code will differ: the label follows it
+                if ch.status != "slow":
+                    self._on_status_change(ch, "slow", _SLOW_MESSAGE)
+            ch.miss("slow")
+        if self._read_device is not None:
+            last = set(busy)
+            self._order = tuple(i for i in self._order if i not in last) + tuple(
+                i for i in self._order if i in last
+            )
+
+    def _on_read_error(self, read: _Read) -> None:
+        """Reads that raised: missed (``exception``), counted once per tick (holds the lock)."""
+        error = read.error
+        assert error is not None
         self._warn_once(
             f"read:{type(error).__name__}",
             "reading the devices failed (%s: %s); the ticks it fails are labelled gaps",
             type(error).__name__,
             error,
         )
-        with self._lock:
-            if self._stopped:
-                return
-            self._ticks += 1
-            self._read_errors += 1
-            for ch in self._chunkers:
-                ch.miss("exception")
-            jobs: list[SealJob] = []
-            self._seal_stale(jobs)
-            self._seal(jobs)
+        self._read_errors += 1
+        for i in read.failed:
+            self._chunkers[i].miss("exception")
 
     def _seal_stale(self, jobs: list[SealJob]) -> None:
         """Add the chunks of devices silent for a whole chunk period (caller holds the lock).
@@ -694,9 +966,16 @@ class Sampler:
                 f"device:{ch.key}:{label}", "device %s is %s: %s", ch.key, label, message
             )
 
-    def _drain(self) -> None:
-        """Commit the outbox to the spool; on failure keep it for the next tick."""
-        with self._write_lock:
+    def _drain(self, *, wait: bool = True) -> None:
+        """Commit the outbox to the spool; on failure keep it for the next tick.
+
+        Args:
+            wait: Wait for a write in progress on another thread (False: leave the outbox to
+                the next tick; a tick never waits behind the other thread's slow disk).
+        """
+        if not self._write_lock.acquire(wait):
+            return
+        try:
             with self._lock:
                 if not self._outbox:
                     return
@@ -713,6 +992,8 @@ class Sampler:
                 self._count_spool_error(e)
                 with self._lock:
                     self._outbox[:0] = batch
+        finally:
+            self._write_lock.release()
 
     def _put_one_by_one(self, batch: Sequence[ChunkPayload]) -> None:
         """After a conflict: store what can be stored, drop what conflicts (logged)."""
@@ -766,7 +1047,7 @@ def sample_until_signalled(
         sampler: A sampler not yet started.
         signals: Signals that end metering.
         stop: Another way to end metering (e.g. the wrapped job exited).
-        on_started: Called once the handlers are installed and the thread runs.
+        on_started: Called once the handlers are installed and the threads run.
 
     Returns:
         The final summary.

@@ -24,6 +24,11 @@ set instead of on freezing). At 10 Hz over a handful of devices, the seven small
 a `Readings`, its checks and the sampler's conversion back to Python numbers cost more than the
 readings themselves. ``read()`` stays the interface; a backend with both builds its `Readings`
 from the same buffer (`FlatBuffer.freeze`), so the two paths cannot disagree.
+
+Reading around a slow device, optional too: a backend that also offers ``read_device(buffer, i)``
+(`DeviceReader`) fills one device's slot of a `FlatBuffer` at a time, from any thread. The
+sampler then reads the devices one by one and skips, in a tick, a device whose previous read is
+still running on another thread, so one device's slow driver calls never hold up the others.
 """
 
 from __future__ import annotations
@@ -453,10 +458,27 @@ class FlatReader(Protocol):
     ``read_flat()`` must give the same figures as ``read()`` would at that moment (the same
     calls, the same statuses); it exists only to spare the per-tick numpy round trip. The lists
     it returns are the caller's to keep (the sampler holds on to them): new ones every tick.
+    A backend that is also a `DeviceReader` is read device by device instead.
     """
 
     def read_flat(self) -> FlatReadings:
         """Read every device once, as lists."""
+        ...
+
+
+@runtime_checkable
+class DeviceReader(Protocol):
+    """A backend that reads its devices one at a time, from any thread.
+
+    ``read_device(buffer, i)`` fills slot ``i`` of a `FlatBuffer` sized for all the backend's
+    devices as ``read_flat()`` fills it (the same calls, figures, statuses and messages; the
+    slot's monotonic time is that device's own read). It may run on several threads at once for
+    different devices; the caller never reads one device on two threads at once. A device's
+    failure is a status in its slot, never an exception (an exception is a bug).
+    """
+
+    def read_device(self, buffer: FlatBuffer, i: int) -> None:
+        """Read device ``i`` into slot ``i`` of ``buffer``."""
         ...
 
 

@@ -30,8 +30,11 @@ node of identical GPUs. A MIG entry selects its parent GPU, flagged ``mig``: NVM
 energy for the whole GPU, shared by all its instances. A GPU named twice (two MIG instances of one
 GPU) is metered once, so nothing is counted twice.
 
-Each read fills a `meters.backends.base.FlatBuffer`: `NvmlBackend.read` freezes it into the
-`Readings`, `NvmlBackend.read_flat` hands its lists to the sampler as they are.
+Each read fills a `meters.backends.base.FlatBuffer`, one GPU at a time through
+`NvmlBackend.read_device`: `NvmlBackend.read` freezes it into the `Readings`,
+`NvmlBackend.read_flat` hands its lists over as they are, and the sampler calls ``read_device``
+itself, GPU by GPU, so that a GPU whose calls hang holds up only its own readings (NVML is
+thread-safe; each GPU's state here is touched only by the thread reading it).
 
 Failures: NVML errors are translated once, by `translate_nvml_error`. A GPU that falls off the bus
 (GPU is lost, reset required, unknown error) is marked `DeviceStatus.LOST` from then on and is not
@@ -211,6 +214,8 @@ _COUNTER_UPDATE_S = 0.1  # "updated every 20-100 ms" on recent GPUs
 _UNKNOWN_LIMIT_W = 2000.0
 _FIELD_SLACK_J = 1.0
 
+_COUNTER = Method.COUNTER  # a global load per GPU and tick instead of an enum lookup
+
 # Per-GPU failures that cost a figure for one tick (DeviceLost is handled apart: for good).
 _TRANSIENT = (ReadError, NotSupported, DeviceUnavailable, PermissionDenied)
 
@@ -336,6 +341,9 @@ class NvmlBackend:
     ) -> None:
         self._nvml = nvml if nvml is not None else _import_pynvml()
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._monotonic_s: Callable[[], float] = (
+            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic_s
+        )
         self._open = False
         self._call(self._nvml.nvmlInit)
         self._open = True
@@ -374,7 +382,7 @@ class NvmlBackend:
         return self._read_all().freeze()
 
     def read_flat(self) -> FlatReadings:
-        """`read` as plain lists (`meters.backends.base.FlatReader`: the sampler's fast path)."""
+        """`read` as plain lists (`meters.backends.base.FlatReader`)."""
         return self._read_all().flat()
 
     def close(self) -> None:
@@ -568,8 +576,12 @@ class NvmlBackend:
         )
         return _Gpu(info, entry.handle, None, Method.NONE, False, lost=entry.error or "lost")
 
-    def _read_all(self) -> FlatBuffer:
-        """Every selected GPU, once, into a `FlatBuffer`.
+    def read_device(self, buffer: FlatBuffer, i: int) -> None:
+        """Read GPU ``i`` (array order) into slot ``i`` of ``buffer``, timed at the call's middle.
+
+        `meters.backends.base.DeviceReader`: the sampler reads GPU by GPU, so that a GPU whose
+        calls hang holds up only its own slot. Safe on several threads at once for different
+        GPUs; one GPU must not be read on two threads at once.
 
         The common case is handled here, inline: a GPU whose power and energy come in one
         field-values call, both fields answered, as unsigned integers (finite and non-negative
@@ -578,43 +590,40 @@ class NvmlBackend:
         or a field failed, another value type, a GPU read with two calls, a lost one) goes the
         general way, with the result of the same call.
         """
-        clock = self._clock
-        system = type(clock) is SystemClock
-        monotonic_s = time.monotonic if system else clock.monotonic_s
-        t_wall_s = time.time() if system else clock.wall_s()
-        buffer = FlatBuffer(len(self._gpus), t_wall_s=t_wall_s, t_mono_s=monotonic_s())
-        t_mono_s = buffer.t_mono_s
-        read_fields = self._nvml.nvmlDeviceGetFieldValues
-        nvml_error = self._nvml.NVMLError
-        power_w, power_method = buffer.power_w, buffer.power_method
-        energy_j, energy_method = buffer.energy_j, buffer.energy_method
-        counter = Method.COUNTER
-        for i, gpu in enumerate(self._gpus):
-            t0_s = monotonic_s()
-            fields = gpu.combined
-            if fields is None or gpu.lost:
-                self._read_one(buffer, i, gpu)
+        gpu = self._gpus[i]
+        monotonic_s = self._monotonic_s
+        t0_s = monotonic_s()
+        fields = gpu.combined
+        if fields is None or gpu.lost:
+            self._read_one(buffer, i, gpu)
+        else:
+            try:
+                values = self._nvml.nvmlDeviceGetFieldValues(gpu.handle, fields)
+            except self._nvml.NVMLError as e:
+                self._read_combined(buffer, i, gpu, e)
             else:
-                try:
-                    values = read_fields(gpu.handle, fields)
-                except nvml_error as e:
-                    self._read_combined(buffer, i, gpu, e)
+                power, energy = values
+                p_member = _UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
+                e_member = (
+                    _UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
+                )
+                if p_member is not None and e_member is not None:
+                    buffer.power_w[i] = getattr(power.value, p_member) / 1000.0
+                    buffer.power_method[i] = gpu.power_method
+                    buffer.energy_j[i] = getattr(energy.value, e_member) / 1000.0
+                    buffer.energy_method[i] = _COUNTER
                 else:
-                    power, energy = values
-                    p_member = (
-                        _UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
-                    )
-                    e_member = (
-                        _UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
-                    )
-                    if p_member is not None and e_member is not None:
-                        power_w[i] = getattr(power.value, p_member) / 1000.0
-                        power_method[i] = gpu.power_method
-                        energy_j[i] = getattr(energy.value, e_member) / 1000.0
-                        energy_method[i] = counter
-                    else:
-                        self._read_combined(buffer, i, gpu, values)
-            t_mono_s[i] = 0.5 * (t0_s + monotonic_s())  # the call's midpoint (wall time follows)
+                    self._read_combined(buffer, i, gpu, values)
+        buffer.t_mono_s[i] = 0.5 * (t0_s + monotonic_s())  # wall time follows from the tick's
+
+    def _read_all(self) -> FlatBuffer:
+        """Every selected GPU, once, one after another, into a `FlatBuffer`."""
+        system = type(self._clock) is SystemClock
+        t_wall_s = time.time() if system else self._clock.wall_s()
+        buffer = FlatBuffer(len(self._gpus), t_wall_s=t_wall_s, t_mono_s=self._monotonic_s())
+        read_device = self.read_device
+        for i in range(len(self._gpus)):
+            read_device(buffer, i)
         return buffer
 
     def _read_one(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:

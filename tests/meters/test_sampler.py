@@ -313,16 +313,32 @@ def test_an_overrun_skips_missed_deadlines_and_never_bursts() -> None:
 
 def test_tick_schedule_deadlines() -> None:
     schedule = TickSchedule(100.0, 0.5)
-    assert schedule.deadline_s() == 100.0
-    assert schedule.advance(100.2) == 0
-    assert schedule.deadline_s() == 100.5
+    assert schedule.claim(100.0) == (0, 0)
+    assert schedule.deadline_s(0) == 100.0
+    assert schedule.claim(100.2) == (1, 0)  # tick 0 ended at 100.2: tick 1 is next
+    assert schedule.deadline_s(1) == 100.5
     # the tick due at 100.5 ends exactly on the next deadline: not late, nothing skipped
-    assert schedule.advance(100.0 + 2 * 0.5) == 0
-    assert schedule.deadline_s() == 101.0
-    assert schedule.advance(102.3) == 2  # the tick due at 101.0 ran late: 101.5, 102.0 skipped
-    assert schedule.deadline_s() == 102.5
+    assert schedule.claim(100.0 + 2 * 0.5) == (2, 0)
+    assert schedule.claim(102.3) == (5, 2)  # the tick due at 101.0 ran late: 101.5, 102.0 skipped
+    assert schedule.deadline_s(5) == 102.5
     with pytest.raises(ValueError, match="interval_s"):
         TickSchedule(0.0, 0.0)
+
+
+def test_two_threads_take_turns_and_one_covers_for_the_other() -> None:
+    schedule = TickSchedule(0.0, 0.1)
+    assert [schedule.claim(0.0), schedule.claim(0.0)] == [(0, 0), (1, 0)]  # at start
+    assert schedule.claim(0.001) == (2, 0)  # A, done with tick 0: the other one has tick 1
+    assert schedule.claim(0.101) == (3, 0)  # B
+    # A hangs in tick 2 until 0.75: B alone takes every deadline, nothing is skipped
+    assert [schedule.claim(t) for t in (0.301, 0.401, 0.501, 0.601)] == [
+        (4, 0),
+        (5, 0),
+        (6, 0),
+        (7, 0),
+    ]
+    assert schedule.claim(0.75) == (8, 0)  # A is back: the next deadline nobody has
+    assert schedule.claim(0.701) == (9, 0)  # B, done with tick 7: they take turns again
 
 
 # -- faults -------------------------------------------------------------------------------------
