@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="server processes sharing the port (default: 1; about one per core for ingest)",
+        help="server processes sharing the port (default: 1; about two per core for heavy ingest)",
     )
     serve.add_argument(
         "--log-format",
