@@ -663,19 +663,11 @@ def _write_summary(
             footprint=footprint,
             verbose=verbose,
         )
-        if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
-            err.write(table)
-            return
-        record = log.makeRecord(
-            log.name,
-            logging.INFO,
-            __file__,
-            0,
-            table.rstrip("\n"),
-            (),
-            None,
-            extra={
-                "event": "summary",
+        _emit_summary(
+            err,
+            log,
+            table,
+            {
                 "exit_code": code,
                 "energy_j": summary.energy_j,
                 "energy_low_j": summary.energy_low_j,
@@ -684,9 +676,27 @@ def _write_summary(
                 "simulated": meter.simulated,
             },
         )
-        log.handle(record)  # past the level check: the summary is always written
     except Exception as e:
         log.error("could not print the summary (%s: %s)", type(e).__name__, e)
+
+
+def _emit_summary(err: TextIO, log: logging.Logger, table: str, facts: dict[str, Any]) -> None:
+    """The summary table on stderr, or, with JSON logs, one ``summary`` record carrying it and
+    ``facts`` (written past the level check: the summary is always written)."""
+    if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
+        err.write(table)
+        return
+    record = log.makeRecord(
+        log.name,
+        logging.INFO,
+        __file__,
+        0,
+        table.rstrip("\n"),
+        (),
+        None,
+        extra={"event": "summary", **facts},
+    )
+    log.handle(record)
 
 
 def _cmd_sidecar(
@@ -818,25 +828,9 @@ def _cmd_sidecar_pods(
             title=f"thermoledger: node {pods.node}: pod attribution stopped by {why}",
             spool_dir=str(settings.spool_dir),
         )
-        if any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
-            runs = {t.run_id: {"name": t.name, "energy_j": t.energy_j} for t in totals.values()}
-            record = log.makeRecord(
-                log.name,
-                logging.INFO,
-                __file__,
-                0,
-                table.rstrip("\n"),
-                (),
-                None,
-                extra={
-                    "event": "summary",
-                    "energy_j": math.fsum(t.energy_j for t in totals.values()),
-                    "runs": runs,
-                },
-            )
-            log.handle(record)  # past the level check: the summary is always written
-        else:
-            err.write(table)
+        runs = {t.run_id: {"name": t.name, "energy_j": t.energy_j} for t in totals.values()}
+        energy_j = math.fsum(t.energy_j for t in totals.values())
+        _emit_summary(err, log, table, {"energy_j": energy_j, "runs": runs})
     return 0
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from wsgiref.simple_server import WSGIServer
@@ -58,6 +58,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from meters.api import Meter
     from meters.spool import Spool
 
@@ -66,6 +68,7 @@ __all__ = [
     "CountingTransport",
     "MeterCollector",
     "MetricsServer",
+    "serve_collector",
     "serve_meter_metrics",
 ]
 
@@ -314,15 +317,42 @@ def serve_meter_metrics(
         transport: The uploader's counting transport, for the upload-failure counter.
         logger: Where problems and the endpoint's address are logged.
     """
+    spool_dir = meter.settings.spool_dir if meter.sampling and meter.settings is not None else None
+    return serve_collector(
+        lambda spool: MeterCollector(meter, spool=spool, transport=transport),
+        spool_dir=spool_dir,
+        port=port,
+        address=address,
+        logger=logger,
+    )
+
+
+def serve_collector(
+    make_collector: Callable[[Spool | None], Collector],
+    *,
+    spool_dir: Path | None,
+    port: int,
+    address: str = "0.0.0.0",
+    logger: logging.Logger | None = None,
+) -> MetricsServer | None:
+    """Serve one collector on ``address:port`` from a daemon thread, never raising.
+
+    Args:
+        make_collector: Builds the collector, given the spool it may read (None: no spool).
+        spool_dir: The spool to open for the collector (None: none).
+        port: TCP port (0 picks a free one).
+        address: Interface to bind.
+        logger: Where problems and the endpoint's address are logged.
+    """
+    from meters.spool import Spool
+
     log = logger if logger is not None else _LOG
     spool: Spool | None = None
     try:
-        if meter.sampling and meter.settings is not None:
-            from meters.spool import Spool
-
-            spool = Spool.in_directory(meter.settings.spool_dir)
+        if spool_dir is not None:
+            spool = Spool.in_directory(spool_dir)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(MeterCollector(meter, spool=spool, transport=transport))
+        registry.register(make_collector(spool))
         server, thread = start_http_server(port, addr=address, registry=registry)
     except Exception as e:
         if spool is not None:

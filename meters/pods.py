@@ -957,32 +957,12 @@ def serve_attribution_metrics(
 
     Never raises: a port in use is logged and None returned; metering goes on.
     """
-    from prometheus_client import CollectorRegistry, start_http_server
+    from meters.metrics import serve_collector
 
-    from meters.metrics import MetricsServer
-
-    log = logger if logger is not None else _LOG
-    spool: Spool | None = None
-    try:
-        spool = Spool.in_directory(attribution.settings.spool_dir)
-        registry = CollectorRegistry(auto_describe=False)
-        collector: Any = _AttributionCollector(attribution, spool=spool, transport=transport)
-        registry.register(collector)
-        server, thread = start_http_server(port, addr=address, registry=registry)
-    except Exception as e:
-        if spool is not None:
-            spool.close()
-        log.warning(
-            "metrics endpoint on %s:%s not started (%s); metering goes on", address, port, e
-        )
-        return None
-    bound = MetricsServer(
-        registry=registry,
+    return serve_collector(
+        lambda spool: _AttributionCollector(attribution, spool=spool, transport=transport),
+        spool_dir=attribution.settings.spool_dir,
+        port=port,
         address=address,
-        port=int(server.server_port),
-        _server=server,
-        _thread=thread,
-        _spool=spool,
+        logger=logger if logger is not None else _LOG,
     )
-    log.info("metrics served at %s", bound.url)
-    return bound
