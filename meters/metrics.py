@@ -70,6 +70,7 @@ __all__ = [
     "MetricsServer",
     "serve_collector",
     "serve_meter_metrics",
+    "upload_failures",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -223,14 +224,7 @@ class MeterCollector(Collector):
         pending.add_metric([run_id], self._pending(run_id) + summary.unspooled)
         yield pending
         if self._transport is not None:
-            failures = CounterMetricFamily(
-                "thermoledger_meter_upload_failures",
-                "Upload requests that failed, by reason",
-                labels=["reason"],
-            )
-            for reason, count in self._transport.failures().items():
-                failures.add_metric([reason], count)
-            yield failures
+            yield upload_failures(self._transport)
         info_family = GaugeMetricFamily(
             "thermoledger_meter_info",
             "The meter: its run, backend, and whether it samples (value 1)",
@@ -294,6 +288,18 @@ class MetricsServer:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+
+
+def upload_failures(transport: CountingTransport) -> CounterMetricFamily:
+    """The uploader's failed requests by reason, as a counter family."""
+    failures = CounterMetricFamily(
+        "thermoledger_meter_upload_failures",
+        "Upload requests that failed, by reason",
+        labels=["reason"],
+    )
+    for reason, count in transport.failures().items():
+        failures.add_metric([reason], count)
+    return failures
 
 
 def serve_meter_metrics(

@@ -909,9 +909,9 @@ class _AttributionCollector:
         self._collectors: dict[Meter, Collector] = {}
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
-        from meters.metrics import MeterCollector
+        from meters.metrics import MeterCollector, upload_failures
 
         meters = list(self._attribution.meters().values())
         with self._lock:
@@ -928,14 +928,7 @@ class _AttributionCollector:
                     merged[family.name] = family
         yield from merged.values()
         if self._transport is not None:
-            failures = CounterMetricFamily(
-                "thermoledger_meter_upload_failures",
-                "Upload requests that failed, by reason",
-                labels=["reason"],
-            )
-            for reason, count in self._transport.failures().items():
-                failures.add_metric([reason], count)
-            yield failures
+            yield upload_failures(self._transport)
         up = GaugeMetricFamily(
             "thermoledger_k8s_pod_resources_up",
             "Whether the kubelet's PodResources API answered the last question (1) or not (0)",
