@@ -41,6 +41,7 @@ from db.errors import SampleCodecError
 __all__ = [
     "CODEC_VERSION",
     "MAX_DECODED_BYTES",
+    "concat_rows",
     "decode_samples",
     "encode_sample_rows",
     "encode_samples",
@@ -169,16 +170,26 @@ def encode_sample_rows(
         planes = little.view(np.uint8).reshape(rows, n, little.dtype.itemsize)
         # byte k of every value of a row together when shuffling (`_shuffle`), else as is
         blocks.append((planes.transpose(0, 2, 1) if compress else planes).reshape(rows, -1))
-    head = header if compress else _PREFIX_RAW + header
-    matrix = np.concatenate(
-        [np.broadcast_to(np.frombuffer(head, np.uint8), (rows, len(head))), *blocks], axis=1
-    )
+    if compress:
+        payloads = concat_rows([header, *blocks], rows)
+        return [_PREFIX_ZLIB + zlib.compress(payload, 6) for payload in payloads]
+    return concat_rows([_PREFIX_RAW + header, *blocks], rows)
+
+
+def concat_rows(parts: Sequence[bytes | npt.NDArray[Any]], rows: int) -> list[bytes]:
+    """Concatenate, row by row, constant byte strings and per-row arrays (rows × anything):
+    row k of the result is every part's row k (or the constant) in order, as bytes. One byte
+    matrix for all rows, cut at the end: a batch's blobs or hashed messages without a Python
+    join per row."""
+    blocks = [
+        np.broadcast_to(np.frombuffer(p, np.uint8), (rows, len(p)))
+        if isinstance(p, bytes)
+        else np.ascontiguousarray(p).view(np.uint8).reshape(rows, -1)
+        for p in parts
+    ]
+    matrix = np.concatenate(blocks, axis=1)
     width = matrix.shape[1]
     data = memoryview(matrix.tobytes())
-    if compress:
-        return [
-            _PREFIX_ZLIB + zlib.compress(data[k * width : (k + 1) * width], 6) for k in range(rows)
-        ]
     return [bytes(data[k * width : (k + 1) * width]) for k in range(rows)]
 
 

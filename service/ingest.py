@@ -56,7 +56,7 @@ import numpy.typing as npt
 
 from db.models import MEAN_IN_RANGE_METHODS, EnergyMethod
 from db.repository import TIME_TOLERANCE_S, ChunkRow, DeviceSpec, FieldProblem, InvalidInput
-from db.samples import encode_sample_rows
+from db.samples import concat_rows, encode_sample_rows
 from meters.wire import split_binary_batch
 from service.schemas import (
     FINITE_MAX,
@@ -661,21 +661,6 @@ def _groups(chunks: _Chunks, samples: _Samples) -> list[_Group]:
     ]
 
 
-def _rows_of_bytes(parts: Sequence[bytes | npt.NDArray[Any]], rows: int) -> list[bytes]:
-    """Concatenate, row by row, constant byte strings and per-row arrays (rows × anything):
-    row k of the result is every part's row k (or the constant) in order, as bytes."""
-    blocks = [
-        np.broadcast_to(np.frombuffer(p, np.uint8), (rows, len(p)))
-        if isinstance(p, bytes)
-        else np.ascontiguousarray(p).view(np.uint8).reshape(rows, -1)
-        for p in parts
-    ]
-    matrix = np.concatenate(blocks, axis=1)
-    width = matrix.shape[1]
-    data = memoryview(matrix.tobytes())
-    return [bytes(data[k * width : (k + 1) * width]) for k in range(rows)]
-
-
 def _content_hashes(
     groups: Sequence[_Group],
     samples: _Samples,
@@ -703,7 +688,7 @@ def _content_hashes(
             for name, values in columns:
                 parts.append(name.encode("ascii") + size)
                 parts.append(group.gather(samples, values).astype("<f8", copy=False))
-        for i, message in zip(group.members.tolist(), _rows_of_bytes(parts, rows), strict=True):
+        for i, message in zip(group.members.tolist(), concat_rows(parts, rows), strict=True):
             out[i] = hashlib.sha256(message).hexdigest()
     return out
 
