@@ -6,6 +6,6 @@ float64 numpy arrays in SI base units (J, W, s, FLOP); pint Quantities appear on
 `accounting.integrate` can be shared with the light meter process.
 """
 
-from accounting.errors import AccountingError
+from .errors import AccountingError
 
 __all__ = ["AccountingError"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from accounting.errors import InvalidQuantity
+from .errors import InvalidQuantity
 
 
 def finite(value: Any, field: str) -> float:

@@ -48,8 +48,8 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, overload
 import numpy as np
 import numpy.typing as npt
 
-from accounting.catalog import CatalogEntry, UnsupportedDtype, normalize_dtype
-from accounting.errors import AccountingError
+from .catalog import CatalogEntry, UnsupportedDtype, normalize_dtype
+from .errors import AccountingError
 
 __all__ = [
     "DEFAULT_TEMPERATURE_K",

@@ -54,8 +54,8 @@ from typing import Any, Literal, TypeAlias, get_args
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from accounting import _econ_checks as chk
-from accounting.errors import AccountingError, InvalidQuantity
+from . import _econ_checks as chk
+from .errors import AccountingError, InvalidQuantity
 
 __all__ = [
     "J_PER_KWH",
@@ -191,7 +191,7 @@ class EmissionFactor:
             DimensionMismatch: The quantity is not emissions per energy.
             InvalidQuantity: Malformed or non-finite quantity.
         """
-        from accounting.units import magnitude_in  # pint stays out of this module's import
+        from .units import magnitude_in  # pint stays out of this module's import
 
         return cls(
             region=region,
@@ -285,7 +285,7 @@ class Pue:
 
 @functools.cache
 def _factor_table() -> Mapping[str, Any]:
-    data = resources.files("accounting").joinpath("data", "factors.toml").read_bytes()
+    data = resources.files("thermoledger.accounting").joinpath("data", "factors.toml").read_bytes()
     return MappingProxyType(tomllib.loads(data.decode("utf-8")))
 
 
@@ -677,7 +677,7 @@ class EmbodiedShare:
 
         Note that pint's ``year`` is 365.25 days, not the SCI example's 365.
         """
-        from accounting.units import magnitude_in  # pint stays out of this module's import
+        from .units import magnitude_in  # pint stays out of this module's import
 
         return cls(
             total_embodied_g=magnitude_in(total_embodied, "gCO2e", field="total_embodied"),

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias, cast
 
-from accounting.errors import AccountingError, UnknownDevice
+from .errors import AccountingError, UnknownDevice
 
 __all__ = [
     "DTYPES",
@@ -522,7 +522,7 @@ OverrideSource: TypeAlias = "Mapping[str, Any] | str | os.PathLike[str]"
 
 @functools.cache
 def _builtin_document() -> Mapping[str, Any]:
-    data = resources.files("accounting") / "data" / "catalog.toml"
+    data = resources.files("thermoledger.accounting") / "data" / "catalog.toml"
     return MappingProxyType(tomllib.loads(data.read_text(encoding="utf-8")))
 
 

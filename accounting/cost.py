@@ -26,9 +26,9 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from accounting import _econ_checks as chk
-from accounting.carbon import J_PER_KWH, YEAR_S, Pue
-from accounting.errors import AccountingError, InvalidQuantity
+from . import _econ_checks as chk
+from .carbon import J_PER_KWH, YEAR_S, Pue
+from .errors import AccountingError, InvalidQuantity
 
 __all__ = [
     "HOURS_PER_YEAR",
@@ -149,7 +149,7 @@ class Tariff:
             DimensionMismatch: Not currency per energy.
             InvalidQuantity: Malformed quantity, or a unit the registry lacks (another currency).
         """
-        from accounting.units import magnitude_in  # pint stays out of this module's import
+        from .units import magnitude_in  # pint stays out of this module's import
 
         return cls(
             usd_per_kwh=magnitude_in(price, "USD/kWh", field="tariff"),

@@ -129,7 +129,7 @@ from typing import Final, Literal, NoReturn, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from accounting.errors import AccountingError, InvalidSamples
+from .errors import AccountingError, InvalidSamples
 
 __all__ = [
     "COMBINES",

@@ -52,10 +52,10 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from accounting import _econ_checks as chk
-from accounting.carbon import J_PER_KWH, EmissionFactor, Pue, Scope2Emissions, scope2_emissions
-from accounting.cost import CostBreakdown, HardwarePrice, Tariff, run_cost
-from accounting.errors import InvalidQuantity
+from . import _econ_checks as chk
+from .carbon import J_PER_KWH, EmissionFactor, Pue, Scope2Emissions, scope2_emissions
+from .cost import CostBreakdown, HardwarePrice, Tariff, run_cost
+from .errors import InvalidQuantity
 
 __all__ = [
     "CHINCHILLA_BAND",

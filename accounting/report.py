@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from accounting.bounds import BoundError, RunBounds, compare_run
-from accounting.carbon import (
+from .bounds import BoundError, RunBounds, compare_run
+from .carbon import (
     J_PER_KWH,
     EmbodiedShare,
     EmissionFactor,
@@ -36,10 +36,10 @@ from accounting.carbon import (
     scope2_emissions,
     software_carbon_intensity,
 )
-from accounting.catalog import Catalog, CatalogEntry, UnsupportedDtype, builtin_catalog, resolve
-from accounting.cost import CloudPrice, CostBreakdown, OwnedHardware, Tariff, run_cost
-from accounting.integrate import ChunkSummaries, aggregate_energy
-from accounting.planning import inference_flops_per_token, training_flops
+from .catalog import Catalog, CatalogEntry, UnsupportedDtype, builtin_catalog, resolve
+from .cost import CloudPrice, CostBreakdown, OwnedHardware, Tariff, run_cost
+from .integrate import ChunkSummaries, aggregate_energy
+from .planning import inference_flops_per_token, training_flops
 
 __all__ = [
     "DeclaredWork",

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from accounting.carbon import J_PER_KWH
-from accounting.errors import InvalidQuantity
+from .carbon import J_PER_KWH
+from .errors import InvalidQuantity
 
 __all__ = [
     "CoveredSum",

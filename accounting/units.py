@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 
 import pint
 
-from accounting.errors import DimensionMismatch, InvalidQuantity
+from .errors import DimensionMismatch, InvalidQuantity
 
 UnitRegistry: TypeAlias = "pint.UnitRegistry[Any]"
 QuantityT: TypeAlias = "pint.Quantity[Any]"
@@ -47,7 +47,7 @@ def _build_registry() -> UnitRegistry:
     registry: UnitRegistry = pint.UnitRegistry(
         autoconvert_offset_to_baseunit=True, cache_folder=None
     )
-    definitions = resources.files("accounting") / "data" / "units.txt"
+    definitions = resources.files("thermoledger.accounting") / "data" / "units.txt"
     with resources.as_file(definitions) as path:
         registry.load_definitions(str(path))
     return registry

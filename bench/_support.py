@@ -25,14 +25,14 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from accounting.integrate import summarize_chunks
-from db import migrate
-from db.engine import make_engine, make_sessionmaker, normalize_url
-from db.models import Scope
-from db.repository import get_or_create_project
-from meters.chunker import chunk_payload
-from meters.wire import ChunkPayload, DevicePayload
-from service.auth import issue_token
+from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.db import migrate
+from thermoledger.db.engine import make_engine, make_sessionmaker, normalize_url
+from thermoledger.db.models import Scope
+from thermoledger.db.repository import get_or_create_project
+from thermoledger.meters.chunker import chunk_payload
+from thermoledger.meters.wire import ChunkPayload, DevicePayload
+from thermoledger.service.auth import issue_token
 
 __all__ = [
     "DEFAULT_POSTGRES_URL",
@@ -111,8 +111,8 @@ def _free_port() -> int:
 
 def app_from_env() -> Any:
     """The service built from ``THERMOLEDGER_*`` (uvicorn ``--factory`` for several workers)."""
-    from service.app import create_app
-    from service.settings import Settings
+    from thermoledger.service.app import create_app
+    from thermoledger.service.settings import Settings
 
     return create_app(Settings())
 
@@ -139,7 +139,14 @@ class Server:
         child_env.update(env or {})
         address = ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         if workers == 1:
-            command = ["-m", "service.cli", "serve", "--database-url", database_url, *address]
+            command = [
+                "-m",
+                "thermoledger.service.cli",
+                "serve",
+                "--database-url",
+                database_url,
+                *address,
+            ]
         else:
             child_env["THERMOLEDGER_DATABASE_URL"] = database_url
             command = [

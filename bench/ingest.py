@@ -57,11 +57,11 @@ import sqlalchemy as sa
 from _support import Server, database, device_payloads, issue_bench_token, meter_chunks
 from sqlalchemy.orm import Session
 
-from db import repository
-from db.engine import make_engine, make_sessionmaker
-from db.models import Chunk, Device, RunKind
-from db.types import utcnow
-from meters.wire import (
+from thermoledger.db import repository
+from thermoledger.db.engine import make_engine, make_sessionmaker
+from thermoledger.db.models import Chunk, Device, RunKind
+from thermoledger.db.types import utcnow
+from thermoledger.meters.wire import (
     BATCH_BINARY,
     SAMPLE_ENCODINGS,
     ChunkPayload,
@@ -70,8 +70,8 @@ from meters.wire import (
     content_type,
     dumps_batch,
 )
-from service.ingest import PreparedBatch, prepare_batch, prepare_binary_batch
-from service.schemas import IngestBatchIn
+from thermoledger.service.ingest import PreparedBatch, prepare_batch, prepare_binary_batch
+from thermoledger.service.schemas import IngestBatchIn
 
 TARGET_SAMPLES_PER_S = 1_000_000
 _CHUNK_T = cast(sa.Table, Chunk.__table__)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from accounting.integrate import integrate_power
+from thermoledger.accounting.integrate import integrate_power
 
 FloatArray = npt.NDArray[np.float64]
 MAX_POWER_W = 700.0

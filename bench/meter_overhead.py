@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meters.backends import Bursty, Ramp, steady
-from meters.backends import nvml as codes
-from meters.backends.nvml import NvmlBackend
-from meters.sampler import MeterSummary, Sampler
-from meters.spool import Spool
-from meters.testing.fake_pynvml import FakeNvml, h100
+from thermoledger.meters.backends import Bursty, Ramp, steady
+from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.sampler import MeterSummary, Sampler
+from thermoledger.meters.spool import Spool
+from thermoledger.meters.testing.fake_pynvml import FakeNvml, h100
 
 TARGET_PERCENT = 0.5
 CHUNK_S = 10.0

@@ -48,10 +48,10 @@ from _support import (
     percentiles_ms,
 )
 
-from accounting.integrate import summarize_chunks
-from db import repository
-from db.engine import make_engine, make_sessionmaker
-from db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
+from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.db import repository
+from thermoledger.db.engine import make_engine, make_sessionmaker
+from thermoledger.db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
 
 TARGET_P95_MS = 50.0
 BATCH_CHUNKS = 2_000

@@ -60,9 +60,9 @@ import httpx
 import sqlalchemy as sa
 from _support import database, issue_bench_token
 
-from db.engine import make_engine
-from db.models import Chunk, Device
-from meters.spool import Spool
+from thermoledger.db.engine import make_engine
+from thermoledger.db.models import Chunk, Device
+from thermoledger.meters.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0
@@ -106,7 +106,7 @@ class RestartableServer:
                 [
                     sys.executable,
                     "-m",
-                    "service.cli",
+                    "thermoledger.service.cli",
                     "serve",
                     "--database-url",
                     self.database_url,
@@ -158,7 +158,7 @@ class Meter:
         self.spool_dir = spool_dir
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "meters.cli", "sidecar", "--simulate",
+                sys.executable, "-m", "thermoledger.meters.cli", "sidecar", "--simulate",
                 "--gpus", ",".join(str(i) for i in range(args.gpus)),
                 "--interval", str(args.interval), "--chunk", str(args.chunk),
                 "--server", server.url, "--token", token, "--run-id", self.run_id,

@@ -30,18 +30,19 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from accounting.carbon import Pue
-from db.factors import (
+from thermoledger.accounting.carbon import Pue
+
+from .factors import (
     CONTEXT_FIGURES,
     AccountingContext,
     AppliedVersion,
     resolve_context,
     unavailable_reasons,
 )
-from db.ledger import entry_accounted_at
-from db.models import LedgerEntry, RunStatus
-from db.repository import RunRecord
-from db.types import utcnow
+from .ledger import entry_accounted_at
+from .models import LedgerEntry, RunStatus
+from .repository import RunRecord
+from .types import utcnow
 
 __all__ = ["Correction", "RunBasis", "run_bases", "run_basis"]
 

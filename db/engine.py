@@ -36,7 +36,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from db.errors import UnsupportedDatabase
+from .errors import UnsupportedDatabase
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_S",

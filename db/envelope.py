@@ -40,11 +40,11 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db import repository
-from db.errors import SampleCodecError
-from db.models import Chunk
-from db.repository import DeviceAggregate, RunUsage
-from db.samples import decode_samples
+from . import repository
+from .errors import SampleCodecError
+from .models import Chunk
+from .repository import DeviceAggregate, RunUsage
+from .samples import decode_samples
 
 __all__ = [
     "DEFAULT_BUCKETS",

@@ -50,9 +50,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from accounting.carbon import J_PER_KWH, Pue, default_emission_factors, default_pue
-from accounting.units import magnitude_in
-from db.models import (
+from thermoledger.accounting.carbon import J_PER_KWH, Pue, default_emission_factors, default_pue
+from thermoledger.accounting.units import magnitude_in
+
+from .models import (
     EmissionFactor,
     FactorBasis,
     FactorRate,
@@ -60,8 +61,8 @@ from db.models import (
     PueKind,
     Tariff,
 )
-from db.repository import Conflict, InvalidInput, NotFound
-from db.types import utcnow
+from .repository import Conflict, InvalidInput, NotFound
+from .types import utcnow
 
 __all__ = [
     "CONTEXT_FIGURES",

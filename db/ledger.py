@@ -45,9 +45,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from accounting.integrate import aggregate_energy
-from db import factors, repository
-from db.chain import (
+from thermoledger.accounting.integrate import aggregate_energy
+
+from . import factors, repository
+from .chain import (
     GENESIS_HASH,
     ChainHead,
     ChainVerdict,
@@ -58,7 +59,7 @@ from db.chain import (
     iso_utc,
     verify_chain,
 )
-from db.models import (
+from .models import (
     LedgerEntry,
     LedgerHead,
     LedgerKind,
@@ -66,8 +67,8 @@ from db.models import (
     Project,
     RunStatus,
 )
-from db.repository import Conflict, InvalidInput, NotFound
-from db.types import utcnow
+from .repository import Conflict, InvalidInput, NotFound
+from .types import utcnow
 
 __all__ = [
     "FIGURES",

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from db.types import BIGINT_PK, JSON_DOC, StrEnumType, UTCDateTime, utcnow
+from .types import BIGINT_PK, JSON_DOC, StrEnumType, UTCDateTime, utcnow
 
 __all__ = [
     "ALL_SCOPES",

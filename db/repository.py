@@ -50,9 +50,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from accounting.catalog import lookup as catalog_lookup
-from db.errors import StorageError
-from db.models import (
+from thermoledger.accounting.catalog import lookup as catalog_lookup
+
+from .errors import StorageError
+from .models import (
     ApiToken,
     Chunk,
     Device,
@@ -68,8 +69,8 @@ from db.models import (
     RunStatus,
     Scope,
 )
-from db.samples import encode_samples_many
-from db.types import utcnow
+from .samples import encode_samples_many
+from .types import utcnow
 
 __all__ = [
     "INT64_MAX",

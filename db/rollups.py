@@ -22,10 +22,11 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from accounting.rollup import GroupRollup, LedgerFigure, Period, rollup
-from db import ledger
-from db.chain import ChainVerdict, canonical_value
-from db.models import Run
+from thermoledger.accounting.rollup import GroupRollup, LedgerFigure, Period, rollup
+
+from . import ledger
+from .chain import ChainVerdict, canonical_value
+from .models import Run
 
 __all__ = [
     "EXPORT_COLUMNS",

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from db.errors import SampleCodecError
+from .errors import SampleCodecError
 
 __all__ = [
     "CODEC_VERSION",

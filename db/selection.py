@@ -24,9 +24,9 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db import repository
-from db.models import DeviceTotal, Run, RunKind, RunStatus
-from db.repository import RunCursor, RunRecord
+from . import repository
+from .models import DeviceTotal, Run, RunKind, RunStatus
+from .repository import RunCursor, RunRecord
 
 __all__ = ["MAX_SELECTION", "RunEnergy", "RunSelection", "run_energies", "select_runs"]
 

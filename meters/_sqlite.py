@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from meters.errors import MeterError
+from .errors import MeterError
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 ::
 
-    from meters.api import Meter
+    from .api import Meter
 
     with Meter(run="llama-ft", kind="training", server="http://ledger:8000", token=TOKEN) as m:
         with m.phase("epoch-3"):
@@ -60,14 +60,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
 
-from meters.backends.base import PowerBackend
-from meters.control import ControlStore
-from meters.runid import Election, RunIdentity, elect, resolve_run_id
-from meters.sampler import MeterSummary, Sampler
-from meters.settings import BackendChoice, MeterSettings
-from meters.spool import RunStatus, Spool
-from meters.uploader import PushResult, Uploader
-from meters.wire import ChunkPayload, DevicePayload
+from .backends.base import PowerBackend
+from .control import ControlStore
+from .runid import Election, RunIdentity, elect, resolve_run_id
+from .sampler import MeterSummary, Sampler
+from .settings import BackendChoice, MeterSettings
+from .spool import RunStatus, Spool
+from .uploader import PushResult, Uploader
+from .wire import ChunkPayload, DevicePayload
 
 if TYPE_CHECKING:
     import httpx
@@ -118,12 +118,12 @@ def open_backend(
     """
     log = logger if logger is not None else _LOG
     if choice == "rapl":
-        from meters.backends.rapl import RaplBackend
+        from .backends.rapl import RaplBackend
 
         return RaplBackend(), "rapl"
     if choice in ("nvml", "auto"):
-        from meters.backends.nvml import NvmlBackend
-        from meters.errors import MeterError
+        from .backends.nvml import NvmlBackend
+        from .errors import MeterError
 
         try:
             backend = NvmlBackend(gpus=gpus)
@@ -146,7 +146,7 @@ def open_backend(
 
 
 def _simulated(gpus: Sequence[int | str] | None) -> PowerBackend:
-    from meters.backends.simulated import SimulatedBackend, default_fleet
+    from .backends.simulated import SimulatedBackend, default_fleet
 
     return SimulatedBackend(default_fleet(len(gpus) if gpus else 1))
 

@@ -72,16 +72,17 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from accounting.integrate import (
+from thermoledger.accounting.integrate import (
     SENSOR_ABS_ERROR_W,
     SENSOR_REL_ERROR,
     ChunkSummaries,
     PowerMethod,
     summarize_chunks,
 )
-from meters.backends.base import DeviceInfo, FloatArray, Method
-from meters.wire import ChunkPayload, DevicePayload, SamplesPayload
-from meters.wire import Method as WireMethod
+
+from .backends.base import DeviceInfo, FloatArray, Method
+from .wire import ChunkPayload, DevicePayload, SamplesPayload
+from .wire import Method as WireMethod
 
 __all__ = [
     "DeviceChunker",

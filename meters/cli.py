@@ -54,18 +54,18 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Final, TextIO
 
-from meters.api import RUN_KINDS, Meter
-from meters.k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
-from meters.logs import LOG_FORMATS, JsonFormatter, LogFormat, RunIdFilter, json_handler
-from meters.runid import (
+from .api import RUN_KINDS, Meter
+from .k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
+from .logs import LOG_FORMATS, JsonFormatter, LogFormat, RunIdFilter, json_handler
+from .runid import (
     NODE_METER_ENV,
     RUN_ID_ENV,
     canonical_run_id,
     node_meter_mark,
     resolve_run_id,
 )
-from meters.sampler import MeterSummary
-from meters.settings import (
+from .sampler import MeterSummary
+from .settings import (
     BACKENDS,
     ENV_PREFIX,
     FootprintSettings,
@@ -73,7 +73,7 @@ from meters.settings import (
     ObserveSettings,
     SettingsError,
 )
-from meters.uploader import PushResult
+from .uploader import PushResult
 
 __all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
 
@@ -546,7 +546,7 @@ def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Ite
     observe: ObserveSettings = args.observe
     server = None
     if observe.metrics_port is not None and meter.state not in ("new", "disabled"):
-        from meters.metrics import serve_meter_metrics
+        from .metrics import serve_meter_metrics
 
         server = serve_meter_metrics(
             meter,
@@ -734,8 +734,8 @@ def _cmd_sidecar_pods(
     args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
 ) -> int:
     """``sidecar --attribute-pods``: `meters.pods.PodAttribution` until SIGTERM/SIGINT."""
-    from meters.errors import MeterError
-    from meters.pods import (
+    from .errors import MeterError
+    from .pods import (
         PodAttribution,
         PodSettings,
         render_attribution,
@@ -836,7 +836,7 @@ def _cmd_sidecar_pods(
 
 def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> int:
     """``pod-resources-relay``: `meters.k8s.PodResourcesRelay` until SIGTERM/SIGINT."""
-    from meters.k8s import PodResourcesError, PodResourcesRelay
+    from .k8s import PodResourcesError, PodResourcesRelay
 
     received: list[int] = []
 
@@ -863,9 +863,9 @@ def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> in
 
 
 def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    from meters.control import CONTROL_FILENAME, ControlStore
-    from meters.spool import SPOOL_FILENAME, Spool
-    from meters.uploader import Uploader
+    from .control import CONTROL_FILENAME, ControlStore
+    from .spool import SPOOL_FILENAME, Spool
+    from .uploader import Uploader
 
     settings = MeterSettings.resolve(
         env=env, server=args.server, token=args.token, spool_dir=args.spool_dir
@@ -902,8 +902,8 @@ def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err
 
 
 def _cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from meters.control import CONTROL_FILENAME, ControlStore
-    from meters.spool import SPOOL_FILENAME, Spool
+    from .control import CONTROL_FILENAME, ControlStore
+    from .spool import SPOOL_FILENAME, Spool
 
     settings = MeterSettings.resolve(env=env, spool_dir=args.spool_dir)
     directory = settings.spool_dir
@@ -1136,7 +1136,7 @@ def main(
     log = _logger(err, getattr(args, "verbose", False), args.observe.log_format)
     args.upload_transport = None
     if args.observe.metrics_port is not None:
-        from meters.metrics import CountingTransport
+        from .metrics import CountingTransport
 
         args.upload_transport = CountingTransport()
     if hasattr(args, "tag"):

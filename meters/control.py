@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-from meters._sqlite import open_database, write_transaction
-from meters.spool import ChunkKey, SpoolError
+from ._sqlite import open_database, write_transaction
+from .spool import ChunkKey, SpoolError
 
 __all__ = [
     "CONTROL_FILENAME",

@@ -63,7 +63,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from meters.errors import MeterError
+from .errors import MeterError
 
 if TYPE_CHECKING:
     import grpc

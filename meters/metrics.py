@@ -60,8 +60,8 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from meters.api import Meter
-    from meters.spool import Spool
+    from .api import Meter
+    from .spool import Spool
 
 __all__ = [
     "FAILURE_REASONS",
@@ -350,7 +350,7 @@ def serve_collector(
         address: Interface to bind.
         logger: Where problems and the endpoint's address are logged.
     """
-    from meters.spool import Spool
+    from .spool import Spool
 
     log = logger if logger is not None else _LOG
     spool: Spool | None = None

@@ -82,22 +82,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from meters.api import Meter, open_backend
-from meters.backends.base import PowerBackend
-from meters.control import ControlStore
-from meters.errors import MeterError
-from meters.k8s import DEFAULT_SOCKET, DeviceAllocation, PodResourcesClient
-from meters.runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id
-from meters.settings import ENV_PREFIX, MeterSettings, SettingsError
-from meters.spool import Spool
-from meters.uploader import PushResult, Uploader
+from .api import Meter, open_backend
+from .backends.base import PowerBackend
+from .control import ControlStore
+from .errors import MeterError
+from .k8s import DEFAULT_SOCKET, DeviceAllocation, PodResourcesClient
+from .runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id
+from .settings import ENV_PREFIX, MeterSettings, SettingsError
+from .spool import Spool
+from .uploader import PushResult, Uploader
 
 if TYPE_CHECKING:
     import httpx
     from prometheus_client.registry import Collector
 
-    from meters.metrics import CountingTransport, MetricsServer
-    from meters.sampler import MeterSummary
+    from .metrics import CountingTransport, MetricsServer
+    from .sampler import MeterSummary
 
 __all__ = [
     "DEFAULT_POLL_S",
@@ -911,7 +911,7 @@ class _AttributionCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from meters.metrics import MeterCollector, upload_failures
+        from .metrics import MeterCollector, upload_failures
 
         meters = list(self._attribution.meters().values())
         with self._lock:
@@ -950,7 +950,7 @@ def serve_attribution_metrics(
 
     Never raises: a port in use is logged and None returned; metering goes on.
     """
-    from meters.metrics import serve_collector
+    from .metrics import serve_collector
 
     return serve_collector(
         lambda spool: _AttributionCollector(attribution, spool=spool, transport=transport),

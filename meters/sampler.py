@@ -81,8 +81,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final, Protocol
 
-from accounting.integrate import aggregate_energy
-from meters.backends.base import (
+from thermoledger.accounting.integrate import aggregate_energy
+
+from .backends.base import (
     Clock,
     DeviceReader,
     DeviceStatus,
@@ -94,9 +95,9 @@ from meters.backends.base import (
     SystemClock,
     flat_readings,
 )
-from meters.chunker import DeviceChunker, DeviceSummary, SealJob, device_payload, seal
-from meters.spool import RunStatus, SpoolConflict
-from meters.wire import ChunkPayload, DevicePayload
+from .chunker import DeviceChunker, DeviceSummary, SealJob, device_payload, seal
+from .spool import RunStatus, SpoolConflict
+from .wire import ChunkPayload, DevicePayload
 
 __all__ = [
     "ChunkSink",

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from meters.errors import MeterError
-from meters.logs import LOG_FORMATS, LogFormat
+from .errors import MeterError
+from .logs import LOG_FORMATS, LogFormat
 
 __all__ = [
     "API_PREFIX",

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, cast
 
-from meters._sqlite import open_database, write_transaction
-from meters.errors import MeterError
-from meters.wire import ChunkPayload, DevicePayload, content_hash
+from ._sqlite import open_database, write_transaction
+from .errors import MeterError
+from .wire import ChunkPayload, DevicePayload, content_hash
 
 __all__ = [
     "RUN_STATUSES",

@@ -49,9 +49,9 @@ from typing import Any, Final
 
 import httpx
 
-from meters.control import ControlStore, Message
-from meters.spool import RunRecord, Spool, SpooledChunk
-from meters.wire import (
+from .control import ControlStore, Message
+from .spool import RunRecord, Spool, SpooledChunk
+from .wire import (
     BATCH_BINARY,
     ChunkPayload,
     DevicePayload,

@@ -15,7 +15,7 @@ on PostgreSQL too, plain ALTERs do not run on SQLite — then review it by hand 
 migration tests run ``db.migrate.check`` on both backends::
 
     from alembic import command
-    from db.migrate import make_config
+    from thermoledger.db.migrate import make_config
     command.revision(make_config(url=URL_AT_HEAD, stdout=sys.stdout), "what changed",
                      autogenerate=True, rev_id="0002")
 """
@@ -25,10 +25,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from db.engine import make_engine
-from db.errors import MigrationError
-from db.migrate import render_item
-from db.models import Base
+from thermoledger.db.engine import make_engine
+from thermoledger.db.errors import MigrationError
+from thermoledger.db.migrate import render_item
+from thermoledger.db.models import Base
 
 
 def _run(connection: Connection) -> None:

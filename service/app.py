@@ -27,13 +27,14 @@ from fastapi.openapi.utils import get_openapi
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from db import migrate
-from db.engine import make_engine, make_sessionmaker
-from service import pages
-from service.errors import ERROR_TABLE, PayloadTooLarge, error_response, register_error_handlers
-from service.metrics import MULTIPROC_ENV, ObservabilityMiddleware, ServiceMetrics
-from service.metrics import router as metrics_router
-from service.routes import (
+from thermoledger.db import migrate
+from thermoledger.db.engine import make_engine, make_sessionmaker
+
+from . import pages
+from .errors import ERROR_TABLE, PayloadTooLarge, error_response, register_error_handlers
+from .metrics import MULTIPROC_ENV, ObservabilityMiddleware, ServiceMetrics
+from .metrics import router as metrics_router
+from .routes import (
     audit,
     chunks,
     factors,
@@ -48,7 +49,7 @@ from service.routes import (
     runs,
     tokens,
 )
-from service.settings import Settings
+from .settings import Settings
 
 __all__ = ["API_PREFIX", "app_from_env", "create_app"]
 

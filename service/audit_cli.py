@@ -40,10 +40,11 @@ def add_audit_parser(
 
 def audit_main(args: argparse.Namespace, out: TextIO, err: TextIO, *, url: str) -> int:
     """Run ``audit verify``; returns the exit status."""
-    from db import ledger, migrate
-    from db.engine import make_engine, make_sessionmaker
-    from db.repository import InvalidInput, NotFound
-    from service.routes.audit import parse_anchors
+    from thermoledger.db import ledger, migrate
+    from thermoledger.db.engine import make_engine, make_sessionmaker
+    from thermoledger.db.repository import InvalidInput, NotFound
+
+    from .routes.audit import parse_anchors
 
     try:
         anchors = parse_anchors(args.anchor)

@@ -32,11 +32,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from db import repository
-from db.models import Scope
-from db.repository import TokenRecord
-from service.errors import Forbidden, Unauthenticated
-from service.settings import Settings
+from thermoledger.db import repository
+from thermoledger.db.models import Scope
+from thermoledger.db.repository import TokenRecord
+
+from .errors import Forbidden, Unauthenticated
+from .settings import Settings
 
 __all__ = [
     "SCOPE_NAMES",

@@ -28,7 +28,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
-from service.audit_cli import add_audit_parser
+from .audit_cli import add_audit_parser
 
 
 def _database_option(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +87,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    from service.settings import Settings
+    from .settings import Settings
 
     if args.database_url:
         return str(args.database_url)
@@ -95,7 +95,7 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _require_migrated(url: str, err: TextIO) -> bool:
-    from db import migrate
+    from thermoledger.db import migrate
 
     current, head = migrate.current(url), migrate.head()
     if current != head:
@@ -108,9 +108,10 @@ def _require_migrated(url: str, err: TextIO) -> bool:
 
 
 def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from db import repository
-    from db.engine import make_engine, make_sessionmaker
-    from service.auth import issue_token, parse_scopes, scope_names
+    from thermoledger.db import repository
+    from thermoledger.db.engine import make_engine, make_sessionmaker
+
+    from .auth import issue_token, parse_scopes, scope_names
 
     try:
         scopes = parse_scopes(args.scopes.split(","))
@@ -145,8 +146,8 @@ def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _token_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from db import repository
-    from db.engine import make_engine, make_sessionmaker
+    from thermoledger.db import repository
+    from thermoledger.db.engine import make_engine, make_sessionmaker
 
     url = _database_url(args)
     if not _require_migrated(url, err):
@@ -174,13 +175,13 @@ def main(
     parser = _build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
-        from service import demo
+        from . import demo
 
         return demo.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "migrate":
-        from db import migrate
+        from thermoledger.db import migrate
 
         url = _database_url(args)
         migrate.upgrade(url)
@@ -189,10 +190,10 @@ def main(
     if args.command == "serve":
         import uvicorn
 
-        from service.app import create_app
-        from service.logs import log_config
-        from service.metrics import MULTIPROC_ENV, multiprocess_directory
-        from service.settings import Settings
+        from .app import create_app
+        from .logs import log_config
+        from .metrics import MULTIPROC_ENV, multiprocess_directory
+        from .settings import Settings
 
         overrides = {"database_url": args.database_url, "log_format": args.log_format}
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -213,7 +214,9 @@ def main(
         )
         with metrics_dir:
             uvicorn.run(
-                "service.app:app_from_env" if args.workers > 1 else create_app(settings),
+                "thermoledger.service.app:app_from_env"
+                if args.workers > 1
+                else create_app(settings),
                 factory=args.workers > 1,
                 workers=args.workers,
                 host=args.host,
@@ -228,7 +231,7 @@ def main(
     if args.command == "token" and args.token_command == "revoke":
         return _token_revoke(args, out, err)
     if args.command == "audit":
-        from service.audit_cli import audit_main
+        from .audit_cli import audit_main
 
         return audit_main(args, out, err, url=_database_url(args))
     parser.error(f"unknown command {args.command!r}")

@@ -19,15 +19,15 @@ from typing import Literal, TextIO
 
 import numpy as np
 
-from accounting.carbon import default_emission_factor, default_pue
-from accounting.cost import OwnedHardware, Tariff
-from accounting.integrate import (
+from thermoledger.accounting.carbon import default_emission_factor, default_pue
+from thermoledger.accounting.cost import OwnedHardware, Tariff
+from thermoledger.accounting.integrate import (
     counter_energy_curve,
     power_energy_curve,
     summarize_chunks,
     window_energy,
 )
-from accounting.report import (
+from thermoledger.accounting.report import (
     DeclaredWork,
     DeviceUsage,
     PhaseUsage,
@@ -37,7 +37,7 @@ from accounting.report import (
     build_run_report,
     devices_from_chunks,
 )
-from meters.backends.simulated import Bursty, Profile, Ramp
+from thermoledger.meters.backends.simulated import Bursty, Profile, Ramp
 
 INTERVAL_S = 0.1
 CHUNK_S = 10.0

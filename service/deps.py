@@ -18,10 +18,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Scope
-from db.types import utcnow
-from service.auth import Principal, Tenant, authenticate
-from service.settings import Settings
+from thermoledger.db.models import Scope
+from thermoledger.db.types import utcnow
+
+from .auth import Principal, Tenant, authenticate
+from .settings import Settings
 
 __all__ = [
     "IngestTenant",

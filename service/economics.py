@@ -41,17 +41,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
-from accounting.carbon import (
+from thermoledger.accounting.carbon import (
     J_PER_KWH,
     EmissionFactor,
     Pue,
     default_emission_factors,
     default_pues,
 )
-from accounting.catalog import builtin_catalog, normalize_dtype
-from accounting.catalog import lookup as catalog_lookup
-from accounting.cost import CloudPrice, Tariff
-from accounting.planning import (
+from thermoledger.accounting.catalog import builtin_catalog, normalize_dtype
+from thermoledger.accounting.catalog import lookup as catalog_lookup
+from thermoledger.accounting.cost import CloudPrice, Tariff
+from thermoledger.accounting.planning import (
     ComputeSetup,
     Metric,
     ServingOption,
@@ -62,13 +62,14 @@ from accounting.planning import (
     rated_flop_per_j,
     volume_grid,
 )
-from db import repository
-from db.factors import AccountingContext, AppliedVersion, resolve_context
-from db.models import RunKind
-from db.repository import Conflict, FieldProblem, InvalidInput, NotFound, RunRecord
-from db.selection import RunEnergy, select_runs
-from db.types import utcnow
-from service.reports import emission_factor, run_report
+from thermoledger.db import repository
+from thermoledger.db.factors import AccountingContext, AppliedVersion, resolve_context
+from thermoledger.db.models import RunKind
+from thermoledger.db.repository import Conflict, FieldProblem, InvalidInput, NotFound, RunRecord
+from thermoledger.db.selection import RunEnergy, select_runs
+from thermoledger.db.types import utcnow
+
+from .reports import emission_factor, run_report
 
 __all__ = [
     "COMPARABLE_RUNS_MAX",

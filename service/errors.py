@@ -31,9 +31,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from accounting.errors import DimensionMismatch, InvalidQuantity
-from db.errors import MigrationError
-from db.repository import Conflict, InvalidInput, NotFound
+from thermoledger.accounting.errors import DimensionMismatch, InvalidQuantity
+from thermoledger.db.errors import MigrationError
+from thermoledger.db.repository import Conflict, InvalidInput, NotFound
 
 __all__ = [
     "ERROR_TABLE",

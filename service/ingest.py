@@ -54,11 +54,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from db.models import MEAN_IN_RANGE_METHODS, EnergyMethod
-from db.repository import TIME_TOLERANCE_S, ChunkRow, DeviceSpec, FieldProblem, InvalidInput
-from db.samples import concat_rows, encode_sample_rows
-from meters.wire import split_binary_batch
-from service.schemas import (
+from thermoledger.db.models import MEAN_IN_RANGE_METHODS, EnergyMethod
+from thermoledger.db.repository import (
+    TIME_TOLERANCE_S,
+    ChunkRow,
+    DeviceSpec,
+    FieldProblem,
+    InvalidInput,
+)
+from thermoledger.db.samples import concat_rows, encode_sample_rows
+from thermoledger.meters.wire import split_binary_batch
+
+from .schemas import (
     FINITE_MAX,
     BinaryBatchHeaderIn,
     ChunkColumnsIn,

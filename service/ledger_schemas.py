@@ -24,12 +24,13 @@ from pydantic import (
     Tag,
 )
 
-from accounting.carbon import Pue
-from accounting.units import InvalidQuantity, QuantityT, parse_quantity
-from db.factors import AccountingConfig, FactorVersion, TariffVersion
-from db.ledger import LedgerRecord
-from db.models import FactorBasis, FactorRate, LedgerSource
-from service.schemas import QuantityIn
+from thermoledger.accounting.carbon import Pue
+from thermoledger.accounting.units import InvalidQuantity, QuantityT, parse_quantity
+from thermoledger.db.factors import AccountingConfig, FactorVersion, TariffVersion
+from thermoledger.db.ledger import LedgerRecord
+from thermoledger.db.models import FactorBasis, FactorRate, LedgerSource
+
+from .schemas import QuantityIn
 
 __all__ = [
     "INT64_MAX",

@@ -1,8 +1,9 @@
 """Logging of ``thermoledger-server serve``: text for people, JSON lines for log pipelines.
 
 `log_config` is the `logging.config.dictConfig` mapping handed to uvicorn: one stderr handler
-for uvicorn's own loggers and the service's (``service.*``, with the request log
-``service.access`` of `service.metrics`), formatted as text or as `meters.logs.JsonFormatter`
+for uvicorn's own loggers and thermoledger's (``thermoledger.*``, with the request log
+``thermoledger.service.access`` of `service.metrics`), formatted as text or as
+`meters.logs.JsonFormatter`
 lines (``THERMOLEDGER_LOG_FORMAT=json`` / ``--log-format json``). uvicorn's access log is off:
 the service's request log replaces it and carries the route template and the run id.
 """
@@ -27,7 +28,9 @@ def log_config(log_format: Literal["text", "json"], level: str = "info") -> dict
         A `logging.config.dictConfig` mapping (version 1).
     """
     formatter: dict[str, Any] = (
-        {"()": "meters.logs.JsonFormatter"} if log_format == "json" else {"format": _TEXT}
+        {"()": "thermoledger.meters.logs.JsonFormatter"}
+        if log_format == "json"
+        else {"format": _TEXT}
     )
     level_name = level.upper()
     handler = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
@@ -41,6 +44,7 @@ def log_config(log_format: Literal["text", "json"], level: str = "info") -> dict
             "uvicorn": logger,
             "uvicorn.error": {"level": level_name},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            "service": logger,
+            # The package's root logger: a key "service" would match no thermoledger.* logger.
+            "thermoledger": logger,
         },
     }

@@ -83,8 +83,8 @@ from prometheus_client import (
 from prometheus_client import values as prometheus_values
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Unauthenticated
-from service.settings import Settings
+from .errors import Unauthenticated
+from .settings import Settings
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -97,7 +97,7 @@ __all__ = [
     "router",
 ]
 
-ACCESS_LOGGER: Final = "service.access"
+ACCESS_LOGGER: Final = "thermoledger.service.access"
 #: Where prometheus_client's multiprocess mode keeps each process's values (read at its import).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED: Final = "unmatched"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from accounting.units import DIMENSIONS, InvalidQuantity, parse_quantity
+from thermoledger.accounting.units import DIMENSIONS, InvalidQuantity, parse_quantity
 
 __all__ = ["parse_count", "parse_flops"]
 

@@ -29,11 +29,11 @@ from uuid import UUID
 
 from sqlalchemy.orm import Session
 
-from accounting.carbon import EmissionFactor, FactorKind
-from accounting.catalog import lookup as catalog_lookup
-from accounting.cost import Tariff
-from accounting.integrate import aggregate_energy
-from accounting.report import (
+from thermoledger.accounting.carbon import EmissionFactor, FactorKind
+from thermoledger.accounting.catalog import lookup as catalog_lookup
+from thermoledger.accounting.cost import Tariff
+from thermoledger.accounting.integrate import aggregate_energy
+from thermoledger.accounting.report import (
     DeclaredWork,
     DeviceUsage,
     PhaseUsage,
@@ -41,10 +41,10 @@ from accounting.report import (
     RunInfo,
     build_run_report,
 )
-from db import repository
-from db.basis import RunBasis, run_basis
-from db.factors import AccountingContext, AppliedVersion
-from db.repository import Conflict, DeviceAggregate, PhaseAggregate, RunUsage
+from thermoledger.db import repository
+from thermoledger.db.basis import RunBasis, run_basis
+from thermoledger.db.factors import AccountingContext, AppliedVersion
+from thermoledger.db.repository import Conflict, DeviceAggregate, PhaseAggregate, RunUsage
 
 __all__ = ["PHASE_NOTE", "emission_factor", "report_dict", "report_settings", "run_report"]
 

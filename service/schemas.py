@@ -36,10 +36,10 @@ from pydantic import (
     WrapValidator,
 )
 
-from db.models import FINITE_MAX as MODELS_FINITE_MAX
-from db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind, RunStatus
-from db.repository import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
-from meters.wire import SAMPLES_F64_BASE64, decode_column
+from thermoledger.db.models import FINITE_MAX as MODELS_FINITE_MAX
+from thermoledger.db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind, RunStatus
+from thermoledger.db.repository import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
+from thermoledger.meters.wire import SAMPLES_F64_BASE64, decode_column
 
 __all__ = [
     "FINITE_MAX",

@@ -21,7 +21,7 @@ MIN_BOOTSTRAP_TOKEN_CHARS = 32
 def _default_database_url() -> str:
     # Imported here so that reading the settings module costs nothing and touches no disk;
     # the default file (and its directory) is only made when a Settings lacks a URL.
-    from db.engine import default_sqlite_url
+    from thermoledger.db.engine import default_sqlite_url
 
     return default_sqlite_url()
 

@@ -30,7 +30,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from db.engine import normalize_url
+from thermoledger.db.engine import normalize_url
 
 ENV_VAR = "THERMOLEDGER_TEST_DATABASE_URL"
 SCHEMA_PREFIX = "tl_test_"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cli, demo
+from thermoledger.service import cli, demo
 
 
 def test_demo_matches_closed_form_truth_within_band() -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from accounting.errors import AccountingError
-from accounting.units import (
+from thermoledger.accounting.errors import AccountingError
+from thermoledger.accounting.units import (
     Q_,
     DimensionMismatch,
     InvalidQuantity,

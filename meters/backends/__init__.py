@@ -6,7 +6,7 @@ absent) and ``close()``. Importing this package is light: numpy and the standard
 ``pynvml`` is imported when an `NvmlBackend` is built without an injected module.
 """
 
-from meters.backends.base import (
+from .base import (
     BackendKind,
     Clock,
     DeviceInfo,
@@ -18,10 +18,10 @@ from meters.backends.base import (
     SystemClock,
     UncertaintyHint,
 )
-from meters.backends.nvml import NvmlBackend, Selection, translate_nvml_error
-from meters.backends.rapl import RaplBackend
-from meters.backends.replay import ReplayBackend, read_trace, write_trace
-from meters.backends.simulated import (
+from .nvml import NvmlBackend, Selection, translate_nvml_error
+from .rapl import RaplBackend
+from .replay import ReplayBackend, read_trace, write_trace
+from .simulated import (
     Bursty,
     Profile,
     Ramp,

@@ -55,7 +55,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from meters.backends.base import (
+from ..errors import (
+    DeviceLost,
+    DeviceUnavailable,
+    MeterError,
+    NotSupported,
+    PermissionDenied,
+    ReadError,
+)
+from .base import (
     Clock,
     DeviceInfo,
     DeviceStatus,
@@ -65,14 +73,6 @@ from meters.backends.base import (
     Readings,
     SystemClock,
     UncertaintyHint,
-)
-from meters.errors import (
-    DeviceLost,
-    DeviceUnavailable,
-    MeterError,
-    NotSupported,
-    PermissionDenied,
-    ReadError,
 )
 
 # NVML ABI constants (nvml.h). They never change between releases; a test checks them against the

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from meters.backends.base import (
+from ..errors import DeviceUnavailable, PermissionDenied
+from .base import (
     Clock,
     DeviceInfo,
     DeviceStatus,
@@ -41,7 +42,6 @@ from meters.backends.base import (
     SystemClock,
     UncertaintyHint,
 )
-from meters.errors import DeviceUnavailable, PermissionDenied
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 _PACKAGE_ZONE = re.compile(r"^intel-rapl:(\d+)$")

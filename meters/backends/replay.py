@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from meters.backends.base import (
+from ..errors import TraceFormatError
+from .base import (
     Clock,
     DeviceInfo,
     DeviceStatus,
@@ -46,7 +47,6 @@ from meters.backends.base import (
     SystemClock,
     UncertaintyHint,
 )
-from meters.errors import TraceFormatError
 
 TRACE_HEADER = ("t_s", "device", "power_w", "energy_j")
 

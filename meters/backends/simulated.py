@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from meters.backends.base import (
+from .base import (
     Clock,
     DeviceInfo,
     FloatArray,

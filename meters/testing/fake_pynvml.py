@@ -38,10 +38,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from meters.backends import nvml as codes
-from meters.backends.base import Clock, SystemClock
-from meters.backends.simulated import Profile, steady
-from meters.testing import ManualClock
+from ..backends import nvml as codes
+from ..backends.base import Clock, SystemClock
+from ..backends.simulated import Profile, steady
+from . import ManualClock
 
 T = TypeVar("T")
 
@@ -651,6 +651,6 @@ def counter_mj(gpu: FakeGpu, t_s: float) -> int:
 
 if TYPE_CHECKING:
     # mypy checks here that the fake offers everything the backend calls, with the same shapes.
-    from meters.backends.nvml import NvmlModule
+    from ..backends.nvml import NvmlModule
 
     _conforms: NvmlModule = FakeNvml([])

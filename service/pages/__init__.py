@@ -27,9 +27,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from service.pages import auth, views
-from service.pages.auth import LoginRequired, safe_next
-from service.pages.render import render
+from . import auth, views
+from .auth import LoginRequired, safe_next
+from .render import render
 
 __all__ = ["STATIC_DIR", "install"]
 

@@ -27,12 +27,13 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from db.models import Scope
-from db.types import utcnow
-from service.auth import Principal, Tenant, authenticate
-from service.deps import RawBody, SessionDep, SettingsDep
-from service.errors import Unauthenticated
-from service.pages.render import render
+from thermoledger.db.models import Scope
+from thermoledger.db.types import utcnow
+
+from ..auth import Principal, Tenant, authenticate
+from ..deps import RawBody, SessionDep, SettingsDep
+from ..errors import Unauthenticated
+from .render import render
 
 __all__ = [
     "COOKIE",

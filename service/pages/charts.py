@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from db.envelope import PowerEnvelope
+from thermoledger.db.envelope import PowerEnvelope
 
 __all__ = [
     "PALETTE",

@@ -19,7 +19,7 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
-from accounting.carbon import J_PER_KWH
+from thermoledger.accounting.carbon import J_PER_KWH
 
 __all__ = ["TEMPLATES_DIR", "environment", "render"]
 

@@ -23,22 +23,23 @@ import pydantic
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from accounting.carbon import J_PER_KWH, default_emission_factors, default_pues
-from accounting.catalog import builtin_catalog
-from db import repository
-from db.basis import RunBasis, run_bases, run_basis
-from db.envelope import envelope_of
-from db.models import RunKind, RunStatus
-from db.repository import InvalidInput, RunRecord
-from db.selection import select_runs
-from service.deps import SessionDep
-from service.economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pricing
-from service.pages import charts
-from service.pages.auth import PageTenant
-from service.pages.render import render
-from service.reports import report_dict, run_report
-from service.routes.reports import csv_response
-from service.schemas import TAG_KEY_PATTERN
+from thermoledger.accounting.carbon import J_PER_KWH, default_emission_factors, default_pues
+from thermoledger.accounting.catalog import builtin_catalog
+from thermoledger.db import repository
+from thermoledger.db.basis import RunBasis, run_bases, run_basis
+from thermoledger.db.envelope import envelope_of
+from thermoledger.db.models import RunKind, RunStatus
+from thermoledger.db.repository import InvalidInput, RunRecord
+from thermoledger.db.selection import select_runs
+
+from ..deps import SessionDep
+from ..economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pricing
+from ..reports import report_dict, run_report
+from ..routes.reports import csv_response
+from ..schemas import TAG_KEY_PATTERN
+from . import charts
+from .auth import PageTenant
+from .render import render
 
 __all__ = ["MAX_COMPARE", "MAX_LISTED", "router"]
 

@@ -18,14 +18,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from db import ledger, rollups
-from db.chain import ChainVerdict
-from db.models import Scope
-from db.repository import InvalidInput
-from db.types import utcnow
-from service.deps import PrincipalDep, ReadTenant, SessionDep
-from service.ledger_schemas import ChainProblemPublic, HeadPublic, Instant, VerifyPublic
-from service.routes.rollups import check_range
+from thermoledger.db import ledger, rollups
+from thermoledger.db.chain import ChainVerdict
+from thermoledger.db.models import Scope
+from thermoledger.db.repository import InvalidInput
+from thermoledger.db.types import utcnow
+
+from ..deps import PrincipalDep, ReadTenant, SessionDep
+from ..ledger_schemas import ChainProblemPublic, HeadPublic, Instant, VerifyPublic
+from .rollups import check_range
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 

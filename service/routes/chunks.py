@@ -8,12 +8,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Response
 
-from db import repository
-from meters.wire import BINARY_CONTENT_TYPE
-from service.deps import IngestTenant, RawBody, SessionDep, SettingsDep
-from service.ingest import prepare_batch, prepare_binary_batch
-from service.metrics import record_ingest
-from service.schemas import IngestBatchIn, IngestPublic
+from thermoledger.db import repository
+from thermoledger.meters.wire import BINARY_CONTENT_TYPE
+
+from ..deps import IngestTenant, RawBody, SessionDep, SettingsDep
+from ..ingest import prepare_batch, prepare_binary_batch
+from ..metrics import record_ingest
+from ..schemas import IngestBatchIn, IngestPublic
 
 router = APIRouter(prefix="/runs/{run_id}/chunks", tags=["chunks"])
 

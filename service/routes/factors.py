@@ -13,14 +13,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from accounting.carbon import Pue, default_pue
-from db import factors
-from db.models import FactorBasis, FactorRate, Scope
-from db.repository import InvalidInput, NotFound
-from db.types import utcnow
-from service.auth import Principal
-from service.deps import PrincipalDep, ReadTenant, SessionDep
-from service.ledger_schemas import (
+from thermoledger.accounting.carbon import Pue, default_pue
+from thermoledger.db import factors
+from thermoledger.db.models import FactorBasis, FactorRate, Scope
+from thermoledger.db.repository import InvalidInput, NotFound
+from thermoledger.db.types import utcnow
+
+from ..auth import Principal
+from ..deps import PrincipalDep, ReadTenant, SessionDep
+from ..ledger_schemas import (
     INTENSITY_MAX_G_PER_KWH,
     PRICE_MAX_USD_PER_KWH,
     REGION_PATTERN,

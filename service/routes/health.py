@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from fastapi import APIRouter, Request
 
-from service.errors import NotReady
-from service.schemas import HealthPublic, ReadyPublic
+from ..errors import NotReady
+from ..schemas import HealthPublic, ReadyPublic
 
 router = APIRouter(tags=["health"])
 

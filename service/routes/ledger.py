@@ -12,10 +12,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, status
 
-from db import ledger
-from db.models import Scope
-from service.deps import PrincipalDep, ReadTenant, SessionDep
-from service.ledger_schemas import (
+from thermoledger.db import ledger
+from thermoledger.db.models import Scope
+
+from ..deps import PrincipalDep, ReadTenant, SessionDep
+from ..ledger_schemas import (
     INT64_MAX,
     FigureName,
     LedgerEntryCreate,

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from service.deps import ReadTenant, SessionDep
-from service.economics import amortisation, pricing
+from ..deps import ReadTenant, SessionDep
+from ..economics import amortisation, pricing
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -6,10 +6,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response, status
 
-from db import repository
-from service.deps import IngestTenant, SessionDep
-from service.quantities import parse_count, parse_flops
-from service.schemas import PhaseCreate, PhasePublic
+from thermoledger.db import repository
+
+from ..deps import IngestTenant, SessionDep
+from ..quantities import parse_count, parse_flops
+from ..schemas import PhaseCreate, PhasePublic
 
 router = APIRouter(prefix="/runs/{run_id}/phases", tags=["phases"])
 

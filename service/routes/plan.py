@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.deps import ReadTenant, SessionDep
-from service.economics import PlanRequest, plan
+from ..deps import ReadTenant, SessionDep
+from ..economics import PlanRequest, plan
 
 router = APIRouter(prefix="/plan", tags=["planning"])
 

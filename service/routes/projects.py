@@ -10,11 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from db import repository
-from service.auth import issue_token, parse_scopes, scope_names
-from service.deps import PrincipalDep, SessionDep
-from service.errors import Forbidden
-from service.schemas import (
+from thermoledger.db import repository
+
+from ..auth import issue_token, parse_scopes, scope_names
+from ..deps import PrincipalDep, SessionDep
+from ..errors import Forbidden
+from ..schemas import (
     SLUG_PATTERN,
     ProjectCreate,
     ProjectPublic,

@@ -13,9 +13,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
-from service.deps import ReadTenant, SessionDep
-from service.report_csv import report_csv
-from service.reports import run_report
+from ..deps import ReadTenant, SessionDep
+from ..report_csv import report_csv
+from ..reports import run_report
 
 router = APIRouter(prefix="/runs/{run_id}/report", tags=["reports"])
 

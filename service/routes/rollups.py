@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from db import rollups
-from db.repository import InvalidInput
-from service.deps import ReadTenant, SessionDep
-from service.ledger_schemas import Instant
-from service.schemas import TAG_KEY_PATTERN
+from thermoledger.db import rollups
+from thermoledger.db.repository import InvalidInput
+
+from ..deps import ReadTenant, SessionDep
+from ..ledger_schemas import Instant
+from ..schemas import TAG_KEY_PATTERN
 
 router = APIRouter(prefix="/rollups", tags=["rollups"])
 

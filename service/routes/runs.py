@@ -12,13 +12,14 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response, status
 from pydantic import AwareDatetime
 
-from db import ledger, repository
-from db.models import RunKind, RunStatus
-from db.repository import InvalidInput, RunCursor
-from db.types import utcnow
-from service.deps import IngestTenant, ReadTenant, SessionDep
-from service.quantities import parse_count, parse_flops
-from service.schemas import TAG_KEY_PATTERN, RunCreate, RunEnd, RunPage, RunPublic, WorkDeclare
+from thermoledger.db import ledger, repository
+from thermoledger.db.models import RunKind, RunStatus
+from thermoledger.db.repository import InvalidInput, RunCursor
+from thermoledger.db.types import utcnow
+
+from ..deps import IngestTenant, ReadTenant, SessionDep
+from ..quantities import parse_count, parse_flops
+from ..schemas import TAG_KEY_PATTERN, RunCreate, RunEnd, RunPage, RunPublic, WorkDeclare
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

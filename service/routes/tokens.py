@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from db import repository
-from db.models import Scope
-from service.deps import PrincipalDep, SessionDep
-from service.schemas import INT32_MAX
+from thermoledger.db import repository
+from thermoledger.db.models import Scope
+
+from ..deps import PrincipalDep, SessionDep
+from ..schemas import INT32_MAX
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

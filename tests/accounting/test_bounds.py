@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accounting import bounds
-from accounting.bounds import (
+from thermoledger.accounting import bounds
+from thermoledger.accounting.bounds import (
     K_B_J_PER_K,
     BoundError,
     BoundUnavailable,
@@ -30,14 +30,14 @@ from accounting.bounds import (
     landauer_j_per_bit,
     resolve_bits_per_flop,
 )
-from accounting.catalog import (
+from thermoledger.accounting.catalog import (
     Catalog,
     CatalogEntry,
     UnsupportedDtype,
     builtin_catalog,
     load_catalog,
 )
-from accounting.errors import AccountingError
+from thermoledger.accounting.errors import AccountingError
 
 H100_BF16_FLOP_PER_S = 989.5e12
 

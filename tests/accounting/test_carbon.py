@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accounting.carbon import (
+from thermoledger.accounting.carbon import (
     J_PER_KWH,
     YEAR_S,
     EmbodiedShare,
@@ -31,7 +31,7 @@ from accounting.carbon import (
     scope2_emissions,
     software_carbon_intensity,
 )
-from accounting.errors import AccountingError, DimensionMismatch, InvalidQuantity
+from thermoledger.accounting.errors import AccountingError, DimensionMismatch, InvalidQuantity
 
 WORLD = default_emission_factor("WORLD")
 HYPERSCALE = default_pue("hyperscale")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from accounting import catalog
-from accounting.catalog import (
+from thermoledger.accounting import catalog
+from thermoledger.accounting.catalog import (
     DTYPES,
     CatalogError,
     UnresolvedDevice,
@@ -22,7 +22,7 @@ from accounting.catalog import (
     normalize_dtype,
     normalize_name,
 )
-from accounting.errors import AccountingError, UnknownDevice
+from thermoledger.accounting.errors import AccountingError, UnknownDevice
 
 # Names as NVML / rocm-smi / JAX report them, and the entry each must resolve to.
 REPORTED_NAMES = {

@@ -8,8 +8,8 @@ from datetime import date
 import numpy as np
 import pytest
 
-from accounting.carbon import default_pue
-from accounting.cost import (
+from thermoledger.accounting.carbon import default_pue
+from thermoledger.accounting.cost import (
     HOURS_PER_YEAR,
     CloudPrice,
     CurrencyMismatch,
@@ -20,7 +20,7 @@ from accounting.cost import (
     energy_cost_usd,
     run_cost,
 )
-from accounting.errors import AccountingError, DimensionMismatch, InvalidQuantity
+from thermoledger.accounting.errors import AccountingError, DimensionMismatch, InvalidQuantity
 
 TEN_KWH_J = 10 * 3.6e6
 TARIFF = Tariff(usd_per_kwh=0.12, source="utility invoice, 2025-01")

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accounting import integrate
-from accounting.errors import AccountingError, InvalidSamples
-from accounting.integrate import (
+from thermoledger.accounting import integrate
+from thermoledger.accounting.errors import AccountingError, InvalidSamples
+from thermoledger.accounting.integrate import (
     GAP_POLICIES,
     METHODS,
     POWER_METHODS,

@@ -9,10 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accounting.carbon import EmissionFactor, default_emission_factor, default_pue, scope2_emissions
-from accounting.cost import CloudPrice, Tariff
-from accounting.errors import InvalidQuantity
-from accounting.planning import (
+from thermoledger.accounting.carbon import (
+    EmissionFactor,
+    default_emission_factor,
+    default_pue,
+    scope2_emissions,
+)
+from thermoledger.accounting.cost import CloudPrice, Tariff
+from thermoledger.accounting.errors import InvalidQuantity
+from thermoledger.accounting.planning import (
     AttentionShape,
     ComputeSetup,
     ServingOption,

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from accounting.carbon import EmissionFactor, default_emission_factor, default_pue
-from accounting.catalog import get
-from accounting.cost import Tariff
-from accounting.integrate import integrate_power, summarize_chunks
-from accounting.report import (
+from thermoledger.accounting.carbon import EmissionFactor, default_emission_factor, default_pue
+from thermoledger.accounting.catalog import get
+from thermoledger.accounting.cost import Tariff
+from thermoledger.accounting.integrate import integrate_power, summarize_chunks
+from thermoledger.accounting.report import (
     DeclaredWork,
     DeviceUsage,
     PhaseUsage,

@@ -15,9 +15,6 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from db import migrate
-from service.app import create_app
-from service.settings import Settings
 from tests import dbutil
 from tests.service.conftest import (
     OPERATOR_TOKEN,
@@ -29,6 +26,9 @@ from tests.service.conftest import (
     chunk,
     make_project,
 )
+from thermoledger.db import migrate
+from thermoledger.service.app import create_app
+from thermoledger.service.settings import Settings
 
 OPERATOR = bearer(OPERATOR_TOKEN)
 

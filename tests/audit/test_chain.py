@@ -9,7 +9,7 @@ from uuid import UUID
 
 import pytest
 
-from db.chain import (
+from thermoledger.db.chain import (
     GENESIS_HASH,
     ChainHead,
     EntryContent,

@@ -8,8 +8,6 @@ import json
 from datetime import UTC, datetime
 from uuid import UUID
 
-from db.chain import EntryContent, entry_hash
-from db.rollups import EXPORT_COLUMNS
 from tests.audit.conftest import (
     OPERATOR,
     Project,
@@ -19,6 +17,8 @@ from tests.audit.conftest import (
     metered_run,
     region,
 )
+from thermoledger.db.chain import EntryContent, entry_hash
+from thermoledger.db.rollups import EXPORT_COLUMNS
 
 
 def _scenario(client: TestClient, project: Project) -> tuple[str, dict[str, object]]:

@@ -232,8 +232,8 @@ def test_the_ledger_pages_by_seq(client: TestClient, project: Project) -> None:
 def test_the_api_names_exactly_the_ledgers_figures(client: TestClient) -> None:
     from typing import get_args
 
-    from db.ledger import FIGURES
-    from service.ledger_schemas import FigureName
+    from thermoledger.db.ledger import FIGURES
+    from thermoledger.service.ledger_schemas import FigureName
 
     assert set(get_args(FigureName)) == set(FIGURES)
     schema = client.get("/openapi.json").json()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from db import ledger, migrate, repository
-from db.engine import make_engine, make_sessionmaker
-from db.models import LedgerSource
 from tests import dbutil
+from thermoledger.db import ledger, migrate, repository
+from thermoledger.db.engine import make_engine, make_sessionmaker
+from thermoledger.db.models import LedgerSource
 
 
 @pytest.fixture(params=dbutil.BACKENDS)

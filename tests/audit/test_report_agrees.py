@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from service.pages.render import co2e
 from tests.audit.conftest import (
     OPERATOR,
     Project,
@@ -29,6 +28,7 @@ from tests.audit.conftest import (
     post_chunks,
     region,
 )
+from thermoledger.service.pages.render import co2e
 
 OCT = datetime(2025, 10, 10, tzinfo=UTC)
 HTML = {"Accept": "text/html"}

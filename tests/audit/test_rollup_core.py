@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from accounting.errors import InvalidQuantity
-from accounting.rollup import LedgerFigure, period_key, rollup
+from thermoledger.accounting.errors import InvalidQuantity
+from thermoledger.accounting.rollup import LedgerFigure, period_key, rollup
 
 MAR = datetime(2026, 3, 15, tzinfo=UTC)
 

@@ -20,11 +20,11 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from db import ledger
-from db.chain import EntryContent, entry_hash
-from db.models import LedgerSource
-from service import cli
 from tests.audit.conftest import TestClient, make_project
+from thermoledger.db import ledger
+from thermoledger.db.chain import EntryContent, entry_hash
+from thermoledger.db.models import LedgerSource
+from thermoledger.service import cli
 
 AT = datetime(2025, 10, 1, tzinfo=UTC)
 

@@ -10,9 +10,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from meters.wire import dumps_batch, dumps_binary_batch
-from service.ingest import prepare_batch, prepare_binary_batch
-from service.schemas import IngestBatchIn
+from thermoledger.meters.wire import dumps_batch, dumps_binary_batch
+from thermoledger.service.ingest import prepare_batch, prepare_binary_batch
+from thermoledger.service.schemas import IngestBatchIn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 _support = importlib.import_module("_support")

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from db import migrate
-from db.engine import make_engine, make_sessionmaker
 from tests import dbutil
+from thermoledger.db import migrate
+from thermoledger.db.engine import make_engine, make_sessionmaker
 
 
 @pytest.fixture(params=dbutil.BACKENDS)

@@ -13,10 +13,10 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db import repository
-from db.models import Chunk, DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
-from db.samples import decode_samples, encode_samples
-from db.types import utcnow
+from thermoledger.db import repository
+from thermoledger.db.models import Chunk, DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
+from thermoledger.db.samples import decode_samples, encode_samples
+from thermoledger.db.types import utcnow
 
 
 def _row(k: int, device_key: str, **changes: object) -> repository.ChunkRow:

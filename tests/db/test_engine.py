@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from db.engine import (
+from tests import dbutil
+from thermoledger.db.engine import (
     SQLITE_BUSY_TIMEOUT_S,
     default_sqlite_path,
     default_sqlite_url,
@@ -17,8 +18,7 @@ from db.engine import (
     make_sessionmaker,
     normalize_url,
 )
-from db.errors import StorageError, UnsupportedDatabase
-from tests import dbutil
+from thermoledger.db.errors import StorageError, UnsupportedDatabase
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from alembic import command
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
 
-from db import migrate
-from db.engine import make_engine
-from db.errors import MigrationError, SchemaDrift
-from db.models import Base
+from thermoledger.db import migrate
+from thermoledger.db.engine import make_engine
+from thermoledger.db.errors import MigrationError, SchemaDrift
+from thermoledger.db.models import Base
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from db.models import (
+from thermoledger.db.models import (
     ApiToken,
     Chunk,
     Device,
@@ -34,7 +34,7 @@ from db.models import (
     RunStatus,
     Scope,
 )
-from db.samples import decode_samples, encode_samples
+from thermoledger.db.samples import decode_samples, encode_samples
 
 T0_S = 1_760_000_000.0  # 2025-10-09, a plausible unix time
 STARTED = datetime(2025, 10, 9, 8, 53, 20, 123456, tzinfo=UTC)
@@ -257,7 +257,7 @@ def test_method_vocabularies_are_checked_in_the_database(session: Session, devic
 
 
 def test_method_enums_match_the_wire() -> None:
-    from meters.wire import METHODS
+    from thermoledger.meters.wire import METHODS
 
     assert [m.value for m in EnergyMethod] == list(METHODS)
     assert {m.value for m in DevicePowerMethod} == set(METHODS) - {"mixed"}

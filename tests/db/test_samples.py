@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from db.errors import SampleCodecError, StorageError
-from db.samples import (
+from thermoledger.db.errors import SampleCodecError, StorageError
+from thermoledger.db.samples import (
     CODEC_VERSION,
     MAX_DECODED_BYTES,
     decode_samples,

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from db import migrate
-from meters.api import Meter
-from meters.metrics import CountingTransport, MeterCollector
-from service.app import create_app
 from tests import dbutil
 from tests.deploy.conftest import DEPLOY
 from tests.service.conftest import _clean_settings
+from thermoledger.db import migrate
+from thermoledger.meters.api import Meter
+from thermoledger.meters.metrics import CountingTransport, MeterCollector
+from thermoledger.service.app import create_app
 
 DASHBOARD = DEPLOY / "grafana" / "thermoledger-dashboard.json"
 SUFFIXES = {

@@ -23,9 +23,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from meters import cli as meter_cli
-from service import cli as server_cli
 from tests.deploy.conftest import DEPLOY, ROOT, yaml_documents
+from thermoledger.meters import cli as meter_cli
+from thermoledger.service import cli as server_cli
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -107,9 +107,10 @@ def test_each_image_runs_its_console_script_as_an_unprivileged_user(target: str)
     entrypoint = exec_form(stage.last("ENTRYPOINT"))
     scripts = PYPROJECT["project"]["scripts"]
     assert entrypoint[0] in scripts
-    parser = {"meters.cli:main": meter_cli, "service.cli:main": server_cli}[
-        scripts[entrypoint[0]]
-    ]._build_parser()
+    parser = {
+        "thermoledger.meters.cli:main": meter_cli,
+        "thermoledger.service.cli:main": server_cli,
+    }[scripts[entrypoint[0]]]._build_parser()
     parsed = parser.parse_args(exec_form(stage.last("CMD")))
     wanted = {"service": ("command", "serve"), "meter": ("subcommand", "sidecar")}[target]
     assert getattr(parsed, wanted[0]) == wanted[1]

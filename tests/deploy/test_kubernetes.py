@@ -20,9 +20,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from meters import cli as meter_cli
-from service import cli as server_cli
 from tests.deploy.conftest import DEPLOY, yaml_documents
+from thermoledger.meters import cli as meter_cli
+from thermoledger.service import cli as server_cli
 
 K8S_VERSION = "1.30.0"
 MANIFESTS = sorted((DEPLOY / "kubernetes").rglob("*.yaml"))

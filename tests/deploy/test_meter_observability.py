@@ -24,14 +24,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meters import cli
-from meters.api import Meter
-from meters.backends import SimulatedBackend, SimulatedDevice, steady
-from meters.logs import JsonFormatter, RunIdFilter, json_handler
-from meters.metrics import CountingTransport, MetricsServer, serve_meter_metrics
-from meters.runid import canonical_run_id
-from meters.settings import ObserveSettings, SettingsError
 from tests.e2e.liveserver import ROOT, free_port
+from thermoledger.meters import cli
+from thermoledger.meters.api import Meter
+from thermoledger.meters.backends import SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.logs import JsonFormatter, RunIdFilter, json_handler
+from thermoledger.meters.metrics import CountingTransport, MetricsServer, serve_meter_metrics
+from thermoledger.meters.runid import canonical_run_id
+from thermoledger.meters.settings import ObserveSettings, SettingsError
 
 WAIT_S = 30.0
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -169,8 +169,8 @@ def test_the_sidecar_serves_metrics_counts_failed_uploads_and_logs_json(tmp_path
     dead = free_port()  # nothing listens there: every upload fails
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOLEDGER_")}
     sidecar = subprocess.Popen(
-        [sys.executable, "-m", "meters.cli", "sidecar", "--simulate", "--run-id", "obs-1",
-         "--interval", "0.01", "--chunk", "0.05", "--spool-dir", str(tmp_path),
+        [sys.executable, "-m", "thermoledger.meters.cli", "sidecar", "--simulate",
+         "--run-id", "obs-1", "--interval", "0.01", "--chunk", "0.05", "--spool-dir", str(tmp_path),
          "--server", f"http://127.0.0.1:{dead}", "--upload-timeout", "1",
          "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--log-format", "json", "-v"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -21,11 +21,6 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from db import migrate
-from meters.logs import JsonFormatter
-from service.app import create_app
-from service.metrics import UNMATCHED, record_ingest
-from service.settings import Settings
 from tests import dbutil
 from tests.e2e.liveserver import ROOT, free_port
 from tests.service.conftest import (
@@ -36,6 +31,11 @@ from tests.service.conftest import (
     create_run,
     make_project,
 )
+from thermoledger.db import migrate
+from thermoledger.meters.logs import JsonFormatter
+from thermoledger.service.app import create_app
+from thermoledger.service.metrics import UNMATCHED, record_ingest
+from thermoledger.service.settings import Settings
 
 WAIT_S = 30.0
 
@@ -196,9 +196,9 @@ def test_request_logs_carry_the_route_status_and_run_id(
 ) -> None:
     project = make_project(app)
     run_id = create_run(client, project)
-    caplog.set_level(logging.INFO, logger="service.access")
+    caplog.set_level(logging.INFO, logger="thermoledger.service.access")
     assert client.get(f"/api/v1/runs/{run_id}", headers=project.read).status_code == 200
-    (record,) = [r for r in caplog.records if r.name == "service.access"]
+    (record,) = [r for r in caplog.records if r.name == "thermoledger.service.access"]
     line = json.loads(JsonFormatter().format(record))
     assert line["run_id"] == run_id
     assert line["route"] == "/api/v1/runs/{run_id}"
@@ -217,7 +217,7 @@ def test_serve_with_json_logs_writes_one_object_per_line(tmp_path: Path) -> None
     run_id = str(uuid.uuid4())
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--database-url", url,
+            [sys.executable, "-m", "thermoledger.service.cli", "serve", "--database-url", url,
              "--port", str(port), "--log-format", "json"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -237,7 +237,7 @@ def test_serve_with_json_logs_writes_one_object_per_line(tmp_path: Path) -> None
         server.terminate()
         server.wait(timeout=WAIT_S)
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    assert {"uvicorn.error", "service.access"} <= {line["logger"] for line in lines}
+    assert {"uvicorn.error", "thermoledger.service.access"} <= {line["logger"] for line in lines}
     (request,) = [line for line in lines if line.get("run_id") == run_id]
     assert request["status"] == 401
     assert request["route"] == "/api/v1/runs/{run_id}"

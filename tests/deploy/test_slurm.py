@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from meters.runid import resolve_run_id
-from meters.spool import Spool
 from tests.deploy.conftest import DEPLOY
+from thermoledger.meters.runid import resolve_run_id
+from thermoledger.meters.spool import Spool
 
 PROLOG = DEPLOY / "slurm" / "prolog.sh"
 EPILOG = DEPLOY / "slurm" / "epilog.sh"
@@ -44,7 +44,7 @@ def slurm_env(tmp_path: Path, job_id: str, **extra: str) -> dict[str, str]:
         SLURM_JOB_USER="alice",
         SLURM_JOB_GPUS="0,1",
         THERMOLEDGER_SLURM_CONF=str(tmp_path / "absent.env"),
-        THERMOLEDGER_BIN=f"{shlex.quote(sys.executable)} -m meters.cli",
+        THERMOLEDGER_BIN=f"{shlex.quote(sys.executable)} -m thermoledger.meters.cli",
         THERMOLEDGER_USER="",
         THERMOLEDGER_SPOOL_DIR=str(tmp_path / "spool"),
         THERMOLEDGER_RUN_DIR=str(tmp_path / "run"),
@@ -101,7 +101,7 @@ def test_prolog_starts_a_meter_for_the_job_and_epilog_stops_it_cleanly(tmp_path:
             time.sleep(0.05)
         # The process in the pid file is the meter itself (not a shell around it).
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert b"meters.cli" in cmdline
+        assert b"thermoledger.meters.cli" in cmdline
         assert b"sidecar" in cmdline
         stopped = run_script(EPILOG, env)
         assert stopped.returncode == 0, stopped.stderr

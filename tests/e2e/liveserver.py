@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from service import cli as server_cli
+from thermoledger.service import cli as server_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -81,7 +81,7 @@ class LiveServer:
                 [
                     sys.executable,
                     "-m",
-                    "service.cli",
+                    "thermoledger.service.cli",
                     "serve",
                     "--database-url",
                     self.database_url,

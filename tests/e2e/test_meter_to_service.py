@@ -23,14 +23,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from db.engine import make_engine
-from db.models import Chunk, Device
-from meters import cli
-from meters.api import Meter
-from meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
-from meters.spool import Spool
 from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
+from thermoledger.db.engine import make_engine
+from thermoledger.db.models import Chunk, Device
+from thermoledger.meters import cli
+from thermoledger.meters.api import Meter
+from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.spool import Spool
 
 WAIT_S = 30.0
 HOST = "e2e-host"

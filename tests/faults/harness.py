@@ -35,12 +35,12 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from db import repository
-from db.engine import make_engine, make_sessionmaker
-from db.models import Chunk, Device, DeviceTotal, Phase, PhaseTotal, Run, Scope
-from meters.spool import Spool
-from service.auth import issue_token
 from tests.e2e.liveserver import LiveServer
+from thermoledger.db import repository
+from thermoledger.db.engine import make_engine, make_sessionmaker
+from thermoledger.db.models import Chunk, Device, DeviceTotal, Phase, PhaseTotal, Run, Scope
+from thermoledger.meters.spool import Spool
+from thermoledger.service.auth import issue_token
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
@@ -136,7 +136,7 @@ class Sidecar:
             [
                 sys.executable,
                 "-m",
-                "meters.cli",
+                "thermoledger.meters.cli",
                 "sidecar",
                 "--simulate",
                 "--gpus",

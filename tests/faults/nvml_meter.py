@@ -22,9 +22,9 @@ from __future__ import annotations
 import sys
 from typing import Final
 
-from meters.backends import nvml as codes
-from meters.backends.simulated import steady
-from meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, SlowCall, h100
+from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends.simulated import steady
+from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, SlowCall, h100
 
 CONTROL, REFUSING, LOST, RELOADED, SLOW = range(5)
 FAULT_START_S: Final = 1.0
@@ -48,7 +48,7 @@ FLEET: Final[tuple[FakeGpu, ...]] = (
 def main(argv: list[str]) -> int:
     """Run ``thermoledger <argv>`` with `FLEET` as the NVML driver."""
     sys.modules["pynvml"] = FakeNvml(FLEET)  # type: ignore[assignment]
-    from meters import cli
+    from thermoledger.meters import cli
 
     return cli.main(argv)
 

@@ -31,8 +31,6 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 
-from db.models import ApiToken, Chunk, Device, DeviceTotal, LedgerEntry, PhaseTotal, Project, Run
-from db.models import Phase as PhaseRow
 from tests.faults.harness import ledger_problems
 from tests.service.conftest import (
     OPERATOR_TOKEN,
@@ -46,6 +44,17 @@ from tests.service.conftest import (
 from tests.service.conftest import (
     Project as Tokens,
 )
+from thermoledger.db.models import (
+    ApiToken,
+    Chunk,
+    Device,
+    DeviceTotal,
+    LedgerEntry,
+    PhaseTotal,
+    Project,
+    Run,
+)
+from thermoledger.db.models import Phase as PhaseRow
 
 MAX_EXAMPLES = 15
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -27,7 +27,6 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
-from service.deps import get_session
 from tests.faults.harness import (
     LiveService,
     gaps_in_order,
@@ -38,6 +37,7 @@ from tests.faults.harness import (
     upload_until,
 )
 from tests.service.conftest import TestClient, make_project
+from thermoledger.service.deps import get_session
 
 UPLOADERS = 50
 DURATION_S = 6.0

@@ -34,16 +34,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from db.engine import make_engine
-from db.models import Chunk, Device
-from meters.backends.nvml import NvmlBackend
-from meters.backends.simulated import steady
-from meters.sampler import Sampler
-from meters.spool import Spool
-from meters.testing.fake_pynvml import FakeGpu, FakeNvml, SlowCall, default_uuid, h100
 from tests.faults import nvml_meter
 from tests.faults.harness import ROOT, WAIT_S, LiveService, clean_env, gaps_in_order
 from tests.meters.shared_clock import SharedClock
+from thermoledger.db.engine import make_engine
+from thermoledger.db.models import Chunk, Device
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.backends.simulated import steady
+from thermoledger.meters.sampler import Sampler
+from thermoledger.meters.spool import Spool
+from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, SlowCall, default_uuid, h100
 
 INTERVAL_S = 0.02
 CHUNK_S = 0.25

@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
-from meters.sampler import Sampler, sample_until_signalled
-from meters.spool import Spool
+from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.sampler import Sampler, sample_until_signalled
+from thermoledger.meters.spool import Spool
 
 HOST = "crash-test"
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from meters.testing import ManualClock
+from thermoledger.meters.testing import ManualClock
 
 T = TypeVar("T")
 

@@ -34,14 +34,21 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from meters.backends import Bursty, PowerBackend, Profile, Ramp, SimulatedBackend, SimulatedDevice
-from meters.backends import steady as steady_profile
-from meters.backends.nvml import NvmlBackend
-from meters.sampler import Sampler
-from meters.spool import RunStatus
-from meters.testing import ManualClock
-from meters.testing.fake_pynvml import FakeNvml, h100, p100
-from meters.wire import ChunkPayload, DevicePayload
+from thermoledger.meters.backends import (
+    Bursty,
+    PowerBackend,
+    Profile,
+    Ramp,
+    SimulatedBackend,
+    SimulatedDevice,
+)
+from thermoledger.meters.backends import steady as steady_profile
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.sampler import Sampler
+from thermoledger.meters.spool import RunStatus
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_pynvml import FakeNvml, h100, p100
+from thermoledger.meters.wire import ChunkPayload, DevicePayload
 
 INTERVAL_S = 0.1
 WINDOW_S = 5.0

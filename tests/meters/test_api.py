@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from meters.api import Meter, empty_summary, meter, open_backend
-from meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
-from meters.control import ControlStore
-from meters.errors import DeviceUnavailable
-from meters.runid import NODE_METER_ENV, node_meter_mark
-from meters.spool import Spool
+from thermoledger.meters.api import Meter, empty_summary, meter, open_backend
+from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.control import ControlStore
+from thermoledger.meters.errors import DeviceUnavailable
+from thermoledger.meters.runid import NODE_METER_ENV, node_meter_mark
+from thermoledger.meters.spool import Spool
 
 WAIT_S = 20.0
 HOST = "unit-host"
@@ -325,14 +325,22 @@ def test_meter_is_exported_lazily_and_import_meters_stays_light() -> None:
     import subprocess
     import sys
 
-    import meters
-    import meters.api
+    import thermoledger
+    import thermoledger.meters as meters
+    import thermoledger.meters.api
 
     assert meters.Meter is meters.api.Meter
     assert meters.meter is meters.api.meter
+    assert thermoledger.Meter is meters.api.Meter
+    assert thermoledger.meter is meters.api.meter
     with pytest.raises(AttributeError):
         _ = meters.no_such_thing  # type: ignore[attr-defined]
-    probe = "import meters, sys; print('httpx' in sys.modules, 'meters.api' in sys.modules)"
+    with pytest.raises(AttributeError):
+        _ = thermoledger.no_such_thing  # type: ignore[attr-defined]
+    probe = (
+        "import thermoledger, thermoledger.meters, sys; "
+        "print('httpx' in sys.modules, 'thermoledger.meters.api' in sys.modules)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=WAIT_S
     )

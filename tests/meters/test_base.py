@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meters.backends import (
+from thermoledger.meters.backends import (
     DeviceStatus,
     Method,
     PowerBackend,
@@ -17,8 +17,8 @@ from meters.backends import (
     SimulatedBackend,
     write_trace,
 )
-from meters.backends.base import ReadingsBuffer
-from meters.errors import (
+from thermoledger.meters.backends.base import ReadingsBuffer
+from thermoledger.meters.errors import (
     DeviceLost,
     DeviceUnavailable,
     MeterError,
@@ -27,8 +27,8 @@ from meters.errors import (
     ReadError,
     TraceFormatError,
 )
-from meters.testing import ManualClock
-from meters.testing.fake_powercap import FakePowercap
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_powercap import FakePowercap
 
 
 def _readings(**overrides: object) -> Readings:

@@ -22,12 +22,12 @@ from typing import IO
 
 import pytest
 
-from meters import cli
-from meters.runid import canonical_run_id
-from meters.settings import FootprintSettings, SettingsError
-from meters.spool import Spool
 from tests import dbutil
 from tests.e2e.liveserver import LiveServer, free_port, migrate_and_issue_token
+from thermoledger.meters import cli
+from thermoledger.meters.runid import canonical_run_id
+from thermoledger.meters.settings import FootprintSettings, SettingsError
+from thermoledger.meters.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -53,7 +53,7 @@ def run_main(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, s
 
 def spawn(*argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [PY, "-m", "meters.cli", *argv],
+        [PY, "-m", "thermoledger.meters.cli", *argv],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -276,8 +276,8 @@ def test_on_a_terminal_the_child_owns_it_and_a_status_line_is_shown(tmp_path: Pa
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     wrapper = subprocess.Popen(
-        [PY, "-m", "meters.cli", "run", "--simulate", *FAST, "--spool-dir", str(tmp_path),
-         "--", PY, "-c", "print('got', input())"],
+        [PY, "-m", "thermoledger.meters.cli", "run", "--simulate", *FAST,
+         "--spool-dir", str(tmp_path), "--", PY, "-c", "print('got', input())"],
         cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
         start_new_session=True, preexec_fn=controlling_terminal,
     )  # fmt: skip

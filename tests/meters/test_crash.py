@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accounting.integrate import summarize_chunks
-from meters.backends import SimulatedBackend
-from meters.sampler import Sampler
-from meters.spool import Spool, SpooledChunk
-from meters.wire import content_hash
 from tests.meters.crash_child import HOST, fleet
+from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.meters.backends import SimulatedBackend
+from thermoledger.meters.sampler import Sampler
+from thermoledger.meters.spool import Spool, SpooledChunk
+from thermoledger.meters.wire import content_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0

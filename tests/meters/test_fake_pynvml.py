@@ -8,11 +8,19 @@ from types import ModuleType
 
 import pytest
 
-from meters.backends import nvml as codes
-from meters.backends.simulated import Bursty, Ramp, steady
-from meters.testing import ManualClock
-from meters.testing import fake_pynvml as fake_module
-from meters.testing.fake_pynvml import FakeGpu, FakeHandle, FakeNvml, Fault, a100, h100, p100
+from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends.simulated import Bursty, Ramp, steady
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing import fake_pynvml as fake_module
+from thermoledger.meters.testing.fake_pynvml import (
+    FakeGpu,
+    FakeHandle,
+    FakeNvml,
+    Fault,
+    a100,
+    h100,
+    p100,
+)
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from accounting.integrate import summarize_chunks
-from meters.backends import nvml as codes
-from meters.backends.base import (
+from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends.base import (
     DeviceInfo,
     DeviceStatus,
     FlatBuffer,
@@ -39,14 +39,20 @@ from meters.backends.base import (
     UncertaintyHint,
     flat_readings,
 )
-from meters.backends.nvml import NvmlBackend
-from meters.backends.simulated import Bursty, Ramp, SimulatedBackend, SimulatedDevice, steady
-from meters.chunker import DeviceChunker, SealJob, reading_model, seal
-from meters.sampler import Sampler
-from meters.spool import RunStatus, Spool
-from meters.testing import ManualClock
-from meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, a100, h100, p100, v100
-from meters.wire import ChunkPayload, DevicePayload, content_hash
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.backends.simulated import (
+    Bursty,
+    Ramp,
+    SimulatedBackend,
+    SimulatedDevice,
+    steady,
+)
+from thermoledger.meters.chunker import DeviceChunker, SealJob, reading_model, seal
+from thermoledger.meters.sampler import Sampler
+from thermoledger.meters.spool import RunStatus, Spool
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, a100, h100, p100, v100
+from thermoledger.meters.wire import ChunkPayload, DevicePayload, content_hash
 
 RUN = "run-fast"
 HOST = "node"

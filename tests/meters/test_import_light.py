@@ -13,14 +13,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("fastapi", "sqlalchemy", "alembic", "pint", "accounting.units")
+HEAVY = ("fastapi", "sqlalchemy", "alembic", "pint", "thermoledger.accounting.units")
 
 
 def _meters_modules() -> list[str]:
     names = []
     for path in sorted((ROOT / "meters").rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
-        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        names.append(
+            ".".join(["thermoledger", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+        )
     return names
 
 
@@ -43,7 +45,12 @@ def _heavy_in(loaded: set[str]) -> list[str]:
 
 def test_importing_every_meters_module_pulls_in_nothing_heavy() -> None:
     modules = _meters_modules()
-    assert {"meters", "meters.backends", "meters.backends.nvml", "meters.testing"} <= set(modules)
+    assert {
+        "thermoledger.meters",
+        "thermoledger.meters.backends",
+        "thermoledger.meters.backends.nvml",
+        "thermoledger.meters.testing",
+    } <= set(modules)
     loaded = _modules_after_importing(modules)
     assert set(modules) <= loaded
     assert _heavy_in(loaded) == []
@@ -53,6 +60,6 @@ def test_importing_every_meters_module_pulls_in_nothing_heavy() -> None:
 
 def test_the_probe_does_see_a_heavy_import() -> None:
     """Control: the same probe reports pint when something does import it."""
-    loaded = _modules_after_importing(["meters", "accounting.units"])
+    loaded = _modules_after_importing(["thermoledger.meters", "thermoledger.accounting.units"])
     assert "pint" in _heavy_in(loaded)
-    assert "accounting.units" in _heavy_in(loaded)
+    assert "thermoledger.accounting.units" in _heavy_in(loaded)

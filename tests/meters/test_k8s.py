@@ -16,9 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meters import k8s
-from meters.errors import MeterError
-from meters.k8s import (
+from tests.meters.fake_kubelet import FakeKubelet, Pod, encode_pods, gpu_pod, short_dir
+from thermoledger.meters import k8s
+from thermoledger.meters.errors import MeterError
+from thermoledger.meters.k8s import (
     ContainerDevices,
     ContainerResources,
     DeviceAllocation,
@@ -28,7 +29,6 @@ from meters.k8s import (
     PodResourcesRelay,
     PodResourcesUnavailable,
 )
-from tests.meters.fake_kubelet import FakeKubelet, Pod, encode_pods, gpu_pod, short_dir
 
 GPU = [f"GPU-{i:08x}-1111-2222-3333-444455556666" for i in range(4)]
 

@@ -7,10 +7,10 @@ import ctypes.util
 import numpy as np
 import pytest
 
-from meters.backends import DeviceStatus, Method, NvmlBackend, translate_nvml_error
-from meters.backends import nvml as codes
-from meters.backends.simulated import Bursty, steady
-from meters.errors import (
+from thermoledger.meters.backends import DeviceStatus, Method, NvmlBackend, translate_nvml_error
+from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends.simulated import Bursty, steady
+from thermoledger.meters.errors import (
     DeviceLost,
     DeviceUnavailable,
     MeterError,
@@ -18,8 +18,8 @@ from meters.errors import (
     PermissionDenied,
     ReadError,
 )
-from meters.testing import ManualClock
-from meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, a100, h100, p100, v100
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, a100, h100, p100, v100
 
 MIG_A = "MIG-1b7c2d30-0000-4000-8000-00000000000a"
 MIG_B = "MIG-1b7c2d30-0000-4000-8000-00000000000b"

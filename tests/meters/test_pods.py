@@ -20,10 +20,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meters.backends.nvml import NvmlBackend
-from meters.backends.simulated import steady
-from meters.k8s import DeviceAllocation, PodResourcesClient
-from meters.pods import (
+from tests.meters.fake_kubelet import FakeKubelet, Pod, gpu_pod, short_dir
+from tests.meters.test_uploader import FakeService
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.backends.simulated import steady
+from thermoledger.meters.k8s import DeviceAllocation, PodResourcesClient
+from thermoledger.meters.pods import (
     Assignment,
     NodeGpu,
     PodAttribution,
@@ -33,13 +35,11 @@ from meters.pods import (
     render_attribution,
     serve_attribution_metrics,
 )
-from meters.runid import canonical_run_id
-from meters.settings import MeterSettings, SettingsError
-from meters.spool import Spool
-from meters.testing.fake_pynvml import FakeGpu, FakeNvml, a100, h100
-from meters.wire import decode_column
-from tests.meters.fake_kubelet import FakeKubelet, Pod, gpu_pod, short_dir
-from tests.meters.test_uploader import FakeService
+from thermoledger.meters.runid import canonical_run_id
+from thermoledger.meters.settings import MeterSettings, SettingsError
+from thermoledger.meters.spool import Spool
+from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, a100, h100
+from thermoledger.meters.wire import decode_column
 
 NODE = "gpu-node-7"
 BASE = "k8s-node:gpu-node-7:0b5c5a9e-0000-4000-8000-000000000001"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from meters import cli
-from meters.k8s import PodResourcesClient
 from tests.meters.fake_kubelet import FakeKubelet, gpu_pod, short_dir
+from thermoledger.meters import cli
+from thermoledger.meters.k8s import PodResourcesClient
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
@@ -41,7 +41,7 @@ def run_main(*argv: str) -> tuple[int, str]:
 def spawn(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("THERMOLEDGER_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "meters.cli", *argv],
+        [sys.executable, "-m", "thermoledger.meters.cli", *argv],
         cwd=ROOT,
         env={**clean, **(env or {})},
         stdout=subprocess.PIPE,

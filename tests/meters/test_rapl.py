@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meters.backends import DeviceStatus, Method, RaplBackend
-from meters.errors import DeviceUnavailable, PermissionDenied
-from meters.testing import ManualClock
-from meters.testing.fake_powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
+from thermoledger.meters.backends import DeviceStatus, Method, RaplBackend
+from thermoledger.meters.errors import DeviceUnavailable, PermissionDenied
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
 
 
 @pytest.fixture

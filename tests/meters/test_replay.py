@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meters.backends import (
+from thermoledger.meters.backends import (
     DeviceStatus,
     Method,
     ReplayBackend,
@@ -15,8 +15,8 @@ from meters.backends import (
     read_trace,
     write_trace,
 )
-from meters.errors import TraceFormatError
-from meters.testing import ManualClock
+from thermoledger.meters.errors import TraceFormatError
+from thermoledger.meters.testing import ManualClock
 
 
 @pytest.fixture

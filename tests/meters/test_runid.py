@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meters.runid import (
+from thermoledger.meters.runid import (
     NODE_METER_ENV,
     RUN_ID_NAMESPACE,
     canonical_run_id,

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from accounting.integrate import integrate_counter, integrate_power
-from meters.backends import (
+from thermoledger.accounting.integrate import integrate_counter, integrate_power
+from thermoledger.meters.backends import (
     Bursty,
     DeviceInfo,
     Method,
@@ -30,14 +30,14 @@ from meters.backends import (
     idle,
     steady,
 )
-from meters.backends import nvml as codes
-from meters.backends.base import ReadingsBuffer, SystemClock
-from meters.backends.nvml import NvmlBackend
-from meters.sampler import Sampler, TickSchedule
-from meters.spool import RunStatus, Spool
-from meters.testing import ManualClock
-from meters.testing.fake_pynvml import FakeNvml, Fault, h100, p100
-from meters.wire import ChunkPayload, DevicePayload
+from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends.base import ReadingsBuffer, SystemClock
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.sampler import Sampler, TickSchedule
+from thermoledger.meters.spool import RunStatus, Spool
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_pynvml import FakeNvml, Fault, h100, p100
+from thermoledger.meters.wire import ChunkPayload, DevicePayload
 
 RUN = "run-1"
 HOST = "node"
@@ -367,7 +367,7 @@ def test_a_gpu_that_falls_off_the_bus_is_a_labelled_gap_and_the_others_continue(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gpus = [h100(profile=steady(300.0)), h100(profile=steady(200.0), lost_at_s=3.45)]
-    with caplog.at_level(logging.WARNING, logger="meters.sampler"):
+    with caplog.at_level(logging.WARNING, logger="thermoledger.meters.sampler"):
         sampler, sink = _nvml_sampler(gpus, ticks=100)
         # Its open chunk (3.0 .. 3.4 s) is sealed once a whole chunk period passed in silence,
         # not held in memory until the end, where a crash would lose it.
@@ -456,7 +456,7 @@ class FlakyBackend:
 def test_an_exception_in_read_is_a_counted_gap_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="meters.sampler"):
+    with caplog.at_level(logging.WARNING, logger="thermoledger.meters.sampler"):
         sampler, _, _, sink = _sampler([FLEET[0]], wrap=lambda b, c: FlakyBackend(b, 4))
         sampler.run_ticks(40)
         summary = sampler.stop()
@@ -497,7 +497,7 @@ def test_a_failing_spool_keeps_chunks_in_memory_until_it_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = ListSink(failures=3)
-    with caplog.at_level(logging.WARNING, logger="meters.sampler"):
+    with caplog.at_level(logging.WARNING, logger="thermoledger.meters.sampler"):
         sampler, _, _, _ = _sampler([FLEET[0]], sink=sink)
         sampler.run_ticks(11)  # chunk 0 sealed at tick 10, its first write fails
         assert sampler.summary().unspooled == 1
@@ -665,7 +665,7 @@ def test_a_chunking_failure_drops_one_device_chunk_and_metering_goes_on(
     # stands for a meter bug). Both devices' chunk 0 go to the kernel in one call; the refusal
     # costs device 1's chunk only.
     broken._p[0] = -1.0
-    with caplog.at_level(logging.WARNING, logger="meters.sampler"):
+    with caplog.at_level(logging.WARNING, logger="thermoledger.meters.sampler"):
         sampler.run_ticks(30)
         summary = sampler.stop()
     assert summary.devices[1].missed == {"internal": 10}  # chunk 0 (its bridge went too)

@@ -17,16 +17,22 @@ from typing import Any
 
 import pytest
 
-from meters.backends import DeviceInfo, Readings, SimulatedBackend, SimulatedDevice, steady
-from meters.backends.base import DeviceReader, FlatBuffer
-from meters.backends.nvml import NvmlBackend
-from meters.sampler import MeterSummary, Sampler
-from meters.spool import RunStatus
-from meters.testing import ManualClock
-from meters.testing.fake_pynvml import FakeGpu, FakeNvml, SlowCall, h100
-from meters.wire import ChunkPayload, DevicePayload
 from tests.meters.shared_clock import SharedClock
 from tests.meters.test_fast_path import _nvml as nvml_every_outcome
+from thermoledger.meters.backends import (
+    DeviceInfo,
+    Readings,
+    SimulatedBackend,
+    SimulatedDevice,
+    steady,
+)
+from thermoledger.meters.backends.base import DeviceReader, FlatBuffer
+from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.sampler import MeterSummary, Sampler
+from thermoledger.meters.spool import RunStatus
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, SlowCall, h100
+from thermoledger.meters.wire import ChunkPayload, DevicePayload
 
 RUN = "slow-run"
 HOST = "node"
@@ -208,7 +214,7 @@ def test_a_read_that_outlasts_a_tick_is_skipped_labelled_and_taken_when_it_answe
         h100(profile=steady(250.0), slow_calls=(SlowCall(0.25, 0.95, 1.05),)),
         h100(profile=steady(350.0)),
     ]
-    with caplog.at_level(logging.WARNING, logger="meters.sampler"), _clock() as clock:
+    with caplog.at_level(logging.WARNING, logger="thermoledger.meters.sampler"), _clock() as clock:
         backend, fake = _nvml(fleet, clock)
         start_s = fake.loaded_mono_s
         sampler, sink, summary = _run(backend, clock, seconds=2.95)

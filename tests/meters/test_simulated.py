@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meters.backends import (
+from thermoledger.meters.backends import (
     Bursty,
     DeviceStatus,
     Method,
@@ -19,7 +19,7 @@ from meters.backends import (
     idle,
     steady,
 )
-from meters.testing import ManualClock
+from thermoledger.meters.testing import ManualClock
 
 
 def _numeric_energy_j(profile: Profile, t0_s: float, t1_s: float, n: int = 200_001) -> float:
@@ -167,7 +167,7 @@ def test_profiles_refuse_nonsense(build: object) -> None:
 
 def test_bursty_primitive_never_steps_back_at_period_boundaries() -> None:
     """A counter built from F must be monotone: floor and mod must agree at boundaries."""
-    from meters.backends.simulated import Bursty
+    from thermoledger.meters.backends.simulated import Bursty
 
     for phase_s in (0.0, 0.37, 1.11, 2.59):
         profile = Bursty(310.0, 640.0, period_s=1.7, duty=0.72, phase_s=phase_s)

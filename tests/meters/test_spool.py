@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meters.spool import (
+from thermoledger.meters.spool import (
     SPOOL_FILENAME,
     ChunkKey,
     Spool,
@@ -18,7 +18,7 @@ from meters.spool import (
     SpoolError,
     UnknownRun,
 )
-from meters.wire import ChunkPayload, DevicePayload, content_hash
+from thermoledger.meters.wire import ChunkPayload, DevicePayload, content_hash
 
 RUN = "0b7e6a52-3f7e-4c69-9a51-6d2f3c1a0001"
 GPU0 = "node-1/GPU-0"
@@ -277,7 +277,7 @@ def test_a_writer_and_an_uploader_thread_share_one_spool(spool: Spool) -> None:
 
 def test_json_safe_fast_path_keeps_non_finite_markers() -> None:
     """The all-finite fast path for sample columns must not let inf/NaN through unmarked."""
-    from meters.wire import _json_safe
+    from thermoledger.meters.wire import _json_safe
 
     assert _json_safe([1.0, 2.5]) == [1.0, 2.5]
     assert _json_safe([1.0, float("inf"), 2.0]) == [1.0, "inf", 2.0]

@@ -21,15 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
-from meters.control import ControlStore
-from meters.sampler import Sampler
-from meters.spool import Spool
-from meters.testing import ManualClock
-from meters.uploader import Backoff, PushResult, Uploader, run_body_from_spool
-from meters.wire import BINARY_CONTENT_TYPE, content_hash, loads_binary_batch
 from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
+from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.control import ControlStore
+from thermoledger.meters.sampler import Sampler
+from thermoledger.meters.spool import Spool
+from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.uploader import Backoff, PushResult, Uploader, run_body_from_spool
+from thermoledger.meters.wire import BINARY_CONTENT_TYPE, content_hash, loads_binary_batch
 
 API = "http://ledger.test/api/v1"
 HOST = "node"

@@ -16,9 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from meters.backends.simulated import Bursty, Ramp, SimulatedBackend, SimulatedDevice, steady
-from meters.chunker import DeviceChunker, SealJob, device_payload, seal
-from meters.testing import ManualClock
+from thermoledger.meters.backends.simulated import (
+    Bursty,
+    Ramp,
+    SimulatedBackend,
+    SimulatedDevice,
+    steady,
+)
+from thermoledger.meters.chunker import DeviceChunker, SealJob, device_payload, seal
+from thermoledger.meters.testing import ManualClock
 
 T0_S = 1_790_000_000.0
 GPU_NAME = "NVIDIA H100 80GB HBM3"

@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service import cli as server_cli
 from tests.dbutil import in_ci
 from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
 from tests.pages.seed import Fleet, configure_accounting, seed_project
+from thermoledger.service import cli as server_cli
 
 CHROMIUM = (
     os.environ.get("THERMOLEDGER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

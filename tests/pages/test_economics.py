@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from accounting.catalog import builtin_catalog
-from accounting.planning import rated_flop_per_j
-from service.economics import DEFAULT_MFU
 from tests.pages.seed import Fleet
 from tests.service.conftest import Project, TestClient, make_project
+from thermoledger.accounting.catalog import builtin_catalog
+from thermoledger.accounting.planning import rated_flop_per_j
+from thermoledger.service.economics import DEFAULT_MFU
 
 H100 = "nvidia-h100-sxm5-80gb"
 

@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from db import repository
-from db.envelope import MAX_BUCKETS, power_envelope
-from db.models import Chunk
 from tests.service.conftest import T0_S, Project, TestClient, batch, chunk, create_run
+from thermoledger.db import repository
+from thermoledger.db.envelope import MAX_BUCKETS, power_envelope
+from thermoledger.db.models import Chunk
 
 SPIKE_W = 1000.0
 BASE_W = 300.0

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from service.report_csv import CSV_COLUMNS, report_csv
 from tests.pages.seed import Fleet
 from tests.service.conftest import Project, TestClient, batch, chunk, create_run
+from thermoledger.service.report_csv import CSV_COLUMNS, report_csv
 
 
 def _rows(text: str) -> list[dict[str, str]]:

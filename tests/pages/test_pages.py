@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from service.pages.auth import COOKIE
 from tests.pages.seed import Fleet
 from tests.service.conftest import Project, TestClient
+from thermoledger.service.pages.auth import COOKIE
 
 HTML = {"Accept": "text/html"}
 

@@ -20,12 +20,12 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from starlette.exceptions import StarletteDeprecationWarning
 
-from db import migrate
-from db.models import Chunk, Device, Phase
-from service.app import create_app
-from service.auth import issue_token, parse_scopes
-from service.settings import Settings
 from tests import dbutil
+from thermoledger.db import migrate
+from thermoledger.db.models import Chunk, Device, Phase
+from thermoledger.service.app import create_app
+from thermoledger.service.auth import issue_token, parse_scopes
+from thermoledger.service.settings import Settings
 
 with warnings.catch_warnings():
     # Starlette's test client asks for the `httpx2` package and warns when it finds `httpx`.
@@ -100,7 +100,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def make_project(app: FastAPI, slug: str | None = None) -> Project:
     """A new project with tokens, created directly in the database like the CLI does."""
-    from db import repository
+    from thermoledger.db import repository
 
     slug = slug or f"p-{uuid.uuid4().hex[:10]}"
     tokens: dict[str, str] = {}

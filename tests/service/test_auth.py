@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from db.models import ApiToken
 from tests.service.conftest import (
     OPERATOR_TOKEN,
     Project,
@@ -21,6 +20,7 @@ from tests.service.conftest import (
     create_run,
     row_counts,
 )
+from thermoledger.db.models import ApiToken
 
 
 def _unauthenticated(response: httpx.Response) -> None:

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from meters.wire import (
+from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from thermoledger.meters.wire import (
     BATCH_BINARY,
     BINARY_CONTENT_TYPE,
     BINARY_MAGIC,
@@ -26,9 +27,8 @@ from meters.wire import (
     dumps_batch,
     split_binary_batch,
 )
-from service.ingest import prepare_batch, prepare_binary_batch
-from service.schemas import IngestBatchIn
-from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from thermoledger.service.ingest import prepare_batch, prepare_binary_batch
+from thermoledger.service.schemas import IngestBatchIn
 
 NOTHING = {"device": 0, "chunk": 0, "phase": 0}
 LIMITS = {"max_chunks": 1000, "max_samples_per_chunk": 1000}

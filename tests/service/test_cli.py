@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from db import migrate
-from service import cli
-from service.app import create_app
 from tests import dbutil
 from tests.service.conftest import TestClient, _clean_settings, bearer
+from thermoledger.db import migrate
+from thermoledger.service import cli
+from thermoledger.service.app import create_app
 
 
 @pytest.fixture(params=dbutil.BACKENDS)

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from db import repository
-from db.models import Device, EnergyMethod
-from service.ingest import prepare_batch
-from service.schemas import IngestBatchIn
 from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from thermoledger.db import repository
+from thermoledger.db.models import Device, EnergyMethod
+from thermoledger.service.ingest import prepare_batch
+from thermoledger.service.schemas import IngestBatchIn
 
 
 def test_parallel_retries_store_each_chunk_once(

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
-from db import migrate
-from service.app import create_app
 from tests import dbutil
 from tests.service.conftest import TestClient, _clean_settings
+from thermoledger.db import migrate
+from thermoledger.service.app import create_app
 
 
 def test_healthz_answers_without_the_database(client: TestClient) -> None:

@@ -14,10 +14,6 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from db.models import Chunk, Device
-from db.samples import decode_samples, encode_samples
-from service.ingest import chunk_content_hash, prepare_batch
-from service.schemas import IngestBatchIn, IngestPublic
 from tests.service.conftest import (
     T0_S,
     Project,
@@ -28,6 +24,10 @@ from tests.service.conftest import (
     device,
     row_counts,
 )
+from thermoledger.db.models import Chunk, Device
+from thermoledger.db.samples import decode_samples, encode_samples
+from thermoledger.service.ingest import chunk_content_hash, prepare_batch
+from thermoledger.service.schemas import IngestBatchIn, IngestPublic
 
 NOTHING = {"device": 0, "chunk": 0, "phase": 0}
 
@@ -484,8 +484,8 @@ def test_every_device_the_meter_describes_is_accepted_with_its_mig_flag(
 ) -> None:
     """The device vocabulary is the meter's: `meters.chunker.device_payload` for every backend
     power method, with and without a counter; a device it labels "none" is never sent."""
-    from meters.backends.base import DeviceInfo, Method
-    from meters.chunker import device_payload
+    from thermoledger.meters.backends.base import DeviceInfo, Method
+    from thermoledger.meters.chunker import device_payload
 
     run_id = create_run(client, project)
     devices: list[dict[str, Any]] = []

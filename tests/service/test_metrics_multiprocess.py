@@ -23,14 +23,14 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import (
+from tests import dbutil
+from tests.e2e.liveserver import ROOT, free_port, migrate_and_issue_token
+from thermoledger.service.metrics import (
     MULTIPROC_ENV,
     ServiceMetrics,
     forget_dead_workers,
     multiprocess_directory,
 )
-from tests import dbutil
-from tests.e2e.liveserver import ROOT, free_port, migrate_and_issue_token
 
 WAIT_S = 60.0
 ROUTE = "/api/v1/runs"
@@ -235,7 +235,7 @@ def test_every_scrape_counts_the_requests_of_every_worker(
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--database-url", url,
+            [sys.executable, "-m", "thermoledger.service.cli", "serve", "--database-url", url,
              "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
              "--log-level", "warning"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

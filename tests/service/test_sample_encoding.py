@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from db.models import Chunk
-from db.samples import decode_samples
-from meters.wire import SAMPLES_F64_BASE64, decode_column, dumps_batch, encode_column
 from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from thermoledger.db.models import Chunk
+from thermoledger.db.samples import decode_samples
+from thermoledger.meters.wire import SAMPLES_F64_BASE64, decode_column, dumps_batch, encode_column
 
 NOTHING = {"device": 0, "chunk": 0, "phase": 0}
 

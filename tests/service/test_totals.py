@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from db import repository
 from tests.service.conftest import T0_S, Project, TestClient, batch, chunk, create_run
+from thermoledger.db import repository
 
 
 def _report(client: TestClient, project: Project, run_id: str) -> dict[str, Any]:
