@@ -22,7 +22,14 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any, TypeAlias
 
-import pint
+try:
+    import pint
+except ModuleNotFoundError as e:  # pint is an extra: the meter and the demo never need it
+    raise ModuleNotFoundError(
+        "thermoledger's unit registry needs pint, which the base install leaves out; "
+        "install it with: pip install 'thermoledger[units]' (the [service] extra includes it)",
+        name=e.name,
+    ) from e
 
 from .errors import DimensionMismatch, InvalidQuantity
 
