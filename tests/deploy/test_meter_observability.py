@@ -15,9 +15,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.liveserver import ROOT, free_port
+from tests.support.waiting import wait_until
 from thermoledger.meters import cli
 from thermoledger.meters.api import Meter
 from thermoledger.meters.backends import SimulatedBackend, SimulatedDevice, steady
@@ -35,13 +35,6 @@ from thermoledger.meters.settings import ObserveSettings, SettingsError
 
 WAIT_S = 30.0
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def scrape(url: str) -> Samples:

@@ -12,9 +12,8 @@ import io
 import math
 import os
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import sqlalchemy as sa
 
 from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
+from tests.support.waiting import wait_until
 from thermoledger.db.engine import make_engine
 from thermoledger.db.models import Chunk, Device
 from thermoledger.meters import cli
@@ -81,13 +81,6 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
             yield Service(server, token, url)
         finally:
             server.stop()  # before the PostgreSQL schema is dropped
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def make_meter(service: Service, spool_dir: Path, **options: Any) -> Meter:

@@ -18,6 +18,7 @@ Every wait is bounded (`WAIT_S`); nothing asserts on durations.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ import httpx
 import sqlalchemy as sa
 
 from tests.e2e.liveserver import LiveServer
+from tests.support.waiting import wait_until as _wait_until
 from thermoledger.db import repository
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import Chunk, Device, DeviceTotal, Phase, PhaseTotal, Run, Scope
@@ -48,12 +50,8 @@ _TOTAL_LINE = re.compile(r"^\s+total\s+(?P<energy_j>\d+\.\d+)\s", re.MULTILINE)
 _LAUNCHER_VARS = ("LOCAL_RANK", "RANK", "SLURM_", "OMPI_", "PMI_", "MPI_", "TORCHELASTIC_")
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+#: `tests.support.waiting.wait_until` with the fault suite's longer deadline (work under load).
+wait_until = functools.partial(_wait_until, timeout_s=WAIT_S, poll_s=0.05)
 
 
 def percentile(values: list[float], q: float) -> float:

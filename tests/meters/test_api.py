@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.waiting import wait_until
 from thermoledger.meters.api import Meter, empty_summary, meter, open_backend
 from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
 from thermoledger.meters.control import ControlStore
@@ -26,13 +26,6 @@ from thermoledger.meters.spool import Spool
 
 WAIT_S = 20.0
 HOST = "unit-host"
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def backend() -> SimulatedBackend:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.meters.fake_kubelet import FakeKubelet, Pod, gpu_pod, short_dir
-from tests.meters.test_uploader import FakeService
+from tests.support.waiting import wait_until
 from thermoledger.meters.backends.nvml import NvmlBackend
 from thermoledger.meters.backends.simulated import steady
 from thermoledger.meters.k8s import DeviceAllocation, PodResourcesClient
@@ -39,6 +38,7 @@ from thermoledger.meters.runid import canonical_run_id
 from thermoledger.meters.settings import MeterSettings, SettingsError
 from thermoledger.meters.spool import Spool
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, a100, h100
+from thermoledger.meters.testing.fake_service import FakeService
 from thermoledger.meters.wire import decode_column
 
 NODE = "gpu-node-7"
@@ -46,14 +46,6 @@ BASE = "k8s-node:gpu-node-7:0b5c5a9e-0000-4000-8000-000000000001"
 GPU = [f"GPU-{i:08x}-1111-2222-3333-444455556666" for i in range(4)]
 POWER_W = [100.0, 200.0, 300.0, 400.0]
 MIG = "MIG-0a1b2c3d-0000-4000-8000-000000000009"
-WAIT_S = 30.0
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 class Clock:

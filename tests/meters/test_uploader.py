@@ -1,20 +1,19 @@
 """The uploader: order, acknowledgement, retries, refusals, against a fake and a live service.
 
-The fake service (`FakeService`, behind ``httpx.MockTransport``) keeps chunks by key and content
-hash like the real one and can be told to fail; the live tests run the real service on
+The fake service (`thermoledger.meters.testing.fake_service.FakeService`, behind
+``httpx.MockTransport``) keeps chunks by key and content hash like the real one and can be told
+to fail; the live tests run the real service on
 loopback. No test sleeps: backoff waits are injected.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-import re
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ from thermoledger.meters.control import ControlStore
 from thermoledger.meters.sampler import Sampler
 from thermoledger.meters.spool import Spool
 from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_service import FakeService, once
 from thermoledger.meters.uploader import Backoff, PushResult, Uploader, run_body_from_spool
-from thermoledger.meters.wire import BINARY_CONTENT_TYPE, content_hash, loads_binary_batch
 
 API = "http://ledger.test/api/v1"
 HOST = "node"
@@ -37,104 +36,6 @@ DEVICES = (
     SimulatedDevice(steady(300.0)),
     SimulatedDevice(Bursty(100.0, 600.0, period_s=0.7), has_counter=False, reading="average"),
 )
-_RUN_PATH = re.compile(r"^/api/v1/runs/([0-9a-f-]{36})(?:/(\w+))?$")
-
-Fault = Callable[[httpx.Request], httpx.Response | None]
-
-
-@dataclass
-class FakeService:
-    """An in-memory stand-in for the service's ingest API (idempotent by key and hash)."""
-
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    chunks: dict[tuple[str, str, int], str] = field(default_factory=dict)
-    ends: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    phases: dict[tuple[str, str, float], dict[str, Any]] = field(default_factory=dict)
-    work: dict[str, dict[str, Any]] = field(default_factory=dict)
-    log: list[tuple[str, str]] = field(default_factory=list)
-    faults: list[Fault] = field(default_factory=list)
-    refuse: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        match = _RUN_PATH.match(request.url.path)
-        assert match, request.url
-        run_id, action = match.group(1), match.group(2) or ""
-        self.log.append((request.method, action or "run"))
-        for fault in list(self.faults):
-            response = fault(request)
-            if response is not None:
-                return response
-        if request.headers.get("Content-Type") == BINARY_CONTENT_TYPE:
-            body: Any = loads_binary_batch(request.content)
-        else:
-            body = json.loads(request.content) if request.content else {}
-        if request.method == "PUT":
-            created = run_id not in self.runs
-            self.runs.setdefault(run_id, body)
-            return httpx.Response(201 if created else 200, json={"id": run_id})
-        if run_id not in self.runs:
-            return httpx.Response(404, json={"detail": f"no run {run_id}", "field": None})
-        if action == "chunks":
-            return self._ingest(run_id, body)
-        if action == "phases":
-            self.phases[(run_id, body["name"], body["t0_s"])] = body
-            return httpx.Response(201, json=body)
-        if action == "work":
-            self.work[run_id] = body
-            return httpx.Response(200, json=body)
-        assert action in ("finish", "fail"), action
-        end = ("finished" if action == "finish" else "failed", body.get("exit_code"))
-        if run_id in self.ends and self.ends[run_id] != end:
-            return httpx.Response(409, json={"detail": "already ended", "field": "status"})
-        self.ends[run_id] = end
-        return httpx.Response(200, json={"status": end[0]})
-
-    def _ingest(self, run_id: str, batch: dict[str, Any]) -> httpx.Response:
-        device_keys = {d["key"] for d in batch["devices"]}
-        acks = []
-        new: dict[tuple[str, str, int], str] = {}
-        for i, chunk in enumerate(batch["chunks"]):
-            assert chunk["device_key"] in device_keys
-            refusal = self.refuse.get((chunk["device_key"], chunk["seq"]))
-            if refusal is not None:
-                status, named = refusal
-                where = f"chunks[{i}].max_power_w" if named else None
-                return httpx.Response(status, json={"detail": "refused", "field": where})
-            key = (run_id, chunk["device_key"], chunk["seq"])
-            digest = content_hash(chunk)
-            stored = self.chunks.get(key, new.get(key))
-            if stored is not None and stored != digest:
-                return httpx.Response(409, json={"detail": "conflict", "field": f"chunks[{i}]"})
-            if stored is None:
-                new[key] = digest
-            acks.append(
-                {
-                    "device_key": chunk["device_key"],
-                    "seq": chunk["seq"],
-                    "status": "duplicate" if stored is not None else "stored",
-                }
-            )
-        self.chunks.update(new)
-        return httpx.Response(200, json={"chunks": acks})
-
-    def count(self, action: str) -> int:
-        return sum(1 for _, a in self.log if a == action)
-
-
-def once(response: httpx.Response | Exception, *, on: str | None = None) -> Fault:
-    """A fault that fires on the next request (for ``on``: the next with that action)."""
-    fired = False
-
-    def fault(request: httpx.Request) -> httpx.Response | None:
-        nonlocal fired
-        if fired or (on is not None and not request.url.path.endswith("/" + on)):
-            return None
-        fired = True
-        if isinstance(response, Exception):
-            raise response
-        return response
-
-    return fault
 
 
 @dataclass
