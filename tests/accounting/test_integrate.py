@@ -421,7 +421,7 @@ def test_block_boundaries_do_not_change_results(
         )
 
     reference, chunks_ref = run()
-    monkeypatch.setattr(integrate, "_BLOCK_SAMPLES", block)
+    monkeypatch.setattr(integrate._kernel, "_BLOCK_SAMPLES", block)
     small, chunks = run()
     for name in ("energy_j", "sensor_uncertainty_j", "bound_below_j", "bound_above_j"):
         np.testing.assert_allclose(getattr(small, name), getattr(reference, name), rtol=1e-12)
@@ -706,7 +706,7 @@ def test_method_names() -> None:
 
 
 def test_importing_integrate_does_not_import_pint() -> None:
-    code = "import sys, accounting.integrate; sys.exit('pint' in sys.modules)"
+    code = "import sys, thermoledger.accounting.integrate; sys.exit('pint' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
