@@ -2,7 +2,10 @@
 
 Everything here is plain float64 numpy arrays in SI units (seconds, watts, joules) and imports
 only numpy and the standard library, so the light meter process can summarise its chunks with
-the same code the service uses for reports (the meter must never import pint).
+the same code the service uses for reports (the meter must never import pint). The options of
+a power integration named below (``gap_factor``, ``max_power_w``, ``min_power_w``,
+``coverage_fraction``, ``averaging_window_s`` ...) are the fields of one `PowerModel`, checked
+once when it is made.
 
 Integration rule
     A power trace (t_s, power_w) is modelled as **piecewise linear** between samples: interval
@@ -144,6 +147,7 @@ from .model import (
     GapPolicy,
     Method,
     PowerMethod,
+    PowerModel,
 )
 from .power import (
     GapReport,
@@ -176,6 +180,7 @@ __all__ = [
     "PowerEnergy",
     "PowerEnergyBatch",
     "PowerMethod",
+    "PowerModel",
     "WindowEnergy",
     "aggregate_energy",
     "counter_energy_curve",

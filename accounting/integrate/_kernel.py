@@ -8,12 +8,8 @@ from typing import Final
 
 import numpy as np
 
-from ._validate import (
-    FloatArray,
-    IntArray,
-    _raise_invalid,
-)
-from .model import _PowerOptions
+from ._validate import FloatArray, IntArray, _raise_invalid
+from .model import PowerModel
 from .segments import _Layout
 
 _BLOCK_SAMPLES: Final = 1 << 17  # 1 MiB per float64 array: a block stays in L3 while worked on
@@ -40,7 +36,7 @@ def _power_kernel(
     p: FloatArray,
     lay: _Layout,
     thr_seg: FloatArray,
-    opts: _PowerOptions,
+    model: PowerModel,
     *,
     want_stats: bool,
 ) -> _PowerSums:
@@ -70,17 +66,17 @@ def _power_kernel(
     if n == 0:
         return _PowerSums(e2, s2, xf2, xc2, pmin, pmax, np.zeros(0, np.int64), np.zeros(0))
 
-    rel = opts.sensor_rel_error
-    abs_w = opts.sensor_abs_error_w
+    rel = model.sensor_rel_error
+    abs_w = model.sensor_abs_error_w
     q_floor = abs_w / rel if rel > 0 else math.inf
-    floor_w = opts.min_power_w
-    ceil_w = opts.max_power_w if opts.max_power_w is not None else math.inf
-    partial = opts.coverage_fraction < 1.0
+    floor_w = model.min_power_w
+    ceil_w = model.max_power_w if model.max_power_w is not None else math.inf
+    partial = model.coverage_fraction < 1.0
     want_floor = partial and floor_w > 0.0
-    want_ceil = partial and opts.max_power_w is not None
-    needs_ceiling = partial or opts.averaging_window_s > 0.0
-    track = want_stats or want_ceil or (needs_ceiling and opts.max_power_w is None)
-    lazy_peak = opts.max_power_w is None and not track
+    want_ceil = partial and model.max_power_w is not None
+    needs_ceiling = partial or model.averaging_window_s > 0.0
+    track = want_stats or want_ceil or (needs_ceiling and model.max_power_w is None)
+    lazy_peak = model.max_power_w is None and not track
     peak_from = 0  # samples before this were not tracked (lazy peak)
 
     size = min(_BLOCK_SAMPLES, n)

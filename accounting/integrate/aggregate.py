@@ -7,16 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ._validate import (
-    FloatArray,
-    IntArray,
-    InvalidArgument,
-)
-from .model import (
-    COMBINES,
-    Combine,
-    _band,
-)
+from ._validate import FloatArray, IntArray, InvalidArgument
+from .model import COMBINES, Combine, _band
 from .segments import _sum_by
 
 

@@ -8,24 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ._validate import (
-    FloatArray,
-    IntArray,
-    InvalidArgument,
-    _as_1d,
-    _check_lengths,
-    _check_param,
-)
+from ._validate import FloatArray, IntArray, InvalidArgument, _as_1d, _check_lengths, _check_param
 from .counter import _counter_intervals, _counter_params
-from .model import (
-    COUNTER_REL_ERROR,
-    SENSOR_ABS_ERROR_W,
-    SENSOR_REL_ERROR,
-    GapPolicy,
-    PowerMethod,
-    _band,
-    _power_options,
-)
+from .model import _DEFAULT_MODEL, COUNTER_REL_ERROR, PowerModel, _band
 from .power import _power_groups
 from .segments import _Layout, _nonempty, _offsets
 
@@ -44,7 +29,7 @@ class ChunkSummaries:
             own last sample for the last chunk.
         n: Number of samples in the chunk.
         energy_j, energy_low_j, energy_high_j: Estimate and band, J.
-        sensor_uncertainty_j, bound_below_j, bound_above_j: Band terms, J (module docstring).
+        sensor_uncertainty_j, bound_below_j, bound_above_j: Band terms, J (package docstring).
         min_power_w, max_power_w: Extremes of the power samples the chunk touches, W (for
             lag-corrected averaged readings, widened to include mean_power_w).
         mean_power_w: energy_j / counted time, W, where counted time excludes gaps under
@@ -123,23 +108,14 @@ def summarize_chunks(
     counter_j: npt.ArrayLike | None = None,
     wrap_j: float | None = None,
     counter_rel_error: float = COUNTER_REL_ERROR,
-    method: PowerMethod = "power_avg",
-    gap_policy: GapPolicy = "exclude",
-    gap_factor: float = 3.0,
-    nominal_interval_s: float | None = None,
-    max_power_w: float | None = None,
-    min_power_w: float = 0.0,
-    sensor_rel_error: float = SENSOR_REL_ERROR,
-    sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
-    coverage_fraction: float = 1.0,
-    averaging_window_s: float = 0.0,
+    model: PowerModel = _DEFAULT_MODEL,
 ) -> ChunkSummaries:
     """Summarise one trace, or many in segmented form, into chunks that tile it.
 
-    Chunks follow the left-sample rule (module docstring): interval i belongs to the chunk of
+    Chunks follow the left-sample rule (package docstring): interval i belongs to the chunk of
     sample i, so chunk energies add up to the trace's energy exactly (to float rounding).
     With ``counter_j`` the energy figures come from the counter (method ``counter``) and the
-    power readings give min/max; otherwise from the power trace (method ``method``).
+    power readings give min/max; otherwise from the power trace (method ``model.method``).
 
     Args:
         t_s: Sample times, s (concatenated traces when ``offsets`` is given).
@@ -153,30 +129,18 @@ def summarize_chunks(
         counter_j: Counter readings at the same times, J (optional).
         wrap_j: Counter modulus, J (see `integrate_counter`).
         counter_rel_error: Relative counter error (default 0.02).
-        method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
-            `integrate_power_segments` (for power-derived chunks; gaps are reported for
-            counter-derived chunks too, but cost no energy there).
+        model: How power readings become energy (`PowerModel`; default all defaults), for
+            power-derived chunks. Counter-derived chunks take from it only ``max_power_w``
+            (wraps and resets, as in `integrate_counter`) and the gap detection: their gaps
+            are reported but cost no energy.
 
     Returns:
         Struct of arrays, one entry per chunk (see `ChunkSummaries`).
 
     Raises:
         InvalidSamples: Malformed samples (message names the first bad index).
-        InvalidArgument: Bad chunking or parameters.
+        InvalidArgument: Bad chunking or counter parameters.
     """
-    opts = _power_options(
-        method=method,
-        gap_policy=gap_policy,
-        gap_factor=gap_factor,
-        nominal_interval_s=nominal_interval_s,
-        max_power_w=max_power_w,
-        min_power_w=min_power_w,
-        sensor_rel_error=sensor_rel_error,
-        sensor_abs_error_w=sensor_abs_error_w,
-        coverage_fraction=coverage_fraction,
-        averaging_window_s=averaging_window_s,
-    )
     t = _as_1d(t_s, "t_s")
     p = _as_1d(power_w, "power_w")
     _check_lengths(t, p, "t_s", "power_w")
@@ -185,7 +149,7 @@ def summarize_chunks(
     lay, bins = _chunk_layout(
         t, seg_off, chunk_s=chunk_s, origin_s=origin_s, chunk_starts=chunk_starts
     )
-    g = _power_groups(t, p, lay, opts, want_stats=True)
+    g = _power_groups(t, p, lay, model, want_stats=True)
     assert g.pmin is not None  # want_stats=True
     assert g.pmax is not None
     first = lay.grp_off[:-1]
@@ -206,9 +170,9 @@ def summarize_chunks(
     if counter_j is None:
         energy, sensor, below, above = g.energy_j, g.sensor_j, g.below_j, g.above_j
         counted = g.counted_s
-        method_out: str = opts.method
+        method_out: str = model.method
     else:
-        wrap_j, cmax, rel = _counter_params(wrap_j, max_power_w, counter_rel_error)
+        wrap_j, cmax, rel = _counter_params(wrap_j, model.max_power_w, counter_rel_error)
         c = _as_1d(counter_j, "counter_j")
         _check_lengths(t, c, "t_s", "counter_j")
         ci = _counter_intervals(t, c, seg_off, wrap_j=wrap_j, max_power_w=cmax)
@@ -224,7 +188,7 @@ def summarize_chunks(
     sample_mean = np.add.reduceat(p, first) / n_in if ng else np.zeros(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counted > 0, energy / np.where(counted > 0, counted, 1.0), sample_mean)
-    if counter_j is None and opts.averaging_window_s > 0.0:
+    if counter_j is None and model.averaging_window_s > 0.0:
         # The lag-corrected mean may pass the extremes of the smoothed readings (the true
         # power did); min/max widen to it so that min <= mean <= max still holds.
         np.minimum(pmin, mean, out=pmin)

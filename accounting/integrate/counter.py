@@ -18,10 +18,7 @@ from ._validate import (
     _check_param,
     _first_invalid,
 )
-from .model import (
-    COUNTER_REL_ERROR,
-    Method,
-)
+from .model import COUNTER_REL_ERROR, Method
 
 _WRAP_RATE_FACTOR: Final = 2.0
 
@@ -106,7 +103,7 @@ def _counter_intervals(
             limit = np.full(n - 1, max_power_w)
         else:
             # Without a power limit: a wrap may not imply more than twice the trace's own
-            # highest ordinary rate (a heuristic, stated in the module docstring).
+            # highest ordinary rate (a heuristic, stated in the package docstring).
             with np.errstate(divide="ignore", invalid="ignore"):
                 rate = np.where(valid & ~dec, dc / dt, 0.0)
             seg_peak = np.maximum.reduceat(np.append(rate, 0.0), seg_off[:-1])

@@ -9,24 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
-from ._validate import (
-    FloatArray,
-    InvalidArgument,
-    _as_1d,
-    _check_lengths,
-    _power_problem,
-)
+from ._validate import FloatArray, InvalidArgument, _as_1d, _check_lengths, _power_problem
 from .counter import _counter_intervals, _counter_params
-from .model import (
-    COUNTER_REL_ERROR,
-    SENSOR_ABS_ERROR_W,
-    SENSOR_REL_ERROR,
-    GapPolicy,
-    Method,
-    PowerMethod,
-    _band,
-    _power_options,
-)
+from .model import _DEFAULT_MODEL, COUNTER_REL_ERROR, Method, PowerModel, _band
 from .power import _edge_residual, _thresholds
 
 
@@ -97,44 +82,18 @@ def _cumulative(values: FloatArray) -> FloatArray:
 
 
 def power_energy_curve(
-    t_s: npt.ArrayLike,
-    power_w: npt.ArrayLike,
-    *,
-    method: PowerMethod = "power_avg",
-    gap_policy: GapPolicy = "exclude",
-    gap_factor: float = 3.0,
-    nominal_interval_s: float | None = None,
-    max_power_w: float | None = None,
-    min_power_w: float = 0.0,
-    sensor_rel_error: float = SENSOR_REL_ERROR,
-    sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
-    coverage_fraction: float = 1.0,
-    averaging_window_s: float = 0.0,
+    t_s: npt.ArrayLike, power_w: npt.ArrayLike, *, model: PowerModel = _DEFAULT_MODEL
 ) -> EnergyCurve:
     """Cumulative energy of a power trace, for `window_energy`; same model as `integrate_power`.
 
     Args:
         t_s: Sample times, s, strictly increasing.
         power_w: Power readings, W.
-        method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
-        `integrate_power`.
+        model: How the readings become energy (`PowerModel`); default all defaults.
 
     Returns:
         The cumulative curve; its last value is the trace's energy in J.
     """
-    opts = _power_options(
-        method=method,
-        gap_policy=gap_policy,
-        gap_factor=gap_factor,
-        nominal_interval_s=nominal_interval_s,
-        max_power_w=max_power_w,
-        min_power_w=min_power_w,
-        sensor_rel_error=sensor_rel_error,
-        sensor_abs_error_w=sensor_abs_error_w,
-        coverage_fraction=coverage_fraction,
-        averaging_window_s=averaging_window_s,
-    )
     t = _as_1d(t_s, "t_s")
     p = _as_1d(power_w, "power_w")
     _check_lengths(t, p, "t_s", "power_w")
@@ -144,32 +103,32 @@ def power_energy_curve(
     message = _power_problem(t, p, seg_off, t.size)
     if message is not None:
         raise InvalidSamples(message)
-    _, thr = _thresholds(t, seg_off, opts)
+    _, thr = _thresholds(t, seg_off, model)
     dt = np.diff(t)
     gap = dt > thr[0]
     a = p[:-1].copy()
     b = p[1:].copy()
-    if opts.gap_policy == "exclude":
+    if model.gap_policy == "exclude":
         a[gap] = 0.0
         b[gap] = 0.0
-    elif opts.gap_policy == "hold":
+    elif model.gap_policy == "hold":
         b[gap] = a[gap]
     e = 0.5 * dt * (a + b)
-    rel, abs_w = opts.sensor_rel_error, opts.sensor_abs_error_w
+    rel, abs_w = model.sensor_rel_error, model.sensor_abs_error_w
     if rel > 0:
         q = np.maximum(p, abs_w / rel)
         sensor = 0.5 * rel * dt * (q[:-1] + q[1:])
     else:
         sensor = abs_w * dt
     sensor[gap] = 0.0
-    floor_w = opts.min_power_w
-    if opts.max_power_w is not None:
-        ceiling = opts.max_power_w
-    elif gap.any() or opts.coverage_fraction < 1.0 or opts.averaging_window_s > 0.0:
+    floor_w = model.min_power_w
+    if model.max_power_w is not None:
+        ceiling = model.max_power_w
+    elif gap.any() or model.coverage_fraction < 1.0 or model.averaging_window_s > 0.0:
         ceiling = float(p.max())
     else:
         ceiling = math.nan
-    unseen = 1.0 - opts.coverage_fraction
+    unseen = 1.0 - model.coverage_fraction
     if unseen > 0:
         below = unseen * np.maximum(e - floor_w * dt, 0.0)
         above = unseen * np.maximum(ceiling * dt - e, 0.0)
@@ -178,7 +137,7 @@ def power_energy_curve(
         above = np.zeros_like(e)
     below[gap] = np.maximum(e[gap] - floor_w * dt[gap], 0.0)
     above[gap] = np.maximum(ceiling * dt[gap] - e[gap], 0.0)
-    w = opts.averaging_window_s
+    w = model.averaging_window_s
     if w > 0.0:
         # Edges next to a gap are not lag-corrected: (ceiling − floor) × w/2 each (two).
         gap_edges = w * max(ceiling - floor_w, 0.0)
@@ -195,7 +154,7 @@ def power_energy_curve(
         bound_above_j=_cumulative(above),
         unbounded_start_s=none,
         unbounded_end_s=none,
-        method=opts.method,
+        method=model.method,
         averaging_window_s=w,
         floor_power_w=floor_w,
         ceiling_power_w=ceiling,
@@ -284,7 +243,7 @@ def window_energy(curve: EnergyCurve, start_s: npt.ArrayLike, end_s: npt.ArrayLi
     trace contribute nothing (``covered_s`` says how much of it the trace covers). For a curve
     of averaged readings (``averaging_window_s`` w > 0) each window adds the lag correction
     (w/2)(r(end) − r(start)), which telescopes, so adjacent windows still add up to the whole,
-    and its band gains the averaging residual of both edges (module docstring).
+    and its band gains the averaging residual of both edges (package docstring).
 
     Args:
         curve: From `power_energy_curve` or `counter_energy_curve`.

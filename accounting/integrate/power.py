@@ -11,21 +11,8 @@ import numpy.typing as npt
 
 from ..errors import InvalidSamples
 from ._kernel import _power_kernel
-from ._validate import (
-    FloatArray,
-    IntArray,
-    _as_1d,
-    _check_lengths,
-)
-from .model import (
-    SENSOR_ABS_ERROR_W,
-    SENSOR_REL_ERROR,
-    GapPolicy,
-    PowerMethod,
-    _band,
-    _power_options,
-    _PowerOptions,
-)
+from ._validate import FloatArray, IntArray, _as_1d, _check_lengths
+from .model import _DEFAULT_MODEL, GapPolicy, PowerMethod, PowerModel, _band
 from .segments import _Layout, _nonempty, _offsets, _sum_by, segments_from_rows
 
 _MEDIAN_SAMPLE: Final = 1 << 16
@@ -214,16 +201,16 @@ def _nominal_intervals(t: FloatArray, seg_off: IntArray) -> FloatArray:
 
 
 def _thresholds(
-    t: FloatArray, seg_off: IntArray, opts: _PowerOptions
+    t: FloatArray, seg_off: IntArray, model: PowerModel
 ) -> tuple[FloatArray, FloatArray]:
     nseg = seg_off.size - 1
-    if opts.nominal_interval_s is not None:
-        nominal = np.full(nseg, opts.nominal_interval_s)
+    if model.nominal_interval_s is not None:
+        nominal = np.full(nseg, model.nominal_interval_s)
         nominal[np.diff(seg_off) < 2] = np.nan
     else:
         nominal = _nominal_intervals(t, seg_off)
     with np.errstate(invalid="ignore"):
-        thr = nominal * opts.gap_factor
+        thr = nominal * model.gap_factor
     thr[~(thr > 0)] = np.inf  # traces without intervals: nothing can be a gap
     return nominal, thr
 
@@ -249,11 +236,11 @@ class _GroupEnergy:
 
 
 def _power_groups(
-    t: FloatArray, p: FloatArray, lay: _Layout, opts: _PowerOptions, *, want_stats: bool
+    t: FloatArray, p: FloatArray, lay: _Layout, model: PowerModel, *, want_stats: bool
 ) -> _GroupEnergy:
     """Run the kernel and turn its sums into per-group energies, gaps and band terms."""
-    nominal, thr = _thresholds(t, lay.seg_off, opts)
-    sums = _power_kernel(t, p, lay, thr, opts, want_stats=want_stats)
+    nominal, thr = _thresholds(t, lay.seg_off, model)
+    sums = _power_kernel(t, p, lay, thr, model, want_stats=want_stats)
     ng = lay.grp_off.size - 1
     nseg = lay.seg_off.size - 1
     grp_seg = lay.grp_seg
@@ -265,22 +252,22 @@ def _power_groups(
     g_grp = np.searchsorted(lay.grp_off, gi, side="right") - 1
     g_seg = grp_seg[g_grp]
     bridge = 0.5 * gdt * (p[gi] + p[gi + 1])
-    fill = {"exclude": np.zeros_like(gdt), "bridge": bridge, "hold": gdt * p[gi]}[opts.gap_policy]
+    fill = {"exclude": np.zeros_like(gdt), "bridge": bridge, "hold": gdt * p[gi]}[model.gap_policy]
     gap_s = _sum_by(g_grp, gdt, ng)
     gap_count = np.bincount(g_grp, minlength=ng).astype(np.int64)
     gap_fill = _sum_by(g_grp, fill, ng)
     gap_bridge = _sum_by(g_grp, bridge, ng)
 
-    partial = opts.coverage_fraction < 1.0
+    partial = model.coverage_fraction < 1.0
     ceiling = np.full(nseg, np.nan)
-    if opts.max_power_w is not None:
-        ceiling[:] = opts.max_power_w
+    if model.max_power_w is not None:
+        ceiling[:] = model.max_power_w
     elif sums.pmax is not None and ng:  # tracked whenever a gap or coverage needs it
         seg_first_grp = np.searchsorted(lay.grp_off, lay.seg_off[:-1])
         ceiling = np.maximum.reduceat(sums.pmax, seg_first_grp)
         ceiling[np.isinf(ceiling)] = np.nan  # traces whose peak nothing needed
 
-    floor_w = opts.min_power_w
+    floor_w = model.min_power_w
     gap_lo = np.maximum(fill - floor_w * gdt, 0.0)
     gap_hi = np.maximum(ceiling[g_seg] * gdt - fill, 0.0)
     below = _sum_by(g_grp, gap_lo, ng)
@@ -289,21 +276,21 @@ def _power_groups(
     e_meas = 0.5 * sums.e2
     measured_s = duration - gap_s
     if partial:
-        unseen = 1.0 - opts.coverage_fraction
+        unseen = 1.0 - model.coverage_fraction
         g_ceil = ceiling[grp_seg]
         below += unseen * np.maximum(e_meas - floor_w * measured_s + 0.5 * sums.xf2, 0.0)
         above += unseen * np.maximum(g_ceil * measured_s - e_meas + 0.5 * sums.xc2, 0.0)
 
     energy = e_meas + gap_fill
-    w = opts.averaging_window_s
+    w = model.averaging_window_s
     if w > 0.0:
         # Lag correction: ∫_a^b r dt + (w/2)(r(b) − r(a)) estimates the true energy over
-        # [a, b], exactly when P is linear over [a − w, a] and [b − w, b] (module docstring).
+        # [a, b], exactly when P is linear over [a − w, a] and [b − w, b] (package docstring).
         last = lay.grp_last
         spans = duration > 0
         shift = np.where(spans, 0.5 * w * (p[last] - p[first]), 0.0) if ng else np.zeros(0)
         energy = np.maximum(energy + shift, 0.0)
-        # Residual of the two edges (module docstring); an edge that meets a gap is not
+        # Residual of the two edges (package docstring); an edge that meets a gap is not
         # corrected, so it may be off by the whole lag, (ceiling − floor) × w/2.
         g_ceil = ceiling[grp_seg]
         swing = np.maximum(g_ceil - floor_w, 0.0) if ng else np.zeros(0)
@@ -314,7 +301,7 @@ def _power_groups(
         below += residual
         above += residual
 
-    counted = measured_s if opts.gap_policy == "exclude" else duration
+    counted = measured_s if model.gap_policy == "exclude" else duration
     gaps = GapReport(
         segment=g_seg.astype(np.int64),
         index=(gi - lay.seg_off[g_seg]).astype(np.int64),
@@ -349,7 +336,7 @@ def _edge_residual(
     """Worst lag-corrected error at a window edge whose averaged reading is r, J.
 
     (w/2)·(r − floor)(ceiling − r)/(ceiling − floor): the most ∫P·h can reach over the
-    edge's averaging window when P stays in [floor, ceiling] with mean r (module docstring).
+    edge's averaging window when P stays in [floor, ceiling] with mean r (package docstring).
     """
     span = np.maximum(np.asarray(ceiling_w, dtype=np.float64) - floor_w, 0.0)
     up = np.clip(reading_w - floor_w, 0.0, span)
@@ -363,16 +350,7 @@ def integrate_power_segments(
     power_w: npt.ArrayLike,
     offsets: npt.ArrayLike,
     *,
-    method: PowerMethod = "power_avg",
-    gap_policy: GapPolicy = "exclude",
-    gap_factor: float = 3.0,
-    nominal_interval_s: float | None = None,
-    max_power_w: float | None = None,
-    min_power_w: float = 0.0,
-    sensor_rel_error: float = SENSOR_REL_ERROR,
-    sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
-    coverage_fraction: float = 1.0,
-    averaging_window_s: float = 0.0,
+    model: PowerModel = _DEFAULT_MODEL,
 ) -> PowerEnergyBatch:
     """Integrate many power traces given in segmented form (trapezoid rule, gaps handled).
 
@@ -384,25 +362,8 @@ def integrate_power_segments(
         t_s: Concatenated sample times, s (strictly increasing within each trace).
         power_w: Concatenated power readings, W (finite, >= 0).
         offsets: Trace k is ``[offsets[k], offsets[k+1])``; length traces + 1, from 0 to n.
-        method: Label of the power readings (``power_avg``, ``power_instant``, ``estimate``).
-        gap_policy: ``"exclude"`` (gap counts 0 J), ``"bridge"`` (linear) or ``"hold"``.
-        gap_factor: An interval longer than gap_factor × nominal interval is a gap (>= 1;
-            ``math.inf`` disables gap detection).
-        nominal_interval_s: Nominal sampling interval, s; default the median interval of
-            each trace.
-        max_power_w: Device power limit, W: ceiling of the gap and coverage bounds. Without
-            it the trace's own peak is used (an assumption, not a bound).
-        min_power_w: Floor of the gap and coverage bounds, W (default 0: a strict floor).
-        sensor_rel_error: Relative sensor accuracy (default 0.05).
-        sensor_abs_error_w: Absolute sensor accuracy, W (default 5); per reading the larger
-            of the two applies.
-        coverage_fraction: Fraction of each interval the readings represent, in [0, 1]
-            (about 0.25 for A100/H100 instantaneous readings; 1 for averaged power; 0 for
-            point samples, whose band is the honest [floor, ceiling] × time).
-        averaging_window_s: Window w of a trailing moving-average reading, s (NVML on
-            Hopper: 1 s); 0 (default) for readings taken as the power at their own time.
-            With w > 0 the estimate is lag-corrected and the band gains the averaging
-            residual (module docstring, "Averaged readings").
+        model: How the readings become energy (`PowerModel`: gaps, bounds, sensor error,
+            coverage, averaging window); default all defaults.
 
     Returns:
         One entry per trace (see `PowerEnergyBatch`).
@@ -410,27 +371,15 @@ def integrate_power_segments(
     Raises:
         InvalidSamples: Mismatched lengths, NaN/inf, negative power or time not increasing;
             the message names the problem and the first bad index (and trace).
-        InvalidArgument: A parameter out of range or malformed offsets.
+        InvalidArgument: Malformed offsets.
     """
-    opts = _power_options(
-        method=method,
-        gap_policy=gap_policy,
-        gap_factor=gap_factor,
-        nominal_interval_s=nominal_interval_s,
-        max_power_w=max_power_w,
-        min_power_w=min_power_w,
-        sensor_rel_error=sensor_rel_error,
-        sensor_abs_error_w=sensor_abs_error_w,
-        coverage_fraction=coverage_fraction,
-        averaging_window_s=averaging_window_s,
-    )
     t = _as_1d(t_s, "t_s")
     p = _as_1d(power_w, "power_w")
     _check_lengths(t, p, "t_s", "power_w")
     off = _offsets(offsets, t.size)
     seg_off = _nonempty(off)
     lay = _Layout(n=t.size, seg_off=seg_off, grp_off=seg_off)
-    g = _power_groups(t, p, lay, opts, want_stats=False)
+    g = _power_groups(t, p, lay, model, want_stats=False)
     if not np.all(np.isfinite(g.energy_j)):
         raise InvalidSamples("values too large: the energy overflows float64")
 
@@ -466,9 +415,9 @@ def integrate_power_segments(
         bound_above_j=full(g.above_j),
         duration_s=full(g.duration_s),
         n_samples=sizes,
-        method=opts.method,
-        gap_policy=opts.gap_policy,
-        coverage_fraction=opts.coverage_fraction,
+        method=model.method,
+        gap_policy=model.gap_policy,
+        coverage_fraction=model.coverage_fraction,
         nominal_interval_s=full(g.seg_nominal_s, math.nan),
         gap_threshold_s=full(g.seg_threshold_s, math.inf),
         gap_count=gap_count,
@@ -477,33 +426,19 @@ def integrate_power_segments(
         gap_energy_bridge_j=full(g.gap_bridge_j),
         ceiling_power_w=full(g.seg_ceiling_w, math.nan),
         gaps=gaps,
-        averaging_window_s=opts.averaging_window_s,
+        averaging_window_s=model.averaging_window_s,
     )
 
 
 def integrate_power(
-    t_s: npt.ArrayLike,
-    power_w: npt.ArrayLike,
-    *,
-    method: PowerMethod = "power_avg",
-    gap_policy: GapPolicy = "exclude",
-    gap_factor: float = 3.0,
-    nominal_interval_s: float | None = None,
-    max_power_w: float | None = None,
-    min_power_w: float = 0.0,
-    sensor_rel_error: float = SENSOR_REL_ERROR,
-    sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
-    coverage_fraction: float = 1.0,
-    averaging_window_s: float = 0.0,
+    t_s: npt.ArrayLike, power_w: npt.ArrayLike, *, model: PowerModel = _DEFAULT_MODEL
 ) -> PowerEnergy:
     """Integrate one power trace to energy (trapezoid rule), detecting and handling gaps.
 
     Args:
         t_s: Sample times, s, strictly increasing.
         power_w: Power readings, W, finite and >= 0; same length as ``t_s`` (at least 1).
-        method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
-            `integrate_power_segments`.
+        model: How the readings become energy (`PowerModel`); default all defaults.
 
     Returns:
         Energy in J with its band, gaps and the parameters used (see `PowerEnergy`).
@@ -511,7 +446,6 @@ def integrate_power(
     Raises:
         InvalidSamples: Empty or mismatched arrays, NaN/inf, negative power or time not
             strictly increasing; the message names the problem and the first bad index.
-        InvalidArgument: A parameter out of range.
 
     Example:
         >>> round(integrate_power([0.0, 5.0, 10.0], [300.0, 300.0, 300.0]).energy_j, 9)
@@ -522,64 +456,22 @@ def integrate_power(
     _check_lengths(t, p, "t_s", "power_w")
     if t.size == 0:
         raise InvalidSamples("no samples: a power trace needs at least one sample")
-    batch = integrate_power_segments(
-        t,
-        p,
-        np.array([0, t.size], dtype=np.int64),
-        method=method,
-        gap_policy=gap_policy,
-        gap_factor=gap_factor,
-        nominal_interval_s=nominal_interval_s,
-        max_power_w=max_power_w,
-        min_power_w=min_power_w,
-        sensor_rel_error=sensor_rel_error,
-        sensor_abs_error_w=sensor_abs_error_w,
-        coverage_fraction=coverage_fraction,
-        averaging_window_s=averaging_window_s,
-    )
+    batch = integrate_power_segments(t, p, np.array([0, t.size], dtype=np.int64), model=model)
     return batch.trace(0)
 
 
 def integrate_power_rows(
-    t_s: npt.ArrayLike,
-    power_w: npt.ArrayLike,
-    *,
-    method: PowerMethod = "power_avg",
-    gap_policy: GapPolicy = "exclude",
-    gap_factor: float = 3.0,
-    nominal_interval_s: float | None = None,
-    max_power_w: float | None = None,
-    min_power_w: float = 0.0,
-    sensor_rel_error: float = SENSOR_REL_ERROR,
-    sensor_abs_error_w: float = SENSOR_ABS_ERROR_W,
-    coverage_fraction: float = 1.0,
-    averaging_window_s: float = 0.0,
+    t_s: npt.ArrayLike, power_w: npt.ArrayLike, *, model: PowerModel = _DEFAULT_MODEL
 ) -> PowerEnergyBatch:
     """Integrate equal-length traces given as a 2-D array (devices × samples).
 
     Args:
         t_s: Sample times, s: shape (n,) shared by all rows, or (rows, n).
         power_w: Power, W, shape (rows, n).
-        method, gap_policy, gap_factor, nominal_interval_s, max_power_w, min_power_w,
-        sensor_rel_error, sensor_abs_error_w, coverage_fraction, averaging_window_s: As in
-            `integrate_power_segments`.
+        model: How the readings become energy (`PowerModel`); default all defaults.
 
     Returns:
         One entry per row (see `PowerEnergyBatch`).
     """
     t, p, offsets = segments_from_rows(t_s, power_w)
-    return integrate_power_segments(
-        t,
-        p,
-        offsets,
-        method=method,
-        gap_policy=gap_policy,
-        gap_factor=gap_factor,
-        nominal_interval_s=nominal_interval_s,
-        max_power_w=max_power_w,
-        min_power_w=min_power_w,
-        sensor_rel_error=sensor_rel_error,
-        sensor_abs_error_w=sensor_abs_error_w,
-        coverage_fraction=coverage_fraction,
-        averaging_window_s=averaging_window_s,
-    )
+    return integrate_power_segments(t, p, offsets, model=model)

@@ -8,13 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
-from ._validate import (
-    FloatArray,
-    IntArray,
-    InvalidArgument,
-    _as_1d,
-    _check_lengths,
-)
+from ._validate import FloatArray, IntArray, InvalidArgument, _as_1d, _check_lengths
 
 
 def _offsets(offsets: npt.ArrayLike, n: int) -> IntArray:
