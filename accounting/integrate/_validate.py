@@ -36,6 +36,18 @@ def _check_lengths(t: FloatArray, values: FloatArray, t_name: str, v_name: str) 
         )
 
 
+def _one_trace(
+    t_s: npt.ArrayLike, values: npt.ArrayLike, v_name: str, *, empty: str
+) -> tuple[FloatArray, FloatArray]:
+    """A single trace's times and values as 1-D float64 arrays of one length, at least one."""
+    t = _as_1d(t_s, "t_s")
+    v = _as_1d(values, v_name)
+    _check_lengths(t, v, "t_s", v_name)
+    if t.size == 0:
+        raise InvalidSamples(f"no samples: {empty}")
+    return t, v
+
+
 def _check_param(
     name: str,
     value: float,

@@ -9,15 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
-from ._validate import (
-    BoolArray,
-    FloatArray,
-    IntArray,
-    _as_1d,
-    _check_lengths,
-    _check_param,
-    _first_invalid,
-)
+from ._validate import BoolArray, FloatArray, IntArray, _check_param, _first_invalid, _one_trace
 from .model import COUNTER_REL_ERROR, Method
 
 _WRAP_RATE_FACTOR: Final = 2.0
@@ -139,6 +131,22 @@ def _counter_params(
     return wrap_j, max_power_w, rel
 
 
+def _one_counter(
+    t_s: npt.ArrayLike,
+    counter_j: npt.ArrayLike,
+    wrap_j: float | None,
+    max_power_w: float | None,
+    counter_rel_error: float,
+) -> tuple[FloatArray, _CounterIntervals, float]:
+    """One counter trace, checked and resolved: its times, its intervals, its relative error."""
+    wrap_j, max_power_w, rel = _counter_params(wrap_j, max_power_w, counter_rel_error)
+    t, c = _one_trace(
+        t_s, counter_j, "counter_j", empty="a counter trace needs at least one reading"
+    )
+    seg_off = np.array([0, t.size], dtype=np.int64)
+    return t, _counter_intervals(t, c, seg_off, wrap_j=wrap_j, max_power_w=max_power_w), rel
+
+
 def integrate_counter(
     t_s: npt.ArrayLike,
     counter_j: npt.ArrayLike,
@@ -167,14 +175,7 @@ def integrate_counter(
             wrap_j, or time not strictly increasing (message names the first bad index).
         InvalidArgument: A parameter out of range.
     """
-    wrap_j, max_power_w, rel = _counter_params(wrap_j, max_power_w, counter_rel_error)
-    t = _as_1d(t_s, "t_s")
-    c = _as_1d(counter_j, "counter_j")
-    _check_lengths(t, c, "t_s", "counter_j")
-    if t.size == 0:
-        raise InvalidSamples("no samples: a counter trace needs at least one reading")
-    seg_off = np.array([0, t.size], dtype=np.int64)
-    ci = _counter_intervals(t, c, seg_off, wrap_j=wrap_j, max_power_w=max_power_w)
+    t, ci, rel = _one_counter(t_s, counter_j, wrap_j, max_power_w, counter_rel_error)
     energy = float(ci.delta_j.sum())
     sensor = rel * energy
     above = float(ci.unknown_j.sum())

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
-from ._validate import FloatArray, InvalidArgument, _as_1d, _check_lengths, _power_problem
-from .counter import _counter_intervals, _counter_params
+from ._validate import FloatArray, IntArray, InvalidArgument, _one_trace, _power_problem
+from .counter import _one_counter
 from .model import _DEFAULT_MODEL, COUNTER_REL_ERROR, Method, PowerModel, _band
 from .power import _edge_residual, _thresholds
 
@@ -94,11 +94,7 @@ def power_energy_curve(
     Returns:
         The cumulative curve; its last value is the trace's energy in J.
     """
-    t = _as_1d(t_s, "t_s")
-    p = _as_1d(power_w, "power_w")
-    _check_lengths(t, p, "t_s", "power_w")
-    if t.size == 0:
-        raise InvalidSamples("no samples: a power trace needs at least one sample")
+    t, p = _one_trace(t_s, power_w, "power_w", empty="a power trace needs at least one sample")
     seg_off = np.array([0, t.size], dtype=np.int64)
     message = _power_problem(t, p, seg_off, t.size)
     if message is not None:
@@ -182,14 +178,7 @@ def counter_energy_curve(
     Returns:
         The cumulative curve; its last value is the counted energy in J.
     """
-    wrap_j, max_power_w, rel = _counter_params(wrap_j, max_power_w, counter_rel_error)
-    t = _as_1d(t_s, "t_s")
-    c = _as_1d(counter_j, "counter_j")
-    _check_lengths(t, c, "t_s", "counter_j")
-    if t.size == 0:
-        raise InvalidSamples("no samples: a counter trace needs at least one reading")
-    seg_off = np.array([0, t.size], dtype=np.int64)
-    ci = _counter_intervals(t, c, seg_off, wrap_j=wrap_j, max_power_w=max_power_w)
+    t, ci, rel = _one_counter(t_s, counter_j, wrap_j, max_power_w, counter_rel_error)
     delta = ci.delta_j[:-1]
     unknown = ci.unknown_j[:-1]
     rate = delta / np.diff(t)
@@ -208,13 +197,18 @@ def counter_energy_curve(
     )
 
 
+def _locate(t: FloatArray, x: FloatArray) -> tuple[FloatArray, IntArray]:
+    """Times x clipped to the trace, and the interval each lies in (t has two samples or more)."""
+    xc = np.clip(x, t[0], t[-1])
+    return xc, np.clip(np.searchsorted(t, xc, side="right") - 1, 0, t.size - 2)
+
+
 def _curve_at(curve: EnergyCurve, x: FloatArray) -> FloatArray:
     """Cumulative energy at times x: exact integral of the curve's piecewise-linear power."""
     t = curve.t_s
     if t.size < 2:
         return np.zeros_like(x)
-    xc = np.clip(x, t[0], t[-1])
-    i = np.clip(np.searchsorted(t, xc, side="right") - 1, 0, t.size - 2)
+    xc, i = _locate(t, x)
     tau = xc - t[i]
     dt = t[i + 1] - t[i]
     a = curve.rate_start_w[i]
@@ -228,8 +222,7 @@ def _rate_at(curve: EnergyCurve, x: FloatArray) -> FloatArray:
     t = curve.t_s
     if t.size < 2:
         return np.zeros_like(x)
-    xc = np.clip(x, t[0], t[-1])
-    i = np.clip(np.searchsorted(t, xc, side="right") - 1, 0, t.size - 2)
+    xc, i = _locate(t, x)
     frac = (xc - t[i]) / (t[i + 1] - t[i])
     a = curve.rate_start_w[i]
     return a + (curve.rate_end_w[i] - a) * frac

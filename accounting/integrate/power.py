@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from ..errors import InvalidSamples
 from ._kernel import _power_kernel
-from ._validate import FloatArray, IntArray, _as_1d, _check_lengths
+from ._validate import FloatArray, IntArray, _as_1d, _check_lengths, _one_trace
 from .model import _DEFAULT_MODEL, GapPolicy, PowerMethod, PowerModel, _band
 from .segments import _Layout, _nonempty, _offsets, _sum_by, segments_from_rows
 
@@ -451,11 +451,7 @@ def integrate_power(
         >>> round(integrate_power([0.0, 5.0, 10.0], [300.0, 300.0, 300.0]).energy_j, 9)
         3000.0
     """
-    t = _as_1d(t_s, "t_s")
-    p = _as_1d(power_w, "power_w")
-    _check_lengths(t, p, "t_s", "power_w")
-    if t.size == 0:
-        raise InvalidSamples("no samples: a power trace needs at least one sample")
+    t, p = _one_trace(t_s, power_w, "power_w", empty="a power trace needs at least one sample")
     batch = integrate_power_segments(t, p, np.array([0, t.size], dtype=np.int64), model=model)
     return batch.trace(0)
 
