@@ -25,7 +25,7 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.db import migrate
 from thermoledger.db.engine import make_engine, make_sessionmaker, normalize_url
 from thermoledger.db.models import Scope
@@ -241,8 +241,7 @@ def meter_chunks(
             power_w,
             chunk_starts=np.arange(0, n, samples_per_chunk),
             counter_j=counter_j,
-            max_power_w=LIMIT_W,
-            nominal_interval_s=interval_s,
+            model=PowerModel(max_power_w=LIMIT_W, nominal_interval_s=interval_s),
         )
         chunks: list[ChunkPayload] = []
         for k in range(chunks_per_device):

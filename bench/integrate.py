@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from thermoledger.accounting.integrate import integrate_power
+from thermoledger.accounting.integrate import PowerModel, integrate_power
 
 FloatArray = npt.NDArray[np.float64]
 MAX_POWER_W = 700.0
@@ -85,10 +85,11 @@ def main() -> None:
     t, power = _trace(n, 0.1, args.seed)
     low_power = power * 0.15
     nbytes = t.nbytes + power.nbytes
+    limited = PowerModel(max_power_w=MAX_POWER_W)
     cases: dict[str, Callable[[], object]] = {
         "np.sum(t) + np.sum(power)": lambda: float(np.sum(t)) + float(np.sum(power)),
         f"integrate_power, max_power_w={MAX_POWER_W:.0f}": lambda: integrate_power(
-            t, power, max_power_w=MAX_POWER_W
+            t, power, model=limited
         ),
         "integrate_power, defaults": lambda: integrate_power(t, power),
         "  same, all readings < 100 W": lambda: integrate_power(t, low_power),
@@ -102,7 +103,7 @@ def main() -> None:
             best[label] = min(best[label], _best_s(fn, 1))
 
     tracemalloc.start()
-    result = integrate_power(t, power, max_power_w=MAX_POWER_W)
+    result = integrate_power(t, power, model=limited)
     _, peak_bytes = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 

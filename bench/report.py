@@ -48,7 +48,7 @@ from _support import (
     percentiles_ms,
 )
 
-from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.db import repository
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
@@ -92,8 +92,7 @@ def _chunk_rows(
         power_w,
         chunk_starts=np.arange(0, samples, per_chunk),
         counter_j=counter_j,
-        max_power_w=LIMIT_W,
-        nominal_interval_s=0.1,
+        model=PowerModel(max_power_w=LIMIT_W, nominal_interval_s=0.1),
     )
     t_rel = (t - np.repeat(s.t0_s, s.n)[: t.size]).astype(np.float32)
     power32 = power_w.astype(np.float32)

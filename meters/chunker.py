@@ -6,7 +6,7 @@ a `SealJob` when a chunk is complete. `seal` turns the jobs of a tick, across de
 chunks with `accounting.integrate.summarize_chunks`, the same kernel the service uses, so meter
 and service compute a chunk's figures by the same rules. The kernel costs a few hundred
 microseconds per call and little per sample, so the chunks due together (every device's, once
-per chunk period) go through one call per group of devices with the same kernel options, as
+per chunk period) go through one call per group of devices with the same `PowerModel`, as
 segments: 8 GPUs seal for about the cost of one.
 
 Chunk boundaries
@@ -68,7 +68,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import numpy as np
 
@@ -77,6 +77,7 @@ from thermoledger.accounting.integrate import (
     SENSOR_REL_ERROR,
     ChunkSummaries,
     PowerMethod,
+    PowerModel,
     summarize_chunks,
 )
 
@@ -365,8 +366,9 @@ class DeviceChunker:
         hint = info.uncertainty
         stated = hint.power_rel > 0 or hint.power_abs_w > 0
         coverage, window_s = reading_model(info, interval_s=interval_s)
-        self._kernel = _KernelOptions(
-            wrap_j=info.counter_wrap_j,
+        # Checked here, once: figures the model refuses (a reported 0 W limit, say) stop the
+        # chunker from being made, rather than every seal and summary failing later.
+        self._model = PowerModel(
             method=method,
             nominal_interval_s=interval_s,
             max_power_w=info.power_limit_w,
@@ -375,6 +377,7 @@ class DeviceChunker:
             coverage_fraction=coverage,
             averaging_window_s=window_s,
         )
+        self._wrap_j = info.counter_wrap_j
         # The open chunk, in lists: an append costs less than a store into a numpy array, and
         # the arrays the kernel needs are built once per chunk. Times are seconds since the
         # origin (full float64 resolution).
@@ -652,34 +655,9 @@ class DeviceChunker:
             np.array(power_w, dtype=np.float64),
             chunk_starts=[0, m - 1] if bridged else [0],
             counter_j=c if self._use_counter(c) else None,
-            **self._kernel.kwargs(),
+            wrap_j=self._wrap_j,
+            model=self._model,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _KernelOptions:
-    """The device's parameters of `summarize_chunks`: devices that share them seal together."""
-
-    wrap_j: float | None
-    method: PowerMethod
-    nominal_interval_s: float
-    max_power_w: float | None
-    sensor_rel_error: float
-    sensor_abs_error_w: float
-    coverage_fraction: float
-    averaging_window_s: float
-
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "wrap_j": self.wrap_j,
-            "method": self.method,
-            "nominal_interval_s": self.nominal_interval_s,
-            "max_power_w": self.max_power_w,
-            "sensor_rel_error": self.sensor_rel_error,
-            "sensor_abs_error_w": self.sensor_abs_error_w,
-            "coverage_fraction": self.coverage_fraction,
-            "averaging_window_s": self.averaging_window_s,
-        }
 
 
 def seal(jobs: Sequence[SealJob]) -> tuple[list[ChunkPayload], list[tuple[SealJob, Exception]]]:
@@ -687,9 +665,9 @@ def seal(jobs: Sequence[SealJob]) -> tuple[list[ChunkPayload], list[tuple[SealJo
 
     The kernel's cost is mostly per call (a few hundred µs), not per sample, so the sampler
     seals every chunk due in a tick together: the chunks are concatenated as segments of one
-    `summarize_chunks` call per group (same `_KernelOptions`, same counter use), each segment
-    chunked at its bridge exactly as a lone call would chunk it. Segments never interact in the
-    kernel, so each chunk's figures are those of a call of its own, up to float rounding
+    `summarize_chunks` call per group (same `PowerModel`, counter modulus and counter use), each
+    segment chunked at its bridge exactly as a lone call would chunk it. Segments never interact
+    in the kernel, so each chunk's figures are those of a call of its own, up to float rounding
     (energies integrated from power may differ in the last bits, summed in another order).
     When a group's call fails, its chunks are sealed one by one, so only the chunk at fault is
     lost (`DeviceChunker.abandon`).
@@ -701,22 +679,26 @@ def seal(jobs: Sequence[SealJob]) -> tuple[list[ChunkPayload], list[tuple[SealJo
         ``(payloads, failures)``: the wire chunks, numbered, in the order of ``jobs``; and the
         jobs the kernel refused, each with its exception.
     """
-    groups: dict[tuple[_KernelOptions, bool], list[int]] = {}
+    groups: dict[tuple[PowerModel, float | None, bool], list[int]] = {}
     arrays: list[tuple[FloatArray, FloatArray, FloatArray]] = []
     for index, job in enumerate(jobs):
         c = np.array(job.counter_j, dtype=np.float64)
         arrays.append(
             (np.array(job.t_s, dtype=np.float64), np.array(job.power_w, dtype=np.float64), c)
         )
-        key = (job.chunker._kernel, job.chunker._use_counter(c))
+        key = (job.chunker._model, job.chunker._wrap_j, job.chunker._use_counter(c))
         groups.setdefault(key, []).append(index)
     results: list[tuple[ChunkSummaries, int] | Exception] = [
         RuntimeError("not sealed") for _ in jobs
     ]
-    for (options, use_counter), members in groups.items():
+    for (model, wrap_j, use_counter), members in groups.items():
         try:
             s = _summarize_group(
-                [jobs[i] for i in members], [arrays[i] for i in members], options, use_counter
+                [jobs[i] for i in members],
+                [arrays[i] for i in members],
+                model,
+                wrap_j=wrap_j,
+                use_counter=use_counter,
             )
         except Exception:
             for i in members:  # find the chunk at fault
@@ -749,7 +731,9 @@ def seal(jobs: Sequence[SealJob]) -> tuple[list[ChunkPayload], list[tuple[SealJo
 def _summarize_group(
     jobs: Sequence[SealJob],
     arrays: Sequence[tuple[FloatArray, FloatArray, FloatArray]],
-    options: _KernelOptions,
+    model: PowerModel,
+    *,
+    wrap_j: float | None,
     use_counter: bool,
 ) -> ChunkSummaries:
     """One kernel call over several chunks, each a segment cut at its bridge."""
@@ -767,5 +751,6 @@ def _summarize_group(
         offsets=offsets,
         chunk_starts=starts,
         counter_j=np.concatenate([c for _, _, c in arrays]) if use_counter else None,
-        **options.kwargs(),
+        wrap_j=wrap_j,
+        model=model,
     )

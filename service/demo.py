@@ -22,6 +22,7 @@ import numpy as np
 from thermoledger.accounting.carbon import default_emission_factor, default_pue
 from thermoledger.accounting.cost import OwnedHardware, Tariff
 from thermoledger.accounting.integrate import (
+    PowerModel,
     counter_energy_curve,
     power_energy_curve,
     summarize_chunks,
@@ -123,34 +124,24 @@ def run_demo() -> DemoResult:
                 chunk_s=CHUNK_S,
                 origin_s=T_START_S,
                 counter_j=counter_j,
-                max_power_w=700.0,
-                nominal_interval_s=INTERVAL_S,
+                model=PowerModel(max_power_w=700.0, nominal_interval_s=INTERVAL_S),
             )
             curve = counter_energy_curve(t_abs, counter_j, max_power_w=700.0)
         else:
             # instant readings see ~25 ms of each 100 ms (A100/H100); averaged ones lag by w/2
             coverage = 0.25 if dev.reading == "power_instant" else 1.0
             window_s = 1.0 if dev.reading == "power_avg" else 0.0
+            model = PowerModel(
+                method=dev.reading,
+                max_power_w=700.0,
+                nominal_interval_s=INTERVAL_S,
+                coverage_fraction=coverage,
+                averaging_window_s=window_s,
+            )
             summaries = summarize_chunks(
-                t_abs,
-                power_w,
-                chunk_s=CHUNK_S,
-                origin_s=T_START_S,
-                method=dev.reading,
-                max_power_w=700.0,
-                nominal_interval_s=INTERVAL_S,
-                coverage_fraction=coverage,
-                averaging_window_s=window_s,
+                t_abs, power_w, chunk_s=CHUNK_S, origin_s=T_START_S, model=model
             )
-            curve = power_energy_curve(
-                t_abs,
-                power_w,
-                method=dev.reading,
-                max_power_w=700.0,
-                nominal_interval_s=INTERVAL_S,
-                coverage_fraction=coverage,
-                averaging_window_s=window_s,
-            )
+            curve = power_energy_curve(t_abs, power_w, model=model)
         devices.extend(
             devices_from_chunks(
                 summaries,

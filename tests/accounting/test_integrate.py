@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from thermoledger.accounting.integrate import (
     InvalidArgument,
     Method,
     PowerMethod,
+    PowerModel,
     aggregate_energy,
     counter_energy_curve,
     integrate_counter,
@@ -77,7 +79,7 @@ def test_constant_power_with_irregular_sampling() -> None:
     t = np.sort(rng.uniform(0.0, 10.0, 500))
     t[0], t[-1] = 0.0, 10.0
     # Random instants leave some intervals over 3 × the median: not gaps here.
-    result = integrate_power(t, np.full(t.size, 300.0), gap_factor=math.inf)
+    result = integrate_power(t, np.full(t.size, 300.0), model=PowerModel(gap_factor=math.inf))
     assert result.energy_j == pytest.approx(3000.0, rel=REL)
     assert integrate_power(t, np.full(t.size, 300.0)).gap_count > 0
 
@@ -126,7 +128,7 @@ def _gapped() -> tuple[FloatArray, FloatArray]:
 )
 def test_gap_under_each_policy(policy: GapPolicy, fill_j: float) -> None:
     t, p = _gapped()
-    result = integrate_power(t, p, gap_policy=policy)
+    result = integrate_power(t, p, model=PowerModel(gap_policy=policy))
     measured = 200.0 * 10 + 400.0 * 10
     assert result.gap_policy == policy
     assert result.gap_count == 1
@@ -148,12 +150,14 @@ def test_gap_under_each_policy(policy: GapPolicy, fill_j: float) -> None:
 
 def test_gap_bound_uses_the_device_limit_when_given() -> None:
     t, p = _gapped()
-    result = integrate_power(t, p, max_power_w=700.0, min_power_w=50.0)
+    result = integrate_power(t, p, model=PowerModel(max_power_w=700.0, min_power_w=50.0))
     assert result.ceiling_power_w == 700.0
     assert result.bound_above_j == pytest.approx(700.0 * 10)
     assert result.bound_below_j == 0.0  # exclude counted nothing, the floor cannot go lower
     assert result.energy_low_j == pytest.approx(0.95 * 6000.0)  # floor × gap is not claimed
-    bridged = integrate_power(t, p, max_power_w=700.0, min_power_w=50.0, gap_policy="bridge")
+    bridged = integrate_power(
+        t, p, model=PowerModel(max_power_w=700.0, min_power_w=50.0, gap_policy="bridge")
+    )
     assert bridged.bound_below_j == pytest.approx(3000.0 - 50.0 * 10)
     assert bridged.bound_above_j == pytest.approx(7000.0 - 3000.0)
     assert bridged.energy_low_j == pytest.approx(result.energy_low_j + 50.0 * 10)
@@ -163,9 +167,9 @@ def test_gap_threshold_follows_factor_and_nominal_interval() -> None:
     t = np.array([0.0, 1.0, 2.0, 4.5, 5.5])
     p = np.full(5, 100.0)
     assert integrate_power(t, p).gap_count == 0  # 2.5 s ≤ 3 × 1 s
-    assert integrate_power(t, p, gap_factor=2.0).gap_count == 1
-    assert integrate_power(t, p, nominal_interval_s=0.5).gap_count == 1
-    assert integrate_power(t, p, gap_factor=math.inf).gap_threshold_s == math.inf
+    assert integrate_power(t, p, model=PowerModel(gap_factor=2.0)).gap_count == 1
+    assert integrate_power(t, p, model=PowerModel(nominal_interval_s=0.5)).gap_count == 1
+    assert integrate_power(t, p, model=PowerModel(gap_factor=math.inf)).gap_threshold_s == math.inf
 
 
 def test_nominal_interval_of_a_long_trace_comes_from_runs() -> None:
@@ -266,10 +270,10 @@ def test_counter_in_chunks_sums_to_the_counter_total() -> None:
 def test_adjacent_windows_add_up_to_the_whole() -> None:
     t, p = _traces(7, 1)[0]
     for policy in GAP_POLICIES:
-        curve = power_energy_curve(t, p, gap_policy=policy)
+        curve = power_energy_curve(t, p, model=PowerModel(gap_policy=policy))
         cuts = np.linspace(t[0] - 1.0, t[-1] + 1.0, 37)
         w = window_energy(curve, cuts[:-1], cuts[1:])
-        whole = integrate_power(t, p, gap_policy=policy)
+        whole = integrate_power(t, p, model=PowerModel(gap_policy=policy))
         assert w.energy_j.sum() == pytest.approx(whole.energy_j, rel=1e-9)
         assert w.sensor_uncertainty_j.sum() == pytest.approx(whole.sensor_uncertainty_j, rel=1e-9)
         assert w.bound_above_j.sum() == pytest.approx(whole.bound_above_j, rel=1e-9)
@@ -347,14 +351,14 @@ def test_segments_and_rows_equal_per_trace_results() -> None:
     traces = _traces(3, 12)
     traces.insert(4, (np.zeros(0), np.zeros(0)))  # an empty trace in the middle
     t, p, offsets = segments_from_list([a for a, _ in traces], [b for _, b in traces])
-    batch = integrate_power_segments(t, p, offsets, coverage_fraction=0.5)
+    batch = integrate_power_segments(t, p, offsets, model=PowerModel(coverage_fraction=0.5))
     assert len(batch) == len(traces)
     for k, (tk, pk) in enumerate(traces):
         if tk.size == 0:
             assert batch.energy_j[k] == 0.0
             assert batch.n_samples[k] == 0
             continue
-        one = integrate_power(tk, pk, coverage_fraction=0.5)
+        one = integrate_power(tk, pk, model=PowerModel(coverage_fraction=0.5))
         got = batch.trace(k)
         for name in (
             "energy_j",
@@ -404,24 +408,16 @@ def test_block_boundaries_do_not_change_results(
     t, p, offsets = segments_from_list([a for a, _ in traces], [b for _, b in traces])
     p[::17] = 60.0  # readings below 100 W: the sensor term's correction paths
 
+    model = PowerModel(coverage_fraction=0.25, min_power_w=80.0, max_power_w=600.0)
+
     def run() -> tuple[integrate.PowerEnergyBatch, integrate.ChunkSummaries]:
         return (
-            integrate_power_segments(
-                t, p, offsets, coverage_fraction=0.25, min_power_w=80.0, max_power_w=600.0
-            ),
-            summarize_chunks(
-                t,
-                p,
-                chunk_s=3.0,
-                offsets=offsets,
-                coverage_fraction=0.25,
-                min_power_w=80.0,
-                max_power_w=600.0,
-            ),
+            integrate_power_segments(t, p, offsets, model=model),
+            summarize_chunks(t, p, chunk_s=3.0, offsets=offsets, model=model),
         )
 
     reference, chunks_ref = run()
-    monkeypatch.setattr(integrate, "_BLOCK_SAMPLES", block)
+    monkeypatch.setattr(integrate._kernel, "_BLOCK_SAMPLES", block)
     small, chunks = run()
     for name in ("energy_j", "sensor_uncertainty_j", "bound_below_j", "bound_above_j"):
         np.testing.assert_allclose(getattr(small, name), getattr(reference, name), rtol=1e-12)
@@ -440,12 +436,9 @@ def test_kernel_matches_the_per_interval_model_on_a_long_trace(scale: float) -> 
     t[150_000:] += 7.0
     p = scale * (400.0 + 200.0 * np.sin(np.arange(n) / 50.0) + 20.0 * rng.standard_normal(n))
     for coverage, floor_w, limit_w in ((1.0, 0.0, None), (0.25, 30.0, 500.0)):
-        whole = integrate_power(
-            t, p, coverage_fraction=coverage, min_power_w=floor_w, max_power_w=limit_w
-        )
-        curve = power_energy_curve(
-            t, p, coverage_fraction=coverage, min_power_w=floor_w, max_power_w=limit_w
-        )
+        model = PowerModel(coverage_fraction=coverage, min_power_w=floor_w, max_power_w=limit_w)
+        whole = integrate_power(t, p, model=model)
+        curve = power_energy_curve(t, p, model=model)
         assert whole.energy_j == pytest.approx(curve.energy_j[-1], rel=1e-10)
         assert whole.sensor_uncertainty_j == pytest.approx(curve.sensor_j[-1], rel=1e-10)
         assert whole.bound_below_j == pytest.approx(curve.bound_below_j[-1], rel=1e-10)
@@ -482,9 +475,9 @@ def test_random_windows_sum_to_the_total(
     if np.any(np.diff(t) <= 0):  # a tiny step can vanish in a large offset
         return
     edges = np.sort(np.concatenate(([t[0]], t[0] + np.array(cuts) * (t[-1] - t[0]), [t[-1]])))
-    curve = power_energy_curve(t, p, gap_policy=policy)
+    curve = power_energy_curve(t, p, model=PowerModel(gap_policy=policy))
     windows = window_energy(curve, edges[:-1], edges[1:])
-    total = integrate_power(t, p, gap_policy=policy).energy_j
+    total = integrate_power(t, p, model=PowerModel(gap_policy=policy)).energy_j
     assert windows.energy_j.sum() == pytest.approx(total, rel=1e-9, abs=1e-9 * (1.0 + total))
     assert np.all(windows.energy_low_j <= windows.energy_j + 1e-9)
 
@@ -522,9 +515,9 @@ def test_concatenated_traces_add_up(
     t, p = np.concatenate([ta, tb]), np.concatenate([pa, pb])
     if np.any(np.diff(t) <= 0):
         return
-    joined = integrate_power(t, p, gap_factor=math.inf).energy_j
-    parts = integrate_power(ta, pa, gap_factor=math.inf).energy_j
-    parts += integrate_power(tb, pb, gap_factor=math.inf).energy_j
+    joined = integrate_power(t, p, model=PowerModel(gap_factor=math.inf)).energy_j
+    parts = integrate_power(ta, pa, model=PowerModel(gap_factor=math.inf)).energy_j
+    parts += integrate_power(tb, pb, model=PowerModel(gap_factor=math.inf)).energy_j
     parts += 0.5 * (tb[0] - ta[-1]) * (pa[-1] + pb[0])  # the interval that joins them
     assert joined == pytest.approx(parts, rel=1e-9, abs=1e-9)
 
@@ -549,10 +542,12 @@ def test_coverage_term_covers_aliased_instant_readings() -> None:
     t = np.arange(0.0, 60.0001, 0.1)
     readings = np.full(t.size, 100.0)
     true_j = (100.0 + 0.25 * 400.0) * 60.0
-    blind = integrate_power(t, readings, method="power_instant")
+    blind = integrate_power(t, readings, model=PowerModel(method="power_instant"))
     assert not blind.energy_low_j <= true_j <= blind.energy_high_j  # why coverage matters
     covered = integrate_power(
-        t, readings, method="power_instant", coverage_fraction=0.25, max_power_w=700.0
+        t,
+        readings,
+        model=PowerModel(method="power_instant", coverage_fraction=0.25, max_power_w=700.0),
     )
     assert covered.method == "power_instant"
     assert covered.energy_low_j <= true_j <= covered.energy_high_j
@@ -686,7 +681,21 @@ def test_invalid_counters_name_the_problem() -> None:
 )
 def test_invalid_arguments(kwargs: dict[str, object], pattern: str) -> None:
     with pytest.raises(InvalidArgument, match=pattern):
-        integrate_power([0.0, 1.0], [1.0, 1.0], **kwargs)  # type: ignore[arg-type]
+        integrate_power([0.0, 1.0], [1.0, 1.0], model=PowerModel(**kwargs))  # type: ignore[arg-type]
+
+
+def test_power_model_is_checked_once_stored_as_floats_and_hashable() -> None:
+    model = PowerModel(gap_factor=3, max_power_w=np.float64(700.0), nominal_interval_s=1)
+    same = PowerModel(max_power_w=700.0, nominal_interval_s=1.0)
+    assert model == same
+    assert hash(model) == hash(same)
+    assert len({model, same, PowerModel()}) == 2  # the meter groups chunk work by model
+    assert type(model.gap_factor) is float
+    assert type(model.max_power_w) is float
+    with pytest.raises(InvalidArgument, match="min_power_w"):
+        dataclasses.replace(model, min_power_w=-1.0)  # a changed copy is checked again
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.gap_factor = 2.0  # type: ignore[misc]
 
 
 def test_bad_offsets() -> None:
@@ -706,7 +715,7 @@ def test_method_names() -> None:
 
 
 def test_importing_integrate_does_not_import_pint() -> None:
-    code = "import sys, accounting.integrate; sys.exit('pint' in sys.modules)"
+    code = "import sys, thermoledger.accounting.integrate; sys.exit('pint' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -734,13 +743,13 @@ def test_lag_correction_is_exact_where_power_is_linear_before_each_edge() -> Non
     for a, b in [(2.0, 9.0), (5.0, 11.0), (3.0, 20.0), (12.0, 29.0), (0.0, 30.0)]:
         keep = (t >= a - 1e-9) & (t <= b + 1e-9)
         true = float(_step_energy_j(b) - _step_energy_j(a))
-        fixed = integrate_power(t[keep], r[keep], averaging_window_s=_WINDOW_S)
+        fixed = integrate_power(t[keep], r[keep], model=PowerModel(averaging_window_s=_WINDOW_S))
         raw = integrate_power(t[keep], r[keep])
         assert fixed.energy_j == pytest.approx(true, rel=1e-12, abs=1e-9)
         assert fixed.averaging_window_s == _WINDOW_S
         if a < _STEP_S < b:
             assert abs(raw.energy_j - true) > 0.1 * (_HIGH_W - _LOW_W)  # the lag is real
-    curve = power_energy_curve(t, r, averaging_window_s=_WINDOW_S)
+    curve = power_energy_curve(t, r, model=PowerModel(averaging_window_s=_WINDOW_S))
     starts, ends = np.array([1.05, 4.2, 11.3]), np.array([9.5, 17.77, 28.4])
     assert window_energy(curve, starts, ends).energy_j == pytest.approx(
         _step_energy_j(ends) - _step_energy_j(starts), rel=1e-12
@@ -752,9 +761,8 @@ def test_averaging_band_covers_windows_cut_at_the_step(edge_s: float) -> None:
     t, r = _averaged_step()
     keep = (t >= 4.0 - 1e-9) & (t <= edge_s + 1e-9)
     true = float(_step_energy_j(edge_s) - _step_energy_j(4.0))
-    res = integrate_power(
-        t[keep], r[keep], averaging_window_s=_WINDOW_S, max_power_w=_LIMIT_W, sensor_rel_error=0.0
-    )
+    model = PowerModel(averaging_window_s=_WINDOW_S, max_power_w=_LIMIT_W, sensor_rel_error=0.0)
+    res = integrate_power(t[keep], r[keep], model=model)
     # Worst error of a step cut inside its window: (high − low) × w/8 = 56.25 J, at w/2.
     assert abs(res.energy_j - true) <= (_HIGH_W - _LOW_W) * _WINDOW_S / 8 + 1e-9
     assert res.energy_low_j <= true <= res.energy_high_j
@@ -764,13 +772,11 @@ def test_averaging_band_covers_windows_cut_at_the_step(edge_s: float) -> None:
     assert res.bound_above_j == pytest.approx(residual, rel=1e-12)
     assert res.bound_below_j == pytest.approx(residual, rel=1e-12)
     # Chunks and windows of the same trace agree with it and tile.
-    chunks = summarize_chunks(t, r, chunk_s=5.0, averaging_window_s=_WINDOW_S)
+    chunks = summarize_chunks(t, r, chunk_s=5.0, model=PowerModel(averaging_window_s=_WINDOW_S))
     assert float(chunks.energy_j.sum()) == pytest.approx(float(_step_energy_j(30.0)), rel=1e-12)
     assert np.all(chunks.min_power_w <= chunks.mean_power_w)
     assert np.all(chunks.mean_power_w <= chunks.max_power_w)
-    curve = power_energy_curve(
-        t, r, averaging_window_s=_WINDOW_S, max_power_w=_LIMIT_W, sensor_rel_error=0.0
-    )
+    curve = power_energy_curve(t, r, model=model)
     win = window_energy(curve, [4.0], [edge_s])
     assert win.energy_j[0] == pytest.approx(res.energy_j, rel=1e-12)
     assert win.energy_low_j[0] <= true <= win.energy_high_j[0]
@@ -778,8 +784,8 @@ def test_averaging_band_covers_windows_cut_at_the_step(edge_s: float) -> None:
 
 def test_averaging_window_zero_changes_nothing() -> None:
     t, p = _traces(7, 1)[0]
-    plain = integrate_power(t, p, nominal_interval_s=0.1)
-    zero = integrate_power(t, p, nominal_interval_s=0.1, averaging_window_s=0.0)
+    plain = integrate_power(t, p, model=PowerModel(nominal_interval_s=0.1))
+    zero = integrate_power(t, p, model=PowerModel(nominal_interval_s=0.1, averaging_window_s=0.0))
     for name in ("energy_j", "energy_low_j", "energy_high_j", "bound_below_j", "bound_above_j"):
         assert getattr(zero, name) == getattr(plain, name), name
 
@@ -792,10 +798,12 @@ def test_point_samples_get_the_floor_to_ceiling_band() -> None:
     res = integrate_power(
         t,
         p,
-        coverage_fraction=0.0,
-        max_power_w=_LIMIT_W,
-        sensor_rel_error=0.0,
-        sensor_abs_error_w=0.0,
+        model=PowerModel(
+            coverage_fraction=0.0,
+            max_power_w=_LIMIT_W,
+            sensor_rel_error=0.0,
+            sensor_abs_error_w=0.0,
+        ),
     )
     assert res.energy_low_j == pytest.approx(0.0, abs=1e-9)
     assert res.energy_high_j == pytest.approx(_LIMIT_W * 10.0, rel=1e-12)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.meters.crash_child import HOST, fleet
-from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.meters.backends import SimulatedBackend
 from thermoledger.meters.sampler import Sampler
 from thermoledger.meters.spool import Spool, SpooledChunk
@@ -114,9 +114,7 @@ def _check_intact(chunks: list[SpooledChunk]) -> None:
             p,
             chunk_starts=[0, len(t) - 1] if len(t) > c.payload["n"] else [0],
             counter_j=counter if c.payload["method"] == "counter" else None,
-            method="power_avg",
-            nominal_interval_s=INTERVAL_S,
-            max_power_w=700.0,
+            model=PowerModel(method="power_avg", nominal_interval_s=INTERVAL_S, max_power_w=700.0),
         )
         # unix seconds resolve 0.24 µs: up to 2.4e-5 of a 10 ms interval for the trapezoid
         rel = 1e-12 if c.payload["method"] == "counter" else 1e-4

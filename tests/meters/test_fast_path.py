@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from thermoledger.accounting.integrate import summarize_chunks
+from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.meters.backends import nvml as codes
 from thermoledger.meters.backends.base import (
     DeviceInfo,
@@ -487,13 +487,15 @@ def test_a_chunk_sealed_alone_is_the_kernels_answer_for_it(bridged: bool) -> Non
         p,
         chunk_starts=[0, t.size - 1] if bridged else [0],
         counter_j=c,
-        method="power_avg",
-        nominal_interval_s=0.1,
-        max_power_w=700.0,
-        sensor_rel_error=0.05,
-        sensor_abs_error_w=5.0,
-        coverage_fraction=coverage,
-        averaging_window_s=window_s,
+        model=PowerModel(
+            method="power_avg",
+            nominal_interval_s=0.1,
+            max_power_w=700.0,
+            sensor_rel_error=0.05,
+            sensor_abs_error_w=5.0,
+            coverage_fraction=coverage,
+            averaging_window_s=window_s,
+        ),
     )
     for name in ("energy_j", "energy_low_j", "energy_high_j", "sensor_uncertainty_j"):
         assert payload[name] == float(getattr(s, name)[0]), name

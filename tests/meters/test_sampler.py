@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from thermoledger.accounting.integrate import integrate_counter, integrate_power
+from thermoledger.accounting.integrate import PowerModel, integrate_counter, integrate_power
 from thermoledger.meters.backends import (
     Bursty,
     DeviceInfo,
@@ -162,7 +162,9 @@ def test_chunk_energies_add_up_to_the_whole_run() -> None:
             whole = integrate_counter(t, counter).energy_j
             assert {c["method"] for c in chunks} == {"counter"}
         else:
-            whole = integrate_power(t, p, method="power_avg", nominal_interval_s=0.1).energy_j
+            whole = integrate_power(
+                t, p, model=PowerModel(method="power_avg", nominal_interval_s=0.1)
+            ).energy_j
             assert {c["method"] for c in chunks} == {"power_avg"}
         chunk_sum = sum(c["energy_j"] for c in chunks)
         # The meter integrates run-relative seconds; the wire's unix seconds resolve 0.24 µs,

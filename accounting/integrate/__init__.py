@@ -1,0 +1,196 @@
+"""Energy integration: power traces and energy counters to joules, with gaps, resets and bounds.
+
+Everything here is plain float64 numpy arrays in SI units (seconds, watts, joules) and imports
+only numpy and the standard library, so the light meter process can summarise its chunks with
+the same code the service uses for reports (the meter must never import pint). The options of
+a power integration named below (``gap_factor``, ``max_power_w``, ``min_power_w``,
+``coverage_fraction``, ``averaging_window_s`` ...) are the fields of one `PowerModel`, checked
+once when it is made.
+
+Integration rule
+    A power trace (t_s, power_w) is modelled as **piecewise linear** between samples: interval
+    i, from sample i to sample i+1, holds energy e_i = dt_i · (p_i + p_{i+1}) / 2 (trapezoid).
+    Window and cumulative energies use the exact integral of that same model (quadratic inside
+    an interval), so a window whose edges fall on samples gets exactly the trapezoid sum, and
+    adjacent windows add up to the whole to float rounding.
+
+Averaged readings (``averaging_window_s`` w > 0)
+    A reading r(t) that is the trailing moving average of the true power over [t − w, t]
+    (NVML on Hopper: w = 1 s) lags P by w/2: integrated as if it were P(t), a window cut at a
+    450 W step misses by up to 450 W × w/2. Read as the power at t − w/2, the readings over
+    [a, b] describe the true energy over [a − w/2, b − w/2]; the chunk and window edges stay
+    at sample times (a chunk's samples must lie inside its [t0_s, t1_s], and counter chunks
+    of the same device tile on those times), so the two half-windows are traded at the edges:
+    E(a, b) ≈ ∫_a^b r dt + (w/2)·(r(b) − r(a)). In terms of P this weighs [a − w, a] and
+    [b − w, b] with zero-mean linear ramps, so the estimate is **exact whenever P is linear
+    over the window before each edge** (a steady load, a ramp, a step more than w before an
+    edge), needs no sample after b (a meter seals a chunk at its bridge sample), and
+    telescopes: chunks and adjacent windows still add up to the whole. Residual: at each edge
+    the error is ∫ P·h over the edge's [t − w, t], with h a ramp from +1/2 down to −1/2.
+    That interval is exactly the one the edge's reading averages, so P's mean there is r(t):
+    the worst P within [floor, ceiling] with that mean sits at the ceiling for the first
+    u·w and at the floor after (u = (r − floor)/(ceiling − floor)), which bounds the error by
+    (w/2)·(r − floor)(ceiling − r)/(ceiling − floor) per edge, at most (ceiling − floor)·w/8
+    (r midway); both signs are possible. This is a bound when the ceiling is the device's
+    power limit (``max_power_w``); with the trace's own peak it is an assumption. An edge
+    that meets a gap is not corrected, and may be off by the whole lag, (ceiling − floor) ×
+    w/2. The corrected energy is clipped at 0 (only noise could drive it below), and a
+    chunk's min/max power widen to include its mean (the true mean may pass the extremes of
+    the smoothed readings).
+
+Gaps
+    Interval i is a **gap** when dt_i > gap_factor × nominal interval (default factor 3). The
+    nominal interval is the caller's (the meter knows its own period) or else the median
+    interval of the trace: exact up to 65 536 intervals, beyond that the median of 64 runs of
+    1 024 consecutive intervals spread evenly over the trace (a deterministic estimate that
+    costs next to nothing beside the integration). Gaps are always detected and reported
+    (count, seconds, where) and handled by an explicit policy: ``"exclude"`` (default; the gap
+    counts 0 J and the result reports what a linear bridge would have added), ``"bridge"``
+    (the linear bridge is counted, and labelled), ``"hold"`` (the last reading is held over
+    the gap). Whatever the policy, the band says what the gap could have held: between
+    ``min_power_w`` (default 0 W) and the ceiling, times its length. The ceiling is
+    ``max_power_w`` (the device's power limit) when the caller gives it, which makes it a
+    bound; otherwise it is the trace's own peak, which is an assumption, not a bound
+    (reported as ``ceiling_power_w``).
+
+Chunks tile the trace by the **left-sample rule**
+    Interval i belongs to the chunk holding sample i. A chunk therefore spans from its first
+    sample to the first sample of the next chunk of the same trace (its last interval bridges
+    to the next chunk); the last chunk of a trace ends at its last sample. Every interval is
+    counted exactly once, chunk energies sum to the trace's energy, and t1_s of one chunk is
+    t0_s of the next. A meter seals chunk k when the first sample of chunk k+1 has arrived.
+    Chunk min/max power are over the samples the chunk's intervals touch (so they include the
+    next chunk's first sample), which keeps min ≤ mean ≤ max.
+
+Counters
+    A cumulative counter (J since an origin; convert NVML's mJ first) gives energy by
+    differencing. A decrease is a **wrap** when the caller gives ``wrap_j`` (the modulus, e.g.
+    RAPL's max_energy_range) and the wrapped difference is physically plausible: at most
+    ``max_power_w`` × dt, or without a limit at most twice the highest rate the same trace shows
+    between ordinary readings (a heuristic; at most one wrap per interval is assumed). Any other
+    decrease is a **reset** (driver reload): the post-reset value is energy consumed since the
+    reload, so it is counted as a lower bound for that interval; the part before the reload is
+    unknown, bounded above by max(0, max_power_w × dt − post-reset value), or unbounded (+inf)
+    without ``max_power_w``. Energy is neither lost nor invented; resets and wraps are counted
+    and listed. Sampling gaps do not lose counter energy (the counter integrates through them);
+    they are still reported.
+
+Uncertainty model
+    Every result carries ``energy_j`` (the estimate) and a band ``[energy_low_j, energy_high_j]``
+    built from two kinds of term, kept apart so aggregation can combine each correctly:
+
+    * ``sensor_uncertainty_j`` (symmetric, systematic for one device): for power-derived energy
+      ∫ max(sensor_rel_error · P, sensor_abs_error_w) dt over the measured intervals, defaults
+      ±5 % of reading or ±5 W whichever is larger (NVML's ±5 % statement, nvidia-smi's ±5 W).
+      For counters, ``counter_rel_error`` × energy, default 2 %: a choice, not a datasheet
+      figure. The counter is accumulated on the device at the sensor's own rate, so the
+      sampling, aliasing and coverage errors of polled power vanish; what remains is the
+      sensor's gain error, for which NVIDIA publishes no counter figure. Pass a calibrated
+      value when you have one.
+    * ``bound_below_j`` / ``bound_above_j`` (one-sided, worst case, not statistical): gaps (see
+      above), counter resets, **coverage** and the **averaging residual**. When readings cover
+      only ``coverage_fraction`` c of the time (A100/H100 instantaneous readings: about 0.25,
+      Yang et al., SC24; c = 0 for point samples), the unseen 1 − c of each interval may have
+      drawn anything between ``min_power_w`` and the ceiling, so interval energy e lies in
+      [e − (1−c)(e − floor·dt), e + (1−c)(ceil·dt − e)]. This is wide on purpose; it is the
+      honest price of part-time sampling. Prefer the counter. The averaging residual
+      (at most (ceiling − floor) × w/8 per window edge, × w/2 per gap edge; see "Averaged
+      readings")
+      is added to both bounds: it is a worst case of either sign, and like aliasing it is
+      correlated across the devices of one job (they step together), so it must add
+      linearly rather than root-sum-square with the sensor term.
+
+    The band is energy_low_j = max(0, E − sensor − bound_below), energy_high_j = E + sensor +
+    bound_above; terms add linearly inside one trace. Across devices (`aggregate_energy`), rows
+    of the same device add linearly first (its sensor error is systematic); then sensor errors
+    of different devices combine as independent (root-sum-square, the default) or linearly
+    (``combine="linear"``, conservative: e.g. GPUs of one model may share a calibration bias).
+    Bounds always add linearly (aliasing is correlated across ranks of one job).
+
+Many traces at once
+    The **segmented form** is concatenated arrays plus ``offsets`` (length traces + 1, from 0
+    to the total length; trace k is ``[offsets[k], offsets[k+1])``); `segments_from_rows` and
+    `segments_from_list` build it from a 2-D (devices × samples) array or a list of traces.
+
+Speed
+    The power kernel streams memory once: it walks the arrays in cache-sized blocks with
+    preallocated buffers (``out=``), validates and detects gaps on each block while it is in
+    cache, and forms the trapezoid sum with two dot products (no per-interval temporaries).
+    The sensor term costs nothing while every reading is above abs/rel (100 W by default);
+    the trace's peak is read only when a bound needs it (a gap, partial coverage or an
+    averaging window without ``max_power_w``). The lag correction and the residual cost a
+    few operations per chunk, after the kernel, and nothing at all when w = 0.
+    ``bench/integrate.py`` measures it against a memory-bandwidth reference.
+"""
+
+from ..errors import InvalidSamples
+from ._validate import InvalidArgument
+from .aggregate import EnergyTotals, aggregate_energy
+from .chunks import ChunkSummaries, summarize_chunks
+from .counter import CounterEnergy, integrate_counter
+from .curves import (
+    EnergyCurve,
+    WindowEnergy,
+    counter_energy_curve,
+    power_energy_curve,
+    window_energy,
+)
+from .model import (
+    COMBINES,
+    COUNTER_REL_ERROR,
+    GAP_POLICIES,
+    METHODS,
+    POWER_METHODS,
+    SENSOR_ABS_ERROR_W,
+    SENSOR_REL_ERROR,
+    Combine,
+    GapPolicy,
+    Method,
+    PowerMethod,
+    PowerModel,
+)
+from .power import (
+    GapReport,
+    PowerEnergy,
+    PowerEnergyBatch,
+    integrate_power,
+    integrate_power_rows,
+    integrate_power_segments,
+)
+from .segments import segments_from_list, segments_from_rows
+
+__all__ = [
+    "COMBINES",
+    "COUNTER_REL_ERROR",
+    "GAP_POLICIES",
+    "METHODS",
+    "POWER_METHODS",
+    "SENSOR_ABS_ERROR_W",
+    "SENSOR_REL_ERROR",
+    "ChunkSummaries",
+    "Combine",
+    "CounterEnergy",
+    "EnergyCurve",
+    "EnergyTotals",
+    "GapPolicy",
+    "GapReport",
+    "InvalidArgument",
+    "InvalidSamples",
+    "Method",
+    "PowerEnergy",
+    "PowerEnergyBatch",
+    "PowerMethod",
+    "PowerModel",
+    "WindowEnergy",
+    "aggregate_energy",
+    "counter_energy_curve",
+    "integrate_counter",
+    "integrate_power",
+    "integrate_power_rows",
+    "integrate_power_segments",
+    "power_energy_curve",
+    "segments_from_list",
+    "segments_from_rows",
+    "summarize_chunks",
+    "window_energy",
+]
