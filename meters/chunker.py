@@ -65,9 +65,11 @@ Uncertainty
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, Literal
 
 import numpy as np
@@ -76,6 +78,7 @@ from thermoledger.accounting.integrate import (
     SENSOR_ABS_ERROR_W,
     SENSOR_REL_ERROR,
     ChunkSummaries,
+    InvalidArgument,
     PowerMethod,
     PowerModel,
     summarize_chunks,
@@ -84,6 +87,8 @@ from thermoledger.accounting.integrate import (
 from .backends.base import DeviceInfo, FloatArray, Method
 from .wire import ChunkPayload, DevicePayload, SamplesPayload
 from .wire import Method as WireMethod
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = [
     "DeviceChunker",
@@ -366,17 +371,24 @@ class DeviceChunker:
         hint = info.uncertainty
         stated = hint.power_rel > 0 or hint.power_abs_w > 0
         coverage, window_s = reading_model(info, interval_s=interval_s)
-        # Checked here, once: figures the model refuses (a reported 0 W limit, say) stop the
-        # chunker from being made, rather than every seal and summary failing later.
-        self._model = PowerModel(
+        model = partial(
+            PowerModel,
             method=method,
             nominal_interval_s=interval_s,
-            max_power_w=info.power_limit_w,
             sensor_rel_error=hint.power_rel if stated else SENSOR_REL_ERROR,
             sensor_abs_error_w=hint.power_abs_w if stated else SENSOR_ABS_ERROR_W,
             coverage_fraction=coverage,
             averaging_window_s=window_s,
         )
+        # Checked here, once. A power limit the model refuses (a driver reporting 0 W, say)
+        # must not take the job down: the bounds fall back to the trace's own peak.
+        try:
+            self._model = model(max_power_w=info.power_limit_w)
+        except InvalidArgument as e:
+            _LOG.warning(
+                "%s: unusable power limit (%s); its bounds use the measured peak instead", key, e
+            )
+            self._model = model(max_power_w=None)
         self._wrap_j = info.counter_wrap_j
         # The open chunk, in lists: an append costs less than a store into a numpy array, and
         # the arrays the kernel needs are built once per chunk. Times are seconds since the

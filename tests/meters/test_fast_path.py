@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -574,3 +575,24 @@ def test_a_failed_tick_still_waits_for_the_next_deadline() -> None:
         with pytest.raises(RuntimeError, match="bug"):
             sampler.step()
         assert clock.monotonic_s() == pytest.approx(start_s + 0.1 * (k - 1))  # on schedule
+
+
+def test_an_unusable_power_limit_is_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    """A driver that reports a 0 W limit must not stop the meter: bounds use the trace's peak."""
+    info = DeviceInfo("nvml", 0, "GPU-0", "H100", 0.0, False, Method.POWER_INSTANT)
+    with caplog.at_level(logging.WARNING, logger="thermoledger.meters.chunker"):
+        chunker = DeviceChunker(
+            info,
+            key=f"{HOST}/GPU-0",
+            first_seq=0,
+            interval_s=0.1,
+            chunk_s=1.0,
+            origin_mono_s=ORIGIN_S,
+            unix_offset_s=1.7e9,
+        )
+    assert "unusable power limit" in caplog.text
+    jobs = [chunker.add(ORIGIN_S + 0.1 * i, 300.0, math.nan) for i in range(25)]
+    sealed, failed = seal([job for job in jobs if job is not None])
+    assert failed == []
+    assert [c["seq"] for c in sealed] == [0, 1]
+    assert chunker.summary().energy_j == pytest.approx(300.0 * 2.4)
