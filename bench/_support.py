@@ -29,7 +29,7 @@ from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.db import migrate
 from thermoledger.db.engine import make_engine, make_sessionmaker, normalize_url
 from thermoledger.db.models import Scope
-from thermoledger.db.repository import get_or_create_project
+from thermoledger.db.tokens import get_or_create_project
 from thermoledger.meters.chunker import chunk_payload
 from thermoledger.meters.wire import ChunkPayload, DevicePayload
 from thermoledger.service.auth import issue_token

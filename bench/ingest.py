@@ -57,9 +57,12 @@ import sqlalchemy as sa
 from _support import Server, database, device_payloads, issue_bench_token, meter_chunks
 from sqlalchemy.orm import Session
 
-from thermoledger.db import repository
+from thermoledger.db.chunks import ingest_chunks
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import Chunk, Device, RunKind
+from thermoledger.db.records import UNBOUNDED_J, DeviceSpec
+from thermoledger.db.runs import upsert_run
+from thermoledger.db.tokens import get_or_create_project
 from thermoledger.db.types import utcnow
 from thermoledger.meters.wire import (
     BATCH_BINARY,
@@ -202,8 +205,8 @@ def _raw_rows(
     out: list[list[list[tuple[Any, ...]]]] = []
     try:
         with make_sessionmaker(engine)() as session, session.begin():
-            project, _ = repository.get_or_create_project(session, slug="bench")
-            repository.upsert_run(
+            project, _ = get_or_create_project(session, slug="bench")
+            upsert_run(
                 session,
                 project_id=project.id,
                 run_id=run_id,
@@ -239,7 +242,7 @@ def _raw_rows(
                             "energy_j": c.energy_j,
                             "sensor_uncertainty_j": c.sensor_uncertainty_j,
                             "bound_below_j": c.bound_below_j,
-                            "bound_above_j": min(c.bound_above_j, repository.UNBOUNDED_J),
+                            "bound_above_j": min(c.bound_above_j, UNBOUNDED_J),
                             "min_power_w": c.min_power_w,
                             "mean_power_w": c.mean_power_w,
                             "max_power_w": c.max_power_w,
@@ -261,12 +264,10 @@ def _raw_rows(
 
 
 def _device_ids(
-    session: Session, project_id: int, run_id: uuid.UUID, specs: Sequence[repository.DeviceSpec]
+    session: Session, project_id: int, run_id: uuid.UUID, specs: Sequence[DeviceSpec]
 ) -> dict[str, int]:
     """Register the devices (as ingest does, with no chunks) and return their row ids."""
-    repository.ingest_chunks(
-        session, project_id=project_id, run_id=run_id, devices=specs, chunks=[]
-    )
+    ingest_chunks(session, project_id=project_id, run_id=run_id, devices=specs, chunks=[])
     rows = session.execute(
         sa.select(Device.host, Device.device_index, Device.id).where(Device.run_id == run_id)
     ).all()
@@ -331,9 +332,9 @@ def profile(
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     with sessions() as session, session.begin():
-        token_project = repository.get_or_create_project(session, slug="bench")[0].id
+        token_project = get_or_create_project(session, slug="bench")[0].id
         run_id = uuid.uuid4()
-        repository.upsert_run(
+        upsert_run(
             session,
             project_id=token_project,
             run_id=run_id,
@@ -349,7 +350,7 @@ def profile(
         for body in workload.bodies[encoding][0]:
             with sessions() as session, session.begin():
                 prepared = _prepare(body, encoding, compress=compress)
-                repository.ingest_chunks(
+                ingest_chunks(
                     session,
                     project_id=token_project,
                     run_id=run_id,

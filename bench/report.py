@@ -9,9 +9,9 @@ synthetic counter-and-power trace per device.
 
 Reports read the running totals that ingest keeps (`db.models.DeviceTotal`, `PhaseTotal`),
 never the chunks; the last line shows, for scale, what deriving them from the chunks costs
-(`db.repository.rebuild_totals`, the scan a report would otherwise run).
+(`db.totals.rebuild_totals`, the scan a report would otherwise run).
 
-The run is stored once through the repository's bulk path (`db.repository.ingest_chunks`, in
+The run is stored once through the store's bulk path (`db.chunks.ingest_chunks`, in
 batches, no HTTP) to save time; on PostgreSQL the table is then ``VACUUM ANALYZE``d, as
 autovacuum would have done to a table that size. Then the report is fetched ``--requests``
 times (after ``--warmup`` untimed ones) through a real server (``thermoledger-server serve``,
@@ -49,17 +49,22 @@ from _support import (
 )
 
 from thermoledger.accounting.integrate import PowerModel, summarize_chunks
-from thermoledger.db import repository
+from thermoledger.db.chunks import ingest_chunks
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
+from thermoledger.db.phases import upsert_phase
+from thermoledger.db.records import ChunkRow, DeviceSpec
+from thermoledger.db.runs import declare_work, upsert_run
+from thermoledger.db.tokens import get_or_create_project, get_project
+from thermoledger.db.totals import rebuild_totals
 
 TARGET_P95_MS = 50.0
 BATCH_CHUNKS = 2_000
 
 
-def _device_specs(count: int) -> list[repository.DeviceSpec]:
+def _device_specs(count: int) -> list[DeviceSpec]:
     return [
-        repository.DeviceSpec(
+        DeviceSpec(
             key=f"node-0/GPU-{i}",
             host="node-0",
             kind=DeviceKind.GPU,
@@ -76,8 +81,8 @@ def _device_specs(count: int) -> list[repository.DeviceSpec]:
 
 
 def _chunk_rows(
-    spec: repository.DeviceSpec, *, samples: int, per_chunk: int, t0_s: float, seed: int
-) -> Iterator[repository.ChunkRow]:
+    spec: DeviceSpec, *, samples: int, per_chunk: int, t0_s: float, seed: int
+) -> Iterator[ChunkRow]:
     """One device's chunks, summarised by the meter's kernel, with their raw columns."""
     rng = np.random.default_rng(seed)
     n = samples + 1  # the last sample bridges the last chunk
@@ -99,7 +104,7 @@ def _chunk_rows(
     for k in range(len(s)):
         a = k * per_chunk
         b = a + per_chunk
-        yield repository.ChunkRow(
+        yield ChunkRow(
             position=k,
             device_key=spec.key,
             seq=k,
@@ -124,7 +129,7 @@ def _chunk_rows(
 
 
 def load_run(url: str, args: argparse.Namespace) -> tuple[uuid.UUID, int]:
-    """Store the run through the repository; returns its id and the number of chunks."""
+    """Store the run through the store modules; returns its id and the number of chunks."""
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     run_id = uuid.uuid4()
@@ -134,8 +139,8 @@ def load_run(url: str, args: argparse.Namespace) -> tuple[uuid.UUID, int]:
     stored = 0
     try:
         with sessions() as session, session.begin():
-            project, _ = repository.get_or_create_project(session, slug="bench")
-            repository.upsert_run(
+            project, _ = get_or_create_project(session, slug="bench")
+            upsert_run(
                 session,
                 project_id=project.id,
                 run_id=run_id,
@@ -146,11 +151,11 @@ def load_run(url: str, args: argparse.Namespace) -> tuple[uuid.UUID, int]:
                 host_info={},
                 simulated=True,
             )
-            repository.declare_work(
+            declare_work(
                 session, project_id=project.id, run_id=run_id, flops=3e21, flops_dtype="bf16"
             )
             for p in range(args.phases):
-                repository.upsert_phase(
+                upsert_phase(
                     session,
                     project_id=project.id,
                     run_id=run_id,
@@ -164,7 +169,7 @@ def load_run(url: str, args: argparse.Namespace) -> tuple[uuid.UUID, int]:
             )
             while batch := [row for _, row in zip(range(BATCH_CHUNKS), rows, strict=False)]:
                 with sessions() as session, session.begin():
-                    repository.ingest_chunks(
+                    ingest_chunks(
                         session, project_id=project.id, run_id=run_id, devices=[spec], chunks=batch
                     )
                 stored += len(batch)
@@ -196,16 +201,16 @@ def table_bytes(url: str) -> int:
 
 
 def rebuild_ms(url: str, run_id: uuid.UUID, repeats: int = 3) -> float:
-    """Best time of `repository.rebuild_totals` (rolled back): the scan over every chunk that a
+    """Best time of `db.totals.rebuild_totals` (rolled back): the scan over every chunk that a
     report would need without the running totals."""
     engine = make_engine(url)
     best = float("inf")
     try:
         for _ in range(repeats):
             with make_sessionmaker(engine)() as session, session.begin():
-                project_id = repository.get_project(session, slug="bench").id
+                project_id = get_project(session, slug="bench").id
                 start = time.perf_counter()
-                repository.rebuild_totals(session, project_id=project_id, run_id=run_id)
+                rebuild_totals(session, project_id=project_id, run_id=run_id)
                 best = min(best, time.perf_counter() - start)
                 session.rollback()
     finally:
@@ -273,7 +278,7 @@ def main() -> None:
         total = report["energy"]["total"]
         print(f"\n{backend}")
         print(
-            f"  stored {stored:,} chunks in {load_s:.1f} s (repository bulk path); chunk table "
+            f"  stored {stored:,} chunks in {load_s:.1f} s (store bulk path); chunk table "
             f"{size / 1e6:,.0f} MB"
         )
         print(

@@ -41,7 +41,7 @@ from .factors import (
 )
 from .ledger import entry_accounted_at
 from .models import LedgerEntry, RunStatus
-from .repository import RunRecord
+from .records import RunRecord
 from .types import utcnow
 
 __all__ = ["Correction", "RunBasis", "run_bases", "run_basis"]

@@ -132,7 +132,7 @@ def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Session factory bound to ``engine``.
 
-    Sessions keep loaded attributes after commit (``expire_on_commit=False``), so a repository
+    Sessions keep loaded attributes after commit (``expire_on_commit=False``), so a store
     function can commit and still return what it wrote without another round trip.
     """
     return sessionmaker(bind=engine, expire_on_commit=False)

@@ -25,7 +25,7 @@ real sampling gap shows as missing buckets.
 The mean of a ``counter`` chunk comes from the energy counter while its min/max come from the
 power sensor (`db.models.MEAN_IN_RANGE_METHODS`), so the mean may sit slightly outside the band.
 
-Tenancy: `power_envelope` goes through `db.repository.run_usage`, which filters by project.
+Tenancy: `power_envelope` goes through `db.totals.run_usage`, which filters by project.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import repository
-from .errors import SampleCodecError
+from .errors import InvalidInput, SampleCodecError
 from .models import Chunk
-from .repository import DeviceAggregate, RunUsage
+from .records import DeviceAggregate, RunUsage
 from .samples import decode_samples
+from .totals import run_usage
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -74,7 +74,7 @@ class DeviceEnvelope:
 
     Attributes:
         device_id: The device's row id.
-        key: The device key the run report uses (`db.repository.DeviceAggregate.key`).
+        key: The device key the run report uses (`db.records.DeviceAggregate.key`).
         host: Host name.
         index: Device index on its host.
         name: Device name as reported.
@@ -169,7 +169,7 @@ def power_envelope(
         NotFound: No such run in the project.
         InvalidInput: ``buckets`` out of range.
     """
-    usage = repository.run_usage(session, project_id=project_id, run_id=run_id)
+    usage = run_usage(session, project_id=project_id, run_id=run_id)
     return envelope_of(session, usage=usage, buckets=buckets, max_decode_samples=max_decode_samples)
 
 
@@ -180,13 +180,13 @@ def envelope_of(
     buckets: int = DEFAULT_BUCKETS,
     max_decode_samples: int = MAX_DECODE_SAMPLES,
 ) -> PowerEnvelope:
-    """`power_envelope` for a run already read with `db.repository.run_usage`.
+    """`power_envelope` for a run already read with `db.totals.run_usage`.
 
     Raises:
         InvalidInput: ``buckets`` out of range.
     """
     if not 1 <= buckets <= MAX_BUCKETS:
-        raise repository.InvalidInput.one("buckets", f"{buckets} is outside [1, {MAX_BUCKETS}]")
+        raise InvalidInput.one("buckets", f"{buckets} is outside [1, {MAX_BUCKETS}]")
     devices = usage.devices
     if not devices:
         return PowerEnvelope(0.0, 0.0, 1.0, 0, "summaries", ())

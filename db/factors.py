@@ -53,6 +53,7 @@ from sqlalchemy.orm import Session
 from thermoledger.accounting.carbon import J_PER_KWH, Pue, default_emission_factors, default_pue
 from thermoledger.accounting.units import magnitude_in
 
+from .errors import Conflict, InvalidInput, NotFound
 from .models import (
     EmissionFactor,
     FactorBasis,
@@ -61,7 +62,6 @@ from .models import (
     PueKind,
     Tariff,
 )
-from .repository import Conflict, InvalidInput, NotFound
 from .types import utcnow
 
 __all__ = [

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from thermoledger.accounting.integrate import aggregate_energy
 
-from . import factors, repository
+from . import factors
 from .chain import (
     GENESIS_HASH,
     ChainHead,
@@ -59,6 +59,7 @@ from .chain import (
     iso_utc,
     verify_chain,
 )
+from .errors import Conflict, InvalidInput, NotFound
 from .models import (
     LedgerEntry,
     LedgerHead,
@@ -67,7 +68,9 @@ from .models import (
     Project,
     RunStatus,
 )
-from .repository import Conflict, InvalidInput, NotFound
+from .records import RunRecord, RunUsage
+from .runs import get_run
+from .totals import run_usage
 from .types import utcnow
 
 __all__ = [
@@ -496,7 +499,7 @@ def post_entry(
         raise InvalidInput.one("quantity", f"{figure} cannot be negative")
     run_end: datetime | None = None
     if run_id is not None:
-        run_end = repository.get_run(session, project_id=project_id, run_id=run_id).ended_at
+        run_end = get_run(session, project_id=project_id, run_id=run_id).ended_at
     provenance: dict[str, Any] = {"origin": "manual", "reference": reference}
     if note:
         provenance["note"] = note
@@ -562,7 +565,7 @@ class _Measured:
     t1_s: float
 
 
-def _measure(usage: repository.RunUsage) -> _Measured:
+def _measure(usage: RunUsage) -> _Measured:
     devices = usage.devices
     totals = aggregate_energy(
         [d.energy_j for d in devices],
@@ -590,7 +593,7 @@ def _measure(usage: repository.RunUsage) -> _Measured:
     )
 
 
-def _signature(measured: _Measured, run: repository.RunRecord) -> dict[str, Any]:
+def _signature(measured: _Measured, run: RunRecord) -> dict[str, Any]:
     """What the run's figures are derived from; equal signatures → nothing new to ledger."""
     return {
         "energy_j": measured.energy_j,
@@ -611,7 +614,7 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
         NotFound: No such run in the project.
         Conflict: The run has not ended.
     """
-    usage = repository.run_usage(session, project_id=project_id, run_id=run_id)
+    usage = run_usage(session, project_id=project_id, run_id=run_id)
     run = usage.run
     if run.status not in (RunStatus.FINISHED, RunStatus.FAILED) or run.ended_at is None:
         raise Conflict(f"run {run_id} has not ended: its figures are not final", field="status")

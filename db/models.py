@@ -488,7 +488,7 @@ class DeviceTotal(Base):
     Derived state, kept on purpose: summing 10⁵ chunk rows per report costs 50–100 ms on
     SQLite and grows with the run, while these rows are O(devices). Ingest adds each newly
     stored chunk's figures in the same transaction (an atomic ``UPSERT ... SET x = x + delta``,
-    so concurrent ingests compose); ``db.repository.rebuild_totals`` recomputes them from the
+    so concurrent ingests compose); ``db.totals.rebuild_totals`` recomputes them from the
     chunks, and tests hold the two equal. Band terms add linearly within a device (its sensor
     error is systematic); ``bound_above_j`` keeps the chunk table's 1e300 "unbounded" sentinel
     (a sum that reaches it is clamped to it). ``method`` is the chunks' common method, or

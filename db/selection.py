@@ -1,6 +1,6 @@
 """Runs matching a filter, each with its measured energy: what the runs list and its totals read.
 
-`db.repository.list_runs` pages through a project's runs; a list page also wants each run's
+`db.runs.list_runs` pages through a project's runs; a list page also wants each run's
 energy and the totals of the whole selection. Building a full report per run would cost two
 queries and an accounting pass per run, so the energy comes from **one** aggregate over the
 running totals (`db.models.DeviceTotal`) per batch of runs. Carbon and energy cost are linear in
@@ -24,9 +24,9 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import repository
 from .models import DeviceTotal, Run, RunKind, RunStatus
-from .repository import RunCursor, RunRecord
+from .records import RunCursor, RunRecord
+from .runs import list_runs
 
 __all__ = ["MAX_SELECTION", "RunEnergy", "RunSelection", "run_energies", "select_runs"]
 
@@ -133,7 +133,7 @@ def select_runs(
 ) -> RunSelection:
     """Every run of the project matching the filter (up to ``limit``), with its energy.
 
-    Filters are those of `db.repository.list_runs` (which this pages through).
+    Filters are those of `db.runs.list_runs` (which this pages through).
 
     Args:
         session: The caller's session.
@@ -149,7 +149,7 @@ def select_runs(
     truncated = False
     while True:
         want = min(_BATCH, limit - len(runs))
-        page = repository.list_runs(
+        page = list_runs(
             session,
             project_id=project_id,
             kind=kind,

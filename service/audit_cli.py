@@ -42,7 +42,7 @@ def audit_main(args: argparse.Namespace, out: TextIO, err: TextIO, *, url: str) 
     """Run ``audit verify``; returns the exit status."""
     from thermoledger.db import ledger, migrate
     from thermoledger.db.engine import make_engine, make_sessionmaker
-    from thermoledger.db.repository import InvalidInput, NotFound
+    from thermoledger.db.errors import InvalidInput, NotFound
 
     from .routes.audit import parse_anchors
 

@@ -32,9 +32,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from thermoledger.db import repository
 from thermoledger.db.models import Scope
-from thermoledger.db.repository import TokenRecord
+from thermoledger.db.records import TokenRecord
+from thermoledger.db.tokens import add_token, find_token, touch_token
 
 from .errors import Forbidden, Unauthenticated
 from .settings import Settings
@@ -149,11 +149,11 @@ def issue_token(
     """Generate a token for a project and store its hash.
 
     Raises:
-        repository.NotFound: No such project.
+        NotFound: No such project (`db.errors`).
     """
     prefix = secrets.token_hex(6)
     token = f"tl_{prefix}_{secrets.token_urlsafe(32)}"
-    record = repository.add_token(
+    record = add_token(
         session,
         project_id=project_id,
         name=name,
@@ -197,7 +197,7 @@ def authenticate(
     match = _TOKEN_RE.match(token)
     if match is None:
         raise Unauthenticated("malformed token: expected tl_<prefix>_<secret>")
-    stored = repository.find_token(session, prefix=match.group(1))
+    stored = find_token(session, prefix=match.group(1))
     if stored is None or not hmac.compare_digest(stored.hash, hash_token(token)):
         raise Unauthenticated("invalid token")
     record = stored.record
@@ -207,7 +207,7 @@ def authenticate(
         raise Unauthenticated("token expired")
     interval = timedelta(seconds=settings.last_used_interval_s)
     if record.last_used_at is None or now - record.last_used_at >= interval:
-        repository.touch_token(session, token_id=record.id, now=now)
+        touch_token(session, token_id=record.id, now=now)
     return Principal(
         project_id=record.project_id,
         project_slug=record.project_slug,

@@ -108,8 +108,8 @@ def _require_migrated(url: str, err: TextIO) -> bool:
 
 
 def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from thermoledger.db import repository
     from thermoledger.db.engine import make_engine, make_sessionmaker
+    from thermoledger.db.tokens import get_or_create_project
 
     from .auth import issue_token, parse_scopes, scope_names
 
@@ -127,7 +127,7 @@ def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session, session.begin():
-            project, created = repository.get_or_create_project(
+            project, created = get_or_create_project(
                 session, slug=args.project, name=args.project_name
             )
             issued = issue_token(
@@ -146,8 +146,9 @@ def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _token_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from thermoledger.db import repository
     from thermoledger.db.engine import make_engine, make_sessionmaker
+    from thermoledger.db.errors import NotFound
+    from thermoledger.db.tokens import revoke_token
 
     url = _database_url(args)
     if not _require_migrated(url, err):
@@ -155,8 +156,8 @@ def _token_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session, session.begin():
-            record = repository.revoke_token(session, token_id=args.token_id, project_id=None)
-    except repository.NotFound:
+            record = revoke_token(session, token_id=args.token_id, project_id=None)
+    except NotFound:
         err.write(f"thermoledger-server: no token {args.token_id}\n")
         return 1
     finally:

@@ -62,11 +62,13 @@ from thermoledger.accounting.planning import (
     rated_flop_per_j,
     volume_grid,
 )
-from thermoledger.db import repository
+from thermoledger.db.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from thermoledger.db.factors import AccountingContext, AppliedVersion, resolve_context
 from thermoledger.db.models import RunKind
-from thermoledger.db.repository import Conflict, FieldProblem, InvalidInput, NotFound, RunRecord
+from thermoledger.db.records import RunRecord
+from thermoledger.db.runs import list_runs
 from thermoledger.db.selection import RunEnergy, select_runs
+from thermoledger.db.totals import run_usage
 from thermoledger.db.types import utcnow
 
 from .reports import emission_factor, run_report
@@ -542,12 +544,12 @@ def comparable_runs(
         dtype: Precision the run's FLOPs must have been declared at.
     """
     wanted = normalize_dtype(dtype)
-    records = repository.list_runs(
+    records = list_runs(
         session, project_id=project_id, kind=RunKind.TRAINING, limit=COMPARABLE_RUNS_MAX
     )
     out = []
     for record in records:
-        usage = repository.run_usage(session, project_id=project_id, run_id=record.id)
+        usage = run_usage(session, project_id=project_id, run_id=record.id)
         if not usage.devices:
             continue
         report = run_report(session, project_id=project_id, run_id=record.id)

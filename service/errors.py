@@ -1,6 +1,6 @@
 """The service's error boundary: one table from domain errors to HTTP status codes.
 
-Routes never catch exceptions. Domain code raises its own errors (the repository's `NotFound`,
+Routes never catch exceptions. Domain code raises its own errors (`db.errors`' `NotFound`,
 `Conflict`, `InvalidInput`; the accounting core's `DimensionMismatch`, `InvalidQuantity`; the
 service's own below); `ERROR_TABLE` says what each becomes, and `register_error_handlers`
 installs one handler per row. Starlette picks the handler by the exception's MRO, so a subclass
@@ -32,8 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from thermoledger.accounting.errors import DimensionMismatch, InvalidQuantity
-from thermoledger.db.errors import MigrationError
-from thermoledger.db.repository import Conflict, InvalidInput, NotFound
+from thermoledger.db.errors import Conflict, InvalidInput, MigrationError, NotFound
 
 __all__ = [
     "ERROR_TABLE",

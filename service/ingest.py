@@ -17,7 +17,7 @@ as numpy over all chunks and all samples at once:
 * per chunk with samples: equal column lengths, ``n`` = their length, at most
   ``max_samples_per_chunk``;
 * per sample: ``t_s`` strictly increasing within the chunk and inside ``[t0_s, t1_s]`` (within
-  `repository.TIME_TOLERANCE_S`); ``power_w`` inside ``[min_power_w, max_power_w]``.
+  `db.chunks.TIME_TOLERANCE_S`); ``power_w`` inside ``[min_power_w, max_power_w]``.
 
 Samples arrive as JSON lists (checked by pydantic) or base64 float64 columns
 (`meters.wire.SAMPLES_F64_BASE64`, decoded by `meters.wire.decode_column` while parsing and
@@ -26,7 +26,7 @@ checked here, vectorised, with the same rules and the same field paths).
 Whatever fails, every problem found is reported (up to a limit) with its field path, e.g.
 ``chunks[3].samples.t_s[17]``, and nothing is written. Checks against stored rows (duplicates,
 conflicts, time order between chunks, power plausibility against the stored device limit) are
-the repository's, in the same transaction.
+`db.chunks.ingest_chunks`', in the same transaction.
 
 Content hash. The idempotency check needs a digest of each chunk that is identical for an
 identical chunk. It is SHA-256 over a fixed binary layout (`HASH_LAYOUT`): the summary fields
@@ -54,14 +54,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from thermoledger.db.chunks import TIME_TOLERANCE_S
+from thermoledger.db.errors import FieldProblem, InvalidInput
 from thermoledger.db.models import MEAN_IN_RANGE_METHODS, EnergyMethod
-from thermoledger.db.repository import (
-    TIME_TOLERANCE_S,
-    ChunkRow,
-    DeviceSpec,
-    FieldProblem,
-    InvalidInput,
-)
+from thermoledger.db.records import ChunkRow, DeviceSpec
 from thermoledger.db.samples import concat_rows, encode_sample_rows
 from thermoledger.meters.wire import split_binary_batch
 
@@ -153,7 +149,7 @@ class _Chunks:
 
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
-    """A validated batch: devices and chunks as the repository takes them."""
+    """A validated batch: devices and chunks as `db.chunks.ingest_chunks` takes them."""
 
     devices: tuple[DeviceSpec, ...]
     chunks: tuple[ChunkRow, ...]
@@ -503,7 +499,7 @@ def prepare_batch(
     max_samples_per_chunk: int,
     compress_samples: bool = False,
 ) -> PreparedBatch:
-    """Validate a parsed JSON batch and turn it into the repository's inputs.
+    """Validate a parsed JSON batch and turn it into `db.chunks.ingest_chunks`' inputs.
 
     Args:
         batch: The parsed body.
@@ -538,9 +534,10 @@ def prepare_binary_batch(
     max_samples_per_chunk: int,
     compress_samples: bool = False,
 ) -> PreparedBatch:
-    """Validate a binary batch (`meters.wire.BATCH_BINARY`) and turn it into the repository's
-    inputs: the same checks, the same field paths (``chunks[3].t1_s`` is entry 3 of the
-    ``t1_s`` column) and the same content hashes as the JSON form of the same batch.
+    """Validate a binary batch (`meters.wire.BATCH_BINARY`) and turn it into the inputs of
+    `db.chunks.ingest_chunks`: the same checks, the same field paths (``chunks[3].t1_s`` is
+    entry 3 of the ``t1_s`` column) and the same content hashes as the JSON form of the same
+    batch.
 
     Raises:
         InvalidInput: A malformed body, or every problem found (up to 20).

@@ -141,8 +141,9 @@ _TALLY: contextvars.ContextVar[_Tally | None] = contextvars.ContextVar(
 def record_ingest(*, stored: int, duplicates: int, samples: int) -> None:
     """Count one ingested batch for the metrics of the app serving this request.
 
-    Call it from the ingest route once the repository has acknowledged the batch; the counters
-    move when the response is sent with a success status. Outside a request it does nothing.
+    Call it from the ingest route once `db.chunks.ingest_chunks` has acknowledged the batch; the
+    counters move when the response is sent with a success status. Outside a request it does
+    nothing.
 
     Args:
         stored: Chunks stored.

@@ -1,4 +1,4 @@
-"""Run reports from stored aggregates: `db.repository.RunUsage` → `accounting.report`.
+"""Run reports from stored aggregates: `db.records.RunUsage` → `accounting.report`.
 
 Each device reaches the accounting core with the band **terms** summed over its chunks (the
 chunk table stores the terms, not the band): ``sensor_uncertainty_j`` adds linearly within a
@@ -6,7 +6,7 @@ device (its sensor error is systematic), ``bound_below_j``/``bound_above_j`` add
 ``reset_count`` surfaces in the report's notes. Across devices the core combines sensor errors
 root-sum-square (or linearly, with ``ReportSettings.combine="linear"``) and bounds linearly.
 
-Phases get each overlapping chunk's energy and terms pro-rata by time (`db.repository`); their
+Phases get each overlapping chunk's energy and terms pro-rata by time (`db.totals`); their
 bands are combined across devices the same way as the run's total, so a phase covering the whole
 run has the total's band.
 
@@ -41,10 +41,11 @@ from thermoledger.accounting.report import (
     RunInfo,
     build_run_report,
 )
-from thermoledger.db import repository
 from thermoledger.db.basis import RunBasis, run_basis
+from thermoledger.db.errors import Conflict
 from thermoledger.db.factors import AccountingContext, AppliedVersion
-from thermoledger.db.repository import Conflict, DeviceAggregate, PhaseAggregate, RunUsage
+from thermoledger.db.records import DeviceAggregate, PhaseAggregate, RunUsage
+from thermoledger.db.totals import run_usage
 
 __all__ = ["PHASE_NOTE", "emission_factor", "report_dict", "report_settings", "run_report"]
 
@@ -248,7 +249,7 @@ def run_report(session: Session, *, project_id: int, run_id: UUID) -> dict[str, 
         NotFound: No such run in the project.
         Conflict: The run has no measurements yet.
     """
-    usage = repository.run_usage(session, project_id=project_id, run_id=run_id)
+    usage = run_usage(session, project_id=project_id, run_id=run_id)
     if not usage.devices:
         raise Conflict(f"run {run_id} has no measurements yet: nothing to report")
     basis = run_basis(session, project_id=project_id, run=usage.run)

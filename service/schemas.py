@@ -38,7 +38,7 @@ from pydantic import (
 
 from thermoledger.db.models import FINITE_MAX as MODELS_FINITE_MAX
 from thermoledger.db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind, RunStatus
-from thermoledger.db.repository import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
+from thermoledger.db.records import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
 from thermoledger.meters.wire import SAMPLES_F64_BASE64, decode_column
 
 __all__ = [
@@ -198,7 +198,7 @@ class TokenPublic(BaseModel):
 
     @classmethod
     def of(cls, record: TokenRecord, scopes: list[str]) -> TokenPublic:
-        """From a repository record and its scope names."""
+        """From a stored record (`db.records`) and its scope names."""
         return cls(
             id=record.id,
             project=record.project_slug,
@@ -268,7 +268,7 @@ class RunPublic(BaseModel):
 
     @classmethod
     def of(cls, record: RunRecord, project: str) -> RunPublic:
-        """From a repository record."""
+        """From a stored record (`db.records`)."""
         return cls(
             id=record.id,
             project=project,
@@ -352,7 +352,7 @@ class PhasePublic(BaseModel):
 
     @classmethod
     def of(cls, record: PhaseRecord) -> PhasePublic:
-        """From a repository record."""
+        """From a stored record (`db.records`)."""
         return cls(
             id=record.id,
             name=record.name,

@@ -25,12 +25,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from thermoledger.accounting.carbon import J_PER_KWH, default_emission_factors, default_pues
 from thermoledger.accounting.catalog import builtin_catalog
-from thermoledger.db import repository
 from thermoledger.db.basis import RunBasis, run_bases, run_basis
 from thermoledger.db.envelope import envelope_of
+from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import RunKind, RunStatus
-from thermoledger.db.repository import InvalidInput, RunRecord
+from thermoledger.db.records import RunRecord
 from thermoledger.db.selection import select_runs
+from thermoledger.db.totals import run_usage
 
 from ..deps import SessionDep
 from ..economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pricing
@@ -309,7 +310,7 @@ def report_page(
     run_id: UUID, request: Request, tenant: PageTenant, session: SessionDep
 ) -> HTMLResponse:
     """The run report: power over time, energy by device and phase, bounds, cost and carbon."""
-    usage = repository.run_usage(session, project_id=tenant.id, run_id=run_id)
+    usage = run_usage(session, project_id=tenant.id, run_id=run_id)
     if not usage.devices:
         return render(
             request, "report_empty.html.j2", nav="runs", project=tenant.slug, run=usage.run
@@ -451,7 +452,7 @@ def compare_page(
         raise InvalidInput.one("run", f"{len(ids)} runs; compare at most {MAX_COMPARE}")
     columns = []
     for i, run_id in enumerate(ids):
-        usage = repository.run_usage(session, project_id=tenant.id, run_id=run_id)
+        usage = run_usage(session, project_id=tenant.id, run_id=run_id)
         report = None
         if usage.devices:
             basis = run_basis(session, project_id=tenant.id, run=usage.run)

@@ -20,8 +20,8 @@ from fastapi import APIRouter, Query, Response
 
 from thermoledger.db import ledger, rollups
 from thermoledger.db.chain import ChainVerdict
+from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import Scope
-from thermoledger.db.repository import InvalidInput
 from thermoledger.db.types import utcnow
 
 from ..deps import PrincipalDep, ReadTenant, SessionDep

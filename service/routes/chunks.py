@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Response
 
-from thermoledger.db import repository
+from thermoledger.db import chunks
 from thermoledger.meters.wire import BINARY_CONTENT_TYPE
 
 from ..deps import IngestTenant, RawBody, SessionDep, SettingsDep
@@ -84,7 +84,7 @@ def ingest_chunks(
         prepared = prepare_binary_batch(body, **limits)
     else:
         prepared = prepare_batch(IngestBatchIn.model_validate_json(body), **limits)
-    acks = repository.ingest_chunks(
+    acks = chunks.ingest_chunks(
         session,
         project_id=tenant.id,
         run_id=run_id,

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Path, Query, status
 
 from thermoledger.accounting.carbon import Pue, default_pue
 from thermoledger.db import factors
+from thermoledger.db.errors import InvalidInput, NotFound
 from thermoledger.db.models import FactorBasis, FactorRate, Scope
-from thermoledger.db.repository import InvalidInput, NotFound
 from thermoledger.db.types import utcnow
 
 from ..auth import Principal

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response, status
 
-from thermoledger.db import repository
+from thermoledger.db import phases
 
 from ..deps import IngestTenant, SessionDep
 from ..quantities import parse_count, parse_flops
@@ -23,7 +23,7 @@ def post_phase(
 
     201 when created, 200 when it existed; 409 when a stored value would change.
     """
-    record, created = repository.upsert_phase(
+    record, created = phases.upsert_phase(
         session,
         project_id=tenant.id,
         run_id=run_id,

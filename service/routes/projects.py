@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from thermoledger.db import repository
+from thermoledger.db import tokens
+from thermoledger.db.errors import NotFound
 
 from ..auth import issue_token, parse_scopes, scope_names
 from ..deps import PrincipalDep, SessionDep
@@ -36,20 +37,20 @@ def create_project(
     """Create a project (operator only; project tokens are bound to their own project)."""
     if not principal.is_operator:
         raise Forbidden("only the operator token or the server CLI creates projects")
-    project = repository.create_project(session, slug=body.slug, name=body.name or body.slug)
+    project = tokens.create_project(session, slug=body.slug, name=body.name or body.slug)
     return ProjectPublic(slug=project.slug, name=project.name, created_at=project.created_at)
 
 
 def _administered(session: SessionDep, principal: PrincipalDep, slug: str) -> int:
     """The project's id if the principal administers it; 404 otherwise (existence not leaked)."""
     try:
-        project = repository.get_project(session, slug=slug)
-    except repository.NotFound:
+        project = tokens.get_project(session, slug=slug)
+    except NotFound:
         project = None
     if project is None or not principal.may_administer(project.id):
         if principal.project_slug == slug:
             raise Forbidden("this token lacks the 'admin' scope")
-        raise repository.NotFound("project", slug)
+        raise NotFound("project", slug)
     return project.id
 
 
@@ -73,5 +74,5 @@ def list_tokens(slug: SlugPath, principal: PrincipalDep, session: SessionDep) ->
     project_id = _administered(session, principal, slug)
     return [
         TokenPublic.of(record, scope_names(record.scopes))
-        for record in repository.list_tokens(session, project_id=project_id)
+        for record in tokens.list_tokens(session, project_id=project_id)
     ]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from thermoledger.db import rollups
-from thermoledger.db.repository import InvalidInput
+from thermoledger.db.errors import InvalidInput
 
 from ..deps import ReadTenant, SessionDep
 from ..ledger_schemas import Instant

@@ -12,9 +12,10 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response, status
 from pydantic import AwareDatetime
 
-from thermoledger.db import ledger, repository
+from thermoledger.db import ledger, runs
+from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import RunKind, RunStatus
-from thermoledger.db.repository import InvalidInput, RunCursor
+from thermoledger.db.records import RunCursor, RunRecord
 from thermoledger.db.types import utcnow
 
 from ..deps import IngestTenant, ReadTenant, SessionDep
@@ -41,7 +42,7 @@ def put_run(
     201 when created, 200 when it existed (same body: same run, unchanged). 409 when the id
     belongs to another project or to a run of another kind.
     """
-    record, created = repository.upsert_run(
+    record, created = runs.upsert_run(
         session,
         project_id=tenant.id,
         run_id=run_id,
@@ -56,7 +57,7 @@ def put_run(
     return RunPublic.of(record, tenant.slug)
 
 
-def _encode_cursor(record: repository.RunRecord) -> str:
+def _encode_cursor(record: RunRecord) -> str:
     raw = json.dumps([record.started_at.isoformat(), str(record.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -96,7 +97,7 @@ def list_runs(
     cursor: str | None = None,
 ) -> RunPage:
     """The project's runs, newest first, filtered; keyset pages (pass ``next_cursor`` back)."""
-    records = repository.list_runs(
+    records = runs.list_runs(
         session,
         project_id=tenant.id,
         kind=kind,
@@ -115,9 +116,7 @@ def list_runs(
 @router.get("/{run_id}")
 def get_run(run_id: UUID, tenant: ReadTenant, session: SessionDep) -> RunPublic:
     """One run."""
-    return RunPublic.of(
-        repository.get_run(session, project_id=tenant.id, run_id=run_id), tenant.slug
-    )
+    return RunPublic.of(runs.get_run(session, project_id=tenant.id, run_id=run_id), tenant.slug)
 
 
 def _end(
@@ -128,7 +127,7 @@ def _end(
     run_status: Literal[RunStatus.FINISHED, RunStatus.FAILED],
 ) -> RunPublic:
     body = body or RunEnd()
-    record = repository.end_run(
+    record = runs.end_run(
         session,
         project_id=tenant.id,
         run_id=run_id,
@@ -163,7 +162,7 @@ def declare_work(
     run_id: UUID, body: WorkDeclare, tenant: IngestTenant, session: SessionDep
 ) -> RunPublic:
     """Declare the run's work: totals so far (FLOPs with a unit, tokens, model size N)."""
-    record = repository.declare_work(
+    record = runs.declare_work(
         session,
         project_id=tenant.id,
         run_id=run_id,

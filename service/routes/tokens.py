@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from thermoledger.db import repository
+from thermoledger.db import tokens
 from thermoledger.db.models import Scope
 
 from ..deps import PrincipalDep, SessionDep
@@ -21,5 +21,5 @@ def revoke_token(
 ) -> Response:
     """Revoke a token of the caller's project (any project for the operator); idempotent."""
     project_id = None if principal.is_operator else principal.require(Scope.ADMIN).id
-    repository.revoke_token(session, token_id=token_id, project_id=project_id)
+    tokens.revoke_token(session, token_id=token_id, project_id=project_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

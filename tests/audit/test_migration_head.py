@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests import dbutil
-from thermoledger.db import ledger, migrate, repository
+from thermoledger.db import ledger, migrate
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import LedgerSource
+from thermoledger.db.tokens import get_or_create_project
 
 
 @pytest.fixture(params=dbutil.BACKENDS)
@@ -25,7 +26,7 @@ def test_a_downgrade_and_upgrade_keeps_the_chain_verifiable(database_url: str) -
     engine = make_engine(database_url)
     try:
         with make_sessionmaker(engine)() as session, session.begin():
-            project, _ = repository.get_or_create_project(session, slug="lab")
+            project, _ = get_or_create_project(session, slug="lab")
             for i in range(3):
                 ledger.append(
                     session,

@@ -1,4 +1,4 @@
-"""Chunk rows come back from the table exactly as `repository.ingest_chunks` was given them.
+"""Chunk rows come back from the table exactly as `db.chunks.ingest_chunks` was given them.
 
 On PostgreSQL they travel as a binary ``COPY``; on SQLite as an executemany. One batch mixes
 methods, chunks with and without samples, blobs of different sizes and an unbounded band.
@@ -13,13 +13,16 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from thermoledger.db import repository
+from thermoledger.db.chunks import ingest_chunks
 from thermoledger.db.models import Chunk, DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
+from thermoledger.db.records import UNBOUNDED_J, ChunkRow, DeviceSpec
+from thermoledger.db.runs import upsert_run
 from thermoledger.db.samples import decode_samples, encode_samples
+from thermoledger.db.tokens import get_or_create_project
 from thermoledger.db.types import utcnow
 
 
-def _row(k: int, device_key: str, **changes: object) -> repository.ChunkRow:
+def _row(k: int, device_key: str, **changes: object) -> ChunkRow:
     t0 = 1.76e9 + 10.0 * k
     n = 5 + k % 3
     samples = {
@@ -50,14 +53,14 @@ def _row(k: int, device_key: str, **changes: object) -> repository.ChunkRow:
         "blob": encode_samples(samples, compress=k % 4 == 0),
     }
     values.update(changes)
-    return repository.ChunkRow(**values)  # type: ignore[arg-type]
+    return ChunkRow(**values)  # type: ignore[arg-type]
 
 
 def test_every_column_comes_back_as_sent(session: Session) -> None:
     run_id = uuid.uuid4()
     with session.begin():
-        project, _ = repository.get_or_create_project(session, slug="storage")
-        repository.upsert_run(
+        project, _ = get_or_create_project(session, slug="storage")
+        upsert_run(
             session,
             project_id=project.id,
             run_id=run_id,
@@ -68,7 +71,7 @@ def test_every_column_comes_back_as_sent(session: Session) -> None:
             host_info={},
             simulated=True,
         )
-        device = repository.DeviceSpec(
+        device = DeviceSpec(
             key="node/gpu0",
             host="node",
             kind=DeviceKind.GPU,
@@ -83,7 +86,7 @@ def test_every_column_comes_back_as_sent(session: Session) -> None:
         sent = [_row(k, device.key) for k in range(9)]
         sent[3] = _row(3, device.key, blob=None)  # the meter sent no samples
         sent[5] = _row(5, device.key, bound_above_j=math.inf)  # unbounded above
-        acks = repository.ingest_chunks(
+        acks = ingest_chunks(
             session, project_id=project.id, run_id=run_id, devices=[device], chunks=sent
         )
     assert [a.status for a in acks] == ["stored"] * len(sent)
@@ -112,7 +115,7 @@ def test_every_column_comes_back_as_sent(session: Session) -> None:
         ):
             assert getattr(row, name) == getattr(c, name), (c.seq, name)
         assert row.method == c.method
-        assert row.bound_above_j == min(c.bound_above_j, repository.UNBOUNDED_J)
+        assert row.bound_above_j == min(c.bound_above_j, UNBOUNDED_J)
         assert row.samples == c.blob
         if c.blob is not None:
             assert list(decode_samples(row.samples)) == ["t_s", "power_w"]

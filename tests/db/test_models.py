@@ -185,7 +185,7 @@ def test_repeated_chunk_upload_is_a_no_op_with_on_conflict(
         ({"energy_j": math.inf}, "ck_chunk_energy_valid"),
         ({"sensor_uncertainty_j": -1.0}, "ck_chunk_band_terms_valid"),
         ({"bound_below_j": -0.5}, "ck_chunk_band_terms_valid"),
-        # +inf is stored as the 1e300 sentinel by the repository, never as itself
+        # +inf is stored as the 1e300 sentinel by `db.chunks`, never as itself
         ({"bound_above_j": math.inf}, "ck_chunk_band_terms_valid"),
         ({"t1_s": T0_S - 1.0}, "ck_chunk_time_order"),
         ({"n": 0}, "ck_chunk_n_positive"),

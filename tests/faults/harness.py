@@ -38,9 +38,10 @@ import sqlalchemy as sa
 
 from tests.e2e.liveserver import LiveServer
 from tests.support.waiting import wait_until as _wait_until
-from thermoledger.db import repository
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import Chunk, Device, DeviceTotal, Phase, PhaseTotal, Run, Scope
+from thermoledger.db.tokens import get_or_create_project
+from thermoledger.db.totals import rebuild_totals
 from thermoledger.meters.spool import Spool
 from thermoledger.service.auth import issue_token
 
@@ -236,7 +237,7 @@ def _engine(database_url: str) -> Iterator[sa.Engine]:
 def issue_tokens(database_url: str, count: int, *, project: str = "faults") -> list[str]:
     """``count`` new ``ingest,read`` tokens of ``project`` (created if missing), one meter each."""
     with _engine(database_url) as engine, make_sessionmaker(engine)() as session, session.begin():
-        project_id = repository.get_or_create_project(session, slug=project)[0].id
+        project_id = get_or_create_project(session, slug=project)[0].id
         issued = [
             issue_token(
                 session, project_id=project_id, name=f"meter-{i}", scopes=Scope.INGEST | Scope.READ
@@ -284,7 +285,7 @@ def ledger_problems(database_url: str) -> list[str]:
     * every chunk's device exists and belongs to the chunk's run; every device's run exists;
     * every device with chunks has one `DeviceTotal` row, and it equals the sums over its
       chunks (count, samples, energy, gaps, resets, span); no total without chunks;
-    * every run's phase totals equal what `db.repository.rebuild_totals` derives from the
+    * every run's phase totals equal what `db.totals.rebuild_totals` derives from the
       chunks (recomputed in a transaction that is rolled back).
     """
     problems: list[str] = []
@@ -371,7 +372,7 @@ def _phase_total_problems(engine: sa.Engine) -> list[str]:
         with sessions() as session:
             session.begin()
             kept = _phase_totals(session, run_id)
-            repository.rebuild_totals(session, project_id=project_id, run_id=run_id)
+            rebuild_totals(session, project_id=project_id, run_id=run_id)
             rebuilt = _phase_totals(session, run_id)
             session.rollback()
         if kept.keys() != rebuilt.keys():

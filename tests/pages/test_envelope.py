@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.service.conftest import T0_S, Project, TestClient, batch, chunk, create_run
-from thermoledger.db import repository
 from thermoledger.db.envelope import MAX_BUCKETS, power_envelope
+from thermoledger.db.errors import InvalidInput, NotFound
 from thermoledger.db.models import Chunk
+from thermoledger.db.tokens import get_project
 
 SPIKE_W = 1000.0
 BASE_W = 300.0
@@ -42,7 +43,7 @@ def _spiked(seq: int, *, at: int, n: int = 10, samples: bool = True, **kw: Any) 
 
 def _envelope(app: FastAPI, project: Project, run_id: str, **kw: Any) -> Any:
     with app.state.sessionmaker() as session, session.begin():
-        project_id = repository.get_project(session, slug=project.slug).id
+        project_id = get_project(session, slug=project.slug).id
         return power_envelope(session, project_id=project_id, run_id=uuid.UUID(run_id), **kw)
 
 
@@ -126,9 +127,9 @@ def test_envelope_is_scoped_to_the_project(
     app: FastAPI, client: TestClient, project: Project, other: Project, run_id: str
 ) -> None:
     _post(client, project, run_id, [chunk(0)])
-    with pytest.raises(repository.NotFound):
+    with pytest.raises(NotFound):
         _envelope(app, other, run_id)
-    with pytest.raises(repository.InvalidInput, match="buckets"):
+    with pytest.raises(InvalidInput, match="buckets"):
         _envelope(app, project, run_id, buckets=0)
 
 

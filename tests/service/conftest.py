@@ -100,13 +100,13 @@ def bearer(token: str) -> dict[str, str]:
 
 def make_project(app: FastAPI, slug: str | None = None) -> Project:
     """A new project with tokens, created directly in the database like the CLI does."""
-    from thermoledger.db import repository
+    from thermoledger.db.tokens import get_or_create_project
 
     slug = slug or f"p-{uuid.uuid4().hex[:10]}"
     tokens: dict[str, str] = {}
     ids: dict[str, int] = {}
     with app.state.sessionmaker() as session, session.begin():
-        project, _ = repository.get_or_create_project(session, slug=slug)
+        project, _ = get_or_create_project(session, slug=slug)
         for name, scopes in (
             ("admin", ["admin"]),
             ("ingest", ["ingest"]),

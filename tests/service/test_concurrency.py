@@ -11,8 +11,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
-from thermoledger.db import repository
+from thermoledger.db.chunks import _insert_chunks
+from thermoledger.db.errors import Conflict
 from thermoledger.db.models import Device, EnergyMethod
+from thermoledger.db.records import ChunkRow
 from thermoledger.service.ingest import prepare_batch
 from thermoledger.service.schemas import IngestBatchIn
 
@@ -42,7 +44,7 @@ def test_parallel_retries_store_each_chunk_once(
     assert [d["samples"] for d in report["energy"]["by_device"]] == [50, 50]
 
 
-def _prepared(*chunks: dict[str, object]) -> repository.ChunkRow:
+def _prepared(*chunks: dict[str, object]) -> ChunkRow:
     parsed = IngestBatchIn.model_validate_json(json.dumps(batch(list(chunks))))
     return prepare_batch(parsed, max_chunks=10, max_samples_per_chunk=100).chunks[0]
 
@@ -65,15 +67,11 @@ def test_a_key_stored_behind_the_check_is_verified_by_hash(
     other = _prepared(chunk(0, power_w=310.0))
     assert same.method is EnergyMethod.COUNTER
     with app.state.sessionmaker() as session, session.begin():
-        repository._insert_chunks(
-            session, uuid.UUID(run_id), [(device_id, same)], compress_samples=False
-        )
+        _insert_chunks(session, uuid.UUID(run_id), [(device_id, same)], compress_samples=False)
     with (
         app.state.sessionmaker() as session,
         session.begin(),
-        pytest.raises(repository.Conflict, match="stored concurrently"),
+        pytest.raises(Conflict, match="stored concurrently"),
     ):
-        repository._insert_chunks(
-            session, uuid.UUID(run_id), [(device_id, other)], compress_samples=False
-        )
+        _insert_chunks(session, uuid.UUID(run_id), [(device_id, other)], compress_samples=False)
     assert row_counts(app, run_id)["chunk"] == 1

@@ -2,7 +2,7 @@
 
 Reports read the totals, never the chunks, so every path that changes what a report should
 say — ingest in any order, repeats, phases recorded before or after their chunks, an open
-phase closed later — must keep them equal to what `db.repository.rebuild_totals` derives from
+phase closed later — must keep them equal to what `db.totals.rebuild_totals` derives from
 the chunk table.
 """
 
@@ -15,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 
 from tests.service.conftest import T0_S, Project, TestClient, batch, chunk, create_run
-from thermoledger.db import repository
+from thermoledger.db.tokens import get_project
+from thermoledger.db.totals import rebuild_totals
 
 
 def _report(client: TestClient, project: Project, run_id: str) -> dict[str, Any]:
@@ -27,8 +28,8 @@ def _report(client: TestClient, project: Project, run_id: str) -> dict[str, Any]
 
 def _rebuild(app: FastAPI, project: Project, run_id: str) -> None:
     with app.state.sessionmaker() as session, session.begin():
-        project_id = repository.get_project(session, slug=project.slug).id
-        repository.rebuild_totals(session, project_id=project_id, run_id=uuid.UUID(run_id))
+        project_id = get_project(session, slug=project.slug).id
+        rebuild_totals(session, project_id=project_id, run_id=uuid.UUID(run_id))
 
 
 def _assert_same(kept: Any, rebuilt: Any) -> None:
