@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
 from .errors import MeterError
 
@@ -95,3 +97,79 @@ def open_database(
         conn.close()
         raise
     return conn
+
+
+class SqliteFile:
+    """One of the meter's SQLite files: one connection, shared by threads under one lock.
+
+    Subclasses name their file and schema in class attributes; this base opens the file at its
+    schema (`open_database`), closes it, and gives the subclass its locked reads and write
+    transactions, with SQLite errors raised as the subclass's error naming the file.
+
+    Args:
+        path: The file; parent directories are created.
+        now: Unix-time source for the timestamps the file records (tests inject one).
+        busy_timeout_s: How long a write waits for another process's lock, s.
+    """
+
+    #: The file's name inside a spool directory (`in_directory`).
+    FILENAME: ClassVar[str]
+    #: How messages name the file ("spool", "control file").
+    _KIND: ClassVar[str]
+    _SCHEMA: ClassVar[Sequence[str]]
+    _SCHEMA_VERSION: ClassVar[int]
+    _ERROR: ClassVar[type[MeterError]]
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        now: Callable[[], float] = time.time,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self._now = now
+        self._lock = threading.Lock()
+        self._what = f"{self._KIND} {self.path}"
+        self._conn: sqlite3.Connection | None = open_database(
+            self.path,
+            what=self._what,
+            schema=self._SCHEMA,
+            schema_version=self._SCHEMA_VERSION,
+            busy_timeout_s=busy_timeout_s,
+            error=self._ERROR,
+        )
+
+    @classmethod
+    def in_directory(cls, directory: str | Path, **kwargs: Any) -> Self:
+        """The file `FILENAME` inside ``directory`` (created if missing)."""
+        return cls(Path(directory) / cls.FILENAME, **kwargs)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise self._ERROR(f"{self._what} is closed")
+        return self._conn
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, taken with the write lock up front (no upgrade deadlock)."""
+        return write_transaction(self._lock, self._connection, self._what, self._ERROR)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise self._ERROR(f"{self._what}: {e}") from e

@@ -26,16 +26,11 @@ in-process `meters.api.Meter` in its child, or a ``push``).
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-from ._sqlite import open_database, write_transaction
+from ._sqlite import SqliteFile
 from .spool import ChunkKey, SpoolError
 
 __all__ = [
@@ -125,7 +120,7 @@ class Rejection:
     at_s: float
 
 
-class ControlStore:
+class ControlStore(SqliteFile):
     """The control outbox file (see the module docstring). Thread-safe; close it when done.
 
     Args:
@@ -137,42 +132,11 @@ class ControlStore:
         SpoolError: The file cannot be opened or was written by a newer meter.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        now: Callable[[], float] = time.time,
-        busy_timeout_s: float = 30.0,
-    ) -> None:
-        self.path = Path(path)
-        self._now = now
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = open_database(
-            self.path,
-            what=f"control file {self.path}",
-            schema=_SCHEMA,
-            schema_version=_SCHEMA_VERSION,
-            busy_timeout_s=busy_timeout_s,
-            error=SpoolError,
-        )
-
-    @classmethod
-    def in_directory(cls, directory: str | Path, **kwargs: Any) -> ControlStore:
-        """The file `CONTROL_FILENAME` inside ``directory``."""
-        return cls(Path(directory) / CONTROL_FILENAME, **kwargs)
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> ControlStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    FILENAME = CONTROL_FILENAME
+    _KIND = "control file"
+    _SCHEMA = _SCHEMA
+    _SCHEMA_VERSION = _SCHEMA_VERSION
+    _ERROR = SpoolError
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -333,26 +297,6 @@ class ControlStore:
         """Per device key, one past the highest seq ever acknowledged for this run."""
         rows = self._read("SELECT device_key, next_seq FROM seqs WHERE run_id = ?", (run_id,))
         return {str(device): int(seq) for device, seq in rows}
-
-    # -- internals ----------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise SpoolError(f"control file {self.path} is closed")
-        return self._conn
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One write transaction, taken with the write lock up front (no upgrade deadlock)."""
-        return write_transaction(
-            self._lock, self._connection, f"control file {self.path}", SpoolError
-        )
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            try:
-                return self._connection().execute(sql, params).fetchall()
-            except sqlite3.Error as e:
-                raise SpoolError(f"control file {self.path}: {e}") from e
 
 
 def _message(row: tuple[Any, ...]) -> Message:

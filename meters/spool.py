@@ -32,15 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, cast
 
-from ._sqlite import open_database, write_transaction
+from ._sqlite import SqliteFile
 from .errors import MeterError
 from .wire import ChunkPayload, DevicePayload, content_hash
 
@@ -184,7 +180,7 @@ class SpoolCounts:
     acked: int
 
 
-class Spool:
+class Spool(SqliteFile):
     """A SQLite spool file (WAL, ``synchronous=FULL``). Use as a context manager or `close`.
 
     Args:
@@ -197,42 +193,11 @@ class Spool:
             schema.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        now: Callable[[], float] = time.time,
-        busy_timeout_s: float = 30.0,
-    ) -> None:
-        self.path = Path(path)
-        self._now = now
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = open_database(
-            self.path,
-            what=f"spool {self.path}",
-            schema=_SCHEMA,
-            schema_version=SCHEMA_VERSION,
-            busy_timeout_s=busy_timeout_s,
-            error=SpoolError,
-        )
-
-    @classmethod
-    def in_directory(cls, directory: str | Path, **kwargs: Any) -> Spool:
-        """The spool file `SPOOL_FILENAME` inside ``directory`` (created if missing)."""
-        return cls(Path(directory) / SPOOL_FILENAME, **kwargs)
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    FILENAME = SPOOL_FILENAME
+    _KIND = "spool"
+    _SCHEMA = _SCHEMA
+    _SCHEMA_VERSION = SCHEMA_VERSION
+    _ERROR = SpoolError
 
     # -- runs and devices ---------------------------------------------------------------------
 
@@ -424,22 +389,6 @@ class Spool:
         return SpoolCounts(pending=int(rows[0][0]), acked=int(rows[0][1]))
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise SpoolError(f"spool {self.path} is closed")
-        return self._conn
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One write transaction, taken with the write lock up front (no upgrade deadlock)."""
-        return write_transaction(self._lock, self._connection, f"spool {self.path}", SpoolError)
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            try:
-                return self._connection().execute(sql, params).fetchall()
-            except sqlite3.Error as e:
-                raise SpoolError(f"spool {self.path}: {e}") from e
 
     def _require_run(self, conn: sqlite3.Connection, run_id: str) -> None:
         if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
