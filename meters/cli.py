@@ -56,7 +56,7 @@ from typing import Any, Final, TextIO
 
 from .api import RUN_KINDS, Meter
 from .k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
-from .logs import LOG_FORMATS, JsonFormatter, LogFormat, RunIdFilter, json_handler
+from .logs import LOG_FORMATS, LogFormat, RunIdFilter, json_handler
 from .runid import (
     NODE_METER_ENV,
     RUN_ID_ENV,
@@ -64,7 +64,6 @@ from .runid import (
     node_meter_mark,
     resolve_run_id,
 )
-from .sampler import MeterSummary
 from .settings import (
     BACKENDS,
     ENV_PREFIX,
@@ -73,13 +72,18 @@ from .settings import (
     ObserveSettings,
     SettingsError,
 )
-from .uploader import PushResult
+from .summary import (
+    StatusLine,
+    emit_summary,
+    format_energy,
+    render_footprint,
+    render_summary,
+    write_summary,
+)
 
 __all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
 
 FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_J_PER_KWH: Final = 3.6e6
-_J_PER_WH: Final = 3.6e3
 _STATUS_REFRESH_S: Final = 1.0
 _SIGNAL_POLL_S: Final = 0.2
 _EXIT_USAGE: Final = 2
@@ -110,222 +114,6 @@ def _logger(err: TextIO, verbose: bool, log_format: LogFormat = "text") -> loggi
     log.setLevel(logging.INFO if verbose else logging.WARNING)
     log.propagate = False
     return log
-
-
-# -- formatting ---------------------------------------------------------------------------------
-
-
-def format_energy(energy_j: float) -> str:
-    """Joules for people: ``812 J``, ``3.21 kJ``, ``4.5 MJ`` (and kWh beside the large ones)."""
-    if energy_j != energy_j:  # NaN
-        return "n/a"
-    for scale, unit in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
-        if abs(energy_j) >= scale:
-            return f"{energy_j / scale:.3g} {unit}"
-    return f"{energy_j:.3g} J"
-
-
-def _duration(seconds: float) -> str:
-    total = max(int(seconds), 0)
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def _number(value: float, spec: str) -> str:
-    return "n/a" if value != value else format(value, spec)
-
-
-def _significant(value: float, digits: int = 3) -> str:
-    """``0.012345`` → ``0.0123``; ``5.678`` → ``5.68``; ``1234.5`` → ``1235`` (no exponent)."""
-    if not math.isfinite(value):
-        return "n/a"
-    if value == 0:
-        return "0"
-    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
-    return f"{value:.{decimals}f}"
-
-
-def _format_wh(energy_j: float) -> str:
-    """Joules as Wh, kWh or MWh with three significant figures."""
-    energy_wh = energy_j / _J_PER_WH
-    for scale, unit in ((1e6, "MWh"), (1e3, "kWh")):
-        if abs(energy_wh) >= scale:
-            return f"{_significant(energy_wh / scale)} {unit}"
-    return f"{_significant(energy_wh)} Wh"
-
-
-def render_footprint(
-    energy_j: float,
-    energy_low_j: float,
-    energy_high_j: float,
-    footprint: FootprintSettings,
-) -> list[str]:
-    """The cost and CO2e lines of the summary; empty when neither is configured.
-
-    Args:
-        energy_j: Metered (IT) energy, J.
-        energy_low_j: Lower end of its band, J.
-        energy_high_j: Upper end of its band, J.
-        footprint: Grid intensity (gCO2e/kWh), PUE and tariff (USD/kWh) as configured.
-
-    Returns:
-        Lines (indented, no newline): ``cost`` when a tariff is set, ``CO2e`` when a grid
-        intensity is set, each with its inputs and its band.
-    """
-    facility_kwh = [e / _J_PER_KWH * footprint.pue for e in (energy_j, energy_low_j, energy_high_j)]
-    pue = f"PUE {footprint.pue:.2f}" + (", IT energy only" if footprint.pue == 1.0 else "")
-    energy = _format_wh(energy_j)
-    lines = []
-    if footprint.tariff_usd_per_kwh is not None:
-        usd, low_usd, high_usd = (kwh * footprint.tariff_usd_per_kwh for kwh in facility_kwh)
-        lines.append(
-            f"  cost   {_significant(usd)} USD ({energy} × {pue} at "
-            f"{footprint.tariff_usd_per_kwh:g} USD/kWh); band [{_significant(low_usd)}, "
-            f"{_significant(high_usd)}] USD"
-        )
-    if footprint.grid_intensity_g_per_kwh is not None:
-        g, low_g, high_g = (kwh * footprint.grid_intensity_g_per_kwh for kwh in facility_kwh)
-        lines.append(
-            f"  CO2e   {_significant(g)} g location-based ({energy} × {pue} at "
-            f"{footprint.grid_intensity_g_per_kwh:g} g/kWh; region as configured); "
-            f"band [{_significant(low_g)}, {_significant(high_g)}] g"
-        )
-    return lines
-
-
-def render_summary(
-    summary: MeterSummary,
-    *,
-    title: str,
-    backend_label: str,
-    simulated: bool,
-    upload: PushResult | None,
-    spool_dir: str,
-    footprint: FootprintSettings | None = None,
-    verbose: bool = False,
-) -> str:
-    """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals.
-
-    With ``footprint`` configured (a grid intensity and/or a tariff), the cost and CO2e lines of
-    `render_footprint` follow the table; unconfigured, nothing about them is printed, but for
-    one hint line when ``verbose``.
-    """
-    lines = [title]
-    lines.append(f"  devices read by: {backend_label}")
-    if simulated:
-        lines.append("  SIMULATED devices: these figures are not measurements.")
-    header = (
-        f"  {'device':<28} {'energy J':>12} {'kWh':>10} {'mean W':>8} {'peak W':>8} "
-        f"{'duration s':>10}  {'method':<13} band J"
-    )
-    lines.append(header)
-    for d in summary.devices:
-        band = f"[{d.energy_low_j:.4g}, {d.energy_high_j:.4g}]"
-        lines.append(
-            f"  {d.key[-28:]:<28} {d.energy_j:>12.2f} {d.energy_j / _J_PER_KWH:>10.6f} "
-            f"{_number(d.mean_power_w, '>8.1f')} {_number(d.peak_power_w, '>8.1f')} "
-            f"{d.duration_s:>10.2f}  {d.method:<13} {band}"
-        )
-        if d.missed:
-            missed = ", ".join(f"{k} {v}" for k, v in sorted(d.missed.items()))
-            lines.append(f"  {'':<28} missed readings: {missed}")
-    if not summary.devices:
-        lines.append("  (no device was metered by this process)")
-    else:
-        duration = max((d.duration_s for d in summary.devices), default=0.0)
-        mean_w = summary.energy_j / duration if duration > 0 else float("nan")
-        band = f"[{summary.energy_low_j:.4g}, {summary.energy_high_j:.4g}]"
-        # No total peak: the devices' peaks need not coincide, and their sum would mislead.
-        lines.append(
-            f"  {'total':<28} {summary.energy_j:>12.2f} {summary.energy_j / _J_PER_KWH:>10.6f} "
-            f"{_number(mean_w, '>8.1f')} {'':>8} {duration:>10.2f}  {'':<13} {band}"
-        )
-        if footprint is not None and footprint.configured:
-            lines.extend(
-                render_footprint(
-                    summary.energy_j, summary.energy_low_j, summary.energy_high_j, footprint
-                )
-            )
-        elif verbose:
-            lines.append(
-                "  cost and CO2e: not configured (--tariff / THERMOLEDGER_TARIFF_USD_PER_KWH, "
-                "--grid-intensity / THERMOLEDGER_GRID_INTENSITY_G_PER_KWH, --pue)"
-            )
-    if summary.overruns or summary.read_errors or summary.spool_errors or summary.unspooled:
-        lines.append(
-            f"  meter: {summary.overruns} overruns, {summary.read_errors} failed reads, "
-            f"{summary.spool_errors} spool errors, {summary.unspooled} chunks not spooled"
-        )
-    if upload is None:
-        lines.append(
-            f"  offline: the run is in the spool {spool_dir}; `thermoledger push` sends it"
-        )
-    elif upload.complete:
-        lines.append(
-            f"  uploaded: {upload.stored} chunks stored, {upload.duplicates} duplicates, "
-            f"{upload.messages_sent} run/phase/work messages"
-        )
-    else:
-        why = upload.error or "; ".join(upload.blocked) or "refused by the service"
-        lines.append(
-            f"  NOT fully uploaded ({why}): {upload.remaining + upload.refused} chunks and "
-            f"{upload.messages_pending} messages wait in {spool_dir}; `thermoledger push` later"
-        )
-    return "\n".join(lines) + "\n"
-
-
-class _StatusLine:
-    """The live one-line status on a terminal (stderr), refreshed about once a second."""
-
-    def __init__(self, stream: TextIO, meter: Meter, enabled: bool) -> None:
-        self._stream = stream
-        self._meter = meter
-        self.enabled = enabled
-        self._start_s = time.monotonic()
-        self._last: tuple[float, float] | None = None
-        self._shown = False
-
-    def refresh(self) -> None:
-        if not self.enabled:
-            return
-        try:
-            self._draw()
-        except Exception:
-            self.enabled = False  # a status line is not worth disturbing the wrapper for
-
-    def _draw(self) -> None:
-        now_s = time.monotonic()
-        summary = self._meter.summary()
-        energy_j = summary.energy_j
-        power = ""
-        if self._last is not None and now_s > self._last[0]:
-            power = f"{(energy_j - self._last[1]) / (now_s - self._last[0]):7.1f} W | "
-        self._last = (now_s, energy_j)
-        devices = len(summary.devices)
-        label = " | SIMULATED" if self._meter.simulated else ""
-        text = (
-            f"[thermoledger] {devices} device(s) | {power}{format_energy(energy_j)} | "
-            f"{_duration(now_s - self._start_s)}{label}"
-        )
-        self._write("\r\x1b[K" + text)
-
-    def clear(self) -> None:
-        if self._shown:
-            self._write("\r\x1b[K")
-
-    def _write(self, text: str) -> None:
-        try:
-            self._stream.write(text)
-            self._stream.flush()
-            self._shown = True
-        except (OSError, ValueError):
-            self.enabled = False  # the terminal went away (SIGHUP): stop drawing
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # -- the child ----------------------------------------------------------------------------------
@@ -444,7 +232,7 @@ class _Finishing:
         self._meter.abort_upload()
 
 
-def _wait(child: subprocess.Popen[bytes], status: _StatusLine) -> int:
+def _wait(child: subprocess.Popen[bytes], status: StatusLine) -> int:
     """Wait for the child; returns its shell-style exit code (128 + N when killed by signal N)."""
     while True:
         try:
@@ -571,11 +359,6 @@ def _footprint(args: argparse.Namespace, env: Mapping[str, str]) -> FootprintSet
     )
 
 
-def _title(meter: Meter, verb: str, code: int | None) -> str:
-    ended = "" if code is None else (" (exit 0)" if code == 0 else f" (exit {code})")
-    return f"thermoledger: run {meter.run_id} {meter.name!r} {verb}{ended}"
-
-
 def _cmd_run(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
@@ -615,14 +398,7 @@ def _cmd_run(
             meter.stop(exit_code=code, failed=True)
             return code
         forwarder.attach(child)
-        status = _StatusLine(
-            err,
-            meter,
-            enabled=_isatty(err)
-            and not args.quiet
-            and meter.sampling
-            and args.observe.log_format == "text",
-        )
+        status = StatusLine(err, meter, wanted=not args.quiet and args.observe.log_format == "text")
         try:
             with _metrics(args, meter, log):
                 code = _wait(child, status)
@@ -633,70 +409,8 @@ def _cmd_run(
         summary = meter.stop(exit_code=code, failed=code != 0)
     if not args.quiet and meter.state != "disabled":
         verb = "finished" if code == 0 else "failed"
-        _write_summary(err, log, meter, summary, verb, code, footprint, args.verbose)
+        write_summary(err, log, meter, summary, verb, code, footprint, args.verbose)
     return code
-
-
-def _write_summary(
-    err: TextIO,
-    log: logging.Logger,
-    meter: Meter,
-    summary: MeterSummary,
-    verb: str,
-    code: int | None,
-    footprint: FootprintSettings,
-    verbose: bool,
-) -> None:
-    """Print the summary table; a failure to format it must not change the exit code.
-
-    With JSON logs the table is one log record (whatever the log level), with the totals as
-    fields, so that stderr stays one JSON object per line.
-    """
-    try:
-        table = render_summary(
-            summary,
-            title=_title(meter, verb, code),
-            backend_label=meter.backend_label,
-            simulated=meter.simulated,
-            upload=meter.upload,
-            spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
-            footprint=footprint,
-            verbose=verbose,
-        )
-        _emit_summary(
-            err,
-            log,
-            table,
-            {
-                "exit_code": code,
-                "energy_j": summary.energy_j,
-                "energy_low_j": summary.energy_low_j,
-                "energy_high_j": summary.energy_high_j,
-                "devices": len(summary.devices),
-                "simulated": meter.simulated,
-            },
-        )
-    except Exception as e:
-        log.error("could not print the summary (%s: %s)", type(e).__name__, e)
-
-
-def _emit_summary(err: TextIO, log: logging.Logger, table: str, facts: dict[str, Any]) -> None:
-    """The summary table on stderr, or, with JSON logs, one ``summary`` record carrying it and
-    ``facts`` (written past the level check: the summary is always written)."""
-    if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
-        err.write(table)
-        return
-    record = log.makeRecord(
-        log.name,
-        logging.INFO,
-        __file__,
-        0,
-        table.rstrip("\n"),
-        (),
-        None,
-        extra={"event": "summary", **facts},
-    )
-    log.handle(record)
 
 
 def _cmd_sidecar(
@@ -726,7 +440,7 @@ def _cmd_sidecar(
         summary = meter.stop(exit_code=None, failed=False)
     if not args.quiet and meter.sampling:
         verb = f"stopped by {signal.Signals(received[0]).name}"
-        _write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
+        write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
     return 0
 
 
@@ -830,7 +544,7 @@ def _cmd_sidecar_pods(
         )
         runs = {t.run_id: {"name": t.name, "energy_j": t.energy_j} for t in totals.values()}
         energy_j = math.fsum(t.energy_j for t in totals.values())
-        _emit_summary(err, log, table, {"energy_j": energy_j, "runs": runs})
+        emit_summary(err, log, table, {"energy_j": energy_j, "runs": runs})
     return 0
 
 
