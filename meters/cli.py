@@ -45,16 +45,13 @@ import contextlib
 import logging
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from types import FrameType
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 from .api import RUN_KINDS, Meter
+from .child import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, FORWARDED_SIGNALS, Child, finishing
 from .k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 from .logs import LOG_FORMATS, LogFormat, RunIdFilter, json_handler
 from .runid import (
@@ -72,6 +69,7 @@ from .settings import (
     ObserveSettings,
     SettingsError,
 )
+from .signals import Caught
 from .summary import (
     StatusLine,
     emit_summary,
@@ -83,12 +81,7 @@ from .summary import (
 
 __all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
 
-FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_STATUS_REFRESH_S: Final = 1.0
-_SIGNAL_POLL_S: Final = 0.2
 _EXIT_USAGE: Final = 2
-_EXIT_NOT_FOUND: Final = 127
-_EXIT_NOT_EXECUTABLE: Final = 126
 
 
 class _Prefixed(logging.Formatter):
@@ -116,131 +109,7 @@ def _logger(err: TextIO, verbose: bool, log_format: LogFormat = "text") -> loggi
     return log
 
 
-# -- the child ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _ignoring(signum: signal.Signals) -> Iterator[None]:
-    previous = signal.signal(signum, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)
-
-
-def _terminal_fd() -> int | None:
-    """stdin's fd when this process owns the terminal's foreground (else None)."""
-    try:
-        fd = sys.stdin.fileno()
-        if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
-            return fd
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
-
-
-def _hand_terminal(fd: int | None, pgrp: int) -> None:
-    """Make ``pgrp`` the terminal's foreground group (as a shell does for a job)."""
-    if fd is None:
-        return
-    with contextlib.suppress(OSError), _ignoring(signal.SIGTTOU):
-        os.tcsetpgrp(fd, pgrp)
-
-
-def _spawn(
-    command: Sequence[str], env: Mapping[str, str], terminal: int | None
-) -> subprocess.Popen[bytes]:
-    child = subprocess.Popen(list(command), env=dict(env), process_group=0)
-    if terminal is not None:
-        _hand_terminal(terminal, child.pid)
-        # Had the child read the terminal before it was its own, it stopped (SIGTTIN): go on.
-        with contextlib.suppress(OSError):
-            os.killpg(child.pid, signal.SIGCONT)
-    return child
-
-
-class _Forwarder:
-    """Signal handlers that forward SIGINT/SIGTERM/SIGHUP to the child's process group.
-
-    Installed before the child exists, so a signal in between is not lost (nor kills the
-    wrapper): it is forwarded as soon as the child is there.
-    """
-
-    def __init__(self) -> None:
-        self.child: subprocess.Popen[bytes] | None = None
-        self.early: list[int] = []
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def __enter__(self) -> _Forwarder:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def attach(self, child: subprocess.Popen[bytes]) -> None:
-        self.child = child
-        for signum in self.early:
-            self._send(signum)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.child is None:
-            self.early.append(signum)
-        else:
-            self._send(signum)
-
-    def _send(self, signum: int) -> None:
-        assert self.child is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.child.pid, signum)
-
-
-class _Finishing:
-    """While the meter flushes and uploads at the end, a signal cuts the upload short.
-
-    It does not kill the wrapper mid-flush: the partial chunk and the run's status reach the
-    spool first; only the upload is abandoned (``thermoledger push`` finishes it later).
-
-    With ``linger`` (the process is the ``thermoledger`` command itself), a signal after the
-    flush is ignored instead of restoring the default handler: the work is done, and the exit
-    status must stay the child's, not become the signal's while the summary is printed.
-    """
-
-    def __init__(self, meter: Meter, log: logging.Logger, *, linger: bool = False) -> None:
-        self._meter = meter
-        self._log = log
-        self._linger = linger
-        self._previous: dict[signal.Signals, Any] = {}
-        self.received: list[int] = []
-
-    def __enter__(self) -> _Finishing:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_IGN if self._linger else handler)
-        if self.received:
-            self._log.warning(
-                "signal %s while finishing: the upload was cut short; the spool keeps the rest",
-                signal.Signals(self.received[0]).name,
-            )
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-        self._meter.abort_upload()
-
-
-def _wait(child: subprocess.Popen[bytes], status: StatusLine) -> int:
-    """Wait for the child; returns its shell-style exit code (128 + N when killed by signal N)."""
-    while True:
-        try:
-            code = child.wait(timeout=_STATUS_REFRESH_S)
-            break
-        except subprocess.TimeoutExpired:
-            status.refresh()
-    return 128 - code if code < 0 else code
+# -- the run command ----------------------------------------------------------------------------
 
 
 def _child_env(
@@ -385,27 +254,22 @@ def _cmd_run(
         upload_timeout_s=args.upload_timeout,
     )
     footprint = _footprint(args, env)
-    terminal = _terminal_fd()
-    with _Forwarder() as forwarder:
+    with Child() as child:
         meter = _meter(args, env, log, args.name or _default_name(command)).start()
         if meter.state == "disabled":
             log.error("the job runs unmetered")
         try:
-            child = _spawn(command, _child_env(env, meter, meter.settings), terminal)
+            child.spawn(command, _child_env(env, meter, meter.settings))
         except OSError as e:
-            code = _EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else _EXIT_NOT_EXECUTABLE
+            code = EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else EXIT_NOT_EXECUTABLE
             err.write(f"thermoledger: cannot run {command[0]!r}: {e.strerror or e}\n")
             meter.stop(exit_code=code, failed=True)
             return code
-        forwarder.attach(child)
         status = StatusLine(err, meter, wanted=not args.quiet and args.observe.log_format == "text")
-        try:
-            with _metrics(args, meter, log):
-                code = _wait(child, status)
-        finally:
-            _hand_terminal(terminal, os.getpgrp())
+        with _metrics(args, meter, log):
+            code = child.wait(tick=status.refresh)
     status.clear()
-    with _Finishing(meter, log, linger=args.process_entry):
+    with finishing(meter.abort_upload, log, linger=args.process_entry):
         summary = meter.stop(exit_code=code, failed=code != 0)
     if not args.quiet and meter.state != "disabled":
         verb = "finished" if code == 0 else "failed"
@@ -420,26 +284,17 @@ def _cmd_sidecar(
         return _cmd_sidecar_pods(args, env, err, log)
     footprint = _footprint(args, env)  # a bad value exits 2 before anything is metered
     meter = _meter(args, env, log, args.name or "sidecar")
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)  # only record it: see meters.sampler.sample_until_signalled
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    # Only record the signal: see meters.sampler.sample_until_signalled.
+    with Caught() as stop:
         meter.start()
         if meter.state in ("idle", "disabled"):
             log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
         with _metrics(args, meter, log):
-            while not received:
-                time.sleep(_SIGNAL_POLL_S)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    with _Finishing(meter, log, linger=args.process_entry):
+            stop.wait()
+    with finishing(meter.abort_upload, log, linger=args.process_entry):
         summary = meter.stop(exit_code=None, failed=False)
     if not args.quiet and meter.sampling:
-        verb = f"stopped by {signal.Signals(received[0]).name}"
+        verb = f"stopped by {stop.first}"
         write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
     return 0
 
@@ -493,22 +348,20 @@ def _cmd_sidecar_pods(
     except MeterError as e:  # grpcio / protobuf missing
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE
-    received: list[int] = []
-    finishing: list[bool] = []
+    finishing_: list[bool] = []
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if finishing:
+    def cut_upload(signum: int) -> None:
+        if finishing_:
             attribution.abort_upload()  # a second signal cuts the final upload short
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    # As `meters.child.finishing` does: once the work is done, a late signal must not change
+    # the exit status of the command itself.
+    with Caught(then=cut_upload, ignore_after=args.process_entry) as stop:
         try:
             attribution.start()
         except MeterError as e:
             log.error("pod attribution disabled: %s; waiting for SIGTERM", e)
-            while not received:
-                time.sleep(_SIGNAL_POLL_S)
+            stop.wait()
             attribution.stop()
             return 0
         observe: ObserveSettings = args.observe
@@ -524,19 +377,14 @@ def _cmd_sidecar_pods(
             else None
         )
         try:
-            attribution.run(lambda: bool(received))
+            attribution.run(lambda: bool(stop))
         finally:
             if server is not None:
                 server.close()
-        finishing.append(True)
+        finishing_.append(True)
         totals = attribution.stop()
-    finally:
-        for sig, handler in previous.items():
-            # As `_Finishing` does: once the work is done, a late signal must not change the
-            # exit status of the command itself.
-            signal.signal(sig, signal.SIG_IGN if args.process_entry else handler)
     if not args.quiet:
-        why = signal.Signals(received[0]).name if received else "request"
+        why = stop.first or "request"
         table = render_attribution(
             totals,
             title=f"thermoledger: node {pods.node}: pod attribution stopped by {why}",
@@ -552,13 +400,7 @@ def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> in
     """``pod-resources-relay``: `meters.k8s.PodResourcesRelay` until SIGTERM/SIGINT."""
     from .k8s import PodResourcesError, PodResourcesRelay
 
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with Caught() as stop:
         try:
             relay = PodResourcesRelay(args.socket, args.listen, mode=args.mode, logger=log)
             relay.start()
@@ -566,13 +408,9 @@ def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> in
             err.write(f"thermoledger: {e}\n")
             return 1
         try:
-            while not received:
-                time.sleep(_SIGNAL_POLL_S)
+            stop.wait()
         finally:
             relay.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0
 
 
