@@ -22,15 +22,16 @@ Commands:
   anything could not be sent, after a summary.
 * ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
 
-Options come from flags, then ``THERMOLEDGER_*`` (`meters.settings`). A metering failure never
-stops the job: the wrapper then runs the child unmetered and says so.
+Options come from flags (parsed once into typed options, `meters.options`), then
+``THERMOLEDGER_*`` (`meters.settings`). A metering failure never stops the job: the wrapper then
+runs the child unmetered and says so. The child's supervision is `meters.child`, the summary and
+the status line `meters.summary`, and every signal handler goes through `meters.signals`.
 
 With a grid intensity (``--grid-intensity``) and/or a tariff (``--tariff``) configured, the
 summary of ``run`` and ``sidecar`` also gives the run's location-based CO2e and energy cost, with
 the PUE (``--pue``, default 1.0: IT energy only) applied and stated, and the band carried through
-(low energy → low figure). Plain arithmetic, the accounting core's model without pint:
-``facility kWh = J / 3.6e6 × PUE``; CO2e g = facility kWh × g/kWh; USD = facility kWh × USD/kWh.
-Nothing is guessed: no region, no default intensity, no default price.
+(`meters.summary` gives the arithmetic). Nothing is guessed: no region, no default intensity, no
+default price.
 
 Observing the meter itself (``run`` and ``sidecar``): ``--metrics-port PORT`` serves Prometheus
 metrics (`meters.metrics`: power, energy, samples, spool depth, upload failures), computed only
@@ -40,20 +41,28 @@ per line with the run id (`meters.logs`). Both are off by default (`ObserveSetti
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
-from .api import RUN_KINDS, Meter
+from .api import Meter
 from .child import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, FORWARDED_SIGNALS, Child, finishing
-from .k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
-from .logs import LOG_FORMATS, LogFormat, RunIdFilter, json_handler
+from .logs import LogFormat, RunIdFilter, json_handler
+from .options import (
+    MeterOptions,
+    PushOptions,
+    RelayOptions,
+    RunOptions,
+    SidecarOptions,
+    StatusOptions,
+    from_args,
+)
+from .options import build_parser as _build_parser
 from .runid import (
     NODE_METER_ENV,
     RUN_ID_ENV,
@@ -61,14 +70,7 @@ from .runid import (
     node_meter_mark,
     resolve_run_id,
 )
-from .settings import (
-    BACKENDS,
-    ENV_PREFIX,
-    FootprintSettings,
-    MeterSettings,
-    ObserveSettings,
-    SettingsError,
-)
+from .settings import ENV_PREFIX, FootprintSettings, MeterSettings, SettingsError
 from .signals import Caught
 from .summary import (
     StatusLine,
@@ -78,6 +80,9 @@ from .summary import (
     render_summary,
     write_summary,
 )
+
+if TYPE_CHECKING:
+    from .metrics import CountingTransport
 
 __all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
 
@@ -109,7 +114,7 @@ def _logger(err: TextIO, verbose: bool, log_format: LogFormat = "text") -> loggi
     return log
 
 
-# -- the run command ----------------------------------------------------------------------------
+# -- metering: run and sidecar ------------------------------------------------------------------
 
 
 def _child_env(
@@ -144,39 +149,33 @@ def _default_name(command: Sequence[str]) -> str:
     return program
 
 
-# -- commands -----------------------------------------------------------------------------------
+def _upload_transport(options: MeterOptions) -> CountingTransport | None:
+    """With a metrics port, the uploads go through a transport that counts their failures."""
+    if options.observe.metrics_port is None:
+        return None
+    from .metrics import CountingTransport
 
-
-def _tags(raw: Sequence[str] | None, parser: argparse.ArgumentParser) -> dict[str, str]:
-    tags = {}
-    for item in raw or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--tag needs key=value, got {item!r}")
-        tags[key] = value
-    return tags
+    return CountingTransport()
 
 
 def _meter(
-    args: argparse.Namespace, env: Mapping[str, str], log: logging.Logger, name: str
+    options: MeterOptions,
+    env: Mapping[str, str],
+    log: logging.Logger,
+    name: str,
+    transport: CountingTransport | None,
 ) -> Meter:
     meter = Meter(
         name,
-        kind=args.kind,
-        run_id=args.run_id,
-        server=args.server,
-        token=args.token,
-        gpus=args.gpus,
-        interval_s=args.interval,
-        chunk_s=args.chunk,
-        spool_dir=args.spool_dir,
-        tags=args.tags,
-        simulate=args.simulate,
-        backend=args.backend,
-        upload_timeout_s=args.upload_timeout,
+        kind=options.kind,
+        run_id=options.run_id,
+        tags=options.tags,
+        simulate=options.simulate,
+        backend=options.backend,
         env=env,
         logger=log,
-        upload_transport=args.upload_transport,
+        upload_transport=transport,
+        **options.settings_flags(),
     )
     for handler in log.handlers:
         for f in handler.filters:
@@ -185,22 +184,21 @@ def _meter(
     return meter
 
 
-def _observe(args: argparse.Namespace, env: Mapping[str, str]) -> ObserveSettings:
-    """The metrics and log settings of ``run`` / ``sidecar`` (defaults for other commands)."""
-    if not hasattr(args, "metrics_port"):
-        return ObserveSettings()
-    return ObserveSettings.resolve(
-        env=env,
-        metrics_port=args.metrics_port,
-        metrics_addr=args.metrics_addr,
-        log_format=args.log_format,
-    )
+def _meter_settings(
+    options: MeterOptions, env: Mapping[str, str], *, backend: str | None
+) -> MeterSettings:
+    return MeterSettings.resolve(env=env, backend=backend, **options.settings_flags())
 
 
-@contextlib.contextmanager
-def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Iterator[None]:
+@contextmanager
+def _metrics(
+    options: MeterOptions,
+    meter: Meter,
+    log: logging.Logger,
+    transport: CountingTransport | None,
+) -> Iterator[None]:
     """Serve the meter's metrics while the block runs, when a port is configured."""
-    observe: ObserveSettings = args.observe
+    observe = options.observe
     server = None
     if observe.metrics_port is not None and meter.state not in ("new", "disabled"):
         from .metrics import serve_meter_metrics
@@ -209,7 +207,7 @@ def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Ite
             meter,
             port=observe.metrics_port,
             address=observe.metrics_addr,
-            transport=args.upload_transport,
+            transport=transport,
             logger=log,
         )
     try:
@@ -219,43 +217,23 @@ def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Ite
             server.close()
 
 
-def _footprint(args: argparse.Namespace, env: Mapping[str, str]) -> FootprintSettings:
+def _footprint(options: MeterOptions, env: Mapping[str, str]) -> FootprintSettings:
     return FootprintSettings.resolve(
         env=env,
-        grid_intensity_g_per_kwh=args.grid_intensity,
-        pue=args.pue,
-        tariff_usd_per_kwh=args.tariff,
+        grid_intensity_g_per_kwh=options.grid_intensity_g_per_kwh,
+        pue=options.pue,
+        tariff_usd_per_kwh=options.tariff_usd_per_kwh,
     )
 
 
-def _cmd_run(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-    env: Mapping[str, str],
-    err: TextIO,
-    log: logging.Logger,
-) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        parser.error(
-            "run: give the command to meter after --, e.g. thermoledger run -- python x.py"
-        )
-    MeterSettings.resolve(  # refuse bad flags before anything runs (exit 2)
-        env=env,
-        server=args.server,
-        token=args.token,
-        spool_dir=args.spool_dir,
-        interval_s=args.interval,
-        chunk_s=args.chunk,
-        gpus=args.gpus,
-        backend=args.backend,
-        upload_timeout_s=args.upload_timeout,
-    )
-    footprint = _footprint(args, env)
+def _cmd_run(options: RunOptions, env: Mapping[str, str], err: TextIO, log: logging.Logger) -> int:
+    command = options.command
+    _meter_settings(options, env, backend=options.backend)  # bad flags: exit 2 before the child
+    footprint = _footprint(options, env)
+    transport = _upload_transport(options)
     with Child() as child:
-        meter = _meter(args, env, log, args.name or _default_name(command)).start()
+        name = options.name or _default_name(command)
+        meter = _meter(options, env, log, name, transport).start()
         if meter.state == "disabled":
             log.error("the job runs unmetered")
         try:
@@ -265,42 +243,49 @@ def _cmd_run(
             err.write(f"thermoledger: cannot run {command[0]!r}: {e.strerror or e}\n")
             meter.stop(exit_code=code, failed=True)
             return code
-        status = StatusLine(err, meter, wanted=not args.quiet and args.observe.log_format == "text")
-        with _metrics(args, meter, log):
+        status = StatusLine(
+            err, meter, wanted=not options.quiet and options.observe.log_format == "text"
+        )
+        with _metrics(options, meter, log, transport):
             code = child.wait(tick=status.refresh)
     status.clear()
-    with finishing(meter.abort_upload, log, linger=args.process_entry):
+    with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=code, failed=code != 0)
-    if not args.quiet and meter.state != "disabled":
+    if not options.quiet and meter.state != "disabled":
         verb = "finished" if code == 0 else "failed"
-        write_summary(err, log, meter, summary, verb, code, footprint, args.verbose)
+        write_summary(err, log, meter, summary, verb, code, footprint, options.verbose)
     return code
 
 
 def _cmd_sidecar(
-    args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
+    options: SidecarOptions, env: Mapping[str, str], err: TextIO, log: logging.Logger
 ) -> int:
-    if args.attribute_pods:
-        return _cmd_sidecar_pods(args, env, err, log)
-    footprint = _footprint(args, env)  # a bad value exits 2 before anything is metered
-    meter = _meter(args, env, log, args.name or "sidecar")
+    transport = _upload_transport(options)
+    if options.attribute_pods:
+        return _cmd_sidecar_pods(options, env, err, log, transport)
+    footprint = _footprint(options, env)  # a bad value exits 2 before anything is metered
+    meter = _meter(options, env, log, options.name or "sidecar", transport)
     # Only record the signal: see meters.sampler.sample_until_signalled.
     with Caught() as stop:
         meter.start()
         if meter.state in ("idle", "disabled"):
             log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
-        with _metrics(args, meter, log):
+        with _metrics(options, meter, log, transport):
             stop.wait()
-    with finishing(meter.abort_upload, log, linger=args.process_entry):
+    with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=None, failed=False)
-    if not args.quiet and meter.sampling:
+    if not options.quiet and meter.sampling:
         verb = f"stopped by {stop.first}"
-        write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
+        write_summary(err, log, meter, summary, verb, None, footprint, options.verbose)
     return 0
 
 
 def _cmd_sidecar_pods(
-    args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
+    options: SidecarOptions,
+    env: Mapping[str, str],
+    err: TextIO,
+    log: logging.Logger,
+    transport: CountingTransport | None,
 ) -> int:
     """``sidecar --attribute-pods``: `meters.pods.PodAttribution` until SIGTERM/SIGINT."""
     from .errors import MeterError
@@ -311,21 +296,15 @@ def _cmd_sidecar_pods(
         serve_attribution_metrics,
     )
 
-    settings = MeterSettings.resolve(
-        env=env,
-        server=args.server,
-        token=args.token,
-        spool_dir=args.spool_dir,
-        interval_s=args.interval,
-        chunk_s=args.chunk,
-        gpus=args.gpus,
-        backend="simulated" if args.simulate else args.backend,
-        upload_timeout_s=args.upload_timeout,
-    )
+    backend = "simulated" if options.simulate else options.backend
+    settings = _meter_settings(options, env, backend=backend)
     pods = PodSettings.resolve(
-        env=env, socket_path=args.pod_resources_socket, poll_s=args.pod_poll, node=args.node
+        env=env,
+        socket_path=options.pod_resources_socket,
+        poll_s=options.pod_poll_s,
+        node=options.node,
     )
-    identity = resolve_run_id(args.run_id, env)
+    identity = resolve_run_id(options.run_id, env)
     if identity.source == "new":
         log.warning(
             "no --run-id: the runs of this node get new ids at every start, so a restarted "
@@ -336,12 +315,12 @@ def _cmd_sidecar_pods(
             settings,
             pods,
             base_run_id=identity.run_id,
-            name=args.name,
-            kind=args.kind,
-            tags=args.tags,
+            name=options.name,
+            kind=options.kind,
+            tags=options.tags,
             env=env,
             logger=log,
-            upload_transport=args.upload_transport,
+            upload_transport=transport,
         )
     except SettingsError:
         raise  # exit 2 from `main`, like every other bad setting
@@ -356,7 +335,7 @@ def _cmd_sidecar_pods(
 
     # As `meters.child.finishing` does: once the work is done, a late signal must not change
     # the exit status of the command itself.
-    with Caught(then=cut_upload, ignore_after=args.process_entry) as stop:
+    with Caught(then=cut_upload, ignore_after=options.process_entry) as stop:
         try:
             attribution.start()
         except MeterError as e:
@@ -364,13 +343,13 @@ def _cmd_sidecar_pods(
             stop.wait()
             attribution.stop()
             return 0
-        observe: ObserveSettings = args.observe
+        observe = options.observe
         server = (
             serve_attribution_metrics(
                 attribution,
                 port=observe.metrics_port,
                 address=observe.metrics_addr,
-                transport=args.upload_transport,
+                transport=transport,
                 logger=log,
             )
             if observe.metrics_port is not None
@@ -383,7 +362,7 @@ def _cmd_sidecar_pods(
                 server.close()
         finishing_.append(True)
         totals = attribution.stop()
-    if not args.quiet:
+    if not options.quiet:
         why = stop.first or "request"
         table = render_attribution(
             totals,
@@ -396,13 +375,16 @@ def _cmd_sidecar_pods(
     return 0
 
 
-def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> int:
+# -- the other commands -------------------------------------------------------------------------
+
+
+def _cmd_relay(options: RelayOptions, err: TextIO, log: logging.Logger) -> int:
     """``pod-resources-relay``: `meters.k8s.PodResourcesRelay` until SIGTERM/SIGINT."""
     from .k8s import PodResourcesError, PodResourcesRelay
 
     with Caught() as stop:
         try:
-            relay = PodResourcesRelay(args.socket, args.listen, mode=args.mode, logger=log)
+            relay = PodResourcesRelay(options.socket, options.listen, mode=options.mode, logger=log)
             relay.start()
         except PodResourcesError as e:
             err.write(f"thermoledger: {e}\n")
@@ -414,13 +396,13 @@ def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> in
     return 0
 
 
-def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+def _cmd_push(options: PushOptions, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     from .control import CONTROL_FILENAME, ControlStore
     from .spool import SPOOL_FILENAME, Spool
     from .uploader import Uploader
 
     settings = MeterSettings.resolve(
-        env=env, server=args.server, token=args.token, spool_dir=args.spool_dir
+        env=env, server=options.server, token=options.token, spool_dir=options.spool_dir
     )
     if settings.api_url is None:
         err.write("thermoledger push: no server: pass --server URL or set THERMOLEDGER_SERVER\n")
@@ -429,15 +411,15 @@ def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err
     if not (directory / SPOOL_FILENAME).exists() and not (directory / CONTROL_FILENAME).exists():
         out.write(f"nothing to push: no spool in {directory}\n")
         return 0
-    run_ids = None if args.run_id is None else [canonical_run_id(args.run_id)]
+    run_ids = None if options.run_id is None else [canonical_run_id(options.run_id)]
     with Spool.in_directory(directory) as spool, ControlStore.in_directory(directory) as control:
-        if args.retry_rejected:
+        if options.retry_rejected:
             freed = control.clear_rejections(run_ids[0] if run_ids else None)
             out.write(f"retrying {freed} rejected chunk(s)\n")
         with Uploader(
             spool, control, api_url=settings.api_url, token=settings.token, run_ids=run_ids
         ) as uploader:
-            result = uploader.drain(timeout_s=args.timeout)
+            result = uploader.drain(timeout_s=options.timeout_s)
     out.write(
         f"pushed to {settings.server}: {result.acknowledged} chunk(s) sent "
         f"({result.stored} stored, {result.duplicates} duplicates), "
@@ -453,11 +435,11 @@ def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err
     return 0 if result.complete else 1
 
 
-def _cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+def _cmd_status(options: StatusOptions, env: Mapping[str, str], out: TextIO) -> int:
     from .control import CONTROL_FILENAME, ControlStore
     from .spool import SPOOL_FILENAME, Spool
 
-    settings = MeterSettings.resolve(env=env, spool_dir=args.spool_dir)
+    settings = MeterSettings.resolve(env=env, spool_dir=options.spool_dir)
     directory = settings.spool_dir
     if not (directory / SPOOL_FILENAME).exists():
         out.write(f"no spool in {directory}\n")
@@ -503,160 +485,6 @@ def _cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -
     return 0
 
 
-# -- parser -------------------------------------------------------------------------------------
-
-
-def _meter_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpus", help="NVML indices or UUIDs, e.g. 0,1 (default: all visible)")
-    parser.add_argument("--interval", type=float, help="sampling interval, s (default 0.1)")
-    parser.add_argument("--chunk", type=float, help="chunk length, s (default 10)")
-    parser.add_argument(
-        "--server", help="service URL (default: THERMOLEDGER_SERVER; none: offline)"
-    )
-    parser.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
-    parser.add_argument(
-        "--run-id", help="run id (default: THERMOLEDGER_RUN_ID, SLURM, torchrun, new)"
-    )
-    parser.add_argument("--name", help="run name (default: from the command)")
-    parser.add_argument("--kind", default="training", choices=RUN_KINDS, help="default: training")
-    parser.add_argument("--tag", action="append", metavar="KEY=VALUE", help="run tag (repeatable)")
-    parser.add_argument(
-        "--simulate", action="store_true", help="meter simulated devices (labelled)"
-    )
-    parser.add_argument(
-        "--backend", choices=BACKENDS, help="device backend (default: auto: NVML, else simulated)"
-    )
-    parser.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
-    parser.add_argument(
-        "--upload-timeout", type=float, help="seconds to keep uploading at the end (default 30)"
-    )
-    parser.add_argument(
-        "--grid-intensity",
-        type=float,
-        metavar="G_PER_KWH",
-        help="location-based grid intensity of your region, gCO2e/kWh, for a CO2e line in the "
-        "summary (default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
-    )
-    parser.add_argument(
-        "--pue",
-        type=float,
-        help="power usage effectiveness, >= 1, applied to cost and CO2e "
-        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
-    )
-    parser.add_argument(
-        "--tariff",
-        type=float,
-        metavar="USD_PER_KWH",
-        help="electricity price, USD/kWh, for a cost line in the summary "
-        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on this port, 0 for any free one "
-        "(default: THERMOLEDGER_METRICS_PORT; unset: none)",
-    )
-    parser.add_argument(
-        "--metrics-addr",
-        metavar="ADDR",
-        help="interface for the metrics (default: THERMOLEDGER_METRICS_ADDR, else 0.0.0.0)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        help="text, or json: one object per line with the run id "
-        "(default: THERMOLEDGER_LOG_FORMAT, else text)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no status line, no summary")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")
-
-
-def _pod_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Kubernetes node meter")
-    group.add_argument(
-        "--attribute-pods",
-        action="store_true",
-        help="one run per pod holding GPUs on this node and one for the unallocated GPUs, from "
-        "the kubelet's PodResources API (run ids derived from --run-id)",
-    )
-    group.add_argument(
-        "--pod-resources-socket",
-        metavar="PATH",
-        help="the kubelet's PodResources socket, or a relay's (default: "
-        f"THERMOLEDGER_POD_RESOURCES_SOCKET, else {DEFAULT_POD_RESOURCES_SOCKET})",
-    )
-    group.add_argument(
-        "--pod-poll",
-        type=float,
-        metavar="S",
-        help="seconds between two questions to the kubelet (default: THERMOLEDGER_POD_POLL_S, "
-        "else 5)",
-    )
-    group.add_argument(
-        "--node",
-        metavar="NAME",
-        help="the node's name (default: THERMOLEDGER_NODE_NAME, else the host name)",
-    )
-
-
-def _octal_mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
-    if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"not a permission mode: {text!r}")
-    return mode
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="thermoledger",
-        description="Meter the energy of ML jobs and send it to a thermoledger service.",
-    )
-    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="meter a command: thermoledger run [options] -- CMD ...")
-    _meter_options(run)
-    run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
-    sidecar = sub.add_parser("sidecar", help="meter this node until SIGTERM (pods, SLURM)")
-    _meter_options(sidecar)
-    _pod_options(sidecar)
-    relay = sub.add_parser(
-        "pod-resources-relay",
-        help="offer the kubelet's root-only PodResources socket to an unprivileged meter",
-    )
-    relay.add_argument(
-        "--socket",
-        default=DEFAULT_POD_RESOURCES_SOCKET,
-        help="the kubelet's socket (default: %(default)s)",
-    )
-    relay.add_argument(
-        "--listen", required=True, help="the socket to offer (its directory must exist)"
-    )
-    relay.add_argument(
-        "--mode",
-        type=_octal_mode,
-        default=0o660,
-        help="permission bits of --listen, octal (default 0660: owner and group)",
-    )
-    relay.add_argument("-v", "--verbose", action="store_true", help="log connection problems")
-    push = sub.add_parser("push", help="send everything pending in the spool")
-    push.add_argument("--server", help="service URL (default: THERMOLEDGER_SERVER)")
-    push.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
-    push.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
-    push.add_argument("--run-id", help="only this run")
-    push.add_argument(
-        "--retry-rejected", action="store_true", help="try chunks the service refused again"
-    )
-    push.add_argument("--timeout", type=float, default=60.0, help="give up after s (default 60)")
-    push.add_argument("-v", "--verbose", action="store_true", help="log each problem")
-    status = sub.add_parser("status", help="what the spool holds")
-    status.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
-    status.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
-    return parser
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -678,33 +506,28 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    args.process_entry = process_entry
     try:
-        args.observe = _observe(args, env)
+        options = from_args(parser.parse_args(argv), parser, env=env, process_entry=process_entry)
     except SettingsError as e:
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE
-    log = _logger(err, getattr(args, "verbose", False), args.observe.log_format)
-    args.upload_transport = None
-    if args.observe.metrics_port is not None:
-        from .metrics import CountingTransport
-
-        args.upload_transport = CountingTransport()
-    if hasattr(args, "tag"):
-        args.tags = _tags(args.tag, parser)
-    commands: dict[str, Callable[[], int]] = {
-        "run": lambda: _cmd_run(args, parser, env, err, log),
-        "sidecar": lambda: _cmd_sidecar(args, env, err, log),
-        "pod-resources-relay": lambda: _cmd_relay(args, err, log),
-        "push": lambda: _cmd_push(args, env, out, err),
-        "status": lambda: _cmd_status(args, env, out),
-    }
+    log = _logger(err, options.verbose, options.log_format)
     try:
-        return commands[args.subcommand]()
+        match options:
+            case RunOptions():
+                return _cmd_run(options, env, err, log)
+            case SidecarOptions():
+                return _cmd_sidecar(options, env, err, log)
+            case RelayOptions():
+                return _cmd_relay(options, err, log)
+            case PushOptions():
+                return _cmd_push(options, env, out, err)
+            case StatusOptions():
+                return _cmd_status(options, env, out)
     except SettingsError as e:
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE
+    raise AssertionError(f"no command for {options!r}")
 
 
 if __name__ == "__main__":
