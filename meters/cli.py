@@ -22,15 +22,16 @@ Commands:
   anything could not be sent, after a summary.
 * ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
 
-Options come from flags, then ``THERMOLEDGER_*`` (`meters.settings`). A metering failure never
-stops the job: the wrapper then runs the child unmetered and says so.
+Options come from flags (parsed once into typed options, `meters.options`), then
+``THERMOLEDGER_*`` (`meters.settings`). A metering failure never stops the job: the wrapper then
+runs the child unmetered and says so. The child's supervision is `meters.child`, the summary and
+the status line `meters.summary`, and every signal handler goes through `meters.signals`.
 
 With a grid intensity (``--grid-intensity``) and/or a tariff (``--tariff``) configured, the
 summary of ``run`` and ``sidecar`` also gives the run's location-based CO2e and energy cost, with
 the PUE (``--pue``, default 1.0: IT energy only) applied and stated, and the band carried through
-(low energy → low figure). Plain arithmetic, the accounting core's model without pint:
-``facility kWh = J / 3.6e6 × PUE``; CO2e g = facility kWh × g/kWh; USD = facility kWh × USD/kWh.
-Nothing is guessed: no region, no default intensity, no default price.
+(`meters.summary` gives the arithmetic). Nothing is guessed: no region, no default intensity, no
+default price.
 
 Observing the meter itself (``run`` and ``sidecar``): ``--metrics-port PORT`` serves Prometheus
 metrics (`meters.metrics`: power, energy, samples, spool depth, upload failures), computed only
@@ -40,23 +41,28 @@ per line with the run id (`meters.logs`). Both are off by default (`ObserveSetti
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from types import FrameType
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
-from .api import RUN_KINDS, Meter
-from .k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
-from .logs import LOG_FORMATS, JsonFormatter, LogFormat, RunIdFilter, json_handler
+from .api import Meter
+from .child import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, FORWARDED_SIGNALS, Child, finishing
+from .logs import LogFormat, RunIdFilter, json_handler
+from .options import (
+    MeterOptions,
+    PushOptions,
+    RelayOptions,
+    RunOptions,
+    SidecarOptions,
+    StatusOptions,
+    from_args,
+)
+from .options import build_parser as _build_parser
 from .runid import (
     NODE_METER_ENV,
     RUN_ID_ENV,
@@ -64,27 +70,23 @@ from .runid import (
     node_meter_mark,
     resolve_run_id,
 )
-from .sampler import MeterSummary
-from .settings import (
-    BACKENDS,
-    ENV_PREFIX,
-    FootprintSettings,
-    MeterSettings,
-    ObserveSettings,
-    SettingsError,
+from .settings import ENV_PREFIX, FootprintSettings, MeterSettings, SettingsError
+from .signals import Caught
+from .summary import (
+    StatusLine,
+    emit_summary,
+    format_energy,
+    render_footprint,
+    render_summary,
+    write_summary,
 )
-from .uploader import PushResult
+
+if TYPE_CHECKING:
+    from .metrics import CountingTransport
 
 __all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
 
-FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_J_PER_KWH: Final = 3.6e6
-_J_PER_WH: Final = 3.6e3
-_STATUS_REFRESH_S: Final = 1.0
-_SIGNAL_POLL_S: Final = 0.2
 _EXIT_USAGE: Final = 2
-_EXIT_NOT_FOUND: Final = 127
-_EXIT_NOT_EXECUTABLE: Final = 126
 
 
 class _Prefixed(logging.Formatter):
@@ -112,347 +114,7 @@ def _logger(err: TextIO, verbose: bool, log_format: LogFormat = "text") -> loggi
     return log
 
 
-# -- formatting ---------------------------------------------------------------------------------
-
-
-def format_energy(energy_j: float) -> str:
-    """Joules for people: ``812 J``, ``3.21 kJ``, ``4.5 MJ`` (and kWh beside the large ones)."""
-    if energy_j != energy_j:  # NaN
-        return "n/a"
-    for scale, unit in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
-        if abs(energy_j) >= scale:
-            return f"{energy_j / scale:.3g} {unit}"
-    return f"{energy_j:.3g} J"
-
-
-def _duration(seconds: float) -> str:
-    total = max(int(seconds), 0)
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def _number(value: float, spec: str) -> str:
-    return "n/a" if value != value else format(value, spec)
-
-
-def _significant(value: float, digits: int = 3) -> str:
-    """``0.012345`` → ``0.0123``; ``5.678`` → ``5.68``; ``1234.5`` → ``1235`` (no exponent)."""
-    if not math.isfinite(value):
-        return "n/a"
-    if value == 0:
-        return "0"
-    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
-    return f"{value:.{decimals}f}"
-
-
-def _format_wh(energy_j: float) -> str:
-    """Joules as Wh, kWh or MWh with three significant figures."""
-    energy_wh = energy_j / _J_PER_WH
-    for scale, unit in ((1e6, "MWh"), (1e3, "kWh")):
-        if abs(energy_wh) >= scale:
-            return f"{_significant(energy_wh / scale)} {unit}"
-    return f"{_significant(energy_wh)} Wh"
-
-
-def render_footprint(
-    energy_j: float,
-    energy_low_j: float,
-    energy_high_j: float,
-    footprint: FootprintSettings,
-) -> list[str]:
-    """The cost and CO2e lines of the summary; empty when neither is configured.
-
-    Args:
-        energy_j: Metered (IT) energy, J.
-        energy_low_j: Lower end of its band, J.
-        energy_high_j: Upper end of its band, J.
-        footprint: Grid intensity (gCO2e/kWh), PUE and tariff (USD/kWh) as configured.
-
-    Returns:
-        Lines (indented, no newline): ``cost`` when a tariff is set, ``CO2e`` when a grid
-        intensity is set, each with its inputs and its band.
-    """
-    facility_kwh = [e / _J_PER_KWH * footprint.pue for e in (energy_j, energy_low_j, energy_high_j)]
-    pue = f"PUE {footprint.pue:.2f}" + (", IT energy only" if footprint.pue == 1.0 else "")
-    energy = _format_wh(energy_j)
-    lines = []
-    if footprint.tariff_usd_per_kwh is not None:
-        usd, low_usd, high_usd = (kwh * footprint.tariff_usd_per_kwh for kwh in facility_kwh)
-        lines.append(
-            f"  cost   {_significant(usd)} USD ({energy} × {pue} at "
-            f"{footprint.tariff_usd_per_kwh:g} USD/kWh); band [{_significant(low_usd)}, "
-            f"{_significant(high_usd)}] USD"
-        )
-    if footprint.grid_intensity_g_per_kwh is not None:
-        g, low_g, high_g = (kwh * footprint.grid_intensity_g_per_kwh for kwh in facility_kwh)
-        lines.append(
-            f"  CO2e   {_significant(g)} g location-based ({energy} × {pue} at "
-            f"{footprint.grid_intensity_g_per_kwh:g} g/kWh; region as configured); "
-            f"band [{_significant(low_g)}, {_significant(high_g)}] g"
-        )
-    return lines
-
-
-def render_summary(
-    summary: MeterSummary,
-    *,
-    title: str,
-    backend_label: str,
-    simulated: bool,
-    upload: PushResult | None,
-    spool_dir: str,
-    footprint: FootprintSettings | None = None,
-    verbose: bool = False,
-) -> str:
-    """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals.
-
-    With ``footprint`` configured (a grid intensity and/or a tariff), the cost and CO2e lines of
-    `render_footprint` follow the table; unconfigured, nothing about them is printed, but for
-    one hint line when ``verbose``.
-    """
-    lines = [title]
-    lines.append(f"  devices read by: {backend_label}")
-    if simulated:
-        lines.append("  SIMULATED devices: these figures are not measurements.")
-    header = (
-        f"  {'device':<28} {'energy J':>12} {'kWh':>10} {'mean W':>8} {'peak W':>8} "
-        f"{'duration s':>10}  {'method':<13} band J"
-    )
-    lines.append(header)
-    for d in summary.devices:
-        band = f"[{d.energy_low_j:.4g}, {d.energy_high_j:.4g}]"
-        lines.append(
-            f"  {d.key[-28:]:<28} {d.energy_j:>12.2f} {d.energy_j / _J_PER_KWH:>10.6f} "
-            f"{_number(d.mean_power_w, '>8.1f')} {_number(d.peak_power_w, '>8.1f')} "
-            f"{d.duration_s:>10.2f}  {d.method:<13} {band}"
-        )
-        if d.missed:
-            missed = ", ".join(f"{k} {v}" for k, v in sorted(d.missed.items()))
-            lines.append(f"  {'':<28} missed readings: {missed}")
-    if not summary.devices:
-        lines.append("  (no device was metered by this process)")
-    else:
-        duration = max((d.duration_s for d in summary.devices), default=0.0)
-        mean_w = summary.energy_j / duration if duration > 0 else float("nan")
-        band = f"[{summary.energy_low_j:.4g}, {summary.energy_high_j:.4g}]"
-        # No total peak: the devices' peaks need not coincide, and their sum would mislead.
-        lines.append(
-            f"  {'total':<28} {summary.energy_j:>12.2f} {summary.energy_j / _J_PER_KWH:>10.6f} "
-            f"{_number(mean_w, '>8.1f')} {'':>8} {duration:>10.2f}  {'':<13} {band}"
-        )
-        if footprint is not None and footprint.configured:
-            lines.extend(
-                render_footprint(
-                    summary.energy_j, summary.energy_low_j, summary.energy_high_j, footprint
-                )
-            )
-        elif verbose:
-            lines.append(
-                "  cost and CO2e: not configured (--tariff / THERMOLEDGER_TARIFF_USD_PER_KWH, "
-                "--grid-intensity / THERMOLEDGER_GRID_INTENSITY_G_PER_KWH, --pue)"
-            )
-    if summary.overruns or summary.read_errors or summary.spool_errors or summary.unspooled:
-        lines.append(
-            f"  meter: {summary.overruns} overruns, {summary.read_errors} failed reads, "
-            f"{summary.spool_errors} spool errors, {summary.unspooled} chunks not spooled"
-        )
-    if upload is None:
-        lines.append(
-            f"  offline: the run is in the spool {spool_dir}; `thermoledger push` sends it"
-        )
-    elif upload.complete:
-        lines.append(
-            f"  uploaded: {upload.stored} chunks stored, {upload.duplicates} duplicates, "
-            f"{upload.messages_sent} run/phase/work messages"
-        )
-    else:
-        why = upload.error or "; ".join(upload.blocked) or "refused by the service"
-        lines.append(
-            f"  NOT fully uploaded ({why}): {upload.remaining + upload.refused} chunks and "
-            f"{upload.messages_pending} messages wait in {spool_dir}; `thermoledger push` later"
-        )
-    return "\n".join(lines) + "\n"
-
-
-class _StatusLine:
-    """The live one-line status on a terminal (stderr), refreshed about once a second."""
-
-    def __init__(self, stream: TextIO, meter: Meter, enabled: bool) -> None:
-        self._stream = stream
-        self._meter = meter
-        self.enabled = enabled
-        self._start_s = time.monotonic()
-        self._last: tuple[float, float] | None = None
-        self._shown = False
-
-    def refresh(self) -> None:
-        if not self.enabled:
-            return
-        try:
-            self._draw()
-        except Exception:
-            self.enabled = False  # a status line is not worth disturbing the wrapper for
-
-    def _draw(self) -> None:
-        now_s = time.monotonic()
-        summary = self._meter.summary()
-        energy_j = summary.energy_j
-        power = ""
-        if self._last is not None and now_s > self._last[0]:
-            power = f"{(energy_j - self._last[1]) / (now_s - self._last[0]):7.1f} W | "
-        self._last = (now_s, energy_j)
-        devices = len(summary.devices)
-        label = " | SIMULATED" if self._meter.simulated else ""
-        text = (
-            f"[thermoledger] {devices} device(s) | {power}{format_energy(energy_j)} | "
-            f"{_duration(now_s - self._start_s)}{label}"
-        )
-        self._write("\r\x1b[K" + text)
-
-    def clear(self) -> None:
-        if self._shown:
-            self._write("\r\x1b[K")
-
-    def _write(self, text: str) -> None:
-        try:
-            self._stream.write(text)
-            self._stream.flush()
-            self._shown = True
-        except (OSError, ValueError):
-            self.enabled = False  # the terminal went away (SIGHUP): stop drawing
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-# -- the child ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _ignoring(signum: signal.Signals) -> Iterator[None]:
-    previous = signal.signal(signum, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)
-
-
-def _terminal_fd() -> int | None:
-    """stdin's fd when this process owns the terminal's foreground (else None)."""
-    try:
-        fd = sys.stdin.fileno()
-        if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
-            return fd
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
-
-
-def _hand_terminal(fd: int | None, pgrp: int) -> None:
-    """Make ``pgrp`` the terminal's foreground group (as a shell does for a job)."""
-    if fd is None:
-        return
-    with contextlib.suppress(OSError), _ignoring(signal.SIGTTOU):
-        os.tcsetpgrp(fd, pgrp)
-
-
-def _spawn(
-    command: Sequence[str], env: Mapping[str, str], terminal: int | None
-) -> subprocess.Popen[bytes]:
-    child = subprocess.Popen(list(command), env=dict(env), process_group=0)
-    if terminal is not None:
-        _hand_terminal(terminal, child.pid)
-        # Had the child read the terminal before it was its own, it stopped (SIGTTIN): go on.
-        with contextlib.suppress(OSError):
-            os.killpg(child.pid, signal.SIGCONT)
-    return child
-
-
-class _Forwarder:
-    """Signal handlers that forward SIGINT/SIGTERM/SIGHUP to the child's process group.
-
-    Installed before the child exists, so a signal in between is not lost (nor kills the
-    wrapper): it is forwarded as soon as the child is there.
-    """
-
-    def __init__(self) -> None:
-        self.child: subprocess.Popen[bytes] | None = None
-        self.early: list[int] = []
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def __enter__(self) -> _Forwarder:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def attach(self, child: subprocess.Popen[bytes]) -> None:
-        self.child = child
-        for signum in self.early:
-            self._send(signum)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.child is None:
-            self.early.append(signum)
-        else:
-            self._send(signum)
-
-    def _send(self, signum: int) -> None:
-        assert self.child is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.child.pid, signum)
-
-
-class _Finishing:
-    """While the meter flushes and uploads at the end, a signal cuts the upload short.
-
-    It does not kill the wrapper mid-flush: the partial chunk and the run's status reach the
-    spool first; only the upload is abandoned (``thermoledger push`` finishes it later).
-
-    With ``linger`` (the process is the ``thermoledger`` command itself), a signal after the
-    flush is ignored instead of restoring the default handler: the work is done, and the exit
-    status must stay the child's, not become the signal's while the summary is printed.
-    """
-
-    def __init__(self, meter: Meter, log: logging.Logger, *, linger: bool = False) -> None:
-        self._meter = meter
-        self._log = log
-        self._linger = linger
-        self._previous: dict[signal.Signals, Any] = {}
-        self.received: list[int] = []
-
-    def __enter__(self) -> _Finishing:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in FORWARDED_SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_IGN if self._linger else handler)
-        if self.received:
-            self._log.warning(
-                "signal %s while finishing: the upload was cut short; the spool keeps the rest",
-                signal.Signals(self.received[0]).name,
-            )
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-        self._meter.abort_upload()
-
-
-def _wait(child: subprocess.Popen[bytes], status: _StatusLine) -> int:
-    """Wait for the child; returns its shell-style exit code (128 + N when killed by signal N)."""
-    while True:
-        try:
-            code = child.wait(timeout=_STATUS_REFRESH_S)
-            break
-        except subprocess.TimeoutExpired:
-            status.refresh()
-    return 128 - code if code < 0 else code
+# -- metering: run and sidecar ------------------------------------------------------------------
 
 
 def _child_env(
@@ -487,39 +149,33 @@ def _default_name(command: Sequence[str]) -> str:
     return program
 
 
-# -- commands -----------------------------------------------------------------------------------
+def _upload_transport(options: MeterOptions) -> CountingTransport | None:
+    """With a metrics port, the uploads go through a transport that counts their failures."""
+    if options.observe.metrics_port is None:
+        return None
+    from .metrics import CountingTransport
 
-
-def _tags(raw: Sequence[str] | None, parser: argparse.ArgumentParser) -> dict[str, str]:
-    tags = {}
-    for item in raw or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--tag needs key=value, got {item!r}")
-        tags[key] = value
-    return tags
+    return CountingTransport()
 
 
 def _meter(
-    args: argparse.Namespace, env: Mapping[str, str], log: logging.Logger, name: str
+    options: MeterOptions,
+    env: Mapping[str, str],
+    log: logging.Logger,
+    name: str,
+    transport: CountingTransport | None,
 ) -> Meter:
     meter = Meter(
         name,
-        kind=args.kind,
-        run_id=args.run_id,
-        server=args.server,
-        token=args.token,
-        gpus=args.gpus,
-        interval_s=args.interval,
-        chunk_s=args.chunk,
-        spool_dir=args.spool_dir,
-        tags=args.tags,
-        simulate=args.simulate,
-        backend=args.backend,
-        upload_timeout_s=args.upload_timeout,
+        kind=options.kind,
+        run_id=options.run_id,
+        tags=options.tags,
+        simulate=options.simulate,
+        backend=options.backend,
         env=env,
         logger=log,
-        upload_transport=args.upload_transport,
+        upload_transport=transport,
+        **options.settings_flags(),
     )
     for handler in log.handlers:
         for f in handler.filters:
@@ -528,22 +184,21 @@ def _meter(
     return meter
 
 
-def _observe(args: argparse.Namespace, env: Mapping[str, str]) -> ObserveSettings:
-    """The metrics and log settings of ``run`` / ``sidecar`` (defaults for other commands)."""
-    if not hasattr(args, "metrics_port"):
-        return ObserveSettings()
-    return ObserveSettings.resolve(
-        env=env,
-        metrics_port=args.metrics_port,
-        metrics_addr=args.metrics_addr,
-        log_format=args.log_format,
-    )
+def _meter_settings(
+    options: MeterOptions, env: Mapping[str, str], *, backend: str | None
+) -> MeterSettings:
+    return MeterSettings.resolve(env=env, backend=backend, **options.settings_flags())
 
 
-@contextlib.contextmanager
-def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Iterator[None]:
+@contextmanager
+def _metrics(
+    options: MeterOptions,
+    meter: Meter,
+    log: logging.Logger,
+    transport: CountingTransport | None,
+) -> Iterator[None]:
     """Serve the meter's metrics while the block runs, when a port is configured."""
-    observe: ObserveSettings = args.observe
+    observe = options.observe
     server = None
     if observe.metrics_port is not None and meter.state not in ("new", "disabled"):
         from .metrics import serve_meter_metrics
@@ -552,7 +207,7 @@ def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Ite
             meter,
             port=observe.metrics_port,
             address=observe.metrics_addr,
-            transport=args.upload_transport,
+            transport=transport,
             logger=log,
         )
     try:
@@ -562,176 +217,75 @@ def _metrics(args: argparse.Namespace, meter: Meter, log: logging.Logger) -> Ite
             server.close()
 
 
-def _footprint(args: argparse.Namespace, env: Mapping[str, str]) -> FootprintSettings:
+def _footprint(options: MeterOptions, env: Mapping[str, str]) -> FootprintSettings:
     return FootprintSettings.resolve(
         env=env,
-        grid_intensity_g_per_kwh=args.grid_intensity,
-        pue=args.pue,
-        tariff_usd_per_kwh=args.tariff,
+        grid_intensity_g_per_kwh=options.grid_intensity_g_per_kwh,
+        pue=options.pue,
+        tariff_usd_per_kwh=options.tariff_usd_per_kwh,
     )
 
 
-def _title(meter: Meter, verb: str, code: int | None) -> str:
-    ended = "" if code is None else (" (exit 0)" if code == 0 else f" (exit {code})")
-    return f"thermoledger: run {meter.run_id} {meter.name!r} {verb}{ended}"
-
-
-def _cmd_run(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-    env: Mapping[str, str],
-    err: TextIO,
-    log: logging.Logger,
-) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        parser.error(
-            "run: give the command to meter after --, e.g. thermoledger run -- python x.py"
-        )
-    MeterSettings.resolve(  # refuse bad flags before anything runs (exit 2)
-        env=env,
-        server=args.server,
-        token=args.token,
-        spool_dir=args.spool_dir,
-        interval_s=args.interval,
-        chunk_s=args.chunk,
-        gpus=args.gpus,
-        backend=args.backend,
-        upload_timeout_s=args.upload_timeout,
-    )
-    footprint = _footprint(args, env)
-    terminal = _terminal_fd()
-    with _Forwarder() as forwarder:
-        meter = _meter(args, env, log, args.name or _default_name(command)).start()
+def _cmd_run(options: RunOptions, env: Mapping[str, str], err: TextIO, log: logging.Logger) -> int:
+    command = options.command
+    _meter_settings(options, env, backend=options.backend)  # bad flags: exit 2 before the child
+    footprint = _footprint(options, env)
+    transport = _upload_transport(options)
+    with Child() as child:
+        name = options.name or _default_name(command)
+        meter = _meter(options, env, log, name, transport).start()
         if meter.state == "disabled":
             log.error("the job runs unmetered")
         try:
-            child = _spawn(command, _child_env(env, meter, meter.settings), terminal)
+            child.spawn(command, _child_env(env, meter, meter.settings))
         except OSError as e:
-            code = _EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else _EXIT_NOT_EXECUTABLE
+            code = EXIT_NOT_FOUND if isinstance(e, FileNotFoundError) else EXIT_NOT_EXECUTABLE
             err.write(f"thermoledger: cannot run {command[0]!r}: {e.strerror or e}\n")
             meter.stop(exit_code=code, failed=True)
             return code
-        forwarder.attach(child)
-        status = _StatusLine(
-            err,
-            meter,
-            enabled=_isatty(err)
-            and not args.quiet
-            and meter.sampling
-            and args.observe.log_format == "text",
+        status = StatusLine(
+            err, meter, wanted=not options.quiet and options.observe.log_format == "text"
         )
-        try:
-            with _metrics(args, meter, log):
-                code = _wait(child, status)
-        finally:
-            _hand_terminal(terminal, os.getpgrp())
+        with _metrics(options, meter, log, transport):
+            code = child.wait(tick=status.refresh)
     status.clear()
-    with _Finishing(meter, log, linger=args.process_entry):
+    with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=code, failed=code != 0)
-    if not args.quiet and meter.state != "disabled":
+    if not options.quiet and meter.state != "disabled":
         verb = "finished" if code == 0 else "failed"
-        _write_summary(err, log, meter, summary, verb, code, footprint, args.verbose)
+        write_summary(err, log, meter, summary, verb, code, footprint, options.verbose)
     return code
 
 
-def _write_summary(
-    err: TextIO,
-    log: logging.Logger,
-    meter: Meter,
-    summary: MeterSummary,
-    verb: str,
-    code: int | None,
-    footprint: FootprintSettings,
-    verbose: bool,
-) -> None:
-    """Print the summary table; a failure to format it must not change the exit code.
-
-    With JSON logs the table is one log record (whatever the log level), with the totals as
-    fields, so that stderr stays one JSON object per line.
-    """
-    try:
-        table = render_summary(
-            summary,
-            title=_title(meter, verb, code),
-            backend_label=meter.backend_label,
-            simulated=meter.simulated,
-            upload=meter.upload,
-            spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
-            footprint=footprint,
-            verbose=verbose,
-        )
-        _emit_summary(
-            err,
-            log,
-            table,
-            {
-                "exit_code": code,
-                "energy_j": summary.energy_j,
-                "energy_low_j": summary.energy_low_j,
-                "energy_high_j": summary.energy_high_j,
-                "devices": len(summary.devices),
-                "simulated": meter.simulated,
-            },
-        )
-    except Exception as e:
-        log.error("could not print the summary (%s: %s)", type(e).__name__, e)
-
-
-def _emit_summary(err: TextIO, log: logging.Logger, table: str, facts: dict[str, Any]) -> None:
-    """The summary table on stderr, or, with JSON logs, one ``summary`` record carrying it and
-    ``facts`` (written past the level check: the summary is always written)."""
-    if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
-        err.write(table)
-        return
-    record = log.makeRecord(
-        log.name,
-        logging.INFO,
-        __file__,
-        0,
-        table.rstrip("\n"),
-        (),
-        None,
-        extra={"event": "summary", **facts},
-    )
-    log.handle(record)
-
-
 def _cmd_sidecar(
-    args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
+    options: SidecarOptions, env: Mapping[str, str], err: TextIO, log: logging.Logger
 ) -> int:
-    if args.attribute_pods:
-        return _cmd_sidecar_pods(args, env, err, log)
-    footprint = _footprint(args, env)  # a bad value exits 2 before anything is metered
-    meter = _meter(args, env, log, args.name or "sidecar")
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)  # only record it: see meters.sampler.sample_until_signalled
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    transport = _upload_transport(options)
+    if options.attribute_pods:
+        return _cmd_sidecar_pods(options, env, err, log, transport)
+    footprint = _footprint(options, env)  # a bad value exits 2 before anything is metered
+    meter = _meter(options, env, log, options.name or "sidecar", transport)
+    # Only record the signal: see meters.sampler.sample_until_signalled.
+    with Caught() as stop:
         meter.start()
         if meter.state in ("idle", "disabled"):
             log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
-        with _metrics(args, meter, log):
-            while not received:
-                time.sleep(_SIGNAL_POLL_S)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    with _Finishing(meter, log, linger=args.process_entry):
+        with _metrics(options, meter, log, transport):
+            stop.wait()
+    with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=None, failed=False)
-    if not args.quiet and meter.sampling:
-        verb = f"stopped by {signal.Signals(received[0]).name}"
-        _write_summary(err, log, meter, summary, verb, None, footprint, args.verbose)
+    if not options.quiet and meter.sampling:
+        verb = f"stopped by {stop.first}"
+        write_summary(err, log, meter, summary, verb, None, footprint, options.verbose)
     return 0
 
 
 def _cmd_sidecar_pods(
-    args: argparse.Namespace, env: Mapping[str, str], err: TextIO, log: logging.Logger
+    options: SidecarOptions,
+    env: Mapping[str, str],
+    err: TextIO,
+    log: logging.Logger,
+    transport: CountingTransport | None,
 ) -> int:
     """``sidecar --attribute-pods``: `meters.pods.PodAttribution` until SIGTERM/SIGINT."""
     from .errors import MeterError
@@ -742,21 +296,15 @@ def _cmd_sidecar_pods(
         serve_attribution_metrics,
     )
 
-    settings = MeterSettings.resolve(
-        env=env,
-        server=args.server,
-        token=args.token,
-        spool_dir=args.spool_dir,
-        interval_s=args.interval,
-        chunk_s=args.chunk,
-        gpus=args.gpus,
-        backend="simulated" if args.simulate else args.backend,
-        upload_timeout_s=args.upload_timeout,
-    )
+    backend = "simulated" if options.simulate else options.backend
+    settings = _meter_settings(options, env, backend=backend)
     pods = PodSettings.resolve(
-        env=env, socket_path=args.pod_resources_socket, poll_s=args.pod_poll, node=args.node
+        env=env,
+        socket_path=options.pod_resources_socket,
+        poll_s=options.pod_poll_s,
+        node=options.node,
     )
-    identity = resolve_run_id(args.run_id, env)
+    identity = resolve_run_id(options.run_id, env)
     if identity.source == "new":
         log.warning(
             "no --run-id: the runs of this node get new ids at every start, so a restarted "
@@ -767,62 +315,55 @@ def _cmd_sidecar_pods(
             settings,
             pods,
             base_run_id=identity.run_id,
-            name=args.name,
-            kind=args.kind,
-            tags=args.tags,
+            name=options.name,
+            kind=options.kind,
+            tags=options.tags,
             env=env,
             logger=log,
-            upload_transport=args.upload_transport,
+            upload_transport=transport,
         )
     except SettingsError:
         raise  # exit 2 from `main`, like every other bad setting
     except MeterError as e:  # grpcio / protobuf missing
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE
-    received: list[int] = []
-    finishing: list[bool] = []
+    finishing_: list[bool] = []
 
-    def handle(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if finishing:
+    def cut_upload(signum: int) -> None:
+        if finishing_:
             attribution.abort_upload()  # a second signal cuts the final upload short
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    # As `meters.child.finishing` does: once the work is done, a late signal must not change
+    # the exit status of the command itself.
+    with Caught(then=cut_upload, ignore_after=options.process_entry) as stop:
         try:
             attribution.start()
         except MeterError as e:
             log.error("pod attribution disabled: %s; waiting for SIGTERM", e)
-            while not received:
-                time.sleep(_SIGNAL_POLL_S)
+            stop.wait()
             attribution.stop()
             return 0
-        observe: ObserveSettings = args.observe
+        observe = options.observe
         server = (
             serve_attribution_metrics(
                 attribution,
                 port=observe.metrics_port,
                 address=observe.metrics_addr,
-                transport=args.upload_transport,
+                transport=transport,
                 logger=log,
             )
             if observe.metrics_port is not None
             else None
         )
         try:
-            attribution.run(lambda: bool(received))
+            attribution.run(lambda: bool(stop))
         finally:
             if server is not None:
                 server.close()
-        finishing.append(True)
+        finishing_.append(True)
         totals = attribution.stop()
-    finally:
-        for sig, handler in previous.items():
-            # As `_Finishing` does: once the work is done, a late signal must not change the
-            # exit status of the command itself.
-            signal.signal(sig, signal.SIG_IGN if args.process_entry else handler)
-    if not args.quiet:
-        why = signal.Signals(received[0]).name if received else "request"
+    if not options.quiet:
+        why = stop.first or "request"
         table = render_attribution(
             totals,
             title=f"thermoledger: node {pods.node}: pod attribution stopped by {why}",
@@ -830,45 +371,38 @@ def _cmd_sidecar_pods(
         )
         runs = {t.run_id: {"name": t.name, "energy_j": t.energy_j} for t in totals.values()}
         energy_j = math.fsum(t.energy_j for t in totals.values())
-        _emit_summary(err, log, table, {"energy_j": energy_j, "runs": runs})
+        emit_summary(err, log, table, {"energy_j": energy_j, "runs": runs})
     return 0
 
 
-def _cmd_relay(args: argparse.Namespace, err: TextIO, log: logging.Logger) -> int:
+# -- the other commands -------------------------------------------------------------------------
+
+
+def _cmd_relay(options: RelayOptions, err: TextIO, log: logging.Logger) -> int:
     """``pod-resources-relay``: `meters.k8s.PodResourcesRelay` until SIGTERM/SIGINT."""
     from .k8s import PodResourcesError, PodResourcesRelay
 
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with Caught() as stop:
         try:
-            relay = PodResourcesRelay(args.socket, args.listen, mode=args.mode, logger=log)
+            relay = PodResourcesRelay(options.socket, options.listen, mode=options.mode, logger=log)
             relay.start()
         except PodResourcesError as e:
             err.write(f"thermoledger: {e}\n")
             return 1
         try:
-            while not received:
-                time.sleep(_SIGNAL_POLL_S)
+            stop.wait()
         finally:
             relay.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0
 
 
-def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+def _cmd_push(options: PushOptions, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     from .control import CONTROL_FILENAME, ControlStore
     from .spool import SPOOL_FILENAME, Spool
     from .uploader import Uploader
 
     settings = MeterSettings.resolve(
-        env=env, server=args.server, token=args.token, spool_dir=args.spool_dir
+        env=env, server=options.server, token=options.token, spool_dir=options.spool_dir
     )
     if settings.api_url is None:
         err.write("thermoledger push: no server: pass --server URL or set THERMOLEDGER_SERVER\n")
@@ -877,15 +411,15 @@ def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err
     if not (directory / SPOOL_FILENAME).exists() and not (directory / CONTROL_FILENAME).exists():
         out.write(f"nothing to push: no spool in {directory}\n")
         return 0
-    run_ids = None if args.run_id is None else [canonical_run_id(args.run_id)]
+    run_ids = None if options.run_id is None else [canonical_run_id(options.run_id)]
     with Spool.in_directory(directory) as spool, ControlStore.in_directory(directory) as control:
-        if args.retry_rejected:
+        if options.retry_rejected:
             freed = control.clear_rejections(run_ids[0] if run_ids else None)
             out.write(f"retrying {freed} rejected chunk(s)\n")
         with Uploader(
             spool, control, api_url=settings.api_url, token=settings.token, run_ids=run_ids
         ) as uploader:
-            result = uploader.drain(timeout_s=args.timeout)
+            result = uploader.drain(timeout_s=options.timeout_s)
     out.write(
         f"pushed to {settings.server}: {result.acknowledged} chunk(s) sent "
         f"({result.stored} stored, {result.duplicates} duplicates), "
@@ -901,11 +435,11 @@ def _cmd_push(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err
     return 0 if result.complete else 1
 
 
-def _cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+def _cmd_status(options: StatusOptions, env: Mapping[str, str], out: TextIO) -> int:
     from .control import CONTROL_FILENAME, ControlStore
     from .spool import SPOOL_FILENAME, Spool
 
-    settings = MeterSettings.resolve(env=env, spool_dir=args.spool_dir)
+    settings = MeterSettings.resolve(env=env, spool_dir=options.spool_dir)
     directory = settings.spool_dir
     if not (directory / SPOOL_FILENAME).exists():
         out.write(f"no spool in {directory}\n")
@@ -951,160 +485,6 @@ def _cmd_status(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -
     return 0
 
 
-# -- parser -------------------------------------------------------------------------------------
-
-
-def _meter_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpus", help="NVML indices or UUIDs, e.g. 0,1 (default: all visible)")
-    parser.add_argument("--interval", type=float, help="sampling interval, s (default 0.1)")
-    parser.add_argument("--chunk", type=float, help="chunk length, s (default 10)")
-    parser.add_argument(
-        "--server", help="service URL (default: THERMOLEDGER_SERVER; none: offline)"
-    )
-    parser.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
-    parser.add_argument(
-        "--run-id", help="run id (default: THERMOLEDGER_RUN_ID, SLURM, torchrun, new)"
-    )
-    parser.add_argument("--name", help="run name (default: from the command)")
-    parser.add_argument("--kind", default="training", choices=RUN_KINDS, help="default: training")
-    parser.add_argument("--tag", action="append", metavar="KEY=VALUE", help="run tag (repeatable)")
-    parser.add_argument(
-        "--simulate", action="store_true", help="meter simulated devices (labelled)"
-    )
-    parser.add_argument(
-        "--backend", choices=BACKENDS, help="device backend (default: auto: NVML, else simulated)"
-    )
-    parser.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
-    parser.add_argument(
-        "--upload-timeout", type=float, help="seconds to keep uploading at the end (default 30)"
-    )
-    parser.add_argument(
-        "--grid-intensity",
-        type=float,
-        metavar="G_PER_KWH",
-        help="location-based grid intensity of your region, gCO2e/kWh, for a CO2e line in the "
-        "summary (default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
-    )
-    parser.add_argument(
-        "--pue",
-        type=float,
-        help="power usage effectiveness, >= 1, applied to cost and CO2e "
-        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
-    )
-    parser.add_argument(
-        "--tariff",
-        type=float,
-        metavar="USD_PER_KWH",
-        help="electricity price, USD/kWh, for a cost line in the summary "
-        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on this port, 0 for any free one "
-        "(default: THERMOLEDGER_METRICS_PORT; unset: none)",
-    )
-    parser.add_argument(
-        "--metrics-addr",
-        metavar="ADDR",
-        help="interface for the metrics (default: THERMOLEDGER_METRICS_ADDR, else 0.0.0.0)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        help="text, or json: one object per line with the run id "
-        "(default: THERMOLEDGER_LOG_FORMAT, else text)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no status line, no summary")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")
-
-
-def _pod_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Kubernetes node meter")
-    group.add_argument(
-        "--attribute-pods",
-        action="store_true",
-        help="one run per pod holding GPUs on this node and one for the unallocated GPUs, from "
-        "the kubelet's PodResources API (run ids derived from --run-id)",
-    )
-    group.add_argument(
-        "--pod-resources-socket",
-        metavar="PATH",
-        help="the kubelet's PodResources socket, or a relay's (default: "
-        f"THERMOLEDGER_POD_RESOURCES_SOCKET, else {DEFAULT_POD_RESOURCES_SOCKET})",
-    )
-    group.add_argument(
-        "--pod-poll",
-        type=float,
-        metavar="S",
-        help="seconds between two questions to the kubelet (default: THERMOLEDGER_POD_POLL_S, "
-        "else 5)",
-    )
-    group.add_argument(
-        "--node",
-        metavar="NAME",
-        help="the node's name (default: THERMOLEDGER_NODE_NAME, else the host name)",
-    )
-
-
-def _octal_mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
-    if not 0 <= mode <= 0o777:
-        raise argparse.ArgumentTypeError(f"not a permission mode: {text!r}")
-    return mode
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="thermoledger",
-        description="Meter the energy of ML jobs and send it to a thermoledger service.",
-    )
-    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="meter a command: thermoledger run [options] -- CMD ...")
-    _meter_options(run)
-    run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
-    sidecar = sub.add_parser("sidecar", help="meter this node until SIGTERM (pods, SLURM)")
-    _meter_options(sidecar)
-    _pod_options(sidecar)
-    relay = sub.add_parser(
-        "pod-resources-relay",
-        help="offer the kubelet's root-only PodResources socket to an unprivileged meter",
-    )
-    relay.add_argument(
-        "--socket",
-        default=DEFAULT_POD_RESOURCES_SOCKET,
-        help="the kubelet's socket (default: %(default)s)",
-    )
-    relay.add_argument(
-        "--listen", required=True, help="the socket to offer (its directory must exist)"
-    )
-    relay.add_argument(
-        "--mode",
-        type=_octal_mode,
-        default=0o660,
-        help="permission bits of --listen, octal (default 0660: owner and group)",
-    )
-    relay.add_argument("-v", "--verbose", action="store_true", help="log connection problems")
-    push = sub.add_parser("push", help="send everything pending in the spool")
-    push.add_argument("--server", help="service URL (default: THERMOLEDGER_SERVER)")
-    push.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
-    push.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
-    push.add_argument("--run-id", help="only this run")
-    push.add_argument(
-        "--retry-rejected", action="store_true", help="try chunks the service refused again"
-    )
-    push.add_argument("--timeout", type=float, default=60.0, help="give up after s (default 60)")
-    push.add_argument("-v", "--verbose", action="store_true", help="log each problem")
-    status = sub.add_parser("status", help="what the spool holds")
-    status.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
-    status.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
-    return parser
-
-
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -1126,33 +506,28 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    args.process_entry = process_entry
     try:
-        args.observe = _observe(args, env)
+        options = from_args(parser.parse_args(argv), parser, env=env, process_entry=process_entry)
     except SettingsError as e:
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE
-    log = _logger(err, getattr(args, "verbose", False), args.observe.log_format)
-    args.upload_transport = None
-    if args.observe.metrics_port is not None:
-        from .metrics import CountingTransport
-
-        args.upload_transport = CountingTransport()
-    if hasattr(args, "tag"):
-        args.tags = _tags(args.tag, parser)
-    commands: dict[str, Callable[[], int]] = {
-        "run": lambda: _cmd_run(args, parser, env, err, log),
-        "sidecar": lambda: _cmd_sidecar(args, env, err, log),
-        "pod-resources-relay": lambda: _cmd_relay(args, err, log),
-        "push": lambda: _cmd_push(args, env, out, err),
-        "status": lambda: _cmd_status(args, env, out),
-    }
+    log = _logger(err, options.verbose, options.log_format)
     try:
-        return commands[args.subcommand]()
+        match options:
+            case RunOptions():
+                return _cmd_run(options, env, err, log)
+            case SidecarOptions():
+                return _cmd_sidecar(options, env, err, log)
+            case RelayOptions():
+                return _cmd_relay(options, err, log)
+            case PushOptions():
+                return _cmd_push(options, env, out, err)
+            case StatusOptions():
+                return _cmd_status(options, env, out)
     except SettingsError as e:
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE
+    raise AssertionError(f"no command for {options!r}")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Final, Protocol
 
 from thermoledger.accounting.integrate import aggregate_energy
@@ -96,6 +95,7 @@ from .backends.base import (
     flat_readings,
 )
 from .chunker import DeviceChunker, DeviceSummary, SealJob, device_payload, seal
+from .signals import STOP_SIGNALS, Caught
 from .spool import RunStatus, SpoolConflict
 from .wire import ChunkPayload, DevicePayload
 
@@ -111,7 +111,6 @@ _LOG = logging.getLogger(__name__)
 # Deadlines closer than this (in intervals) to "now" count as met: float rounding of
 # start + k·interval must not turn an on-time tick into an overrun.
 _DEADLINE_EPS: Final = 1e-9
-_SIGNAL_POLL_S: Final = 0.2  # how often the main thread looks for a stop request, s
 _STATUS_LABELS: Final = {int(s): s.label for s in DeviceStatus}
 # Free sampler threads (not held in a read a later tick went past): at least two, so that one
 # covers for the other; up to three, so that a thread back from a slow read stays as a spare
@@ -1034,7 +1033,7 @@ class Sampler:
 def sample_until_signalled(
     sampler: Sampler,
     *,
-    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    signals: Sequence[signal.Signals] = STOP_SIGNALS,
     stop: threading.Event | None = None,
     on_started: Callable[[], object] | None = None,
 ) -> MeterSummary:
@@ -1053,21 +1052,11 @@ def sample_until_signalled(
     Returns:
         The final summary.
     """
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        # Only record it: a handler runs between two bytecodes of the main thread, which may
-        # hold a lock (e.g. an Event's) that anything fancier would try to take again.
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, handle) for sig in signals}
-    try:
+    # Only record the signal (`Caught` does): a handler runs between two bytecodes of the main
+    # thread, which may hold a lock (e.g. an Event's) that anything fancier would try to take.
+    with Caught(signals) as caught:
         sampler.start()
         if on_started is not None:
             on_started()
-        while not received and not (stop is not None and stop.is_set()):
-            time.sleep(_SIGNAL_POLL_S)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        caught.wait(stop=None if stop is None else stop.is_set)
     return sampler.stop(status="finished")
