@@ -289,12 +289,9 @@ def _cmd_sidecar_pods(
 ) -> int:
     """``sidecar --attribute-pods``: `meters.pods.PodAttribution` until SIGTERM/SIGINT."""
     from .errors import MeterError
-    from .pods import (
-        PodAttribution,
-        PodSettings,
-        render_attribution,
-        serve_attribution_metrics,
-    )
+    from .metrics import serve_attribution_metrics
+    from .pods import PodAttribution, PodSettings
+    from .summary import render_attribution
 
     backend = "simulated" if options.simulate else options.backend
     settings = _meter_settings(options, env, backend=backend)

@@ -49,7 +49,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from wsgiref.simple_server import WSGIServer
 
 import httpx
@@ -61,13 +61,16 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .api import Meter
+    from .pods import PodAttribution
     from .spool import Spool
 
 __all__ = [
     "FAILURE_REASONS",
+    "AttributionCollector",
     "CountingTransport",
     "MeterCollector",
     "MetricsServer",
+    "serve_attribution_metrics",
     "serve_collector",
     "serve_meter_metrics",
     "upload_failures",
@@ -377,3 +380,73 @@ def serve_collector(
     )
     log.info("metrics served at %s", bound.url)
     return bound
+
+
+# -- a node's per-pod attribution ------------------------------------------------------------
+
+
+class AttributionCollector:
+    """Every running meter of a node's per-pod attribution in one exposition (`meters.pods`).
+
+    Families are merged by name, so a scrape sees one ``thermoledger_gpu_power_watts`` with a
+    series per GPU whichever pod's run holds it, plus whether the kubelet answered.
+    """
+
+    def __init__(
+        self,
+        attribution: PodAttribution,
+        *,
+        spool: Spool | None,
+        transport: CountingTransport | None,
+    ) -> None:
+        self._attribution = attribution
+        self._spool = spool
+        self._transport = transport
+        self._lock = threading.Lock()
+        self._collectors: dict[Meter, Collector] = {}
+
+    def collect(self) -> Iterator[Any]:
+        meters = list(self._attribution.meters().values())
+        with self._lock:
+            self._collectors = {
+                m: self._collectors.get(m) or MeterCollector(m, spool=self._spool) for m in meters
+            }
+            collectors = list(self._collectors.values())
+        merged: dict[str, Any] = {}
+        for collector in collectors:
+            for family in collector.collect():
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = family
+        yield from merged.values()
+        if self._transport is not None:
+            yield upload_failures(self._transport)
+        up = GaugeMetricFamily(
+            "thermoledger_k8s_pod_resources_up",
+            "Whether the kubelet's PodResources API answered the last question (1) or not (0)",
+            labels=["node"],
+        )
+        up.add_metric([self._attribution.node], 1.0 if self._attribution.kubelet_up else 0.0)
+        yield up
+
+
+def serve_attribution_metrics(
+    attribution: PodAttribution,
+    *,
+    port: int,
+    address: str = "0.0.0.0",
+    transport: CountingTransport | None = None,
+    logger: logging.Logger | None = None,
+) -> MetricsServer | None:
+    """Serve the metrics of every run of the node (`meters.metrics`, one exposition).
+
+    Never raises: a port in use is logged and None returned; metering goes on.
+    """
+    return serve_collector(
+        lambda spool: AttributionCollector(attribution, spool=spool, transport=transport),
+        spool_dir=attribution.settings.spool_dir,
+        port=port,
+        address=address,
+        logger=logger if logger is not None else logging.getLogger("thermoledger.meters.pods"),
+    )

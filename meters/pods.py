@@ -78,7 +78,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -94,9 +94,7 @@ from .uploader import PushResult, Uploader
 
 if TYPE_CHECKING:
     import httpx
-    from prometheus_client.registry import Collector
 
-    from .metrics import CountingTransport, MetricsServer
     from .sampler import MeterSummary
 
 __all__ = [
@@ -110,8 +108,6 @@ __all__ = [
     "RunTotal",
     "SyncReport",
     "assign",
-    "render_attribution",
-    "serve_attribution_metrics",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -864,98 +860,3 @@ class PodAttribution:
             result.error or "; ".join(result.blocked) or "refused by the service",
             self.settings.spool_dir,
         )
-
-
-# -- people and Prometheus ------------------------------------------------------------------------
-
-
-def render_attribution(totals: Mapping[str, RunTotal], *, title: str, spool_dir: str) -> str:
-    """The end-of-process table: per run, GPUs and energy; then the node's total.
-
-    Args:
-        totals: `PodAttribution.totals` after `PodAttribution.stop`.
-        title: The first line.
-        spool_dir: Where the runs wait when not uploaded.
-    """
-    lines = [title, f"  {'run':<48} {'GPUs':>4} {'energy J':>12} {'kWh':>10}  run id"]
-    ordered = sorted(totals.values(), key=lambda t: (t.name.endswith("(unallocated GPUs)"), t.name))
-    for t in ordered:
-        lines.append(
-            f"  {t.name[-48:]:<48} {len(t.gpus):>4} {t.energy_j:>12.2f} "
-            f"{t.energy_j / 3.6e6:>10.6f}  {t.run_id}"
-        )
-    energy_j = math.fsum(t.energy_j for t in totals.values())
-    lines.append(f"  {'node total':<48} {'':>4} {energy_j:>12.2f} {energy_j / 3.6e6:>10.6f}")
-    if not totals:
-        lines.append("  (nothing was metered)")
-    lines.append(f"  spool: {spool_dir}")
-    return "\n".join(lines) + "\n"
-
-
-class _AttributionCollector:
-    """Every running meter's metrics in one exposition (families merged by name)."""
-
-    def __init__(
-        self,
-        attribution: PodAttribution,
-        *,
-        spool: Spool | None,
-        transport: CountingTransport | None,
-    ) -> None:
-        self._attribution = attribution
-        self._spool = spool
-        self._transport = transport
-        self._lock = threading.Lock()
-        self._collectors: dict[Meter, Collector] = {}
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        from .metrics import MeterCollector, upload_failures
-
-        meters = list(self._attribution.meters().values())
-        with self._lock:
-            self._collectors = {
-                m: self._collectors.get(m) or MeterCollector(m, spool=self._spool) for m in meters
-            }
-            collectors = list(self._collectors.values())
-        merged: dict[str, Any] = {}
-        for collector in collectors:
-            for family in collector.collect():
-                if family.name in merged:
-                    merged[family.name].samples.extend(family.samples)
-                else:
-                    merged[family.name] = family
-        yield from merged.values()
-        if self._transport is not None:
-            yield upload_failures(self._transport)
-        up = GaugeMetricFamily(
-            "thermoledger_k8s_pod_resources_up",
-            "Whether the kubelet's PodResources API answered the last question (1) or not (0)",
-            labels=["node"],
-        )
-        up.add_metric([self._attribution.node], 1.0 if self._attribution.kubelet_up else 0.0)
-        yield up
-
-
-def serve_attribution_metrics(
-    attribution: PodAttribution,
-    *,
-    port: int,
-    address: str = "0.0.0.0",
-    transport: CountingTransport | None = None,
-    logger: logging.Logger | None = None,
-) -> MetricsServer | None:
-    """Serve the metrics of every run of the node (`meters.metrics`, one exposition).
-
-    Never raises: a port in use is logged and None returned; metering goes on.
-    """
-    from .metrics import serve_collector
-
-    return serve_collector(
-        lambda spool: _AttributionCollector(attribution, spool=spool, transport=transport),
-        spool_dir=attribution.settings.spool_dir,
-        port=port,
-        address=address,
-        logger=logger if logger is not None else _LOG,
-    )

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Final, TextIO
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from .api import Meter
 from .logs import JsonFormatter
@@ -23,10 +24,14 @@ from .sampler import MeterSummary
 from .settings import FootprintSettings
 from .uploader import PushResult
 
+if TYPE_CHECKING:
+    from .pods import RunTotal
+
 __all__ = [
     "StatusLine",
     "emit_summary",
     "format_energy",
+    "render_attribution",
     "render_footprint",
     "render_summary",
     "write_summary",
@@ -323,3 +328,26 @@ def emit_summary(err: TextIO, log: logging.Logger, table: str, facts: dict[str, 
         extra={"event": "summary", **facts},
     )
     log.handle(record)
+
+
+def render_attribution(totals: Mapping[str, RunTotal], *, title: str, spool_dir: str) -> str:
+    """The end-of-process table: per run, GPUs and energy; then the node's total.
+
+    Args:
+        totals: `PodAttribution.totals` after `PodAttribution.stop`.
+        title: The first line.
+        spool_dir: Where the runs wait when not uploaded.
+    """
+    lines = [title, f"  {'run':<48} {'GPUs':>4} {'energy J':>12} {'kWh':>10}  run id"]
+    ordered = sorted(totals.values(), key=lambda t: (t.name.endswith("(unallocated GPUs)"), t.name))
+    for t in ordered:
+        lines.append(
+            f"  {t.name[-48:]:<48} {len(t.gpus):>4} {t.energy_j:>12.2f} "
+            f"{t.energy_j / 3.6e6:>10.6f}  {t.run_id}"
+        )
+    energy_j = math.fsum(t.energy_j for t in totals.values())
+    lines.append(f"  {'node total':<48} {'':>4} {energy_j:>12.2f} {energy_j / 3.6e6:>10.6f}")
+    if not totals:
+        lines.append("  (nothing was metered)")
+    lines.append(f"  spool: {spool_dir}")
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from tests.support.waiting import wait_until
 from thermoledger.meters.backends.nvml import NvmlBackend
 from thermoledger.meters.backends.simulated import steady
 from thermoledger.meters.k8s import DeviceAllocation, PodResourcesClient
+from thermoledger.meters.metrics import serve_attribution_metrics
 from thermoledger.meters.pods import (
     Assignment,
     NodeGpu,
@@ -31,12 +32,11 @@ from thermoledger.meters.pods import (
     PodKey,
     PodSettings,
     assign,
-    render_attribution,
-    serve_attribution_metrics,
 )
 from thermoledger.meters.runid import canonical_run_id
 from thermoledger.meters.settings import MeterSettings, SettingsError
 from thermoledger.meters.spool import Spool
+from thermoledger.meters.summary import render_attribution
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, a100, h100
 from thermoledger.meters.testing.fake_service import FakeService
 from thermoledger.meters.wire import decode_column
