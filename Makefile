@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest browser bench clean
+.PHONY: demo test test-fast lint types pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
@@ -45,6 +45,11 @@ pytest: $(STAMP) browser
 	$(BIN)/pytest
 
 test: lint types pytest
+
+# The edit-test loop: the same gates, without the tests marked `slow` (subprocesses, live
+# servers, builds, browsers). CI runs `make test`, everything.
+test-fast: lint types
+	$(BIN)/pytest -m "not slow" -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/integrate.py
