@@ -1,11 +1,12 @@
-"""Amortisation and planning from measured runs: the service side of `accounting.planning`.
+"""Amortisation and planning from measured runs: the service side of `accounting.amortisation`
+and `accounting.planning`.
 
 **Amortisation.** Training and inference runs of one model are linked by a tag, ``model=<tag>``
 (`MODEL_TAG_KEY`), set when the run is created. The model's training cost F is the measured
 energy of its training runs; its inference cost per token m is the measured energy of its
 inference runs over the tokens they declared (runs without declared tokens are left out of m,
 and listed). A request may instead state m (``inference_j_per_token``), labelled *assumed*,
-for a model not yet served. From F and m, `accounting.planning` gives the amortised J/token
+for a model not yet served. From F and m, `accounting.amortisation` gives the amortised J/token
 (and USD, gCO2e per token when priced) over served-token volumes, the parity volume F/m, and
 the break-even volume against another model (``compare``).
 
@@ -41,6 +42,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from thermoledger.accounting.amortisation import (
+    Metric,
+    ServingOption,
+    amortisation_curve,
+    break_even,
+    inference_parity,
+    volume_grid,
+)
 from thermoledger.accounting.carbon import (
     J_PER_KWH,
     EmissionFactor,
@@ -51,17 +60,7 @@ from thermoledger.accounting.carbon import (
 from thermoledger.accounting.catalog import builtin_catalog, normalize_dtype
 from thermoledger.accounting.catalog import lookup as catalog_lookup
 from thermoledger.accounting.cost import CloudPrice, Tariff
-from thermoledger.accounting.planning import (
-    ComputeSetup,
-    Metric,
-    ServingOption,
-    amortisation_curve,
-    break_even,
-    inference_parity,
-    plan_training,
-    rated_flop_per_j,
-    volume_grid,
-)
+from thermoledger.accounting.planning import ComputeSetup, plan_training, rated_flop_per_j
 from thermoledger.db import repository
 from thermoledger.db.factors import AccountingContext, AppliedVersion, resolve_context
 from thermoledger.db.models import RunKind

@@ -110,7 +110,7 @@ def test_factor_file_is_read_lazily_and_pint_is_not_imported() -> None:
     """factors.toml is read on first use, not at import; pint loads only for edge parsing."""
     code = (
         "import sys\n"
-        "import accounting.carbon, accounting.cost, accounting.planning\n"
+        "import accounting.carbon, accounting.cost, accounting.planning, accounting.amortisation\n"
         "print(accounting.carbon._factor_table.cache_info().currsize, 'pint' in sys.modules)"
     )
     out = subprocess.run(
