@@ -13,17 +13,17 @@ ledgered), and the row says which: ``region``, ``pue``, the factor and tariff ve
 (``version 12``, or ``built-in`` for a built-in default) and ``accounting_basis`` (``ledger``
 when frozen there, ``resolved`` while provisional). A figure that is not available — no region,
 no version valid at the run's end, no tariff — is an empty cell, never 0.
-Lines end with CRLF and text is UTF-8, as RFC 4180 and spreadsheet imports expect. Text that
-a spreadsheet would run as a formula (a run named ``=HYPERLINK(...)``) gets a leading ``'``.
+The cells follow the service's one CSV policy (`service.csv_writer`): CRLF line ends, UTF-8,
+numbers as numbers, and text a spreadsheet would run as a formula (a run named
+``=HYPERLINK(...)``) with a leading ``'``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from collections.abc import Mapping
 from typing import Any
+
+from .csv_writer import write_csv
 
 __all__ = ["CSV_COLUMNS", "report_csv"]
 
@@ -67,24 +67,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "tariff_version",
     "accounting_basis",
 )
-
-
-#: A text cell starting with one of these is a formula to a spreadsheet (CSV injection).
-_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    # Names come from clients: quote a leading formula character so a spreadsheet shows text.
-    return "'" + text if text.startswith(_FORMULA_LEADS) else text
 
 
 def _version(record: Mapping[str, Any] | None) -> str | None:
@@ -161,19 +143,6 @@ def _rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def report_csv(report: Mapping[str, Any]) -> str:
-    """The report (as `service.reports.report_dict` returns it) as CSV text.
-
-    Args:
-        report: The JSON-safe report.
-
-    Returns:
-        The CSV, header first, CRLF line ends.
-    """
-    out = io.StringIO()
-    writer = csv.DictWriter(
-        out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n"
-    )
-    writer.writeheader()
-    for row in _rows(report):
-        writer.writerow({k: _cell(row.get(k)) for k in CSV_COLUMNS})
-    return out.getvalue()
+    """The report (as `service.reports.report_dict` returns it) as CSV text: header first, CRLF
+    line ends (`service.csv_writer`)."""
+    return write_csv(CSV_COLUMNS, _rows(report))
