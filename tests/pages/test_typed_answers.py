@@ -1,0 +1,42 @@
+"""The typed answers: the report model is the core's mapping key for key."""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session
+
+from tests.pages.seed import Fleet
+from tests.service.conftest import Project, TestClient
+from thermoledger.db import repository
+from thermoledger.db.basis import run_basis
+from thermoledger.service.reports import report_mapping, report_public
+
+H100 = "nvidia-h100-sxm5-80gb"
+
+
+def _project_id(session: Session, slug: str) -> int:
+    return int(repository.get_project(session, slug=slug).id)
+
+
+def test_the_typed_report_is_the_mapping_key_for_key(
+    app: FastAPI, client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, fleet = seeded
+    runs = (fleet.train, fleet.serve, fleet.train_large, fleet.serve_large)
+    mappings = {}
+    with app.state.sessionmaker() as session:
+        project_id = _project_id(session, project.slug)
+        for run in runs:
+            usage = repository.run_usage(session, project_id=project_id, run_id=UUID(run.id))
+            basis = run_basis(session, project_id=project_id, run=usage.run)
+            mapping = report_mapping(usage, basis=basis)
+            typed = report_public(usage, basis=basis)
+            # Same keys, same order, same values and number types (1 stays 1, 1.0 stays 1.0).
+            assert json.dumps(typed.model_dump(mode="json")) == json.dumps(mapping), run.name
+            mappings[run.id] = mapping
+    for run in runs:
+        response = client.get(f"/api/v1/runs/{run.id}/report", headers=project.read)
+        assert response.json() == mappings[run.id]
