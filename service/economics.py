@@ -86,7 +86,7 @@ from .economics_schemas import (
     ServingOptionRecord,
     TrainingFigures,
 )
-from .reports import emission_factor, run_report
+from .reports import emission_factor, usage_report
 
 __all__ = [
     "COMPARABLE_RUNS_MAX",
@@ -593,10 +593,11 @@ def comparable_runs(
     )
     out = []
     for record in records:
+        # One read of the run's aggregates, for the check and the report alike.
         usage = repository.run_usage(session, project_id=project_id, run_id=record.id)
         if not usage.devices:
             continue
-        report = run_report(session, project_id=project_id, run_id=record.id)
+        report = usage_report(session, project_id=project_id, usage=usage)
         flop_per_j, flops = report.efficiency.flop_per_j, report.work.flops
         if flop_per_j is None or not flop_per_j > 0 or flops is None:
             continue
