@@ -12,7 +12,7 @@ these models forbid keys they do not declare.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 _OUT = ConfigDict(extra="forbid")
+RecordT = TypeVar("RecordT")
 
 MetricName = Literal["energy", "usd", "co2e"]
 TokensServed = Annotated[float, Field(description="Tokens served, tokens.")]
@@ -148,14 +149,16 @@ class ParityRecord(BaseModel):
     reason: str = Field(description="Plain-language explanation, always set.")
 
 
-class ParityByMetric(BaseModel):
-    """Parity per metric; None where the option is not priced in that metric."""
-
+class _ByMetric(BaseModel, Generic[RecordT]):
     model_config = _OUT
 
-    energy: ParityRecord | None
-    usd: ParityRecord | None
-    co2e: ParityRecord | None
+    energy: RecordT | None = Field(description="In energy, J.")
+    usd: RecordT | None = Field(description="In cost, USD; None when not priced.")
+    co2e: RecordT | None = Field(description="In emissions, gCO2e; None without a grid factor.")
+
+
+class ParityByMetric(_ByMetric[ParityRecord]):
+    """Parity per metric; None where the option is not priced in that metric."""
 
 
 class BreakEvenRecord(BaseModel):
@@ -174,14 +177,8 @@ class BreakEvenRecord(BaseModel):
     reason: str = Field(description="Plain-language explanation, always set.")
 
 
-class BreakEvenByMetric(BaseModel):
+class BreakEvenByMetric(_ByMetric[BreakEvenRecord]):
     """Break-even per metric; None where an option is not priced in that metric."""
-
-    model_config = _OUT
-
-    energy: BreakEvenRecord | None
-    usd: BreakEvenRecord | None
-    co2e: BreakEvenRecord | None
 
 
 class CurveRecord(BaseModel):

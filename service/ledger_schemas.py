@@ -432,8 +432,6 @@ class VerifyPublic(BaseModel):
 # --------------------------------------------------------------------------- rollups
 
 _ROLLUP = ConfigDict(extra="forbid")
-_RunsCovered = Annotated[int, Field(description="Runs of the group with the figure.")]
-_GroupRuns = Annotated[int, Field(description="Runs of the group.")]
 _Status = Annotated[
     Literal["available", "not_available"],
     Field(description="``available`` only when every run of the group has the figure."),
@@ -441,43 +439,37 @@ _Status = Annotated[
 _Reason = Annotated[str | None, Field(description="Why there is no total; None when there is.")]
 
 
-class CoveredKwh(BaseModel):
-    """An energy sum that is a total only when every run of the group has the figure."""
+class _Covered(BaseModel):
+    """A sum that is a total only when every run of the group has the figure; the total and
+    the covered sum carry their unit in their names (``kwh``, ``g``, ``usd``)."""
 
     model_config = _ROLLUP
 
     status: _Status
+    runs_covered: int = Field(description="Runs of the group with the figure.")
+    runs: int = Field(description="Runs of the group.")
+    reason: _Reason
+
+
+class CoveredKwh(_Covered):
+    """An energy sum."""
+
     kwh: float | None = Field(description="The total, kWh; None when not available.")
-    runs_covered: _RunsCovered
-    runs: _GroupRuns
     covered_kwh: float = Field(description="Sum over the runs that have it, kWh.")
-    reason: _Reason
 
 
-class CoveredG(BaseModel):
-    """An emissions sum that is a total only when every run of the group has the figure."""
+class CoveredG(_Covered):
+    """An emissions sum."""
 
-    model_config = _ROLLUP
-
-    status: _Status
     g: float | None = Field(description="The total, gCO2e; None when not available.")
-    runs_covered: _RunsCovered
-    runs: _GroupRuns
     covered_g: float = Field(description="Sum over the runs that have it, gCO2e.")
-    reason: _Reason
 
 
-class CoveredUsd(BaseModel):
-    """A cost sum that is a total only when every run of the group has the figure."""
+class CoveredUsd(_Covered):
+    """A cost sum."""
 
-    model_config = _ROLLUP
-
-    status: _Status
     usd: float | None = Field(description="The total, USD; None when not available.")
-    runs_covered: _RunsCovered
-    runs: _GroupRuns
     covered_usd: float = Field(description="Sum over the runs that have it, USD.")
-    reason: _Reason
 
 
 class RollupEnergy(BaseModel):
