@@ -1,4 +1,4 @@
-"""thermoledger's accounting core: units, energy integration, bounds, carbon, cost, planning.
+"""thermoledger's accounting core: units, integration, bounds, carbon, cost, planning, amortisation.
 
 The core is pure (no I/O besides reading its own package data). Inside, everything is plain
 float64 numpy arrays in SI base units (J, W, s, FLOP); pint Quantities appear only at the edges

@@ -1,4 +1,5 @@
-"""Input checks shared by `accounting.carbon`, `accounting.cost` and `accounting.planning`.
+"""Input checks shared by `accounting.carbon`, `accounting.cost`, `accounting.planning` and
+`accounting.amortisation`.
 
 Every bad number is refused with `InvalidQuantity` naming the field, so the service can map it to
 one 422 response; nothing is clamped or replaced by a default.

@@ -13,7 +13,6 @@ half-open ``[start, end)``, in UTC.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -32,9 +31,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "GroupBy",
     "RunInfo",
-    "csv_rows",
     "export_rows",
-    "flatten_for_csv",
     "rollup_project",
 ]
 
@@ -298,21 +295,3 @@ def export_rows(
             for column in ("method", "band_low_j", "band_high_j", "simulated"):
                 row[column] = source[column]
     return rows, ledger.verify(session, project_id=project_id)
-
-
-def flatten_for_csv(value: Any) -> str:
-    """One CSV cell: numbers as round-trip text, lists/objects as compact JSON, None empty."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
-
-
-def csv_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """Rows as CSV cells in `EXPORT_COLUMNS` order (header not included)."""
-    return [[flatten_for_csv(row.get(column)) for column in EXPORT_COLUMNS] for row in rows]

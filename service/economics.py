@@ -1,11 +1,12 @@
-"""Amortisation and planning from measured runs: the service side of `accounting.planning`.
+"""Amortisation and planning from measured runs: the service side of `accounting.amortisation`
+and `accounting.planning`.
 
 **Amortisation.** Training and inference runs of one model are linked by a tag, ``model=<tag>``
 (`MODEL_TAG_KEY`), set when the run is created. The model's training cost F is the measured
 energy of its training runs; its inference cost per token m is the measured energy of its
 inference runs over the tokens they declared (runs without declared tokens are left out of m,
 and listed). A request may instead state m (``inference_j_per_token``), labelled *assumed*,
-for a model not yet served. From F and m, `accounting.planning` gives the amortised J/token
+for a model not yet served. From F and m, `accounting.amortisation` gives the amortised J/token
 (and USD, gCO2e per token when priced) over served-token volumes, the parity volume F/m, and
 the break-even volume against another model (``compare``).
 
@@ -41,6 +42,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from thermoledger.accounting.amortisation import (
+    Metric,
+    ServingOption,
+    amortisation_curve,
+    break_even,
+    inference_parity,
+    volume_grid,
+)
 from thermoledger.accounting.carbon import (
     J_PER_KWH,
     EmissionFactor,
@@ -51,17 +60,7 @@ from thermoledger.accounting.carbon import (
 from thermoledger.accounting.catalog import builtin_catalog, normalize_dtype
 from thermoledger.accounting.catalog import lookup as catalog_lookup
 from thermoledger.accounting.cost import CloudPrice, Tariff
-from thermoledger.accounting.planning import (
-    ComputeSetup,
-    Metric,
-    ServingOption,
-    amortisation_curve,
-    break_even,
-    inference_parity,
-    plan_training,
-    rated_flop_per_j,
-    volume_grid,
-)
+from thermoledger.accounting.planning import ComputeSetup, plan_training, rated_flop_per_j
 from thermoledger.db.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from thermoledger.db.factors import AccountingContext, AppliedVersion, resolve_context
 from thermoledger.db.models import RunKind
@@ -71,7 +70,25 @@ from thermoledger.db.selection import RunEnergy, select_runs
 from thermoledger.db.totals import run_usage
 from thermoledger.db.types import utcnow
 
-from .reports import emission_factor, run_report
+from .economics_schemas import (
+    AmortisationPublic,
+    AmortisedAt,
+    BreakEvenByMetric,
+    BreakEvenRecord,
+    ComparableRunRecord,
+    ComparedModel,
+    CurveRecord,
+    InferenceFigures,
+    ModelRunLine,
+    ParityByMetric,
+    PlanBasis,
+    PlanHardware,
+    PlanPublic,
+    PricingPublic,
+    ServingOptionRecord,
+    TrainingFigures,
+)
+from .reports import emission_factor, usage_report
 
 __all__ = [
     "COMPARABLE_RUNS_MAX",
@@ -95,6 +112,7 @@ COMPARABLE_RUNS_MAX = 100
 #: MFU assumed for a plan's duration when neither the request nor comparable runs give one.
 DEFAULT_MFU = 0.4
 _METRICS: tuple[Metric, ...] = ("energy", "usd", "co2e")
+_ASSUMED = "assumed (given in the request)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,9 +195,9 @@ class Pricing:
             lines.append(f"USD figures are not available: {reason}")
         return lines
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record: what was applied, the basis it was resolved on, the overrides."""
-        return {
+    def public(self) -> PricingPublic:
+        """The API record: what was applied, the basis it was resolved on, the overrides."""
+        record = {
             "pue": self.pue.to_dict(),
             "location_factor": (
                 None if self.location_factor is None else self.location_factor.to_dict()
@@ -189,6 +207,7 @@ class Pricing:
             "basis": self.context.to_dict(),
             "overrides": self.overrides.names(),
         }
+        return PricingPublic.model_validate(record)
 
 
 def pricing(
@@ -299,22 +318,22 @@ def resolve_pricing(
 # Amortisation
 
 
-def _run_line(run: RunRecord, energy: RunEnergy | None) -> dict[str, Any]:
-    return {
-        "id": str(run.id),
-        "name": run.name,
-        "kind": run.kind.value,
-        "status": run.status.value,
-        "started_at": run.started_at.isoformat(),
-        "energy_j": None if energy is None else energy.energy_j,
-        "tokens": run.declared_tokens,
-        "simulated": run.simulated,
-    }
+def _run_line(run: RunRecord, energy: RunEnergy | None) -> ModelRunLine:
+    return ModelRunLine(
+        id=str(run.id),
+        name=run.name,
+        kind=run.kind.value,
+        status=run.status.value,
+        started_at=run.started_at.isoformat(),
+        energy_j=None if energy is None else energy.energy_j,
+        tokens=run.declared_tokens,
+        simulated=run.simulated,
+    )
 
 
 def _option(
     session: Session, *, project_id: int, model_tag: str, pricing: Pricing
-) -> tuple[ServingOption | None, dict[str, Any]]:
+) -> tuple[ServingOption | None, TrainingFigures, InferenceFigures]:
     """The model's measured training and inference figures, and its option when complete."""
     tags = [(MODEL_TAG_KEY, model_tag)]
     training = select_runs(session, project_id=project_id, kind=RunKind.TRAINING, tags=tags)
@@ -329,25 +348,22 @@ def _option(
     ]
     infer_j = math.fsum(inference.energy[r.id].energy_j for r in served)
     tokens = float(sum(r.declared_tokens or 0 for r in served))
-    figures: dict[str, Any] = {
-        "training": {
-            "runs": [_run_line(r, training.energy.get(r.id)) for r in training.runs],
-            "measured_runs": training.measured_runs,
-            "energy_j": train_j,
-            "energy_kwh": train_j / J_PER_KWH,
-        },
-        "inference": {
-            "runs": [_run_line(r, inference.energy.get(r.id)) for r in inference.runs],
-            "runs_with_tokens": len(served),
-            "energy_j": infer_j,
-            "tokens": tokens,
-            "j_per_token": infer_j / tokens if tokens > 0 else None,
-            "source": "measured" if tokens > 0 else None,
-        },
-        "tokens_served_so_far": tokens,
-    }
+    trained = TrainingFigures(
+        runs=[_run_line(r, training.energy.get(r.id)) for r in training.runs],
+        measured_runs=training.measured_runs,
+        energy_j=train_j,
+        energy_kwh=train_j / J_PER_KWH,
+    )
+    serving = InferenceFigures(
+        runs=[_run_line(r, inference.energy.get(r.id)) for r in inference.runs],
+        runs_with_tokens=len(served),
+        energy_j=infer_j,
+        tokens=tokens,
+        j_per_token=infer_j / tokens if tokens > 0 else None,
+        source="measured" if tokens > 0 else None,
+    )
     if not training.measured_runs or tokens <= 0:
-        return None, figures
+        return None, trained, serving
     option = ServingOption.from_energy(
         model_tag,
         training_energy_j=train_j,
@@ -356,7 +372,7 @@ def _option(
         tariff=pricing.tariff,
         factor=pricing.location_factor,
     )
-    return option, figures
+    return option, trained, serving
 
 
 def _volumes(anchors: Sequence[float | None], points: int) -> np.ndarray[Any, Any]:
@@ -378,7 +394,7 @@ def amortisation(
     inference_j_per_token: float | None = None,
     compare: str | None = None,
     points: int = 64,
-) -> dict[str, Any]:
+) -> AmortisationPublic:
     """Amortised J/token, USD/token and gCO2e/token of a model over served tokens.
 
     Args:
@@ -395,7 +411,7 @@ def amortisation(
         points: Volumes on the curve.
 
     Returns:
-        JSON-safe answer (see `service.routes.models`).
+        The answer (`service.economics_schemas.AmortisationPublic`).
 
     Raises:
         NotFound: No run carries the tag (or the compared one).
@@ -403,22 +419,24 @@ def amortisation(
             assumed).
     """
     context = resolve_pricing(session, project_id=project_id, overrides=pricing)
-    option, figures = _option(session, project_id=project_id, model_tag=model_tag, pricing=context)
+    option, training, inference = _option(
+        session, project_id=project_id, model_tag=model_tag, pricing=context
+    )
     if inference_j_per_token is not None:
-        figures["inference"]["j_per_token"] = inference_j_per_token
-        figures["inference"]["source"] = "assumed (given in the request)"
-        train_j = figures["training"]["energy_j"]
+        inference = inference.model_copy(
+            update={"j_per_token": inference_j_per_token, "source": _ASSUMED}
+        )
         option = None
-        if figures["training"]["measured_runs"]:
+        if training.measured_runs:
             option = ServingOption.from_energy(
                 model_tag,
-                training_energy_j=train_j,
+                training_energy_j=training.energy_j,
                 inference_energy_j_per_token=inference_j_per_token,
                 pue=context.pue,
                 tariff=context.tariff,
                 factor=context.location_factor,
             )
-    if not figures["training"]["measured_runs"]:
+    if not training.measured_runs:
         raise Conflict(
             f"no training run tagged {MODEL_TAG_KEY}={model_tag} has measurements: "
             "nothing to amortise",
@@ -430,69 +448,97 @@ def amortisation(
             "tokens: give inference_j_per_token to assume one",
             field="inference_j_per_token",
         )
-    parity = {
-        m: inference_parity(option, metric=m).to_dict() if _priced(option, m) else None
-        for m in _METRICS
-    }
-    other: dict[str, Any] | None = None
-    other_option: ServingOption | None = None
-    crossings: list[float | None] = []
-    if compare is not None:
-        other_option, other_figures = _option(
-            session, project_id=project_id, model_tag=compare, pricing=context
-        )
-        if other_option is None:
-            raise Conflict(
-                f"model {compare!r} lacks a measured training run or inference tokens",
-                field="compare",
-            )
-        even = {
-            m: break_even(option, other_option, metric=m).to_dict()
-            if _priced(option, m) and _priced(other_option, m)
-            else None
+    parity = ParityByMetric.model_validate(
+        {
+            m: inference_parity(option, metric=m).to_dict() if _priced(option, m) else None
             for m in _METRICS
         }
-        crossings = [e["tokens"] for e in even.values() if e is not None]
-        other = {
-            "model_tag": compare,
-            "option": other_option.to_dict(),
-            "training": other_figures["training"],
-            "inference": other_figures["inference"],
-            "break_even": even,
-        }
-    so_far = figures["tokens_served_so_far"]
-    parity_tokens = parity["energy"]["tokens"] if parity["energy"] else None
+    )
+    so_far = inference.tokens
+    parity_tokens = parity.energy.tokens if parity.energy else None
+    rival = None if compare is None else _rival(session, project_id, compare, option, context)
+    crossings = [] if rival is None else [e.tokens for e in rival.break_even if e is not None]
     at_tokens = tokens_served or (so_far if so_far > 0 else parity_tokens) or 1e9
     volumes = _volumes([so_far, parity_tokens, tokens_served, *crossings], points)
     point = amortisation_curve(option, [at_tokens])
-    if other is not None and other_option is not None:
-        other["curve"] = amortisation_curve(other_option, volumes).to_dict()
-    measured = figures["inference"]["source"] == "measured"
-    return {
-        "model_tag": model_tag,
-        "tag": f"{MODEL_TAG_KEY}={model_tag}",
-        **figures,
-        "option": option.to_dict(),
-        "at": {
-            "tokens_served": at_tokens,
-            "j_per_token": float(point.j_per_token[0]),
-            "usd_per_token": _first(point.usd_per_token),
-            "co2e_g_per_token": _first(point.co2e_g_per_token),
-        },
-        "parity": parity,
-        "curve": amortisation_curve(option, volumes).to_dict(),
-        "compare": other,
-        "pricing": context.to_dict(),
-        "assumptions": [
+    return AmortisationPublic(
+        model_tag=model_tag,
+        tag=f"{MODEL_TAG_KEY}={model_tag}",
+        training=training,
+        inference=inference,
+        tokens_served_so_far=so_far,
+        option=ServingOptionRecord.model_validate(option.to_dict()),
+        at=AmortisedAt(
+            tokens_served=at_tokens,
+            j_per_token=float(point.j_per_token[0]),
+            usd_per_token=_first(point.usd_per_token),
+            co2e_g_per_token=_first(point.co2e_g_per_token),
+        ),
+        parity=parity,
+        curve=_curve(option, volumes),
+        compare=None if rival is None else rival.public(volumes),
+        pricing=context.public(),
+        assumptions=[
             "training cost = measured IT energy of the model's training runs",
             "inference cost per token = measured IT energy of its inference runs / their "
             "declared tokens"
-            if measured
-            else "inference cost per token assumed (given in the request)",
+            if inference.source == "measured"
+            else f"inference cost per token {_ASSUMED}",
             "hardware purchase or rental is not included",
             *context.assumptions(),
         ],
-    }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rival:
+    """The model an answer is compared with (``compare``), and where the two break even."""
+
+    model_tag: str
+    option: ServingOption
+    training: TrainingFigures
+    inference: InferenceFigures
+    even: BreakEvenByMetric
+
+    @property
+    def break_even(self) -> tuple[BreakEvenRecord | None, ...]:
+        return (self.even.energy, self.even.usd, self.even.co2e)
+
+    def public(self, volumes: np.ndarray[Any, Any]) -> ComparedModel:
+        return ComparedModel(
+            model_tag=self.model_tag,
+            option=ServingOptionRecord.model_validate(self.option.to_dict()),
+            training=self.training,
+            inference=self.inference,
+            break_even=self.even,
+            curve=_curve(self.option, volumes),
+        )
+
+
+def _rival(
+    session: Session, project_id: int, compare: str, option: ServingOption, context: Pricing
+) -> _Rival:
+    other, training, inference = _option(
+        session, project_id=project_id, model_tag=compare, pricing=context
+    )
+    if other is None:
+        raise Conflict(
+            f"model {compare!r} lacks a measured training run or inference tokens",
+            field="compare",
+        )
+    even = BreakEvenByMetric.model_validate(
+        {
+            m: break_even(option, other, metric=m).to_dict()
+            if _priced(option, m) and _priced(other, m)
+            else None
+            for m in _METRICS
+        }
+    )
+    return _Rival(compare, other, training, inference, even)
+
+
+def _curve(option: ServingOption, volumes: np.ndarray[Any, Any]) -> CurveRecord:
+    return CurveRecord.model_validate(amortisation_curve(option, volumes).to_dict())
 
 
 def _priced(option: ServingOption, metric: Metric) -> bool:
@@ -549,27 +595,27 @@ def comparable_runs(
     )
     out = []
     for record in records:
+        # One read of the run's aggregates, for the check and the report alike.
         usage = run_usage(session, project_id=project_id, run_id=record.id)
         if not usage.devices:
             continue
-        report = run_report(session, project_id=project_id, run_id=record.id)
-        devices = report["energy"]["by_device"]
-        flop_per_j = report["efficiency"]["flop_per_j"]
-        if flop_per_j is None or not flop_per_j > 0:
+        report = usage_report(session, project_id=project_id, usage=usage)
+        flop_per_j, flops = report.efficiency.flop_per_j, report.work.flops
+        if flop_per_j is None or not flop_per_j > 0 or flops is None:
             continue
-        if any(d["catalog_id"] != hardware for d in devices):
+        if any(d.catalog_id != hardware for d in report.energy.by_device):
             continue
-        if normalize_dtype(report["work"]["dtype"]) != wanted:
+        if normalize_dtype(report.work.dtype) != wanted:
             continue
         out.append(
             ComparableRun(
                 id=record.id,
                 name=record.name,
-                flop_per_j=float(flop_per_j),
-                mfu=report["efficiency"]["mfu"],
-                energy_j=float(report["energy"]["total"]["energy_j"]),
-                flops=float(report["work"]["flops"]),
-                simulated=bool(report["run"]["simulated"]),
+                flop_per_j=flop_per_j,
+                mfu=report.efficiency.mfu,
+                energy_j=report.energy.total.energy_j,
+                flops=flops,
+                simulated=report.run.simulated,
             )
         )
     return out
@@ -621,7 +667,7 @@ class PlanRequest(BaseModel):
         return self
 
 
-def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str, Any]:
+def plan(session: Session, *, project_id: int, request: PlanRequest) -> PlanPublic:
     """Estimate a training run before it starts (see the module docstring).
 
     Args:
@@ -630,8 +676,9 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str
         request: The planned run.
 
     Returns:
-        JSON-safe plan: `accounting.planning.TrainingPlan.to_dict` plus ``hardware``,
-        ``basis`` (which efficiency figures it rests on) and ``assumptions``.
+        The plan (`service.economics_schemas.PlanPublic`): `accounting.planning.TrainingPlan`
+        plus ``hardware``, ``basis`` (which efficiency figures it rests on), ``pricing`` and
+        ``assumptions``.
 
     Raises:
         InvalidInput: Unknown region or PUE, or bad percentiles.
@@ -660,12 +707,12 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str
     mfu = min(mfu, 1.0)
     if comparable:
         samples = [r.flop_per_j for r in comparable]
-        basis: dict[str, Any] = {
-            "kind": "measured",
-            "description": f"FLOP/J measured on {len(comparable)} comparable run(s): training, "
+        basis = PlanBasis(
+            kind="measured",
+            description=f"FLOP/J measured on {len(comparable)} comparable run(s): training, "
             f"every device {request.hardware}, FLOPs at {dtype}",
-            "runs": [r.to_dict() for r in comparable],
-        }
+            runs=[ComparableRunRecord.model_validate(r.to_dict()) for r in comparable],
+        )
     else:
         if entry.tdp_w is None:
             raise Conflict(
@@ -675,13 +722,13 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str
             )
         mfus = (0.5 * mfu, mfu, min(1.0, 1.5 * mfu))
         samples = [rated_flop_per_j(peak, entry.tdp_w, m) for m in mfus]
-        basis = {
-            "kind": "datasheet",
-            "description": f"no comparable run measured: MFU × peak / TDP of {entry.name} at "
+        basis = PlanBasis(
+            kind="datasheet",
+            description=f"no comparable run measured: MFU × peak / TDP of {entry.name} at "
             f"{dtype} (MFU {mfus[0]:.2g} … {mfus[2]:.2g}); boards usually draw less than TDP, "
             "so this errs high on energy",
-            "runs": [],
-        }
+            runs=[],
+        )
     percentiles = request.percentiles
     if percentiles is not None and not 0 <= percentiles[0] <= percentiles[1] <= 100:
         raise InvalidInput.one("percentiles", f"need 0 ≤ lo ≤ hi ≤ 100, got {list(percentiles)}")
@@ -702,26 +749,31 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> dict[str
         tariff=context.tariff,
         hardware=hardware_price,
     )
-    out = result.to_dict()
-    out["hardware"] = {
-        "id": entry.id,
-        "name": entry.name,
-        "dtype": dtype,
-        "peak_flop_per_s": peak,
-        "tdp_w": entry.tdp_w,
-        "n_devices": request.n_devices,
-    }
-    out["mfu_source"] = mfu_source
-    out["basis"] = basis
-    out["pricing"] = context.to_dict()
-    out["assumptions"] = [
+    hardware = PlanHardware(
+        id=entry.id,
+        name=entry.name,
+        dtype=dtype,
+        peak_flop_per_s=peak,
+        tdp_w=entry.tdp_w,
+        n_devices=request.n_devices,
+    )
+    assumptions = [
         "FLOPs = 6·N·D (Kaplan et al. 2020; attention-context FLOPs not included)",
         f"duration = FLOPs / (peak {peak:.4g} FLOP/s × {request.n_devices} device(s) × MFU "
         f"{mfu:.3g}); MFU {mfu_source}",
-        basis["description"],
+        basis.description,
         *context.assumptions(),
         "hardware rental not priced"
         if hardware_price is None
         else f"hardware {request.device_hour_usd:g} USD per device-hour (given in the request)",
     ]
-    return out
+    return PlanPublic.model_validate(
+        {
+            **result.to_dict(),
+            "hardware": hardware,
+            "mfu_source": mfu_source,
+            "basis": basis,
+            "pricing": context.public(),
+            "assumptions": assumptions,
+        }
+    )

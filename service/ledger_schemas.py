@@ -51,6 +51,7 @@ __all__ = [
     "MeasuredPue",
     "PuePublic",
     "QuantityPublic",
+    "RollupsPublic",
     "TariffCreate",
     "TariffPublic",
     "VerifyPublic",
@@ -426,3 +427,132 @@ class VerifyPublic(BaseModel):
     entries: int
     head: HeadPublic
     problems: list[ChainProblemPublic]
+
+
+# --------------------------------------------------------------------------- rollups
+
+_ROLLUP = ConfigDict(extra="forbid")
+_Status = Annotated[
+    Literal["available", "not_available"],
+    Field(description="``available`` only when every run of the group has the figure."),
+]
+_Reason = Annotated[str | None, Field(description="Why there is no total; None when there is.")]
+
+
+class _Covered(BaseModel):
+    """A sum that is a total only when every run of the group has the figure; the total and
+    the covered sum carry their unit in their names (``kwh``, ``g``, ``usd``)."""
+
+    model_config = _ROLLUP
+
+    status: _Status
+    runs_covered: int = Field(description="Runs of the group with the figure.")
+    runs: int = Field(description="Runs of the group.")
+    reason: _Reason
+
+
+class CoveredKwh(_Covered):
+    """An energy sum."""
+
+    kwh: float | None = Field(description="The total, kWh; None when not available.")
+    covered_kwh: float = Field(description="Sum over the runs that have it, kWh.")
+
+
+class CoveredG(_Covered):
+    """An emissions sum."""
+
+    g: float | None = Field(description="The total, gCO2e; None when not available.")
+    covered_g: float = Field(description="Sum over the runs that have it, gCO2e.")
+
+
+class CoveredUsd(_Covered):
+    """A cost sum."""
+
+    usd: float | None = Field(description="The total, USD; None when not available.")
+    covered_usd: float = Field(description="Sum over the runs that have it, USD.")
+
+
+class RollupEnergy(BaseModel):
+    """IT and facility energy of the group and period."""
+
+    model_config = _ROLLUP
+
+    it_kwh: float = Field(description="Σ IT energy, kWh.")
+    facility: CoveredKwh = Field(description="Σ facility energy (IT × each run's PUE).")
+
+
+class RollupCo2e(BaseModel):
+    """Scope 2 emissions, location- and market-based side by side."""
+
+    model_config = _ROLLUP
+
+    location_based: CoveredG
+    market_based: CoveredG
+
+
+class RollupCost(BaseModel):
+    """Energy and hardware cost."""
+
+    model_config = _ROLLUP
+
+    status: _Status
+    usd: float | None = Field(description="Energy + hardware cost, USD; None without energy cost.")
+    energy: CoveredUsd
+    hardware_usd: float = Field(description="Σ hardware cost, USD.")
+
+
+class RollupSci(BaseModel):
+    """An SCI score per one functional unit, or why there is none."""
+
+    model_config = _ROLLUP
+
+    status: _Status
+    functional_unit: str = Field(description="``run`` or ``1k tokens``.")
+    g_per_unit: float | None = Field(description="(O + M) / R, gCO2e per unit.")
+    count: float = Field(description="R, units delivered.")
+    reason: _Reason
+
+
+class RollupSciPair(BaseModel):
+    """SCI per run and per 1000 tokens."""
+
+    model_config = _ROLLUP
+
+    per_run: RollupSci
+    per_1k_tokens: RollupSci
+
+
+class RollupRowPublic(BaseModel):
+    """One period and group: sums of the ledger's current figures."""
+
+    model_config = _ROLLUP
+
+    period: str = Field(description="``2026-03`` (month) or ``2026-Q1`` (quarter), UTC.")
+    group: str | None = Field(description="The project slug or the tag's value (None: untagged).")
+    runs: int = Field(description="Runs with an IT energy figure.")
+    simulated_runs: int = Field(description="Of which metered on simulated devices.")
+    energy: RollupEnergy
+    co2e: RollupCo2e
+    cost: RollupCost
+    embodied_g: float = Field(description="Σ embodied emissions (M), gCO2e.")
+    offsets_g: float = Field(description="Σ offsets retired, gCO2e (never netted).")
+    tokens: float = Field(description="Σ tokens declared.")
+    runs_with_tokens: int
+    sci: RollupSciPair
+    entries: list[int] = Field(description="Seqs of every ledger entry summed.")
+    notes: list[str]
+
+
+class RollupsPublic(BaseModel):
+    """The project's rollups per period and group, with the method that produced them."""
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True)
+
+    project: str
+    period: Literal["month", "quarter"]
+    group_by: Literal["project", "tag"]
+    tag_key: str | None = Field(description="The tag grouped by (``group_by=tag``).")
+    start: str | None = Field(alias="from", description="Start of the range (ISO), inclusive.")
+    end: str | None = Field(alias="to", description="End of the range (ISO), exclusive.")
+    method: str = Field(description="How every figure was summed.")
+    rows: list[RollupRowPublic]

@@ -1,10 +1,10 @@
 """A run report as CSV: one row per figure a spreadsheet wants to sum or plot.
 
-The JSON report (`service.reports.report_dict`) nests; a spreadsheet wants flat rows. The CSV
-holds one table with a ``section`` column: a ``total`` row, one ``device`` row per device, one
-``host`` row per host and one ``phase`` row per phase. Every numeric column has its unit in its
-header (``energy_j``, ``energy_kwh``, ``mean_power_w``, ``co2e_location_g``), the same names as
-in the JSON, and a cell that does not apply to a section, or has no value (an unbounded band,
+The JSON report (`service.report_schemas.RunReportPublic`) nests; a spreadsheet wants flat rows.
+The CSV holds one table with a ``section`` column: a ``total`` row, one ``device`` row per device,
+one ``host`` row per host and one ``phase`` row per phase. Every numeric column has its unit in its
+header (``energy_j``, ``energy_kwh``, ``mean_power_w``, ``co2e_location_g``), the same names as in
+the JSON, and a cell that does not apply to a section, or has no value (an unbounded band,
 market-based CO2e without a market factor), is empty, never 0.
 
 Carbon and cost appear on the ``total`` row only: the report prices the run, not each device.
@@ -13,17 +13,17 @@ ledgered), and the row says which: ``region``, ``pue``, the factor and tariff ve
 (``version 12``, or ``built-in`` for a built-in default) and ``accounting_basis`` (``ledger``
 when frozen there, ``resolved`` while provisional). A figure that is not available — no region,
 no version valid at the run's end, no tariff — is an empty cell, never 0.
-Lines end with CRLF and text is UTF-8, as RFC 4180 and spreadsheet imports expect. Text that
-a spreadsheet would run as a formula (a run named ``=HYPERLINK(...)``) gets a leading ``'``.
+The cells follow the service's one CSV policy (`service.csv_writer`): CRLF line ends, UTF-8,
+numbers as numbers, and text a spreadsheet would run as a formula (a run named
+``=HYPERLINK(...)``) with a leading ``'``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-from collections.abc import Mapping
 from typing import Any
+
+from .csv_writer import write_csv
+from .report_schemas import RunReportPublic
 
 __all__ = ["CSV_COLUMNS", "report_csv"]
 
@@ -67,113 +67,70 @@ CSV_COLUMNS: tuple[str, ...] = (
     "tariff_version",
     "accounting_basis",
 )
+_COLUMNS: set[str] = set(CSV_COLUMNS)
 
 
-#: A text cell starting with one of these is a formula to a spreadsheet (CSV injection).
-_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    # Names come from clients: quote a leading formula character so a spreadsheet shows text.
-    return "'" + text if text.startswith(_FORMULA_LEADS) else text
-
-
-def _version(record: Mapping[str, Any] | None) -> str | None:
+def _version(record: dict[str, Any] | None) -> str | None:
     if record is None:
         return None
     return "built-in" if record.get("builtin") else f"version {record.get('id')}"
 
 
-def _accounting(report: Mapping[str, Any]) -> dict[str, Any]:
+def _accounting(report: RunReportPublic) -> dict[str, Any]:
     """The total row's carbon and cost cells, and the basis they rest on."""
-    carbon, cost = report["carbon"], report["cost"]
-    priced = cost.get("energy_usd") is not None or cost.get("hardware_usd") is not None
-    basis = report.get("accounting") or {}
+    carbon, cost, basis = report.carbon, report.cost, report.accounting
+    priced = cost.energy_usd is not None or cost.hardware_usd is not None
     return {
-        "energy_facility_j": carbon.get("energy_facility_j"),
-        "pue": (carbon.get("pue") or {}).get("value"),
-        "region": basis.get("region"),
-        "co2e_location_g": carbon["location_based"]["co2e_g"],
-        "co2e_market_g": carbon["market_based"]["co2e_g"],
-        "energy_cost_usd": cost.get("energy_usd"),
-        "cost_usd": cost["total_usd"] if priced else None,
-        "location_factor_version": _version(basis.get("location_factor")),
-        "market_factor_version": _version(basis.get("market_factor")),
-        "tariff_version": _version(basis.get("tariff")),
-        "accounting_basis": basis.get("source"),
+        "energy_facility_j": carbon.energy_facility_j,
+        "pue": carbon.pue.value,
+        "region": basis.region,
+        "co2e_location_g": carbon.location_based.co2e_g,
+        "co2e_market_g": carbon.market_based.co2e_g,
+        "energy_cost_usd": cost.energy_usd,
+        "cost_usd": cost.total_usd if priced else None,
+        "location_factor_version": _version(basis.location_factor),
+        "market_factor_version": _version(basis.market_factor),
+        "tariff_version": _version(basis.tariff),
+        "accounting_basis": basis.source,
     }
 
 
-def _rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    run = report["run"]
-    energy = report["energy"]
-    base = {"run_id": run["id"], "run_name": run["name"]}
-    total = energy["total"]
+def _rows(report: RunReportPublic) -> list[dict[str, Any]]:
+    run, energy, total = report.run, report.energy, report.energy.total
+    base = {"run_id": run.id, "run_name": run.name}
     rows: list[dict[str, Any]] = [
         {
             **base,
             "section": "total",
-            "simulated": run["simulated"],
-            "t0_s": report["t0_s"],
-            "t1_s": report["t1_s"],
-            "duration_s": report["duration_s"],
-            "energy_j": total["energy_j"],
-            "energy_kwh": total["energy_kwh"],
-            "energy_low_j": total["energy_low_j"],
-            "energy_high_j": total["energy_high_j"],
-            "mean_power_w": energy["mean_power_w"],
-            "flops": report["work"]["flops"],
-            "tokens": report["work"]["tokens"],
-            "flop_per_j": report["efficiency"]["flop_per_j"],
-            "j_per_token": report["efficiency"]["j_per_token"],
+            "simulated": run.simulated,
+            "t0_s": report.t0_s,
+            "t1_s": report.t1_s,
+            "duration_s": report.duration_s,
+            **total.model_dump(),
+            "mean_power_w": energy.mean_power_w,
+            "flops": report.work.flops,
+            "tokens": report.work.tokens,
+            "flop_per_j": report.efficiency.flop_per_j,
+            "j_per_token": report.efficiency.j_per_token,
             **_accounting(report),
         }
     ]
-    for device in energy["by_device"]:
-        rows.append(
-            {
-                **base,
-                "section": "device",
-                **{k: device.get(k) for k in CSV_COLUMNS if k in device},
-            }
-        )
-    for host, line in energy["by_host"].items():
-        rows.append({**base, "section": "host", "key": host, "host": host, **line})
-    for phase in energy["by_phase"]:
-        rows.append(
-            {
-                **base,
-                "section": "phase",
-                "key": phase["name"],
-                **{k: phase.get(k) for k in CSV_COLUMNS if k in phase},
-            }
-        )
+    # Device, host and phase rows carry the fields whose JSON names are CSV columns.
+    rows.extend(
+        {**base, "section": "device", **device.model_dump(include=_COLUMNS)}
+        for device in energy.by_device
+    )
+    rows.extend(
+        {**base, "section": "host", "key": host, "host": host, **line.model_dump()}
+        for host, line in energy.by_host.items()
+    )
+    rows.extend(
+        {**base, "section": "phase", "key": phase.name, **phase.model_dump(include=_COLUMNS)}
+        for phase in energy.by_phase
+    )
     return rows
 
 
-def report_csv(report: Mapping[str, Any]) -> str:
-    """The report (as `service.reports.report_dict` returns it) as CSV text.
-
-    Args:
-        report: The JSON-safe report.
-
-    Returns:
-        The CSV, header first, CRLF line ends.
-    """
-    out = io.StringIO()
-    writer = csv.DictWriter(
-        out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n"
-    )
-    writer.writeheader()
-    for row in _rows(report):
-        writer.writerow({k: _cell(row.get(k)) for k in CSV_COLUMNS})
-    return out.getvalue()
+def report_csv(report: RunReportPublic) -> str:
+    """The run report as CSV text: header first, CRLF line ends (`service.csv_writer`)."""
+    return write_csv(CSV_COLUMNS, _rows(report))

@@ -19,6 +19,11 @@ for the same energy. What the basis cannot give is not available, with the ledge
 for why (no region: no location- or market-based figure and no cost; never a world average).
 The report's ``accounting`` section states the basis: region, PUE and its kind, each version's
 id, source, year and window, whether it is frozen, and the ledger entries it was read from.
+
+The report is typed once (`service.report_schemas.RunReportPublic`, from the mapping the core
+builds) and read by attribute everywhere after: the JSON route, the pages, the CSV, the plan's
+comparable runs. A caller that has read a run's usage already passes it in (`usage_report`), so
+no run's aggregates are read twice.
 """
 
 from __future__ import annotations
@@ -47,7 +52,17 @@ from thermoledger.db.factors import AccountingContext, AppliedVersion
 from thermoledger.db.records import DeviceAggregate, PhaseAggregate, RunUsage
 from thermoledger.db.totals import run_usage
 
-__all__ = ["PHASE_NOTE", "emission_factor", "report_dict", "report_settings", "run_report"]
+from .report_schemas import RunReportPublic, TariffRecord
+
+__all__ = [
+    "PHASE_NOTE",
+    "emission_factor",
+    "report_mapping",
+    "report_public",
+    "report_settings",
+    "run_report",
+    "usage_report",
+]
 
 PHASE_NOTE = "phase energies are pro-rata by time within each chunk that straddles a boundary"
 #: How `accounting.cost.run_cost` notes energy it did not price.
@@ -152,7 +167,7 @@ def report_settings(context: AccountingContext) -> ReportSettings:
     """The accounting core's settings for a run on ``context``.
 
     A negative tariff (wholesale prices dip below zero; the ledger prices with it) has no
-    `accounting.cost.Tariff`: it is left out here and `report_dict` prices the energy with it.
+    `accounting.cost.Tariff`: it is left out here and `report_mapping` prices the energy with it.
     """
     location = context.location
     tariff = context.tariff
@@ -185,7 +200,17 @@ def _state_basis(out: dict[str, Any], basis: RunBasis) -> None:
         energy_usd = context.energy_cost_usd(energy_j)
         cost["energy_usd"] = energy_usd
         cost["total_usd"] = (energy_usd or 0.0) + (cost["hardware_usd"] or 0.0)
-        cost["tariff"] = {"usd_per_kwh": tariff.per_kwh, "source": _tariff_source(tariff)}
+        # The same record as a positive tariff's (`_tariff(...).to_dict()`), which the core's
+        # `Tariff` cannot hold for a negative price.
+        region = tariff.provenance.get("region")
+        cost["tariff"] = TariffRecord(
+            usd_per_kwh=tariff.per_kwh,
+            source=_tariff_source(tariff),
+            region=region if isinstance(region, str) else None,
+            valid_from=None,
+            valid_to=None,
+            exchange_rate=None,
+        ).model_dump()
     reason = context.unavailable.get("energy_cost") if cost["energy_usd"] is None else None
     cost["energy_status"] = "not_available" if reason is not None else "available"
     cost["energy_reason"] = reason
@@ -201,9 +226,9 @@ def _state_basis(out: dict[str, Any], basis: RunBasis) -> None:
     out["notes"].extend(basis.notes(energy_j))
 
 
-def report_dict(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
+def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
     """The run report as JSON-safe plain types (`accounting.report.RunReport.to_dict`), with
-    its accounting basis stated (``accounting``).
+    its accounting basis stated (``accounting``): what `report_public` types.
 
     Args:
         usage: The run with its device and phase aggregates.
@@ -242,15 +267,34 @@ def report_dict(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
     return cast(dict[str, Any], _json_safe(out))
 
 
-def run_report(session: Session, *, project_id: int, run_id: UUID) -> dict[str, Any]:
-    """The report of one of the project's runs, on its accounting basis (`report_dict`).
+def report_public(usage: RunUsage, *, basis: RunBasis) -> RunReportPublic:
+    """The run report, typed (`report_mapping`, validated into `RunReportPublic`).
+
+    Raises:
+        Conflict: The run has no chunks yet: there is nothing to report.
+    """
+    return RunReportPublic.model_validate(report_mapping(usage, basis=basis))
+
+
+def usage_report(session: Session, *, project_id: int, usage: RunUsage) -> RunReportPublic:
+    """The report of a run whose usage the caller has read: its basis is read here, its
+    aggregates are not read again.
+
+    Raises:
+        Conflict: The run has no measurements yet.
+    """
+    if not usage.devices:
+        raise Conflict(f"run {usage.run.id} has no measurements yet: nothing to report")
+    basis = run_basis(session, project_id=project_id, run=usage.run)
+    return report_public(usage, basis=basis)
+
+
+def run_report(session: Session, *, project_id: int, run_id: UUID) -> RunReportPublic:
+    """The report of one of the project's runs, on its accounting basis.
 
     Raises:
         NotFound: No such run in the project.
         Conflict: The run has no measurements yet.
     """
     usage = run_usage(session, project_id=project_id, run_id=run_id)
-    if not usage.devices:
-        raise Conflict(f"run {run_id} has no measurements yet: nothing to report")
-    basis = run_basis(session, project_id=project_id, run=usage.run)
-    return report_dict(usage, basis=basis)
+    return usage_report(session, project_id=project_id, usage=usage)

@@ -5,7 +5,7 @@ One import name for everything the distribution installs:
 * `thermoledger.meters` — the light meter that runs beside a job (NVML, RAPL, simulated and
   replay backends; sampler, spool, uploader; the ``thermoledger`` command);
 * `thermoledger.accounting` — the pure numpy + pint core (units, integration, bounds, carbon,
-  cost, planning, reports);
+  cost, planning, amortisation, reports);
 * `thermoledger.db` and `thermoledger.migrations` — the SQL models and Alembic migrations;
 * `thermoledger.service` — the FastAPI service and the ``thermoledger-server`` command.
 

@@ -2,8 +2,9 @@
 
 Every route is a thin GET: parse the query, read through `db` / `service.economics`, compute
 charts (`service.pages.charts`), render a template. Figures come from the same functions as the
-JSON API (`service.reports.report_dict`, `service.economics`), so a page and its JSON never
-disagree. All reads are scoped to the signed-in token's project (`service.pages.auth`).
+JSON API (`service.reports.usage_report`, `service.economics`), typed once
+(`service.report_schemas`, `service.economics_schemas`) and read by attribute, so a page and its
+JSON never disagree. All reads are scoped to the signed-in token's project (`service.pages.auth`).
 
 Carbon and cost are on each run's accounting basis (`db.basis`): what the ledger froze at the
 run's end, else the project's context resolved at its end (now, while it runs). The runs list
@@ -25,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from thermoledger.accounting.carbon import J_PER_KWH, default_emission_factors, default_pues
 from thermoledger.accounting.catalog import builtin_catalog
-from thermoledger.db.basis import RunBasis, run_bases, run_basis
+from thermoledger.db.basis import RunBasis, run_bases
 from thermoledger.db.envelope import envelope_of
 from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import RunKind, RunStatus
@@ -35,7 +36,9 @@ from thermoledger.db.totals import run_usage
 
 from ..deps import SessionDep
 from ..economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pricing
-from ..reports import report_dict, run_report
+from ..economics_schemas import AmortisationPublic, BreakEvenRecord, ParityRecord, PlanPublic
+from ..report_schemas import DeviceEnergy, RunReportPublic
+from ..reports import run_report, usage_report
 from ..routes.reports import csv_response
 from ..schemas import TAG_KEY_PATTERN
 from . import charts
@@ -234,34 +237,33 @@ def runs_page(
 # Run report
 
 
-def _method_lines(devices: list[dict[str, Any]]) -> list[str]:
-    counts = Counter(d["method"] for d in devices)
+def _method_lines(devices: list[DeviceEnergy]) -> list[str]:
+    counts = Counter(d.method for d in devices)
     return [
         f"{n} device{'s' if n != 1 else ''}: {_METHOD_WORDS.get(method, method)}"
         for method, n in counts.most_common()
     ]
 
 
-def _uncertainty(report: dict[str, Any]) -> dict[str, Any]:
-    total = report["energy"]["total"]
-    energy, low, high = total["energy_j"], total["energy_low_j"], total["energy_high_j"]
-    devices = report["energy"]["by_device"]
+def _uncertainty(report: RunReportPublic) -> dict[str, Any]:
+    total = report.energy.total
+    energy, low, high = total.energy_j, total.energy_low_j, total.energy_high_j
+    devices = report.energy.by_device
     return {
         "energy_j": energy,
         "low_j": low,
         "high_j": high,
         "below_pct": (energy - low) / energy if energy else None,
         "above_pct": None if high is None or not energy else (high - energy) / energy,
-        "gaps": sum(d["gap_count"] for d in devices),
-        "gap_s": sum(d["gap_s"] for d in devices),
-        "resets": sum(d["reset_count"] for d in devices),
+        "gaps": sum(d.gap_count for d in devices),
+        "gap_s": sum(d.gap_s for d in devices),
+        "resets": sum(d.reset_count for d in devices),
     }
 
 
-def _bounds_rows(report: dict[str, Any]) -> list[charts.StripRow]:
-    bounds = report["bounds"]
-    flops = report["work"]["flops"]
-    measured_j = report["energy"]["total"]["energy_j"]
+def _bounds_rows(report: RunReportPublic, flops: float) -> list[charts.StripRow]:
+    bounds = report.bounds
+    measured_j = report.energy.total.energy_j
     rows = [
         charts.StripRow(
             "measured",
@@ -272,17 +274,16 @@ def _bounds_rows(report: dict[str, Any]) -> list[charts.StripRow]:
         )
     ]
     for i, (key, label, basis) in enumerate(_BOUND_ROWS):
-        bound = bounds[key]
+        bound = None if bounds is None else getattr(bounds, key)
         if bound is None:
             continue
-        orders = bound["orders_of_magnitude"]
+        orders = bound.orders_of_magnitude
         rows.append(
             charts.StripRow(
                 f"{label} ({basis})",
-                (bound["bound_j_per_flop"],),
+                (bound.bound_j_per_flop,),
                 charts.color(i),
-                note=f"{bound['bound_j_per_flop']:.3g} J/FLOP; measured is "
-                f"{orders:+.2f} orders above",
+                note=f"{bound.bound_j_per_flop:.3g} J/FLOP; measured is {orders:+.2f} orders above",
                 series=key,
             )
         )
@@ -315,25 +316,18 @@ def report_page(
         return render(
             request, "report_empty.html.j2", nav="runs", project=tenant.slug, run=usage.run
         )
-    report = report_dict(usage, basis=run_basis(session, project_id=tenant.id, run=usage.run))
+    report = usage_report(session, project_id=tenant.id, usage=usage)
     envelope = envelope_of(session, usage=usage)
-    devices = report["energy"]["by_device"]
-    colors = {d["key"]: charts.color(i) for i, d in enumerate(devices)}
-    phases = [
-        charts.PhaseSpan(p["name"], p["t0_s"], p["t1_s"]) for p in report["energy"]["by_phase"]
-    ]
+    devices = report.energy.by_device
+    colors = {d.key: charts.color(i) for i, d in enumerate(devices)}
+    phases = [charts.PhaseSpan(p.name, p.t0_s, p.t1_s) for p in report.energy.by_phase]
     power = charts.power_chart(envelope, phases, colors)
     by_device = charts.bar_chart(
         "energy-by-device",
         "Energy by device, with its uncertainty band",
         [
             charts.Bar(
-                d["key"],
-                d["energy_j"],
-                d["energy_low_j"],
-                d["energy_high_j"],
-                colors[d["key"]],
-                note=d["method"],
+                d.key, d.energy_j, d.energy_low_j, d.energy_high_j, colors[d.key], note=d.method
             )
             for d in devices
         ],
@@ -341,32 +335,30 @@ def report_page(
         scale=J_PER_KWH,
     )
     by_phase = None
-    if report["energy"]["by_phase"]:
+    if report.energy.by_phase:
         by_phase = charts.bar_chart(
             "energy-by-phase",
             "Energy by phase, with its uncertainty band",
             [
-                charts.Bar(
-                    p["name"], p["energy_j"], p["energy_low_j"], p["energy_high_j"], "#6b7b8c"
-                )
-                for p in report["energy"]["by_phase"]
+                charts.Bar(p.name, p.energy_j, p.energy_low_j, p.energy_high_j, "#6b7b8c")
+                for p in report.energy.by_phase
             ],
             unit="kWh",
             scale=J_PER_KWH,
         )
     bounds_chart = None
     bounds_assumptions: dict[str, list[tuple[str, str]]] = {}
-    if report["bounds"] is not None and report["work"]["flops"]:
+    if report.bounds is not None and report.work.flops:
         bounds_chart = charts.strip_chart(
             "bounds",
             "Measured energy per FLOP against the three bounds",
-            _bounds_rows(report),
+            _bounds_rows(report, report.work.flops),
             unit="J/FLOP",
         )
         for key, label, _ in _BOUND_ROWS:
-            bound = report["bounds"][key]
+            bound = getattr(report.bounds, key)
             if bound is not None:
-                bounds_assumptions[label] = _assumption_lines(bound["assumptions"])
+                bounds_assumptions[label] = _assumption_lines(bound.assumptions)
     return render(
         request,
         "report.html.j2",
@@ -381,7 +373,7 @@ def report_page(
         bounds_chart=bounds_chart,
         bounds_assumptions=bounds_assumptions,
         bounds_reason=next(
-            (n for n in report["notes"] if "FLOPs" in n or "bounds" in n), "no FLOPs declared"
+            (n for n in report.notes if "FLOPs" in n or "bounds" in n), "no FLOPs declared"
         ),
         methods=_method_lines(devices),
         uncertainty=_uncertainty(report),
@@ -394,7 +386,7 @@ def report_json(run_id: UUID, tenant: PageTenant, session: SessionDep) -> JSONRe
     """The JSON report (as ``GET /api/v1/runs/{id}/report``), for a signed-in browser."""
     report = run_report(session, project_id=tenant.id, run_id=run_id)
     return JSONResponse(
-        report,
+        report.model_dump(mode="json"),
         headers={"Content-Disposition": f'attachment; filename="run-{run_id}.json"'},
     )
 
@@ -419,23 +411,26 @@ _COMPARED = (
 )
 
 
-def _compared_value(report: dict[str, Any], key: str) -> tuple[float | None, Any, Any]:
+def _compared_value(
+    report: RunReportPublic, key: str
+) -> tuple[float | None, float | None, float | None]:
     if key == "energy":
-        total = report["energy"]["total"]
-        return total["energy_j"], total["energy_low_j"], total["energy_high_j"]
+        total = report.energy.total
+        return total.energy_j, total.energy_low_j, total.energy_high_j
     if key == "cost":
-        cost = report["cost"]
-        priced = cost["energy_usd"] is not None or cost["hardware_usd"] is not None
-        return (cost["total_usd"] if priced else None), None, None
+        cost = report.cost
+        priced = cost.energy_usd is not None or cost.hardware_usd is not None
+        return (cost.total_usd if priced else None), None, None
     if key == "co2e":
-        return report["carbon"]["location_based"]["co2e_g"], None, None
-    return report["efficiency"][key], None, None
+        return report.carbon.location_based.co2e_g, None, None
+    value: float | None = getattr(report.efficiency, key)
+    return value, None, None
 
 
 @dataclass(frozen=True, slots=True)
 class _Column:
     run: RunRecord
-    report: dict[str, Any] | None
+    report: RunReportPublic | None
     color: str
 
 
@@ -455,8 +450,7 @@ def compare_page(
         usage = run_usage(session, project_id=tenant.id, run_id=run_id)
         report = None
         if usage.devices:
-            basis = run_basis(session, project_id=tenant.id, run=usage.run)
-            report = report_dict(usage, basis=basis)
+            report = usage_report(session, project_id=tenant.id, usage=usage)
         columns.append(_Column(usage.run, report, charts.color(i)))
     metric_charts = []
     for key, label, unit, scale in _COMPARED:
@@ -505,10 +499,10 @@ def models_page(request: Request, tenant: PageTenant, session: SessionDep) -> HT
     )
 
 
-def _amortisation_charts(answer: dict[str, Any]) -> list[tuple[str, charts.Chart]]:
-    curve = answer["curve"]
-    other = answer["compare"]
-    tokens = curve["tokens_served"]
+def _amortisation_charts(answer: AmortisationPublic) -> list[tuple[str, charts.Chart]]:
+    curve = answer.curve
+    other = answer.compare
+    tokens = curve.tokens_served
     metrics = (
         ("j_per_token", "floor_j_per_token", "Energy per token", "J/token", "energy"),
         (
@@ -522,36 +516,34 @@ def _amortisation_charts(answer: dict[str, Any]) -> list[tuple[str, charts.Chart
     )
     out = []
     for key, floor_key, title, unit, metric in metrics:
-        if curve[key] is None:
+        values: list[float] | None = getattr(curve, key)
+        if values is None:
             continue
-        lines = [
-            charts.Curve(f"{answer['model_tag']}: amortised", charts.color(0), tuple(curve[key]))
-        ]
-        floor = curve[floor_key]
+        lines = [charts.Curve(f"{answer.model_tag}: amortised", charts.color(0), tuple(values))]
+        floor: float | None = getattr(curve, floor_key)
         if floor:
             lines.append(
                 charts.Curve(
-                    f"{answer['model_tag']}: inference only",
+                    f"{answer.model_tag}: inference only",
                     charts.color(0),
                     (floor,) * len(tokens),
                     True,
                 )
             )
         markers = []
-        if answer["tokens_served_so_far"] > 0:
-            markers.append(charts.Marker(answer["tokens_served_so_far"], "served so far", "served"))
-        parity = answer["parity"][metric]
-        if parity is not None and parity["tokens"]:
-            markers.append(charts.Marker(parity["tokens"], "training = inference", "parity"))
-        if other is not None and other["curve"][key] is not None:
+        if answer.tokens_served_so_far > 0:
+            markers.append(charts.Marker(answer.tokens_served_so_far, "served so far", "served"))
+        parity: ParityRecord | None = getattr(answer.parity, metric)
+        if parity is not None and parity.tokens:
+            markers.append(charts.Marker(parity.tokens, "training = inference", "parity"))
+        other_values: list[float] | None = None if other is None else getattr(other.curve, key)
+        if other is not None and other_values is not None:
             lines.append(
-                charts.Curve(
-                    f"{other['model_tag']}: amortised", charts.color(1), tuple(other["curve"][key])
-                )
+                charts.Curve(f"{other.model_tag}: amortised", charts.color(1), tuple(other_values))
             )
-            even = other["break_even"][metric]
-            if even is not None and even["tokens"]:
-                markers.append(charts.Marker(even["tokens"], "break-even", "break-even"))
+            even: BreakEvenRecord | None = getattr(other.break_even, metric)
+            if even is not None and even.tokens:
+                markers.append(charts.Marker(even.tokens, "break-even", "break-even"))
         out.append(
             (
                 title,
@@ -647,8 +639,8 @@ def _plan_form(params: dict[str, str]) -> tuple[PlanRequest | None, list[str]]:
         ]
 
 
-def _plan_charts(result: dict[str, Any]) -> list[tuple[str, charts.Chart]]:
-    energy = result["energy"]
+def _plan_charts(result: PlanPublic) -> list[tuple[str, charts.Chart]]:
+    energy = result.energy
     out = [
         (
             "Energy estimate",
@@ -658,9 +650,9 @@ def _plan_charts(result: dict[str, Any]) -> list[tuple[str, charts.Chart]]:
                 [
                     charts.Bar(
                         "planned run",
-                        energy["energy_j_central"],
-                        energy["energy_j_low"],
-                        energy["energy_j_high"],
+                        energy.energy_j_central,
+                        energy.energy_j_low,
+                        energy.energy_j_high,
                         charts.color(0),
                     )
                 ],
@@ -670,15 +662,15 @@ def _plan_charts(result: dict[str, Any]) -> list[tuple[str, charts.Chart]]:
         )
     ]
     rows = [
-        charts.StripRow(r["name"], (r["flop_per_j"],), charts.color(1), series=f"run-{r['id']}")
-        for r in result["basis"]["runs"]
+        charts.StripRow(r.name, (r.flop_per_j,), charts.color(1), series=f"run-{r.id}")
+        for r in result.basis.runs
     ]
     rows.append(
         charts.StripRow(
             "range used",
-            (energy["flop_per_j_low"], energy["flop_per_j_central"], energy["flop_per_j_high"]),
+            (energy.flop_per_j_low, energy.flop_per_j_central, energy.flop_per_j_high),
             charts.color(0),
-            note=f"median {energy['flop_per_j_central']:.3g} FLOP/J",
+            note=f"median {energy.flop_per_j_central:.3g} FLOP/J",
             series="range",
         )
     )

@@ -5,16 +5,17 @@
 chain. ``GET /audit/export`` lists every entry in range — superseded ones included — with its
 run, measurement method, uncertainty band, PUE, factor or tariff version (value, unit, source,
 year, basis, window), seq and hashes, as CSV or JSON; ``provenance_json`` is exactly what the
-hash covers, so an auditor can recompute each hash from the export alone.
+hash covers, so an auditor can recompute each hash from the export alone. The CSV follows the
+service's one CSV policy (`service.csv_writer`): a text cell a spreadsheet would run as a formula
+(a run named ``=HYPERLINK(...)``) starts with an apostrophe, which `service.csv_writer.unguard`
+removes; numbers are written as numbers.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
@@ -24,6 +25,7 @@ from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import Scope
 from thermoledger.db.types import utcnow
 
+from ..csv_writer import write_csv
 from ..deps import PrincipalDep, ReadTenant, SessionDep
 from ..ledger_schemas import ChainProblemPublic, HeadPublic, Instant, VerifyPublic
 from .rollups import check_range
@@ -82,14 +84,6 @@ def verify(
     return verify_public(tenant.slug, verdict)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(rollups.EXPORT_COLUMNS)
-    writer.writerows(rollups.csv_rows(rows))
-    return out.getvalue()
-
-
 @router.get(
     "/export",
     response_class=Response,
@@ -118,7 +112,11 @@ def export(
     }
     if format == "csv":
         headers["Content-Disposition"] = f'attachment; filename="{stem}.csv"'
-        return Response(_csv(rows), media_type="text/csv; charset=utf-8", headers=headers)
+        return Response(
+            write_csv(rollups.EXPORT_COLUMNS, rows),
+            media_type="text/csv; charset=utf-8",
+            headers=headers,
+        )
     document = {
         "project": tenant.slug,
         "generated_at": utcnow().isoformat(),

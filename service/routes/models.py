@@ -5,12 +5,13 @@ Runs are linked to a model by the tag ``model=<tag>`` (set when the run is creat
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from ..deps import ReadTenant, SessionDep
 from ..economics import amortisation, pricing
+from ..economics_schemas import AmortisationPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -35,7 +36,7 @@ def get_amortisation(
     pue: Annotated[str | None, Query(max_length=32)] = None,
     tariff_usd_per_kwh: Annotated[float | None, Query(ge=0, le=100)] = None,
     points: Annotated[int, Query(ge=2, le=1000)] = 64,
-) -> dict[str, Any]:
+) -> AmortisationPublic:
     """Amortised J/token (USD/token with a tariff, gCO2e/token) as a function of tokens served.
 
     Also: the value at ``tokens_served`` (default: the tokens served so far), the parity volume

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from ..deps import ReadTenant, SessionDep
 from ..economics import PlanRequest, plan
+from ..economics_schemas import PlanPublic
 
 router = APIRouter(prefix="/plan", tags=["planning"])
 
 
 @router.post("", responses={409: {"description": "no efficiency to plan with"}})
-def post_plan(body: PlanRequest, tenant: ReadTenant, session: SessionDep) -> dict[str, Any]:
+def post_plan(body: PlanRequest, tenant: ReadTenant, session: SessionDep) -> PlanPublic:
     """Estimate a planned training run from N, D and the hardware, with a range.
 
     Energy rests on the FLOP/J measured on the project's comparable runs (same hardware and

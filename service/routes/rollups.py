@@ -8,7 +8,7 @@ measurement methods and the factor versions — with ``GET /audit/export``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -16,7 +16,7 @@ from thermoledger.db import rollups
 from thermoledger.db.errors import InvalidInput
 
 from ..deps import ReadTenant, SessionDep
-from ..ledger_schemas import Instant
+from ..ledger_schemas import Instant, RollupsPublic
 from ..schemas import TAG_KEY_PATTERN
 
 router = APIRouter(prefix="/rollups", tags=["rollups"])
@@ -48,7 +48,7 @@ def get_rollups(
     ] = None,
     start: Annotated[Instant | None, Query(alias="from")] = None,
     end: Annotated[Instant | None, Query(alias="to", description="exclusive")] = None,
-) -> dict[str, Any]:
+) -> RollupsPublic:
     """The project's figures per month or quarter, by project or by the value of one tag."""
     if group_by == "tag" and tag_key is None:
         raise InvalidInput.one("tag_key", "required when group_by=tag (e.g. tag_key=team)")
@@ -62,13 +62,15 @@ def get_rollups(
         start=start,
         end=end,
     )
-    return {
-        "project": tenant.slug,
-        "period": period,
-        "group_by": group_by,
-        "tag_key": tag_key,
-        "from": None if start is None else start.isoformat(),
-        "to": None if end is None else end.isoformat(),
-        "method": METHOD,
-        "rows": [row.to_dict() for row in rows],
-    }
+    return RollupsPublic.model_validate(
+        {
+            "project": tenant.slug,
+            "period": period,
+            "group_by": group_by,
+            "tag_key": tag_key,
+            "from": None if start is None else start.isoformat(),
+            "to": None if end is None else end.isoformat(),
+            "method": METHOD,
+            "rows": [row.to_dict() for row in rows],
+        }
+    )

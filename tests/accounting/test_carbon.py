@@ -110,8 +110,9 @@ def test_factor_file_is_read_lazily_and_pint_is_not_imported() -> None:
     """factors.toml is read on first use, not at import; pint loads only for edge parsing."""
     code = (
         "import sys\n"
-        "import accounting.carbon, accounting.cost, accounting.planning\n"
-        "print(accounting.carbon._factor_table.cache_info().currsize, 'pint' in sys.modules)"
+        "import thermoledger.accounting.amortisation, thermoledger.accounting.cost\n"
+        "import thermoledger.accounting.carbon as carbon, thermoledger.accounting.planning\n"
+        "print(carbon._factor_table.cache_info().currsize, 'pint' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -232,7 +232,7 @@ def test_catalog_is_parsed_lazily_once() -> None:
     assert builtin_catalog() is builtin_catalog()
     assert load_catalog() is builtin_catalog()
     code = (
-        "import accounting.catalog as c; "
+        "import thermoledger.accounting.catalog as c; "
         "assert c._builtin_document.cache_info().currsize == 0; "
         "assert c.builtin_catalog.cache_info().currsize == 0"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -14,11 +15,14 @@ from tests.audit.conftest import (
     TestClient,
     add_factor,
     configure,
+    finish_run,
     metered_run,
+    post_chunks,
     region,
 )
 from thermoledger.db.chain import EntryContent, entry_hash
 from thermoledger.db.rollups import EXPORT_COLUMNS
+from thermoledger.service.csv_writer import FORMULA_LEADS, unguard
 
 
 def _scenario(client: TestClient, project: Project) -> tuple[str, dict[str, object]]:
@@ -146,3 +150,35 @@ def test_the_json_export_carries_the_chain_head_and_superseded_entries(
     assert entries[fix.json()["seq"]]["provenance"]["origin"] == "manual"
     # 3 figures × 2 runs (it, facility, location; no tariff, so no cost) + embodied + the fix
     assert len(entries) == 8
+
+
+def _cells(text: str) -> list[str]:
+    return [value for row in csv.reader(io.StringIO(text, newline="")) for value in row]
+
+
+def test_both_exports_neutralise_a_formula_in_a_run_name(
+    client: TestClient, project: Project
+) -> None:
+    name = '=HYPERLINK("http://x","y")'
+    run_id = str(uuid.uuid4())
+    response = client.put(
+        f"/api/v1/runs/{run_id}",
+        json={"name": name, "kind": "training", "started_at": "2025-01-01T00:00:00Z"},
+        headers=project.ingest,
+    )
+    assert response.status_code == 201, response.text
+    post_chunks(client, project, run_id, range(2))
+    finish_run(client, project, run_id, datetime(2025, 10, 10, tzinfo=UTC))
+    report = client.get(f"/api/v1/runs/{run_id}/report.csv", headers=project.read)
+    export = client.get("/api/v1/audit/export", params={"format": "csv"}, headers=project.read)
+    for response in (report, export):
+        assert response.status_code == 200, response.text
+        assert response.text.endswith("\r\n")
+        rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+        assert rows
+        assert {row["run_name"] for row in rows} == {"'" + name}
+        assert unguard(rows[0]["run_name"]) == name
+        # No cell reads as a formula: one that starts like one is a number the writer wrote.
+        for value in _cells(response.text):
+            if value.startswith(FORMULA_LEADS):
+                float(value)

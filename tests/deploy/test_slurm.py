@@ -53,7 +53,6 @@ def slurm_env(tmp_path: Path, job_id: str, **extra: str) -> dict[str, str]:
         THERMOLEDGER_CHUNK_S="0.1",
         THERMOLEDGER_LOG_FORMAT="json",
         THERMOLEDGER_STOP_TIMEOUT_S="20",
-        PYTHONPATH=str(DEPLOY.parent),
     )
     env.update(extra)
     return env

@@ -181,7 +181,7 @@ def test_a_wrapped_job_records_phases_while_the_wrapper_meters_the_node(
     """``thermoledger run`` samples; the job's own Meter records phases only: no double count."""
     child = (
         "import time\n"
-        "from meters.api import Meter\n"
+        "from thermoledger import Meter\n"
         "with Meter('from-the-job') as m:\n"
         "    assert not m.sampling, 'the wrapper meters this node'\n"
         "    with m.phase('epoch-1'):\n"
@@ -192,7 +192,6 @@ def test_a_wrapped_job_records_phases_while_the_wrapper_meters_the_node(
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "RANK", "SLURM_"))
     }
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     out, err = io.StringIO(), io.StringIO()
     code = cli.main(
         [

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
 
 import pytest
 
 from tests.pages.seed import Fleet
 from tests.service.conftest import Project, TestClient, batch, chunk, create_run
-from thermoledger.service.report_csv import CSV_COLUMNS, report_csv
+from thermoledger.service.report_csv import CSV_COLUMNS
 
 
 def _rows(text: str) -> list[dict[str, str]]:
@@ -80,32 +79,24 @@ def test_csv_quotes_names_a_spreadsheet_would_run_as_formulas(
     assert _rows(text)[0]["run_name"] == '\'=HYPERLINK("http://evil","x")'
 
 
-def test_unbounded_and_missing_values_are_empty_cells() -> None:
-    report: dict[str, Any] = {
-        "run": {"id": "r", "name": "n", "simulated": False},
-        "t0_s": 0.0,
-        "t1_s": 10.0,
-        "duration_s": 10.0,
-        "energy": {
-            "total": {
-                "energy_j": 5.0,
-                "energy_kwh": 5 / 3.6e6,
-                "energy_low_j": 4.0,
-                "energy_high_j": None,
-            },
-            "mean_power_w": 0.5,
-            "by_device": [],
-            "by_host": {},
-            "by_phase": [],
-        },
-        "work": {"flops": None, "tokens": None},
-        "efficiency": {"flop_per_j": None, "j_per_token": None},
-        "carbon": {"location_based": {"co2e_g": 1.0}, "market_based": {"co2e_g": None}},
-        "cost": {"total_usd": 0.0},
-    }
-    (row,) = _rows(report_csv(report))
+def test_unbounded_and_missing_values_are_empty_cells(client: TestClient, project: Project) -> None:
+    # No region configured, no work declared, a counter reset without a power limit: the band
+    # is unbounded above, nothing has FLOPs, CO2e or a price, and the run still runs.
+    run_id = create_run(client, project)
+    unbounded = {**chunk(0), "energy_high_j": "inf", "bound_above_j": "inf"}
+    response = client.post(
+        f"/api/v1/runs/{run_id}/chunks", json=batch([unbounded]), headers=project.ingest
+    )
+    assert response.status_code == 200, response.text
+    (row,) = [
+        r
+        for r in _rows(client.get(f"/api/v1/runs/{run_id}/report.csv", headers=project.read).text)
+        if r["section"] == "total"
+    ]
     assert row["energy_high_j"] == ""
     assert row["flops"] == ""
-    assert row["energy_low_j"] == "4.0"
+    assert float(row["energy_low_j"]) > 0.0
     assert row["cost_usd"] == ""  # nothing priced: empty, not the 0.0 total of no parts
-    assert row["region"] == row["accounting_basis"] == ""
+    assert row["region"] == row["co2e_location_g"] == ""
+    # The typed report always states its basis: provisional while the run runs.
+    assert row["accounting_basis"] == "resolved"
