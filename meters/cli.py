@@ -60,9 +60,9 @@ from .options import (
     RunOptions,
     SidecarOptions,
     StatusOptions,
+    build_parser,
     from_args,
 )
-from .options import build_parser as _build_parser
 from .runid import (
     NODE_METER_ENV,
     RUN_ID_ENV,
@@ -84,7 +84,14 @@ from .summary import (
 if TYPE_CHECKING:
     from .metrics import CountingTransport
 
-__all__ = ["FORWARDED_SIGNALS", "format_energy", "main", "render_footprint", "render_summary"]
+__all__ = [
+    "FORWARDED_SIGNALS",
+    "build_parser",
+    "format_energy",
+    "main",
+    "render_footprint",
+    "render_summary",
+]
 
 _EXIT_USAGE: Final = 2
 
@@ -502,7 +509,7 @@ def main(
     env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = _build_parser()
+    parser = build_parser()
     try:
         options = from_args(parser.parse_args(argv), parser, env=env, process_entry=process_entry)
     except SettingsError as e:

@@ -38,7 +38,7 @@ def _database_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thermoledger-server",
         description="thermoledger's server side: storage, API, reports and the demo.",
@@ -173,7 +173,7 @@ def main(
     argv = sys.argv[1:] if argv is None else argv
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = _build_parser()
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from . import demo

@@ -181,11 +181,11 @@ def test_thermoledger_imports_beside_a_users_meters_db_and_service(
 def test_the_entry_points_run_and_the_demo_needs_no_extras(built: Built, tmp_path: Path) -> None:
     with zipfile.ZipFile(built.wheel) as zf:
         entry_points = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
-        scripts = dict(
-            (part.strip() for part in line.split("=", 1))
-            for line in zf.read(entry_points).decode().splitlines()
-            if "=" in line
-        )
+        scripts: dict[str, str] = {}
+        for line in zf.read(entry_points).decode().splitlines():
+            name, equals, target = line.partition("=")
+            if equals:
+                scripts[name.strip()] = target.strip()
     assert set(scripts) == {"thermoledger", "thermoledger-server"}
     for target in scripts.values():
         module, function = target.split(":")

@@ -196,6 +196,7 @@ def test_inference_parity_hand_solution() -> None:
     assert parity.tokens == pytest.approx(4e12)
     assert parity.per_token_at_parity == pytest.approx(0.5)
     assert parity.unit == "J"
+    assert parity.tokens is not None
     at = amortised_per_token(1e12, 0.25, [parity.tokens])[0]
     assert at == pytest.approx(parity.per_token_at_parity)
     assert json.loads(json.dumps(parity.to_dict()))["tokens"] == pytest.approx(4e12)

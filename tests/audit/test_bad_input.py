@@ -6,7 +6,8 @@ import json
 import uuid
 from typing import Any
 
-from tests.audit.conftest import OPERATOR, Project, TestClient
+from tests.support.client import Project, TestClient
+from tests.support.ledger import OPERATOR
 
 NAN = float("nan")
 HUGE = 2**70

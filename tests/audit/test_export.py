@@ -9,10 +9,9 @@ import uuid
 from datetime import UTC, datetime
 from uuid import UUID
 
-from tests.audit.conftest import (
+from tests.support.client import Project, TestClient
+from tests.support.ledger import (
     OPERATOR,
-    Project,
-    TestClient,
     add_factor,
     configure,
     finish_run,

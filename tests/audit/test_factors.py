@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tests.audit.conftest import (
-    OPERATOR,
-    Project,
-    TestClient,
-    add_factor,
-    configure,
-    ledger_items,
-    metered_run,
-    region,
-)
+from tests.support.client import Project, TestClient
+from tests.support.ledger import OPERATOR, add_factor, configure, ledger_items, metered_run, region
 
 
 def test_versions_of_one_key_never_overlap(client: TestClient, project: Project) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from tests.audit.conftest import (
+from tests.support.client import Project, TestClient
+from tests.support.ledger import (
     OPERATOR,
-    Project,
-    TestClient,
     add_factor,
     configure,
     finish_run,
@@ -105,7 +105,9 @@ def test_a_run_without_measurements_appends_nothing(client: TestClient, project:
 
 
 def test_manual_entries_are_unit_checked(client: TestClient, project: Project) -> None:
-    post = lambda body: client.post("/api/v1/ledger", json=body, headers=project.admin)  # noqa: E731
+    def post(body: dict[str, Any]) -> Any:
+        return client.post("/api/v1/ledger", json=body, headers=project.admin)
+
     ok = post({"figure": "embodied", "quantity": "1.2 tCO2e", "reference": "Dell R760 LCA"})
     assert ok.status_code == 201, ok.text
     entry = ok.json()
@@ -160,7 +162,10 @@ def test_manual_entries_are_unit_checked(client: TestClient, project: Project) -
 def test_corrections_are_new_entries_that_supersede(client: TestClient, project: Project) -> None:
     run_id = metered_run(client, project, chunks=1, ended_at=OCT)
     it = ledger_items(client, project, run_id=run_id, figure="it_energy")[0]
-    post = lambda body: client.post("/api/v1/ledger", json=body, headers=project.admin)  # noqa: E731
+
+    def post(body: dict[str, Any]) -> Any:
+        return client.post("/api/v1/ledger", json=body, headers=project.admin)
+
     fix = {
         "figure": "it_energy",
         "quantity": "0.11 kWh",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import dbutil
+from tests.support import dbutil
 from thermoledger.db import ledger, migrate
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import LedgerSource

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.audit.conftest import (
+from tests.support.client import Project, TestClient
+from tests.support.ledger import (
     OPERATOR,
-    Project,
-    TestClient,
     add_factor,
     configure,
     ledger_items,

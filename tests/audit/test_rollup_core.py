@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -12,10 +13,16 @@ from thermoledger.accounting.rollup import LedgerFigure, period_key, rollup
 MAR = datetime(2026, 3, 15, tzinfo=UTC)
 
 
-def fig(seq: int, figure: str, value: float, run: str | None = "r1", **kw: object) -> LedgerFigure:
-    return LedgerFigure(
-        seq=seq, figure=figure, value_si=value, accounted_at=kw.pop("at", MAR), run_id=run, **kw
-    )  # type: ignore[arg-type]
+def fig(
+    seq: int,
+    figure: str,
+    value: float,
+    run: str | None = "r1",
+    *,
+    at: datetime = MAR,
+    **kw: Any,
+) -> LedgerFigure:
+    return LedgerFigure(seq=seq, figure=figure, value_si=value, accounted_at=at, run_id=run, **kw)
 
 
 def test_periods_are_utc_months_and_quarters() -> None:

@@ -25,15 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.audit.conftest import (
-    OPERATOR,
-    Project,
-    TestClient,
-    add_factor,
-    configure,
-    metered_run,
-    region,
-)
+from tests.support.client import Project, TestClient
+from tests.support.ledger import OPERATOR, add_factor, configure, metered_run, region
 
 REL = 1e-12
 

@@ -20,10 +20,10 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from tests.audit.conftest import TestClient, make_project
+from tests.support.client import TestClient, make_project
 from thermoledger.db import ledger
 from thermoledger.db.chain import EntryContent, entry_hash
-from thermoledger.db.models import LedgerSource
+from thermoledger.db.models import LedgerEntry, LedgerSource
 from thermoledger.service import cli
 
 AT = datetime(2025, 10, 1, tzinfo=UTC)
@@ -188,8 +188,8 @@ def _forge(sql: Connection, filled: Filled, seq: int, prev_hash: str) -> int:
             "(:id, :p, NULL, :seq, 'carbon', -5e6, 'gCO2e', -5.0, 'tCO2e', 'declared', :prov, :at, "
             ":prev, :hash)"
         ).bindparams(
-            sa.bindparam("prov", type_=ledger.LedgerEntry.__table__.c.provenance.type),
-            sa.bindparam("at", type_=ledger.LedgerEntry.__table__.c.created_at.type),
+            sa.bindparam("prov", type_=LedgerEntry.__table__.c.provenance.type),
+            sa.bindparam("at", type_=LedgerEntry.__table__.c.created_at.type),
         ),
         {
             "id": forged_id,

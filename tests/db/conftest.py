@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from tests import dbutil
+from tests.support import dbutil
 from thermoledger.db import migrate
 from thermoledger.db.engine import make_engine, make_sessionmaker
 

@@ -118,5 +118,6 @@ def test_every_column_comes_back_as_sent(session: Session) -> None:
         assert row.bound_above_j == min(c.bound_above_j, UNBOUNDED_J)
         assert row.samples == c.blob
         if c.blob is not None:
+            assert row.samples is not None
             assert list(decode_samples(row.samples)) == ["t_s", "power_w"]
         assert abs((row.created_at - utcnow()).total_seconds()) < 3600

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from tests import dbutil
+from tests.support import dbutil
 
 
 def test_missing_url_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:

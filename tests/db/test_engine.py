@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests import dbutil
+from tests.support import dbutil
 from thermoledger.db.engine import (
     SQLITE_BUSY_TIMEOUT_S,
     default_sqlite_path,

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests import dbutil
-from tests.deploy.conftest import DEPLOY
-from tests.service.conftest import _clean_settings
+from tests.support import dbutil
+from tests.support.client import clean_settings
+from tests.support.deploy import DEPLOY
 from thermoledger.db import migrate
 from thermoledger.meters.api import Meter
 from thermoledger.meters.metrics import CountingTransport, MeterCollector
@@ -36,7 +36,7 @@ SUFFIXES = {
 
 
 def exported(text: str) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.MULTILINE):
         base = name.removesuffix("_total") if kind == "counter" else name
         names.update(base + suffix for suffix in SUFFIXES[kind])
@@ -48,7 +48,7 @@ def exported_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     directory: Path = tmp_path_factory.mktemp("dashboard")
     url = dbutil.sqlite_url(directory)
     migrate.upgrade(url)
-    app = create_app(_clean_settings(database_url=url))
+    app = create_app(clean_settings(database_url=url))
     names = exported(generate_latest(app.state.metrics.registry).decode())
     app.state.engine.dispose()
     meter = Meter(

@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.deploy.conftest import DEPLOY, ROOT, yaml_documents
+from tests.support.deploy import DEPLOY, ROOT, yaml_documents
 from thermoledger.meters import cli as meter_cli
 from thermoledger.service import cli as server_cli
 
@@ -110,7 +110,7 @@ def test_each_image_runs_its_console_script_as_an_unprivileged_user(target: str)
     parser = {
         "thermoledger.meters.cli:main": meter_cli,
         "thermoledger.service.cli:main": server_cli,
-    }[scripts[entrypoint[0]]]._build_parser()
+    }[scripts[entrypoint[0]]].build_parser()
     parsed = parser.parse_args(exec_form(stage.last("CMD")))
     wanted = {"service": ("command", "serve"), "meter": ("subcommand", "sidecar")}[target]
     assert getattr(parsed, wanted[0]) == wanted[1]
@@ -179,10 +179,10 @@ def test_compose_orders_postgres_then_migrations_then_the_service() -> None:
     assert migrate["build"]["target"] == "service"
     assert migrate["build"]["target"] in STAGES
     assert services["meter"]["build"]["target"] == "meter"
-    parser = server_cli._build_parser()
+    parser = server_cli.build_parser()
     assert parser.parse_args(migrate["command"]).command == "migrate"
     assert parser.parse_args(service["command"]).command == "serve"
-    meter_args = meter_cli._build_parser().parse_args(services["meter"]["command"])
+    meter_args = meter_cli.build_parser().parse_args(services["meter"]["command"])
     assert meter_args.subcommand == "sidecar"
     assert meter_args.simulate
     # The service and the migration reach the same database.

@@ -20,7 +20,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.deploy.conftest import DEPLOY, yaml_documents
+from tests.support.deploy import DEPLOY, yaml_documents
 from thermoledger.meters import cli as meter_cli
 from thermoledger.service import cli as server_cli
 
@@ -133,7 +133,7 @@ def test_the_daemonset_meters_every_gpu_of_its_node_unprivileged() -> None:
     _assert_unprivileged(meter, pod)
     _assert_sees_gpus_through_the_runtime(meter)
     env = {"NODE_NAME": "gpu-node-7", "POD_UID": "0b5c5a9e-0000-4000-8000-000000000001"}
-    args = meter_cli._build_parser().parse_args(_expand(meter["args"], env))
+    args = meter_cli.build_parser().parse_args(_expand(meter["args"], env))
     assert args.subcommand == "sidecar"
     assert args.run_id == "k8s-node:gpu-node-7:0b5c5a9e-0000-4000-8000-000000000001"
     assert int(_env(meter)["THERMOLEDGER_UPLOAD_TIMEOUT_S"]) < pod["terminationGracePeriodSeconds"]
@@ -146,12 +146,12 @@ def test_the_service_is_probed_and_migrated_by_a_job() -> None:
     _assert_unprivileged(service, pod)
     assert service["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert service["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert server_cli._build_parser().parse_args(service["args"]).command == "serve"
+    assert server_cli.build_parser().parse_args(service["args"]).command == "serve"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert _one("Service", "thermoledger")["spec"]["selector"] == selector
     job = _one("Job", "thermoledger-migrate-0-1-0")["spec"]["template"]["spec"]
     (migrate,) = job["containers"]
-    assert server_cli._build_parser().parse_args(migrate["args"]).command == "migrate"
+    assert server_cli.build_parser().parse_args(migrate["args"]).command == "migrate"
     assert migrate["image"] == service["image"]
     _assert_unprivileged(migrate, job)
 

@@ -33,6 +33,8 @@ from thermoledger.meters.metrics import CountingTransport, MetricsServer, serve_
 from thermoledger.meters.runid import canonical_run_id
 from thermoledger.meters.settings import ObserveSettings, SettingsError
 
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
+
 WAIT_S = 30.0
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -21,21 +21,17 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import dbutil
 from tests.e2e.liveserver import ROOT, free_port
-from tests.service.conftest import (
-    TestClient,
-    _clean_settings,
-    batch,
-    chunk,
-    create_run,
-    make_project,
-)
+from tests.support import dbutil
+from tests.support.builders import batch, chunk
+from tests.support.client import TestClient, bearer, clean_settings, create_run, make_project
 from thermoledger.db import migrate
 from thermoledger.meters.logs import JsonFormatter
 from thermoledger.service.app import create_app
 from thermoledger.service.metrics import UNMATCHED, record_ingest
 from thermoledger.service.settings import Settings
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 WAIT_S = 30.0
 
@@ -51,7 +47,7 @@ def database_url(
 
 @pytest.fixture(scope="module")
 def app(database_url: str) -> Iterator[FastAPI]:
-    application = create_app(_clean_settings(database_url=database_url, max_body_bytes=64 * 1024))
+    application = create_app(clean_settings(database_url=database_url, max_body_bytes=64 * 1024))
     yield application
     application.state.engine.dispose()
 
@@ -161,7 +157,7 @@ def test_a_body_refused_before_routing_is_counted_as_unmatched(client: TestClien
 
 
 def test_each_app_counts_on_its_own_registry(database_url: str) -> None:
-    settings = _clean_settings(database_url=database_url)
+    settings = clean_settings(database_url=database_url)
     first, second = create_app(settings), create_app(settings)
     try:
         with TestClient(first) as a, TestClient(second) as b:
@@ -178,13 +174,13 @@ def test_each_app_counts_on_its_own_registry(database_url: str) -> None:
 
 def test_a_metrics_token_guards_the_endpoint(database_url: str) -> None:
     token = "scrape-" + "s" * 30
-    settings = _clean_settings(database_url=database_url, metrics_token=token)
+    settings = clean_settings(database_url=database_url, metrics_token=token)
     app = create_app(settings)
     try:
         with TestClient(app) as c:
             assert c.get("/metrics").status_code == 401
             assert c.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
-            ok = c.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            ok = c.get("/metrics", headers=bearer(token))
             assert ok.status_code == 200
             assert "thermoledger_http_requests_total" in ok.text
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY
+from tests.support.deploy import DEPLOY
 from thermoledger.meters.runid import resolve_run_id
 from thermoledger.meters.spool import Spool
 
@@ -28,7 +28,10 @@ PROLOG = DEPLOY / "slurm" / "prolog.sh"
 EPILOG = DEPLOY / "slurm" / "epilog.sh"
 WAIT_S = 30.0
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell scripts")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell scripts"),
+]
 
 
 def slurm_env(tmp_path: Path, job_id: str, **extra: str) -> dict[str, str]:

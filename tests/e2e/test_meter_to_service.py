@@ -22,8 +22,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
+from tests.support import dbutil
+from tests.support.client import bearer
 from tests.support.waiting import wait_until
 from thermoledger.db.engine import make_engine
 from thermoledger.db.models import Chunk, Device
@@ -31,6 +32,8 @@ from thermoledger.meters import cli
 from thermoledger.meters.api import Meter
 from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
 from thermoledger.meters.spool import Spool
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 WAIT_S = 30.0
 HOST = "e2e-host"
@@ -48,7 +51,7 @@ class Service:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return bearer(self.token)
 
     def get(self, path: str) -> dict[str, Any]:
         response = httpx.get(f"{self.server.url}/api/v1/{path}", headers=self.headers)

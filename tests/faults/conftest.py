@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
-from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
 from tests.faults.harness import LiveService
-from tests.service.conftest import OPERATOR_TOKEN
+from tests.support import dbutil
+from tests.support.client import OPERATOR_TOKEN
 from thermoledger.db import migrate
 from thermoledger.service.app import create_app
 from thermoledger.service.settings import Settings

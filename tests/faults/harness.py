@@ -37,6 +37,7 @@ import httpx
 import sqlalchemy as sa
 
 from tests.e2e.liveserver import LiveServer
+from tests.support.client import bearer
 from tests.support.waiting import wait_until as _wait_until
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.models import Chunk, Device, DeviceTotal, Phase, PhaseTotal, Run, Scope
@@ -78,7 +79,7 @@ class LiveService:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return bearer(self.token)
 
     def get(self, path: str) -> dict[str, Any]:
         """``GET /api/v1/<path>``, which must answer 200."""
@@ -483,7 +484,7 @@ def upload_until(
     """
     run_id = str(uuid.uuid4())
     out = Uploaded(run_id=run_id, host=host)
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = bearer(token)
     with httpx.Client(base_url=f"{base_url}/api/v1", headers=headers, timeout=WAIT_S) as client:
         declared = client.put(f"/runs/{run_id}", json={"name": host, "kind": "training"})
         if declared.status_code not in (200, 201):

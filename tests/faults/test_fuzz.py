@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import schemathesis
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -32,18 +33,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 
 from tests.faults.harness import ledger_problems
-from tests.service.conftest import (
-    OPERATOR_TOKEN,
-    TestClient,
-    batch,
-    bearer,
-    chunk,
-    create_run,
-    make_project,
-)
-from tests.service.conftest import (
-    Project as Tokens,
-)
+from tests.support.builders import batch, chunk
+from tests.support.client import OPERATOR_TOKEN, TestClient, bearer, create_run, make_project
+from tests.support.client import Project as Tokens
 from thermoledger.db.models import (
     ApiToken,
     Chunk,
@@ -55,6 +47,8 @@ from thermoledger.db.models import (
     Run,
 )
 from thermoledger.db.models import Phase as PhaseRow
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 MAX_EXAMPLES = 15
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})

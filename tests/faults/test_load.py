@@ -36,8 +36,10 @@ from tests.faults.harness import (
     stored_seqs,
     upload_until,
 )
-from tests.service.conftest import TestClient, make_project
+from tests.support.client import TestClient, make_project
 from thermoledger.service.deps import get_session
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 UPLOADERS = 50
 DURATION_S = 6.0

@@ -27,6 +27,8 @@ from tests.faults.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
+
 
 @pytest.mark.parametrize("service_down", [False, True], ids=["uploading", "service-down"])
 def test_a_killed_meter_replays_its_spool_after_a_restart(

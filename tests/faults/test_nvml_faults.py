@@ -45,6 +45,8 @@ from thermoledger.meters.sampler import Sampler
 from thermoledger.meters.spool import Spool
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, SlowCall, default_uuid, h100
 
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
+
 INTERVAL_S = 0.02
 CHUNK_S = 0.25
 JOB_EXIT = 3

@@ -30,6 +30,8 @@ from tests.faults.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
+
 METERS = 4
 
 

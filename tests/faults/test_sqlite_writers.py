@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from tests.e2e.liveserver import LiveServer
@@ -35,6 +36,9 @@ from tests.faults.harness import (
     stored_seqs,
     upload_until,
 )
+from tests.support.client import bearer
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 #: Uploaders on the first and on the second process: the first over the 40-thread pool.
 UPLOADERS = (44, 4)
@@ -65,7 +69,7 @@ def _hold_the_write_lock(path: str, stop: threading.Event, held: list[float]) ->
 def _read_reports(base_url: str, token: str, deadline_s: float, problems: list[str]) -> int:
     """List runs and fetch a report, over and over; returns how many requests were made."""
     made = 0
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = bearer(token)
     with httpx.Client(base_url=f"{base_url}/api/v1", headers=headers, timeout=WAIT_S) as client:
         while time.monotonic() < deadline_s:
             runs = client.get("/runs", params={"limit": 5})

@@ -327,9 +327,9 @@ def test_meter_is_exported_lazily_and_import_meters_stays_light() -> None:
     assert thermoledger.Meter is meters.api.Meter
     assert thermoledger.meter is meters.api.meter
     with pytest.raises(AttributeError):
-        _ = meters.no_such_thing  # type: ignore[attr-defined]
+        _ = meters.no_such_thing
     with pytest.raises(AttributeError):
-        _ = thermoledger.no_such_thing  # type: ignore[attr-defined]
+        _ = thermoledger.no_such_thing
     probe = (
         "import thermoledger, thermoledger.meters, sys; "
         "print('httpx' in sys.modules, 'thermoledger.meters.api' in sys.modules)"

@@ -22,8 +22,8 @@ from typing import IO
 
 import pytest
 
-from tests import dbutil
 from tests.e2e.liveserver import LiveServer, free_port, migrate_and_issue_token
+from tests.support import dbutil
 from thermoledger.meters import cli
 from thermoledger.meters.runid import canonical_run_id
 from thermoledger.meters.settings import FootprintSettings, SettingsError
@@ -35,7 +35,10 @@ PY = sys.executable
 FAST = ["--interval", "0.01", "--chunk", "0.05", "--upload-timeout", "5"]
 _LAUNCHER_VARS = ("LOCAL_RANK", "RANK", "SLURM_", "OMPI_", "PMI_", "MPI_", "TORCHELASTIC_")
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups"),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.meters.crash_child import HOST, fleet
+from tests.support.builders import floats
 from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.meters.backends import SimulatedBackend
 from thermoledger.meters.sampler import Sampler
@@ -35,7 +36,7 @@ INTERVAL_S = 0.01
 CHUNK_S = 0.2
 KEYS = (f"{HOST}/SIM-0", f"{HOST}/SIM-1")
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 
 
 def _spawn(spool: Path, run_id: str) -> subprocess.Popen[str]:
@@ -96,8 +97,9 @@ def _check_intact(chunks: list[SpooledChunk]) -> None:
     for k, c in enumerate(chunks):
         assert content_hash(c.payload) == c.content_hash
         samples = c.payload["samples"]
-        t, p = list(samples["t_s"]), list(samples["power_w"])
-        counter = samples.get("energy_j")
+        t, p = floats(samples["t_s"]), floats(samples["power_w"])
+        energy = samples.get("energy_j")
+        counter = None if energy is None else floats(energy)
         assert len(t) == c.payload["n"]
         assert t[0] == c.payload["t0_s"]
         if t[-1] < c.payload["t1_s"]:
@@ -105,10 +107,11 @@ def _check_intact(chunks: list[SpooledChunk]) -> None:
             if k + 1 == len(chunks):
                 continue  # the successor was the unsealed tail
             after = chunks[k + 1].payload["samples"]
-            t.append(after["t_s"][0])
-            p.append(after["power_w"][0])
+            t.append(floats(after["t_s"])[0])
+            p.append(floats(after["power_w"])[0])
             if counter is not None:
-                counter = [*counter, (after.get("energy_j") or [math.nan])[0]]
+                after_energy = after.get("energy_j")
+                counter.append(math.nan if after_energy is None else floats(after_energy)[0])
         again = summarize_chunks(
             np.array(t),
             p,
@@ -140,7 +143,7 @@ def test_kill_9_loses_at_most_the_unsealed_tail(
             _check_intact(chunks)
             # Every stored chunk was sealed by its successor's first sample (none was flushed):
             # nothing sealed was lost, only the open chunk that would have followed.
-            assert all(c.payload["samples"]["t_s"][-1] < c.payload["t1_s"] for c in chunks)
+            assert all(floats(c.payload["samples"]["t_s"])[-1] < c.payload["t1_s"] for c in chunks)
 
         # A restarted meter with the same run id continues the numbering.
         with SimulatedBackend(fleet()) as backend:

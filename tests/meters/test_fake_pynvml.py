@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -24,11 +24,12 @@ from thermoledger.meters.testing.fake_pynvml import (
 
 
 @pytest.fixture(scope="module")
-def real() -> ModuleType:
+def real() -> Any:
+    # The real binding, untyped: the tests compare attributes the fake mirrors by name.
     return pytest.importorskip("pynvml")
 
 
-def test_constants_equal_the_real_pynvml(real: ModuleType) -> None:
+def test_constants_equal_the_real_pynvml(real: Any) -> None:
     fake = FakeNvml([])
     names = [n for n in dir(fake) if n.startswith("NVML_")]
     assert len(names) > 40
@@ -40,11 +41,12 @@ def test_constants_equal_the_real_pynvml(real: ModuleType) -> None:
     assert {getattr(real, n) for n in real_errors} <= set(codes._ERRORS) | {codes.NVML_SUCCESS}
 
 
-def test_field_value_struct_has_the_real_layout(real: ModuleType) -> None:
-    for ours, theirs in [
+def test_field_value_struct_has_the_real_layout(real: Any) -> None:
+    pairs: list[tuple[Any, Any]] = [
         (fake_module.c_nvmlFieldValue_t, real.c_nvmlFieldValue_t),
         (fake_module.c_nvmlValue_t, real.c_nvmlValue_t),
-    ]:
+    ]
+    for ours, theirs in pairs:
         assert [name for name, _ in ours._fields_] == [name for name, _ in theirs._fields_]
         assert [ctypes.sizeof(t) for _, t in ours._fields_] == [
             ctypes.sizeof(t) for _, t in theirs._fields_
@@ -52,7 +54,7 @@ def test_field_value_struct_has_the_real_layout(real: ModuleType) -> None:
         assert ctypes.sizeof(ours) == ctypes.sizeof(theirs)
 
 
-def test_error_classes_mirror_the_real_ones(real: ModuleType) -> None:
+def test_error_classes_mirror_the_real_ones(real: Any) -> None:
     fake = FakeNvml([])
     for code in (codes.NVML_ERROR_GPU_IS_LOST, codes.NVML_ERROR_NOT_SUPPORTED, 999):
         ours, theirs = fake.nvmlExceptionClass(code), real.nvmlExceptionClass(code)
@@ -66,7 +68,7 @@ def test_error_classes_mirror_the_real_ones(real: ModuleType) -> None:
 
 
 def test_the_fake_never_poses_as_pynvml() -> None:
-    fake = FakeNvml([h100()])
+    fake: object = FakeNvml([h100()])
     assert all(module is not fake for module in sys.modules.values())
     pynvml = sys.modules.get("pynvml")
     assert pynvml is None or not isinstance(pynvml, FakeNvml)

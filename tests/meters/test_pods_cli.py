@@ -22,6 +22,8 @@ from tests.meters.fake_kubelet import FakeKubelet, gpu_pod, short_dir
 from thermoledger.meters import cli
 from thermoledger.meters.k8s import PodResourcesClient
 
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
 
@@ -83,7 +85,7 @@ def test_pod_attribution_refuses_simulated_devices_and_a_gpu_selection(tmp_path:
 
 
 def test_the_relay_mode_must_be_octal() -> None:
-    parser = cli._build_parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["pod-resources-relay", "--listen", "/run/x.sock", "--mode", "0640"])
     assert args.mode == 0o640
     assert args.socket == "/var/lib/kubelet/pod-resources/kubelet.sock"

@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import dbutil
 from tests.e2e.liveserver import LiveServer, migrate_and_issue_token
+from tests.support import dbutil
+from tests.support.client import bearer
 from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
 from thermoledger.meters.control import ControlStore
 from thermoledger.meters.sampler import Sampler
@@ -408,6 +409,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer,
         server.stop()
 
 
+@pytest.mark.slow
 def test_upload_to_the_live_service_matches_its_report(
     live: tuple[LiveServer, str], tmp_path: Path
 ) -> None:
@@ -425,7 +427,7 @@ def test_upload_to_the_live_service_matches_its_report(
         with Uploader(spool, control, api_url=f"{server.url}/api/v1", token=token) as uploader:
             assert uploader.drain(timeout_s=20.0).complete
         spooled_j = math.fsum(c.payload["energy_j"] for c in chunks)
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = bearer(token)
     report = httpx.get(f"{server.url}/api/v1/runs/{run_id}/report", headers=headers).json()
     assert report["energy"]["total"]["energy_j"] == pytest.approx(spooled_j, rel=1e-12)
     assert report["run"]["status"] == "finished"

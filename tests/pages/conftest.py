@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from tests.pages.seed import Fleet, configure_accounting, seed_project
 from tests.service import conftest as service
-from tests.service.conftest import Project, TestClient, make_project
+from tests.support.client import Project, TestClient, make_project
 
 # The service tests' fixtures, shared: one migrated database per module and backend.
 database_url = service.database_url

@@ -25,10 +25,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.dbutil import in_ci
 from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
 from tests.pages.seed import Fleet, configure_accounting, seed_project
+from tests.support.client import bearer
+from tests.support.dbutil import in_ci
 from thermoledger.service import cli as server_cli
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 CHROMIUM = (
     os.environ.get("THERMOLEDGER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -102,8 +105,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30.0) as api:
-            configure_accounting(api, {"Authorization": f"Bearer {admin}"})
-            fleet = seed_project(api, {"Authorization": f"Bearer {token}"})
+            configure_accounting(api, bearer(admin))
+            fleet = seed_project(api, bearer(token))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=executable, headless=True, args=["--no-sandbox"]

@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.pages.seed import Fleet
-from tests.service.conftest import Project, TestClient, make_project
+from tests.support.client import Project, TestClient, make_project
 from thermoledger.accounting.catalog import builtin_catalog
 from thermoledger.accounting.planning import rated_flop_per_j
 from thermoledger.service.economics import DEFAULT_MFU

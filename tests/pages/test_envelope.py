@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.service.conftest import T0_S, Project, TestClient, batch, chunk, create_run
+from tests.support.builders import T0_S, batch, chunk
+from tests.support.client import Project, TestClient, create_run
 from thermoledger.db.envelope import MAX_BUCKETS, power_envelope
 from thermoledger.db.errors import InvalidInput, NotFound
 from thermoledger.db.models import Chunk

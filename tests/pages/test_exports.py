@@ -8,7 +8,8 @@ import io
 import pytest
 
 from tests.pages.seed import Fleet
-from tests.service.conftest import Project, TestClient, batch, chunk, create_run
+from tests.support.builders import batch, chunk
+from tests.support.client import Project, TestClient, create_run
 from thermoledger.service.report_csv import CSV_COLUMNS
 
 

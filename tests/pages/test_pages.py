@@ -13,7 +13,8 @@ import pytest
 from fastapi import FastAPI
 
 from tests.pages.seed import Fleet
-from tests.service.conftest import Project, TestClient
+from tests.support.builders import batch, chunk
+from tests.support.client import Project, TestClient, create_run, make_project
 from thermoledger.service.pages.auth import COOKIE
 
 HTML = {"Accept": "text/html"}
@@ -38,7 +39,8 @@ def _get(client: TestClient, url: str, headers: dict[str, str]) -> str:
     response = client.get(url, headers=headers)
     assert response.status_code == 200, response.text[:2000]
     assert response.headers["content-type"].startswith("text/html")
-    return response.text
+    text: str = response.text
+    return text
 
 
 # --------------------------------------------------------------------------- sign-in
@@ -308,8 +310,6 @@ def test_page_exports_are_the_api_exports(
 
 
 def test_a_name_with_markup_is_escaped(client: TestClient, project: Project) -> None:
-    from tests.service.conftest import batch, chunk, create_run
-
     run_id = create_run(client, project, name="<script>alert(1)</script>")
     response = client.post(
         f"/api/v1/runs/{run_id}/chunks", json=batch([chunk(0)]), headers=project.ingest
@@ -382,7 +382,6 @@ def test_pages_of_a_project_without_a_region_say_why_nothing_is_in_gco2e(
     app: FastAPI, client: TestClient
 ) -> None:
     from tests.pages.seed import seed_run
-    from tests.service.conftest import make_project
 
     project = make_project(app)  # no region configured: no factor applies, none is guessed
     headers = {**project.read, **HTML}

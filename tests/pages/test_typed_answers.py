@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from tests.pages.seed import Fleet
-from tests.service.conftest import Project, TestClient
+from tests.support.client import Project, TestClient
 from thermoledger.db.basis import run_basis
 from thermoledger.db.tokens import get_project
 from thermoledger.db.totals import run_usage

@@ -10,16 +10,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.service.conftest import (
-    OPERATOR_TOKEN,
-    Project,
-    TestClient,
-    batch,
-    bearer,
-    chunk,
-    create_run,
-    row_counts,
-)
+from tests.support.builders import batch, chunk
+from tests.support.client import OPERATOR_TOKEN, Project, TestClient, bearer, create_run, row_counts
 from thermoledger.db.models import ApiToken
 
 
@@ -200,7 +192,8 @@ def test_last_used_at_is_written_once_per_interval(
 
     def last_used() -> datetime | None:
         with app.state.sessionmaker() as session:
-            return session.get_one(ApiToken, token_id).last_used_at
+            used: datetime | None = session.get_one(ApiToken, token_id).last_used_at
+            return used
 
     assert last_used() is None
     assert client.get("/api/v1/runs", headers=project.read).status_code == 200

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from tests.support.builders import batch, chunk
+from tests.support.client import Project, TestClient, create_run, row_counts
 from thermoledger.meters.wire import (
     BATCH_BINARY,
     BINARY_CONTENT_TYPE,
@@ -31,7 +32,7 @@ from thermoledger.service.ingest import prepare_batch, prepare_binary_batch
 from thermoledger.service.schemas import IngestBatchIn
 
 NOTHING = {"device": 0, "chunk": 0, "phase": 0}
-LIMITS = {"max_chunks": 1000, "max_samples_per_chunk": 1000}
+LIMITS: dict[str, Any] = {"max_chunks": 1000, "max_samples_per_chunk": 1000}
 
 
 def _counter_chunk(seq: int, *, device_index: int = 0) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import dbutil
-from tests.service.conftest import TestClient, _clean_settings, bearer
+from tests.support import dbutil
+from tests.support.client import TestClient, bearer, clean_settings
 from thermoledger.db import migrate
 from thermoledger.service import cli
 from thermoledger.service.app import create_app
@@ -64,7 +64,7 @@ def test_a_fresh_install_gets_its_first_token(empty_url: str) -> None:
     reader = out2.strip()
     assert reader != token
 
-    with TestClient(create_app(_clean_settings(database_url=empty_url))) as client:
+    with TestClient(create_app(clean_settings(database_url=empty_url))) as client:
         assert client.get("/api/v1/runs", headers=bearer(token)).status_code == 200
         listed = client.get("/api/v1/projects/lab/tokens", headers=bearer(token)).json()
         assert [t["name"] for t in listed] == ["bootstrap", "cli"]

@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from tests.support.builders import batch, chunk
+from tests.support.client import Project, TestClient, create_run, row_counts
 from thermoledger.db.chunks import _insert_chunks
 from thermoledger.db.errors import Conflict
 from thermoledger.db.models import Device, EnergyMethod
@@ -32,7 +33,7 @@ def test_parallel_retries_store_each_chunk_once(
         response = own_client.post(
             f"/api/v1/runs/{run_id}/chunks", json=body, headers=project.ingest
         )
-        return response.status_code
+        return int(response.status_code)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         statuses = list(pool.map(upload, range(4)))

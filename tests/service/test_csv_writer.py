@@ -51,7 +51,7 @@ def test_cells_by_type(value: object, expected: str) -> None:
 
 
 def test_a_document_has_a_header_crlf_lines_and_round_trips() -> None:
-    rows = [
+    rows: list[dict[str, object]] = [
         {"name": '=HYPERLINK("http://x","y")', "cost_usd": -0.0044, "note": "a,b\nc"},
         {"name": "plain", "cost_usd": None, "ignored": 1},
     ]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
-from tests import dbutil
-from tests.service.conftest import TestClient, _clean_settings
+from tests.support import dbutil
+from tests.support.client import TestClient, clean_settings
 from thermoledger.db import migrate
 from thermoledger.service.app import create_app
 
@@ -28,7 +28,7 @@ def test_readyz_reports_the_schema_head(client: TestClient) -> None:
 @pytest.mark.parametrize("backend", dbutil.BACKENDS)
 def test_readyz_is_503_until_migrated(backend: str, tmp_path: Path) -> None:
     with dbutil.database_url(backend, tmp_path) as url:
-        app: FastAPI = create_app(_clean_settings(database_url=url))
+        app: FastAPI = create_app(clean_settings(database_url=url))
         with TestClient(app) as client:
             before = client.get("/readyz")
             assert before.status_code == 503
@@ -40,7 +40,7 @@ def test_readyz_is_503_until_migrated(backend: str, tmp_path: Path) -> None:
 
 def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "thermoledger.db"
-    app = create_app(_clean_settings(database_url=f"sqlite:///{missing}"))
+    app = create_app(clean_settings(database_url=f"sqlite:///{missing}"))
     with TestClient(app) as client:
         response = client.get("/readyz")
     assert response.status_code == 503

@@ -14,16 +14,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.service.conftest import (
-    T0_S,
-    Project,
-    TestClient,
-    batch,
-    chunk,
-    create_run,
-    device,
-    row_counts,
-)
+from tests.support.builders import T0_S, batch, chunk, device
+from tests.support.client import Project, TestClient, create_run, row_counts
 from thermoledger.db.models import Chunk, Device
 from thermoledger.db.samples import decode_samples, encode_samples
 from thermoledger.service.ingest import chunk_content_hash, prepare_batch

@@ -23,14 +23,17 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import dbutil
 from tests.e2e.liveserver import ROOT, free_port, migrate_and_issue_token
+from tests.support import dbutil
+from tests.support.client import bearer
 from thermoledger.service.metrics import (
     MULTIPROC_ENV,
     ServiceMetrics,
     forget_dead_workers,
     multiprocess_directory,
 )
+
+pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 WAIT_S = 60.0
 ROUTE = "/api/v1/runs"
@@ -148,7 +151,8 @@ def worker_counts(directory: Path, route: str) -> dict[int, float]:
     for path in directory.glob("counter_*.db"):
         pid = int(path.stem.rpartition("_")[2])
         counts[pid] = 0.0
-        for family in MultiProcessCollector.merge([str(path)]):
+        # prometheus_client's multiprocess internals are untyped
+        for family in MultiProcessCollector.merge([str(path)]):  # type: ignore[no-untyped-call]
             for s in family.samples:
                 if s.name == REQUESTS and s.labels == {
                     "method": "GET",
@@ -182,7 +186,7 @@ def wait_for(
 
 def write_stale_count(directory: Path, value: float) -> None:
     """A counter file a previous run left: ``value`` requests to `ROUTE`."""
-    stale = MmapedDict(str(directory / "counter_999999.db"))
+    stale = MmapedDict(str(directory / "counter_999999.db"))  # type: ignore[no-untyped-call]
     try:
         key = mmap_key(
             "thermoledger_http_requests",
@@ -191,9 +195,9 @@ def write_stale_count(directory: Path, value: float) -> None:
             ["GET", ROUTE, "2xx"],
             "HTTP requests answered, by route template and status class",
         )
-        stale.write_value(key, value, 0.0)
+        stale.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
     finally:
-        stale.close()
+        stale.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
@@ -259,9 +263,7 @@ def test_every_scrape_counts_the_requests_of_every_worker(
     while sent < 20 or len([n for n in worker_counts(directory, ROUTE).values() if n]) < 2:
         assert time.monotonic() < deadline, f"one worker answered all {sent}: {log.read_text()}"
         for _ in range(10):
-            response = httpx.get(
-                f"{base}{ROUTE}", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
-            )
+            response = httpx.get(f"{base}{ROUTE}", headers=bearer(token), timeout=10.0)
             assert response.status_code == 200, response.text
             sent += 1
     shares = worker_counts(directory, ROUTE)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from tests.support.builders import batch, chunk
+from tests.support.client import Project, TestClient, bearer, create_run, row_counts
 
 NAN = float("nan")
 
@@ -137,7 +138,7 @@ def _send(client: TestClient, project: Project, method: str, path: str, body: An
     response = client.request(
         method, path, content=body, headers={**project.every, "Content-Type": "application/json"}
     )
-    return response.status_code
+    return int(response.status_code)
 
 
 def test_bad_input_is_4xx_and_writes_nothing(
@@ -166,7 +167,7 @@ def test_odd_input_never_answers_5xx(client: TestClient, project: Project) -> No
 
 @pytest.mark.parametrize("token", ["", "tl_", "tl_" + "0" * 12 + "_" + "!" * 43, "x" * 10_000])
 def test_no_bad_token_answers_5xx(client: TestClient, token: str) -> None:
-    response = client.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
+    response = client.get("/api/v1/runs", headers=bearer(token))
     assert response.status_code == 401
 
 

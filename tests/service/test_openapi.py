@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.service.conftest import TestClient, _clean_settings
+from tests.support.client import TestClient, clean_settings
 from thermoledger.service.app import create_app
 
 
 @pytest.fixture(scope="module")
 def openapi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     directory: Path = tmp_path_factory.mktemp("openapi")
-    app = create_app(_clean_settings(database_url=f"sqlite:///{directory}/unused.db"))
+    app = create_app(clean_settings(database_url=f"sqlite:///{directory}/unused.db"))
     try:
         response = TestClient(app).get("/openapi.json")
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tests.service.conftest import Project, TestClient, create_run, row_counts
+from tests.support.client import Project, TestClient, create_run, row_counts
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

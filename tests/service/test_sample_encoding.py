@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.service.conftest import Project, TestClient, batch, chunk, create_run, row_counts
+from tests.support.builders import batch, chunk
+from tests.support.client import Project, TestClient, create_run, row_counts
 from thermoledger.db.models import Chunk
 from thermoledger.db.samples import decode_samples
 from thermoledger.meters.wire import SAMPLES_F64_BASE64, decode_column, dumps_batch, encode_column

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tests.service.conftest import T0_S, Project, TestClient, batch, chunk, create_run
+from tests.support.builders import T0_S, batch, chunk
+from tests.support.client import Project, TestClient, create_run
 from thermoledger.db.tokens import get_project
 from thermoledger.db.totals import rebuild_totals
 
@@ -118,14 +119,18 @@ def test_parallel_phase_and_chunk_writes_keep_the_totals(
         own = TestClient(app)
         if k % 2:
             body = phases[k // 2]
-            return own.post(
-                f"/api/v1/runs/{run_id}/phases", json=body, headers=project.ingest
-            ).status_code
+            return int(
+                own.post(
+                    f"/api/v1/runs/{run_id}/phases", json=body, headers=project.ingest
+                ).status_code
+            )
         m = k // 2  # the chunks of phase m's window
         chunks = [chunk(s, device_index=d) for d in range(2) for s in (2 * m, 2 * m + 1)]
-        return own.post(
-            f"/api/v1/runs/{run_id}/chunks", json=batch(chunks), headers=project.ingest
-        ).status_code
+        return int(
+            own.post(
+                f"/api/v1/runs/{run_id}/chunks", json=batch(chunks), headers=project.ingest
+            ).status_code
+        )
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         statuses = list(pool.map(work, range(10)))
