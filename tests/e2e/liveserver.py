@@ -1,8 +1,8 @@
 """A real thermoledger service on loopback, in a subprocess, for end-to-end tests.
 
-`LiveServer` runs ``python -m thermoledger.service.cli serve`` on 127.0.0.1 and a free port against a
-migrated database, and can be killed with SIGKILL and started again on the same port and
-database (what a crash and a restart look like to a meter). Every wait is bounded.
+`LiveServer` runs ``python -m thermoledger.service.cli serve`` on 127.0.0.1 and a free port
+against a migrated database, and can be killed with SIGKILL and started again on the same port
+and database (what a crash and a restart look like to a meter). Every wait is bounded.
 """
 
 from __future__ import annotations
