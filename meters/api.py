@@ -450,8 +450,6 @@ class Meter:
         self._control.put(
             self.run_id, "run", self._run_body(started_s), if_absent=not election.sample
         )
-        if self._sampler is not None:
-            self._sampler.start()
         if settings.api_url is not None:
             stores = (
                 Spool.in_directory(settings.spool_dir),
@@ -468,6 +466,10 @@ class Meter:
                 logger=self._log,
             )
             self._uploader.start()
+        if self._sampler is not None:
+            # Last: the opening edge (every device read now) is the run's first sample, after
+            # all the startup work above and just before the job's own work begins.
+            self._sampler.start()
         self.state = "running" if self._sampler is not None else "recording"
         atexit.register(self._at_exit)
         where = settings.server or f"the spool {settings.spool_dir} (offline)"
@@ -536,11 +538,17 @@ class Meter:
             status: RunStatus = "failed" if failed else "finished"
             summary = empty_summary(self.run_id)
             try:
-                for phase in list(reversed(self._phases)):
-                    self._close_phase(phase)
-                self._save_work(force=True)
+                end_s = time.time()
                 if self._sampler is not None:
                     summary = self._sampler.stop(status=status, exit_code=exit_code)
+                    if math.isfinite(self._sampler.closed_at_s):
+                        end_s = self._sampler.closed_at_s
+                # Phases still open end with the run, at its closing edge.
+                for phase in list(reversed(self._phases)):
+                    if phase.t1_s is None:
+                        phase.t1_s = max(end_s, phase.t0_s)
+                    self._close_phase(phase)
+                self._save_work(force=True)
             except Exception as e:
                 self._warn_once("stop", "thermoledger: stopping the meter failed: %s", e)
             try:
@@ -635,7 +643,7 @@ class Meter:
             The phase record (``t0_s``; ``t1_s`` after the block, unix seconds).
         """
         record = PhaseRecord(
-            name=str(name).strip()[:_MAX_NAME] or "phase", t0_s=time.time(), tags={}
+            name=str(name).strip()[:_MAX_NAME] or "phase", t0_s=self._edge_s(), tags={}
         )
         opened = False
         if self.recording:
@@ -650,12 +658,27 @@ class Meter:
         try:
             yield record
         finally:
-            record.t1_s = max(time.time(), record.t0_s)
+            record.t1_s = max(self._edge_s(), record.t0_s)
             if opened:
                 try:
                     self._close_phase(record)
                 except Exception as e:
                     self._warn_once("phase", "thermoledger: recording a phase failed: %s", e)
+
+    def _edge_s(self) -> float:
+        """A phase's edge: every device read now (`Sampler.mark`), its chunks cut there.
+
+        Where this process samples, the edge is a synchronous reading: the phase's energy is
+        the counter's difference at its edges. Elsewhere (another process meters the node,
+        another rank) it is the time now, and the service shares the chunks around it out.
+        """
+        sampler = self._sampler
+        if sampler is not None and self.state == "running":
+            try:
+                return sampler.mark(cut=True)
+            except Exception as e:
+                self._warn_once("mark", "thermoledger: reading a phase's edge failed: %s", e)
+        return time.time()
 
     def _close_phase(self, record: PhaseRecord) -> None:
         with self._lock:
@@ -780,6 +803,9 @@ class Meter:
     def summary(self) -> MeterSummary:
         """Energy so far per device (sealed chunks plus the open one), method and band.
 
+        While metering, every device is read first, so the figures reach the moment of the
+        call (with an energy counter: exactly).
+
         A meter that samples nothing (another process meters this node, or it is disabled)
         has no devices: look at `sampling` before reading an empty summary as zero energy.
         """
@@ -789,6 +815,8 @@ class Meter:
         if sampler is None:
             return empty_summary(self.run_id)
         try:
+            if self.state == "running":
+                sampler.mark(cut=False)  # the figures reach this instant, not the last tick
             return sampler.summary()
         except Exception as e:
             self._warn_once("summary", "thermoledger: summary failed: %s", e)

@@ -307,9 +307,10 @@ class _Totals:
 class SealJob:
     """A chunk waiting to be summarised: its samples, with the bridge last when ``bridged``.
 
-    Made by `DeviceChunker.add` (a bridge arrived), `DeviceChunker.flush` and
-    `DeviceChunker.seal_stale`; turned into a wire chunk by `seal`. The chunker has already
-    moved on (its open chunk starts with the bridge or the carried sample).
+    Made by `DeviceChunker.add` (a bridge arrived), `DeviceChunker.cut` (a window's edge),
+    `DeviceChunker.flush` and `DeviceChunker.seal_stale`; turned into a wire chunk by `seal`.
+    The chunker has already moved on (its open chunk starts with the bridge or the carried
+    sample).
 
     Attributes:
         chunker: The device's chunker.
@@ -533,6 +534,26 @@ class DeviceChunker:
     def stale_bin(self, t_mono_s: float) -> int:
         """The bin of time ``t_mono_s``: `seal_stale` can only act when this moves on."""
         return math.floor((t_mono_s - self._origin_mono_s) / self._chunk_s + _BIN_EPS)
+
+    def cut(self) -> SealJob | None:
+        """End the open chunk at its last sample, which opens the next one (a window's edge).
+
+        The sample just added (a synchronous reading at a run's or a phase's edge) becomes the
+        bridge of the open chunk, exactly as the first sample of a new time bin does: the chunk
+        sealed spans ``[t0_s, edge]`` and the next one starts at the edge, so a window whose
+        edge is that sample's time covers whole chunks only, and its energy is the counter's
+        difference at its edges. The time bins are not moved: the new chunk ends at the bin's
+        end as usual.
+
+        Returns:
+            The chunk to seal, or None when the open chunk holds only the edge sample.
+        """
+        t = self._t
+        if len(t) < 2:
+            return None
+        job = SealJob(self, t, self._p, self._c, bridged=True)
+        self._t, self._p, self._c = [t[-1]], [self._p[-1]], [self._c[-1]]
+        return job
 
     def flush(self) -> SealJob | None:
         """Hand out the open chunk without a bridge (stop, SIGTERM); its last sample is carried.

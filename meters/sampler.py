@@ -396,6 +396,12 @@ class Sampler:
         self._time_slack_s = 0.0
         self._bin_slack_s = 0.0
         self._outbox: list[ChunkPayload] = []
+        self._unix_offset_s = 0.0  # unix time minus monotonic time, fixed at the start
+        self._edge_s = math.nan  # unix time of the last reading delivered
+        self.opened_at_s = math.nan
+        """Unix time of the opening edge: the synchronous reading `start` takes (NaN before)."""
+        self.closed_at_s = math.nan
+        """Unix time of the closing edge: the synchronous reading `stop` takes (NaN before)."""
         self._registered = False
         self._stopped = False
         self._warned: set[str] = set()
@@ -409,7 +415,10 @@ class Sampler:
     # -- driving ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sampler threads (tick 0 is due at once).
+        """Read the opening edge on the caller's thread, then start the sampler threads.
+
+        Tick 0 is the opening edge: every device read synchronously before this returns
+        (`opened_at_s`), so the run's first sample precedes whatever the caller does next.
 
         Raises:
             RuntimeError: Already started, or stopped.
@@ -418,9 +427,13 @@ class Sampler:
             raise RuntimeError("a Sampler starts once")
         schedule = self._begin()
         with self._lock:
+            self._step_k = None
+            schedule.claim(schedule.start_s)  # tick 0: the opening edge, read here and now
+        self._tick()
+        self.opened_at_s = self._edge_s
+        with self._lock:
             for _ in range(_FREE_MIN):
-                k, _ = schedule.claim(schedule.start_s)
-                self._spawn(k)
+                self._spawn(self._claim())
 
     def step(self) -> None:
         """Wait for the next deadline, tick once, and schedule the next tick.
@@ -471,6 +484,28 @@ class Sampler:
         self._drain()
         return sealed
 
+    def mark(self, *, cut: bool = True) -> float:
+        """Read every device now, on the caller's thread: the edge of a window.
+
+        The readings become samples like a tick's, taken synchronously, so a window that starts
+        or ends here (a phase, `Meter.summary`) is measured to this instant, not to the last
+        tick: with an energy counter its energy is the counter's difference at its edges,
+        whatever the sampling interval. A device whose read is still running on a sampler
+        thread is not waited for (it is read when it answers, and labelled ``slow``).
+
+        Args:
+            cut: End every device's open chunk at this reading (`DeviceChunker.cut`), so that
+                a window with this edge covers whole chunks (phases). False: a reading only.
+
+        Returns:
+            The edge's unix time (the mean time of the devices' reads), s. Before `start` or
+            after `stop`: the time now, and nothing is read.
+        """
+        if self._schedule is None or self._stopped:
+            return self._wall_s()
+        self._tick(cut=cut)
+        return self._edge_s
+
     def stop(
         self,
         *,
@@ -478,7 +513,13 @@ class Sampler:
         exit_code: int | None = None,
         timeout_s: float = 10.0,
     ) -> MeterSummary:
-        """Stop the threads, flush, optionally record the run's status; returns the final summary.
+        """Stop the threads, read the closing edge, flush, record the run's status if given.
+
+        The closing edge is one more synchronous reading of every device, taken at once
+        (`closed_at_s`): the run's last sample, so its energy reaches this instant.
+
+        Returns:
+            The final summary.
 
         Args:
             status: Record this run status in the spool (None: leave it).
@@ -489,6 +530,21 @@ class Sampler:
         self._stop_event.set()
         self._wakeup.set()
         deadline_s = time.monotonic() + timeout_s
+        if self._thread is not None and not self._stopped:
+            # The closing edge, read at once, before the threads are waited for: every device
+            # read once more after the job's work (unless no time has passed since the last
+            # reading, which is then the edge). A tick still reading is overtaken and delivered
+            # first, as for any tick. A sampler driven by hand (`step`) has no edges: its ticks
+            # are the samples.
+            with self._lock:
+                self._fold()  # the fast path's rows hold the latest samples
+                last_s = max((ch.last_mono_s for ch in self._chunkers), default=-math.inf)
+            if self._monotonic_s() > last_s:
+                try:
+                    self._tick()
+                except Exception as e:
+                    self._warn_once(f"step:{type(e).__name__}", "closing reading failed: %s", e)
+            self.closed_at_s = self._edge_s
         with self._lock:
             stuck = {read.thread for read in self._reading if read.overtaken}
             threads = sorted(self._threads, key=lambda t: t.ident in stuck)  # the free ones first
@@ -558,6 +614,7 @@ class Sampler:
             return self._schedule
         start_mono_s = self._clock.monotonic_s()
         unix_offset_s = self._clock.wall_s() - start_mono_s
+        self._unix_offset_s = unix_offset_s
         next_seqs: dict[str, int] = {}
         if self._spool is not None:
             try:
@@ -653,7 +710,12 @@ class Sampler:
                     return
                 k = self._claim()
 
-    def _tick(self) -> None:
+    def _tick(self, *, cut: bool = False) -> None:
+        """Read every device once and deliver the readings (a scheduled tick, or an edge).
+
+        Args:
+            cut: An edge of a window (`mark`): each device's open chunk ends at this reading.
+        """
         cpu0_s = time.thread_time()
         read = _Read(threading.get_ident())
         reading = self._reading
@@ -668,7 +730,7 @@ class Sampler:
             else:
                 self._read_whole(read)
         finally:
-            delivered = self._deliver(read)
+            delivered = self._deliver(read, cut=cut)
         if not delivered:  # stopped meanwhile: a read that hung adds nothing after stop()
             return
         # Spool only when there is something: chunks sealed now or left by a failed write (read
@@ -740,8 +802,11 @@ class Sampler:
         ):
             self._spawn(None)
 
-    def _deliver(self, read: _Read) -> bool:
+    def _deliver(self, read: _Read, *, cut: bool = False) -> bool:
         """Hand a tick's readings to the chunkers, after what older ticks still in flight read.
+
+        With ``cut`` (an edge), each device whose reading became a sample ends its open chunk
+        there (`DeviceChunker.cut`). The edge's time is left in `_edge_s`.
 
         Returns:
             False when the sampler was stopped meanwhile (nothing is added then).
@@ -760,7 +825,7 @@ class Sampler:
             flat = read.flat
             if (
                 flat is not None
-                and not (older or read.overtaken or read.busy or read.failed)
+                and not (cut or older or read.overtaken or read.busy or read.failed)
                 and self._plain(flat.t_mono_s, flat.power_w, flat.status)
             ):
                 self._rows.append((flat.t_mono_s, flat.power_w, flat.energy_j))
@@ -771,6 +836,8 @@ class Sampler:
                     self._overtake(other)
                     self._take(other, jobs)
                 self._take(read, jobs)
+                if cut:
+                    self._cut(read, jobs)
                 if read.busy:
                     self._on_busy(read.busy)
                 if read.failed:
@@ -778,7 +845,26 @@ class Sampler:
                 self._arm()
             self._seal_stale(jobs)
             self._seal(jobs)
+            self._edge_s = self._edge_time_s(read)
         return True
+
+    def _cut(self, read: _Read, jobs: list[SealJob]) -> None:
+        """End each device's open chunk at this read's sample, where it became one (lock held)."""
+        flat = read.flat
+        if flat is None:
+            return
+        t_mono = flat.t_mono_s
+        for i in read.done:
+            ch = self._chunkers[i]
+            if ch.last_mono_s == t_mono[i]:  # the reading is the open chunk's last sample
+                self._guarded(ch, ch.cut, jobs)
+
+    def _edge_time_s(self, read: _Read) -> float:
+        """Unix time of a read: the mean of its devices' read times (now, if none was read)."""
+        flat = read.flat
+        times = [flat.t_mono_s[i] for i in read.done] if flat is not None else []
+        mono_s = math.fsum(times) / len(times) if times else self._monotonic_s()
+        return mono_s + self._unix_offset_s
 
     def _take(self, read: _Read, jobs: list[SealJob]) -> None:
         """Add the readings of ``read`` not delivered yet, device by device (holds the lock)."""

@@ -75,15 +75,16 @@ class Sink:
 
 
 class Recording(Sampler):
-    """Records which thread ran each tick."""
+    """Records which sampler thread ran each scheduled tick (the edges run on the caller's)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tick_threads: list[int] = []
 
-    def _tick(self) -> None:
-        self.tick_threads.append(threading.get_ident())
-        super()._tick()
+    def _tick(self, *, cut: bool = False) -> None:
+        if threading.current_thread().name == THREAD_NAME:
+            self.tick_threads.append(threading.get_ident())
+        super()._tick(cut=cut)
 
 
 def _clock() -> SharedClock:
@@ -131,13 +132,30 @@ def _run(
     return sampler, sink, summary
 
 
+def _grid(
+    summary: MeterSummary, sampler: Sampler, clock: ManualClock, start_s: float
+) -> list[float]:
+    """The sample times of a run on schedule: tick 0 (the opening edge, read by `start`), the
+    ticks every 0.1 s, then the closing edge `stop` read once the threads were stopped (on the
+    shared clock, when the last sleeping thread woke to see the stop)."""
+    grid = [round(k * INTERVAL_S, 6) for k in range(summary.ticks - 1)]
+    return grid + _relative([sampler.closed_at_s], clock, start_s)
+
+
 def _times(sink: Sink, sampler: Sampler, position: int) -> list[float]:
-    """A device's sample times (unix seconds) in the chunks stored."""
+    """A device's sample times (unix seconds) in the chunks stored.
+
+    The last chunk's end is the closing edge's sample: its own last sample, or its bridge when
+    the edge fell in a new time bin (a lone sample opens no chunk of its own).
+    """
     times: list[float] = []
-    for chunk in sink.chunks.get(sampler.devices[position]["key"], []):
+    chunks = sink.chunks.get(sampler.devices[position]["key"], [])
+    for chunk in chunks:
         column = chunk["samples"]["t_s"]
         assert isinstance(column, list)  # the sampler's chunks carry lists (no encoding)
         times += column
+    if chunks and chunks[-1]["t1_s"] > times[-1]:
+        times.append(chunks[-1]["t1_s"])
     return times
 
 
@@ -168,13 +186,16 @@ def test_two_threads_take_turns_and_make_the_chunks_one_thread_makes_by_hand() -
     hand_clock = ManualClock()
     hand_sink = Sink()
     by_hand = _sampler(nvml_every_outcome(hand_clock), hand_clock, hand_sink)
-    by_hand.run_ticks(summary.ticks)
+    by_hand.run_ticks(summary.ticks - 1)  # tick 0 (the opening edge) on
+    # the closing edge, read by stop() at once, at 4.45 s (both clocks start at 1000 s)
+    hand_clock.advance(1000.0 + 4.45 - hand_clock.monotonic_s())
+    by_hand.mark(cut=False)
     hand_summary = by_hand.stop()
 
     threads = sampler.tick_threads
     assert len(set(threads)) == 2  # no spare was needed
     assert all(a != b for a, b in itertools.pairwise(threads))  # they take turns
-    assert summary.ticks == 45
+    assert len(threads) == summary.ticks - 2  # besides the opening and the closing edges
     assert summary.overruns == 0
     assert sum(len(chunks) for chunks in sink.chunks.values()) > 50
     assert sink.chunks == hand_sink.chunks
@@ -218,10 +239,9 @@ def test_a_read_that_outlasts_a_tick_is_skipped_labelled_and_taken_when_it_answe
         backend, fake = _nvml(fleet, clock)
         start_s = fake.loaded_mono_s
         sampler, sink, summary = _run(backend, clock, seconds=2.95)
-    ticks = summary.ticks
-    assert ticks == 30
+    assert summary.ticks == 31  # 30 on the grid (tick 0 read by start()), the closing edge
     first, slow, last = (_relative(_times(sink, sampler, i), clock, start_s) for i in range(3))
-    grid = [round(k * INTERVAL_S, 6) for k in range(ticks)]
+    grid = _grid(summary, sampler, clock, start_s)
     # GPU 0 was read before the slow call in tick 10: the next tick delivered that reading.
     assert first == grid
     # GPU 1: read when it answered (timed at its call's middle), then on the grid again.
@@ -279,7 +299,7 @@ def test_two_gpus_turning_slow_together_leave_the_others_on_schedule() -> None:
             after = len(_alive())
             summary = clock.run_during(sampler.stop)
         start_s = fake.loaded_mono_s
-    grid = [round(k * INTERVAL_S, 6) for k in range(summary.ticks)]
+    grid = _grid(summary, sampler, clock, start_s)
     assert _relative(_times(sink, sampler, 0), clock, start_s) == grid
     # GPU 3 comes after both in the order they were read in until they turned slow: tick 10
     # stopped at GPU 1, tick 11 at GPU 2, each before reaching it. From then on the slow ones
@@ -332,7 +352,7 @@ def test_a_backend_read_as_a_whole_that_hangs_makes_every_device_slow_not_late()
         assert not isinstance(backend, DeviceReader)
         sampler, sink, summary = _run(backend, clock, seconds=2.95)
         start_s = backend.start_s
-    grid = [round(k * INTERVAL_S, 6) for k in range(summary.ticks)]
+    grid = _grid(summary, sampler, clock, start_s)
     for position in (0, 1):
         times = _relative(_times(sink, sampler, position), clock, start_s)
         # the hung read is taken when it returns (its own time), ticks 11 and 12 went without
@@ -350,7 +370,7 @@ def test_a_slow_spool_write_holds_up_no_tick() -> None:
         sampler, sink, summary = _run(backend, clock, seconds=3.45, sink=sink)
         start_s = fake.loaded_mono_s
     assert sink.slow_writes >= 3  # one per chunk period
-    grid = [round(k * INTERVAL_S, 6) for k in range(summary.ticks)]
+    grid = _grid(summary, sampler, clock, start_s)
     for position in (0, 1):
         assert _relative(_times(sink, sampler, position), clock, start_s) == grid
     assert summary.overruns == 0
