@@ -1,11 +1,13 @@
-"""Device backends behind one small Protocol: NVML, RAPL, simulated and replay.
+"""Device backends behind one small Protocol: NVML, AMD SMI, RAPL, simulated and replay.
 
 Every backend offers ``devices()`` (a fixed list of `DeviceInfo`), ``read()`` (one `Readings` for
 all devices: numpy arrays in W, J and s, NaN plus a status and a method wherever a figure is
 absent) and ``close()``. Importing this package is light: numpy and the standard library only;
-``pynvml`` is imported when an `NvmlBackend` is built without an injected module.
+``pynvml`` is imported when an `NvmlBackend` is built without an injected module, ``amdsmi`` when
+an `AmdSmiBackend` is.
 """
 
+from .amdsmi import AmdSmiBackend, translate_amdsmi_error
 from .base import (
     BackendKind,
     Clock,
@@ -34,6 +36,7 @@ from .simulated import (
 )
 
 __all__ = [
+    "AmdSmiBackend",
     "BackendKind",
     "Bursty",
     "Clock",
@@ -58,6 +61,7 @@ __all__ = [
     "idle",
     "read_trace",
     "steady",
+    "translate_amdsmi_error",
     "translate_nvml_error",
     "write_trace",
 ]

@@ -43,7 +43,7 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-BackendKind = Literal["nvml", "rapl", "simulated", "replay"]
+BackendKind = Literal["nvml", "amdsmi", "rapl", "simulated", "replay"]
 Scope = Literal["gpu", "module", "package", "dram"]
 
 

@@ -3,6 +3,8 @@
 - `ManualClock`: a clock that moves only when told (``advance``), for backends and fakes.
 - `meters.testing.fake_pynvml`: an object that quacks like the ``pynvml`` module, with NVML's
   units, error codes and scripted faults (counter reset, pre-Volta, GPU lost, slow calls).
+- `meters.testing.fake_amdsmi`: an object that quacks like ROCm's ``amdsmi`` module, with its
+  dicts, "N/A" fields, units and status codes (MI300X, MI210, the two dies of an MI250X).
 - `meters.testing.fake_powercap`: builds a ``/sys/class/powercap``-like tree in a directory.
 - `meters.testing.fake_service`: the service's ingest API in memory, as an ``httpx`` handler,
   for code that uploads (idempotent by key and hash like the real one; scripted failures).

@@ -49,6 +49,7 @@ def test_importing_every_meters_module_pulls_in_nothing_heavy() -> None:
         "thermoledger.meters",
         "thermoledger.meters.backends",
         "thermoledger.meters.backends.nvml",
+        "thermoledger.meters.backends.amdsmi",
         "thermoledger.meters.testing",
     } <= set(modules)
     loaded = _modules_after_importing(modules)
@@ -56,6 +57,8 @@ def test_importing_every_meters_module_pulls_in_nothing_heavy() -> None:
     assert _heavy_in(loaded) == []
     # pynvml is imported only when an NvmlBackend is built without an injected module
     assert "pynvml" not in loaded
+    # and amdsmi only when an AmdSmiBackend is
+    assert "amdsmi" not in loaded
 
 
 def test_the_probe_does_see_a_heavy_import() -> None:
