@@ -500,6 +500,11 @@ class DeviceChunker:
         return self._last_mono_s
 
     @property
+    def last_counter_j(self) -> float:
+        """The raw counter of the last sample, J (NaN: none, or no sample held)."""
+        return self._c[-1] if self._c else math.nan
+
+    @property
     def bin_end_mono_s(self) -> float:
         """Monotonic time where the open chunk's bin ends, s."""
         return self._origin_mono_s + (self._bin + 1) * self._chunk_s

@@ -95,6 +95,7 @@ from .backends.base import (
     flat_readings,
 )
 from .chunker import DeviceChunker, DeviceSummary, SealJob, device_payload, seal
+from .edges import Reading, Update, await_updates, continuous, period_s
 from .signals import STOP_SIGNALS, Caught
 from .spool import RunStatus, SpoolConflict
 from .wire import ChunkPayload, DevicePayload
@@ -402,6 +403,10 @@ class Sampler:
         """Unix time of the opening edge: the synchronous reading `start` takes (NaN before)."""
         self.closed_at_s = math.nan
         """Unix time of the closing edge: the synchronous reading `stop` takes (NaN before)."""
+        self.counter_update_s: dict[int, float | None] = {}
+        """Per device position with a counter on a grid (by its backend's hint): the update
+        period seen at the opening edge, s (0: it moved continuously; None: not seen)."""
+        self._gridded: set[int] = set()  # counters whose opening edge was an update
         self._registered = False
         self._stopped = False
         self._warned: set[str] = set()
@@ -429,7 +434,7 @@ class Sampler:
         with self._lock:
             self._step_k = None
             schedule.claim(schedule.start_s)  # tick 0: the opening edge, read here and now
-        self._tick()
+        self._tick(refine=self._open_counters)
         self.opened_at_s = self._edge_s
         with self._lock:
             for _ in range(_FREE_MIN):
@@ -542,6 +547,7 @@ class Sampler:
             if self._monotonic_s() > last_s:
                 try:
                     self._tick()
+                    self._close_counters()
                 except Exception as e:
                     self._warn_once(f"step:{type(e).__name__}", "closing reading failed: %s", e)
             self.closed_at_s = self._edge_s
@@ -710,11 +716,12 @@ class Sampler:
                     return
                 k = self._claim()
 
-    def _tick(self, *, cut: bool = False) -> None:
+    def _tick(self, *, cut: bool = False, refine: Callable[[_Read], None] | None = None) -> None:
         """Read every device once and deliver the readings (a scheduled tick, or an edge).
 
         Args:
             cut: An edge of a window (`mark`): each device's open chunk ends at this reading.
+            refine: Adjusts the readings before they are delivered (the run's opening edge).
         """
         cpu0_s = time.thread_time()
         read = _Read(threading.get_ident())
@@ -729,6 +736,8 @@ class Sampler:
                 self._read_devices(read, self._read_device)
             else:
                 self._read_whole(read)
+            if refine is not None:
+                refine(read)
         finally:
             delivered = self._deliver(read, cut=cut)
         if not delivered:  # stopped meanwhile: a read that hung adds nothing after stop()
@@ -739,6 +748,91 @@ class Sampler:
             self._drain(wait=False)
         with self._lock:
             self._cpu_s += time.thread_time() - cpu0_s
+
+    # -- the run's edges on counters that move on a grid (`meters.edges`) ----------------------
+
+    def _read_one(self, i: int) -> Reading:
+        """Device ``i`` read alone, under its lock (for the edges' waits on its counter)."""
+        failed = Reading(self._monotonic_s(), math.nan, math.nan, int(DeviceStatus.ERROR))
+        unit = i if self._read_device is not None else 0
+        with self._unit_locks[unit]:
+            try:
+                if self._read_device is not None:
+                    buffer = FlatBuffer(
+                        len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s()
+                    )
+                    self._read_device(buffer, i)
+                    flat: FlatBuffer | FlatReadings = buffer
+                else:
+                    flat = self._read()
+            except Exception:
+                return failed
+        return Reading(flat.t_mono_s[i], flat.power_w[i], flat.energy_j[i], flat.status[i])
+
+    def _counter_edges(self, read: _Read) -> dict[int, Reading]:
+        """The readings of ``read`` whose counter a run's edge waits on: gridded ones."""
+        flat = read.flat
+        if flat is None:
+            return {}
+        return {
+            i: Reading(flat.t_mono_s[i], flat.power_w[i], flat.energy_j[i], flat.status[i])
+            for i in read.done
+            if self._infos[i].has_energy_counter
+            and (self._infos[i].uncertainty.counter_update_s or 0.0) > 0.0
+        }
+
+    def _open_counters(self, read: _Read) -> None:
+        """The opening edge on counters that move on a grid: each waits for its next update.
+
+        A counter seen moving at once is continuous and keeps its reading. One on a grid takes
+        the update as its first sample (its value, timed between the reads around it), and a
+        second update tells its period (`counter_update_s`).
+        """
+        edge = self._counter_edges(read)
+        if not edge:
+            return
+        flat = read.flat
+        assert flat is not None
+        seen = await_updates(self._read_one, edge, updates=2, monotonic_s=self._monotonic_s)
+        for i, updates in seen.items():
+            if continuous(updates, edge[i]):
+                self.counter_update_s[i] = 0.0
+                continue
+            self.counter_update_s[i] = period_s(updates)
+            if updates:
+                self._gridded.add(i)
+                first: Update = updates[0]
+                flat.t_mono_s[i] = first.at_s
+                flat.power_w[i] = first.reading.power_w
+                flat.energy_j[i] = first.reading.energy_j
+
+    def _close_counters(self) -> None:
+        """The closing edge on counters on a grid: their next update is the run's last sample."""
+        if not self._gridded:
+            return
+        with self._lock:
+            self._fold()
+            edge = {
+                i: Reading(ch.last_mono_s, math.nan, ch.last_counter_j, int(DeviceStatus.OK))
+                for i, ch in enumerate(self._chunkers)
+                if i in self._gridded
+            }
+        seen = await_updates(self._read_one, edge, updates=1, monotonic_s=self._monotonic_s)
+        read = _Read(threading.get_ident())
+        buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
+        for i, updates in sorted(seen.items()):
+            if updates:
+                buffer.stamp(i, updates[0].at_s)
+                reading = updates[0].reading
+                if reading.power_w == reading.power_w:
+                    buffer.set_power(i, reading.power_w, self._infos[i].power_method)
+                buffer.set_energy(i, reading.energy_j)
+                read.done.append(i)
+        if read.done:
+            read.flat = buffer
+            with self._lock:
+                self._reading.append(read)
+            self._deliver(read)
 
     def _read_devices(self, read: _Read, read_device: Callable[[FlatBuffer, int], None]) -> None:
         """Read device by device, skipping those still being read by another tick."""

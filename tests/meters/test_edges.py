@@ -31,8 +31,10 @@ PROFILES = (steady(300.0), Bursty(120.0, 650.0, period_s=0.13, duty=0.3))
 COUNTER_J = 2e-3 + 2 * 650.0 * 1e-3
 
 
-def _meter(tmp_path: Path) -> tuple[Meter, FakeNvml]:
-    fake = FakeNvml([h100(profile=profile) for profile in PROFILES])
+def _meter(tmp_path: Path, *, counter_update_s: float = 0.0) -> tuple[Meter, FakeNvml]:
+    fake = FakeNvml(
+        [h100(profile=profile, counter_update_s=counter_update_s) for profile in PROFILES]
+    )
     backend = NvmlBackend(nvml=fake, env={})
     meter = Meter(
         "edges", backend=backend, spool_dir=tmp_path, interval_s=0.1, chunk_s=10.0, env={}
@@ -77,6 +79,34 @@ def test_a_run_window_is_exact_at_both_edges(tmp_path: Path) -> None:
         assert device.method == "counter"
         assert device.energy_j == pytest.approx(truth, abs=COUNTER_J + 1e-6 * truth)
         assert device.energy_low_j <= truth <= device.energy_high_j
+
+
+def test_on_a_counter_that_moves_every_100_ms_the_run_edges_are_updates(tmp_path: Path) -> None:
+    """The edges wait for the counter's next update: its value is exact at that instant."""
+    meter, fake = _meter(tmp_path, counter_update_s=0.1)
+    meter.start()
+    job_start_s = time.time()
+    time.sleep(0.43)
+    job_end_s = time.time()
+    summary = meter.stop()
+    sampler = meter._sampler
+    assert sampler is not None
+    assert sampler.opened_at_s <= job_start_s
+    assert job_end_s <= sampler.closed_at_s
+    assert sorted(sampler.counter_update_s) == [0, 1]
+    for period in sampler.counter_update_s.values():
+        assert period == pytest.approx(0.1, abs=0.005)
+    chunks = _chunks(tmp_path, meter)
+    for position, (profile, device) in enumerate(zip(PROFILES, summary.devices, strict=True)):
+        mine = chunks[meter.devices[position]["key"]]
+        t0 = _fake_s(mine[0].payload["t0_s"], meter, fake)
+        t1 = _fake_s(mine[-1].payload["t1_s"], meter, fake)
+        # both edges on the fake's update grid (multiples of 0.1 s since it loaded), to the
+        # time between two reads of the device
+        for t in (t0, t1):
+            assert abs(t - round(t, 1)) < 2e-3
+        truth = profile.energy_between_j(t0, t1)
+        assert device.energy_j == pytest.approx(truth, abs=COUNTER_J)
 
 
 def test_a_phase_is_the_counter_difference_at_its_edges(tmp_path: Path) -> None:

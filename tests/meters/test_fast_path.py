@@ -557,7 +557,7 @@ def test_a_sampler_without_devices_ticks() -> None:
 class FailingTick(Sampler):
     """A meter bug: every tick raises."""
 
-    def _tick(self, *, cut: bool = False) -> None:
+    def _tick(self, **options: Any) -> None:
         raise RuntimeError("bug")
 
 

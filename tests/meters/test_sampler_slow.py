@@ -81,10 +81,10 @@ class Recording(Sampler):
         super().__init__(*args, **kwargs)
         self.tick_threads: list[int] = []
 
-    def _tick(self, *, cut: bool = False) -> None:
+    def _tick(self, **options: Any) -> None:
         if threading.current_thread().name == THREAD_NAME:
             self.tick_threads.append(threading.get_ident())
-        super()._tick(cut=cut)
+        super()._tick(**options)
 
 
 def _clock() -> SharedClock:
