@@ -32,10 +32,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MAX_WAIT_S", "Reading", "Update", "await_updates", "continuous", "period_s"]
+__all__ = [
+    "MAX_WAIT_S",
+    "TIGHT_S",
+    "Reading",
+    "Update",
+    "await_updates",
+    "continuous",
+    "edge",
+    "period_s",
+    "tight",
+]
 
 #: The longest wait for a counter to move, s: above NVML's 100 ms update period with margin.
 MAX_WAIT_S: Final = 0.3
+#: An update is taken as an edge only when the reads around it are at most this far apart, s:
+#: a thread held up between two reads (a busy machine) widens them, and the next update is
+#: waited for instead (until `MAX_WAIT_S`; then the narrowest seen).
+TIGHT_S: Final = 2e-4
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +97,20 @@ def await_updates(
     last: Mapping[int, Reading],
     *,
     updates: int = 1,
+    tight_s: float = TIGHT_S,
     timeout_s: float = MAX_WAIT_S,
     monotonic_s: Callable[[], float] = time.monotonic,
 ) -> dict[int, list[Update]]:
     """Read devices in turn until each counter has moved ``updates`` times (or time is up).
 
+    A device is done once it has ``updates`` updates of which one is `tight` (`edge` picks
+    it), so that one stall between two reads does not make the edge.
+
     Args:
         read: Reads one device by position.
         last: Per device position, the reading to compare with (the edge's own).
         updates: How many updates to see per device.
+        tight_s: The widest gap between the reads around an update that makes an edge, s.
         timeout_s: Give up after this long, s (a counter that never moves: an idle device
             whose counter is coarse, or a broken one).
         monotonic_s: The readings' clock. Where it stands still over a round of reads (a
@@ -115,13 +134,26 @@ def await_updates(
             before = previous[i]
             if now.energy_j != before.energy_j:
                 seen[i].append(Update(before.t_mono_s, now))
-                if len(seen[i]) >= updates:
+                mine = seen[i]
+                if len(mine) >= updates and any(tight(u, tight_s) for u in mine):
                     waiting.discard(i)
             previous[i] = now
         if monotonic_s() == round_s:
             break  # time stands still: no counter can move
-        time.sleep(0)  # let the job's threads run between rounds
     return seen
+
+
+def tight(update: Update, tight_s: float = TIGHT_S) -> bool:
+    """Whether the reads around ``update`` are close enough for it to make an edge."""
+    return 2.0 * update.half_width_s <= tight_s
+
+
+def edge(updates: list[Update], tight_s: float = TIGHT_S) -> Update | None:
+    """The update to take as an edge: the first tight one, else the narrowest (None: none)."""
+    for update in updates:
+        if tight(update, tight_s):
+            return update
+    return min(updates, key=lambda u: u.half_width_s, default=None)
 
 
 def continuous(updates: list[Update], edge: Reading) -> bool:

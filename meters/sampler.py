@@ -95,7 +95,7 @@ from .backends.base import (
     flat_readings,
 )
 from .chunker import DeviceChunker, DeviceSummary, SealJob, device_payload, seal
-from .edges import Reading, Update, await_updates, continuous, period_s
+from .edges import Reading, await_updates, continuous, edge, period_s
 from .signals import STOP_SIGNALS, Caught
 from .spool import RunStatus, SpoolConflict
 from .wire import ChunkPayload, DevicePayload
@@ -788,20 +788,20 @@ class Sampler:
         the update as its first sample (its value, timed between the reads around it), and a
         second update tells its period (`counter_update_s`).
         """
-        edge = self._counter_edges(read)
-        if not edge:
+        readings = self._counter_edges(read)
+        if not readings:
             return
         flat = read.flat
         assert flat is not None
-        seen = await_updates(self._read_one, edge, updates=2, monotonic_s=self._monotonic_s)
+        seen = await_updates(self._read_one, readings, updates=2, monotonic_s=self._monotonic_s)
         for i, updates in seen.items():
-            if continuous(updates, edge[i]):
+            if continuous(updates, readings[i]):
                 self.counter_update_s[i] = 0.0
                 continue
             self.counter_update_s[i] = period_s(updates)
-            if updates:
+            first = edge(updates)
+            if first is not None:
                 self._gridded.add(i)
-                first: Update = updates[0]
                 flat.t_mono_s[i] = first.at_s
                 flat.power_w[i] = first.reading.power_w
                 flat.energy_j[i] = first.reading.energy_j
@@ -812,18 +812,21 @@ class Sampler:
             return
         with self._lock:
             self._fold()
-            edge = {
+            last_readings = {
                 i: Reading(ch.last_mono_s, math.nan, ch.last_counter_j, int(DeviceStatus.OK))
                 for i, ch in enumerate(self._chunkers)
                 if i in self._gridded
             }
-        seen = await_updates(self._read_one, edge, updates=1, monotonic_s=self._monotonic_s)
+        seen = await_updates(
+            self._read_one, last_readings, updates=1, monotonic_s=self._monotonic_s
+        )
         read = _Read(threading.get_ident())
         buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
         for i, updates in sorted(seen.items()):
-            if updates:
-                buffer.stamp(i, updates[0].at_s)
-                reading = updates[0].reading
+            last = edge(updates)
+            if last is not None:
+                buffer.stamp(i, last.at_s)
+                reading = last.reading
                 if reading.power_w == reading.power_w:
                     buffer.set_power(i, reading.power_w, self._infos[i].power_method)
                 buffer.set_energy(i, reading.energy_j)

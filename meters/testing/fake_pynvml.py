@@ -203,6 +203,8 @@ class FakeGpu:
             GA100 presets say False).
         counter_start_mj: Counter value at driver load (a server up for weeks shows a large one).
         counter_update_s: The counter moves only at multiples of this period (0: continuously).
+        counter_update_phase_s: ... shifted by this much (the GPUs of a node update at
+            instants of their own).
         reloads_at_s: Driver reloads: the counter restarts from 0 at each.
         lost_at_s: Falls off the bus at this time.
         faults: Scripted failures.
@@ -224,6 +226,7 @@ class FakeGpu:
     usage_average: bool | None = None
     counter_start_mj: int = 0
     counter_update_s: float = 0.0
+    counter_update_phase_s: float = 0.0
     reloads_at_s: tuple[float, ...] = ()
     lost_at_s: float | None = None
     faults: tuple[Fault, ...] = ()
@@ -645,7 +648,8 @@ def counter_mj(gpu: FakeGpu, t_s: float) -> int:
         if reload_s <= t_s:
             since_s, start_mj = max(since_s, reload_s), 0
     if gpu.counter_update_s > 0:
-        t_s = max(since_s, math.floor(t_s / gpu.counter_update_s) * gpu.counter_update_s)
+        period_s, phase_s = gpu.counter_update_s, gpu.counter_update_phase_s
+        t_s = max(since_s, math.floor((t_s - phase_s) / period_s) * period_s + phase_s)
     return start_mj + math.floor(1000.0 * gpu.profile.energy_between_j(since_s, t_s))
 
 
