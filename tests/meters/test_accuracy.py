@@ -155,7 +155,7 @@ def simulated(profile: Profile, *, has_counter: bool) -> Metered:
 def fake_nvml(gpu_preset: Callable[..., Any], profile: Profile) -> Metered:
     clock = ManualClock()
     nvml = FakeNvml([gpu_preset(profile=profile)], clock=clock)
-    backend = NvmlBackend(nvml=nvml, clock=clock, prefer="average")
+    backend = NvmlBackend(nvml=nvml, clock=clock, power_reading="average")
     sink, sampler = _meter(backend, clock)
     summary = sampler.stop().devices[0]
     (chunks,) = sink.chunks.values()
