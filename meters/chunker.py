@@ -58,7 +58,7 @@ Uncertainty
       0. An **unknown** window (NVML's instantaneous readings, GA100, pre-Ampere GPUs) is
       treated as a point sample too: pulses shorter than Δ alias into a point-sampled trace
       by tens of percent (70 ms pulses every 100 ms: +8.5 % over a whole run; a 0.25 s square
-      wave: ±18 % per chunk). The unseen part of each interval is bounded by the range of the
+      wave: ±25 % per chunk). The unseen part of each interval is bounded by the range of the
       chunk's own readings, widened by a tenth of it (the kernel's "Unseen power": it holds
       whenever every level the load visits in the chunk shows in one of its readings, and is
       nil on a steady load). Prefer the counter where the device has one (the chunk then uses

@@ -91,13 +91,20 @@ Uncertainty model
       counter resets, **coverage** and the **averaging residual**. When readings cover only
       ``coverage_fraction`` c of the time (A100/H100 instantaneous readings: about 0.25,
       Yang et al., SC24; c = 0 for point samples), the unseen 1 − c of each interval is
-      bounded as "Unseen power" below says: between a floor L and a ceiling U, so interval
+      bounded as "Unseen power" (below) says: between a floor L and a ceiling U, so interval
       energy e lies in [e − (1−c)(e − L·dt), e + (1−c)(U·dt − e)]. Prefer the counter, or
       readings that see all of the time (the driver's 1 s average). The averaging residual
       (at most (ceiling − floor) × w/8 per window edge, × w/2 per gap edge; see "Averaged
       readings") is added to both bounds: it is a worst case of either sign, and like
       aliasing it is correlated across the devices of one job (they step together), so it
       must add linearly rather than root-sum-square with the sensor term.
+
+    The band is energy_low_j = max(0, E − sensor − bound_below), energy_high_j = E + sensor +
+    bound_above; terms add linearly inside one trace. Across devices (`aggregate_energy`), rows
+    of the same device add linearly first (its sensor error is systematic); then sensor errors
+    of different devices combine as independent (root-sum-square, the default) or linearly
+    (``combine="linear"``, conservative: e.g. GPUs of one model may share a calibration bias).
+    Bounds always add linearly (aliasing is correlated across ranks of one job).
 
 Unseen power (``unseen_margin`` f, default 0.1)
     What a partly covered interval drew while nobody looked is bounded by what was observed:
@@ -112,7 +119,7 @@ Unseen power (``unseen_margin`` f, default 0.1)
     least one of its readings. Then the true energy of the unseen part lies in [lo, hi] × its
     time, whatever the waveform and however it aliases against the tick: a square wave of
     duty 0.3 and period 0.25 s read every 0.1 s lands on 5 phases, sees 1 or 2 of them high
-    (20 or 40 % against 30 %) and is off by about ±18 % per 10 s chunk (60/600 W), yet both
+    (20 or 40 % against 30 %) and is off by ±25 % per 10 s chunk (60/600 W), yet both
     levels are in every chunk's readings, so the band holds. The margin f is slack for
     energy (the true mean of a load whose levels were all seen lies inside [lo, hi]); it is
     there for extremes that fall between samples, and 0.1 covers, point by point, any
@@ -129,13 +136,6 @@ Unseen power (``unseen_margin`` f, default 0.1)
     between ``min_power_w`` and the ceiling, a bound (not an assumption) when the ceiling is
     the device's power limit, and wide on purpose.
 
-    The band is energy_low_j = max(0, E − sensor − bound_below), energy_high_j = E + sensor +
-    bound_above; terms add linearly inside one trace. Across devices (`aggregate_energy`), rows
-    of the same device add linearly first (its sensor error is systematic); then sensor errors
-    of different devices combine as independent (root-sum-square, the default) or linearly
-    (``combine="linear"``, conservative: e.g. GPUs of one model may share a calibration bias).
-    Bounds always add linearly (aliasing is correlated across ranks of one job).
-
 Many traces at once
     The **segmented form** is concatenated arrays plus ``offsets`` (length traces + 1, from 0
     to the total length; trace k is ``[offsets[k], offsets[k+1])``); `segments_from_rows` and
@@ -146,9 +146,11 @@ Speed
     preallocated buffers (``out=``), validates and detects gaps on each block while it is in
     cache, and forms the trapezoid sum with two dot products (no per-interval temporaries).
     The sensor term costs nothing while every reading is above abs/rel (100 W by default);
-    the trace's peak is read only when a bound needs it (a gap, partial coverage or an
-    averaging window without ``max_power_w``). The lag correction and the residual cost a
-    few operations per chunk, after the kernel, and nothing at all when w = 0.
+    the trace's peak is read only when a bound needs it (a gap, the worst-case coverage bound
+    or an averaging window without ``max_power_w``); partial coverage bounded by the observed
+    range takes each group's min and max, block by block, in the same pass. The lag
+    correction and the residual cost a few operations per chunk, after the kernel, and
+    nothing at all when w = 0.
     ``bench/integrate.py`` measures it against a memory-bandwidth reference.
 """
 

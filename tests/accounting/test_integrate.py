@@ -886,7 +886,7 @@ def test_chunks_bound_the_unseen_by_the_samples_their_intervals_touch() -> None:
 @pytest.mark.parametrize("phase_s", np.linspace(0.0, 0.25, 50, endpoint=False).tolist())
 def test_the_observed_band_covers_a_square_wave_aliased_against_the_tick(phase_s: float) -> None:
     """Duty 0.3, period 0.25 s, read every 0.1 s: the samples see 1 or 2 of the 5 phases they
-    land on high (20 or 40 % against 30 %), so each 10 s chunk is off by ±18 % here; the band of
+    land on high (20 or 40 % against 30 %), so each 10 s chunk is off by ±25 % here; the band of
     the range they show covers it, and is narrower than 0 W … limit."""
     low_w, high_w, period_s, duty = 60.0, 600.0, 0.25, 0.3
 
@@ -902,7 +902,7 @@ def test_the_observed_band_covers_a_square_wave_aliased_against_the_tick(phase_s
     chunks = summarize_chunks(t, p, chunk_s=10.0, origin_s=-1e-9, model=model)
     true_j = energy_j(chunks.t1_s) - energy_j(chunks.t0_s)
     error = np.abs(chunks.energy_j - true_j) / true_j
-    assert error.max() > 0.15  # the aliasing is real
+    assert error.max() > 0.2  # the aliasing is real
     assert np.all(chunks.energy_low_j <= true_j)
     assert np.all(true_j <= chunks.energy_high_j)
     worst = dataclasses.replace(model, unseen_margin=math.inf)
