@@ -161,7 +161,7 @@ class MeterOptions(Options):
             tags=tags,
             simulate=args.simulate,
             backend=cast(BackendChoice | None, args.backend),  # argparse checked the choice
-            power_reading=cast(PowerReading | None, args.power_reading),  # so it did here
+            power_reading=cast(PowerReading | None, args.power_reading),  # argparse checked it
             spool_dir=args.spool_dir,
             upload_timeout_s=args.upload_timeout,
             grid_intensity_g_per_kwh=args.grid_intensity,
