@@ -58,7 +58,8 @@ TARGET_PERCENT = 0.5
 CHUNK_S = 10.0
 WARMUP_S = 1.0
 SWEEP_INTERVALS_S = (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
-FIELDS = [codes.NVML_FI_DEV_POWER_INSTANT, codes.NVML_FI_DEV_ENERGY]
+# What the backend asks an H100 for on every read (its default: the driver's 1 s average).
+FIELDS = [codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_FI_DEV_ENERGY]
 
 
 def _fleet(n: int) -> FakeNvml:
@@ -211,6 +212,7 @@ def main() -> None:
     fake = _fleet(args.devices)
     backend = NvmlBackend(nvml=fake, gpus=list(range(args.devices)))
     assert all(backend.energy_in_field), "the bench fleet reads power and energy in one call"
+    assert all(d.uncertainty.power_window_s == 1.0 for d in backend.devices()), "reads FIELDS"
     handles = [fake.nvmlDeviceGetHandleByIndex(i) for i in range(args.devices)]
 
     def fake_calls() -> None:  # the NVML calls of one read, on the fake

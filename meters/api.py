@@ -64,7 +64,7 @@ from .backends.base import PowerBackend
 from .control import ControlStore
 from .runid import Election, RunIdentity, elect, resolve_run_id
 from .sampler import MeterSummary, Sampler
-from .settings import BackendChoice, MeterSettings
+from .settings import BackendChoice, MeterSettings, PowerReading
 from .spool import RunStatus, Spool
 from .uploader import PushResult, Uploader
 from .wire import ChunkPayload, DevicePayload
@@ -101,6 +101,7 @@ def open_backend(
     *,
     gpus: Sequence[int | str] | None = None,
     logger: logging.Logger | None = None,
+    power_reading: PowerReading = "auto",
 ) -> tuple[PowerBackend, str]:
     """Open the devices to meter.
 
@@ -109,6 +110,9 @@ def open_backend(
             simulated devices (with a warning; every figure is labelled simulated).
         gpus: NVML selection (indices or UUIDs); with ``simulated``, how many devices.
         logger: Where the fallback warning goes.
+        power_reading: Which NVML power reading to take (`meters.settings.PowerReading`;
+            default ``auto``: the driver's 1 s average where a GPU has one). Other backends
+            state their own.
 
     Returns:
         The backend and a label for people (``"nvml"``, ``"simulated (no NVIDIA GPU: ...)"``).
@@ -126,7 +130,7 @@ def open_backend(
         from .errors import MeterError
 
         try:
-            backend = NvmlBackend(gpus=gpus)
+            backend = NvmlBackend(gpus=gpus, power_reading=power_reading, logger=log)
         except MeterError as e:
             if choice == "nvml":
                 raise
@@ -277,6 +281,9 @@ class Meter:
             (``"auto"``: NVML if it finds GPUs, else simulated, labelled; ``"nvml"``, ``"rapl"``,
             ``"simulated"``). Default: ``THERMOLEDGER_BACKEND``, else ``"auto"``.
         gpus: NVML selection (indices or UUIDs) for the default backend.
+        power_reading: Which NVML power reading to take: ``"auto"`` (the driver's 1 s average
+            where a GPU has one, else instantaneous), ``"average"`` or ``"instant"``. Default:
+            ``THERMOLEDGER_POWER_READING``, else ``"auto"`` (`meters.settings`).
         interval_s: Sampling interval, s (default 0.1).
         chunk_s: Chunk length, s (default 10).
         spool_dir: Spool directory (default: ``THERMOLEDGER_SPOOL_DIR`` or the user's state
@@ -301,6 +308,7 @@ class Meter:
         token: str | None = None,
         backend: PowerBackend | BackendChoice | None = None,
         gpus: str | Sequence[int | str] | None = None,
+        power_reading: PowerReading | None = None,
         interval_s: float | None = None,
         chunk_s: float | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -319,6 +327,7 @@ class Meter:
             "server": server,
             "token": token,
             "gpus": gpus,
+            "power_reading": power_reading,
             "interval_s": interval_s,
             "chunk_s": chunk_s,
             "spool_dir": spool_dir,
@@ -423,7 +432,10 @@ class Meter:
                 self.backend_label = type(self._given_backend).__name__
             else:
                 self._backend, self.backend_label = open_backend(
-                    settings.backend, gpus=settings.gpus, logger=self._log
+                    settings.backend,
+                    gpus=settings.gpus,
+                    logger=self._log,
+                    power_reading=settings.power_reading,
                 )
                 self._owns_backend = True
             devices = self._backend.devices()

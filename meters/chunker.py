@@ -55,11 +55,14 @@ Uncertainty
       reading of unknown window is integrated as is (no backend reports one today).
     * ``power_instant``: the reading covers w of every interval Δ, so the coverage fraction
       is min(1, w/Δ); w = 0 (a point sample, as the simulated backend states) gives coverage
-      0, the honest [floor, ceiling] × time band. An **unknown** window (NVML's instantaneous
-      readings, pre-Volta GPUs) is treated as a point sample too: nothing backs a narrower
-      band, and pulses shorter than Δ alias into a point-sampled trace by tens of percent
-      (70 ms pulses every 100 ms: +8.5 % over a whole run). Prefer the counter where the
-      device has one (the chunk then uses it and this band does not apply).
+      0. An **unknown** window (NVML's instantaneous readings, GA100, pre-Ampere GPUs) is
+      treated as a point sample too: pulses shorter than Δ alias into a point-sampled trace
+      by tens of percent (70 ms pulses every 100 ms: +8.5 % over a whole run; a 0.25 s square
+      wave: ±25 % per chunk). The unseen part of each interval is bounded by the range of the
+      chunk's own readings, widened by a tenth of it (the kernel's "Unseen power": it holds
+      whenever every level the load visits in the chunk shows in one of its readings, and is
+      nil on a steady load). Prefer the counter where the device has one (the chunk then uses
+      it and this band does not apply), else the driver's average (NVML's default here).
     * ``estimate``: taken as it is (coverage 1).
 """
 

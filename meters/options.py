@@ -19,7 +19,7 @@ from typing import Any, Self, TypedDict, cast
 from .api import RUN_KINDS
 from .k8s import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 from .logs import LOG_FORMATS, LogFormat
-from .settings import BACKENDS, BackendChoice, ObserveSettings
+from .settings import BACKENDS, POWER_READINGS, BackendChoice, ObserveSettings, PowerReading
 
 __all__ = [
     "MeterOptions",
@@ -61,6 +61,7 @@ class SettingsFlags(TypedDict):
     chunk_s: float | None
     spool_dir: str | None
     upload_timeout_s: float | None
+    power_reading: PowerReading | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,8 @@ class MeterOptions(Options):
         tags: Run tags, from ``--tag KEY=VALUE``.
         simulate: Meter simulated devices.
         backend: Device backend (None: auto).
+        power_reading: NVML power reading, ``auto``, ``average`` or ``instant`` (None:
+            ``THERMOLEDGER_POWER_READING``, else auto).
         spool_dir: Spool directory.
         upload_timeout_s: How long to keep uploading at the end, s.
         grid_intensity_g_per_kwh: Location-based grid intensity, gCO2e/kWh.
@@ -101,6 +104,7 @@ class MeterOptions(Options):
     tags: Mapping[str, str] = field(default_factory=dict)
     simulate: bool = False
     backend: BackendChoice | None = None
+    power_reading: PowerReading | None = None
     spool_dir: str | None = None
     upload_timeout_s: float | None = None
     grid_intensity_g_per_kwh: float | None = None
@@ -124,6 +128,7 @@ class MeterOptions(Options):
             chunk_s=self.chunk_s,
             spool_dir=self.spool_dir,
             upload_timeout_s=self.upload_timeout_s,
+            power_reading=self.power_reading,
         )
 
     @classmethod
@@ -156,6 +161,7 @@ class MeterOptions(Options):
             tags=tags,
             simulate=args.simulate,
             backend=cast(BackendChoice | None, args.backend),  # argparse checked the choice
+            power_reading=cast(PowerReading | None, args.power_reading),  # argparse checked it
             spool_dir=args.spool_dir,
             upload_timeout_s=args.upload_timeout,
             grid_intensity_g_per_kwh=args.grid_intensity,
@@ -359,6 +365,14 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, help="device backend (default: auto: NVML, else simulated)"
+    )
+    parser.add_argument(
+        "--power-reading",
+        choices=POWER_READINGS,
+        help="which NVML power reading to integrate where energy comes from power: auto, the "
+        "driver's 1 s average where a GPU has one (else instantaneous); average, the same, "
+        "warning about GPUs without one; instant, point samples, which alias loads not in step "
+        "with the tick (default: THERMOLEDGER_POWER_READING, else auto)",
     )
     parser.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
     parser.add_argument(

@@ -521,7 +521,7 @@ class PodAttribution:
         client = PodResourcesClient(pods.socket_path, timeout_s=pods.timeout_s)
 
         def open_devices(gpus: Sequence[int | str] | None) -> PowerBackend:
-            return open_backend("nvml", gpus=gpus)[0]
+            return open_backend("nvml", gpus=gpus, power_reading=settings.power_reading)[0]
 
         return cls(
             settings,

@@ -15,7 +15,22 @@ Environment variables::
     THERMOLEDGER_CHUNK_S            chunk length, s (default 10)
     THERMOLEDGER_GPUS               GPU selection, comma-separated NVML indices or UUIDs
     THERMOLEDGER_BACKEND            auto | nvml | rapl | simulated (default auto)
+    THERMOLEDGER_POWER_READING      auto | average | instant (default auto): which NVML power
+                                    reading to integrate; see below
     THERMOLEDGER_UPLOAD_TIMEOUT_S   how long a finishing meter tries to upload, s (default 30)
+
+Which power reading (``--power-reading``, ``Meter(power_reading=...)``, the variable above)
+    Where a GPU has no energy counter (before Volta), or for a chunk in which the counter did
+    not answer, energy comes from integrating power readings. NVML offers two: the driver's
+    **average** over the last second (``NVML_FI_DEV_POWER_AVERAGE``, or
+    ``nvmlDeviceGetPowerUsage`` on Ampere and newer except GA100), which sees all of the time and
+    whose lag the accounting core corrects; and the **instantaneous** reading, a point sample
+    that aliases loads not in step with the sampling tick (a 60/600 W square wave of duty 0.3
+    and period 0.25 s read every 0.1 s: ±24 % over a minute, against ±0.2 % for the average,
+    in ``tests/meters/test_accuracy.py``). ``auto`` (the default) takes the average wherever
+    the GPU offers one and the instantaneous reading elsewhere; ``average`` does the same but
+    warns about every GPU that has no average; ``instant`` takes the instantaneous reading
+    wherever there is one. What each GPU got is in its ``DeviceInfo.power_method`` and note.
 
 The wrapper's summary also prices and converts the energy when told how (`FootprintSettings`);
 nothing here guesses a region, a grid intensity or a tariff::
@@ -52,12 +67,15 @@ __all__ = [
     "API_PREFIX",
     "BACKENDS",
     "ENV_PREFIX",
+    "POWER_READINGS",
     "BackendChoice",
     "FootprintSettings",
     "MeterSettings",
     "ObserveSettings",
+    "PowerReading",
     "SettingsError",
     "api_base_url",
+    "check_power_reading",
     "default_spool_dir",
     "parse_gpus",
 ]
@@ -66,6 +84,11 @@ ENV_PREFIX: Final = "THERMOLEDGER_"
 API_PREFIX: Final = "/api/v1"
 BackendChoice = Literal["auto", "nvml", "rapl", "simulated"]
 BACKENDS: Final[tuple[BackendChoice, ...]] = ("auto", "nvml", "rapl", "simulated")
+PowerReading = Literal["auto", "average", "instant"]
+"""Which NVML power reading to integrate: the driver's 1 s average where the GPU has one
+(``auto``, the default), the same with a warning for every GPU without one (``average``), or the
+instantaneous reading (``instant``)."""
+POWER_READINGS: Final[tuple[PowerReading, ...]] = ("auto", "average", "instant")
 
 
 class SettingsError(ValueError, MeterError):
@@ -147,6 +170,8 @@ class MeterSettings:
         backend: ``auto`` (NVML when it finds GPUs, else simulated, labelled), ``nvml``,
             ``rapl`` or ``simulated``.
         upload_timeout_s: How long a finishing meter keeps trying to upload, s.
+        power_reading: Which NVML power reading to integrate (`PowerReading`): ``auto`` (the
+            driver's 1 s average where the GPU has one), ``average`` or ``instant``.
     """
 
     server: str | None = None
@@ -157,6 +182,7 @@ class MeterSettings:
     gpus: tuple[int | str, ...] | None = None
     backend: BackendChoice = "auto"
     upload_timeout_s: float = 30.0
+    power_reading: PowerReading = "auto"
 
     def __post_init__(self) -> None:
         for name in ("interval_s", "chunk_s", "upload_timeout_s"):
@@ -169,6 +195,7 @@ class MeterSettings:
             )
         if self.backend not in BACKENDS:
             raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_power_reading(self.power_reading)
         if self.server is not None:
             api_base_url(self.server)
 
@@ -190,6 +217,7 @@ class MeterSettings:
         gpus: str | Sequence[int | str] | None = None,
         backend: str | None = None,
         upload_timeout_s: float | None = None,
+        power_reading: str | None = None,
     ) -> MeterSettings:
         """Settings from explicit values (None: not given), then ``THERMOLEDGER_*``, then defaults.
 
@@ -217,6 +245,15 @@ class MeterSettings:
         chosen_backend = backend if backend is not None else (text("BACKEND") or "auto")
         if chosen_backend not in BACKENDS:
             raise SettingsError(f"backend must be one of {BACKENDS}, got {chosen_backend!r}")
+        if power_reading is not None:
+            chosen_reading = check_power_reading(power_reading)
+        else:
+            raw_reading = text("POWER_READING")
+            chosen_reading = (
+                "auto"
+                if raw_reading is None
+                else check_power_reading(raw_reading, source=ENV_PREFIX + "POWER_READING")
+            )
         return cls(
             server=server if server is not None else text("SERVER"),
             token=token if token is not None else text("TOKEN"),
@@ -228,7 +265,24 @@ class MeterSettings:
             gpus=parse_gpus(gpus if gpus is not None else text("GPUS")),
             backend=chosen_backend,
             upload_timeout_s=number("UPLOAD_TIMEOUT_S", upload_timeout_s, 30.0),
+            power_reading=chosen_reading,
         )
+
+
+def check_power_reading(value: object, *, source: str = "power_reading") -> PowerReading:
+    """``value`` as a `PowerReading`.
+
+    Args:
+        value: What was given (a flag, an argument, an environment variable's text).
+        source: Where it came from, for the message.
+
+    Raises:
+        SettingsError: Not one of `POWER_READINGS`; the message names ``source`` and the choices.
+    """
+    readings: dict[object, PowerReading] = {r: r for r in POWER_READINGS}
+    if value not in readings:
+        raise SettingsError(f"{source} must be one of {', '.join(POWER_READINGS)}, got {value!r}")
+    return readings[value]
 
 
 # field -> (flag, environment variable, lower bound, unit): one table so that every message

@@ -4,8 +4,8 @@ Everything here is plain float64 numpy arrays in SI units (seconds, watts, joule
 only numpy and the standard library, so the light meter process can summarise its chunks with
 the same code the service uses for reports (the meter must never import pint). The options of
 a power integration named below (``gap_factor``, ``max_power_w``, ``min_power_w``,
-``coverage_fraction``, ``averaging_window_s`` ...) are the fields of one `PowerModel`, checked
-once when it is made.
+``coverage_fraction``, ``unseen_margin``, ``averaging_window_s`` ...) are the fields of one
+`PowerModel`, checked once when it is made.
 
 Integration rule
     A power trace (t_s, power_w) is modelled as **piecewise linear** between samples: interval
@@ -87,18 +87,17 @@ Uncertainty model
       sampling, aliasing and coverage errors of polled power vanish; what remains is the
       sensor's gain error, for which NVIDIA publishes no counter figure. Pass a calibrated
       value when you have one.
-    * ``bound_below_j`` / ``bound_above_j`` (one-sided, worst case, not statistical): gaps (see
-      above), counter resets, **coverage** and the **averaging residual**. When readings cover
-      only ``coverage_fraction`` c of the time (A100/H100 instantaneous readings: about 0.25,
-      Yang et al., SC24; c = 0 for point samples), the unseen 1 − c of each interval may have
-      drawn anything between ``min_power_w`` and the ceiling, so interval energy e lies in
-      [e − (1−c)(e − floor·dt), e + (1−c)(ceil·dt − e)]. This is wide on purpose; it is the
-      honest price of part-time sampling. Prefer the counter. The averaging residual
+    * ``bound_below_j`` / ``bound_above_j`` (one-sided, not statistical): gaps (see above),
+      counter resets, **coverage** and the **averaging residual**. When readings cover only
+      ``coverage_fraction`` c of the time (A100/H100 instantaneous readings: about 0.25,
+      Yang et al., SC24; c = 0 for point samples), the unseen 1 − c of each interval is
+      bounded as "Unseen power" (below) says: between a floor L and a ceiling U, so interval
+      energy e lies in [e − (1−c)(e − L·dt), e + (1−c)(U·dt − e)]. Prefer the counter, or
+      readings that see all of the time (the driver's 1 s average). The averaging residual
       (at most (ceiling − floor) × w/8 per window edge, × w/2 per gap edge; see "Averaged
-      readings")
-      is added to both bounds: it is a worst case of either sign, and like aliasing it is
-      correlated across the devices of one job (they step together), so it must add
-      linearly rather than root-sum-square with the sensor term.
+      readings") is added to both bounds: it is a worst case of either sign, and like
+      aliasing it is correlated across the devices of one job (they step together), so it
+      must add linearly rather than root-sum-square with the sensor term.
 
     The band is energy_low_j = max(0, E − sensor − bound_below), energy_high_j = E + sensor +
     bound_above; terms add linearly inside one trace. Across devices (`aggregate_energy`), rows
@@ -106,6 +105,36 @@ Uncertainty model
     of different devices combine as independent (root-sum-square, the default) or linearly
     (``combine="linear"``, conservative: e.g. GPUs of one model may share a calibration bias).
     Bounds always add linearly (aliasing is correlated across ranks of one job).
+
+Unseen power (``unseen_margin`` f, default 0.1)
+    What a partly covered interval drew while nobody looked is bounded by what was observed:
+    per group (a chunk; the whole trace for `integrate_power`, and for `power_energy_curve`,
+    whose windows then share that trace-wide range), with [lo, hi] the range of the readings
+    the group's intervals touch (its own samples and, by the left-sample rule, the next
+    chunk's first), the unseen power lies in [L, U] = [lo − f·(hi − lo), hi + f·(hi − lo)],
+    clipped to [``min_power_w``, ``max_power_w``] (never inside [lo, hi]). One reduction per
+    group, vectorised; no loop over samples.
+
+    *Assumption*: every power level the load holds for a part of the group is seen by at
+    least one of its readings. Then the true energy of the unseen part lies in [lo, hi] × its
+    time, whatever the waveform and however it aliases against the tick: a square wave of
+    duty 0.3 and period 0.25 s read every 0.1 s lands on 5 phases, sees 1 or 2 of them high
+    (20 or 40 % against 30 %) and is off by ±25 % per 10 s chunk (60/600 W), yet both
+    levels are in every chunk's readings, so the band holds. The margin f is slack for
+    energy (the true mean of a load whose levels were all seen lies inside [lo, hi]); it is
+    there for extremes that fall between samples, and 0.1 covers, point by point, any
+    sinusoidal load read at least 6 times per period (its samples then miss at most
+    (1 − cos 30°)/(2 cos 30°) = 7.7 % of their range on each side). On a steady load the
+    range is nil and the band is the sensor's alone, where the old [floor, ceiling] band
+    (0 W to the power limit) said nothing. *Where the assumption fails*: a level no reading
+    of the group ever sees, above all a load in step with the tick (pulses every 0.1 s, or
+    every 0.05 s, that always fall between readings), or a chunk of very few readings. No rule
+    built on the readings can bound what they never show; the driver's average, which sees
+    all of the time, can (the meter's default where a GPU has one).
+
+    ``unseen_margin = math.inf`` gives the worst case instead: the unseen part anywhere
+    between ``min_power_w`` and the ceiling, a bound (not an assumption) when the ceiling is
+    the device's power limit, and wide on purpose.
 
 Many traces at once
     The **segmented form** is concatenated arrays plus ``offsets`` (length traces + 1, from 0
@@ -117,9 +146,11 @@ Speed
     preallocated buffers (``out=``), validates and detects gaps on each block while it is in
     cache, and forms the trapezoid sum with two dot products (no per-interval temporaries).
     The sensor term costs nothing while every reading is above abs/rel (100 W by default);
-    the trace's peak is read only when a bound needs it (a gap, partial coverage or an
-    averaging window without ``max_power_w``). The lag correction and the residual cost a
-    few operations per chunk, after the kernel, and nothing at all when w = 0.
+    the trace's peak is read only when a bound needs it (a gap, the worst-case coverage bound
+    or an averaging window without ``max_power_w``); partial coverage bounded by the observed
+    range takes each group's min and max, block by block, in the same pass. The lag
+    correction and the residual cost a few operations per chunk, after the kernel, and
+    nothing at all when w = 0.
     ``bench/integrate.py`` measures it against a memory-bandwidth reference.
 """
 
@@ -143,6 +174,7 @@ from .model import (
     POWER_METHODS,
     SENSOR_ABS_ERROR_W,
     SENSOR_REL_ERROR,
+    UNSEEN_MARGIN,
     Combine,
     GapPolicy,
     Method,
@@ -167,6 +199,7 @@ __all__ = [
     "POWER_METHODS",
     "SENSOR_ABS_ERROR_W",
     "SENSOR_REL_ERROR",
+    "UNSEEN_MARGIN",
     "ChunkSummaries",
     "Combine",
     "CounterEnergy",

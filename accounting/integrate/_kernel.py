@@ -71,10 +71,13 @@ def _power_kernel(
     q_floor = abs_w / rel if rel > 0 else math.inf
     floor_w = model.min_power_w
     ceil_w = model.max_power_w if model.max_power_w is not None else math.inf
-    partial = model.coverage_fraction < 1.0
-    want_floor = partial and floor_w > 0.0
-    want_ceil = partial and model.max_power_w is not None
-    needs_ceiling = partial or model.averaging_window_s > 0.0
+    # Partial coverage bounded by the limits (unseen_margin = inf) needs the per-interval terms
+    # xf2/xc2 and a ceiling; bounded by the observed range, only the groups' min/max, which the
+    # caller asks for (want_stats).
+    worst = model.coverage_fraction < 1.0 and not math.isfinite(model.unseen_margin)
+    want_floor = worst and floor_w > 0.0
+    want_ceil = worst and model.max_power_w is not None
+    needs_ceiling = worst or model.averaging_window_s > 0.0
     track = want_stats or want_ceil or (needs_ceiling and model.max_power_w is None)
     lazy_peak = model.max_power_w is None and not track
     peak_from = 0  # samples before this were not tracked (lazy peak)

@@ -12,7 +12,7 @@ from ..errors import InvalidSamples
 from ._validate import FloatArray, IntArray, InvalidArgument, _one_trace, _power_problem
 from .counter import _one_counter
 from .model import _DEFAULT_MODEL, COUNTER_REL_ERROR, Method, PowerModel, _band
-from .power import _edge_residual, _thresholds
+from .power import _edge_residual, _thresholds, _unseen_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,13 @@ def power_energy_curve(
     else:
         ceiling = math.nan
     unseen = 1.0 - model.coverage_fraction
-    if unseen > 0:
+    if unseen > 0 and math.isfinite(model.unseen_margin):
+        # The trace is one group: its readings' range bounds the unseen power, as in
+        # `integrate_power` (package docstring, "Unseen power").
+        low_w, high_w = _unseen_range(p.min(keepdims=True), p.max(keepdims=True), model)
+        below = unseen * np.maximum(e - low_w[0] * dt, 0.0)
+        above = unseen * np.maximum(high_w[0] * dt - e, 0.0)
+    elif unseen > 0:
         below = unseen * np.maximum(e - floor_w * dt, 0.0)
         above = unseen * np.maximum(ceiling * dt - e, 0.0)
     else:

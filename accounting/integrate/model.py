@@ -27,6 +27,9 @@ SENSOR_ABS_ERROR_W: Final = 5.0
 """Power sensor accuracy, absolute part in W (nvidia-smi: ±5 W); the larger of the two counts."""
 COUNTER_REL_ERROR: Final = 0.02
 """Default relative error of an energy counter (a documented choice; see the package docstring)."""
+UNSEEN_MARGIN: Final = 0.1
+"""How far beyond the range of the observed readings the unseen power may lie, as a fraction of
+that range (package docstring, "Unseen power")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,13 @@ class PowerModel:
             per reading the larger of the two applies.
         coverage_fraction: Fraction of each interval the readings represent, in [0, 1]: 1
             (default) for averaged power, about 0.25 for A100/H100 instantaneous readings, 0
-            for point samples (whose band is the honest [floor, ceiling] × time).
+            for point samples. The unseen rest of each interval is bounded by
+            ``unseen_margin``.
+        unseen_margin: Where the unseen part of an interval may lie (package docstring,
+            "Unseen power"): within the range of the readings of its chunk (of its trace, for
+            a whole-trace integration) widened by this fraction of that range on each side
+            and clipped to [min_power_w, max_power_w]; >= 0 (default 0.1). ``math.inf``: the
+            worst case, anywhere in [min_power_w, ceiling], a bound only with max_power_w.
         averaging_window_s: Window w of a trailing moving-average reading, s, >= 0 (NVML on
             Hopper: 1 s); 0 (default) for readings taken as the power at their own time. With
             w > 0 the estimate is lag-corrected and the band gains the averaging residual
@@ -86,6 +95,7 @@ class PowerModel:
     sensor_abs_error_w: float = SENSOR_ABS_ERROR_W
     coverage_fraction: float = 1.0
     averaging_window_s: float = 0.0
+    unseen_margin: float = UNSEEN_MARGIN
 
     def __post_init__(self) -> None:
         if self.method not in POWER_METHODS:
@@ -115,6 +125,9 @@ class PowerModel:
             ("averaging_window_s", math.inf),
         ):
             checked[name] = _check_param(name, getattr(self, name), low=0.0, high=high)
+        checked["unseen_margin"] = _check_param(
+            "unseen_margin", self.unseen_margin, low=0.0, high=math.inf, allow_inf=True
+        )
         for name, value in checked.items():  # frozen: stored once, as floats
             object.__setattr__(self, name, value)
 

@@ -240,7 +240,9 @@ def _power_groups(
 ) -> _GroupEnergy:
     """Run the kernel and turn its sums into per-group energies, gaps and band terms."""
     nominal, thr = _thresholds(t, lay.seg_off, model)
-    sums = _power_kernel(t, p, lay, thr, model, want_stats=want_stats)
+    partial = model.coverage_fraction < 1.0
+    observed = partial and math.isfinite(model.unseen_margin)  # the unseen bound needs min/max
+    sums = _power_kernel(t, p, lay, thr, model, want_stats=want_stats or observed)
     ng = lay.grp_off.size - 1
     nseg = lay.seg_off.size - 1
     grp_seg = lay.grp_seg
@@ -258,7 +260,6 @@ def _power_groups(
     gap_fill = _sum_by(g_grp, fill, ng)
     gap_bridge = _sum_by(g_grp, bridge, ng)
 
-    partial = model.coverage_fraction < 1.0
     ceiling = np.full(nseg, np.nan)
     if model.max_power_w is not None:
         ceiling[:] = model.max_power_w
@@ -275,7 +276,20 @@ def _power_groups(
 
     e_meas = 0.5 * sums.e2
     measured_s = duration - gap_s
-    if partial:
+    if observed:
+        # Unseen power within the range of the readings each group's intervals touch, widened
+        # by the margin (package docstring, "Unseen power"); every reading lies in that range,
+        # so each interval's share is >= 0 and the group's sums can be used directly.
+        assert sums.pmin is not None  # asked for above
+        assert sums.pmax is not None
+        touched = lay.grp_last  # the next group's first sample bounds the last interval too
+        low_w, high_w = _unseen_range(
+            np.minimum(sums.pmin, p[touched]), np.maximum(sums.pmax, p[touched]), model
+        )
+        unseen = 1.0 - model.coverage_fraction
+        below += unseen * np.maximum(e_meas - low_w * measured_s, 0.0)
+        above += unseen * np.maximum(high_w * measured_s - e_meas, 0.0)
+    elif partial:
         unseen = 1.0 - model.coverage_fraction
         g_ceil = ceiling[grp_seg]
         below += unseen * np.maximum(e_meas - floor_w * measured_s + 0.5 * sums.xf2, 0.0)
@@ -328,6 +342,23 @@ def _power_groups(
         seg_ceiling_w=ceiling,
         gaps=gaps,
     )
+
+
+def _unseen_range(
+    low_w: FloatArray, high_w: FloatArray, model: PowerModel
+) -> tuple[FloatArray, FloatArray]:
+    """Where the unseen power of a group whose readings span [low_w, high_w] may lie, W.
+
+    The observed range widened by ``unseen_margin`` × its width on each side, clipped to
+    [min_power_w, max_power_w] but never narrower than what was observed (package docstring,
+    "Unseen power"). Only for a finite margin.
+    """
+    margin = model.unseen_margin * (high_w - low_w)
+    floor = np.minimum(low_w, np.maximum(low_w - margin, model.min_power_w))
+    top = high_w + margin
+    if model.max_power_w is not None:
+        top = np.minimum(top, model.max_power_w)
+    return floor, np.maximum(high_w, top)
 
 
 def _edge_residual(

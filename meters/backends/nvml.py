@@ -5,12 +5,28 @@ What is read, per GPU and tick:
 - **Energy**: ``nvmlDeviceGetTotalEnergyConsumption``, millijoules since the driver was last
   loaded (Volta and newer; NotSupported before). Passed on raw in joules: a decrease means the
   driver was reloaded (`DeviceInfo.counter_wrap_j` is None: NVML's counter does not wrap).
-- **Power**: preferably the field values ``NVML_FI_DEV_POWER_INSTANT`` (186) or
-  ``NVML_FI_DEV_POWER_AVERAGE`` (185) through ``nvmlDeviceGetFieldValues``, whose names say what
-  they are. Where the driver offers neither, ``nvmlDeviceGetPowerUsage``, whose meaning depends on
-  the chip: "On Ampere (except GA100) or newer GPUs, the API returns power averaged over 1 sec
-  interval. On GA100 and older architectures, instantaneous power is returned" (NVML docs), so the
-  method is `Method.POWER_AVG` or `Method.POWER_INSTANT` accordingly. Both in milliwatts.
+- **Power**: chosen per GPU at open, by ``power_reading`` (`meters.settings.PowerReading`):
+
+  * the driver's **average** (``auto``, the default, and ``average``): the field value
+    ``NVML_FI_DEV_POWER_AVERAGE`` (185; nvml.h: "GPU power averaged over 1 sec interval,
+    supported on Ampere (except GA100) or newer architectures"), else
+    ``nvmlDeviceGetPowerUsage`` where that is the average ("On Ampere (except GA100) or newer
+    GPUs, the API returns power averaged over 1 sec interval. On GA100 and older
+    architectures, instantaneous power is returned", NVML API reference). Both are the mean of
+    the last second: `Method.POWER_AVG` with `UncertaintyHint.power_window_s` = 1 s, which the
+    accounting core integrates with its lag correction. An average sees all of the time; a
+    point sample every 0.1 s aliases any load not in step with the tick;
+  * the **instantaneous** reading (``instant``, or where a GPU has no average: GA100, before
+    Ampere): ``NVML_FI_DEV_POWER_INSTANT`` (186), else ``nvmlDeviceGetPowerUsage`` where that
+    is instantaneous; `Method.POWER_INSTANT`, its window unknown (integrated as point samples).
+
+  A GPU that lacks the reading asked for gets the other kind, said in its `DeviceInfo.note`
+  (and, when ``average`` or ``instant`` was asked for explicitly, once in the log).
+  Whether ``nvmlDeviceGetPowerUsage`` averages depends on the chip: GA100 boards (A100, A800,
+  A30, ...) are Ampere but instantaneous. The chip is told by the PCI device id
+  (``nvmlDeviceGetPciInfo``), whose list here is taken from the PCI ID database; the board
+  name is the fallback (it misses renamed boards, e.g. an A800 reported under another name).
+  Both in milliwatts.
 
 One call per GPU and tick where the driver allows: nvml.h documents the field value
 ``NVML_FI_DEV_ENERGY`` (191) as the same counter as ``nvmlDeviceGetTotalEnergyConsumption``, so
@@ -48,12 +64,13 @@ figure NaN with `DeviceStatus.ERROR` for that tick only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from ..errors import (
     DeviceLost,
@@ -63,6 +80,7 @@ from ..errors import (
     PermissionDenied,
     ReadError,
 )
+from ..settings import PowerReading, check_power_reading
 from .base import (
     Clock,
     DeviceInfo,
@@ -200,9 +218,28 @@ _UNSIGNED_MEMBERS = {
     NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
 }
 
-# GA100 boards (A100, A100X, A30) return instantaneous power from nvmlDeviceGetPowerUsage although
-# they are Ampere; NVML gives no chip id, so the marketing name is the only clue.
-_GA100_NAME = re.compile(r"\bA(?:100|30)(?:X|\b)")
+# GA100 boards return instantaneous power from nvmlDeviceGetPowerUsage although they are Ampere.
+# The chip is told by the PCI device id: the upper 16 bits of nvmlPciInfo_t.pciDeviceId ("the
+# combined 16-bit device id and 16-bit vendor id", nvml.h). These are every id the PCI ID
+# database lists as GA100 for vendor 10de (pciutils/pciids, pci.ids version 2026.08.22; its
+# other GA100 entry, 1af1, is the A100's NVSwitch, not a GPU): 20b0 A100 SXM4 40GB, 20b1 A100
+# PCIe 40GB, 20b2 A100 SXM4 80GB, 20b3 A100-SXM-64GB, 20b5 A100 PCIe 80GB, 20b6 PG506-232, 20b7
+# A30 PCIe, 20b8 A100X, 20b9 A30X, 20bb DRIVE A100 PROD, 20bd A800 SXM4 40GB, 20be/20bf GRID
+# A100A/B, 20c0 initial devid, 2082/20c2 CMP 170HX, 20f0/20f2 A100-PG506-207/217, 20f1 A100 PCIe
+# 40GB, 20f3 A800-SXM4-80GB, 20f5 A800 80GB PCIe, 20f6 A800 40GB PCIe, 20fd AX800, 20fe INT SKU;
+# 2080, 2081, 20b4, 20ff unnamed.
+_GA100_PCI_DEVICE_IDS: Final = frozenset(
+    {0x2080, 0x2081, 0x2082, *range(0x20B0, 0x20BA), 0x20BB, 0x20BD, 0x20BE, 0x20BF, 0x20C0}
+    | {0x20C2, 0x20F0, 0x20F1, 0x20F2, 0x20F3, 0x20F5, 0x20F6, 0x20FD, 0x20FE, 0x20FF}
+)
+_NVIDIA_PCI_VENDOR = 0x10DE
+# Where NVML gives no PCI id, the board's name: A100, A100X, A30, A30X, A800, AX800.
+_GA100_NAME = re.compile(r"\bA(?:100|30|800|X800)(?:X|\b)")
+
+# The averaging window of each averaged reading, s, and where NVIDIA states it (both 1 s; nothing
+# NVML answers tells it at run time, so it is taken from the documentation).
+_AVERAGE_FIELD_WINDOW_S = 1.0  # nvml.h, NVML_FI_DEV_POWER_AVERAGE: "averaged over 1 sec interval"
+_AVERAGE_USAGE_WINDOW_S = 1.0  # NVML API reference, nvmlDeviceGetPowerUsage: the same words
 
 _POWER_REL = 0.05  # NVML: "+/- 5% of current power draw"
 _POWER_ABS_W = 5.0  # nvidia-smi: "accurate to within +/- 5 W"
@@ -218,6 +255,8 @@ _COUNTER = Method.COUNTER  # a global load per GPU and tick instead of an enum l
 
 # Per-GPU failures that cost a figure for one tick (DeviceLost is handled apart: for good).
 _TRANSIENT = (ReadError, NotSupported, DeviceUnavailable, PermissionDenied)
+
+_LOG = logging.getLogger(__name__)
 
 NvmlHandle = Any
 T = TypeVar("T")
@@ -243,6 +282,10 @@ class NvmlModule(Protocol):
     def nvmlDeviceGetUUID(self, handle: NvmlHandle) -> str: ...
     def nvmlDeviceGetName(self, handle: NvmlHandle) -> str: ...
     def nvmlDeviceGetArchitecture(self, handle: NvmlHandle) -> int: ...
+    def nvmlDeviceGetPciInfo(self, handle: NvmlHandle) -> Any:
+        """A ``nvmlPciInfo_t``: ``pciDeviceId`` is the device id << 16 | the vendor id."""
+        ...
+
     def nvmlDeviceGetMigMode(self, handle: NvmlHandle) -> list[int]: ...
     def nvmlDeviceGetPowerManagementLimit(self, handle: NvmlHandle) -> int: ...
     def nvmlDeviceGetPowerUsage(self, handle: NvmlHandle) -> int: ...
@@ -301,6 +344,42 @@ class _Gpu:
     lost: str = ""  # non-empty once the GPU fell off the bus: the reason
     # [field_id, NVML_FI_DEV_ENERGY] when one call reads both (checked at open), else None
     combined: list[int] | None = None
+    other_reading: bool = False  # lacks the kind of power reading asked for: gives the other
+
+
+@dataclass(frozen=True, slots=True)
+class _PowerChoice:
+    """One GPU's power reading, as chosen at open.
+
+    Attributes:
+        field_id: The field value read (None: ``nvmlDeviceGetPowerUsage``, or nothing).
+        method: `Method.POWER_AVG`, `Method.POWER_INSTANT`, or `Method.NONE` (no reading).
+        window_s: Averaging window, s (None: not an average, or unknown).
+        source: Which call gives it and where its window is documented (for the hint's note).
+        note: A caveat for `DeviceInfo.note` ("" when none).
+        other: The GPU lacks the kind of reading asked for; this is the other kind.
+    """
+
+    field_id: int | None
+    method: Method
+    window_s: float | None
+    source: str
+    note: str = ""
+    other: bool = False
+
+
+_FIELD_CHOICES: Final = {
+    NVML_FI_DEV_POWER_AVERAGE: _PowerChoice(
+        NVML_FI_DEV_POWER_AVERAGE,
+        Method.POWER_AVG,
+        _AVERAGE_FIELD_WINDOW_S,
+        "NVML_FI_DEV_POWER_AVERAGE, the mean of the last 1 s (nvml.h: 'GPU power averaged over "
+        "1 sec interval')",
+    ),
+    NVML_FI_DEV_POWER_INSTANT: _PowerChoice(
+        NVML_FI_DEV_POWER_INSTANT, Method.POWER_INSTANT, None, "NVML_FI_DEV_POWER_INSTANT"
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -322,12 +401,17 @@ class NvmlBackend:
         env: Environment to take ``CUDA_VISIBLE_DEVICES`` from (default: ``os.environ``, read once
             here).
         clock: Time source for the readings' timestamps (default: the system clocks).
-        prefer: Which power field to use when the driver offers both: ``"instant"`` (sharper in
-            time, used to integrate) or ``"average"`` (NVML's 1 s mean).
+        power_reading: Which power reading to take, per GPU (module docstring): ``"auto"``
+            (default: the driver's 1 s average where the GPU has one, else the instantaneous
+            reading), ``"average"`` (the same, and a warning naming every GPU without an
+            average) or ``"instant"`` (the instantaneous reading where there is one, with a
+            warning for the others).
+        logger: Where those warnings go (default: this module's logger).
 
     Raises:
         DeviceUnavailable: ``pynvml`` is not installed, no driver, or an explicit ``gpus`` entry
             names no GPU.
+        SettingsError: ``power_reading`` is not one of the three.
     """
 
     def __init__(
@@ -337,8 +421,10 @@ class NvmlBackend:
         gpus: Sequence[int | str] | None = None,
         env: Mapping[str, str] | None = None,
         clock: Clock | None = None,
-        prefer: Literal["instant", "average"] = "instant",
+        power_reading: PowerReading = "auto",
+        logger: logging.Logger | None = None,
     ) -> None:
+        self.power_reading: PowerReading = check_power_reading(power_reading)
         self._nvml = nvml if nvml is not None else _import_pynvml()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._monotonic_s: Callable[[], float] = (
@@ -351,16 +437,14 @@ class NvmlBackend:
             enumerated = self._enumerate()
             environment = os.environ if env is None else env
             self.selection = _select(self, enumerated, gpus, environment)
-            fields = [NVML_FI_DEV_POWER_INSTANT, NVML_FI_DEV_POWER_AVERAGE]
-            if prefer == "average":
-                fields.reverse()
             self._gpus = tuple(
-                self._probe(enumerated[i], i in self.selection.via_mig, fields)
+                self._probe(enumerated[i], i in self.selection.via_mig)
                 for i in self.selection.indices
             )
         except BaseException:
             self.close()
             raise
+        self._warn_other_reading(logger if logger is not None else _LOG)
 
     # -- the Protocol -------------------------------------------------------------------------
 
@@ -442,7 +526,7 @@ class NvmlBackend:
         except MeterError:
             return None
 
-    def _probe(self, entry: _Enumerated, via_mig: bool, fields: list[int]) -> _Gpu:
+    def _probe(self, entry: _Enumerated, via_mig: bool) -> _Gpu:
         if entry.uuid is None:
             return self._unreachable(entry, via_mig)
         handle, uid = entry.handle, entry.uuid
@@ -456,30 +540,19 @@ class NvmlBackend:
             counter_mj = self._optional(
                 self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid
             )
-            field_id = self._probe_fields(handle, uid, fields)
-            usage_mw = (
-                None
-                if field_id is not None
-                else self._optional(self._nvml.nvmlDeviceGetPowerUsage, handle, device=uid)
-            )
+            power = self._choose_power(handle, uid, name or "", arch)
             combined, energy_note = None, ""
-            if field_id is not None and counter_mj is not None:
-                combined, energy_note = self._probe_energy_field(handle, uid, field_id, limit_mw)
+            if power.field_id is not None and counter_mj is not None:
+                combined, energy_note = self._probe_energy_field(
+                    handle, uid, power.field_id, limit_mw
+                )
         except DeviceLost as e:
             entry.error = str(e)
             return self._unreachable(entry, via_mig)
 
         notes = [] if name is not None else ["NVML gave no name"]
-        if field_id is not None:
-            method = (
-                Method.POWER_INSTANT if field_id == NVML_FI_DEV_POWER_INSTANT else Method.POWER_AVG
-            )
-        elif usage_mw is not None:
-            method, why = _usage_method(name or "", arch)
-            notes.append(why)
-        else:
-            method = Method.NONE
-            notes.append("no power reading on this GPU")
+        method = power.method
+        notes.append(power.note)
         has_counter = counter_mj is not None
         if not has_counter:
             notes.append("no energy counter (before Volta): energy must come from power")
@@ -492,6 +565,7 @@ class NvmlBackend:
                 "instantaneous samples may cover only part of the runtime "
                 "(about 25 % on A100/H100, Yang et al. SC24): prefer the counter"
             )
+        hint_note = "NVML board power (GPU and its memory); ±5 % or ±5 W"
         info = DeviceInfo(
             backend="nvml",
             index=entry.index,
@@ -506,14 +580,100 @@ class NvmlBackend:
             uncertainty=UncertaintyHint(
                 power_rel=_POWER_REL,
                 power_abs_w=_POWER_ABS_W,
-                power_window_s=1.0 if method == Method.POWER_AVG else None,
+                power_window_s=power.window_s,
                 counter_resolution_j=_COUNTER_RESOLUTION_J if has_counter else None,
                 counter_update_s=_COUNTER_UPDATE_S if has_counter else None,
-                note="NVML board power (GPU and its memory); ±5 % or ±5 W",
+                note=f"{hint_note}; power: {power.source}" if power.source else hint_note,
             ),
             note="; ".join(note for note in notes if note),
         )
-        return _Gpu(info, handle, field_id, method, has_counter, combined=combined)
+        return _Gpu(
+            info,
+            handle,
+            power.field_id,
+            method,
+            has_counter,
+            combined=combined,
+            other_reading=power.other,
+        )
+
+    def _choose_power(
+        self, handle: NvmlHandle, uid: str, name: str, arch: int | None
+    ) -> _PowerChoice:
+        """Which power reading this GPU gives for ``power_reading`` (module docstring).
+
+        One field-values call asks for both power fields. ``nvmlDeviceGetPowerUsage`` (and, on
+        Ampere and newer, the PCI id that says what it returns) is asked only when the field of
+        the wanted kind does not answer.
+        """
+        answered = self._probe_fields(handle, uid)
+        want_average = self.power_reading != "instant"
+        wanted, other = (
+            (NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT)
+            if want_average
+            else (NVML_FI_DEV_POWER_INSTANT, NVML_FI_DEV_POWER_AVERAGE)
+        )
+        if wanted in answered:
+            return _FIELD_CHOICES[wanted]
+        usage = self._usage_choice(handle, uid, name, arch)
+        wanted_method = Method.POWER_AVG if want_average else Method.POWER_INSTANT
+        if usage is not None and usage.method == wanted_method:
+            return usage
+        fallback = _FIELD_CHOICES[other] if other in answered else usage
+        if fallback is None:
+            return _PowerChoice(None, Method.NONE, None, "", "no power reading on this GPU")
+        if want_average:
+            why = usage.note if usage is not None else ""
+            if not why and arch is not None and not _at_least_ampere(arch):
+                why = "before Ampere"
+            said = "no averaged power on this GPU" + (f" ({why})" if why else "")
+            said += ": instantaneous readings, which alias loads not in step with the tick"
+        else:
+            said = "no instantaneous power on this GPU: its 1 s average instead"
+        return _PowerChoice(
+            fallback.field_id, fallback.method, fallback.window_s, fallback.source, said, True
+        )
+
+    def _usage_choice(
+        self, handle: NvmlHandle, uid: str, name: str, arch: int | None
+    ) -> _PowerChoice | None:
+        """``nvmlDeviceGetPowerUsage`` as a reading, or None where it does not answer."""
+        if self._optional(self._nvml.nvmlDeviceGetPowerUsage, handle, device=uid) is None:
+            return None
+        pci_device_id = None
+        if arch is not None and _at_least_ampere(arch):
+            pci = self._optional(self._nvml.nvmlDeviceGetPciInfo, handle, device=uid)
+            pci_device_id = _pci_device_id(pci)
+        method, why = _usage_method(name, arch, pci_device_id)
+        if method == Method.POWER_AVG:
+            source = (
+                "nvmlDeviceGetPowerUsage, the mean of the last 1 s (NVML API reference: "
+                "'averaged over 1 sec interval' on Ampere except GA100 and newer)"
+            )
+            return _PowerChoice(None, method, _AVERAGE_USAGE_WINDOW_S, source, why)
+        return _PowerChoice(None, method, None, "nvmlDeviceGetPowerUsage, instantaneous", why)
+
+    def _warn_other_reading(self, log: logging.Logger) -> None:
+        """One log line naming the GPUs that lack the reading asked for (not under ``auto``)."""
+        if self.power_reading == "auto":
+            return
+        others = [gpu.info for gpu in self._gpus if gpu.other_reading]
+        if not others:
+            return
+        names = ", ".join(f"{info.index} ({info.name or info.uid})" for info in others)
+        if self.power_reading == "average":
+            log.warning(
+                "power_reading=average: GPU(s) %s offer no averaged power; they are read "
+                "instantaneously, which aliases loads not in step with the sampling tick "
+                "(their energy counter, where they have one, is unaffected)",
+                names,
+            )
+        else:
+            log.warning(
+                "power_reading=instant: GPU(s) %s offer no instantaneous power; their 1 s "
+                "average is read instead",
+                names,
+            )
 
     def _probe_energy_field(
         self, handle: NvmlHandle, uid: str, field_id: int, limit_mw: int | None
@@ -551,15 +711,17 @@ class NvmlBackend:
             )
         return fields, "power and energy in one nvmlDeviceGetFieldValues call (NVML_FI_DEV_ENERGY)"
 
-    def _probe_fields(self, handle: NvmlHandle, uid: str, fields: list[int]) -> int | None:
-        """The first power field (in preference order) the driver answers, else None."""
+    def _probe_fields(self, handle: NvmlHandle, uid: str) -> frozenset[int]:
+        """The power fields (average, instant) the driver answers, in one call."""
+        fields = [NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT]
         values = self._optional(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
         if values is None:
-            return None
-        for field_id, value in zip(fields, values, strict=True):
-            if int(value.nvmlReturn) == NVML_SUCCESS and int(value.valueType) in _VALUE_MEMBERS:
-                return field_id
-        return None
+            return frozenset()
+        return frozenset(
+            field_id
+            for field_id, value in zip(fields, values, strict=True)
+            if int(value.nvmlReturn) == NVML_SUCCESS and int(value.valueType) in _VALUE_MEMBERS
+        )
 
     def _unreachable(self, entry: _Enumerated, via_mig: bool) -> _Gpu:
         """A GPU that NVML lists but that did not answer while opening: metered as lost."""
@@ -718,16 +880,47 @@ def _at_least_ampere(arch: int) -> bool:
     return NVML_DEVICE_ARCH_AMPERE <= arch < NVML_DEVICE_ARCH_UNKNOWN
 
 
-def _usage_method(name: str, arch: int | None) -> tuple[Method, str]:
+def _pci_device_id(pci: Any) -> int | None:
+    """The 16-bit PCI device id in a ``nvmlPciInfo_t``, or None (no answer, not NVIDIA's)."""
+    combined = getattr(pci, "pciDeviceId", None)
+    if not isinstance(combined, int) or combined & 0xFFFF != _NVIDIA_PCI_VENDOR:
+        return None
+    return (combined >> 16) & 0xFFFF
+
+
+def is_ga100(name: str, pci_device_id: int | None) -> tuple[bool, str]:
+    """Whether a GPU is a GA100 (A100, A800, A30, ...), and what says so.
+
+    Args:
+        name: The name NVML reports.
+        pci_device_id: The 16-bit PCI device id (None: NVML gave none).
+
+    Returns:
+        ``(True, reason)`` when the PCI device id is a GA100 one (`_GA100_PCI_DEVICE_IDS`), or
+        else the name reads like a GA100 board (A100, A100X, A30, A30X, A800, AX800): a renamed
+        board goes unseen by the name alone, a new GA100 id by the table alone.
+        ``(False, "")`` otherwise.
+    """
+    if pci_device_id is not None and pci_device_id in _GA100_PCI_DEVICE_IDS:
+        return True, f"GA100 by its PCI device id 0x{pci_device_id:04X}"
+    if _GA100_NAME.search(name):
+        return True, "GA100 by its name"
+    return False, ""
+
+
+def _usage_method(name: str, arch: int | None, pci_device_id: int | None) -> tuple[Method, str]:
     """What ``nvmlDeviceGetPowerUsage`` returns on this GPU, and a note when it is a guess."""
     if arch is None or arch == NVML_DEVICE_ARCH_UNKNOWN:
         return (
             Method.POWER_INSTANT,
             "architecture unknown: whether NVML averages the power reading is not known",
         )
-    if _at_least_ampere(arch) and not _GA100_NAME.search(name):
-        return Method.POWER_AVG, ""
-    return Method.POWER_INSTANT, ""
+    if not _at_least_ampere(arch):
+        return Method.POWER_INSTANT, ""
+    ga100, why = is_ga100(name, pci_device_id)
+    if ga100:
+        return Method.POWER_INSTANT, f"{why}: nvmlDeviceGetPowerUsage is instantaneous there"
+    return Method.POWER_AVG, ""
 
 
 def _import_pynvml() -> NvmlModule:

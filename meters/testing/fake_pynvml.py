@@ -11,7 +11,12 @@ Each `FakeGpu` draws power from a `meters.backends.simulated.Profile` driven by 
 clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scriptable:
 
 - architecture-dependent behaviour: no energy counter and no power fields before Volta; MIG mode
-  only on Ampere and newer; ``nvmlDeviceGetPowerUsage`` a 1 s average or instantaneous;
+  only on Ampere and newer; ``nvmlDeviceGetPowerUsage`` a 1 s average or instantaneous, and the
+  field ``NVML_FI_DEV_POWER_AVERAGE`` only where it averages (nvml.h: "supported on Ampere
+  (except GA100) or newer architectures"), as the presets say per board;
+- ``pci_device_id``: the 16-bit PCI device id ``nvmlDeviceGetPciInfo`` reports (in a
+  ``nvmlPciInfo_t`` laid out as the real binding's), so that a GA100 is known by its id whatever
+  its name (`a800` with another name, say);
 - ``reloads_at_s``: driver reloads, after which the counter restarts from 0;
 - ``lost_at_s``: the GPU falls off the bus (every call raises GPU_IS_LOST from then on);
 - ``faults``: any call failing with any code during a time window, or (``field_id``) one field
@@ -75,6 +80,29 @@ class c_nvmlFieldValue_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
 
 
 _FieldValue = c_nvmlFieldValue_t
+
+_BUS_ID_LEGACY_SIZE = 16  # pynvml's NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE
+_BUS_ID_SIZE = 32  # pynvml's NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE
+NVIDIA_PCI_VENDOR_ID = 0x10DE
+
+
+class nvmlPciInfo_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
+    """PCI attributes, field for field as in ``pynvml.nvmlPciInfo_t`` (what GetPciInfo returns).
+
+    ``pciDeviceId`` is "the combined 16-bit device id and 16-bit vendor id" (nvml.h): device id
+    in the upper 16 bits, 0x10DE below. ``busId`` is ``domain:bus:device.function`` as bytes.
+    """
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        ("busIdLegacy", ctypes.c_char * _BUS_ID_LEGACY_SIZE),
+        ("domain", ctypes.c_uint),
+        ("bus", ctypes.c_uint),
+        ("device", ctypes.c_uint),
+        ("pciDeviceId", ctypes.c_uint),
+        ("pciSubSystemId", ctypes.c_uint),
+        ("busId", ctypes.c_char * _BUS_ID_SIZE),
+    ]
+
 
 # How the fake driver writes a c_nvmlFieldValue_t: fieldId, scopeId, timestamp, latencyUsec,
 # valueType, nvmlReturn, then the union member of the value's type, in the struct's native
@@ -201,6 +229,10 @@ class FakeGpu:
         power_usage: Answers ``nvmlDeviceGetPowerUsage``.
         usage_average: ``nvmlDeviceGetPowerUsage`` returns the 1 s mean (default: Ampere+; the
             GA100 presets say False).
+        average_field: Answers ``NVML_FI_DEV_POWER_AVERAGE`` (default: where the power fields
+            answer and ``nvmlDeviceGetPowerUsage`` is the average, as nvml.h documents it).
+        pci_device_id: The 16-bit PCI device id (default: 0x2330, an H100 SXM5 80GB; None:
+            ``nvmlDeviceGetPciInfo`` answers NotSupported).
         counter_start_mj: Counter value at driver load (a server up for weeks shows a large one).
         counter_update_s: The counter moves only at multiples of this period (0: continuously).
         counter_update_phase_s: ... shifted by this much (the GPUs of a node update at
@@ -224,6 +256,8 @@ class FakeGpu:
     energy_field_offset_mj: int = 0
     power_usage: bool = True
     usage_average: bool | None = None
+    average_field: bool | None = None
+    pci_device_id: int | None = 0x2330  # H100_SXM5_80GB_PCI_ID
     counter_start_mj: int = 0
     counter_update_s: float = 0.0
     counter_update_phase_s: float = 0.0
@@ -253,6 +287,12 @@ class FakeGpu:
         ampere_plus = self.architecture >= codes.NVML_DEVICE_ARCH_AMPERE
         return ampere_plus if self.usage_average is None else self.usage_average
 
+    def average_field_supported(self) -> bool:
+        """Whether the POWER_AVERAGE field value answers."""
+        if self.average_field is not None:
+            return self.average_field
+        return self.fields_supported() and self.usage_is_average()
+
     def latency_s(self, call: str, t_s: float) -> float:
         """How long ``call`` started at ``t_s`` takes, s (``call_latency_s`` plus slow windows)."""
         extra_s = sum(
@@ -263,18 +303,67 @@ class FakeGpu:
         return self.call_latency_s + extra_s
 
 
+# PCI device ids of the presets, from the PCI ID database (pciutils/pciids, pci.ids 2026.08.22).
+H100_SXM5_80GB_PCI_ID = 0x2330  # GH100 [H100 SXM5 80GB]
+A100_SXM4_80GB_PCI_ID = 0x20B2  # GA100 [A100 SXM4 80GB]
+A800_SXM4_80GB_PCI_ID = 0x20F3  # GA100 [A800-SXM4-80GB]
+A30_PCIE_PCI_ID = 0x20B7  # GA100GL [A30 PCIe]
+A10_PCI_ID = 0x2236  # GA102GL [A10]
+V100_SXM2_32GB_PCI_ID = 0x1DB5  # GV100GL [Tesla V100 SXM2 32GB]
+P100_PCIE_16GB_PCI_ID = 0x15F8  # GP100GL [Tesla P100 PCIe 16GB]
+
+
 def h100(**overrides: Any) -> FakeGpu:
     """An H100 SXM: Hopper, 700 W, counter, power fields, 1 s averaged power usage."""
     return FakeGpu(**overrides)
 
 
 def a100(**overrides: Any) -> FakeGpu:
-    """An A100 SXM (GA100): Ampere, 400 W, counter, instantaneous power usage, MIG capable."""
+    """An A100 SXM (GA100): Ampere, 400 W, counter, instantaneous power usage, MIG capable.
+
+    Like every GA100 it has no ``NVML_FI_DEV_POWER_AVERAGE`` (nvml.h: "supported on Ampere
+    (except GA100) or newer").
+    """
     spec: dict[str, Any] = {
         "name": "NVIDIA A100-SXM4-80GB",
         "architecture": codes.NVML_DEVICE_ARCH_AMPERE,
         "power_limit_mw": 400_000,
         "usage_average": False,
+        "pci_device_id": A100_SXM4_80GB_PCI_ID,
+    }
+    return FakeGpu(**(spec | overrides))
+
+
+def a800(**overrides: Any) -> FakeGpu:
+    """An A800 SXM (GA100, the A100 for export markets): as `a100`, with its own PCI id.
+
+    Its name does not say A100: only the PCI device id (or a name rule that knows the A800)
+    tells that its power usage is instantaneous. Pass ``name=`` to rename it further.
+    """
+    spec: dict[str, Any] = {
+        "name": "NVIDIA A800-SXM4-80GB",
+        "pci_device_id": A800_SXM4_80GB_PCI_ID,
+    }
+    return a100(**(spec | overrides))
+
+
+def a30(**overrides: Any) -> FakeGpu:
+    """An A30 PCIe (GA100): Ampere, 165 W, counter, instantaneous power usage."""
+    spec: dict[str, Any] = {
+        "name": "NVIDIA A30",
+        "power_limit_mw": 165_000,
+        "pci_device_id": A30_PCIE_PCI_ID,
+    }
+    return a100(**(spec | overrides))
+
+
+def a10(**overrides: Any) -> FakeGpu:
+    """An A10 (GA102): Ampere but not GA100, 150 W, counter, 1 s averaged power usage."""
+    spec: dict[str, Any] = {
+        "name": "NVIDIA A10",
+        "architecture": codes.NVML_DEVICE_ARCH_AMPERE,
+        "power_limit_mw": 150_000,
+        "pci_device_id": A10_PCI_ID,
     }
     return FakeGpu(**(spec | overrides))
 
@@ -285,6 +374,7 @@ def v100(**overrides: Any) -> FakeGpu:
         "name": "Tesla V100-SXM2-32GB",
         "architecture": codes.NVML_DEVICE_ARCH_VOLTA,
         "power_limit_mw": 300_000,
+        "pci_device_id": V100_SXM2_32GB_PCI_ID,
     }
     return FakeGpu(**(spec | overrides))
 
@@ -295,6 +385,7 @@ def p100(**overrides: Any) -> FakeGpu:
         "name": "Tesla P100-PCIE-16GB",
         "architecture": codes.NVML_DEVICE_ARCH_PASCAL,
         "power_limit_mw": 250_000,
+        "pci_device_id": P100_PCIE_16GB_PCI_ID,
     }
     return FakeGpu(**(spec | overrides))
 
@@ -463,6 +554,26 @@ class FakeNvml:
         """``NVML_DEVICE_ARCH_*`` code."""
         return self._on_gpu("nvmlDeviceGetArchitecture", handle, lambda g, t: g.architecture)
 
+    def nvmlDeviceGetPciInfo(self, handle: FakeHandle) -> nvmlPciInfo_t:  # noqa: N802
+        """PCI attributes; ``pciDeviceId`` = device id << 16 | 0x10DE, bus = NVML index + 1."""
+
+        def info(gpu: FakeGpu, t_s: float) -> nvmlPciInfo_t:
+            if gpu.pci_device_id is None:
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            bus = handle.position + 1
+            bus_id = f"00000000:{bus:02X}:00.0".encode()
+            return nvmlPciInfo_t(
+                busIdLegacy=f"0000:{bus:02X}:00.0".encode(),
+                domain=0,
+                bus=bus,
+                device=0,
+                pciDeviceId=(gpu.pci_device_id << 16) | NVIDIA_PCI_VENDOR_ID,
+                pciSubSystemId=0,
+                busId=bus_id,
+            )
+
+        return self._on_gpu("nvmlDeviceGetPciInfo", handle, info)
+
     def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:  # noqa: N802
         """[current, pending] MIG mode; NotSupported before Ampere."""
 
@@ -581,7 +692,7 @@ _FIELDS: dict[int, _Answer] = {
         _instant_mw,
     ),
     codes.NVML_FI_DEV_POWER_AVERAGE: (
-        FakeGpu.fields_supported,
+        FakeGpu.average_field_supported,
         codes.NVML_VALUE_TYPE_UNSIGNED_INT,
         "uiVal",
         _average_mw,

@@ -399,16 +399,19 @@ def test_chunk_summaries_on_segments_equal_per_trace_summaries() -> None:
         np.testing.assert_array_equal(batch.first_index[mine] - offsets[k], one.first_index)
 
 
+@pytest.mark.parametrize("margin", [0.1, math.inf])
 @pytest.mark.parametrize("block", [5, 64, 1000])
 def test_block_boundaries_do_not_change_results(
-    monkeypatch: pytest.MonkeyPatch, block: int
+    monkeypatch: pytest.MonkeyPatch, block: int, margin: float
 ) -> None:
     """The kernel walks blocks; tiny blocks put boundaries everywhere: same answers."""
     traces = _traces(5, 8)
     t, p, offsets = segments_from_list([a for a, _ in traces], [b for _, b in traces])
     p[::17] = 60.0  # readings below 100 W: the sensor term's correction paths
 
-    model = PowerModel(coverage_fraction=0.25, min_power_w=80.0, max_power_w=600.0)
+    model = PowerModel(
+        coverage_fraction=0.25, min_power_w=80.0, max_power_w=600.0, unseen_margin=margin
+    )
 
     def run() -> tuple[integrate.PowerEnergyBatch, integrate.ChunkSummaries]:
         return (
@@ -435,8 +438,17 @@ def test_kernel_matches_the_per_interval_model_on_a_long_trace(scale: float) -> 
     t = np.cumsum(rng.uniform(0.09, 0.11, n))
     t[150_000:] += 7.0
     p = scale * (400.0 + 200.0 * np.sin(np.arange(n) / 50.0) + 20.0 * rng.standard_normal(n))
-    for coverage, floor_w, limit_w in ((1.0, 0.0, None), (0.25, 30.0, 500.0)):
-        model = PowerModel(coverage_fraction=coverage, min_power_w=floor_w, max_power_w=limit_w)
+    for coverage, floor_w, limit_w, margin in (
+        (1.0, 0.0, None, 0.1),
+        (0.25, 30.0, 500.0, 0.1),
+        (0.25, 30.0, 500.0, math.inf),  # the worst case: the kernel's per-interval terms
+    ):
+        model = PowerModel(
+            coverage_fraction=coverage,
+            min_power_w=floor_w,
+            max_power_w=limit_w,
+            unseen_margin=margin,
+        )
         whole = integrate_power(t, p, model=model)
         curve = power_energy_curve(t, p, model=model)
         assert whole.energy_j == pytest.approx(curve.energy_j[-1], rel=1e-10)
@@ -544,16 +556,32 @@ def test_coverage_term_covers_aliased_instant_readings() -> None:
     true_j = (100.0 + 0.25 * 400.0) * 60.0
     blind = integrate_power(t, readings, model=PowerModel(method="power_instant"))
     assert not blind.energy_low_j <= true_j <= blind.energy_high_j  # why coverage matters
+    # The worst case (unseen_margin = inf): the unseen 75 % may hold 0 … 700 W. (Before the
+    # observed-range rule this was the only coverage band; the assertions are the old ones.)
     covered = integrate_power(
         t,
         readings,
-        model=PowerModel(method="power_instant", coverage_fraction=0.25, max_power_w=700.0),
+        model=PowerModel(
+            method="power_instant",
+            coverage_fraction=0.25,
+            max_power_w=700.0,
+            unseen_margin=math.inf,
+        ),
     )
     assert covered.method == "power_instant"
     assert covered.energy_low_j <= true_j <= covered.energy_high_j
-    # The unseen 75 % may hold 0 … 700 W: below 0.75 × 6 kJ, above 0.75 × (42 − 6) kJ.
+    # Below 0.75 × 6 kJ, above 0.75 × (42 − 6) kJ.
     assert covered.bound_below_j == pytest.approx(0.75 * 6000.0)
     assert covered.bound_above_j == pytest.approx(0.75 * (700.0 * 60.0 - 6000.0))
+    # The default bounds the unseen part by the range the readings show: bursts that no reading
+    # ever sees lie outside it, and the band says nothing about them (the rule's stated
+    # assumption fails; only readings that see all of the time, the driver's average, help).
+    observed = integrate_power(
+        t, readings, model=PowerModel(method="power_instant", coverage_fraction=0.25)
+    )
+    assert observed.bound_below_j == pytest.approx(0.0, abs=1e-9)
+    assert observed.bound_above_j == pytest.approx(0.0, abs=1e-9)
+    assert not observed.energy_low_j <= true_j <= observed.energy_high_j
 
 
 def test_aggregation_combines_devices_and_keeps_one_device_linear() -> None:
@@ -790,21 +818,111 @@ def test_averaging_window_zero_changes_nothing() -> None:
         assert getattr(zero, name) == getattr(plain, name), name
 
 
-def test_point_samples_get_the_floor_to_ceiling_band() -> None:
-    """Coverage 0: 70 ms pulses sampled every 100 ms alias, and the band still covers them."""
+def test_point_samples_get_the_observed_range_band() -> None:
+    """Coverage 0: 70 ms pulses sampled every 100 ms alias, and the band still covers them.
+
+    The samples see both levels, 80 W and 700 W; the unseen part of every interval is bounded
+    by that range widened by a tenth of it (80 − 62 = 18 W), clipped at the 700 W limit.
+    (This asserted the old 0 W … limit band; that band is still there with unseen_margin=inf.)
+    """
     t = np.arange(0.0, 10.0001, 0.1)
     p = np.where((t % 0.35) < 0.07, 700.0, 80.0)  # what the point samples happen to see
     true_j = 10.0 * (80.0 + 620.0 * 0.2)  # 20 % duty over 10 s
-    res = integrate_power(
-        t,
-        p,
-        model=PowerModel(
-            coverage_fraction=0.0,
-            max_power_w=_LIMIT_W,
-            sensor_rel_error=0.0,
-            sensor_abs_error_w=0.0,
-        ),
+    model = PowerModel(
+        coverage_fraction=0.0, max_power_w=_LIMIT_W, sensor_rel_error=0.0, sensor_abs_error_w=0.0
     )
-    assert res.energy_low_j == pytest.approx(0.0, abs=1e-9)
+    res = integrate_power(t, p, model=model)
+    assert res.energy_low_j == pytest.approx((80.0 - 0.1 * 620.0) * 10.0, rel=1e-12)
     assert res.energy_high_j == pytest.approx(_LIMIT_W * 10.0, rel=1e-12)
     assert res.energy_low_j <= true_j <= res.energy_high_j
+    worst = integrate_power(t, p, model=dataclasses.replace(model, unseen_margin=math.inf))
+    assert worst.energy_low_j == pytest.approx(0.0, abs=1e-9)
+    assert worst.energy_high_j == pytest.approx(_LIMIT_W * 10.0, rel=1e-12)
+    tight = integrate_power(t, p, model=dataclasses.replace(model, unseen_margin=0.0))
+    assert tight.energy_low_j == pytest.approx(80.0 * 10.0, rel=1e-12)
+    assert tight.energy_high_j == pytest.approx(700.0 * 10.0, rel=1e-12)
+
+
+# -- the unseen part of point samples: bounded by the range the readings show -------------------
+
+
+def test_a_steady_load_gets_a_band_far_narrower_than_floor_to_limit() -> None:
+    t = np.arange(0.0, 10.0001, 0.1)
+    p = np.full(t.size, 300.0)
+    point = PowerModel(method="power_instant", coverage_fraction=0.0, max_power_w=_LIMIT_W)
+    res = integrate_power(t, p, model=point)
+    assert res.energy_j == pytest.approx(3000.0)
+    assert res.bound_below_j == pytest.approx(0.0, abs=1e-9)  # no spread: nothing unseen beyond
+    assert res.bound_above_j == pytest.approx(0.0, abs=1e-9)
+    assert res.energy_high_j - res.energy_low_j == pytest.approx(2 * 0.05 * 3000.0)  # sensor
+    worst = integrate_power(t, p, model=dataclasses.replace(point, unseen_margin=math.inf))
+    assert worst.energy_high_j - worst.energy_low_j == pytest.approx(_LIMIT_W * 10.0 + 150.0)
+    assert res.energy_high_j - res.energy_low_j < 0.05 * (worst.energy_high_j - worst.energy_low_j)
+
+
+def test_chunks_bound_the_unseen_by_the_samples_their_intervals_touch() -> None:
+    # 100 W for 1 s, then 400 W: chunks of 0.5 s. The chunk before the step ends at the step's
+    # first sample (left-sample rule), so its range is 100 … 400 W; the others see one level.
+    t = np.round(np.arange(0.0, 1.95, 0.1), 9)
+    p = np.where(t < 1.0 - 1e-9, 100.0, 400.0)
+    model = PowerModel(
+        method="power_instant",
+        coverage_fraction=0.0,
+        max_power_w=_LIMIT_W,
+        sensor_rel_error=0.0,
+        sensor_abs_error_w=0.0,
+    )
+    chunks = summarize_chunks(t, p, chunk_s=0.5, origin_s=-1e-9, model=model)
+    assert chunks.t0_s.tolist() == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    # chunk 1 spans 0.5 … 1.0 s: the unseen may lie in [100 − 30, 400 + 30] W
+    assert chunks.energy_j.tolist() == pytest.approx([50.0, 65.0, 200.0, 160.0])
+    assert chunks.bound_below_j.tolist() == pytest.approx([0.0, 65.0 - 70.0 * 0.5, 0.0, 0.0])
+    assert chunks.bound_above_j.tolist() == pytest.approx([0.0, 430.0 * 0.5 - 65.0, 0.0, 0.0])
+    whole = integrate_power(t, p, model=model)  # one group: the range of the whole trace
+    assert whole.bound_above_j == pytest.approx(430.0 * 1.9 - 475.0)
+    assert float(chunks.bound_above_j.sum()) < whole.bound_above_j
+
+
+@pytest.mark.parametrize("phase_s", np.linspace(0.0, 0.25, 50, endpoint=False).tolist())
+def test_the_observed_band_covers_a_square_wave_aliased_against_the_tick(phase_s: float) -> None:
+    """Duty 0.3, period 0.25 s, read every 0.1 s: the samples see 1 or 2 of the 5 phases they
+    land on high (20 or 40 % against 30 %), so each 10 s chunk is off by ±25 % here; the band of
+    the range they show covers it, and is narrower than 0 W … limit."""
+    low_w, high_w, period_s, duty = 60.0, 600.0, 0.25, 0.3
+
+    def energy_j(t_s: FloatArray) -> FloatArray:  # primitive: time high since u = 0, exact
+        u = t_s + phase_s
+        periods = np.floor(u / period_s)
+        high_s = periods * duty * period_s + np.minimum(u - periods * period_s, duty * period_s)
+        return low_w * t_s + (high_w - low_w) * high_s
+
+    t = np.round(np.arange(0.0, 59.95, 0.1), 9)  # six chunks of 10 s
+    p = np.where(np.mod(t + phase_s, period_s) < duty * period_s, high_w, low_w)
+    model = PowerModel(method="power_instant", coverage_fraction=0.0, max_power_w=_LIMIT_W)
+    chunks = summarize_chunks(t, p, chunk_s=10.0, origin_s=-1e-9, model=model)
+    true_j = energy_j(chunks.t1_s) - energy_j(chunks.t0_s)
+    error = np.abs(chunks.energy_j - true_j) / true_j
+    assert error.max() > 0.2  # the aliasing is real
+    assert np.all(chunks.energy_low_j <= true_j)
+    assert np.all(true_j <= chunks.energy_high_j)
+    worst = dataclasses.replace(model, unseen_margin=math.inf)
+    old = summarize_chunks(t, p, chunk_s=10.0, origin_s=-1e-9, model=worst)
+    assert np.all(chunks.energy_high_j - chunks.energy_low_j < old.energy_high_j - old.energy_low_j)
+
+
+@settings(max_examples=80, deadline=None)
+@given(trace=_trace(), margin=st.floats(0.0, 3.0), coverage=st.floats(0.0, 0.99))
+def test_the_observed_band_holds_the_estimate_and_never_exceeds_the_worst_case(
+    trace: tuple[FloatArray, FloatArray], margin: float, coverage: float
+) -> None:
+    t, p = trace
+    model = PowerModel(coverage_fraction=coverage, max_power_w=2000.0, unseen_margin=margin)
+    observed = integrate_power(t, p, model=model)
+    worst = integrate_power(t, p, model=dataclasses.replace(model, unseen_margin=math.inf))
+    assert observed.energy_j == worst.energy_j
+    assert 0.0 <= observed.bound_below_j <= worst.bound_below_j * (1 + 1e-12) + 1e-9
+    assert 0.0 <= observed.bound_above_j <= worst.bound_above_j * (1 + 1e-12) + 1e-9
+    # and the curve, cut at the trace's ends, says the same
+    curve = power_energy_curve(t, p, model=model)
+    assert curve.bound_below_j[-1] == pytest.approx(observed.bound_below_j, rel=1e-9, abs=1e-9)
+    assert curve.bound_above_j[-1] == pytest.approx(observed.bound_above_j, rel=1e-9, abs=1e-9)

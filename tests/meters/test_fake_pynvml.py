@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import inspect
 import sys
 from typing import Any
 
@@ -17,9 +18,12 @@ from thermoledger.meters.testing.fake_pynvml import (
     FakeHandle,
     FakeNvml,
     Fault,
+    a30,
     a100,
+    a800,
     h100,
     p100,
+    v100,
 )
 
 
@@ -45,6 +49,7 @@ def test_field_value_struct_has_the_real_layout(real: Any) -> None:
     pairs: list[tuple[Any, Any]] = [
         (fake_module.c_nvmlFieldValue_t, real.c_nvmlFieldValue_t),
         (fake_module.c_nvmlValue_t, real.c_nvmlValue_t),
+        (fake_module.nvmlPciInfo_t, real.nvmlPciInfo_t),  # what nvmlDeviceGetPciInfo returns
     ]
     for ours, theirs in pairs:
         assert [name for name, _ in ours._fields_] == [name for name, _ in theirs._fields_]
@@ -112,6 +117,37 @@ def test_power_usage_is_averaged_on_hopper_and_instant_on_ga100() -> None:
     clock.advance(0.5)  # high half: the instant is 500 W, the last second averaged 300 W
     assert fake.nvmlDeviceGetPowerUsage(FakeHandle(0)) == 300_000
     assert fake.nvmlDeviceGetPowerUsage(FakeHandle(1)) == 500_000
+
+
+def test_the_real_binding_returns_the_pci_struct_the_fake_mirrors(real: Any) -> None:
+    # nvmlDeviceGetPciInfo is nvmlDeviceGetPciInfo_v3, which fills an nvmlPciInfo_t
+    assert "nvmlPciInfo_t()" in inspect.getsource(real.nvmlDeviceGetPciInfo_v3)
+
+
+def test_pci_info_carries_the_device_id_in_the_upper_half() -> None:
+    fake = FakeNvml([h100(), a800(name="NVIDIA Graphics Device"), a30(), p100(pci_device_id=None)])
+    fake.nvmlInit()
+    info = fake.nvmlDeviceGetPciInfo(FakeHandle(1))
+    assert isinstance(info, fake_module.nvmlPciInfo_t)
+    assert info.pciDeviceId == 0x20F310DE  # A800-SXM4-80GB, vendor 10de
+    assert info.busId == b"00000000:02:00.0"
+    assert fake.nvmlDeviceGetPciInfo(FakeHandle(0)).pciDeviceId >> 16 == 0x2330  # H100 SXM5
+    assert fake.nvmlDeviceGetPciInfo(FakeHandle(2)).pciDeviceId >> 16 == 0x20B7  # A30 PCIe
+    with pytest.raises(fake.nvmlExceptionClass(codes.NVML_ERROR_NOT_SUPPORTED)):
+        fake.nvmlDeviceGetPciInfo(FakeHandle(3))
+
+
+def test_the_average_field_answers_only_where_the_driver_averages() -> None:
+    """nvml.h: POWER_AVERAGE is "supported on Ampere (except GA100) or newer architectures"."""
+    fake = FakeNvml([h100(), a100(), a800(), v100()])
+    fake.nvmlInit()
+    fields = [codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_FI_DEV_POWER_INSTANT]
+    returns = [
+        [v.nvmlReturn for v in fake.nvmlDeviceGetFieldValues(FakeHandle(i), fields)]
+        for i in range(4)
+    ]
+    unsupported = codes.NVML_ERROR_NOT_SUPPORTED
+    assert returns == [[0, 0], [unsupported, 0], [unsupported, 0], [unsupported, 0]]
 
 
 def test_pre_volta_has_no_counter_no_fields_no_mig() -> None:

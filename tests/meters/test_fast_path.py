@@ -99,7 +99,9 @@ def _fleet(*, lasting: bool = True) -> list[FakeGpu]:
 
 def _nvml(clock: ManualClock, *, lasting: bool = True) -> NvmlBackend:
     fake = FakeNvml(_fleet(lasting=lasting), clock=clock)
-    return NvmlBackend(nvml=fake, clock=clock, env={})
+    # The instantaneous field, which the faults above target (the default reads the average
+    # field 185 where there is one: the same code paths with another field id).
+    return NvmlBackend(nvml=fake, clock=clock, env={}, power_reading="instant")
 
 
 class ReadingsOnly:

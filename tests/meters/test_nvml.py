@@ -74,18 +74,24 @@ def test_readings_are_in_watts_and_joules() -> None:
     assert readings.energy_method.tolist() == [Method.COUNTER]
 
 
-def test_power_comes_from_the_instant_field_by_default_and_the_average_on_request() -> None:
+def test_power_comes_from_the_average_field_by_default_and_the_instant_on_request() -> None:
     wave = Bursty(100.0, 500.0, period_s=2.0)
     clock = ManualClock()
-    instant, fake_i, _ = _open([h100(profile=wave)], clock)
-    average, _, _ = _open([h100(profile=wave)], clock, prefer="average")
+    average, fake_a, _ = _open([h100(profile=wave)], clock)
+    instant, fake_i, _ = _open([h100(profile=wave)], clock, power_reading="instant")
+    assert average.power_reading == "auto"
+    info = average.devices()[0]
+    assert info.power_method is Method.POWER_AVG
+    assert info.uncertainty.power_window_s == 1.0
+    assert "NVML_FI_DEV_POWER_AVERAGE" in info.uncertainty.note  # where the window comes from
     assert instant.devices()[0].power_method is Method.POWER_INSTANT
-    assert average.devices()[0].power_method is Method.POWER_AVG
-    assert average.devices()[0].uncertainty.power_window_s == 1.0
+    assert instant.devices()[0].uncertainty.power_window_s is None
     clock.advance(0.5)
     assert instant.read().power_w.tolist() == [500.0]
     assert average.read().power_w.tolist() == [300.0]  # mean of the last second
-    assert fake_i.calls[("nvmlDeviceGetPowerUsage", 0)] == 0  # fields were enough
+    for fake in (fake_a, fake_i):
+        assert fake.calls[("nvmlDeviceGetPowerUsage", 0)] == 0  # fields were enough
+        assert fake.calls[("nvmlDeviceGetPciInfo", 0)] == 0
 
 
 @pytest.mark.parametrize(
@@ -507,7 +513,7 @@ def test_a_lost_gpu_reads_the_same_on_both_paths(energy_field: bool) -> None:
 def test_a_failing_power_field_maps_the_same_on_both_paths(
     energy_field: bool, code: int, status: DeviceStatus, power_nan: bool, energy_nan: bool
 ) -> None:
-    fault = Fault(code, 1.0, 2.0, field_id=codes.NVML_FI_DEV_POWER_INSTANT)
+    fault = Fault(code, 1.0, 2.0, field_id=codes.NVML_FI_DEV_POWER_AVERAGE)  # read by default
     backend, _, clock = _open([h100(faults=(fault,), energy_field=energy_field)])
     assert backend.energy_in_field == (energy_field,)
     clock.advance(1.5)
@@ -515,7 +521,7 @@ def test_a_failing_power_field_maps_the_same_on_both_paths(
     assert readings.status.tolist() == [status]
     assert np.isnan(readings.power_w[0]) == power_nan
     assert np.isnan(readings.energy_j[0]) == energy_nan
-    assert "nvmlDeviceGetFieldValues(186)" in readings.messages[0]
+    assert "nvmlDeviceGetFieldValues(185)" in readings.messages[0]
 
 
 def test_a_failing_combined_call_costs_both_figures_for_that_tick() -> None:
