@@ -123,7 +123,9 @@ def _gpu(mode: Mode, profile: Profile, position: int) -> FakeGpu:
 
 
 def _backend(fake: FakeNvml, mode: Mode) -> NvmlBackend:
-    return NvmlBackend(nvml=fake, env={}, prefer="instant" if mode == "instant" else "average")
+    return NvmlBackend(
+        nvml=fake, env={}, power_reading="instant" if mode == "instant" else "average"
+    )
 
 
 @contextmanager
