@@ -4,7 +4,7 @@ Everything here is plain float64 numpy arrays in SI units (seconds, watts, joule
 only numpy and the standard library, so the light meter process can summarise its chunks with
 the same code the service uses for reports (the meter must never import pint). The options of
 a power integration named below (``gap_factor``, ``max_power_w``, ``min_power_w``,
-``coverage_fraction``, ``unseen_margin``, ``averaging_window_s`` ...) are the fields of one
+``coverage_fraction``, ``unseen_margin``, ``rare_level_readings``, ``averaging_window_s`` ...) are the fields of one
 `PowerModel`, checked once when it is made.
 
 Integration rule
@@ -131,6 +131,14 @@ Unseen power (``unseen_margin`` f, default 0.1)
     every 0.05 s, that always fall between readings), or a chunk of very few readings. No rule
     built on the readings can bound what they never show; the driver's average, which sees
     all of the time, can (the meter's default where a GPU has one).
+
+    *Rare levels* (``rare_level_readings`` k, default 3): a level the load holds for a share
+    q of the group's time is missed by all n readings at random phases with probability
+    (1 − q)^n < e^(−qn), under 5 % once q ≥ 3/n. So the band also allows, for k/n of the
+    measured time (capped at all of it), power anywhere out to ``min_power_w`` below and
+    the ceiling above: narrow for a 10 s chunk of 100 readings (3 %), wide on purpose for a
+    2 s window of 20 (15 %), which is what so few point samples can say. A load in step
+    with the tick is not at random phases, and stays outside any such rule.
 
     ``unseen_margin = math.inf`` gives the worst case instead: the unseen part anywhere
     between ``min_power_w`` and the ceiling, a bound (not an assumption) when the ceiling is

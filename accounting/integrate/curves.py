@@ -11,7 +11,13 @@ import numpy.typing as npt
 from ..errors import InvalidSamples
 from ._validate import FloatArray, IntArray, InvalidArgument, _one_trace, _power_problem
 from .counter import _one_counter
-from .model import _DEFAULT_MODEL, COUNTER_REL_ERROR, Method, PowerModel, _band
+from .model import (
+    _DEFAULT_MODEL,
+    COUNTER_REL_ERROR,
+    Method,
+    PowerModel,
+    _band,
+)
 from .power import _edge_residual, _thresholds, _unseen_range
 
 
@@ -131,6 +137,11 @@ def power_energy_curve(
         low_w, high_w = _unseen_range(p.min(keepdims=True), p.max(keepdims=True), model)
         below = unseen * np.maximum(e - low_w[0] * dt, 0.0)
         above = unseen * np.maximum(high_w[0] * dt - e, 0.0)
+        # and a level rare enough to fall between every reading (3/n of the time)
+        rare = unseen * min(model.rare_level_readings / p.size, 1.0) * dt
+        below += rare * max(low_w[0] - floor_w, 0.0)
+        if math.isfinite(ceiling):
+            above += rare * max(ceiling - high_w[0], 0.0)
     elif unseen > 0:
         below = unseen * np.maximum(e - floor_w * dt, 0.0)
         above = unseen * np.maximum(ceiling * dt - e, 0.0)

@@ -30,6 +30,10 @@ COUNTER_REL_ERROR: Final = 0.02
 UNSEEN_MARGIN: Final = 0.1
 """How far beyond the range of the observed readings the unseen power may lie, as a fraction of
 that range (package docstring, "Unseen power")."""
+RARE_LEVEL_READINGS: Final = 3.0
+"""A level that n readings at random phases of the load all miss holds at most this many n-ths
+of the time, with 95 % probability ((1 − 3/n)^n < e^-3 = 5 %; package docstring, "Unseen
+power")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,11 @@ class PowerModel:
             a whole-trace integration) widened by this fraction of that range on each side
             and clipped to [min_power_w, max_power_w]; >= 0 (default 0.1). ``math.inf``: the
             worst case, anywhere in [min_power_w, ceiling], a bound only with max_power_w.
+        rare_level_readings: k, the readings' count a level may hide in: with n readings in a
+            chunk, a level none of them saw held at most k/n of its time, anywhere out to
+            the floor or the ceiling (package docstring, "Unseen power"); >= 0 (default 3:
+            missed with less than 5 % probability by readings at random phases of the load);
+            0 leaves this term out.
         averaging_window_s: Window w of a trailing moving-average reading, s, >= 0 (NVML on
             Hopper: 1 s); 0 (default) for readings taken as the power at their own time. With
             w > 0 the estimate is lag-corrected and the band gains the averaging residual
@@ -96,6 +105,7 @@ class PowerModel:
     coverage_fraction: float = 1.0
     averaging_window_s: float = 0.0
     unseen_margin: float = UNSEEN_MARGIN
+    rare_level_readings: float = RARE_LEVEL_READINGS
 
     def __post_init__(self) -> None:
         if self.method not in POWER_METHODS:
@@ -127,6 +137,9 @@ class PowerModel:
             checked[name] = _check_param(name, getattr(self, name), low=0.0, high=high)
         checked["unseen_margin"] = _check_param(
             "unseen_margin", self.unseen_margin, low=0.0, high=math.inf, allow_inf=True
+        )
+        checked["rare_level_readings"] = _check_param(
+            "rare_level_readings", self.rare_level_readings, low=0.0
         )
         for name, value in checked.items():  # frozen: stored once, as floats
             object.__setattr__(self, name, value)

@@ -12,7 +12,13 @@ import numpy.typing as npt
 from ..errors import InvalidSamples
 from ._kernel import _power_kernel
 from ._validate import FloatArray, IntArray, _as_1d, _check_lengths, _one_trace
-from .model import _DEFAULT_MODEL, GapPolicy, PowerMethod, PowerModel, _band
+from .model import (
+    _DEFAULT_MODEL,
+    GapPolicy,
+    PowerMethod,
+    PowerModel,
+    _band,
+)
 from .segments import _Layout, _nonempty, _offsets, _sum_by, segments_from_rows
 
 _MEDIAN_SAMPLE: Final = 1 << 16
@@ -289,6 +295,13 @@ def _power_groups(
         unseen = 1.0 - model.coverage_fraction
         below += unseen * np.maximum(e_meas - low_w * measured_s, 0.0)
         above += unseen * np.maximum(high_w * measured_s - e_meas, 0.0)
+        # A level rare enough to fall between every reading: up to 3/n of the time, anywhere
+        # out to the floor or the ceiling (package docstring, "Unseen power").
+        readings = (touched - first + 1).astype(np.float64)
+        rare = unseen * np.minimum(model.rare_level_readings / readings, 1.0) * measured_s
+        g_ceil = ceiling[grp_seg]
+        below += rare * np.maximum(low_w - floor_w, 0.0)
+        above += rare * np.where(np.isnan(g_ceil), 0.0, np.maximum(g_ceil - high_w, 0.0))
     elif partial:
         unseen = 1.0 - model.coverage_fraction
         g_ceil = ceiling[grp_seg]

@@ -549,12 +549,15 @@ def test_band_covers_the_true_energy_of_a_known_profile() -> None:
 
 
 def test_coverage_term_covers_aliased_instant_readings() -> None:
+    # The range of the readings in isolation: the rare-level term (its own test) left out.
     # A 25 ms burst of 500 W every 100 ms over a 100 W floor; instantaneous readings every
     # 100 ms always land between bursts (the A100/H100 failure mode): they see only 100 W.
     t = np.arange(0.0, 60.0001, 0.1)
     readings = np.full(t.size, 100.0)
     true_j = (100.0 + 0.25 * 400.0) * 60.0
-    blind = integrate_power(t, readings, model=PowerModel(method="power_instant"))
+    blind = integrate_power(
+        t, readings, model=PowerModel(rare_level_readings=0.0, method="power_instant")
+    )
     assert not blind.energy_low_j <= true_j <= blind.energy_high_j  # why coverage matters
     # The worst case (unseen_margin = inf): the unseen 75 % may hold 0 … 700 W. (Before the
     # observed-range rule this was the only coverage band; the assertions are the old ones.)
@@ -562,6 +565,7 @@ def test_coverage_term_covers_aliased_instant_readings() -> None:
         t,
         readings,
         model=PowerModel(
+            rare_level_readings=0.0,
             method="power_instant",
             coverage_fraction=0.25,
             max_power_w=700.0,
@@ -577,7 +581,9 @@ def test_coverage_term_covers_aliased_instant_readings() -> None:
     # ever sees lie outside it, and the band says nothing about them (the rule's stated
     # assumption fails; only readings that see all of the time, the driver's average, help).
     observed = integrate_power(
-        t, readings, model=PowerModel(method="power_instant", coverage_fraction=0.25)
+        t,
+        readings,
+        model=PowerModel(rare_level_readings=0.0, method="power_instant", coverage_fraction=0.25),
     )
     assert observed.bound_below_j == pytest.approx(0.0, abs=1e-9)
     assert observed.bound_above_j == pytest.approx(0.0, abs=1e-9)
@@ -825,11 +831,16 @@ def test_point_samples_get_the_observed_range_band() -> None:
     by that range widened by a tenth of it (80 − 62 = 18 W), clipped at the 700 W limit.
     (This asserted the old 0 W … limit band; that band is still there with unseen_margin=inf.)
     """
+    # The range of the readings in isolation: the rare-level term (its own test) left out.
     t = np.arange(0.0, 10.0001, 0.1)
     p = np.where((t % 0.35) < 0.07, 700.0, 80.0)  # what the point samples happen to see
     true_j = 10.0 * (80.0 + 620.0 * 0.2)  # 20 % duty over 10 s
     model = PowerModel(
-        coverage_fraction=0.0, max_power_w=_LIMIT_W, sensor_rel_error=0.0, sensor_abs_error_w=0.0
+        rare_level_readings=0.0,
+        coverage_fraction=0.0,
+        max_power_w=_LIMIT_W,
+        sensor_rel_error=0.0,
+        sensor_abs_error_w=0.0,
     )
     res = integrate_power(t, p, model=model)
     assert res.energy_low_j == pytest.approx((80.0 - 0.1 * 620.0) * 10.0, rel=1e-12)
@@ -847,9 +858,12 @@ def test_point_samples_get_the_observed_range_band() -> None:
 
 
 def test_a_steady_load_gets_a_band_far_narrower_than_floor_to_limit() -> None:
+    # The range of the readings in isolation: the rare-level term (its own test) left out.
     t = np.arange(0.0, 10.0001, 0.1)
     p = np.full(t.size, 300.0)
-    point = PowerModel(method="power_instant", coverage_fraction=0.0, max_power_w=_LIMIT_W)
+    point = PowerModel(
+        rare_level_readings=0.0, method="power_instant", coverage_fraction=0.0, max_power_w=_LIMIT_W
+    )
     res = integrate_power(t, p, model=point)
     assert res.energy_j == pytest.approx(3000.0)
     assert res.bound_below_j == pytest.approx(0.0, abs=1e-9)  # no spread: nothing unseen beyond
@@ -860,12 +874,36 @@ def test_a_steady_load_gets_a_band_far_narrower_than_floor_to_limit() -> None:
     assert res.energy_high_j - res.energy_low_j < 0.05 * (worst.energy_high_j - worst.energy_low_j)
 
 
+def test_a_level_rare_enough_to_hide_between_the_readings_is_in_the_band() -> None:
+    """20 point samples at random phases all see 110 W; the load held 640 W for 10 % of the
+    time, which 20 readings miss with probability 0.9**20 = 12 %. The range of the readings
+    says nothing about it; the rare-level term (3/n of the time, out to the ceiling) does."""
+    t = np.round(np.arange(0.0, 2.0001, 0.1), 9)
+    p = np.full(t.size, 110.0)
+    true_j = 2.0 * (110.0 + 0.1 * 530.0)
+    model = PowerModel(method="power_instant", coverage_fraction=0.0, max_power_w=700.0)
+    res = integrate_power(t, p, model=model)
+    assert res.energy_low_j <= true_j <= res.energy_high_j
+    share = 3.0 / t.size
+    assert res.bound_above_j == pytest.approx(share * (700.0 - 110.0) * 2.0)
+    assert res.bound_below_j == pytest.approx(share * 110.0 * 2.0)
+    # 100 readings: the same hidden share would be seen (0.9**100 < 1e-4), and the term shrinks
+    t100 = np.round(np.arange(0.0, 10.0001, 0.1), 9)
+    res100 = integrate_power(t100, np.full(t100.size, 110.0), model=model)
+    assert res100.bound_above_j / (590.0 * 10.0) == pytest.approx(3.0 / t100.size)
+    without = integrate_power(t, p, model=dataclasses.replace(model, rare_level_readings=0.0))
+    assert without.bound_above_j == pytest.approx(0.0, abs=1e-9)
+    assert not without.energy_low_j <= true_j <= without.energy_high_j
+
+
 def test_chunks_bound_the_unseen_by_the_samples_their_intervals_touch() -> None:
+    # The range of the readings in isolation: the rare-level term (its own test) left out.
     # 100 W for 1 s, then 400 W: chunks of 0.5 s. The chunk before the step ends at the step's
     # first sample (left-sample rule), so its range is 100 … 400 W; the others see one level.
     t = np.round(np.arange(0.0, 1.95, 0.1), 9)
     p = np.where(t < 1.0 - 1e-9, 100.0, 400.0)
     model = PowerModel(
+        rare_level_readings=0.0,
         method="power_instant",
         coverage_fraction=0.0,
         max_power_w=_LIMIT_W,
