@@ -4,6 +4,7 @@
 - `meters.testing.fake_pynvml`: an object that quacks like the ``pynvml`` module, with NVML's
   units, error codes and scripted faults (counter reset, pre-Volta, GPU lost, slow calls).
 - `meters.testing.fake_powercap`: builds a ``/sys/class/powercap``-like tree in a directory.
+- `meters.testing.fake_hwmon`: builds a ``/sys/class/hwmon``-like tree (``amd_energy``).
 - `meters.testing.fake_service`: the service's ingest API in memory, as an ``httpx`` handler,
   for code that uploads (idempotent by key and hash like the real one; scripted failures).
 """
