@@ -112,6 +112,11 @@ Many traces at once
     to the total length; trace k is ``[offsets[k], offsets[k+1])``); `segments_from_rows` and
     `segments_from_list` build it from a 2-D (devices × samples) array or a list of traces.
 
+Overlapping domains
+    Totals across devices add each joule once: a device may declare the kinds it covers on its
+    host (a GH200-class module covers its CPU), and the devices it covers are listed but left
+    out of every total (`covered_by`, module ``overlap``).
+
 Speed
     The power kernel streams memory once: it walks the arrays in cache-sized blocks with
     preallocated buffers (``out=``), validates and detects gaps on each block while it is in
@@ -149,6 +154,7 @@ from .model import (
     PowerMethod,
     PowerModel,
 )
+from .overlap import KINDS, covered_by, kind_order
 from .power import (
     GapReport,
     PowerEnergy,
@@ -163,6 +169,7 @@ __all__ = [
     "COMBINES",
     "COUNTER_REL_ERROR",
     "GAP_POLICIES",
+    "KINDS",
     "METHODS",
     "POWER_METHODS",
     "SENSOR_ABS_ERROR_W",
@@ -184,10 +191,12 @@ __all__ = [
     "WindowEnergy",
     "aggregate_energy",
     "counter_energy_curve",
+    "covered_by",
     "integrate_counter",
     "integrate_power",
     "integrate_power_rows",
     "integrate_power_segments",
+    "kind_order",
     "power_energy_curve",
     "segments_from_list",
     "segments_from_rows",
