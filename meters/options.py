@@ -61,6 +61,7 @@ class SettingsFlags(TypedDict):
     chunk_s: float | None
     spool_dir: str | None
     upload_timeout_s: float | None
+    cpu_tdp_w: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +80,7 @@ class MeterOptions(Options):
         tags: Run tags, from ``--tag KEY=VALUE``.
         simulate: Meter simulated devices.
         backend: Device backend (None: auto).
+        cpu_tdp_w: Where nothing is measurable, meter an estimate: CPU utilisation × this TDP, W.
         spool_dir: Spool directory.
         upload_timeout_s: How long to keep uploading at the end, s.
         grid_intensity_g_per_kwh: Location-based grid intensity, gCO2e/kWh.
@@ -101,6 +103,7 @@ class MeterOptions(Options):
     tags: Mapping[str, str] = field(default_factory=dict)
     simulate: bool = False
     backend: BackendChoice | None = None
+    cpu_tdp_w: float | None = None
     spool_dir: str | None = None
     upload_timeout_s: float | None = None
     grid_intensity_g_per_kwh: float | None = None
@@ -124,6 +127,7 @@ class MeterOptions(Options):
             chunk_s=self.chunk_s,
             spool_dir=self.spool_dir,
             upload_timeout_s=self.upload_timeout_s,
+            cpu_tdp_w=self.cpu_tdp_w,
         )
 
     @classmethod
@@ -156,6 +160,7 @@ class MeterOptions(Options):
             tags=tags,
             simulate=args.simulate,
             backend=cast(BackendChoice | None, args.backend),  # argparse checked the choice
+            cpu_tdp_w=args.cpu_tdp_w,
             spool_dir=args.spool_dir,
             upload_timeout_s=args.upload_timeout,
             grid_intensity_g_per_kwh=args.grid_intensity,
@@ -358,7 +363,17 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
         "--simulate", action="store_true", help="meter simulated devices (labelled)"
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, help="device backend (default: auto: NVML, else simulated)"
+        "--backend",
+        choices=BACKENDS,
+        help="device backend (default: auto: every real domain found, NVIDIA GPUs and CPU "
+        "packages and DRAM; never simulated devices)",
+    )
+    parser.add_argument(
+        "--cpu-tdp-w",
+        type=float,
+        metavar="W",
+        help="where nothing is measurable, meter a labelled estimate: CPU utilisation × this "
+        "TDP (default: THERMOLEDGER_CPU_TDP_W; unset: meter nothing there)",
     )
     parser.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
     parser.add_argument(
