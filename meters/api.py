@@ -292,9 +292,12 @@ def _open_auto(
                 raise NothingMeasurable(absent)
             from .backends.estimate import CpuEstimateBackend
 
-            estimate = CpuEstimateBackend(
-                cpu_tdp_w, proc_stat=sources.proc_stat, clock=sources.clock
-            )
+            try:
+                estimate = CpuEstimateBackend(
+                    cpu_tdp_w, proc_stat=sources.proc_stat, clock=sources.clock
+                )
+            except (OSError, ValueError) as e:
+                raise NothingMeasurable([*absent, f"estimate: {e}"]) from e
             log.warning(
                 "thermoledger: nothing measurable on this node (%s): metering an ESTIMATE "
                 "instead (CPU utilisation × %g W TDP, ±50 %%), labelled as such, not a measurement",

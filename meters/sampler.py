@@ -27,8 +27,8 @@ Slow devices
     outnumber the devices plus two. The other devices keep their schedule; the slow one is
     sampled when it answers, timed at its own calls, its energy counter spanning the gaps. Only
     where a device turns slow does a tick lose the readings of the devices it had not reached
-    (one tick each: no gap). A backend read as a whole (simulated, replay, RAPL) is one unit:
-    while its read hangs, every device is ``slow``.
+    (one tick each: no gap). A backend read as a whole (replay, for one) is one unit: while its
+    read hangs, every device is ``slow``.
 
 Samples and chunks
     Each device's readings go to a `meters.chunker.DeviceChunker`, which seals a chunk per

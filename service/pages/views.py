@@ -264,7 +264,8 @@ def _uncertainty(report: RunReportPublic) -> dict[str, Any]:
 def _bounds_rows(report: RunReportPublic, flops: float) -> list[charts.StripRow]:
     bounds = report.bounds
     # The energy the bounds were worked out with: the GPUs' where the node had more metered.
-    measured_j = flops / bounds.measured_flop_per_j if bounds else report.energy.total.energy_j
+    by_kind = report.energy.by_kind
+    measured_j = by_kind.get("gpu", report.energy.total).energy_j
     rows = [
         charts.StripRow(
             "measured",

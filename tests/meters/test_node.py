@@ -377,8 +377,8 @@ def module_info() -> DeviceInfo:
 
 def _sources(tmp_path: Path, *, gpus: int = 0, clock: ManualClock | None = None) -> Sources:
     clock = clock or ManualClock()
-    (tmp_path / "powercap").mkdir(exist_ok=True)
-    (tmp_path / "hwmon").mkdir(exist_ok=True)
+    (tmp_path / "powercap").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "hwmon").mkdir(parents=True, exist_ok=True)
     nvml = (
         FakeNvml([h100() for _ in range(gpus)], clock=clock)
         if gpus
@@ -472,3 +472,19 @@ def test_the_amd_hook_opens_the_amdsmi_backend_once_it_exists(
     backend, label = open_backend("auto", sources=sources)
     assert label == "nvml: 1 GPU; amdsmi: 2 GPUs"
     assert [d.uid[:4] for d in backend.devices()] == ["GPU-", "AMD-", "AMD-"]
+
+
+def test_auto_estimates_only_where_nothing_is_measurable(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 10 80 0 0 0 0 0 0\n")
+    sources = dataclasses.replace(_sources(tmp_path, gpus=1), proc_stat=stat)
+    backend, label = open_backend("auto", cpu_tdp_w=150.0, sources=sources)
+    assert label == "nvml: 1 GPU"  # a GPU is measurable: no estimate beside it
+    nothing = dataclasses.replace(_sources(tmp_path / "bare"), proc_stat=stat)
+    backend, label = open_backend("auto", cpu_tdp_w=150.0, sources=nothing)
+    assert label == "estimate: CPU utilisation × 150 W TDP (not a measurement)"
+    (info,) = backend.devices()
+    assert (info.kind, info.power_method.label, info.simulated) == ("cpu", "estimate", False)
+    unreadable = dataclasses.replace(nothing, proc_stat=tmp_path / "no-such-stat")
+    with pytest.raises(NothingMeasurable, match="estimate: "):
+        open_backend("auto", cpu_tdp_w=150.0, sources=unreadable)
