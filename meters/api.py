@@ -165,6 +165,15 @@ def _readable(backend: PowerBackend) -> bool:
     return any(readings.status_of(i) not in refused for i in range(len(readings)))
 
 
+def _why_unreadable(devices: Sequence[DeviceInfo]) -> str:
+    """The first unreadable device's note (file and fix), and how many more share the fate."""
+    notes = [d.note for d in devices if d.note]
+    if not notes:
+        return "no device can be read"
+    more = f" (and {len(notes) - 1} more like it)" if len(notes) > 1 else ""
+    return notes[0] + more
+
+
 def _cpu_label(kind: str, devices: Sequence[DeviceInfo], readable: bool) -> str:
     packages = [d for d in devices if d.scope == "package"]
     dram = [d for d in devices if d.scope == "dram"]
@@ -243,8 +252,7 @@ def _open_cpu(sources: Sources, absent: list[str]) -> _Found | None:
         if readable:
             return found
         denied = found
-        messages = {d.note for d in rapl.devices() if d.note}
-        absent.append(f"rapl: {'; '.join(sorted(messages)) or 'no zone can be read'}")
+        absent.append(f"rapl: {_why_unreadable(rapl.devices())}")
     try:
         hwmon = HwmonBackend(sources.hwmon, read_text=sources.read_text, clock=sources.clock)
     except MeterError as e:
@@ -258,7 +266,7 @@ def _open_cpu(sources: Sources, absent: list[str]) -> _Found | None:
         if denied is not None:
             denied.backend.close()
         return _Found(hwmon, label, readable=True)
-    absent.append(f"hwmon: {'; '.join(sorted({d.note for d in devices if d.note}))}")
+    absent.append(f"hwmon: {_why_unreadable(devices)}")
     if denied is not None:
         hwmon.close()
         return denied
