@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (only Python >= 3.11 and pip needed):
-#   make demo   - build .venv and run the demo (simulated GPUs unless a real one is present)
+#   make demo   - build .venv and run the demo (simulated GPUs, by design, labelled as such)
 #   make test   - build .venv and run lint, format check, types and the whole test suite
 PYTHON ?= python3
 VENV   := .venv

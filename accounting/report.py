@@ -9,6 +9,17 @@ whether the devices were simulated, and the assumptions of every bound, factor a
 Work (FLOPs) comes from what the job declared: FLOPs directly, or model size N with tokens D
 (training: 6·N·D; inference: 2·N per token), labelled as such. Without FLOPs, FLOP/J, MFU and
 the three bounds are reported as unavailable with the reason, not guessed.
+
+A node's domains
+    Devices have a kind (``gpu``, ``cpu``, ``dram``, ``other``). The report gives subtotals per
+    kind (run-wide and per host, each with its band) and a total per host (the node), and adds
+    each joule once: a device that another on its host covers (``covers``: a GH200-class
+    module's figure includes its CPU) keeps its line and its kind's subtotal on its node, marked
+    not counted, and is left out of the node, run and run-wide kind totals
+    (`accounting.integrate.covered_by`). RAPL's psys zone never reaches a report (the meter does
+    not read it). The hardware catalog and the bounds concern the accelerators: they are worked
+    out over the GPUs and the GPUs' energy (a GPU-only run: over everything, as before), and
+    hardware device-hours count the GPUs where there are any.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,12 +49,14 @@ from .carbon import (
 )
 from .catalog import Catalog, CatalogEntry, UnsupportedDtype, builtin_catalog, resolve
 from .cost import CloudPrice, CostBreakdown, OwnedHardware, Tariff, run_cost
-from .integrate import ChunkSummaries, aggregate_energy
+from .integrate import ChunkSummaries, aggregate_energy, covered_by, kind_order
 from .planning import inference_flops_per_token, training_flops
 
 __all__ = [
     "DeclaredWork",
     "DeviceUsage",
+    "KindUsage",
+    "NodeUsage",
     "PhaseUsage",
     "ReportSettings",
     "RunInfo",
@@ -95,6 +108,9 @@ class DeviceUsage:
         reset_count: Counter resets (driver reloads) seen.
         samples: Number of samples.
         simulated: Whether the device is simulated (its figures are not measurements).
+        kind: ``gpu``, ``cpu``, ``dram`` or ``other``.
+        covers: Other kinds on its host whose energy its figures include (a GH200-class
+            module: ``("cpu",)``); devices of those kinds on the host are left out of totals.
     """
 
     key: str
@@ -115,6 +131,8 @@ class DeviceUsage:
     reset_count: int = 0
     samples: int = 0
     simulated: bool = False
+    kind: str = "gpu"
+    covers: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -227,6 +245,38 @@ class EnergyLine:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class KindUsage:
+    """The devices of one kind on one host: their energy, and whether the node total adds it.
+
+    Attributes:
+        kind: ``gpu``, ``cpu``, ``dram`` or ``other``.
+        devices: How many devices of that kind the host has in the report.
+        line: Their energy with its band.
+        covered_by: The kinds of the devices on the host whose figures include these (empty:
+            counted; otherwise shown, never added to a total).
+    """
+
+    kind: str
+    devices: int
+    line: EnergyLine
+    covered_by: tuple[str, ...] = ()
+
+    @property
+    def counted(self) -> bool:
+        """Whether the node total adds this kind."""
+        return not self.covered_by
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    """One host: its total (each joule once) and its per-kind subtotals, in kind order."""
+
+    host: str
+    total: EnergyLine
+    kinds: tuple[KindUsage, ...]
+
+
 @dataclass(frozen=True)
 class RunReport:
     """The per-run report. `to_dict` for JSON, `render_text` for a terminal.
@@ -253,6 +303,9 @@ class RunReport:
     sci: SciResult | None
     notes: tuple[str, ...]
     location_unavailable_reason: str | None = None
+    by_kind: Mapping[str, EnergyLine] = field(default_factory=dict)
+    nodes: tuple[NodeUsage, ...] = ()
+    covered: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -298,6 +351,8 @@ class RunReport:
                 "mean_power_w": self.total.energy_j / self.duration_s if self.duration_s else 0.0,
                 "by_device": [self._device_dict(d) for d in self.devices],
                 "by_host": {host: line.to_dict() for host, line in self.hosts.items()},
+                "by_kind": {kind: line.to_dict() for kind, line in self.by_kind.items()},
+                "by_node": [_node_dict(node) for node in self.nodes],
                 "by_phase": [_phase_dict(p) for p in self.phases],
             },
             "work": {
@@ -337,8 +392,12 @@ class RunReport:
         return {
             "key": device.key,
             "host": device.host,
+            "kind": device.kind,
             "index": device.index,
             "name": device.name,
+            "covers": list(device.covers),
+            "counted": device.key not in self.covered,
+            "covered_by": self.covered.get(device.key),
             "catalog_id": None if entry is None else entry.id,
             "method": device.method,
             "simulated": device.simulated,
@@ -383,7 +442,20 @@ class RunReport:
                 f"{d.energy_j / J_PER_KWH:>9.4f} {d.sensor_uncertainty_j:>9,.0f} "
                 f"{d.mean_power_w:>7.1f} {d.peak_power_w:>7.1f} {d.gap_s:>6.1f}"
             )
-        if len(self.hosts) > 1:
+        for key, by in self.covered.items():
+            out.append(f"  {key} is inside {by}'s figure: shown, not added again")
+        if len(self.by_kind) > 1 or self.covered:
+            out.append("")
+            for node in self.nodes:
+                parts = ", ".join(
+                    f"{k.kind.upper() if k.kind != 'other' else 'other'} "
+                    f"{k.line.energy_j / J_PER_KWH:.4f}" + ("" if k.counted else " (not added)")
+                    for k in node.kinds
+                )
+                out.append(
+                    f"  node {node.host}: {node.total.energy_j / J_PER_KWH:.4f} kWh ({parts})"
+                )
+        elif len(self.hosts) > 1:
             out.append("")
             for host, line in self.hosts.items():
                 out.append(f"  host {host}: {line.energy_j / J_PER_KWH:.4f} kWh")
@@ -454,6 +526,22 @@ def _mj(value_j: float) -> str:
     return f"{value_j / 1e6:,.3f}" if math.isfinite(value_j) else "unbounded"
 
 
+def _node_dict(node: NodeUsage) -> dict[str, Any]:
+    return {
+        "host": node.host,
+        "total": node.total.to_dict(),
+        "by_kind": {
+            k.kind: {
+                **k.line.to_dict(),
+                "devices": k.devices,
+                "counted": k.counted,
+                "covered_by": list(k.covered_by),
+            }
+            for k in node.kinds
+        },
+    }
+
+
 def _phase_dict(phase: PhaseUsage) -> dict[str, Any]:
     return {
         "name": phase.name,
@@ -481,6 +569,8 @@ def devices_from_chunks(
     names: Sequence[str],
     catalog_ids: Sequence[str | None] | None = None,
     simulated: Sequence[bool] | None = None,
+    kinds: Sequence[str] | None = None,
+    covers: Sequence[Sequence[str]] | None = None,
 ) -> tuple[DeviceUsage, ...]:
     """Sum chunk summaries into one `DeviceUsage` per trace (segment).
 
@@ -489,6 +579,8 @@ def devices_from_chunks(
         keys, hosts, indexes, names: Per trace (segment order), the device's identity.
         catalog_ids: Per trace, a catalog id or None (resolve by name).
         simulated: Per trace, whether the device is simulated.
+        kinds: Per trace, the device's kind (default: ``gpu``).
+        covers: Per trace, the kinds on its host its figures include (default: none).
 
     Returns:
         One `DeviceUsage` per trace that has at least one chunk.
@@ -539,6 +631,8 @@ def devices_from_chunks(
                 reset_count=int(resets[k]),
                 samples=int(samples[k]),
                 simulated=False if simulated is None else bool(simulated[k]),
+                kind="gpu" if kinds is None else kinds[k],
+                covers=() if covers is None else tuple(covers[k]),
             )
         )
     return tuple(devices)
@@ -599,34 +693,22 @@ def build_run_report(
     catalog = settings.catalog or builtin_catalog()
     notes: list[str] = []
 
-    totals = aggregate_energy(
-        [d.energy_j for d in devices],
-        [d.sensor_uncertainty_j for d in devices],
-        [d.bound_below_j for d in devices],
-        [d.bound_above_j for d in devices],
-        device=[d.key for d in devices],
-        combine=settings.combine,
+    by = covered_by(
+        [d.host for d in devices], [d.kind for d in devices], [d.covers for d in devices]
     )
-    total = EnergyLine(
-        float(totals.energy_j[0]), float(totals.energy_low_j[0]), float(totals.energy_high_j[0])
+    counted = [d for d, b in zip(devices, by, strict=True) if b is None]
+    covered = {d.key: devices[b].key for d, b in zip(devices, by, strict=True) if b is not None}
+    total = _lines(counted, lambda d: "", settings.combine)[""]
+    hosts = _lines(counted, lambda d: d.host, settings.combine)
+    by_kind = dict(
+        sorted(_lines(counted, lambda d: d.kind, settings.combine).items(), key=_by_kind_order)
     )
-    host_totals = aggregate_energy(
-        [d.energy_j for d in devices],
-        [d.sensor_uncertainty_j for d in devices],
-        [d.bound_below_j for d in devices],
-        [d.bound_above_j for d in devices],
-        device=[d.key for d in devices],
-        group=[d.host for d in devices],
-        combine=settings.combine,
-    )
-    hosts = {
-        str(key): EnergyLine(
-            float(host_totals.energy_j[i]),
-            float(host_totals.energy_low_j[i]),
-            float(host_totals.energy_high_j[i]),
+    nodes = _nodes(devices, by, hosts, settings.combine)
+    for key, covering in covered.items():
+        notes.append(
+            f"{key}: its energy is inside {covering}'s figure (that device covers its kind on "
+            "the host): shown, not added to any total"
         )
-        for i, key in enumerate(host_totals.key)
-    }
     t0_s = min(d.t0_s for d in devices)
     t1_s = max(d.t1_s for d in devices)
     duration_s = max(t1_s - t0_s, 0.0)
@@ -634,8 +716,10 @@ def build_run_report(
     if simulated:
         notes.append("simulated devices: every figure here is synthetic, not a measurement")
 
-    device_catalog: dict[str, CatalogEntry | None] = {}
-    for d in devices:
+    # The catalog and the bounds concern the accelerators: the GPUs, where the run has any.
+    accelerators = [d for d in counted if d.kind == "gpu"] or counted
+    device_catalog: dict[str, CatalogEntry | None] = {d.key: None for d in devices}
+    for d in accelerators:
         if d.catalog_id is not None:
             device_catalog[d.key] = catalog.get(d.catalog_id)
             continue
@@ -654,17 +738,26 @@ def build_run_report(
 
     flops, flops_source = _work_flops(run.kind, work)
     bounds: RunBounds | None = None
-    entries = [e for e in device_catalog.values() if e is not None]
+    entries = [e for d in accelerators if (e := device_catalog[d.key]) is not None]
+    bound_energy_j = total.energy_j
+    if len(accelerators) < len(counted):
+        bound_energy_j = _lines(accelerators, lambda d: "", settings.combine)[""].energy_j
     if flops is None:
         notes.append("no FLOPs declared (add_flops or model size + tokens): no bounds or MFU")
-    elif len(entries) < len(devices):
+    elif len(entries) < len(accelerators):
         notes.append("bounds skipped: some devices are not in the hardware catalog")
-    elif total.energy_j <= 0 or duration_s <= 0:
+    elif bound_energy_j <= 0 or duration_s <= 0:
         notes.append("bounds skipped: no energy or no duration measured")
     else:
+        if bound_energy_j != total.energy_j:
+            notes.append(
+                f"the bounds compare the GPUs' energy ({bound_energy_j:,.0f} J of "
+                f"{total.energy_j:,.0f} J): the rest of the node is outside the hardware "
+                "roofline"
+            )
         try:
             bounds = compare_run(
-                energy_j=total.energy_j,
+                energy_j=bound_energy_j,
                 flops=flops,
                 dtype=work.dtype,
                 duration_s=duration_s,
@@ -675,7 +768,7 @@ def build_run_report(
         except (BoundError, UnsupportedDtype) as e:
             notes.append(f"bounds unavailable: {e}")
 
-    device_hours = sum(d.duration_s for d in devices) / 3600.0
+    device_hours = sum(d.duration_s for d in accelerators) / 3600.0
     cost = run_cost(
         energy_j=total.energy_j,
         tariff=settings.tariff,
@@ -706,7 +799,7 @@ def build_run_report(
             intensity=settings.location_factor,
             embodied=settings.embodied,
             functional_unit=FunctionalUnit(f"{run.kind} run", 1),
-            boundary=f"{len(devices)} device(s) of run {run.name}",
+            boundary=f"{len(counted)} device(s) of run {run.name}",
         )
     notes.extend(cost.notes)
     notes.extend(carbon.notes)
@@ -732,7 +825,62 @@ def build_run_report(
         sci=sci,
         notes=tuple(dict.fromkeys(notes)),
         location_unavailable_reason=unavailable,
+        by_kind=by_kind,
+        nodes=nodes,
+        covered=covered,
     )
+
+
+def _by_kind_order(item: tuple[str, EnergyLine]) -> int:
+    return kind_order(item[0])
+
+
+def _lines(
+    devices: Sequence[DeviceUsage],
+    key: Callable[[DeviceUsage], str],
+    combine: Literal["independent", "linear"],
+) -> dict[str, EnergyLine]:
+    """Energy with its band per group of ``devices`` (grouped by ``key``), in key order."""
+    if not devices:
+        return {}
+    totals = aggregate_energy(
+        [d.energy_j for d in devices],
+        [d.sensor_uncertainty_j for d in devices],
+        [d.bound_below_j for d in devices],
+        [d.bound_above_j for d in devices],
+        device=[d.key for d in devices],
+        group=[key(d) for d in devices],
+        combine=combine,
+    )
+    return {
+        str(group): EnergyLine(
+            float(totals.energy_j[i]), float(totals.energy_low_j[i]), float(totals.energy_high_j[i])
+        )
+        for i, group in enumerate(totals.key)
+    }
+
+
+def _nodes(
+    devices: Sequence[DeviceUsage],
+    by: Sequence[int | None],
+    hosts: Mapping[str, EnergyLine],
+    combine: Literal["independent", "linear"],
+) -> tuple[NodeUsage, ...]:
+    """Per host, its total (counted devices) and every kind's subtotal, marked when covered."""
+    nodes = []
+    for host in sorted({d.host for d in devices}):
+        on_host = [(d, b) for d, b in zip(devices, by, strict=True) if d.host == host]
+        kinds = sorted({d.kind for d, _ in on_host}, key=kind_order)
+        lines = _lines([d for d, _ in on_host], lambda d: d.kind, combine)
+        usages = []
+        for kind in kinds:
+            members = [(d, b) for d, b in on_host if d.kind == kind]
+            covering = sorted(
+                {devices[b].kind for _, b in members if b is not None}, key=kind_order
+            )
+            usages.append(KindUsage(kind, len(members), lines[kind], tuple(covering)))
+        nodes.append(NodeUsage(host, hosts[host], tuple(usages)))
+    return tuple(nodes)
 
 
 def _no_location_factor(reason: str) -> EmissionFactor:

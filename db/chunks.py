@@ -145,6 +145,7 @@ def _match_devices(
                     "power_method": d.power_method,
                     "simulated": d.simulated,
                     "mig": d.mig,
+                    "covers": ",".join(d.covers),
                     "created_at": utcnow(),
                 }
                 for d in new

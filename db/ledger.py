@@ -566,7 +566,9 @@ class _Measured:
 
 
 def _measure(usage: RunUsage) -> _Measured:
-    devices = usage.devices
+    # A device covered by another (the CPU inside a GH200-class module's figure) is not
+    # added again: the ledger freezes the same IT energy as the report's total.
+    devices = usage.counted
     totals = aggregate_energy(
         [d.energy_j for d in devices],
         [d.sensor_uncertainty_j for d in devices],
@@ -584,12 +586,12 @@ def _measure(usage: RunUsage) -> _Measured:
         energy_j=float(totals.energy_j[0]),
         low_j=float(totals.energy_low_j[0]),
         high_j=float(totals.energy_high_j[0]),
-        chunks=sum(d.chunks for d in devices),
+        chunks=sum(d.chunks for d in usage.devices),
         devices=len(devices),
-        simulated=any(d.simulated for d in devices),
+        simulated=any(d.simulated for d in usage.devices),
         methods=dict(sorted(methods.items())),
-        t0_s=min(d.t0_s for d in devices),
-        t1_s=max(d.t1_s for d in devices),
+        t0_s=min(d.t0_s for d in usage.devices),
+        t1_s=max(d.t1_s for d in usage.devices),
     )
 
 

@@ -361,6 +361,9 @@ class Device(Base):
     simulated: Mapped[bool] = mapped_column(default=False)
     #: The GPU runs MIG: its figures are the whole GPU's, shared by every instance on it.
     mig: Mapped[bool] = mapped_column(default=False)
+    #: Other kinds on its host whose energy its figures include (comma-separated, e.g. ``cpu``
+    #: for a GH200-class module; empty: none): those devices are left out of every total.
+    covers: Mapped[str] = mapped_column(sa.String(32), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="devices")

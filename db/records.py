@@ -163,6 +163,7 @@ class DeviceSpec:
     power_method: DevicePowerMethod
     simulated: bool
     mig: bool = False
+    covers: tuple[DeviceKind, ...] = ()
 
 
 class ChunkRow(NamedTuple):
@@ -213,7 +214,9 @@ class DeviceAggregate:
     """One device of a run with the running totals of its chunk summaries.
 
     The band terms are sums over the device's chunks (linear: a device's sensor error is
-    systematic); ``bound_above_j`` is +inf when any chunk is unbounded above.
+    systematic); ``bound_above_j`` is +inf when any chunk is unbounded above. ``covers`` are
+    the kinds on its host its figures include; ``covered_by`` is the key of a device whose
+    figures include this one's (it is then left out of totals).
     """
 
     id: int
@@ -238,6 +241,13 @@ class DeviceAggregate:
     gap_count: int
     reset_count: int
     method: str
+    covers: tuple[str, ...] = ()
+    covered_by: str | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether totals add this device: no other device on its host covers its kind."""
+        return self.covered_by is None
 
     @property
     def key(self) -> str:
@@ -280,11 +290,20 @@ class PhaseAggregate:
 
 @dataclass(frozen=True, slots=True)
 class RunUsage:
-    """Everything a run report is built from (no raw samples)."""
+    """Everything a run report is built from (no raw samples).
+
+    ``devices`` lists every device; totals add the `counted` ones only (a device another on
+    its host covers, e.g. the CPU inside a GH200-class module's figure, has ``covered_by``).
+    """
 
     run: RunRecord
     devices: tuple[DeviceAggregate, ...]
     phases: tuple[PhaseAggregate, ...] = field(default=())
+
+    @property
+    def counted(self) -> tuple[DeviceAggregate, ...]:
+        """The devices totals add (none of them covered by another)."""
+        return tuple(d for d in self.devices if d.counted)
 
 
 # --------------------------------------------------------------------------- rows to records

@@ -3,9 +3,12 @@
 `db.runs.list_runs` pages through a project's runs; a list page also wants each run's
 energy and the totals of the whole selection. Building a full report per run would cost two
 queries and an accounting pass per run, so the energy comes from **one** aggregate over the
-running totals (`db.models.DeviceTotal`) per batch of runs. Carbon and energy cost are linear in
-energy under one set of factors, so the selection's totals follow from the summed energy
-(the caller prices it, with the same settings the run reports use).
+running totals (`db.models.DeviceTotal`) per batch of runs. It adds the devices the run report
+adds: a device that another on its host covers (``device.covers``: the CPU inside a
+GH200-class module's figure) is left out, as `accounting.integrate.covered_by` rules. Carbon
+and energy cost are linear in energy under one set of factors, so the selection's totals
+follow from the summed energy (the caller prices it, with the same settings the run reports
+use).
 
 The selection is capped at `MAX_SELECTION` runs (newest first); `RunSelection.truncated` says
 when the filter matched more, so a page can say its totals are partial instead of being wrong
@@ -24,7 +27,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .models import DeviceTotal, Run, RunKind, RunStatus
+from .models import Device, DeviceTotal, Run, RunKind, RunStatus
 from .records import RunCursor, RunRecord
 from .runs import list_runs
 
@@ -34,6 +37,19 @@ __all__ = ["MAX_SELECTION", "RunEnergy", "RunSelection", "run_energies", "select
 MAX_SELECTION = 5000
 _BATCH = 500
 _TOTAL_T = cast(sa.Table, DeviceTotal.__table__)
+_DEVICE_T = cast(sa.Table, Device.__table__)
+
+
+def _covered(d: sa.Table) -> sa.Exists:
+    """Another device of the run on the same host lists ``d``'s kind in its ``covers``."""
+    g = _DEVICE_T.alias("covering")
+    listed = sa.literal(",") + g.c.covers + sa.literal(",")
+    kind = sa.literal(",") + sa.cast(d.c.kind, sa.String) + sa.literal(",")
+    return (
+        sa.exists()
+        .where(g.c.run_id == d.c.run_id, g.c.host == d.c.host, g.c.id != d.c.id)
+        .where(listed.contains(kind, autoescape=False))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +57,9 @@ class RunEnergy:
     """A run's measured energy, summed over its devices' running totals.
 
     Attributes:
-        energy_j: Energy of all devices, J (0 when nothing was measured yet).
-        devices: Devices with measurements.
+        energy_j: Energy of all devices, J (0 when nothing was measured yet), those covered
+            by another device on their host left out.
+        devices: Devices with measurements that the energy adds.
         t0_s: First sample, unix s (None without measurements).
         t1_s: End of the last chunk, unix s (None without measurements).
     """
@@ -99,6 +116,7 @@ def run_energies(
         Per run with measurements, its energy; runs without any are absent.
     """
     t = _TOTAL_T
+    d = _DEVICE_T
     out: dict[UUID, RunEnergy] = {}
     ids = list(dict.fromkeys(run_ids))
     for start in range(0, len(ids), _BATCH):
@@ -112,7 +130,9 @@ def run_energies(
                 sa.func.max(t.c.t1_s),
             )
             .join(Run, Run.id == t.c.run_id)
+            .join(d, sa.and_(d.c.run_id == t.c.run_id, d.c.id == t.c.device_id))
             .where(Run.project_id == project_id, t.c.run_id.in_(batch))
+            .where(~_covered(d))
             .group_by(t.c.run_id)
         ).all()
         for run_id, energy, devices, t0, t1 in rows:

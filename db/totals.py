@@ -12,6 +12,7 @@ length); `rebuild_totals` re-derives them from the chunks. Bounds at the `UNBOUN
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+
+from thermoledger.accounting.integrate import covered_by
 
 from .models import Chunk, Device, DeviceTotal, EnergyMethod, Phase, PhaseTotal
 from .records import (
@@ -378,6 +381,7 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
             t.c.gap_count,
             t.c.reset_count,
             t.c.method,
+            d.c.covers,
         )
         .select_from(d)
         .join(t, sa.and_(t.c.run_id == d.c.run_id, t.c.device_id == d.c.id))
@@ -408,14 +412,29 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
             gap_count=int(row[19]),
             reset_count=int(row[20]),
             method=str(row[21]),
+            covers=tuple(k for k in str(row[22]).split(",") if k),
         )
         for row in device_rows
     )
+    devices = _with_overlaps(devices)
     run_end_s = max((dev.t1_s for dev in devices), default=None)
     return RunUsage(
         run=_run_record(run),
         devices=devices,
         phases=_phase_usage(session, run_id, run_end_s),
+    )
+
+
+def _with_overlaps(devices: tuple[DeviceAggregate, ...]) -> tuple[DeviceAggregate, ...]:
+    """Each device with the key of the device that covers it, if any (`covered_by`)."""
+    by = covered_by(
+        [d.host for d in devices], [str(d.kind) for d in devices], [d.covers for d in devices]
+    )
+    if all(b is None for b in by):
+        return devices
+    return tuple(
+        d if b is None else dataclasses.replace(d, covered_by=devices[b].key)
+        for d, b in zip(devices, by, strict=True)
     )
 
 

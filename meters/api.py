@@ -13,12 +13,21 @@
 
 What it does
     `Meter.start` resolves the run id (`meters.runid`), decides whether this process samples
-    (one meter per node) and records work (rank 0), opens the devices (NVML when it finds GPUs,
-    else simulated devices, labelled as such everywhere), and starts the sampler thread
-    (`meters.sampler.Sampler`), which seals chunks into the durable spool. With a ``server`` an
-    uploader thread (`meters.uploader.Uploader`) sends them as they are sealed; without one the
-    run stays in the spool for ``thermoledger push``. Phases and declared work go to the control
-    outbox (`meters.control`) and travel the same way.
+    (one meter per node) and records work (rank 0), opens the devices (`open_backend`: every
+    real domain of the node, NVIDIA GPUs, CPU packages and DRAM; simulated devices only when
+    asked for), and starts the sampler thread (`meters.sampler.Sampler`), which seals chunks
+    into the durable spool. With a ``server`` an uploader thread (`meters.uploader.Uploader`)
+    sends them as they are sealed; without one the run stays in the spool for ``thermoledger
+    push``. Phases and declared work go to the control outbox (`meters.control`) and travel the
+    same way.
+
+Nothing measurable
+    Where the node offers nothing the meter can read (no GPU, RAPL root-only or absent, no
+    hwmon counter), the meter says so in one warning and records nothing: no sampler thread, no
+    run in the spool, nothing in the outbox or uploaded, every call a no-op (state
+    ``unmetered``; `summary` has no devices and NaN energies, never 0 J). A run that was
+    measured by nobody has no place in totals that add measurements. With ``cpu_tdp_w`` it
+    meters a labelled estimate instead (`meters.backends.estimate`).
 
 Never disturb the job
     Nothing the meter does raises into the job: a failure to start leaves a disabled meter (an
@@ -58,10 +67,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
 
-from .backends.base import PowerBackend
+from .backends.base import Clock, DeviceInfo, DeviceStatus, PowerBackend
 from .control import ControlStore
+from .errors import MeterError, NothingMeasurable
 from .runid import Election, RunIdentity, elect, resolve_run_id
 from .sampler import MeterSummary, Sampler
 from .settings import BackendChoice, MeterSettings, PowerReading
@@ -72,11 +83,15 @@ from .wire import ChunkPayload, DevicePayload
 if TYPE_CHECKING:
     import httpx
 
+    from .backends.amdsmi import AmdSmiModule
+    from .backends.nvml import NvmlModule
+
 __all__ = [
     "RUN_KINDS",
     "WORK_SAVE_S",
     "Meter",
     "PhaseRecord",
+    "Sources",
     "WorkTotals",
     "empty_summary",
     "meter",
@@ -91,78 +106,322 @@ _TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _DTYPE = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 _MAX_NAME = 200
 
-State = Literal["new", "running", "recording", "idle", "disabled", "stopped"]
+State = Literal["new", "running", "recording", "idle", "unmetered", "disabled", "stopped"]
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where `open_backend` looks for devices: the vendor library and the kernel's files.
+
+    The defaults are the real ones; tests point them at the shipped fakes
+    (`meters.testing.fake_pynvml`, `meters.testing.fake_powercap`, `meters.testing.fake_hwmon`)
+    instead of patching anything.
+
+    Attributes:
+        nvml: The NVML module (None: ``import pynvml``).
+        amdsmi: The AMD SMI module (None: ``import amdsmi``).
+        powercap: The powercap class directory (RAPL).
+        hwmon: The hwmon class directory.
+        proc_stat: The file the CPU estimate reads utilisation from.
+        read_text: How sysfs files are read (None: plainly); the fakes pass one that refuses
+            "root-only" files even to root.
+        clock: The clock every backend stamps readings with (None: the system clocks).
+        env: Environment for ``CUDA_VISIBLE_DEVICES`` (None: ``os.environ``).
+    """
+
+    nvml: NvmlModule | None = None
+    amdsmi: AmdSmiModule | None = None
+    powercap: Path = Path("/sys/class/powercap")
+    hwmon: Path = Path("/sys/class/hwmon")
+    proc_stat: Path = Path("/proc/stat")
+    read_text: Callable[[Path], str] | None = None
+    clock: Clock | None = None
+    env: Mapping[str, str] | None = None
+
+    @classmethod
+    def under(cls, sysfs_root: str | os.PathLike[str]) -> Sources:
+        """The real sources, with sysfs mounted at ``sysfs_root`` (``/sys``, ``/host/sys``)."""
+        root = Path(sysfs_root)
+        return cls(powercap=root / "class" / "powercap", hwmon=root / "class" / "hwmon")
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """One domain `auto` found: its backend, a label for people, and whether it reads."""
+
+    backend: PowerBackend
+    label: str
+    readable: bool
+
+
+def _count(devices: Sequence[DeviceInfo], one: str, many: str) -> str:
+    return f"{len(devices)} {one if len(devices) == 1 else many}"
+
+
+def _readable(backend: PowerBackend) -> bool:
+    """Whether one read finds any device answering (not denied, unsupported or lost)."""
+    readings = backend.read()
+    refused = (DeviceStatus.DENIED, DeviceStatus.NOT_SUPPORTED, DeviceStatus.LOST)
+    return any(readings.status_of(i) not in refused for i in range(len(readings)))
+
+
+def _why_unreadable(devices: Sequence[DeviceInfo]) -> str:
+    """The first unreadable device's note (file and fix), and how many more share the fate."""
+    notes = [d.note for d in devices if d.note]
+    if not notes:
+        return "no device can be read"
+    more = f" (and {len(notes) - 1} more like it)" if len(notes) > 1 else ""
+    return notes[0] + more
+
+
+def _cpu_label(kind: str, devices: Sequence[DeviceInfo], readable: bool) -> str:
+    packages = [d for d in devices if d.scope == "package"]
+    dram = [d for d in devices if d.scope == "dram"]
+    parts = [_count(packages, "package", "packages")]
+    if dram:
+        parts.append(f"{len(dram)} DRAM")
+    label = f"{kind}: {', '.join(parts)}"
+    return label if readable else f"{label} (unreadable: permission denied)"
+
+
+def _open_nvml(
+    gpus: Sequence[int | str] | None,
+    power_reading: PowerReading,
+    sources: Sources,
+    absent: list[str],
+    log: logging.Logger,
+) -> _Found | None:
+    from .backends.nvml import NvmlBackend
+
+    try:
+        backend = NvmlBackend(
+            nvml=sources.nvml,
+            gpus=gpus,
+            env=sources.env,
+            clock=sources.clock,
+            power_reading=power_reading,
+            logger=log,
+        )
+    except MeterError as e:
+        absent.append(f"nvml: no NVIDIA GPU ({e})")
+        if gpus:  # a selection was asked for: say it was not honoured
+            log.warning("thermoledger: --gpus %s: %s", ",".join(map(str, gpus)), e)
+        return None
+    devices = backend.devices()
+    if not devices:
+        backend.close()
+        absent.append("nvml: NVML lists no GPU for this process")
+        return None
+    return _Found(backend, f"nvml: {_count(devices, 'GPU', 'GPUs')}", readable=True)
+
+
+def _open_amdsmi(sources: Sources, absent: list[str]) -> _Found | None:
+    # the backend imports the vendor's binding only when it is built without one
+    from .backends.amdsmi import AmdSmiBackend
+
+    try:
+        backend = AmdSmiBackend(amdsmi=sources.amdsmi, clock=sources.clock)
+    except MeterError as e:  # no ROCm library, no binding, or no AMD GPU
+        absent.append(f"amdsmi: no AMD GPU ({e})")
+        return None
+    devices = backend.devices()
+    if not devices:
+        backend.close()
+        absent.append("amdsmi: no AMD GPU")
+        return None
+    return _Found(backend, f"amdsmi: {_count(devices, 'GPU', 'GPUs')}", readable=True)
+
+
+def _open_cpu(sources: Sources, absent: list[str]) -> _Found | None:
+    """CPU packages and DRAM: RAPL (powercap); where it is absent or unreadable, hwmon.
+
+    Never both: they read the same package counters. A RAPL tree that cannot be read is kept
+    (listed as denied, with the fix) only when hwmon has nothing readable either.
+    """
+    from .backends.hwmon import HwmonBackend
+    from .backends.rapl import RaplBackend
+
+    denied: _Found | None = None
+    try:
+        rapl = RaplBackend(sources.powercap, read_text=sources.read_text, clock=sources.clock)
+    except MeterError as e:
+        absent.append(f"rapl: {e}")
+    else:
+        readable = _readable(rapl)
+        found = _Found(rapl, _cpu_label("rapl", rapl.devices(), readable), readable)
+        if readable:
+            return found
+        denied = found
+        absent.append(f"rapl: {_why_unreadable(rapl.devices())}")
+    try:
+        hwmon = HwmonBackend(sources.hwmon, read_text=sources.read_text, clock=sources.clock)
+    except MeterError as e:
+        absent.append(f"hwmon: {e}")
+        return denied
+    devices = hwmon.devices()
+    drivers = sorted({d.uid.split(":")[0] for d in devices})
+    readable = _readable(hwmon)
+    label = f"hwmon: {_count(devices, 'socket', 'sockets')} ({', '.join(drivers)})"
+    if readable:
+        if denied is not None:
+            denied.backend.close()
+        return _Found(hwmon, label, readable=True)
+    absent.append(f"hwmon: {_why_unreadable(devices)}")
+    if denied is not None:
+        hwmon.close()
+        return denied
+    return _Found(hwmon, f"{label} (unreadable: permission denied)", readable=False)
+
+
+def _open_auto(
+    gpus: Sequence[int | str] | None,
+    cpu_tdp_w: float | None,
+    power_reading: PowerReading,
+    sources: Sources,
+    log: logging.Logger,
+) -> tuple[PowerBackend, str]:
+    """Every real domain found, GPUs first (see `open_backend`)."""
+    absent: list[str] = []
+    found: list[_Found] = []
+    openers: tuple[Callable[[], _Found | None], ...] = (
+        lambda: _open_nvml(gpus, power_reading, sources, absent, log),
+        lambda: _open_amdsmi(sources, absent),
+        lambda: _open_cpu(sources, absent),
+    )
+    try:
+        for opener in openers:
+            opened = opener()
+            if opened is not None:
+                found.append(opened)
+        if not any(f.readable for f in found):
+            for f in found:
+                f.backend.close()
+            found = []
+            if cpu_tdp_w is None:
+                raise NothingMeasurable(absent)
+            from .backends.estimate import CpuEstimateBackend
+
+            try:
+                estimate = CpuEstimateBackend(
+                    cpu_tdp_w, proc_stat=sources.proc_stat, clock=sources.clock
+                )
+            except (OSError, ValueError) as e:
+                raise NothingMeasurable([*absent, f"estimate: {e}"]) from e
+            log.warning(
+                "thermoledger: nothing measurable on this node (%s): metering an ESTIMATE "
+                "instead (CPU utilisation × %g W TDP, ±50 %%), labelled as such, not a measurement",
+                "; ".join(absent),
+                cpu_tdp_w,
+            )
+            return estimate, f"estimate: CPU utilisation × {cpu_tdp_w:g} W TDP (not a measurement)"
+    except BaseException:
+        for f in found:
+            with contextlib.suppress(Exception):
+                f.backend.close()
+        raise
+    for reason in absent:
+        log.info("thermoledger: auto: %s", reason)
+    label = "; ".join(f.label for f in found)
+    if len(found) == 1:
+        return found[0].backend, label
+    from .backends.node import NodeBackend
+
+    return NodeBackend([f.backend for f in found], clock=sources.clock), label
 
 
 def open_backend(
     choice: BackendChoice,
     *,
     gpus: Sequence[int | str] | None = None,
+    cpu_tdp_w: float | None = None,
     logger: logging.Logger | None = None,
+    sources: Sources | None = None,
     power_reading: PowerReading = "auto",
 ) -> tuple[PowerBackend, str]:
     """Open the devices to meter.
 
+    ``auto`` opens **every real domain it finds**, devices in this order: NVIDIA GPUs (NVML,
+    when ``pynvml`` imports and lists GPUs), AMD GPUs (amdsmi, when it imports and lists GPUs), then
+    the CPU packages and DRAM (RAPL through powercap; where RAPL is absent or unreadable, CPU
+    socket counters through hwmon). Several domains are read as one `NodeBackend`. RAPL files
+    readable by root only stay listed, as denied with the fix, next to the GPUs; they never
+    stop the GPUs from being metered. Where nothing can be read, ``auto`` meters an estimate
+    when ``cpu_tdp_w`` is given (`meters.backends.estimate`, labelled ``estimate``) and raises
+    `NothingMeasurable` otherwise: the caller runs the job unmetered. It never meters
+    simulated devices: those come only from ``simulated``.
+
     Args:
-        choice: ``nvml``, ``rapl``, ``simulated``, or ``auto``: NVML when it finds a GPU, else
-            simulated devices (with a warning; every figure is labelled simulated).
+        choice: ``auto``, or one kind only: ``nvml``, ``amdsmi``, ``rapl``, ``hwmon`` or
+            ``simulated``.
         gpus: NVML selection (indices or UUIDs); with ``simulated``, how many devices.
-        logger: Where the fallback warning goes.
+        cpu_tdp_w: The CPUs' TDP, W, for the estimate where nothing is measurable (``auto``).
+        logger: Where ``auto`` says what it did not find (INFO) or what it estimates (WARNING).
+        sources: Where to look (default: the real library and ``/sys``).
         power_reading: Which NVML power reading to take (`meters.settings.PowerReading`;
             default ``auto``: the driver's 1 s average where a GPU has one). Other backends
             state their own.
 
     Returns:
-        The backend and a label for people (``"nvml"``, ``"simulated (no NVIDIA GPU: ...)"``).
+        The backend and a label for people: ``"nvml: 8 GPUs; rapl: 2 packages, 2 DRAM"`` for
+        ``auto``, the choice's name otherwise.
 
     Raises:
-        meters.errors.MeterError: ``nvml`` or ``rapl`` was asked for and cannot be opened.
+        NothingMeasurable: ``auto`` found nothing readable and no ``cpu_tdp_w`` was given.
+        meters.errors.MeterError: ``nvml``, ``rapl`` or ``hwmon`` was asked for and cannot be
+            opened.
     """
     log = logger if logger is not None else _LOG
+    sources = sources if sources is not None else Sources()
+    if choice == "auto":
+        return _open_auto(gpus, cpu_tdp_w, power_reading, sources, log)
     if choice == "rapl":
         from .backends.rapl import RaplBackend
 
-        return RaplBackend(), "rapl"
-    if choice in ("nvml", "auto"):
-        from .backends.nvml import NvmlBackend
-        from .errors import MeterError
-
-        try:
-            backend = NvmlBackend(gpus=gpus, power_reading=power_reading, logger=log)
-        except MeterError as e:
-            if choice == "nvml":
-                raise
-            reason = str(e)
-        else:
-            if backend.devices() or choice == "nvml":
-                return backend, "nvml"
-            backend.close()
-            reason = "NVML lists no GPU for this process"
-        log.warning(
-            "no NVIDIA GPU found (%s): metering SIMULATED devices; their figures are labelled "
-            "simulated and are not measurements",
-            reason,
+        return RaplBackend(sources.powercap, read_text=sources.read_text, clock=sources.clock), (
+            "rapl"
         )
-        return _simulated(gpus), f"simulated (no NVIDIA GPU: {reason})"
-    return _simulated(gpus), "simulated"
+    if choice == "hwmon":
+        from .backends.hwmon import HwmonBackend
+
+        return HwmonBackend(sources.hwmon, read_text=sources.read_text, clock=sources.clock), (
+            "hwmon"
+        )
+    if choice == "nvml":
+        from .backends.nvml import NvmlBackend
+
+        nvml = NvmlBackend(
+            nvml=sources.nvml,
+            gpus=gpus,
+            env=sources.env,
+            clock=sources.clock,
+            power_reading=power_reading,
+            logger=log,
+        )
+        return nvml, "nvml"
+    if choice == "amdsmi":
+        from .backends.amdsmi import AmdSmiBackend
+
+        return AmdSmiBackend(amdsmi=sources.amdsmi, gpus=gpus, clock=sources.clock), "amdsmi"
+    return _simulated(gpus, sources.clock), "simulated"
 
 
-def _simulated(gpus: Sequence[int | str] | None) -> PowerBackend:
+def _simulated(gpus: Sequence[int | str] | None, clock: Clock | None = None) -> PowerBackend:
     from .backends.simulated import SimulatedBackend, default_fleet
 
-    return SimulatedBackend(default_fleet(len(gpus) if gpus else 1))
+    return SimulatedBackend(default_fleet(len(gpus) if gpus else 1), clock=clock)
 
 
 def empty_summary(run_id: str) -> MeterSummary:
-    """The summary of a meter that samples nothing (another process meters this node)."""
+    """The summary of a meter that samples nothing (another process meters this node, or
+    nothing on it is measurable): no devices, and NaN energies, never a measured 0 J."""
     return MeterSummary(
         run_id=run_id,
         devices=(),
-        energy_j=0.0,
-        energy_low_j=0.0,
-        energy_high_j=0.0,
+        energy_j=math.nan,
+        energy_low_j=math.nan,
+        energy_high_j=math.nan,
         ticks=0,
         overruns=0,
         read_errors=0,
@@ -278,8 +537,10 @@ class Meter:
         server: Service URL (default: ``THERMOLEDGER_SERVER``; none: offline).
         token: Token with the ``ingest`` scope (default: ``THERMOLEDGER_TOKEN``).
         backend: Devices to read: a `PowerBackend` (not closed by the meter), or a choice
-            (``"auto"``: NVML if it finds GPUs, else simulated, labelled; ``"nvml"``, ``"rapl"``,
-            ``"simulated"``). Default: ``THERMOLEDGER_BACKEND``, else ``"auto"``.
+            (``"auto"``: every real domain found, GPUs, CPU packages and DRAM, see
+            `open_backend`; ``"nvml"``, ``"rapl"``, ``"hwmon"``, ``"simulated"``). Default:
+            ``THERMOLEDGER_BACKEND``, else ``"auto"``. Where ``auto`` finds nothing it can
+            read, the meter records nothing (state ``unmetered``, one warning) and the job runs.
         gpus: NVML selection (indices or UUIDs) for the default backend.
         power_reading: Which NVML power reading to take: ``"auto"`` (the driver's 1 s average
             where a GPU has one, else instantaneous), ``"average"`` or ``"instant"``. Default:
@@ -289,13 +550,19 @@ class Meter:
         spool_dir: Spool directory (default: ``THERMOLEDGER_SPOOL_DIR`` or the user's state
             directory).
         tags: Run tags (``key=value``; keys ``[A-Za-z0-9_.:/-]{1,64}``).
-        simulate: Meter simulated devices even where GPUs exist (demos, tests).
+        simulate: Meter simulated devices even where GPUs exist (demos, tests); the only way,
+            with ``backend="simulated"``, that simulated devices are metered.
         upload_timeout_s: How long `stop` keeps trying to upload, s (default 30).
+        cpu_tdp_w: Where ``auto`` finds nothing measurable, meter an estimate instead: CPU
+            utilisation × this TDP, W, labelled ``estimate`` (default:
+            ``THERMOLEDGER_CPU_TDP_W``; unset: record nothing there).
         env: Environment to read (default: ``os.environ``).
         host: Host name in device keys (default: ``socket.gethostname()``).
         logger: Where the meter logs.
         upload_transport: httpx transport the uploader sends through (default: httpx's own);
             ``thermoledger --metrics-port`` passes a `meters.metrics.CountingTransport`.
+        sources: Where ``auto`` and the named choices look for devices (default: the real
+            library and ``THERMOLEDGER_SYSFS_ROOT``, else ``/sys``); tests pass fakes.
     """
 
     def __init__(
@@ -315,10 +582,12 @@ class Meter:
         tags: Mapping[str, str] | None = None,
         simulate: bool = False,
         upload_timeout_s: float | None = None,
+        cpu_tdp_w: float | None = None,
         env: Mapping[str, str] | None = None,
         host: str | None = None,
         logger: logging.Logger | None = None,
         upload_transport: httpx.BaseTransport | None = None,
+        sources: Sources | None = None,
     ) -> None:
         self.name = (run or _default_name()).strip()[:_MAX_NAME] or "python"
         self.kind = kind
@@ -332,9 +601,11 @@ class Meter:
             "chunk_s": chunk_s,
             "spool_dir": spool_dir,
             "upload_timeout_s": upload_timeout_s,
+            "cpu_tdp_w": cpu_tdp_w,
             "backend": "simulated" if simulate else backend if isinstance(backend, str) else None,
         }
         self._given_backend = None if isinstance(backend, str) else backend
+        self._sources = sources
         self._tags = dict(tags or {})
         self._env: Mapping[str, str] = os.environ if env is None else env
         self.host = host or socket.gethostname()
@@ -424,20 +695,12 @@ class Meter:
             return
         if not election.sample:
             self._log.info("thermoledger: run %s: %s", self.run_id, election.reason)
+        if election.sample and not self._open_devices(settings):
+            return  # nothing measurable: the job runs unmetered, nothing is recorded
         self._control = ControlStore.in_directory(settings.spool_dir)
         started_s = time.time()
         if election.sample:
-            if self._given_backend is not None:
-                self._backend = self._given_backend
-                self.backend_label = type(self._given_backend).__name__
-            else:
-                self._backend, self.backend_label = open_backend(
-                    settings.backend,
-                    gpus=settings.gpus,
-                    logger=self._log,
-                    power_reading=settings.power_reading,
-                )
-                self._owns_backend = True
+            assert self._backend is not None
             devices = self._backend.devices()
             self.simulated = any(d.simulated for d in devices)
             self._spool = Spool.in_directory(settings.spool_dir)
@@ -494,6 +757,43 @@ class Meter:
             settings.interval_s,
             where,
         )
+
+    def _open_devices(self, settings: MeterSettings) -> bool:
+        """Open the devices to sample; False (state ``unmetered``, logged once) when none.
+
+        Nothing measurable is not an error: the job runs, and nothing is recorded, not even
+        the run (a run without a single figure would read as 0 J in every total).
+        """
+        if self._given_backend is not None:
+            self._backend = self._given_backend
+            self.backend_label = type(self._given_backend).__name__
+        else:
+            try:
+                self._backend, self.backend_label = open_backend(
+                    settings.backend,
+                    gpus=settings.gpus,
+                    cpu_tdp_w=settings.cpu_tdp_w,
+                    logger=self._log,
+                    sources=self._sources or Sources.under(settings.sysfs_root),
+                    power_reading=settings.power_reading,
+                )
+            except NothingMeasurable as e:
+                self._log.warning("thermoledger: run %s: %s", self.run_id, e)
+                self.backend_label = "nothing measurable"
+                self.state = "unmetered"
+                return False
+            self._owns_backend = True
+        if not self._backend.devices():
+            self._log.warning(
+                "thermoledger: run %s: %s has no device: nothing measurable, nothing recorded",
+                self.run_id,
+                self.backend_label,
+            )
+            self._teardown()
+            self._backend = None
+            self.state = "unmetered"
+            return False
+        return True
 
     def _run_body(self, started_s: float) -> dict[str, Any]:
         assert self.identity is not None

@@ -73,7 +73,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final, Literal
+from typing import Final
 
 import numpy as np
 
@@ -84,6 +84,7 @@ from thermoledger.accounting.integrate import (
     InvalidArgument,
     PowerMethod,
     PowerModel,
+    covered_by,
     summarize_chunks,
 )
 
@@ -98,6 +99,7 @@ __all__ = [
     "DeviceSummary",
     "SealJob",
     "chunk_payload",
+    "counted_devices",
     "device_payload",
     "reading_model",
     "seal",
@@ -123,19 +125,17 @@ def device_payload(info: DeviceInfo, *, host: str) -> DevicePayload:
     Returns:
         The `DevicePayload`; ``power_method`` is ``"counter"`` for a counter-only device (its
         power samples are derived from the counter) and ``"none"`` for one that offers nothing
-        (such a device has no chunks, and the sampler keeps it out of the spool).
+        (such a device has no chunks, and the sampler keeps it out of the spool). ``kind``
+        follows the device's scope; ``covers`` is sent only when the device covers a kind.
     """
     if info.power_method != Method.NONE:
         power_method = info.power_method.label
     else:
         power_method = "counter" if info.has_energy_counter else "none"
-    kind: Literal["gpu", "cpu", "dram"] = (
-        "cpu" if info.scope == "package" else "dram" if info.scope == "dram" else "gpu"
-    )
-    return {
+    payload: DevicePayload = {
         "key": f"{host}/{info.uid}",
         "host": host,
-        "kind": kind,
+        "kind": info.kind,
         "index": info.index,
         "uid": info.uid,
         "name": info.name,
@@ -145,6 +145,9 @@ def device_payload(info: DeviceInfo, *, host: str) -> DevicePayload:
         "simulated": info.simulated,
         "mig": info.mig,
     }
+    if info.covers:
+        payload["covers"] = list(info.covers)
+    return payload
 
 
 def reading_model(info: DeviceInfo, *, interval_s: float) -> tuple[float, float]:
@@ -249,6 +252,9 @@ class DeviceSummary:
         status: Status label of the latest reading (``slow`` while the sampler waits for a
             read that outlasted a tick).
         message: The latest non-empty status message.
+        kind: ``gpu``, ``cpu`` or ``dram`` (`meters.backends.base.DeviceInfo.kind`).
+        covers: Other kinds on the host whose energy this device's figures include; the
+            devices it covers are left out of totals (`accounting.integrate.covered_by`).
     """
 
     key: str
@@ -274,6 +280,21 @@ class DeviceSummary:
     missed: dict[str, int]
     status: str
     message: str
+    kind: str = "gpu"
+    covers: tuple[str, ...] = ()
+
+
+def counted_devices(devices: Sequence[DeviceSummary], *, host: str) -> list[DeviceSummary]:
+    """The devices of one host that a total adds: all but those another device covers.
+
+    A device listed in another's ``covers`` kinds (the CPU inside a GH200-class module's
+    figure) keeps its own line in every table but is never added to a total a second time
+    (`accounting.integrate.covered_by`).
+    """
+    flags = covered_by(
+        [host] * len(devices), [d.kind for d in devices], [d.covers for d in devices]
+    )
+    return [d for d, by in zip(devices, flags, strict=True) if by is None]
 
 
 @dataclass(slots=True)
@@ -623,6 +644,8 @@ class DeviceChunker:
             missed=dict(self.missed),
             status=self.status,
             message=self.message,
+            kind=self.info.kind,
+            covers=self.info.covers,
         )
 
     # -- sealing (through `seal`) -------------------------------------------------------------

@@ -11,7 +11,9 @@ Commands:
   and marks the run finished (exit 0) or failed (the exit code). The child's environment gets
   ``THERMOLEDGER_RUN_ID`` (so a `meters.api.Meter` inside joins the run),
   ``THERMOLEDGER_SPOOL_DIR`` and ``THERMOLEDGER_NODE_METER`` (so that Meter records phases and
-  work but does not sample the node a second time).
+  work but does not sample the node a second time). Where nothing on the node is measurable
+  (no GPU, no readable CPU counter, no ``--cpu-tdp-w``), the wrapper says so in one warning,
+  records nothing (no run in the spool) and returns the child's exit code as always.
 * ``thermoledger sidecar --run-id ID`` meters until SIGTERM/SIGINT, then flushes, marks the run
   finished, uploads what it can and exits 0: for pods and SLURM prolog/epilog. With
   ``--attribute-pods`` (a Kubernetes node meter) it keeps one run per pod holding GPUs on the
@@ -258,7 +260,8 @@ def _cmd_run(options: RunOptions, env: Mapping[str, str], err: TextIO, log: logg
     status.clear()
     with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=code, failed=code != 0)
-    if not options.quiet and meter.state != "disabled":
+    # Unmetered (nothing measurable): the one warning at the start said it all, no table of 0 J.
+    if not options.quiet and meter.state not in ("disabled", "unmetered"):
         verb = "finished" if code == 0 else "failed"
         write_summary(err, log, meter, summary, verb, code, footprint, options.verbose)
     return code
@@ -275,7 +278,7 @@ def _cmd_sidecar(
     # Only record the signal: see meters.sampler.sample_until_signalled.
     with Caught() as stop:
         meter.start()
-        if meter.state in ("idle", "disabled"):
+        if meter.state in ("idle", "unmetered", "disabled"):
             log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
         with _metrics(options, meter, log, transport):
             stop.wait()

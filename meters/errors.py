@@ -6,6 +6,7 @@ generic caller would expect, so both `except MeterError` (the sampler's boundary
 
     MeterError
     ├── DeviceUnavailable (RuntimeError)   no driver / library, no such device, bad selection
+    │   └── NothingMeasurable               ``auto`` found no domain it can read on this node
     ├── DeviceLost        (RuntimeError)   a device that was there fell off the bus mid-run
     ├── NotSupported      (RuntimeError)   the device or driver cannot answer this query
     ├── PermissionDenied  (PermissionError) the OS refuses the read (e.g. RAPL energy_uj)
@@ -31,6 +32,27 @@ class DeviceUnavailable(RuntimeError, MeterError):
     Raised when the vendor library or driver is missing, no device matches a selection, or a
     power-capping tree is absent. A sampler treats it as "meter nothing from this backend".
     """
+
+
+class NothingMeasurable(DeviceUnavailable):
+    """``auto`` found nothing it can read on this node: no GPU, no readable CPU counter.
+
+    The message says what was looked for and why each domain is absent (and the fix where a
+    permission is missing). The job runs unmetered; nothing is recorded (never simulated
+    devices in its place). With a CPU TDP configured, an estimate is metered instead.
+
+    Attributes:
+        reasons: One line per domain looked for, e.g. ``"nvml: no NVIDIA GPU (…)"``.
+    """
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__(
+            "nothing measurable on this node ("
+            + "; ".join(reasons)
+            + "): the job runs unmetered and no energy is recorded (--cpu-tdp-w W / "
+            "THERMOLEDGER_CPU_TDP_W meters a labelled estimate instead)"
+        )
 
 
 class DeviceLost(RuntimeError, MeterError):

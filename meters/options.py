@@ -62,6 +62,7 @@ class SettingsFlags(TypedDict):
     spool_dir: str | None
     upload_timeout_s: float | None
     power_reading: PowerReading | None
+    cpu_tdp_w: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +83,7 @@ class MeterOptions(Options):
         backend: Device backend (None: auto).
         power_reading: NVML power reading, ``auto``, ``average`` or ``instant`` (None:
             ``THERMOLEDGER_POWER_READING``, else auto).
+        cpu_tdp_w: Where nothing is measurable, meter an estimate: CPU utilisation × this TDP, W.
         spool_dir: Spool directory.
         upload_timeout_s: How long to keep uploading at the end, s.
         grid_intensity_g_per_kwh: Location-based grid intensity, gCO2e/kWh.
@@ -105,6 +107,7 @@ class MeterOptions(Options):
     simulate: bool = False
     backend: BackendChoice | None = None
     power_reading: PowerReading | None = None
+    cpu_tdp_w: float | None = None
     spool_dir: str | None = None
     upload_timeout_s: float | None = None
     grid_intensity_g_per_kwh: float | None = None
@@ -129,6 +132,7 @@ class MeterOptions(Options):
             spool_dir=self.spool_dir,
             upload_timeout_s=self.upload_timeout_s,
             power_reading=self.power_reading,
+            cpu_tdp_w=self.cpu_tdp_w,
         )
 
     @classmethod
@@ -162,6 +166,7 @@ class MeterOptions(Options):
             simulate=args.simulate,
             backend=cast(BackendChoice | None, args.backend),  # argparse checked the choice
             power_reading=cast(PowerReading | None, args.power_reading),  # argparse checked it
+            cpu_tdp_w=args.cpu_tdp_w,
             spool_dir=args.spool_dir,
             upload_timeout_s=args.upload_timeout,
             grid_intensity_g_per_kwh=args.grid_intensity,
@@ -364,7 +369,17 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
         "--simulate", action="store_true", help="meter simulated devices (labelled)"
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, help="device backend (default: auto: NVML, else simulated)"
+        "--backend",
+        choices=BACKENDS,
+        help="device backend (default: auto: every real domain found, NVIDIA GPUs and CPU "
+        "packages and DRAM; never simulated devices)",
+    )
+    parser.add_argument(
+        "--cpu-tdp-w",
+        type=float,
+        metavar="W",
+        help="where nothing is measurable, meter a labelled estimate: CPU utilisation × this "
+        "TDP (default: THERMOLEDGER_CPU_TDP_W; unset: meter nothing there)",
     )
     parser.add_argument(
         "--power-reading",

@@ -789,9 +789,10 @@ class PodAttribution:
             active.owner.run_id, RunTotal(active.owner.run_id, active.owner.name)
         )
         total.gpus.update(active.owner.gpus)
-        total.energy_j += summary.energy_j
-        total.energy_low_j += summary.energy_low_j
-        total.energy_high_j += summary.energy_high_j
+        if summary.devices:  # a meter that sampled nothing has no energy (NaN), not 0 J
+            total.energy_j += summary.energy_j
+            total.energy_low_j += summary.energy_low_j
+            total.energy_high_j += summary.energy_high_j
         total.stints += 1
         if self._uploader is not None:
             self._uploader.nudge()

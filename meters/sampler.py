@@ -27,8 +27,8 @@ Slow devices
     outnumber the devices plus two. The other devices keep their schedule; the slow one is
     sampled when it answers, timed at its own calls, its energy counter spanning the gaps. Only
     where a device turns slow does a tick lose the readings of the devices it had not reached
-    (one tick each: no gap). A backend read as a whole (simulated, replay, RAPL) is one unit:
-    while its read hangs, every device is ``slow``.
+    (one tick each: no gap). A backend read as a whole (replay, for one) is one unit: while its
+    read hangs, every device is ``slow``.
 
 Samples and chunks
     Each device's readings go to a `meters.chunker.DeviceChunker`, which seals a chunk per
@@ -94,7 +94,7 @@ from .backends.base import (
     SystemClock,
     flat_readings,
 )
-from .chunker import DeviceChunker, DeviceSummary, SealJob, device_payload, seal
+from .chunker import DeviceChunker, DeviceSummary, SealJob, counted_devices, device_payload, seal
 from .edges import Reading, await_updates, continuous, edge, period_s
 from .signals import STOP_SIGNALS, Caught
 from .spool import RunStatus, SpoolConflict
@@ -228,7 +228,8 @@ class MeterSummary:
     Attributes:
         run_id: The run.
         devices: One summary per device, in backend order.
-        energy_j: Total over devices, J.
+        energy_j: Total over devices, J (a device covered by another on its host, e.g. the CPU
+            inside a GH200-class module's figure, is listed but not added).
         energy_low_j: Lower end of the total's band, J.
         energy_high_j: Upper end of the total's band, J (device sensor errors combined as
             independent, bounds added: `accounting.integrate.aggregate_energy`).
@@ -584,13 +585,14 @@ class Sampler:
                 self._dropped,
                 self._cpu_s,
             )
-        if devices:
+        counted = counted_devices(devices, host=self.host)  # covered ones are listed only
+        if counted:
             totals = aggregate_energy(
-                [d.energy_j for d in devices],
-                [d.sensor_uncertainty_j for d in devices],
-                [d.bound_below_j for d in devices],
-                [d.bound_above_j for d in devices],
-                device=[d.key for d in devices],
+                [d.energy_j for d in counted],
+                [d.sensor_uncertainty_j for d in counted],
+                [d.bound_below_j for d in counted],
+                [d.bound_above_j for d in counted],
+                device=[d.key for d in counted],
             )
             energy = float(totals.energy_j[0])
             low, high = float(totals.energy_low_j[0]), float(totals.energy_high_j[0])

@@ -14,10 +14,17 @@ Environment variables::
     THERMOLEDGER_INTERVAL_S         sampling interval, s (default 0.1)
     THERMOLEDGER_CHUNK_S            chunk length, s (default 10)
     THERMOLEDGER_GPUS               GPU selection, comma-separated NVML indices or UUIDs
-    THERMOLEDGER_BACKEND            auto | nvml | rapl | simulated (default auto)
+    THERMOLEDGER_BACKEND            auto | nvml | amdsmi | rapl | hwmon | simulated (default
+                                    auto: every real domain found; see
+                                    `meters.api.open_backend`)
     THERMOLEDGER_POWER_READING      auto | average | instant (default auto): which NVML power
                                     reading to integrate; see below
     THERMOLEDGER_UPLOAD_TIMEOUT_S   how long a finishing meter tries to upload, s (default 30)
+    THERMOLEDGER_CPU_TDP_W          where nothing is measurable, meter a labelled estimate:
+                                    CPU utilisation × this TDP, W (unset: meter nothing there)
+    THERMOLEDGER_SYSFS_ROOT         where sysfs is mounted (default /sys; a node meter in a
+                                    container may see the host's at /host/sys): powercap and
+                                    hwmon are read under it
 
 Which power reading (``--power-reading``, ``Meter(power_reading=...)``, the variable above)
     Where a GPU has no energy counter (before Volta), or for a chunk in which the counter did
@@ -82,8 +89,15 @@ __all__ = [
 
 ENV_PREFIX: Final = "THERMOLEDGER_"
 API_PREFIX: Final = "/api/v1"
-BackendChoice = Literal["auto", "nvml", "rapl", "simulated"]
-BACKENDS: Final[tuple[BackendChoice, ...]] = ("auto", "nvml", "rapl", "simulated")
+BackendChoice = Literal["auto", "nvml", "amdsmi", "rapl", "hwmon", "simulated"]
+BACKENDS: Final[tuple[BackendChoice, ...]] = (
+    "auto",
+    "nvml",
+    "amdsmi",
+    "rapl",
+    "hwmon",
+    "simulated",
+)
 PowerReading = Literal["auto", "average", "instant"]
 """Which NVML power reading to integrate: the driver's 1 s average where the GPU has one
 (``auto``, the default), the same with a warning for every GPU without one (``average``), or the
@@ -167,11 +181,15 @@ class MeterSettings:
         interval_s: Sampling interval, s.
         chunk_s: Chunk length, s.
         gpus: NVML indices or UUIDs to meter (None: ``CUDA_VISIBLE_DEVICES`` or every GPU).
-        backend: ``auto`` (NVML when it finds GPUs, else simulated, labelled), ``nvml``,
-            ``rapl`` or ``simulated``.
+        backend: ``auto`` (every real domain found: NVIDIA GPUs, CPU packages and DRAM; never
+            simulated devices), ``nvml``, ``rapl``, ``hwmon`` or ``simulated``.
         upload_timeout_s: How long a finishing meter keeps trying to upload, s.
         power_reading: Which NVML power reading to integrate (`PowerReading`): ``auto`` (the
             driver's 1 s average where the GPU has one), ``average`` or ``instant``.
+        cpu_tdp_w: Where nothing is measurable, meter an estimate of the CPUs instead (their
+            utilisation × this TDP, W; labelled ``estimate``); None: meter nothing there.
+        sysfs_root: Where sysfs is mounted (``/sys``): RAPL is read under
+            ``class/powercap``, hwmon under ``class/hwmon``.
     """
 
     server: str | None = None
@@ -183,6 +201,8 @@ class MeterSettings:
     backend: BackendChoice = "auto"
     upload_timeout_s: float = 30.0
     power_reading: PowerReading = "auto"
+    cpu_tdp_w: float | None = None
+    sysfs_root: Path = Path("/sys")
 
     def __post_init__(self) -> None:
         for name in ("interval_s", "chunk_s", "upload_timeout_s"):
@@ -196,6 +216,17 @@ class MeterSettings:
         if self.backend not in BACKENDS:
             raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_power_reading(self.power_reading)
+        tdp_w = self.cpu_tdp_w
+        if tdp_w is not None and not (
+            isinstance(tdp_w, int | float)
+            and not isinstance(tdp_w, bool)
+            and math.isfinite(tdp_w)
+            and tdp_w > 0
+        ):
+            raise SettingsError(
+                f"--cpu-tdp-w / {ENV_PREFIX}CPU_TDP_W must be a positive number of watts, "
+                f"got {tdp_w!r}"
+            )
         if self.server is not None:
             api_base_url(self.server)
 
@@ -218,6 +249,7 @@ class MeterSettings:
         backend: str | None = None,
         upload_timeout_s: float | None = None,
         power_reading: str | None = None,
+        cpu_tdp_w: float | None = None,
     ) -> MeterSettings:
         """Settings from explicit values (None: not given), then ``THERMOLEDGER_*``, then defaults.
 
@@ -241,6 +273,9 @@ class MeterSettings:
                 return float(raw)
             except ValueError:
                 raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+
+        def optional_number(name: str) -> float | None:
+            return None if text(name) is None else number(name, None, math.nan)
 
         chosen_backend = backend if backend is not None else (text("BACKEND") or "auto")
         if chosen_backend not in BACKENDS:
@@ -266,6 +301,8 @@ class MeterSettings:
             backend=chosen_backend,
             upload_timeout_s=number("UPLOAD_TIMEOUT_S", upload_timeout_s, 30.0),
             power_reading=chosen_reading,
+            cpu_tdp_w=cpu_tdp_w if cpu_tdp_w is not None else optional_number("CPU_TDP_W"),
+            sysfs_root=Path(text("SYSFS_ROOT") or "/sys"),
         )
 
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from thermoledger.accounting.integrate import aggregate_energy, covered_by, kind_order
+
 from .api import Meter
+from .chunker import DeviceSummary
 from .logs import JsonFormatter
 from .sampler import MeterSummary
 from .settings import FootprintSettings
@@ -39,6 +42,7 @@ __all__ = [
 
 _J_PER_KWH: Final = 3.6e6
 _J_PER_WH: Final = 3.6e3
+_KIND_NAMES: Final = {"gpu": "GPU", "cpu": "CPU", "dram": "DRAM", "other": "other"}
 
 
 def format_energy(energy_j: float) -> str:
@@ -160,14 +164,17 @@ def render_summary(
             missed = ", ".join(f"{k} {v}" for k, v in sorted(d.missed.items()))
             lines.append(f"  {'':<28} missed readings: {missed}")
     if not summary.devices:
-        lines.append("  (no device was metered by this process)")
+        lines.append("  (no device was metered by this process: nothing measurable, no energy)")
     else:
         duration = max((d.duration_s for d in summary.devices), default=0.0)
+        split = _kind_lines(summary.devices, duration)
+        lines.extend(split)
         mean_w = summary.energy_j / duration if duration > 0 else float("nan")
         band = f"[{summary.energy_low_j:.4g}, {summary.energy_high_j:.4g}]"
         # No total peak: the devices' peaks need not coincide, and their sum would mislead.
+        label = "node total" if split else "total"
         lines.append(
-            f"  {'total':<28} {summary.energy_j:>12.2f} {summary.energy_j / _J_PER_KWH:>10.6f} "
+            f"  {label:<28} {summary.energy_j:>12.2f} {summary.energy_j / _J_PER_KWH:>10.6f} "
             f"{_number(mean_w, '>8.1f')} {'':>8} {duration:>10.2f}  {'':<13} {band}"
         )
         if footprint is not None and footprint.configured:
@@ -202,6 +209,46 @@ def render_summary(
             f"{upload.messages_pending} messages wait in {spool_dir}; `thermoledger push` later"
         )
     return "\n".join(lines) + "\n"
+
+
+def _kind_lines(devices: Sequence[DeviceSummary], duration_s: float) -> list[str]:
+    """Per-kind subtotals (GPU, CPU, DRAM) with their bands, when a node has several kinds.
+
+    A kind another device covers (the CPU inside a GH200-class module's figure) is shown with
+    its own figure and marked: the node total leaves it out, as it leaves out its devices
+    (`meters.chunker.counted_devices`). Empty for a single kind with nothing covered.
+    """
+    flags = covered_by(
+        ["node"] * len(devices), [d.kind for d in devices], [d.covers for d in devices]
+    )
+    kinds = sorted({d.kind for d in devices}, key=kind_order)
+    if len(kinds) < 2 and all(by is None for by in flags):
+        return []
+    lines = []
+    for kind in kinds:
+        members = [(d, by) for d, by in zip(devices, flags, strict=True) if d.kind == kind]
+        totals = aggregate_energy(
+            [d.energy_j for d, _ in members],
+            [d.sensor_uncertainty_j for d, _ in members],
+            [d.bound_below_j for d, _ in members],
+            [d.bound_above_j for d, _ in members],
+            device=[d.key for d, _ in members],
+        )
+        energy_j = float(totals.energy_j[0])
+        band = f"[{float(totals.energy_low_j[0]):.4g}, {float(totals.energy_high_j[0]):.4g}]"
+        mean_w = energy_j / duration_s if duration_s > 0 else float("nan")
+        covering = {devices[by].kind for _, by in members if by is not None}
+        note = (
+            f"  (inside the {'/'.join(sorted(k.upper() for k in covering))} figure: not added)"
+            if covering
+            else ""
+        )
+        label = f"{_KIND_NAMES.get(kind, kind)} ({len(members)})"
+        lines.append(
+            f"  {label:<28} {energy_j:>12.2f} {energy_j / _J_PER_KWH:>10.6f} "
+            f"{_number(mean_w, '>8.1f')} {'':>8} {duration_s:>10.2f}  {'':<13} {band}{note}"
+        )
+    return lines
 
 
 class StatusLine:
@@ -300,15 +347,20 @@ def write_summary(
             table,
             {
                 "exit_code": code,
-                "energy_j": summary.energy_j,
-                "energy_low_j": summary.energy_low_j,
-                "energy_high_j": summary.energy_high_j,
+                # None, not NaN or 0: with no device nothing was measured
+                "energy_j": _figure(summary.energy_j),
+                "energy_low_j": _figure(summary.energy_low_j),
+                "energy_high_j": _figure(summary.energy_high_j),
                 "devices": len(summary.devices),
                 "simulated": meter.simulated,
             },
         )
     except Exception as e:
         log.error("could not print the summary (%s: %s)", type(e).__name__, e)
+
+
+def _figure(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def emit_summary(err: TextIO, log: logging.Logger, table: str, facts: dict[str, Any]) -> None:

@@ -100,7 +100,14 @@ Method = Literal["counter", "power_avg", "power_instant", "estimate", "mixed"]
 
 
 class DevicePayload(TypedDict):
-    """A device as the meter saw it. ``key`` is unique within the run (e.g. ``host/GPU-uuid``)."""
+    """A device as the meter saw it. ``key`` is unique within the run (e.g. ``host/GPU-uuid``).
+
+    ``kind`` is what the device is (``gpu``: a board or a GPU+CPU module; ``cpu``: a CPU
+    package or socket; ``dram``). ``covers`` (absent: none) lists the other kinds on its host
+    whose energy its figures already include (a GH200-class module: ``["cpu"]``); reports show
+    the covered devices but never add them to a total again
+    (`thermoledger.accounting.integrate.covered_by`).
+    """
 
     key: str
     host: str
@@ -113,6 +120,7 @@ class DevicePayload(TypedDict):
     power_method: str
     simulated: bool
     mig: NotRequired[bool]
+    covers: NotRequired[list[Literal["gpu", "cpu", "dram", "other"]]]
 
 
 class SamplesPayload(TypedDict):

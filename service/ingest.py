@@ -238,6 +238,7 @@ def _check_devices(devices: Sequence[DeviceIn], problems: _Problems) -> tuple[De
                 power_method=d.power_method,
                 simulated=d.simulated,
                 mig=d.mig,
+                covers=tuple(dict.fromkeys(k for k in d.covers if k != d.kind)),
             )
         )
     return tuple(specs)

@@ -2,10 +2,15 @@
 
 The JSON report (`service.report_schemas.RunReportPublic`) nests; a spreadsheet wants flat rows.
 The CSV holds one table with a ``section`` column: a ``total`` row, one ``device`` row per device,
-one ``host`` row per host and one ``phase`` row per phase. Every numeric column has its unit in its
-header (``energy_j``, ``energy_kwh``, ``mean_power_w``, ``co2e_location_g``), the same names as in
-the JSON, and a cell that does not apply to a section, or has no value (an unbounded band,
-market-based CO2e without a market factor), is empty, never 0.
+one ``host`` row per host (the node's total) and one ``phase`` row per phase. A run with more
+than one kind of device (GPU, CPU, DRAM), or with a device covered by another, also has one
+``kind`` row per kind (its counted devices on every host) and one ``node_kind`` row per host and
+kind (``counted`` False where a device of another kind on the host covers it: shown, never in
+a total). The ``total`` and ``host`` rows, like the kind rows, add each joule once. Every
+numeric column has its unit in its header (``energy_j``, ``energy_kwh``, ``mean_power_w``,
+``co2e_location_g``), the same names as in the JSON, and a cell that does not apply to a
+section, or has no value (an unbounded band, market-based CO2e without a market factor), is
+empty, never 0.
 
 Carbon and cost appear on the ``total`` row only: the report prices the run, not each device.
 They are the JSON report's, on the run's accounting basis (the ledger's, once the run's end is
@@ -34,10 +39,13 @@ CSV_COLUMNS: tuple[str, ...] = (
     "run_name",
     "key",
     "host",
+    "kind",
     "name",
     "catalog_id",
     "method",
     "simulated",
+    "counted",
+    "covered_by",
     "t0_s",
     "t1_s",
     "duration_s",
@@ -124,6 +132,26 @@ def _rows(report: RunReportPublic) -> list[dict[str, Any]]:
         {**base, "section": "host", "key": host, "host": host, **line.model_dump()}
         for host, line in energy.by_host.items()
     )
+    covered = any(not d.counted for d in energy.by_device)
+    if len(energy.by_kind) > 1 or covered:
+        rows.extend(
+            {**base, "section": "kind", "key": kind, "kind": kind, **line.model_dump()}
+            for kind, line in energy.by_kind.items()
+        )
+        rows.extend(
+            {
+                **base,
+                "section": "node_kind",
+                "key": f"{node.host}/{kind}",
+                "host": node.host,
+                "kind": kind,
+                "counted": line.counted,
+                "covered_by": ", ".join(line.covered_by) or None,
+                **line.model_dump(include=_COLUMNS),
+            }
+            for node in energy.by_node
+            for kind, line in node.by_kind.items()
+        )
     rows.extend(
         {**base, "section": "phase", "key": phase.name, **phase.model_dump(include=_COLUMNS)}
         for phase in energy.by_phase

@@ -44,6 +44,7 @@ LocationT = TypeVar("LocationT")
 # Fields that recur, each described once (units in the names and the descriptions).
 EnergyJ = Annotated[float, Field(description="Energy, J (IT energy as metered).")]
 EnergyKwh = Annotated[float, Field(description="The same energy in kWh (J / 3.6e6).")]
+DeviceKindName = Literal["gpu", "cpu", "dram", "other"]
 EnergyLowJ = Annotated[float, Field(description="Low end of the energy's uncertainty band, J.")]
 EnergyHighJ = Annotated[
     float | None,
@@ -334,8 +335,23 @@ class DeviceEnergy(BaseModel):
 
     key: str = Field(description="Stable key of the device within the run.")
     host: str
+    kind: DeviceKindName = Field(
+        description="``gpu`` (a board or a GPU+CPU module), ``cpu`` (a package or socket), "
+        "``dram`` or ``other``."
+    )
     index: int = Field(description="Device index on its host.")
     name: str = Field(description="Name as the vendor reports it.")
+    covers: list[DeviceKindName] = Field(
+        description="Other kinds on its host whose energy this device's figures include "
+        "(a GH200-class module: ``cpu``); those devices are left out of every total."
+    )
+    counted: bool = Field(
+        description="Whether the totals add this device; False when another device on its "
+        "host covers its kind (its energy is inside that device's figure)."
+    )
+    covered_by: str | None = Field(
+        description="Key of the device whose figure includes this one's; None when counted."
+    )
     catalog_id: str | None = Field(description="Hardware catalog id; None when not catalogued.")
     method: str = Field(
         description="How the energy was measured: ``counter``, ``power_avg``, "
@@ -373,15 +389,52 @@ class PhaseEnergy(BaseModel):
     flop_per_j: float | None = Field(description="flops / energy_j, FLOP/J; None without FLOPs.")
 
 
+class KindEnergy(EnergyBand):
+    """The devices of one kind on one host: their energy, and whether the node total adds it."""
+
+    devices: int = Field(description="How many devices of this kind the host has.")
+    counted: bool = Field(
+        description="Whether the node total adds this kind; False when a device of another "
+        "kind on the host covers it (shown, never added again)."
+    )
+    covered_by: list[DeviceKindName] = Field(
+        description="The kinds whose devices' figures include this one's (empty when counted)."
+    )
+
+
+class NodeEnergy(BaseModel):
+    """One host (node): its total, each joule once, and its per-kind subtotals."""
+
+    model_config = _OUT
+
+    host: str
+    total: EnergyBand = Field(description="The node's energy: its counted devices.")
+    by_kind: dict[DeviceKindName, KindEnergy] = Field(
+        description="Kind → its devices on this host, in the order gpu, cpu, dram, other."
+    )
+
+
 class ReportEnergy(BaseModel):
-    """The run's energy: total, by device, host and phase."""
+    """The run's energy: total, by device, host, kind, node and phase.
+
+    Totals add each joule once: a device covered by another on its host (``counted`` False)
+    is listed, and its kind shown per node, but never added to ``total``, ``by_host``,
+    ``by_kind``, a node's ``total`` or a phase.
+    """
 
     model_config = _OUT
 
     total: EnergyBand
     mean_power_w: float = Field(description="Total energy over the run's duration, W.")
     by_device: list[DeviceEnergy]
-    by_host: dict[str, EnergyBand] = Field(description="Host → its devices' energy.")
+    by_host: dict[str, EnergyBand] = Field(
+        description="Host → its counted devices' energy (each node's total)."
+    )
+    by_kind: dict[DeviceKindName, EnergyBand] = Field(
+        description="Kind → the counted devices of that kind on every host (GPU, CPU, DRAM "
+        "subtotals); they add up to ``total``."
+    )
+    by_node: list[NodeEnergy] = Field(description="Per host: its total and per-kind subtotals.")
     by_phase: list[PhaseEnergy]
 
 

@@ -92,18 +92,24 @@ def _device_usage(device: DeviceAggregate) -> DeviceUsage:
         reset_count=device.reset_count,
         samples=device.samples,
         simulated=device.simulated,
+        kind=str(device.kind),
+        covers=device.covers,
     )
 
 
-def _phase_usage(phase: PhaseAggregate, settings: ReportSettings) -> PhaseUsage:
+def _phase_usage(
+    phase: PhaseAggregate, settings: ReportSettings, counted: frozenset[int]
+) -> PhaseUsage:
     energy_j = low_j = high_j = 0.0
-    if phase.devices:
+    # As the run's total: a device covered by another on its host is not added again.
+    devices = [d for d in phase.devices if d.device_id in counted]
+    if devices:
         totals = aggregate_energy(
-            [d.energy_j for d in phase.devices],
-            [d.sensor_uncertainty_j for d in phase.devices],
-            [d.bound_below_j for d in phase.devices],
-            [d.bound_above_j for d in phase.devices],
-            device=[d.device_id for d in phase.devices],
+            [d.energy_j for d in devices],
+            [d.sensor_uncertainty_j for d in devices],
+            [d.bound_below_j for d in devices],
+            [d.bound_above_j for d in devices],
+            device=[d.device_id for d in devices],
             combine=settings.combine,
         )
         energy_j = float(totals.energy_j[0])
@@ -241,7 +247,8 @@ def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
         raise Conflict(f"run {usage.run.id} has no measurements yet: nothing to report")
     run = usage.run
     settings = report_settings(basis.context)
-    phases = [_phase_usage(p, settings) for p in usage.phases]
+    counted = frozenset(d.id for d in usage.counted)
+    phases = [_phase_usage(p, settings, counted) for p in usage.phases]
     work = DeclaredWork(
         flops=run.declared_flops,
         dtype=run.declared_flops_dtype or "bf16",

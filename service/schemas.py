@@ -407,6 +407,7 @@ class DeviceIn(BaseModel):
     power_method: DevicePowerMethod
     simulated: bool
     mig: bool = False
+    covers: Annotated[list[DeviceKind], Field(max_length=4)] = []
 
 
 def _sample_column(

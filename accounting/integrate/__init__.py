@@ -4,8 +4,8 @@ Everything here is plain float64 numpy arrays in SI units (seconds, watts, joule
 only numpy and the standard library, so the light meter process can summarise its chunks with
 the same code the service uses for reports (the meter must never import pint). The options of
 a power integration named below (``gap_factor``, ``max_power_w``, ``min_power_w``,
-``coverage_fraction``, ``unseen_margin``, ``rare_level_readings``, ``averaging_window_s`` ...) are the fields of one
-`PowerModel`, checked once when it is made.
+``coverage_fraction``, ``unseen_margin``, ``rare_level_readings``, ``averaging_window_s`` ...)
+are the fields of one `PowerModel`, checked once when it is made.
 
 Integration rule
     A power trace (t_s, power_w) is modelled as **piecewise linear** between samples: interval
@@ -149,6 +149,11 @@ Many traces at once
     to the total length; trace k is ``[offsets[k], offsets[k+1])``); `segments_from_rows` and
     `segments_from_list` build it from a 2-D (devices × samples) array or a list of traces.
 
+Overlapping domains
+    Totals across devices add each joule once: a device may declare the kinds it covers on its
+    host (a GH200-class module covers its CPU), and the devices it covers are listed but left
+    out of every total (`covered_by`, module ``overlap``).
+
 Speed
     The power kernel streams memory once: it walks the arrays in cache-sized blocks with
     preallocated buffers (``out=``), validates and detects gaps on each block while it is in
@@ -189,6 +194,7 @@ from .model import (
     PowerMethod,
     PowerModel,
 )
+from .overlap import KINDS, covered_by, kind_order
 from .power import (
     GapReport,
     PowerEnergy,
@@ -203,6 +209,7 @@ __all__ = [
     "COMBINES",
     "COUNTER_REL_ERROR",
     "GAP_POLICIES",
+    "KINDS",
     "METHODS",
     "POWER_METHODS",
     "SENSOR_ABS_ERROR_W",
@@ -225,10 +232,12 @@ __all__ = [
     "WindowEnergy",
     "aggregate_energy",
     "counter_energy_curve",
+    "covered_by",
     "integrate_counter",
     "integrate_power",
     "integrate_power_rows",
     "integrate_power_segments",
+    "kind_order",
     "power_energy_curve",
     "segments_from_list",
     "segments_from_rows",

@@ -1,8 +1,10 @@
-"""Device backends behind one small Protocol: NVML, AMD SMI, RAPL, simulated and replay.
+"""Device backends behind one small Protocol: NVML, AMD SMI, RAPL, hwmon, an estimate,
+simulated, replay.
 
 Every backend offers ``devices()`` (a fixed list of `DeviceInfo`), ``read()`` (one `Readings` for
 all devices: numpy arrays in W, J and s, NaN plus a status and a method wherever a figure is
-absent) and ``close()``. Importing this package is light: numpy and the standard library only;
+absent) and ``close()``. `NodeBackend` reads several as one (a node's GPUs, CPU packages and
+DRAM in one run). Importing this package is light: numpy and the standard library only;
 ``pynvml`` is imported when an `NvmlBackend` is built without an injected module, ``amdsmi`` when
 an `AmdSmiBackend` is.
 """
@@ -12,6 +14,7 @@ from .base import (
     BackendKind,
     Clock,
     DeviceInfo,
+    DeviceKind,
     DeviceStatus,
     Method,
     PowerBackend,
@@ -20,6 +23,9 @@ from .base import (
     SystemClock,
     UncertaintyHint,
 )
+from .estimate import CpuEstimateBackend
+from .hwmon import HwmonBackend
+from .node import NodeBackend
 from .nvml import NvmlBackend, Selection, translate_nvml_error
 from .rapl import RaplBackend
 from .replay import ReplayBackend, read_trace, write_trace
@@ -40,9 +46,13 @@ __all__ = [
     "BackendKind",
     "Bursty",
     "Clock",
+    "CpuEstimateBackend",
     "DeviceInfo",
+    "DeviceKind",
     "DeviceStatus",
+    "HwmonBackend",
     "Method",
+    "NodeBackend",
     "NvmlBackend",
     "PowerBackend",
     "Profile",

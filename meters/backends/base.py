@@ -43,8 +43,16 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-BackendKind = Literal["nvml", "amdsmi", "rapl", "simulated", "replay"]
+BackendKind = Literal["nvml", "amdsmi", "rapl", "hwmon", "estimate", "simulated", "replay"]
 Scope = Literal["gpu", "module", "package", "dram"]
+DeviceKind = Literal["gpu", "cpu", "dram", "other"]
+"""What a device is, as reports group it (the wire's ``DevicePayload.kind``)."""
+_KIND_OF_SCOPE: dict[str, DeviceKind] = {
+    "gpu": "gpu",
+    "module": "gpu",
+    "package": "cpu",
+    "dram": "dram",
+}
 
 
 class DeviceStatus(IntEnum):
@@ -130,6 +138,11 @@ class DeviceInfo:
         zone: RAPL zone directory name (``"intel-rapl:0:0"``), for RAPL devices.
         uncertainty: Accuracy hints for the accounting core.
         note: Caveats worth showing to a person (permission problem, MIG sharing, ...).
+        covers: Other kinds of device on the same host whose energy this device's figures
+            already include (``("cpu",)``: a GH200-class module whose counter includes its
+            Grace CPU). Reports show such devices but never add them to a total a second time
+            (`accounting.integrate.overlap`). Default: ``("cpu",)`` for ``scope="module"``,
+            else none.
     """
 
     backend: BackendKind
@@ -146,6 +159,18 @@ class DeviceInfo:
     zone: str | None = None
     uncertainty: UncertaintyHint = field(default_factory=UncertaintyHint)
     note: str = ""
+    covers: tuple[DeviceKind, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.scope == "module" and not self.covers:
+            object.__setattr__(self, "covers", ("cpu",))
+        if self.kind in self.covers:
+            raise ValueError(f"a device cannot cover its own kind ({self.kind}): {self.uid}")
+
+    @property
+    def kind(self) -> DeviceKind:
+        """``gpu`` (board or module), ``cpu`` (package) or ``dram``, from the scope."""
+        return _KIND_OF_SCOPE[self.scope]
 
 
 FloatArray = NDArray[np.float64]
@@ -411,6 +436,36 @@ class FlatBuffer:
             self.status[i] = status
         previous = self.messages[i]
         self.messages[i] = f"{previous}; {message}" if previous else message
+
+    def clear(self, i: int) -> None:
+        """Make slot ``i`` absent again, as a new buffer's (the time: the tick's)."""
+        self.t_mono_s[i] = self._t_mono0_s
+        self._t_wall_s.pop(i, None)
+        self.power_w[i] = math.nan
+        self.energy_j[i] = math.nan
+        self.status[i] = 0
+        self.power_method[i] = 0
+        self.energy_method[i] = 0
+        self.messages[i] = ""
+
+    def copy_slot(self, i: int, source: FlatBuffer, j: int) -> None:
+        """Set slot ``i`` to slot ``j`` of ``source``: figures, methods, status, message, time.
+
+        A wall time given to ``source``'s `stamp` travels along; otherwise slot ``i``'s wall
+        time follows from this buffer's tick pair, as for a slot set here directly.
+        """
+        self.t_mono_s[i] = source.t_mono_s[j]
+        wall_s = source._t_wall_s.get(j)
+        if wall_s is None:
+            self._t_wall_s.pop(i, None)
+        else:
+            self._t_wall_s[i] = wall_s
+        self.power_w[i] = source.power_w[j]
+        self.energy_j[i] = source.energy_j[j]
+        self.status[i] = source.status[j]
+        self.power_method[i] = source.power_method[j]
+        self.energy_method[i] = source.energy_method[j]
+        self.messages[i] = source.messages[j]
 
     def flat(self) -> FlatReadings:
         """The tick as lists (the buffer must not be used afterwards)."""

@@ -35,9 +35,9 @@ from .base import (
     Clock,
     DeviceInfo,
     DeviceStatus,
+    FlatBuffer,
     Method,
     Readings,
-    ReadingsBuffer,
     Scope,
     SystemClock,
     UncertaintyHint,
@@ -68,6 +68,10 @@ def permission_fix(path: Path) -> str:
 class _Zone:
     path: Path
     info: DeviceInfo
+
+    @property
+    def counter(self) -> Path:
+        return self.path / "energy_uj"
 
 
 class RaplBackend:
@@ -116,21 +120,29 @@ class RaplBackend:
 
     def read(self) -> Readings:
         """Read every zone's raw counter; an unreadable zone is DENIED or ERROR, never zero."""
-        buffer = ReadingsBuffer(
+        buffer = FlatBuffer(
             len(self._zones), t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s()
         )
-        for i, zone in enumerate(self._zones):
-            t0_s = self._clock.monotonic_s()
-            path = zone.path / "energy_uj"
-            try:
-                buffer.set_energy(i, int(self._read_text(path).strip()) * 1e-6)
-            except PermissionError as e:
-                denied = _denied(path, e)
-                buffer.fail(i, DeviceStatus.DENIED, str(denied))
-            except (OSError, ValueError) as e:
-                buffer.fail(i, DeviceStatus.ERROR, f"cannot read {path}: {e}")
-            buffer.stamp(i, 0.5 * (t0_s + self._clock.monotonic_s()))
+        for i in range(len(self._zones)):
+            self.read_device(buffer, i)
         return buffer.freeze()
+
+    def read_device(self, buffer: FlatBuffer, i: int) -> None:
+        """Zone ``i``'s raw counter into slot ``i``, timed at the read's middle.
+
+        `base.DeviceReader`: the same figures and statuses as `read`, one zone at a time; a file
+        read per call, no state, so safe on several threads at once.
+        """
+        clock = self._clock
+        t0_s = clock.monotonic_s()
+        path = self._zones[i].counter
+        try:
+            buffer.set_energy(i, int(self._read_text(path).strip()) * 1e-6)
+        except PermissionError as e:
+            buffer.fail(i, DeviceStatus.DENIED, str(_denied(path, e)))
+        except (OSError, ValueError) as e:
+            buffer.fail(i, DeviceStatus.ERROR, f"cannot read {path}: {e}")
+        buffer.stamp(i, 0.5 * (t0_s + clock.monotonic_s()))
 
     def close(self) -> None:
         """Nothing to release (files are opened per read)."""

@@ -34,10 +34,10 @@ from numpy.typing import ArrayLike
 from .base import (
     Clock,
     DeviceInfo,
+    FlatBuffer,
     FloatArray,
     Method,
     Readings,
-    ReadingsBuffer,
     SystemClock,
     UncertaintyHint,
 )
@@ -308,20 +308,35 @@ class SimulatedBackend:
         return self._clock.monotonic_s() - self.start_mono_s
 
     def read(self) -> Readings:
-        """Every device's power (instant or exact moving average) and counter at one instant."""
-        t_mono_s = self._clock.monotonic_s()
-        buffer = ReadingsBuffer(len(self._specs), t_wall_s=self._clock.wall_s(), t_mono_s=t_mono_s)
-        t_s = t_mono_s - self.start_mono_s
-        for i, spec in enumerate(self._specs):
-            if spec.reading == "average":
-                buffer.set_power(
-                    i, float(spec.profile.average_power_w(t_s, spec.window_s)), Method.POWER_AVG
-                )
-            else:
-                buffer.set_power(i, float(spec.profile.power_w(t_s)), Method.POWER_INSTANT)
-            if spec.has_counter:
-                buffer.set_energy(i, spec.counter_offset_j + float(spec.profile.energy_j(0.0, t_s)))
+        """Every device's power (instant or exact moving average) and counter, device by device.
+
+        Each device is read at the clock's time when its turn comes (`read_device`); on a clock
+        that does not move during the read (a `meters.testing.ManualClock`) that is one instant.
+        """
+        buffer = FlatBuffer(
+            len(self._specs), t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s()
+        )
+        for i in range(len(self._specs)):
+            self.read_device(buffer, i)
         return buffer.freeze()
+
+    def read_device(self, buffer: FlatBuffer, i: int) -> None:
+        """Device ``i`` at the clock's time now into slot ``i`` (`base.DeviceReader`).
+
+        Stateless: safe on several threads at once.
+        """
+        spec = self._specs[i]
+        t_mono_s = self._clock.monotonic_s()
+        t_s = t_mono_s - self.start_mono_s
+        if spec.reading == "average":
+            buffer.set_power(
+                i, float(spec.profile.average_power_w(t_s, spec.window_s)), Method.POWER_AVG
+            )
+        else:
+            buffer.set_power(i, float(spec.profile.power_w(t_s)), Method.POWER_INSTANT)
+        if spec.has_counter:
+            buffer.set_energy(i, spec.counter_offset_j + float(spec.profile.energy_j(0.0, t_s)))
+        buffer.t_mono_s[i] = t_mono_s  # the wall time follows from the tick's pair
 
     def close(self) -> None:
         """Nothing to release."""

@@ -6,6 +6,7 @@
 - `meters.testing.fake_amdsmi`: an object that quacks like ROCm's ``amdsmi`` module, with its
   dicts, "N/A" fields, units and status codes (MI300X, MI210, the two dies of an MI250X).
 - `meters.testing.fake_powercap`: builds a ``/sys/class/powercap``-like tree in a directory.
+- `meters.testing.fake_hwmon`: builds a ``/sys/class/hwmon``-like tree (``amd_energy``).
 - `meters.testing.fake_service`: the service's ingest API in memory, as an ``httpx`` handler,
   for code that uploads (idempotent by key and hash like the real one; scripted failures).
 """

@@ -263,7 +263,9 @@ def _uncertainty(report: RunReportPublic) -> dict[str, Any]:
 
 def _bounds_rows(report: RunReportPublic, flops: float) -> list[charts.StripRow]:
     bounds = report.bounds
-    measured_j = report.energy.total.energy_j
+    # The energy the bounds were worked out with: the GPUs' where the node had more metered.
+    by_kind = report.energy.by_kind
+    measured_j = by_kind.get("gpu", report.energy.total).energy_j
     rows = [
         charts.StripRow(
             "measured",
@@ -378,6 +380,7 @@ def report_page(
         methods=_method_lines(devices),
         uncertainty=_uncertainty(report),
         colors=colors,
+        by_kind_shown=len(report.energy.by_kind) > 1 or not all(d.counted for d in devices),
     )
 
 

@@ -235,3 +235,65 @@ def test_a_device_that_stopped_early_is_named() -> None:
         "h/1: no readings in the last 30.0 s of the run (the device was lost or stopped "
         "answering); its energy covers 70.0 s only"
     ]
+
+
+def test_a_whole_node_gets_kind_subtotals_and_bounds_over_its_gpus() -> None:
+    devices = [
+        _device("n/g0", "n", 250_000.0, catalog_id=H100),
+        _device("n/g1", "n", 250_000.0, index=1, catalog_id=H100),
+        _device("n/p0", "n", 40_000.0, name="package-0", kind="cpu"),
+        _device("n/d0", "n", 6_000.0, name="dram", kind="dram"),
+    ]
+    report = build_run_report(
+        run=RunInfo("r", "t"),
+        devices=devices,
+        work=DeclaredWork(flops=1e18, dtype="bf16"),
+        settings=IT_ONLY,
+    )
+    assert report.total.energy_j == pytest.approx(546_000.0)
+    assert {k: v.energy_j for k, v in report.by_kind.items()} == pytest.approx(
+        {"gpu": 500_000.0, "cpu": 40_000.0, "dram": 6_000.0}
+    )
+    assert list(report.by_kind) == ["gpu", "cpu", "dram"]
+    (node,) = report.nodes
+    assert [(k.kind, k.devices, k.counted) for k in node.kinds] == [
+        ("gpu", 2, True),
+        ("cpu", 1, True),
+        ("dram", 1, True),
+    ]
+    assert node.total == report.hosts["n"] == report.total
+    # the bounds concern the GPUs: their energy, their catalog entries; no catalog noise
+    assert report.bounds is not None
+    assert report.bounds.hardware_roofline is not None
+    assert report.bounds.hardware_roofline.measured_j == pytest.approx(500_000.0)
+    assert not any("hardware catalog" in n for n in report.notes)
+    assert any("the bounds compare the GPUs' energy" in n for n in report.notes)
+    assert report.flop_per_j == pytest.approx(1e18 / 546_000.0)  # the run's, whole node
+    assert report.device_catalog["n/p0"] is None
+    text = report.render_text()
+    assert "node n:" in text
+    assert "GPU 0.1389" in text
+
+
+def test_a_device_covering_the_cpu_keeps_the_cpu_out_of_every_total() -> None:
+    devices = [
+        _device("gh/m0", "gh", 900_000.0, catalog_id=H100, covers=("cpu",)),
+        _device("gh/c0", "gh", 150_000.0, name="grace", kind="cpu"),
+        _device("gh/d0", "gh", 20_000.0, name="lpddr", kind="dram"),
+        _device("x/c0", "x", 70_000.0, name="package-0", kind="cpu"),  # another host: counted
+    ]
+    report = build_run_report(run=RunInfo("r", "t"), devices=devices, settings=IT_ONLY)
+    assert report.total.energy_j == pytest.approx(990_000.0)
+    assert report.covered == {"gh/c0": "gh/m0"}
+    assert report.by_kind["cpu"].energy_j == pytest.approx(70_000.0)
+    gh, x = report.nodes
+    cpu = next(k for k in gh.kinds if k.kind == "cpu")
+    assert (cpu.counted, cpu.covered_by, cpu.line.energy_j) == (False, ("gpu",), 150_000.0)
+    assert gh.total.energy_j == pytest.approx(920_000.0)
+    assert x.total.energy_j == pytest.approx(70_000.0)
+    data = report.to_dict()["energy"]
+    (c0,) = [d for d in data["by_device"] if d["key"] == "gh/c0"]
+    assert (c0["counted"], c0["covered_by"], c0["kind"]) == (False, "gh/m0", "cpu")
+    assert data["by_node"][0]["by_kind"]["cpu"]["counted"] is False
+    json.dumps(report.to_dict(), allow_nan=False)
+    assert "gh/c0 is inside gh/m0's figure" in report.render_text()

@@ -100,8 +100,12 @@ def test_scripts_come_from_the_installed_package() -> None:
     location = migrate.script_location()
     assert (location / "env.py").is_file()
     revisions = sorted(p.name for p in (location / "versions").glob("*.py"))
-    assert revisions == ["0001_initial.py", "0002_ledger_head_project_accounting.py"]
-    assert migrate.head() == "0002"
+    assert revisions == [
+        "0001_initial.py",
+        "0002_ledger_head_project_accounting.py",
+        "0003_device_covers.py",
+    ]
+    assert migrate.head() == "0003"
 
 
 def test_autogenerate_writes_plain_types(database_url: str) -> None:

@@ -6,6 +6,7 @@ bounded, and nothing asserts on durations.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -17,12 +18,15 @@ import numpy as np
 import pytest
 
 from tests.support.waiting import wait_until
-from thermoledger.meters.api import Meter, empty_summary, meter, open_backend
+from thermoledger.meters.api import Meter, Sources, empty_summary, meter, open_backend
 from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.backends import nvml as codes
 from thermoledger.meters.control import ControlStore
-from thermoledger.meters.errors import DeviceUnavailable
+from thermoledger.meters.errors import DeviceUnavailable, NothingMeasurable
 from thermoledger.meters.runid import NODE_METER_ENV, node_meter_mark
 from thermoledger.meters.spool import Spool
+from thermoledger.meters.testing.fake_powercap import FakePowercap
+from thermoledger.meters.testing.fake_pynvml import FakeNvml
 
 WAIT_S = 20.0
 HOST = "unit-host"
@@ -287,19 +291,94 @@ def test_a_restarted_meter_never_reuses_an_acknowledged_seq(tmp_path: Path) -> N
             assert min(seqs) == seq  # numbering resumes above everything acknowledged
 
 
-def test_the_automatic_backend_labels_its_simulated_fallback(
+def no_devices(tmp_path: Path) -> Sources:
+    """A node with nothing measurable: NVML fails to load, no powercap tree, no hwmon chip."""
+    (tmp_path / "sys" / "class" / "powercap").mkdir(parents=True)
+    (tmp_path / "sys" / "class" / "hwmon").mkdir(parents=True)
+    return Sources(
+        nvml=FakeNvml([], init_error=codes.NVML_ERROR_LIBRARY_NOT_FOUND),
+        powercap=tmp_path / "sys" / "class" / "powercap",
+        hwmon=tmp_path / "sys" / "class" / "hwmon",
+    )
+
+
+def test_auto_never_falls_back_to_simulated_devices(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING), make(tmp_path, backend=None) as m:
-        if m.backend_label == "nvml":
-            pytest.skip("this host has an NVIDIA GPU: no fallback to test")
-        assert m.backend_label.startswith("simulated (no NVIDIA GPU")
-        assert m.simulated
-        assert all("Simulated" in d.name for d in m.summary().devices) or not m.summary().devices
-    assert "SIMULATED" in caplog.text
+    """Nothing measurable: the job runs, one warning says so, and nothing is recorded."""
+    spool_dir = tmp_path / "spool"
+    with (
+        caplog.at_level(logging.INFO),
+        make(spool_dir, backend=None, sources=no_devices(tmp_path)) as m,
+    ):
+        with m.phase("epoch"):
+            m.add_tokens(10)
+        assert m.state == "unmetered"
+        assert not m.sampling
+        assert not m.recording
+        assert not m.simulated
+        assert m.devices == ()
+    summary = m.summary()
+    assert summary.devices == ()
+    assert math.isnan(summary.energy_j)  # no figure, never a measured 0 J
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "nothing measurable on this node" in warnings[0]
+    assert "nvml: no NVIDIA GPU" in warnings[0]
+    assert "rapl: no RAPL package zone" in warnings[0]
+    assert "--cpu-tdp-w" in warnings[0]
+    assert "simulat" not in caplog.text.lower()
+    assert not spool_dir.exists()  # no run in the spool, nothing in an outbox
 
 
-def test_open_backend_choices() -> None:
+def test_root_only_rapl_alone_is_nothing_measurable_and_names_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sources = no_devices(tmp_path)
+    tree = FakePowercap(sources.powercap)
+    tree.add_package(0)
+    tree.deny("intel-rapl:0")
+    tree.deny("intel-rapl:0:1")
+    sources = dataclasses.replace(sources, read_text=tree.read_text)
+    with (
+        caplog.at_level(logging.WARNING),
+        make(tmp_path / "spool", backend=None, sources=sources) as m,
+    ):
+        assert m.state == "unmetered"
+    assert "CVE-2020-8694" in caplog.text
+    assert "chmod a+r" in caplog.text
+    assert not (tmp_path / "spool").exists()
+
+
+def test_a_cpu_tdp_meters_a_labelled_estimate_where_nothing_is_measurable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sources = no_devices(tmp_path)
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\n")
+    sources = dataclasses.replace(sources, proc_stat=stat)
+    with (
+        caplog.at_level(logging.WARNING),
+        make(tmp_path / "spool", backend=None, sources=sources, cpu_tdp_w=150.0) as m,
+    ):
+        assert m.state == "running"
+        assert m.backend_label == "estimate: CPU utilisation × 150 W TDP (not a measurement)"
+        (device,) = m.devices
+        assert device["kind"] == "cpu"
+        assert device["power_method"] == "estimate"
+        assert device["name"].startswith("CPU estimate")
+        assert not device["simulated"]
+        wait_until(sealed(m, 1), "a chunk")
+    assert "ESTIMATE" in caplog.text
+    (d,) = m.summary().devices
+    assert d.method == "estimate"
+    with Spool.in_directory(tmp_path / "spool") as spool:
+        chunks = spool.chunks(m.run_id)
+    assert chunks
+    assert {c.payload["method"] for c in chunks} == {"estimate"}
+
+
+def test_open_backend_choices(tmp_path: Path) -> None:
     simulated, label = open_backend("simulated", gpus=[0, 1])
     assert label == "simulated"
     assert len(simulated.devices()) == 2
@@ -312,6 +391,12 @@ def test_open_backend_choices() -> None:
     else:
         assert label == "nvml"
         nvml.close()
+    sources = no_devices(tmp_path)
+    for choice in ("rapl", "hwmon", "nvml"):  # one kind only: a clear error where it is absent
+        with pytest.raises(DeviceUnavailable, match=choice if choice != "nvml" else "nvmlInit"):
+            open_backend(choice, sources=sources)
+    with pytest.raises(NothingMeasurable, match="nothing measurable"):
+        open_backend("auto", sources=sources)
 
 
 def test_meter_is_exported_lazily_and_import_meters_stays_light() -> None:

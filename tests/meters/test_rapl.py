@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from thermoledger.meters.backends import DeviceStatus, Method, RaplBackend
+from thermoledger.meters.backends.base import DeviceReader, FlatBuffer
 from thermoledger.meters.errors import DeviceUnavailable, PermissionDenied
 from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing.fake_powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
@@ -139,3 +140,19 @@ def test_no_rapl_is_device_unavailable(tmp_path: Path) -> None:
     empty.add_psys(0)
     with pytest.raises(DeviceUnavailable):
         RaplBackend(empty.root, read_text=empty.read_text)
+
+
+def test_read_device_reads_one_zone_as_read_does(powercap: FakePowercap) -> None:
+    clock = ManualClock()
+    powercap.deny("intel-rapl:0:1")
+    backend = _open(powercap, clock=clock)
+    assert isinstance(backend, DeviceReader)
+    whole = backend.read()
+    buffer = FlatBuffer(3, t_wall_s=clock.wall_s(), t_mono_s=clock.monotonic_s())
+    for i in (2, 0, 1):
+        backend.read_device(buffer, i)
+    one_by_one = buffer.freeze()
+    assert repr(one_by_one.energy_j.tolist()) == repr(whole.energy_j.tolist())
+    assert one_by_one.status.tolist() == whole.status.tolist()
+    assert one_by_one.messages == whole.messages
+    assert one_by_one.t_mono_s.tolist() == whole.t_mono_s.tolist()

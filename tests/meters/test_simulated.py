@@ -19,6 +19,7 @@ from thermoledger.meters.backends import (
     idle,
     steady,
 )
+from thermoledger.meters.backends.base import DeviceReader, FlatBuffer
 from thermoledger.meters.testing import ManualClock
 
 
@@ -203,3 +204,17 @@ def test_scalar_path_at_bursty_period_boundaries() -> None:
     for t_s in np.arange(0.0, 50.0, 0.1).tolist() + [1.7 * k - 0.37 for k in range(30)]:
         assert profile.primitive_at_j(t_s) == float(profile.primitive_j(t_s))
         assert profile.power_at_w(t_s) == float(profile.power_w(t_s))
+
+
+def test_read_device_reads_one_device_at_the_clock_s_time() -> None:
+    clock = ManualClock()
+    backend = SimulatedBackend(clock=clock)
+    assert isinstance(backend, DeviceReader)
+    clock.advance(3.7)
+    whole = backend.read()
+    buffer = FlatBuffer(8, t_wall_s=clock.wall_s(), t_mono_s=clock.monotonic_s())
+    for i in reversed(range(8)):
+        backend.read_device(buffer, i)
+    one_by_one = buffer.freeze()
+    for name in ("power_w", "energy_j", "t_mono_s", "t_wall_s", "power_method", "status"):
+        assert getattr(one_by_one, name).tolist() == getattr(whole, name).tolist(), name
