@@ -6,19 +6,38 @@ optional ``psys`` zone, and the files ``name``, ``energy_uj``, ``max_energy_rang
 ``enabled``, ``constraint_0_name`` and ``constraint_0_power_limit_uw``.
 
 Counters wrap like RAPL's: modulo ``max_energy_range_uj + 1`` µJ (this fake's energy unit being
-1 µJ). `FakePowercap.read_text` refuses denied files with ``PermissionError`` (EACCES) even when
-the tests run as root, where file modes alone would not stop a read; denied files are also
-chmod'ed to 0400 so that the tree is right for a non-root reader too.
+1 µJ). A zone's counter is what its file holds (tests move it with `FakePowercap.add_energy_j`),
+or, once `FakePowercap.drive` is called, the exact energy of a power profile since then, read
+through `FakePowercap.read_text` on a clock, moving every millisecond as RAPL's does.
+
+`FakePowercap.read_text` refuses denied files with ``PermissionError`` (EACCES) even when the
+tests run as root, where file modes alone would not stop a read; denied files are also chmod'ed
+to 0400 so that the tree is right for a non-root reader too.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..backends.base import Clock, SystemClock
+from ..backends.simulated import Profile
 
 # A common value on Intel server parts (2^32 energy units of 61.035 µJ).
 DEFAULT_MAX_ENERGY_RANGE_UJ = 262_143_328_850
+
+
+@dataclass(frozen=True, slots=True)
+class _Drive:
+    profile: Profile
+    clock: Clock
+    start_s: float  # the clock's monotonic time at `drive`: t = 0 of the profile
+    start_uj: int
+    modulus_uj: int
+    update_s: float
 
 
 class FakePowercap:
@@ -35,6 +54,7 @@ class FakePowercap:
         control.mkdir(exist_ok=True)
         (control / "enabled").write_text("1\n")
         self.denied: set[Path] = set()
+        self._driven: dict[Path, _Drive] = {}
 
     def add_package(
         self,
@@ -97,6 +117,31 @@ class FakePowercap:
         value_uj = (self.energy_uj(zone) + round(energy_j * 1e6)) % modulus_uj
         self.set_energy_uj(zone, value_uj)
 
+    def drive(
+        self,
+        zone: str,
+        profile: Profile,
+        *,
+        clock: Clock | None = None,
+        update_s: float = 0.001,
+    ) -> None:
+        """From now on the zone's counter is the energy ``profile`` draws (t = 0 now).
+
+        Read through `read_text`: the value of the file at this call plus the profile's exact
+        energy since, floored to whole µJ, held between updates every ``update_s`` seconds (RAPL:
+        about 1 ms) and wrapped as RAPL wraps.
+        """
+        path = self.zone_path(zone)
+        clock = clock if clock is not None else SystemClock()
+        self._driven[path / "energy_uj"] = _Drive(
+            profile=profile,
+            clock=clock,
+            start_s=clock.monotonic_s(),
+            start_uj=self.energy_uj(zone),
+            modulus_uj=int((path / "max_energy_range_uj").read_text()) + 1,
+            update_s=update_s,
+        )
+
     def deny(self, zone: str, filename: str = "energy_uj") -> Path:
         """Make one file of a zone unreadable (root-only, as after CVE-2020-8694)."""
         path = self.zone_path(zone) / filename
@@ -114,6 +159,13 @@ class FakePowercap:
         """Read a file of the tree as an unprivileged reader would (denied files refuse)."""
         if path in self.denied:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        drive = self._driven.get(path)
+        if drive is not None:
+            t_s = drive.clock.monotonic_s() - drive.start_s
+            if drive.update_s > 0:
+                t_s = math.floor(t_s / drive.update_s) * drive.update_s
+            drawn_uj = math.floor(1e6 * drive.profile.energy_between_j(0.0, max(t_s, 0.0)))
+            return f"{(drive.start_uj + drawn_uj) % drive.modulus_uj}\n"
         return path.read_text(encoding="ascii")
 
     def _zone_files(self, path: Path, name: str, energy_uj: int, max_range_uj: int) -> None:
