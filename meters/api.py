@@ -632,6 +632,7 @@ class Meter:
         self._work_dirty = False
         self._work_saved_s = -math.inf
         self._final: MeterSummary | None = None
+        self._started_s = math.nan
         self._warned: set[str] = set()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -698,7 +699,7 @@ class Meter:
         if election.sample and not self._open_devices(settings):
             return  # nothing measurable: the job runs unmetered, nothing is recorded
         self._control = ControlStore.in_directory(settings.spool_dir)
-        started_s = time.time()
+        started_s = self._started_s = time.time()
         if election.sample:
             assert self._backend is not None
             devices = self._backend.devices()
@@ -820,6 +821,16 @@ class Meter:
             "simulated": self.simulated,
         }
 
+    def _send_quality(self, summary: MeterSummary) -> None:
+        """The run's declaration again, with the measurement's grade in its host info (the
+        service merges it into the run, and the report shows it)."""
+        if self._control is None or summary.quality is None:
+            return
+        body = self._run_body(self._started_s)
+        for info in body["host_info"].values():
+            info["quality"] = summary.quality.to_dict()
+        self._control.put(self.run_id, "run", body)
+
     def _valid_tags(self, tags: Mapping[str, str]) -> dict[str, str]:
         out = {}
         for key, value in tags.items():
@@ -855,6 +866,7 @@ class Meter:
                     summary = self._sampler.stop(status=status, exit_code=exit_code)
                     if math.isfinite(self._sampler.closed_at_s):
                         end_s = self._sampler.closed_at_s
+                    self._send_quality(summary)
                 # Phases still open end with the run, at its closing edge.
                 for phase in list(reversed(self._phases)):
                     if phase.t1_s is None:

@@ -96,6 +96,7 @@ from .backends.base import (
 )
 from .chunker import DeviceChunker, DeviceSummary, SealJob, counted_devices, device_payload, seal
 from .edges import Reading, await_updates, continuous, edge, period_s
+from .quality import DeviceFacts, RunQuality, grade_run
 from .signals import STOP_SIGNALS, Caught
 from .spool import RunStatus, SpoolConflict
 from .wire import ChunkPayload, DevicePayload
@@ -240,6 +241,8 @@ class MeterSummary:
         unspooled: Sealed chunks waiting in memory for the spool.
         dropped: Sealed chunks given up on (a conflicting chunk under the same key).
         cpu_s: CPU time the ticks took, s (thread time of the sampling threads).
+        quality: The measurement's grade, what limits it and what would improve it
+            (`meters.quality`; None for a summary of no sampler).
     """
 
     run_id: str
@@ -254,6 +257,7 @@ class MeterSummary:
     unspooled: int
     dropped: int
     cpu_s: float
+    quality: RunQuality | None = None
 
 
 class _Read:
@@ -612,7 +616,32 @@ class Sampler:
             unspooled=int(unspooled),
             dropped=int(dropped),
             cpu_s=float(cpu_s),
+            quality=self._quality(devices) if len(devices) == len(self._infos) else None,
         )
+
+    def _quality(self, devices: Sequence[DeviceSummary]) -> RunQuality:
+        """The run's grade from what the sampler saw of each device (`meters.quality`)."""
+        opened = math.isfinite(self.opened_at_s)
+        edges = opened and (math.isfinite(self.closed_at_s) or not self._stopped)
+        facts = []
+        for i, (info, d) in enumerate(zip(self._infos, devices, strict=True)):
+            declared = info.uncertainty.counter_update_s
+            period = self.counter_update_s.get(i, 0.0 if declared == 0.0 else None)
+            coverage = 1.0 - d.gap_s / d.duration_s if d.duration_s > 0 else None
+            facts.append(
+                DeviceFacts(
+                    key=d.key,
+                    method=d.method,
+                    simulated=info.simulated,
+                    counter_update_s=period if info.has_energy_counter else None,
+                    power_window_s=info.uncertainty.power_window_s,
+                    coverage=coverage,
+                    edges=edges,
+                    status=d.status,
+                    slow_readings=d.missed.get("slow", 0),
+                )
+            )
+        return grade_run(facts)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -772,7 +801,8 @@ class Sampler:
         return Reading(flat.t_mono_s[i], flat.power_w[i], flat.energy_j[i], flat.status[i])
 
     def _counter_edges(self, read: _Read) -> dict[int, Reading]:
-        """The readings of ``read`` whose counter a run's edge waits on: gridded ones."""
+        """The readings of ``read`` whose counter a run's edge waits on: all but those whose
+        backend declares them continuous (a counter update period of 0)."""
         flat = read.flat
         if flat is None:
             return {}
@@ -780,7 +810,7 @@ class Sampler:
             i: Reading(flat.t_mono_s[i], flat.power_w[i], flat.energy_j[i], flat.status[i])
             for i in read.done
             if self._infos[i].has_energy_counter
-            and (self._infos[i].uncertainty.counter_update_s or 0.0) > 0.0
+            and self._infos[i].uncertainty.counter_update_s != 0.0  # declared continuous
         }
 
     def _open_counters(self, read: _Read) -> None:

@@ -23,6 +23,7 @@ from thermoledger.accounting.integrate import aggregate_energy, covered_by, kind
 from .api import Meter
 from .chunker import DeviceSummary
 from .logs import JsonFormatter
+from .quality import RunQuality
 from .sampler import MeterSummary
 from .settings import FootprintSettings
 from .uploader import PushResult
@@ -36,6 +37,7 @@ __all__ = [
     "format_energy",
     "render_attribution",
     "render_footprint",
+    "render_quality",
     "render_summary",
     "write_summary",
 ]
@@ -188,6 +190,8 @@ def render_summary(
                 "  cost and CO2e: not configured (--tariff / THERMOLEDGER_TARIFF_USD_PER_KWH, "
                 "--grid-intensity / THERMOLEDGER_GRID_INTENSITY_G_PER_KWH, --pue)"
             )
+    if summary.quality is not None and summary.devices:
+        lines.extend(render_quality(summary.quality))
     if summary.overruns or summary.read_errors or summary.spool_errors or summary.unspooled:
         lines.append(
             f"  meter: {summary.overruns} overruns, {summary.read_errors} failed reads, "
@@ -209,6 +213,22 @@ def render_summary(
             f"{upload.messages_pending} messages wait in {spool_dir}; `thermoledger push` later"
         )
     return "\n".join(lines) + "\n"
+
+
+_GRADE_WORDS: Final = {
+    "A": "exact: every device by its energy counter, both edges read",
+    "B": "good: within a few tenths of a percent, the band says how much",
+    "C": "rough: the band is wide and parts are estimates",
+    "D": "not a measurement",
+}
+
+
+def render_quality(quality: RunQuality) -> list[str]:
+    """The grade line, what limits it, and what would improve it (`meters.quality`)."""
+    lines = [f"  measurement quality: {quality.grade} ({_GRADE_WORDS[quality.grade]})"]
+    lines.extend(f"    limited by: {limit}" for limit in quality.limits)
+    lines.extend(f"    to improve: {step}" for step in quality.improve)
+    return lines
 
 
 def _kind_lines(devices: Sequence[DeviceSummary], duration_s: float) -> list[str]:
@@ -353,6 +373,7 @@ def write_summary(
                 "energy_high_j": _figure(summary.energy_high_j),
                 "devices": len(summary.devices),
                 "simulated": meter.simulated,
+                "quality": None if summary.quality is None else summary.quality.to_dict(),
             },
         )
     except Exception as e:
