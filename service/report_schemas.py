@@ -594,6 +594,23 @@ class SciRecord(BaseModel):
     notes: Notes
 
 
+class MeasurementQuality(BaseModel):
+    """The measurement's grade as the run's meter(s) reported it (`meters.quality`).
+
+    A: every device by its energy counter, both edges of the window read synchronously, full
+    coverage. B: averaged power, a counter without its edges, or a small hole. C: instantaneous
+    power, a device lost, or a large hole. D: not a measurement (estimate, simulated, nothing
+    read). With several meters (nodes), the worst grade, and every limit once.
+    """
+
+    model_config = _OUT
+
+    grade: Literal["A", "B", "C", "D"] = Field(description="A (best) to D (not a measurement).")
+    limits: list[str] = Field(description="What keeps the grade down, one line each.")
+    improve: list[str] = Field(description="What would lift it, one line each.")
+    meters: int = Field(description="How many meters (nodes) reported a grade.")
+
+
 class RunReportPublic(BaseModel):
     """The run report: energy by device, host and phase with uncertainty bands and measurement
     methods, efficiency, the three bounds, cost and carbon on the run's accounting basis."""
@@ -613,3 +630,6 @@ class RunReportPublic(BaseModel):
     sci: SciRecord | None = Field(description="None when no grid intensity applies.")
     notes: Notes
     accounting: AccountingBasisPublic
+    quality: MeasurementQuality | None = Field(
+        default=None, description="The measurement's grade; None when no meter reported one."
+    )

@@ -29,6 +29,7 @@ no run's aggregates are read twice.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, cast
 from uuid import UUID
 
@@ -271,7 +272,39 @@ def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
     if usage.phases:
         out["notes"].append(PHASE_NOTE)
     _state_basis(out, basis)
+    out["quality"] = meter_quality(run.host_info)
     return cast(dict[str, Any], _json_safe(out))
+
+
+_GRADES = ("A", "B", "C", "D")
+
+
+def meter_quality(host_info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The measurement grade the run's meters sent in its host info: the worst, every limit
+    and step once (None: no meter sent one, e.g. a run metered before grades existed)."""
+    grades = [
+        info["quality"]
+        for info in host_info.values()
+        if isinstance(info, Mapping)
+        and isinstance(info.get("quality"), Mapping)
+        and info["quality"].get("grade") in _GRADES
+    ]
+    if not grades:
+        return None
+    limits: list[str] = []
+    improve: list[str] = []
+    for quality in grades:
+        for target, name in ((limits, "limits"), (improve, "improve")):
+            lines = quality.get(name)
+            for line in lines if isinstance(lines, list) else ():
+                if isinstance(line, str) and line not in target:
+                    target.append(line)
+    return {
+        "grade": max((q["grade"] for q in grades), key=_GRADES.index),
+        "limits": limits,
+        "improve": improve,
+        "meters": len(grades),
+    }
 
 
 def report_public(usage: RunUsage, *, basis: RunBasis) -> RunReportPublic:
