@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
+from ._averaged import _edge_residual
 from ._validate import FloatArray, IntArray, InvalidArgument, _one_trace, _power_problem
 from .counter import _one_counter
 from .model import (
@@ -18,7 +19,7 @@ from .model import (
     PowerModel,
     _band,
 )
-from .power import _edge_residual, _thresholds, _unseen_range
+from .power import _thresholds, _unseen_range
 
 
 @dataclass(frozen=True, slots=True)

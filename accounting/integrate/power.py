@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
+from ._averaged import _edge_residual
 from ._kernel import _power_kernel
 from ._validate import FloatArray, IntArray, _as_1d, _check_lengths, _one_trace
 from .model import (
@@ -372,21 +373,6 @@ def _unseen_range(
     if model.max_power_w is not None:
         top = np.minimum(top, model.max_power_w)
     return floor, np.maximum(high_w, top)
-
-
-def _edge_residual(
-    reading_w: FloatArray, window_s: float, floor_w: float, ceiling_w: float | FloatArray
-) -> FloatArray:
-    """Worst lag-corrected error at a window edge whose averaged reading is r, J.
-
-    (w/2)·(r − floor)(ceiling − r)/(ceiling − floor): the most ∫P·h can reach over the
-    edge's averaging window when P stays in [floor, ceiling] with mean r (package docstring).
-    """
-    span = np.maximum(np.asarray(ceiling_w, dtype=np.float64) - floor_w, 0.0)
-    up = np.clip(reading_w - floor_w, 0.0, span)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = 0.5 * window_s * up * (span - up) / span
-    return np.where(span > 0, out, 0.0)
 
 
 def integrate_power_segments(
