@@ -254,7 +254,9 @@ def window_energy(curve: EnergyCurve, start_s: npt.ArrayLike, end_s: npt.ArrayLi
     trace contribute nothing (``covered_s`` says how much of it the trace covers). For a curve
     of averaged readings (``averaging_window_s`` w > 0) each window adds the lag correction
     (w/2)(r(end) − r(start)), which telescopes, so adjacent windows still add up to the whole,
-    and its band gains the averaging residual of both edges (package docstring).
+    and its band gains the averaging residual of both edges (package docstring). Windows keep
+    this rule rather than the chunks' block rule (whole windows anchored at each window's own
+    start), which would break that additivity: phases cut anywhere must add up to the run.
 
     Args:
         curve: From `power_energy_curve` or `counter_energy_curve`.
