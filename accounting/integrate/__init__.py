@@ -17,26 +17,73 @@ Integration rule
 Averaged readings (``averaging_window_s`` w > 0)
     A reading r(t) that is the trailing moving average of the true power over [t − w, t]
     (NVML on Hopper: w = 1 s) lags P by w/2: integrated as if it were P(t), a window cut at a
-    450 W step misses by up to 450 W × w/2. Read as the power at t − w/2, the readings over
-    [a, b] describe the true energy over [a − w/2, b − w/2]; the chunk and window edges stay
-    at sample times (a chunk's samples must lie inside its [t0_s, t1_s], and counter chunks
-    of the same device tile on those times), so the two half-windows are traded at the edges:
-    E(a, b) ≈ ∫_a^b r dt + (w/2)·(r(b) − r(a)). In terms of P this weighs [a − w, a] and
-    [b − w, b] with zero-mean linear ramps, so the estimate is **exact whenever P is linear
-    over the window before each edge** (a steady load, a ramp, a step more than w before an
-    edge), needs no sample after b (a meter seals a chunk at its bridge sample), and
-    telescopes: chunks and adjacent windows still add up to the whole. Residual: at each edge
-    the error is ∫ P·h over the edge's [t − w, t], with h a ramp from +1/2 down to −1/2.
-    That interval is exactly the one the edge's reading averages, so P's mean there is r(t):
-    the worst P within [floor, ceiling] with that mean sits at the ceiling for the first
+    450 W step misses by up to 450 W × w/2. But **w·r(t) is exactly the energy of [t − w, t]**.
+    A group (a chunk; the whole trace for `integrate_power`) [a, b] without a gap, of length
+    L = m·w + ρ (m = floor(L/w), 0 ≤ ρ < w; a group within 1e-9·w of m windows counts m), is
+    estimated by the **block rule**:
+
+    * m whole windows anchored at its start, Σ_{k=1..m} w·r(a + k·w), with r at each anchor
+      interpolated linearly between the two samples around it (a meter's ticks sit on a grid
+      a + j·Δ, so its anchors fall on a sample, or within the ticks' jitter of one);
+    * the remainder [c, b], c = a + m·w, lag-corrected (the rule below, on [c, b]):
+      ∫_c^b r dt + (w/2)·(r(b) − r(c)), then clipped to what the readings at c and b allow.
+
+    The estimate is **exact (up to the anchors' interpolation) when the group's length is a
+    multiple of w**, and otherwise errs by at most the remainder's band, which vanishes as ρ
+    goes to 0 or to w and is widest near ρ = w/2. That is a property of boxcar averages, not
+    of this rule: a w-periodic component of P with zero mean changes no reading (each reading
+    averages whole periods of it), so no rule built on the readings can tell how much of it
+    falls into a part ρ of a window; only whole windows are determined, and the rest only as
+    far as the floor and the ceiling allow. Band (both bounds, unless said):
+
+    * each interpolated anchor, u after the sample before it and v before the one after:
+      (ceiling − floor)·2uv/(u + v), at most twice its distance to the nearer sample and 0 on
+      a sample (r is Lipschitz with constant (ceiling − floor)/w; it can rise at full slope to
+      the anchor and fall back at full slope to the next sample, and no more). The anchor c
+      counts twice: it also opens the remainder.
+    * the remainder X = E[c, b]: with Y = E[b − w, c] (length w − ρ) and Z = E[c − w, b − w]
+      (length ρ), w·r(b) = Y + X and w·r(c) = Z + Y, each part between floor and ceiling
+      times its length, so X lies in [X_lo, X_hi] = [max(floor·ρ, w·r(b) − ceiling·(w − ρ),
+      w·(r(b) − r(c)) + floor·ρ), min(ceiling·ρ, w·r(b) − floor·(w − ρ), w·(r(b) − r(c)) +
+      ceiling·ρ)], no wider than (ceiling − floor)·min(ρ, w − ρ) (the terms in r(c) widened
+      by its anchor's term when c falls between samples). The lag-corrected estimate is
+      clipped into it (the truth lies in it, so clipping can only bring it closer), and its
+      bounds are min(R, X̂ − X_lo) below and min(R, X_hi − X̂) above, with R the lag-corrected
+      rule's residual at c and at b (below) plus what linear interpolation of r between
+      samples may miss over [c, b]: (ceiling − floor)/w × d²/4 per interval d (d·d'/2 for the
+      part d' of one).
+
+    For the meter's chunks (bins of 10 s, 10·w, aligned to the run's start) the interior
+    chunks are within a tick's jitter of 10·w and the last one ends at the closing edge, so
+    their remainders and bands are small. Chunk figures no longer add up to the whole trace's
+    figure by construction (each chunk anchors its own blocks), but each is exact where its
+    length is a multiple of w, so the chunks' sum is as good as the whole-trace figure there.
+
+    **Groups with a gap** keep the lag-corrected rule over the whole group (a block must not
+    straddle a gap: r was not read there), and so do the curves (`power_energy_curve`,
+    `window_energy`): their windows are cut anywhere on one cumulative curve, and adjacent
+    windows must add up to the whole exactly (phases add up to the run), which blocks
+    anchored at each window's own start would break. The **lag-corrected rule**: read as the
+    power at t − w/2, the readings over [a, b] describe the true energy over [a − w/2,
+    b − w/2]; the chunk and window edges stay at sample times (a chunk's samples must lie
+    inside its [t0_s, t1_s], and counter chunks of the same device tile on those times), so
+    the two half-windows are traded at the edges: E(a, b) ≈ ∫_a^b r dt + (w/2)·(r(b) − r(a)).
+    In terms of P this weighs [a − w, a] and [b − w, b] with zero-mean linear ramps, so the
+    estimate is exact whenever P is linear over the window before each edge (a steady load, a
+    ramp, a step more than w before an edge), needs no sample after b (a meter seals a chunk
+    at its bridge sample), and telescopes: adjacent windows add up to the whole. Residual: at
+    each edge the error is ∫ P·h over the edge's [t − w, t], with h a ramp from +1/2 down to
+    −1/2. That interval is exactly the one the edge's reading averages, so P's mean there is
+    r(t): the worst P within [floor, ceiling] with that mean sits at the ceiling for the first
     u·w and at the floor after (u = (r − floor)/(ceiling − floor)), which bounds the error by
     (w/2)·(r − floor)(ceiling − r)/(ceiling − floor) per edge, at most (ceiling − floor)·w/8
-    (r midway); both signs are possible. This is a bound when the ceiling is the device's
-    power limit (``max_power_w``); with the trace's own peak it is an assumption. An edge
-    that meets a gap is not corrected, and may be off by the whole lag, (ceiling − floor) ×
-    w/2. The corrected energy is clipped at 0 (only noise could drive it below), and a
-    chunk's min/max power widen to include its mean (the true mean may pass the extremes of
-    the smoothed readings).
+    (r midway); both signs are possible. An edge that meets a gap is not corrected, and may
+    be off by the whole lag, (ceiling − floor) × w/2.
+
+    All these are bounds when the ceiling is the device's power limit (``max_power_w``); with
+    the trace's own peak they are an assumption. The corrected energy is clipped at 0 (only
+    noise could drive it below), and a chunk's min/max power widen to include its mean (the
+    true mean may pass the extremes of the smoothed readings).
 
 Gaps
     Interval i is a **gap** when dt_i > gap_factor × nominal interval (default factor 3). The
@@ -57,8 +104,9 @@ Chunks tile the trace by the **left-sample rule**
     Interval i belongs to the chunk holding sample i. A chunk therefore spans from its first
     sample to the first sample of the next chunk of the same trace (its last interval bridges
     to the next chunk); the last chunk of a trace ends at its last sample. Every interval is
-    counted exactly once, chunk energies sum to the trace's energy, and t1_s of one chunk is
-    t0_s of the next. A meter seals chunk k when the first sample of chunk k+1 has arrived.
+    counted exactly once, chunk energies sum to the trace's energy (averaged readings: see
+    "Averaged readings"), and t1_s of one chunk is t0_s of the next. A meter seals chunk k
+    when the first sample of chunk k+1 has arrived.
     Chunk min/max power are over the samples the chunk's intervals touch (so they include the
     next chunk's first sample), which keeps min ≤ mean ≤ max.
 
@@ -94,10 +142,12 @@ Uncertainty model
       bounded as "Unseen power" (below) says: between a floor L and a ceiling U, so interval
       energy e lies in [e − (1−c)(e − L·dt), e + (1−c)(U·dt − e)]. Prefer the counter, or
       readings that see all of the time (the driver's 1 s average). The averaging residual
-      (at most (ceiling − floor) × w/8 per window edge, × w/2 per gap edge; see "Averaged
-      readings") is added to both bounds: it is a worst case of either sign, and like
-      aliasing it is correlated across the devices of one job (they step together), so it
-      must add linearly rather than root-sum-square with the sensor term.
+      (the block rule's anchors and remainder, or for the lag-corrected rule at most
+      (ceiling − floor) × w/8 per window edge, × w/2 per gap edge; see "Averaged readings")
+      is added to the bounds: it is a worst case of either sign (the remainder's may be
+      narrower on one side), and like aliasing it is correlated across the devices of one job
+      (they step together), so it must add linearly rather than root-sum-square with the
+      sensor term.
 
     The band is energy_low_j = max(0, E − sensor − bound_below), energy_high_j = E + sensor +
     bound_above; terms add linearly inside one trace. Across devices (`aggregate_energy`), rows
@@ -161,9 +211,11 @@ Speed
     The sensor term costs nothing while every reading is above abs/rel (100 W by default);
     the trace's peak is read only when a bound needs it (a gap, the worst-case coverage bound
     or an averaging window without ``max_power_w``); partial coverage bounded by the observed
-    range takes each group's min and max, block by block, in the same pass. The lag
-    correction and the residual cost a few operations per chunk, after the kernel, and
-    nothing at all when w = 0.
+    range takes each group's min and max, block by block, in the same pass. Averaged
+    readings cost nothing when w = 0; with w > 0, after the kernel, one pass builds a search
+    key over the samples (each group's times from its first sample, groups end to end), one
+    searchsorted finds the samples around every anchor of every group, and the remainders
+    re-read their few samples; no loop over samples or groups.
     ``bench/integrate.py`` measures it against a memory-bandwidth reference.
 """
 

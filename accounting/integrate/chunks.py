@@ -31,7 +31,7 @@ class ChunkSummaries:
         energy_j, energy_low_j, energy_high_j: Estimate and band, J.
         sensor_uncertainty_j, bound_below_j, bound_above_j: Band terms, J (package docstring).
         min_power_w, max_power_w: Extremes of the power samples the chunk touches, W (for
-            lag-corrected averaged readings, widened to include mean_power_w).
+            averaged readings, w > 0, widened to include mean_power_w).
         mean_power_w: energy_j / counted time, W, where counted time excludes gaps under
             ``"exclude"`` (power methods); the mean of the chunk's samples when that time is 0.
         gap_s, gap_count: Gaps inside the chunk (seconds, count).
@@ -113,7 +113,10 @@ def summarize_chunks(
     """Summarise one trace, or many in segmented form, into chunks that tile it.
 
     Chunks follow the left-sample rule (package docstring): interval i belongs to the chunk of
-    sample i, so chunk energies add up to the trace's energy exactly (to float rounding).
+    sample i, so chunk energies add up to the trace's energy exactly (to float rounding);
+    averaged readings (``model.averaging_window_s`` > 0) are the exception: each gap-free
+    chunk is estimated by the block rule from its own start (package docstring, "Averaged
+    readings").
     With ``counter_j`` the energy figures come from the counter (method ``counter``) and the
     power readings give min/max; otherwise from the power trace (method ``model.method``).
 
@@ -189,7 +192,7 @@ def summarize_chunks(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counted > 0, energy / np.where(counted > 0, counted, 1.0), sample_mean)
     if counter_j is None and model.averaging_window_s > 0.0:
-        # The lag-corrected mean may pass the extremes of the smoothed readings (the true
+        # The corrected mean may pass the extremes of the smoothed readings (the true
         # power did); min/max widen to it so that min <= mean <= max still holds.
         np.minimum(pmin, mean, out=pmin)
         np.maximum(pmax, mean, out=pmax)

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
+from ._averaged import _edge_residual
 from ._validate import FloatArray, IntArray, InvalidArgument, _one_trace, _power_problem
 from .counter import _one_counter
 from .model import (
@@ -18,7 +19,7 @@ from .model import (
     PowerModel,
     _band,
 )
-from .power import _edge_residual, _thresholds, _unseen_range
+from .power import _thresholds, _unseen_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +254,9 @@ def window_energy(curve: EnergyCurve, start_s: npt.ArrayLike, end_s: npt.ArrayLi
     trace contribute nothing (``covered_s`` says how much of it the trace covers). For a curve
     of averaged readings (``averaging_window_s`` w > 0) each window adds the lag correction
     (w/2)(r(end) − r(start)), which telescopes, so adjacent windows still add up to the whole,
-    and its band gains the averaging residual of both edges (package docstring).
+    and its band gains the averaging residual of both edges (package docstring). Windows keep
+    this rule rather than the chunks' block rule (whole windows anchored at each window's own
+    start), which would break that additivity: phases cut anywhere must add up to the run.
 
     Args:
         curve: From `power_energy_curve` or `counter_energy_curve`.

@@ -82,8 +82,10 @@ class PowerModel:
             0 leaves this term out.
         averaging_window_s: Window w of a trailing moving-average reading, s, >= 0 (NVML on
             Hopper: 1 s); 0 (default) for readings taken as the power at their own time. With
-            w > 0 the estimate is lag-corrected and the band gains the averaging residual
-            (package docstring, "Averaged readings").
+            w > 0 a gap-free chunk is estimated by the block rule (whole windows w·r(a + k·w)
+            from its start, exact when its length is a multiple of w, and a lag-corrected
+            remainder), a chunk with a gap and a curve's windows by the lag-corrected rule,
+            and the band gains their residual (package docstring, "Averaged readings").
 
     Raises:
         InvalidArgument: A field out of range, or a name that is not one of the allowed ones;

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidSamples
+from ._averaged import _block_rule, _edge_residual
 from ._kernel import _power_kernel
 from ._validate import FloatArray, IntArray, _as_1d, _check_lengths, _one_trace
 from .model import (
@@ -310,23 +311,29 @@ def _power_groups(
 
     energy = e_meas + gap_fill
     w = model.averaging_window_s
-    if w > 0.0:
-        # Lag correction: ∫_a^b r dt + (w/2)(r(b) − r(a)) estimates the true energy over
-        # [a, b], exactly when P is linear over [a − w, a] and [b − w, b] (package docstring).
+    if w > 0.0 and ng:
         last = lay.grp_last
         spans = duration > 0
-        shift = np.where(spans, 0.5 * w * (p[last] - p[first]), 0.0) if ng else np.zeros(0)
-        energy = np.maximum(energy + shift, 0.0)
-        # Residual of the two edges (package docstring); an edge that meets a gap is not
-        # corrected, so it may be off by the whole lag, (ceiling − floor) × w/2.
         g_ceil = ceiling[grp_seg]
-        swing = np.maximum(g_ceil - floor_w, 0.0) if ng else np.zeros(0)
+        swing = np.maximum(g_ceil - floor_w, 0.0)
+        # A group with a gap: lag correction, ∫_a^b r dt + (w/2)(r(b) − r(a)), exact when P is
+        # linear over [a − w, a] and [b − w, b]; its edges' residual, and an edge that meets
+        # a gap is not corrected, so it may be off by the whole lag, (ceiling − floor) × w/2.
+        shift = np.where(spans, 0.5 * w * (p[last] - p[first]), 0.0)
+        energy = np.maximum(energy + shift, 0.0)
         edges = _edge_residual(p[first], w, floor_w, g_ceil) + _edge_residual(
             p[last], w, floor_w, g_ceil
         )
         residual = np.where(spans, edges, 0.0) + swing * gap_count * w
-        below += residual
-        above += residual
+        res_below, res_above = residual, residual.copy()
+        # Without a gap: whole windows from the group's start, w·r(a + k·w) each, and the
+        # remainder lag-corrected (package docstring, "Averaged readings").
+        whole = np.flatnonzero(spans & (gap_count == 0))
+        energy[whole], res_below[whole], res_above[whole] = _block_rule(
+            t, p, lay.grp_off, last, whole, w, floor_w, swing[whole]
+        )
+        below += res_below
+        above += res_above
 
     counted = measured_s if model.gap_policy == "exclude" else duration
     gaps = GapReport(
@@ -372,21 +379,6 @@ def _unseen_range(
     if model.max_power_w is not None:
         top = np.minimum(top, model.max_power_w)
     return floor, np.maximum(high_w, top)
-
-
-def _edge_residual(
-    reading_w: FloatArray, window_s: float, floor_w: float, ceiling_w: float | FloatArray
-) -> FloatArray:
-    """Worst lag-corrected error at a window edge whose averaged reading is r, J.
-
-    (w/2)·(r − floor)(ceiling − r)/(ceiling − floor): the most ∫P·h can reach over the
-    edge's averaging window when P stays in [floor, ceiling] with mean r (package docstring).
-    """
-    span = np.maximum(np.asarray(ceiling_w, dtype=np.float64) - floor_w, 0.0)
-    up = np.clip(reading_w - floor_w, 0.0, span)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = 0.5 * window_s * up * (span - up) / span
-    return np.where(span > 0, out, 0.0)
 
 
 def integrate_power_segments(

@@ -23,6 +23,7 @@ from thermoledger.accounting.integrate import (
     GapPolicy,
     InvalidArgument,
     Method,
+    PowerEnergyBatch,
     PowerMethod,
     PowerModel,
     aggregate_energy,
@@ -800,19 +801,29 @@ def test_averaging_band_covers_windows_cut_at_the_step(edge_s: float) -> None:
     # Worst error of a step cut inside its window: (high − low) × w/8 = 56.25 J, at w/2.
     assert abs(res.energy_j - true) <= (_HIGH_W - _LOW_W) * _WINDOW_S / 8 + 1e-9
     assert res.energy_low_j <= true <= res.energy_high_j
-    # Residual per edge: (w/2)(r − floor)(ceiling − r)/(ceiling − floor), both edges, both sides.
+    # The block rule's band (whole windows from 4 s, on samples here; the remainder after
+    # them), no wider on either side than the lag-corrected rule's residual of both edges,
+    # (w/2)(r − floor)(ceiling − r)/(ceiling − floor) each, which this test pinned before
+    # gap-free groups took whole windows.
+    energy, below, above = _block_reference(t[keep], r[keep], _WINDOW_S, 0.0, _LIMIT_W)
+    assert res.energy_j == pytest.approx(energy, rel=1e-12)
+    assert res.bound_below_j == pytest.approx(below, rel=1e-9, abs=1e-9)
+    assert res.bound_above_j == pytest.approx(above, rel=1e-9, abs=1e-9)
     u = np.array([r[keep][0], r[keep][-1]])
     residual = float(np.sum(0.5 * _WINDOW_S * u * (_LIMIT_W - u) / _LIMIT_W))
-    assert res.bound_above_j == pytest.approx(residual, rel=1e-12)
-    assert res.bound_below_j == pytest.approx(residual, rel=1e-12)
-    # Chunks and windows of the same trace agree with it and tile.
+    assert res.bound_below_j <= residual + 1e-9
+    assert res.bound_above_j <= residual + 1e-9
+    # Chunks of whole windows are exact, and tile.
     chunks = summarize_chunks(t, r, chunk_s=5.0, model=PowerModel(averaging_window_s=_WINDOW_S))
     assert float(chunks.energy_j.sum()) == pytest.approx(float(_step_energy_j(30.0)), rel=1e-12)
     assert np.all(chunks.min_power_w <= chunks.mean_power_w)
     assert np.all(chunks.mean_power_w <= chunks.max_power_w)
+    # A curve's windows keep the lag-corrected rule (they must add up exactly), and its band.
+    # (This asserted the window's figure equal to integrate_power's, when both used that rule.)
     curve = power_energy_curve(t, r, model=model)
     win = window_energy(curve, [4.0], [edge_s])
-    assert win.energy_j[0] == pytest.approx(res.energy_j, rel=1e-12)
+    assert win.energy_j[0] == pytest.approx(_lag_corrected_j(t[keep], r[keep]), rel=1e-12)
+    assert win.bound_above_j[0] == pytest.approx(residual, rel=1e-12)
     assert win.energy_low_j[0] <= true <= win.energy_high_j[0]
 
 
@@ -822,6 +833,270 @@ def test_averaging_window_zero_changes_nothing() -> None:
     zero = integrate_power(t, p, model=PowerModel(nominal_interval_s=0.1, averaging_window_s=0.0))
     for name in ("energy_j", "energy_low_j", "energy_high_j", "bound_below_j", "bound_above_j"):
         assert getattr(zero, name) == getattr(plain, name), name
+
+
+# -- averaged readings: whole windows (the block rule) -----------------------------------------
+
+_SQ_LOW_W, _SQ_HIGH_W = 110.0, 640.0  # the square waves of bench/accuracy.py
+_PERIODS_S = (0.05, 0.13, 0.25, 0.7, 2.0)
+_DUTIES = (0.1, 0.3, 0.5, 0.9)
+_PHASES_S = (0.0, 0.037, 0.31, 0.77)
+_SQUARES = [(pd, d, ph) for pd in _PERIODS_S for d in _DUTIES for ph in _PHASES_S]
+_SWING_W = _LIMIT_W  # ceiling − floor of _EXACT: the 700 W limit, floor 0 W
+_EXACT = PowerModel(
+    averaging_window_s=_WINDOW_S,
+    max_power_w=_LIMIT_W,
+    nominal_interval_s=0.1,
+    sensor_rel_error=0.0,
+    sensor_abs_error_w=0.0,
+)  # the averaging terms alone in the band
+
+
+def _square_j(t_s: FloatArray, period_s: float, duty: float, phase_s: float) -> FloatArray:
+    """Primitive F of a 110 W / 640 W square wave, high for ``duty`` of each period from −phase."""
+    u = t_s + phase_s
+    periods = np.floor(u / period_s)
+    into_s = np.clip(u - periods * period_s, 0.0, period_s)
+    high_s = periods * duty * period_s + np.minimum(into_s, duty * period_s)
+    return _SQ_LOW_W * t_s + (_SQ_HIGH_W - _SQ_LOW_W) * high_s
+
+
+def _square_case(
+    length_s: float, square: tuple[float, float, float], *, jitter_s: float = 0.0, seed: int = 0
+) -> tuple[FloatArray, FloatArray, float]:
+    """Ticks every 0.1 s from 3 s (± jitter) and a closing edge at 3 s + length, as a meter.
+
+    Returns the times, the exact 1 s trailing averages there, (F(t) − F(t − w))/w, and the
+    true energy between the first and the last sample.
+    """
+    t = np.arange(0.0, length_s - 1e-9, 0.1)
+    if jitter_s:
+        t[1:] += np.random.default_rng(seed).uniform(-jitter_s, jitter_s, t.size - 1)
+    t = np.append(t, length_s) + 3.0
+    r = (_square_j(t, *square) - _square_j(t - _WINDOW_S, *square)) / _WINDOW_S
+    return t, r, float(_square_j(t[-1:], *square)[0] - _square_j(t[:1], *square)[0])
+
+
+def _lag_corrected_j(t: FloatArray, r: FloatArray) -> float:
+    """The lag-corrected rule over a whole gap-free trace: ∫ r dt + (w/2)(r(b) − r(a))."""
+    return float(np.trapezoid(r, t) + 0.5 * _WINDOW_S * (r[-1] - r[0]))
+
+
+def _block_reference(
+    t: FloatArray,
+    r: FloatArray,
+    w: float,
+    floor_w: float,
+    ceiling_w: float,
+    *,
+    residuals: bool = True,
+) -> tuple[float, float, float]:
+    """The block rule for one gap-free trace, one anchor at a time (package docstring).
+
+    Returns ``(energy_j, below_j, above_j)``: the estimate and the averaging terms of its band
+    (``residuals=False``: without the lag-corrected residual, the allowed range alone).
+    """
+    swing = ceiling_w - floor_w
+
+    def at(x: float) -> tuple[float, int, float]:  # reading, sample before, reach (s)
+        j = min(int(np.searchsorted(t, x, side="right")) - 1, t.size - 2)
+        u, v = x - t[j], t[j + 1] - x
+        return r[j] + (r[j + 1] - r[j]) * u / (u + v), j, 2.0 * u * v / (u + v)
+
+    def residual(x: float) -> float:
+        return 0.5 * w * (x - floor_w) * (ceiling_w - x) / swing
+
+    a, b = float(t[0]), float(t[-1])
+    m = math.floor((b - a) / w + 1e-9)
+    rho = (b - a) - m * w
+    blocks, reach = 0.0, 0.0
+    r_c, j_c, reach_c = float(r[0]), 0, 0.0
+    for k in range(1, m + 1):
+        r_c, j_c, reach_c = at(a + k * w)
+        blocks += w * r_c
+        reach += reach_c
+    c = a + m * w
+    part = t[j_c + 1] - c
+    d = t[j_c + 1] - t[j_c]
+    integral = part * (r_c + r[j_c + 1]) / 2
+    lin = min(d * d / 4, d * part / 2)
+    for i in range(j_c + 1, t.size - 1):
+        integral += (t[i + 1] - t[i]) * (r[i] + r[i + 1]) / 2
+        lin += (t[i + 1] - t[i]) ** 2 / 4
+    r_b = float(r[-1])
+    lagged = integral + w / 2 * (r_b - r_c)
+    big_r = swing / w * lin + residual(r_c) + residual(r_b) if residuals else math.inf
+    slack = swing * reach_c
+    low = max(
+        floor_w * rho, w * r_b - ceiling_w * (w - rho), w * (r_b - r_c) + floor_w * rho - slack
+    )
+    high = min(
+        ceiling_w * rho, w * r_b - floor_w * (w - rho), w * (r_b - r_c) + ceiling_w * rho + slack
+    )
+    x = min(max(lagged, low), high)
+    anchors = swing * (reach + reach_c)
+    return blocks + x, anchors + min(big_r, x - low), anchors + min(big_r, high - x)
+
+
+def _segments(cases: list[tuple[FloatArray, FloatArray, float]]) -> PowerEnergyBatch:
+    """All cases in one call, as segments (the anchors of every trace in one search)."""
+    offsets = np.concatenate(([0], np.cumsum([t.size for t, _, _ in cases])))
+    t = np.concatenate([t for t, _, _ in cases])
+    r = np.concatenate([r for _, r, _ in cases])
+    return integrate_power_segments(t, r, offsets, model=_EXACT)
+
+
+@pytest.mark.parametrize("windows", [1, 2, 10])
+def test_whole_windows_of_averaged_readings_are_exact(windows: int) -> None:
+    """k·w of square waves, read every 0.1 s: exact, where the lag-corrected rule errs."""
+    cases = [_square_case(windows * _WINDOW_S, sq) for sq in _SQUARES]
+    res = _segments(cases)
+    truth = np.array([true for _, _, true in cases])
+    assert np.all(np.abs(res.energy_j - truth) <= 1e-9 * truth)
+    assert np.all(res.bound_below_j <= 1e-9 * truth)
+    assert np.all(res.bound_above_j <= 1e-9 * truth)
+    old = np.array([_lag_corrected_j(t, r) for t, r, _ in cases])
+    assert np.max(np.abs(old - truth) / truth) > 0.005  # the old rule did miss them
+
+
+@pytest.mark.parametrize("windows", [1, 2, 10])
+@pytest.mark.parametrize("extra_s", [0.001, 0.004, -0.003])  # a meter's closing edge, late or early
+def test_a_few_ms_off_whole_windows_the_band_is_a_few_joules(windows: int, extra_s: float) -> None:
+    """k·w ± a few ms: the remainder's range is at most (ceiling − floor) × |extra| wide.
+
+    Late, the remainder is ρ = extra long; early, it is w − |extra| long and the reading at
+    its end leaves only |extra| of its window unknown. Either way the band shrinks with it.
+    """
+    cases = [_square_case(windows * _WINDOW_S + extra_s, sq) for sq in _SQUARES]
+    res = _segments(cases)
+    truth = np.array([true for _, _, true in cases])
+    limit_j = _SWING_W * abs(extra_s) + 1e-9
+    assert np.all(res.bound_below_j + res.bound_above_j <= limit_j)
+    assert np.all(res.energy_low_j <= truth * (1 + 1e-12))
+    assert np.all(truth <= res.energy_high_j * (1 + 1e-12))
+    assert np.all(np.abs(res.energy_j - truth) <= limit_j)
+    for k, (t, r, _) in enumerate(cases[::7]):
+        energy, below, above = _block_reference(t, r, _WINDOW_S, 0.0, _LIMIT_W)
+        got = res.trace(7 * k)
+        assert got.energy_j == pytest.approx(energy, rel=1e-12)
+        assert (got.bound_below_j, got.bound_above_j) == pytest.approx((below, above), abs=1e-9)
+
+
+def test_the_block_band_covers_averaged_square_waves_of_any_length() -> None:
+    """Lengths m·w + ρ: the band covers every case; the error beats the lag-corrected rule's.
+
+    Below w (m = 0) the estimate is the lag-corrected one clipped into a range that holds the
+    truth, so it is never worse, case by case. With whole windows it is not, case by case:
+    both rules err by the residual at b less one at an earlier edge (a for the old rule,
+    c = a + m·w for the new), and which pair nearly cancels depends on where the load's
+    period puts a, c and b; so per m the mean and the worst |error| over the grid are compared.
+    """
+    lengths = [m + rho for m in (0, 1, 2, 5) for rho in (0.15, 0.35, 0.5, 0.65, 0.85)]
+    cases = [_square_case(length, sq) for length in lengths for sq in _SQUARES]
+    res = _segments(cases)
+    truth = np.array([true for _, _, true in cases])
+    assert np.all(res.energy_low_j <= truth * (1 + 1e-12))
+    assert np.all(truth <= res.energy_high_j * (1 + 1e-12))
+    new = np.abs(res.energy_j - truth) / truth
+    old = np.abs(np.array([_lag_corrected_j(t, r) for t, r, _ in cases]) - truth) / truth
+    m = np.repeat(np.floor(lengths), len(_SQUARES))
+    short = m == 0
+    assert np.all(new[short] <= old[short] + 1e-12)
+    for whole in (1, 2, 5):
+        sel = m == whole
+        assert new[sel].mean() <= old[sel].mean()
+        assert new[sel].max() <= old[sel].max()
+    # The vectorised rule is the scalar one, the lag-corrected residual (with what linear
+    # interpolation of r may miss) narrowing the allowed range on some cases.
+    narrowed = 0
+    for k, (t, r, _) in enumerate(cases):
+        energy, below, above = _block_reference(t, r, _WINDOW_S, 0.0, _LIMIT_W)
+        assert res.energy_j[k] == pytest.approx(energy, rel=1e-12)
+        assert res.bound_below_j[k] == pytest.approx(below, rel=1e-9, abs=1e-9)
+        assert res.bound_above_j[k] == pytest.approx(above, rel=1e-9, abs=1e-9)
+        _, wide_below, wide_above = _block_reference(
+            t, r, _WINDOW_S, 0.0, _LIMIT_W, residuals=False
+        )
+        narrowed += below + above < wide_below + wide_above - 1e-6
+    assert narrowed > 0
+
+
+@pytest.mark.parametrize("length_s", [2.0, 2.003, 10.0, 9.998, 3.5])
+def test_anchors_between_jittered_ticks_are_interpolated_and_bounded(length_s: float) -> None:
+    """Ticks ±2 ms off the 0.1 s grid: anchors fall between samples, each adds ≤ 2 × 2 ms.
+
+    An anchor u after one sample and v before the next errs by at most (ceiling − floor) ×
+    2uv/(u + v) J, under twice its distance to the nearer sample.
+    """
+    cases = [_square_case(length_s, sq, jitter_s=0.002, seed=i) for i, sq in enumerate(_SQUARES)]
+    res = _segments(cases)
+    truth = np.array([true for _, _, true in cases])
+    assert np.all(res.energy_low_j <= truth * (1 + 1e-12))
+    assert np.all(truth <= res.energy_high_j * (1 + 1e-12))
+    windows = math.floor(length_s + 1e-9)
+    rho = length_s - windows
+    if min(rho, 1.0 - rho) < 0.01:  # near whole windows: a few joules
+        anchors_j = _SWING_W * 2 * 0.002 * (windows + 1)
+        limit_j = anchors_j + _SWING_W * min(rho, 1.0 - rho) + 1e-9
+        assert np.all(res.bound_below_j <= limit_j)
+        assert np.all(res.bound_above_j <= limit_j)
+        assert np.all(np.abs(res.energy_j - truth) <= limit_j)
+    for k in range(0, len(cases), 9):
+        t, r, _ = cases[k]
+        assert not np.any(np.isin(t[0] + np.arange(1, windows + 1) * _WINDOW_S, t[1:-1]))
+        energy, below, above = _block_reference(t, r, _WINDOW_S, 0.0, _LIMIT_W)
+        assert res.energy_j[k] == pytest.approx(energy, rel=1e-12)
+        assert res.bound_below_j[k] == pytest.approx(below, rel=1e-9, abs=1e-9)
+        assert res.bound_above_j[k] == pytest.approx(above, rel=1e-9, abs=1e-9)
+
+
+def test_block_rule_over_unix_times_chunks_and_segments_agrees() -> None:
+    """Chunks of 10 w from the run's start are exact and add up; unix times change nothing.
+
+    A minute of a 2 s square wave read every 1/8 s (exact in binary at 1.7e9 s), cut into 10 s
+    chunks: each chunk is 10 whole windows, so each is exact, and so is their sum. The same
+    trace in one call, alone or among other traces, gives the same figures.
+    """
+    square = (2.0, 0.3, 0.31)
+    t_rel = np.arange(0.0, 60.0 + 1e-9, 0.125)
+    r = (_square_j(t_rel, *square) - _square_j(t_rel - _WINDOW_S, *square)) / _WINDOW_S
+    truth = float(_square_j(t_rel[-1:], *square)[0] - _square_j(t_rel[:1], *square)[0])
+    t = 1.7e9 + t_rel
+    chunks = summarize_chunks(t, r, chunk_s=10.0, origin_s=1.7e9, model=_EXACT)
+    assert chunks.n.size == 7  # six of 10 s and the last sample
+    edges = _square_j(np.arange(0.0, 61.0, 10.0), *square)
+    assert chunks.energy_j[:6] == pytest.approx(np.diff(edges), rel=1e-9)
+    assert float(chunks.energy_j.sum()) == pytest.approx(truth, rel=1e-9)
+    assert np.all(chunks.bound_above_j <= 1e-9 * truth)
+    whole = integrate_power(t, r, model=_EXACT)
+    assert whole.energy_j == pytest.approx(truth, rel=1e-9)
+    others = [_square_case(1.0 + 0.43 * i, sq) for i, sq in enumerate(_SQUARES[:12])]
+    pieces = [(t, r, truth)] + [(1.7e9 + 1e4 * i + u, v, x) for i, (u, v, x) in enumerate(others)]
+    batch = _segments(pieces)
+    for k, (tk, rk, _) in enumerate(pieces):
+        alone = integrate_power(tk, rk, model=_EXACT)
+        assert batch.energy_j[k] == pytest.approx(alone.energy_j, rel=1e-12)
+        assert batch.bound_below_j[k] == pytest.approx(alone.bound_below_j, rel=1e-9, abs=1e-9)
+        assert batch.bound_above_j[k] == pytest.approx(alone.bound_above_j, rel=1e-9, abs=1e-9)
+
+
+def test_a_group_with_a_gap_keeps_the_lag_corrected_rule() -> None:
+    """No block may straddle a gap (r was not read there): such a trace is the curve's figure.
+
+    The curve's windows keep the lag-corrected rule, gaps and all, so over the whole trace
+    they agree with `integrate_power` only where it kept that rule too.
+    """
+    t, r, _ = _square_case(12.0, (0.7, 0.3, 0.31))
+    keep = (t < 6.0) | (t > 7.05)  # a 1.1 s gap: more than 3 ticks
+    res = integrate_power(t[keep], r[keep], model=_EXACT)
+    assert res.gap_count == 1
+    curve = power_energy_curve(t[keep], r[keep], model=_EXACT)
+    win = window_energy(curve, [t[0]], [t[-1]])
+    assert res.energy_j == pytest.approx(win.energy_j[0], rel=1e-12)
+    assert res.bound_below_j == pytest.approx(win.bound_below_j[0], rel=1e-12)
+    assert res.bound_above_j == pytest.approx(win.bound_above_j[0], rel=1e-12)
+    gapless = integrate_power(t, r, model=_EXACT)  # 12 whole windows: exact
+    assert gapless.bound_above_j < 1e-9 < res.bound_above_j
 
 
 def test_point_samples_get_the_observed_range_band() -> None:
