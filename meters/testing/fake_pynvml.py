@@ -234,6 +234,8 @@ class FakeGpu:
         pci_device_id: The 16-bit PCI device id (default: 0x2330, an H100 SXM5 80GB; None:
             ``nvmlDeviceGetPciInfo`` answers NotSupported).
         counter_start_mj: Counter value at driver load (a server up for weeks shows a large one).
+        average_window_s: The window of the averaged power readings (``NVML_FI_DEV_POWER_AVERAGE``
+            and an averaging ``nvmlDeviceGetPowerUsage``), s: NVML documents 1 s.
         counter_update_s: The counter moves only at multiples of this period (0: continuously).
         counter_update_phase_s: ... shifted by this much (the GPUs of a node update at
             instants of their own).
@@ -259,6 +261,7 @@ class FakeGpu:
     average_field: bool | None = None
     pci_device_id: int | None = 0x2330  # H100_SXM5_80GB_PCI_ID
     counter_start_mj: int = 0
+    average_window_s: float = 1.0
     counter_update_s: float = 0.0
     counter_update_phase_s: float = 0.0
     reloads_at_s: tuple[float, ...] = ()
@@ -656,7 +659,7 @@ def _instant_mw(gpu: FakeGpu, t_s: float) -> int:
 
 
 def _average_mw(gpu: FakeGpu, t_s: float) -> int:
-    return round(1000.0 * gpu.profile.average_power_at_w(t_s, 1.0))
+    return round(1000.0 * gpu.profile.average_power_at_w(t_s, gpu.average_window_s))
 
 
 def _energy_field_mj(gpu: FakeGpu, t_s: float) -> int:
