@@ -82,9 +82,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from .api import Meter, open_backend
+from .api import Meter
 from .backends.base import PowerBackend
 from .control import ControlStore
+from .discovery import open_backend
 from .errors import MeterError
 from .k8s import DEFAULT_SOCKET, DeviceAllocation, PodResourcesClient
 from .runid import NODE_METER_ENV, RUN_ID_ENV, canonical_run_id

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from tests.support.waiting import wait_until
-from thermoledger.meters.api import Meter, Sources, empty_summary, meter, open_backend
+from thermoledger.meters.api import Meter, empty_summary, meter
 from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
 from thermoledger.meters.backends import nvml as codes
 from thermoledger.meters.control import ControlStore
+from thermoledger.meters.discovery import Sources, open_backend
 from thermoledger.meters.errors import DeviceUnavailable, NothingMeasurable
 from thermoledger.meters.runid import NODE_METER_ENV, node_meter_mark
 from thermoledger.meters.spool import Spool

@@ -17,7 +17,6 @@ import pytest
 
 from tests.meters.test_sampler_slow import INTERVAL_S, Sink, _clock, _relative, _run, _times
 from thermoledger.accounting.integrate import covered_by
-from thermoledger.meters.api import Sources, open_backend
 from thermoledger.meters.backends import (
     DeviceInfo,
     DeviceStatus,
@@ -32,6 +31,7 @@ from thermoledger.meters.backends.node import NodeBackend
 from thermoledger.meters.backends.nvml import NvmlBackend
 from thermoledger.meters.backends.rapl import RaplBackend
 from thermoledger.meters.chunker import device_payload
+from thermoledger.meters.discovery import Sources, open_backend
 from thermoledger.meters.errors import NothingMeasurable
 from thermoledger.meters.sampler import MeterSummary, Sampler
 from thermoledger.meters.summary import render_summary
