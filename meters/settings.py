@@ -16,7 +16,7 @@ Environment variables::
     THERMOLEDGER_GPUS               GPU selection, comma-separated NVML indices or UUIDs
     THERMOLEDGER_BACKEND            auto | nvml | amdsmi | rapl | hwmon | simulated (default
                                     auto: every real domain found; see
-                                    `meters.api.open_backend`)
+                                    `meters.discovery.open_backend`)
     THERMOLEDGER_POWER_READING      auto | average | instant (default auto): which NVML power
                                     reading to integrate; see below
     THERMOLEDGER_UPLOAD_TIMEOUT_S   how long a finishing meter tries to upload, s (default 30)

@@ -1,7 +1,7 @@
 """A labelled CPU estimate for a node where nothing can be measured: utilisation × a given TDP.
 
 Only when asked for (``--cpu-tdp-w W``, ``Meter(cpu_tdp_w=W)``, ``THERMOLEDGER_CPU_TDP_W``) and
-only where `meters.api.open_backend` finds no domain it can read. It is a model, not a
+only where `meters.discovery.open_backend` finds no domain it can read. It is a model, not a
 measurement, and says so everywhere: the power method is `Method.ESTIMATE` (``estimate`` on the
 wire and in every report), the name starts with "CPU estimate", and the band is wide.
 

@@ -20,7 +20,7 @@ Not read, and why: ``coretemp`` offers temperatures only; ``zenpower`` offers ``
 estimates from the SVI2 voltage regulator telemetry, not energy counters, from a driver outside
 the kernel tree; ``amd_energy`` itself left the mainline kernel in 5.13 and lives on as a DKMS
 module (``amd/amd_energy``), as does ``zenergy``. Intel CPUs expose RAPL through powercap
-(`meters.backends.rapl`), which `meters.api.open_backend` prefers whenever it is there.
+(`meters.backends.rapl`), which `meters.discovery.open_backend` prefers whenever it is there.
 """
 
 from __future__ import annotations

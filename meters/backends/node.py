@@ -1,7 +1,7 @@
 """One backend over several: a node's GPUs, CPU packages and DRAM metered in one run.
 
 `NodeBackend` is a `PowerBackend` whose devices are its parts' devices concatenated in the order
-the parts are given (`meters.api.open_backend` gives GPUs first, NVIDIA then AMD, then the CPU
+the parts are given (`meters.discovery.open_backend` gives GPUs first, NVIDIA then AMD, then the CPU
 packages and DRAM, then an estimate), fixed for its life. Device ``i`` of the node is device
 ``j`` of part ``p``; `NodeBackend.part_of` says which.
 
