@@ -17,11 +17,13 @@ So the window opens at an update (just before `start` returns) and closes at one
 values. What is left is where between those two reads the update happened: half the time
 between them, a few tens of µs per GPU read in turn.
 
-At the opening edge a second update is awaited too, to learn the update period (reported with
-the run). Waiting costs at most one period (two at the opening), reading the device in a loop
-on the caller's thread: for counters that move continuously, nothing. Readings between the
-edges are not moved: a tick's value may be up to one period old, which shifts energy between
-neighbouring chunks (and phases) by at most what flows in one period, never out of the run.
+At the opening edge the updates seen on the way tell the update period too (reported with the
+run, and used to find the closing edge sooner). Waiting costs at most about three periods at
+the opening and two at the closing, on the caller's thread, with paced reads (`await_updates`):
+a few hundred reads per device on NVML's 100 ms grid, a few tens of milliseconds of CPU for
+eight GPUs; for counters that move continuously, two reads. Readings between the edges are not
+moved: a tick's value may be up to one period old, which shifts energy between neighbouring
+chunks (and phases) by at most what flows in one period, never out of the run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Final
 
 __all__ = [
     "MAX_WAIT_S",
+    "POLL_S",
     "TIGHT_S",
     "Reading",
     "Update",
@@ -44,12 +47,15 @@ __all__ = [
     "tight",
 ]
 
-#: The longest wait for a counter to move, s: above NVML's 100 ms update period with margin.
-MAX_WAIT_S: Final = 0.3
+#: The longest wait for a run's edge, s: the opening one paces its reads over up to three of
+#: NVML's 100 ms update periods (`await_updates`), with margin.
+MAX_WAIT_S: Final = 0.5
 #: An update is taken as an edge only when the reads around it are at most this far apart, s:
 #: a thread held up between two reads (a busy machine) widens them, and the next update is
 #: waited for instead (until `MAX_WAIT_S`; then the narrowest seen).
 TIGHT_S: Final = 2e-4
+#: The pause between reads while a counter's grid is being found, s.
+POLL_S: Final = 2e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,50 +103,159 @@ def await_updates(
     last: Mapping[int, Reading],
     *,
     updates: int = 1,
+    periods: Mapping[int, float | None] | None = None,
     tight_s: float = TIGHT_S,
     timeout_s: float = MAX_WAIT_S,
+    poll_s: float = POLL_S,
     monotonic_s: Callable[[], float] = time.monotonic,
+    clock_s: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[int, list[Update]]:
-    """Read devices in turn until each counter has moved ``updates`` times (or time is up).
+    """Read devices until each counter has moved ``updates`` times, one of them `tight`.
 
-    A device is done once it has ``updates`` updates of which one is `tight` (`edge` picks
-    it), so that one stall between two reads does not make the edge.
+    Reading without pause until a counter moves would cost a core for up to a period per
+    device (100 ms on NVML's grid), so the reads are paced, per device (`_Watch`):
+
+    1. it is read twice at once: a continuous counter moves at both (`continuous`), done;
+    2. then once every ``poll_s`` until its counter has moved twice (once where its period is
+       known from ``periods``): the period, and where the grid lies to about ``poll_s``;
+    3. then it sleeps until shortly before its next update is due, and is read every
+       ``tight_s`` / 4 or so until the counter moves: a tight update (`edge` takes the first).
+
+    A counter that moves more often than ``4 poll_s`` (RAPL: every millisecond) is read at
+    the tight pace throughout. The pauses are `sleep`'s; a round reads every device due.
 
     Args:
         read: Reads one device by position.
         last: Per device position, the reading to compare with (the edge's own).
-        updates: How many updates to see per device.
+        updates: How many updates to see per device (one of them tight).
+        periods: Per device position, its update period where already known, s.
         tight_s: The widest gap between the reads around an update that makes an edge, s.
         timeout_s: Give up after this long, s (a counter that never moves: an idle device
             whose counter is coarse, or a broken one).
+        poll_s: The pause between reads while a grid is being found, s.
         monotonic_s: The readings' clock. Where it stands still over a round of reads (a
             manual clock in tests), nothing can move and the wait ends at once.
+        clock_s: The clock the reads are paced by and the timeout runs on, s.
+        sleep: Pauses the calling thread, s (on ``clock_s``).
 
     Returns:
-        Per device position, the updates seen (fewer than ``updates`` when time ran out, none
-        for a device whose reads failed).
+        Per device position, the updates seen (fewer than ``updates``, or none tight, when time
+        ran out; none for a device whose reads failed).
     """
-    previous = {i: r for i, r in last.items() if _counts(r)}
-    seen: dict[int, list[Update]] = {i: [] for i in previous}
-    waiting = set(previous)
-    deadline_s = time.monotonic() + timeout_s
-    while waiting and time.monotonic() < deadline_s:
+    known = periods or {}
+    waiting = {
+        i: _Watch(r, known.get(i), clock_s(), updates=updates, tight_s=tight_s, poll_s=poll_s)
+        for i, r in last.items()
+        if _counts(r)
+    }
+    seen = {i: w.updates for i, w in waiting.items()}
+    deadline_s = clock_s() + timeout_s
+    while waiting:
+        now_s = clock_s()
+        if now_s >= deadline_s:
+            break
+        due = [i for i, w in waiting.items() if w.wake_s <= now_s]
+        if not due:
+            sleep(min(min(w.wake_s for w in waiting.values()), deadline_s) - now_s)
+            continue
         round_s = monotonic_s()
-        for i in sorted(waiting):
+        for i in due:
             now = read(i)
             if not _counts(now):
-                waiting.discard(i)  # failed or lost: this device's edge stays its reading
-                continue
-            before = previous[i]
-            if now.energy_j != before.energy_j:
-                seen[i].append(Update(before.t_mono_s, now))
-                mine = seen[i]
-                if len(mine) >= updates and any(tight(u, tight_s) for u in mine):
-                    waiting.discard(i)
-            previous[i] = now
+                del waiting[i]  # failed or lost: this device's edge stays its reading
+            elif waiting[i].saw(now, clock_s()):
+                del waiting[i]
         if monotonic_s() == round_s:
             break  # time stands still: no counter can move
     return seen
+
+
+class _Watch:
+    """One device's wait in `await_updates`: its last reading, its updates, when to read next.
+
+    ``wake_s`` is on the pacing clock; the readings' own clock may differ (a fake's), so a
+    reading's time is carried over by the offset seen when the latest one came in.
+    """
+
+    __slots__ = (
+        "burst",
+        "needed",
+        "period_s",
+        "poll_s",
+        "previous",
+        "tight_s",
+        "updates",
+        "wake_s",
+    )
+
+    def __init__(
+        self,
+        reading: Reading,
+        period: float | None,
+        now_s: float,
+        *,
+        updates: int,
+        tight_s: float,
+        poll_s: float,
+    ) -> None:
+        self.previous = reading
+        self.updates: list[Update] = []
+        self.needed = updates
+        self.period_s = period if period is not None and period > 0 else None
+        self.tight_s = tight_s
+        self.poll_s = poll_s
+        self.burst = 2  # reads left without pause (the check for a continuous counter)
+        self.wake_s = now_s
+
+    def saw(self, now: Reading, clock_s: float) -> bool:
+        """Take a new reading (read by ``clock_s``) and plan the next read.
+
+        Returns:
+            Whether this device is done.
+        """
+        before = self.previous
+        self.previous = now
+        if now.energy_j != before.energy_j:
+            mine = self.updates
+            mine.append(Update(before.t_mono_s, now))
+            if len(mine) >= self.needed and any(tight(u, self.tight_s) for u in mine):
+                return True
+        if self.burst > 0:
+            self.burst -= 1
+            if self.burst > 0:
+                self.wake_s = clock_s  # the check for a continuous counter: read again at once
+                return False
+        self.wake_s = self._next_read_s(clock_s)
+        return False
+
+    def _next_read_s(self, clock_s: float) -> float:
+        """When to read next: paced while the grid is unknown, then in a window around the
+        next update due (tightly paced inside it)."""
+        mine = self.updates
+        tight_pace_s = 0.25 * self.tight_s  # a sleep overshoots by tens of µs
+        period = period_s(mine) if len(mine) >= 2 else self.period_s
+        if not mine or period is None:
+            return clock_s + self.poll_s  # where is the grid?
+        if period <= 4.0 * self.poll_s:
+            return clock_s + tight_pace_s  # too fine to pace: a tight pace throughout
+        # The next update is due a whole number of periods after the best-timed one seen; the
+        # window around it allows for that update's width and the period's uncertainty.
+        anchor = min(reversed(mine), key=lambda u: u.half_width_s)
+        offset_s = self.previous.t_mono_s - clock_s  # the readings' clock minus ours
+        cycles = round((mine[-1].at_s - anchor.at_s) / period) + 1  # the one after the last
+        if len(mine) >= 2:
+            spanned = max(1, round((mine[-1].at_s - mine[0].at_s) / period))
+            period_error_s = (mine[0].half_width_s + mine[-1].half_width_s) / spanned
+        else:
+            period_error_s = 0.01 * period  # a period learnt earlier (to about this)
+        guard_s = 1.5 * (anchor.half_width_s + cycles * period_error_s) + self.tight_s
+        due_s = anchor.at_s + cycles * period - offset_s
+        if clock_s < due_s - guard_s:
+            return due_s - guard_s
+        if clock_s < due_s + guard_s:
+            return clock_s + tight_pace_s  # inside the window: tightly paced
+        return clock_s + self.poll_s  # past the window without an update: find the grid again
 
 
 def tight(update: Update, tight_s: float = TIGHT_S) -> bool:
@@ -169,10 +284,18 @@ def continuous(updates: list[Update], edge: Reading) -> bool:
 
 
 def period_s(updates: list[Update]) -> float | None:
-    """The update period seen between two consecutive updates, s (None: fewer than two)."""
+    """The update period seen, s (None: fewer than two updates).
+
+    The first two updates give it roughly; the span to the last one (a whole number of
+    periods, some of them maybe not seen) refines it.
+    """
     if len(updates) < 2:
         return None
-    return updates[1].at_s - updates[0].at_s
+    first_s = updates[1].at_s - updates[0].at_s
+    span_s = updates[-1].at_s - updates[0].at_s
+    if first_s <= 0:
+        return first_s
+    return span_s / max(1, round(span_s / first_s))
 
 
 def _counts(reading: Reading) -> bool:

@@ -817,8 +817,8 @@ class Sampler:
         """The opening edge on counters that move on a grid: each waits for its next update.
 
         A counter seen moving at once is continuous and keeps its reading. One on a grid takes
-        the update as its first sample (its value, timed between the reads around it), and a
-        second update tells its period (`counter_update_s`).
+        a tight update as its first sample (its value, timed between the reads around it); the
+        updates seen on the way tell its period (`counter_update_s`).
         """
         readings = self._counter_edges(read)
         if not readings:
@@ -850,7 +850,11 @@ class Sampler:
                 if i in self._gridded
             }
         seen = await_updates(
-            self._read_one, last_readings, updates=1, monotonic_s=self._monotonic_s
+            self._read_one,
+            last_readings,
+            updates=1,
+            periods=self.counter_update_s,
+            monotonic_s=self._monotonic_s,
         )
         read = _Read(threading.get_ident())
         buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
