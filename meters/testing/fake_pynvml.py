@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ..backends import nvml as codes
+from ..backends import nvml_api as codes
 from ..backends.base import Clock, SystemClock
 from ..backends.simulated import Profile, steady
 from . import ManualClock
@@ -769,6 +769,6 @@ def counter_mj(gpu: FakeGpu, t_s: float) -> int:
 
 if TYPE_CHECKING:
     # mypy checks here that the fake offers everything the backend calls, with the same shapes.
-    from ..backends.nvml import NvmlModule
+    from ..backends.nvml_api import NvmlModule
 
     _conforms: NvmlModule = FakeNvml([])
