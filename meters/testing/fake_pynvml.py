@@ -1,7 +1,8 @@
 """A fake of the ``pynvml`` module, with NVML's units, return codes and scripted faults.
 
 `FakeNvml` is an object that quacks like the subset of ``pynvml`` that
-`meters.backends.nvml.NvmlBackend` calls; pass it as ``NvmlBackend(nvml=FakeNvml(...))``. It
+`meters.backends.nvml.NvmlBackend` calls (`meters.backends.nvml_api.NvmlModule`, whose NVML
+constants it takes as its own); pass it as ``NvmlBackend(nvml=FakeNvml(...))``. It
 never registers itself in ``sys.modules``, so it cannot shadow the real module. Like NVML it
 speaks milliwatts and millijoules (integers), returns field values as ctypes
 ``c_nvmlFieldValue_t`` arrays shaped like the real binding's, and raises ``NVMLError`` instances
