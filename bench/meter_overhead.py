@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from thermoledger.meters.backends import Bursty, Ramp, steady
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.base import PowerBackend
 from thermoledger.meters.backends.node import NodeBackend
 from thermoledger.meters.backends.nvml import NvmlBackend

@@ -25,7 +25,7 @@ from .settings import BackendChoice, PowerReading
 
 if TYPE_CHECKING:
     from .backends.amdsmi import AmdSmiModule
-    from .backends.nvml import NvmlModule
+    from .backends.nvml_api import NvmlModule
 
 __all__ = ["Sources", "open_backend"]
 

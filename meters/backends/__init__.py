@@ -26,7 +26,9 @@ from .base import (
 from .estimate import CpuEstimateBackend
 from .hwmon import HwmonBackend
 from .node import NodeBackend
-from .nvml import NvmlBackend, Selection, translate_nvml_error
+from .nvml import NvmlBackend
+from .nvml_api import translate_nvml_error
+from .nvml_selection import Selection
 from .rapl import RaplBackend
 from .replay import ReplayBackend, read_trace, write_trace
 from .simulated import (

@@ -50,7 +50,8 @@ so. A MI300X in a compute-partition mode is not treated this way (not verified o
 Each read fills a `meters.backends.base.FlatBuffer`, one GPU at a time through
 `AmdSmiBackend.read_device` (`meters.backends.base.DeviceReader`): the sampler reads GPU by GPU,
 each GPU's state touched only by the thread reading it (the ROCm library serialises its own
-device access).
+device access). ``read``, ``read_flat``, ``close`` and the context manager are
+`meters.backends.vendor.VendorBackend`'s, shared with the NVML backend.
 
 Failures: ``AmdSmiLibraryException`` return codes are translated once, by
 `translate_amdsmi_error`. A GPU that stops answering (``AMDSMI_STATUS_NOT_FOUND``, or
@@ -70,7 +71,6 @@ import contextlib
 import io
 import math
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -88,12 +88,10 @@ from .base import (
     DeviceInfo,
     DeviceStatus,
     FlatBuffer,
-    FlatReadings,
     Method,
-    Readings,
-    SystemClock,
     UncertaintyHint,
 )
+from .vendor import TRANSIENT, ErrorTable, VendorBackend, status_of
 
 # AMD SMI return codes (``amdsmi_status_t``, as ``amdsmi.amdsmi_wrapper`` spells them). Read from
 # the wheels of amdsmi 6.0.0, 6.1.2, 6.2.0, 6.2.4, 6.3.0, 6.3.3, 6.4.0, 6.4.3, 7.0.0 and 7.0.2:
@@ -215,6 +213,7 @@ _PERMISSION_FIX = (
     "the process must be able to open /dev/kfd and /dev/dri/renderD<N>: add its user to the "
     "'render' and 'video' groups, or in a container pass those devices through"
 )
+_TABLE = ErrorTable(_ERRORS, _HINTS, _PERMISSION_FIX, unknown="AMD SMI status {code}")
 
 # Markers of an unsupported value: 0xFFFF is what the binding turns into "N/A" (a binding that
 # does not translate passes it on), UINT32_MAX / UINT64_MAX what newer libraries write into an
@@ -249,9 +248,6 @@ _RESOLUTION_NOTE = (
     "the library reports 15.3 µJ per count where MI300 firmware documents 2^-16 J "
     "(15.259 µJ): counter energy may read up to 0.27 % high"
 )
-
-# Per-GPU failures that cost a figure for one tick (DeviceLost is handled apart: for good).
-_TRANSIENT = (ReadError, NotSupported, DeviceUnavailable, PermissionDenied)
 
 AmdSmiHandle = Any
 T = TypeVar("T")
@@ -294,13 +290,7 @@ def translate_amdsmi_error(code: int, *, call: str, device: str | None = None) -
         `PermissionDenied`, `DeviceUnavailable` for a missing driver or an uninitialised library,
         and `ReadError` for everything transient or unlisted.
     """
-    name, cls = _ERRORS.get(code, (f"AMD SMI status {code}", ReadError))
-    where = f" for {device}" if device else ""
-    hint = f" ({_HINTS[code]})" if code in _HINTS else ""
-    message = f"{call}{where} failed: {name}{hint}"
-    if cls is PermissionDenied:
-        return PermissionDenied(message, fix=_PERMISSION_FIX)
-    return cls(message)
+    return _TABLE.translate(code, call=call, device=device)
 
 
 @dataclass(slots=True)
@@ -342,7 +332,7 @@ class _Probe:
         return not self.power_w and not self.count
 
 
-class AmdSmiBackend:
+class AmdSmiBackend(VendorBackend[_Gpu]):
     """A `PowerBackend` over AMD GPUs.
 
     Args:
@@ -366,11 +356,7 @@ class AmdSmiBackend:
         clock: Clock | None = None,
     ) -> None:
         self._smi = amdsmi if amdsmi is not None else _import_amdsmi()
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._monotonic_s: Callable[[], float] = (
-            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic_s
-        )
-        self._open = False
+        super().__init__(clock)
         try:
             self._call(self._smi.amdsmi_init, self._smi.AmdSmiInitFlags.INIT_AMD_GPUS)
         except DeviceLost as e:  # "not found" before any GPU was known: nothing to meter
@@ -383,34 +369,6 @@ class AmdSmiBackend:
         except BaseException:
             self.close()
             raise
-
-    # -- the Protocol -------------------------------------------------------------------------
-
-    def devices(self) -> tuple[DeviceInfo, ...]:
-        """The selected GPUs (dies), in array order."""
-        return tuple(gpu.info for gpu in self._gpus)
-
-    def read(self) -> Readings:
-        """Read power and counter of every selected GPU; per-GPU failures become statuses."""
-        return self._read_all().freeze()
-
-    def read_flat(self) -> FlatReadings:
-        """`read` as plain lists (`meters.backends.base.FlatReader`)."""
-        return self._read_all().flat()
-
-    def close(self) -> None:
-        """Shut AMD SMI down (once; later calls do nothing)."""
-        if self._open:
-            self._open = False
-            # a shutdown that fails leaves nothing for us to release
-            with contextlib.suppress(MeterError):
-                self._call(self._smi.amdsmi_shut_down)
-
-    def __enter__(self) -> AmdSmiBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def read_device(self, buffer: FlatBuffer, i: int) -> None:
         """Read GPU ``i`` (array order) into slot ``i`` of ``buffer``, timed at the calls' middle.
@@ -432,15 +390,6 @@ class AmdSmiBackend:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _read_all(self) -> FlatBuffer:
-        """Every selected GPU, once, one after another, into a `FlatBuffer`."""
-        system = type(self._clock) is SystemClock
-        t_wall_s = time.time() if system else self._clock.wall_s()
-        buffer = FlatBuffer(len(self._gpus), t_wall_s=t_wall_s, t_mono_s=self._monotonic_s())
-        for i in range(len(self._gpus)):
-            self.read_device(buffer, i)
-        return buffer
-
     def _read_figures(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:
         uid = gpu.info.uid
         try:
@@ -448,17 +397,20 @@ class AmdSmiBackend:
                 try:
                     info = self._call(self._smi.amdsmi_get_power_info, gpu.handle, device=uid)
                     buffer.set_power(i, _power_w(info, gpu.power_key, uid), gpu.info.power_method)
-                except _TRANSIENT as e:
-                    buffer.fail(i, _status_of(e), str(e))
+                except TRANSIENT as e:
+                    buffer.fail(i, status_of(e), str(e))
             if gpu.energy_key is not None:
                 try:
                     count = self._call(self._smi.amdsmi_get_energy_count, gpu.handle, device=uid)
                     buffer.set_energy(i, _energy_j(count, gpu.energy_key, uid))
-                except _TRANSIENT as e:
-                    buffer.fail(i, _status_of(e), str(e))
+                except TRANSIENT as e:
+                    buffer.fail(i, status_of(e), str(e))
         except DeviceLost as e:
             gpu.lost = str(e)
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
+
+    def _shut_down(self) -> None:
+        self._call(self._smi.amdsmi_shut_down)
 
     def _call(self, fn: Callable[..., T], *args: Any, device: str | None = None) -> T:
         try:
@@ -468,15 +420,6 @@ class AmdSmiBackend:
             name = getattr(fn, "__name__", "AMD SMI call")
             code = AMDSMI_STATUS_UNKNOWN_ERROR if code is None else abs(int(code))
             raise translate_amdsmi_error(code, call=name, device=device) from e
-
-    def _optional(self, fn: Callable[..., T], *args: Any, device: str) -> T | None:
-        """A capability query: None when the GPU does not answer it (only a lost GPU raises)."""
-        try:
-            return self._call(fn, *args, device=device)
-        except DeviceLost:
-            raise
-        except MeterError:
-            return None
 
     def _handles(self) -> list[AmdSmiHandle]:
         try:
@@ -712,10 +655,6 @@ def _energy_j(answer: Mapping[str, Any], key: str, uid: str) -> float:
             f"amdsmi_get_energy_count for {uid}: {key}={count!r}, counter_resolution={resolution!r}"
         )
     return count_n * resolution_uj * 1e-6
-
-
-def _status_of(error: MeterError) -> DeviceStatus:
-    return DeviceStatus.DENIED if isinstance(error, PermissionDenied) else DeviceStatus.ERROR
 
 
 def _import_amdsmi() -> AmdSmiModule:

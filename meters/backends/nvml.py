@@ -38,13 +38,9 @@ Otherwise the GPU keeps two calls. Per-field return codes are translated like th
 separate calls, by the same function.
 
 Which GPUs: an explicit ``gpus=[...]`` (NVML indices or UUIDs / UUID prefixes; an unknown entry
-raises), else ``CUDA_VISIBLE_DEVICES`` from the ``env`` mapping with CUDA's own rules (indices,
-``GPU-<uuid>`` or a unique prefix, ``MIG-<uuid>`` and the older ``MIG-GPU-<uuid>/<gi>/<ci>``; the
-list stops at the first entry that names no GPU, as CUDA does), else every GPU. Integer entries
-are taken as NVML indices, which match CUDA's only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` or on a
-node of identical GPUs. A MIG entry selects its parent GPU, flagged ``mig``: NVML reports power and
-energy for the whole GPU, shared by all its instances. A GPU named twice (two MIG instances of one
-GPU) is metered once, so nothing is counted twice.
+raises), else ``CUDA_VISIBLE_DEVICES`` with CUDA's own rules, else every GPU. A MIG entry selects
+its parent GPU, metered once however many of its instances are named; the rules are in
+`meters.backends.nvml_selection`.
 
 Each read fills a `meters.backends.base.FlatBuffer`, one GPU at a time through
 `NvmlBackend.read_device`: `NvmlBackend.read` freezes it into the `Readings`,
@@ -56,167 +52,46 @@ Failures: NVML errors are translated once, by `translate_nvml_error`. A GPU that
 (GPU is lost, reset required, unknown error) is marked `DeviceStatus.LOST` from then on and is not
 called again; the other GPUs carry on. A transient failure (timeout, no data, ...) makes that
 figure NaN with `DeviceStatus.ERROR` for that tick only.
-"""
 
-# The Protocol below mirrors pynvml's camelCase function names:
-# ruff: noqa: N802
+Where things are: this module is the backend (how each GPU's readings are chosen at open, and read
+per tick). NVML's constants, the `NvmlModule` Protocol and `translate_nvml_error` are in
+`meters.backends.nvml_api` (constants spelt ``nvml_api.NVML_…``; the other two are re-exported
+here), the selection in `meters.backends.nvml_selection`, and ``read``, ``read_flat``, ``close``
+and the context manager are `meters.backends.vendor.VendorBackend`'s, shared with AMD SMI.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
-from ..errors import (
-    DeviceLost,
-    DeviceUnavailable,
-    MeterError,
-    NotSupported,
-    PermissionDenied,
-    ReadError,
-)
+from ..errors import DeviceLost, DeviceUnavailable, MeterError, ReadError
 from ..settings import PowerReading, check_power_reading
-from .base import (
-    Clock,
-    DeviceInfo,
-    DeviceStatus,
-    FlatBuffer,
-    FlatReadings,
-    Method,
-    Readings,
-    SystemClock,
-    UncertaintyHint,
+from .base import Clock, DeviceInfo, DeviceStatus, FlatBuffer, Method, UncertaintyHint
+from .nvml_api import (
+    NVML_DEVICE_ARCH_AMPERE,
+    NVML_DEVICE_ARCH_UNKNOWN,
+    NVML_DEVICE_MIG_ENABLE,
+    NVML_ERROR_UNKNOWN,
+    NVML_FI_DEV_ENERGY,
+    NVML_FI_DEV_POWER_AVERAGE,
+    NVML_FI_DEV_POWER_INSTANT,
+    NVML_SUCCESS,
+    UNSIGNED_MEMBERS,
+    VALUE_MEMBERS,
+    NvmlHandle,
+    NvmlModule,
+    field_number,
+    translate_nvml_error,
 )
+from .nvml_selection import Enumerated, Selection, select
+from .vendor import TRANSIENT, VendorBackend, status_of
 
-# NVML ABI constants (nvml.h). They never change between releases; a test checks them against the
-# installed pynvml, and `meters.testing.fake_pynvml` reuses them.
-NVML_SUCCESS = 0
-NVML_ERROR_UNINITIALIZED = 1
-NVML_ERROR_INVALID_ARGUMENT = 2
-NVML_ERROR_NOT_SUPPORTED = 3
-NVML_ERROR_NO_PERMISSION = 4
-NVML_ERROR_ALREADY_INITIALIZED = 5
-NVML_ERROR_NOT_FOUND = 6
-NVML_ERROR_INSUFFICIENT_SIZE = 7
-NVML_ERROR_INSUFFICIENT_POWER = 8
-NVML_ERROR_DRIVER_NOT_LOADED = 9
-NVML_ERROR_TIMEOUT = 10
-NVML_ERROR_IRQ_ISSUE = 11
-NVML_ERROR_LIBRARY_NOT_FOUND = 12
-NVML_ERROR_FUNCTION_NOT_FOUND = 13
-NVML_ERROR_CORRUPTED_INFOROM = 14
-NVML_ERROR_GPU_IS_LOST = 15
-NVML_ERROR_RESET_REQUIRED = 16
-NVML_ERROR_OPERATING_SYSTEM = 17
-NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
-NVML_ERROR_IN_USE = 19
-NVML_ERROR_MEMORY = 20
-NVML_ERROR_NO_DATA = 21
-NVML_ERROR_VGPU_ECC_NOT_SUPPORTED = 22
-NVML_ERROR_INSUFFICIENT_RESOURCES = 23
-NVML_ERROR_FREQ_NOT_SUPPORTED = 24
-NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
-NVML_ERROR_DEPRECATED = 26
-NVML_ERROR_NOT_READY = 27
-NVML_ERROR_GPU_NOT_FOUND = 28
-NVML_ERROR_INVALID_STATE = 29
-NVML_ERROR_RESET_TYPE_NOT_SUPPORTED = 30
-NVML_ERROR_UNKNOWN = 999
-
-NVML_FI_DEV_POWER_AVERAGE = 185
-NVML_FI_DEV_POWER_INSTANT = 186
-NVML_FI_DEV_ENERGY = 191  # mJ since driver load, "same as nvmlDeviceGetTotalEnergyConsumption"
-
-NVML_VALUE_TYPE_DOUBLE = 0
-NVML_VALUE_TYPE_UNSIGNED_INT = 1
-NVML_VALUE_TYPE_UNSIGNED_LONG = 2
-NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
-NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
-NVML_VALUE_TYPE_SIGNED_INT = 5
-NVML_VALUE_TYPE_UNSIGNED_SHORT = 6
-
-NVML_DEVICE_ARCH_KEPLER = 2
-NVML_DEVICE_ARCH_MAXWELL = 3
-NVML_DEVICE_ARCH_PASCAL = 4
-NVML_DEVICE_ARCH_VOLTA = 5
-NVML_DEVICE_ARCH_TURING = 6
-NVML_DEVICE_ARCH_AMPERE = 7
-NVML_DEVICE_ARCH_ADA = 8
-NVML_DEVICE_ARCH_HOPPER = 9
-NVML_DEVICE_ARCH_BLACKWELL = 10
-NVML_DEVICE_ARCH_UNKNOWN = 0xFFFFFFFF
-
-NVML_DEVICE_MIG_DISABLE = 0
-NVML_DEVICE_MIG_ENABLE = 1
-
-# The one table from NVML return codes to the meter's error tree. Codes not listed are ReadError.
-_ERRORS: dict[int, tuple[str, type[MeterError]]] = {
-    NVML_ERROR_UNINITIALIZED: ("Uninitialized", DeviceUnavailable),
-    NVML_ERROR_INVALID_ARGUMENT: ("Invalid Argument", ReadError),
-    NVML_ERROR_NOT_SUPPORTED: ("Not Supported", NotSupported),
-    NVML_ERROR_NO_PERMISSION: ("Insufficient Permissions", PermissionDenied),
-    NVML_ERROR_ALREADY_INITIALIZED: ("Already Initialized", ReadError),
-    NVML_ERROR_NOT_FOUND: ("Not Found", DeviceUnavailable),
-    NVML_ERROR_INSUFFICIENT_SIZE: ("Insufficient Size", ReadError),
-    NVML_ERROR_INSUFFICIENT_POWER: ("Insufficient External Power", DeviceUnavailable),
-    NVML_ERROR_DRIVER_NOT_LOADED: ("Driver Not Loaded", DeviceUnavailable),
-    NVML_ERROR_TIMEOUT: ("Timeout", ReadError),
-    NVML_ERROR_IRQ_ISSUE: ("Interrupt Request Issue", ReadError),
-    NVML_ERROR_LIBRARY_NOT_FOUND: ("NVML Shared Library Not Found", DeviceUnavailable),
-    NVML_ERROR_FUNCTION_NOT_FOUND: ("Function Not Found", NotSupported),
-    NVML_ERROR_CORRUPTED_INFOROM: ("Corrupted infoROM", ReadError),
-    NVML_ERROR_GPU_IS_LOST: ("GPU is lost", DeviceLost),
-    NVML_ERROR_RESET_REQUIRED: ("GPU requires restart", DeviceLost),
-    NVML_ERROR_OPERATING_SYSTEM: ("The operating system has blocked the request", PermissionDenied),
-    NVML_ERROR_LIB_RM_VERSION_MISMATCH: ("NVML/RM version mismatch", DeviceUnavailable),
-    NVML_ERROR_IN_USE: ("In Use", ReadError),
-    NVML_ERROR_MEMORY: ("Insufficient Memory", ReadError),
-    NVML_ERROR_NO_DATA: ("No Data", ReadError),
-    NVML_ERROR_VGPU_ECC_NOT_SUPPORTED: ("vGPU ECC Not Supported", NotSupported),
-    NVML_ERROR_INSUFFICIENT_RESOURCES: ("Insufficient Resources", ReadError),
-    NVML_ERROR_FREQ_NOT_SUPPORTED: ("Frequency Not Supported", NotSupported),
-    NVML_ERROR_ARGUMENT_VERSION_MISMATCH: ("Argument Version Mismatch", NotSupported),
-    NVML_ERROR_DEPRECATED: ("Deprecated", NotSupported),
-    NVML_ERROR_NOT_READY: ("Not Ready", ReadError),
-    NVML_ERROR_GPU_NOT_FOUND: ("GPU Not Found", DeviceUnavailable),
-    NVML_ERROR_INVALID_STATE: ("Invalid State", ReadError),
-    NVML_ERROR_RESET_TYPE_NOT_SUPPORTED: ("Reset Type Not Supported", NotSupported),
-    NVML_ERROR_UNKNOWN: ("Unknown Error", DeviceLost),
-}
-
-_HINTS = {
-    NVML_ERROR_LIBRARY_NOT_FOUND: "no NVIDIA driver library (libnvidia-ml.so.1) on this host",
-    NVML_ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded",
-    NVML_ERROR_UNKNOWN: "NVML gives this when a GPU stops answering; treated as lost",
-}
-_PERMISSION_FIX = (
-    "NVML reads need no special rights, but the process must see the NVIDIA device files "
-    "(/dev/nvidiactl and /dev/nvidia<N>); in a container, request the GPUs from the runtime"
-)
-
-# NVIDIA's name for NVML's value unions, by value type.
-_VALUE_MEMBERS = {
-    NVML_VALUE_TYPE_DOUBLE: "dVal",
-    NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-    NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-    NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-    NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-    NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-}
-
-# Value types that hold a finite, non-negative number whatever the bits (the read's fast path).
-_UNSIGNED_MEMBERS = {
-    NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-    NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-    NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
-}
+__all__ = ["NvmlBackend", "NvmlModule", "Selection", "is_ga100", "translate_nvml_error"]
 
 # GA100 boards return instantaneous power from nvmlDeviceGetPowerUsage although they are Ampere.
 # The chip is told by the PCI device id: the upper 16 bits of nvmlPciInfo_t.pciDeviceId ("the
@@ -253,85 +128,9 @@ _FIELD_SLACK_J = 1.0
 
 _COUNTER = Method.COUNTER  # a global load per GPU and tick instead of an enum lookup
 
-# Per-GPU failures that cost a figure for one tick (DeviceLost is handled apart: for good).
-_TRANSIENT = (ReadError, NotSupported, DeviceUnavailable, PermissionDenied)
-
 _LOG = logging.getLogger(__name__)
 
-NvmlHandle = Any
 T = TypeVar("T")
-
-
-class NvmlModule(Protocol):
-    """The part of ``pynvml`` this backend calls (``meters.testing.fake_pynvml`` implements it)."""
-
-    @property
-    def NVMLError(self) -> type[Exception]:
-        """The base class of every NVML error; instances carry the return code in ``value``."""
-        ...
-
-    def nvmlInit(self) -> None: ...
-    def nvmlShutdown(self) -> None: ...
-    def nvmlDeviceGetCount(self) -> int: ...
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> NvmlHandle: ...
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> NvmlHandle: ...
-    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, mig_device: NvmlHandle) -> NvmlHandle:
-        """The parent GPU of a MIG device handle."""
-        ...
-
-    def nvmlDeviceGetUUID(self, handle: NvmlHandle) -> str: ...
-    def nvmlDeviceGetName(self, handle: NvmlHandle) -> str: ...
-    def nvmlDeviceGetArchitecture(self, handle: NvmlHandle) -> int: ...
-    def nvmlDeviceGetPciInfo(self, handle: NvmlHandle) -> Any:
-        """A ``nvmlPciInfo_t``: ``pciDeviceId`` is the device id << 16 | the vendor id."""
-        ...
-
-    def nvmlDeviceGetMigMode(self, handle: NvmlHandle) -> list[int]: ...
-    def nvmlDeviceGetPowerManagementLimit(self, handle: NvmlHandle) -> int: ...
-    def nvmlDeviceGetPowerUsage(self, handle: NvmlHandle) -> int: ...
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: NvmlHandle) -> int: ...
-    def nvmlDeviceGetFieldValues(self, handle: NvmlHandle, field_ids: list[int]) -> Any:
-        """An array of ``c_nvmlFieldValue_t`` (per-field ``nvmlReturn``, ``valueType``, union)."""
-        ...
-
-
-def translate_nvml_error(code: int, *, call: str, device: str | None = None) -> MeterError:
-    """The `MeterError` for an NVML return code: the one place NVML errors are interpreted.
-
-    Args:
-        code: The NVML return code (``NVMLError.value``, or a field value's ``nvmlReturn``).
-        call: The NVML function that failed, for the message.
-        device: Which GPU (UUID or index), for the message.
-
-    Returns:
-        `DeviceLost` for a GPU that stopped answering (lost, reset required, unknown error),
-        `NotSupported`, `PermissionDenied`, `DeviceUnavailable` for a missing driver or device,
-        and `ReadError` for everything transient or unlisted.
-    """
-    name, cls = _ERRORS.get(code, (f"NVML error {code}", ReadError))
-    where = f" for {device}" if device else ""
-    hint = f" ({_HINTS[code]})" if code in _HINTS else ""
-    message = f"{call}{where} failed: {name}{hint}"
-    if cls is PermissionDenied:
-        return PermissionDenied(message, fix=_PERMISSION_FIX)
-    return cls(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Which GPUs the backend meters, and why.
-
-    Attributes:
-        source: ``"gpus"`` (explicit argument), ``"CUDA_VISIBLE_DEVICES"`` or ``"all"``.
-        indices: NVML indices, in the order of `NvmlBackend.devices`.
-        via_mig: The indices that were named through a MIG entry.
-        ignored: Entries that selected nothing, each with the reason.
-    """
-
-    source: Literal["gpus", "CUDA_VISIBLE_DEVICES", "all"]
-    indices: tuple[int, ...]
-    via_mig: frozenset[int] = frozenset()
-    ignored: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -382,15 +181,7 @@ _FIELD_CHOICES: Final = {
 }
 
 
-@dataclass(slots=True)
-class _Enumerated:
-    index: int
-    handle: NvmlHandle = None
-    uuid: str | None = None
-    error: str = ""  # why it did not answer while opening
-
-
-class NvmlBackend:
+class NvmlBackend(VendorBackend[_Gpu]):
     """A `PowerBackend` over NVIDIA GPUs.
 
     Args:
@@ -426,17 +217,13 @@ class NvmlBackend:
     ) -> None:
         self.power_reading: PowerReading = check_power_reading(power_reading)
         self._nvml = nvml if nvml is not None else _import_pynvml()
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._monotonic_s: Callable[[], float] = (
-            time.monotonic if type(self._clock) is SystemClock else self._clock.monotonic_s
-        )
-        self._open = False
+        super().__init__(clock)
         self._call(self._nvml.nvmlInit)
         self._open = True
         try:
             enumerated = self._enumerate()
             environment = os.environ if env is None else env
-            self.selection = _select(self, enumerated, gpus, environment)
+            self.selection = select(enumerated, gpus, environment, self.mig_parent_uuid)
             self._gpus = tuple(
                 self._probe(enumerated[i], i in self.selection.via_mig)
                 for i in self.selection.indices
@@ -445,12 +232,6 @@ class NvmlBackend:
             self.close()
             raise
         self._warn_other_reading(logger if logger is not None else _LOG)
-
-    # -- the Protocol -------------------------------------------------------------------------
-
-    def devices(self) -> tuple[DeviceInfo, ...]:
-        """The selected GPUs, in array order."""
-        return tuple(gpu.info for gpu in self._gpus)
 
     @property
     def energy_in_field(self) -> tuple[bool, ...]:
@@ -461,29 +242,10 @@ class NvmlBackend:
         """
         return tuple(gpu.combined is not None for gpu in self._gpus)
 
-    def read(self) -> Readings:
-        """Read power and counter of every selected GPU; per-GPU failures become statuses."""
-        return self._read_all().freeze()
-
-    def read_flat(self) -> FlatReadings:
-        """`read` as plain lists (`meters.backends.base.FlatReader`)."""
-        return self._read_all().flat()
-
-    def close(self) -> None:
-        """Shut NVML down (once; later calls do nothing)."""
-        if self._open:
-            self._open = False
-            # a shutdown that fails leaves nothing for us to release
-            with contextlib.suppress(MeterError):
-                self._call(self._nvml.nvmlShutdown)
-
-    def __enter__(self) -> NvmlBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # -- internals ----------------------------------------------------------------------------
+
+    def _shut_down(self) -> None:
+        self._call(self._nvml.nvmlShutdown)
 
     def _call(self, fn: Callable[..., T], *args: Any, device: str | None = None) -> T:
         try:
@@ -493,10 +255,10 @@ class NvmlBackend:
             name = getattr(fn, "__name__", "NVML call")
             raise translate_nvml_error(int(code), call=name, device=device) from e
 
-    def _enumerate(self) -> list[_Enumerated]:
+    def _enumerate(self) -> list[Enumerated]:
         found = []
         for index in range(self._call(self._nvml.nvmlDeviceGetCount)):
-            entry = _Enumerated(index)
+            entry = Enumerated(index)
             try:
                 entry.handle = self._call(self._nvml.nvmlDeviceGetHandleByIndex, index)
                 entry.uuid = self._call(self._nvml.nvmlDeviceGetUUID, entry.handle)
@@ -517,16 +279,7 @@ class NvmlBackend:
         )
         return self._call(self._nvml.nvmlDeviceGetUUID, parent, device=mig_uuid)
 
-    def _optional(self, fn: Callable[..., T], *args: Any, device: str) -> T | None:
-        """A capability query: None when the GPU does not answer it (only a lost GPU raises)."""
-        try:
-            return self._call(fn, *args, device=device)
-        except DeviceLost:
-            raise
-        except MeterError:
-            return None
-
-    def _probe(self, entry: _Enumerated, via_mig: bool) -> _Gpu:
+    def _probe(self, entry: Enumerated, via_mig: bool) -> _Gpu:
         if entry.uuid is None:
             return self._unreachable(entry, via_mig)
         handle, uid = entry.handle, entry.uuid
@@ -690,7 +443,7 @@ class NvmlBackend:
         if values is None:
             return None, fallback + "nvmlDeviceGetFieldValues refused the energy field"
         try:
-            field_mj = _field_number(values[1], NVML_FI_DEV_ENERGY, uid)
+            field_mj = field_number(values[1], NVML_FI_DEV_ENERGY, uid)
         except DeviceLost:
             raise
         except MeterError as e:
@@ -720,10 +473,10 @@ class NvmlBackend:
         return frozenset(
             field_id
             for field_id, value in zip(fields, values, strict=True)
-            if int(value.nvmlReturn) == NVML_SUCCESS and int(value.valueType) in _VALUE_MEMBERS
+            if int(value.nvmlReturn) == NVML_SUCCESS and int(value.valueType) in VALUE_MEMBERS
         )
 
-    def _unreachable(self, entry: _Enumerated, via_mig: bool) -> _Gpu:
+    def _unreachable(self, entry: Enumerated, via_mig: bool) -> _Gpu:
         """A GPU that NVML lists but that did not answer while opening: metered as lost."""
         info = DeviceInfo(
             backend="nvml",
@@ -765,10 +518,8 @@ class NvmlBackend:
                 self._read_combined(buffer, i, gpu, e)
             else:
                 power, energy = values
-                p_member = _UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
-                e_member = (
-                    _UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
-                )
+                p_member = UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
+                e_member = UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
                 if p_member is not None and e_member is not None:
                     buffer.power_w[i] = getattr(power.value, p_member) / 1000.0
                     buffer.power_method[i] = gpu.power_method
@@ -777,16 +528,6 @@ class NvmlBackend:
                 else:
                     self._read_combined(buffer, i, gpu, values)
         buffer.t_mono_s[i] = 0.5 * (t0_s + monotonic_s())  # wall time follows from the tick's
-
-    def _read_all(self) -> FlatBuffer:
-        """Every selected GPU, once, one after another, into a `FlatBuffer`."""
-        system = type(self._clock) is SystemClock
-        t_wall_s = time.time() if system else self._clock.wall_s()
-        buffer = FlatBuffer(len(self._gpus), t_wall_s=t_wall_s, t_mono_s=self._monotonic_s())
-        read_device = self.read_device
-        for i in range(len(self._gpus)):
-            read_device(buffer, i)
-        return buffer
 
     def _read_one(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:
         """A GPU that is lost, offers nothing, or is read with two calls."""
@@ -801,16 +542,16 @@ class NvmlBackend:
             if gpu.power_method != Method.NONE:
                 try:
                     buffer.set_power(i, self._power_mw(gpu) / 1000.0, gpu.power_method)
-                except _TRANSIENT as e:
-                    buffer.fail(i, _status_of(e), str(e))
+                except TRANSIENT as e:
+                    buffer.fail(i, status_of(e), str(e))
             if gpu.has_counter:
                 try:
                     energy_mj = self._call(
                         self._nvml.nvmlDeviceGetTotalEnergyConsumption, gpu.handle, device=uid
                     )
                     buffer.set_energy(i, energy_mj / 1000.0)
-                except _TRANSIENT as e:
-                    buffer.fail(i, _status_of(e), str(e))
+                except TRANSIENT as e:
+                    buffer.fail(i, status_of(e), str(e))
         except DeviceLost as e:
             gpu.lost = str(e)
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
@@ -831,20 +572,20 @@ class NvmlBackend:
                 raise translate_nvml_error(int(code), call=call, device=uid) from result
             power, energy = result
             try:
-                power_w = _field_number(power, fields[0], uid) / 1000.0
+                power_w = field_number(power, fields[0], uid) / 1000.0
                 buffer.set_power(i, power_w, gpu.power_method)
-            except _TRANSIENT as e:
-                buffer.fail(i, _status_of(e), str(e))
+            except TRANSIENT as e:
+                buffer.fail(i, status_of(e), str(e))
             try:
-                buffer.set_energy(i, _field_number(energy, fields[1], uid) / 1000.0)
-            except _TRANSIENT as e:
-                buffer.fail(i, _status_of(e), str(e))
+                buffer.set_energy(i, field_number(energy, fields[1], uid) / 1000.0)
+            except TRANSIENT as e:
+                buffer.fail(i, status_of(e), str(e))
         except DeviceLost as e:
             gpu.lost = str(e)
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
-        except _TRANSIENT as e:
+        except TRANSIENT as e:
             # the one call carried both figures: both are missing this tick
-            buffer.fail(i, _status_of(e), str(e))
+            buffer.fail(i, status_of(e), str(e))
 
     def _power_mw(self, gpu: _Gpu) -> float:
         uid = gpu.info.uid
@@ -853,27 +594,7 @@ class NvmlBackend:
         values = self._call(
             self._nvml.nvmlDeviceGetFieldValues, gpu.handle, [gpu.field_id], device=uid
         )
-        return _field_number(values[0], gpu.field_id, uid)
-
-
-def _field_number(value: Any, field_id: int, uid: str) -> float:
-    """The number in one ``c_nvmlFieldValue_t``, in NVML's unit for that field.
-
-    Raises:
-        MeterError: The field's own ``nvmlReturn`` is an error (translated like a call's error),
-            or its value type is unknown (`ReadError`).
-    """
-    code = int(value.nvmlReturn)
-    if code != NVML_SUCCESS:
-        raise translate_nvml_error(code, call=f"nvmlDeviceGetFieldValues({field_id})", device=uid)
-    member = _VALUE_MEMBERS.get(int(value.valueType))
-    if member is None:
-        raise ReadError(f"field {field_id} for {uid}: unknown value type {value.valueType}")
-    return float(getattr(value.value, member))
-
-
-def _status_of(error: MeterError) -> DeviceStatus:
-    return DeviceStatus.DENIED if isinstance(error, PermissionDenied) else DeviceStatus.ERROR
+        return field_number(values[0], gpu.field_id, uid)
 
 
 def _at_least_ampere(arch: int) -> bool:
@@ -932,82 +653,3 @@ def _import_pynvml() -> NvmlModule:
         ) from e
     module: NvmlModule = pynvml
     return module
-
-
-# -- selection ----------------------------------------------------------------------------------
-
-
-class _Unmatched(Exception):
-    """An entry that names no GPU (internal: becomes DeviceUnavailable or an ignored entry)."""
-
-
-def _select(
-    backend: NvmlBackend,
-    enumerated: Sequence[_Enumerated],
-    gpus: Sequence[int | str] | None,
-    env: Mapping[str, str],
-) -> Selection:
-    if gpus is not None:
-        entries: list[int | str] = list(gpus)
-        source: Literal["gpus", "CUDA_VISIBLE_DEVICES", "all"] = "gpus"
-    elif "CUDA_VISIBLE_DEVICES" in env:
-        raw = env["CUDA_VISIBLE_DEVICES"].strip()
-        entries = [part.strip() for part in raw.split(",")] if raw else []
-        source = "CUDA_VISIBLE_DEVICES"
-    else:
-        return Selection("all", tuple(entry.index for entry in enumerated))
-
-    indices: list[int] = []
-    via_mig: set[int] = set()
-    ignored: list[str] = []
-    for position, entry in enumerate(entries):
-        try:
-            index, mig = _resolve(backend, enumerated, entry)
-        except _Unmatched as e:
-            if source == "gpus":
-                raise DeviceUnavailable(f"gpus entry {entry!r}: {e}") from None
-            # CUDA hides this entry and every one after it; so does the meter, and says so.
-            rest = ", ".join(repr(str(x)) for x in entries[position:])
-            ignored.append(f"{rest}: {e} (CUDA stops at the first invalid entry)")
-            break
-        if mig:
-            via_mig.add(index)
-        if index in indices:
-            ignored.append(f"{entry!r}: GPU {index} is already selected (metered once)")
-            continue
-        indices.append(index)
-    return Selection(source, tuple(indices), frozenset(via_mig), tuple(ignored))
-
-
-def _resolve(
-    backend: NvmlBackend, enumerated: Sequence[_Enumerated], entry: int | str
-) -> tuple[int, bool]:
-    """NVML index named by one selection entry, and whether it was named through MIG."""
-    text = str(entry).strip()
-    if isinstance(entry, int) or text.isdigit():
-        index = int(text)
-        if index >= len(enumerated):
-            raise _Unmatched(f"no GPU with index {index} ({len(enumerated)} present)")
-        return index, False
-    if text.startswith("MIG-GPU-"):
-        # R450-R465 syntax MIG-GPU-<parent uuid>/<gpu instance>/<compute instance>
-        return _by_uuid_prefix(enumerated, text[len("MIG-") :].split("/")[0]), True
-    if text.startswith("MIG-"):
-        try:
-            parent_uuid = backend.mig_parent_uuid(text)
-        except MeterError as e:
-            raise _Unmatched(f"no MIG device {text} ({e})") from None
-        return _by_uuid_prefix(enumerated, parent_uuid), True
-    if text.startswith("GPU-"):
-        return _by_uuid_prefix(enumerated, text), False
-    raise _Unmatched("neither an index nor a GPU-/MIG- UUID")
-
-
-def _by_uuid_prefix(enumerated: Sequence[_Enumerated], prefix: str) -> int:
-    wanted = prefix.lower()
-    matches = [e.index for e in enumerated if e.uuid and e.uuid.lower().startswith(wanted)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise _Unmatched(f"no GPU has a UUID starting with {prefix}")
-    raise _Unmatched(f"UUID prefix {prefix} is ambiguous (GPUs {matches})")

@@ -1,7 +1,8 @@
 """A fake of the ``pynvml`` module, with NVML's units, return codes and scripted faults.
 
 `FakeNvml` is an object that quacks like the subset of ``pynvml`` that
-`meters.backends.nvml.NvmlBackend` calls; pass it as ``NvmlBackend(nvml=FakeNvml(...))``. It
+`meters.backends.nvml.NvmlBackend` calls (`meters.backends.nvml_api.NvmlModule`, whose NVML
+constants it takes as its own); pass it as ``NvmlBackend(nvml=FakeNvml(...))``. It
 never registers itself in ``sys.modules``, so it cannot shadow the real module. Like NVML it
 speaks milliwatts and millijoules (integers), returns field values as ctypes
 ``c_nvmlFieldValue_t`` arrays shaped like the real binding's, and raises ``NVMLError`` instances
@@ -43,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ..backends import nvml as codes
+from ..backends import nvml_api as codes
 from ..backends.base import Clock, SystemClock
 from ..backends.simulated import Profile, steady
 from . import ManualClock
@@ -769,6 +770,6 @@ def counter_mj(gpu: FakeGpu, t_s: float) -> int:
 
 if TYPE_CHECKING:
     # mypy checks here that the fake offers everything the backend calls, with the same shapes.
-    from ..backends.nvml import NvmlModule
+    from ..backends.nvml_api import NvmlModule
 
     _conforms: NvmlModule = FakeNvml([])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Final
 
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.simulated import steady
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, SlowCall, h100
 

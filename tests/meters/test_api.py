@@ -20,7 +20,7 @@ import pytest
 from tests.support.waiting import wait_until
 from thermoledger.meters.api import Meter, empty_summary, meter
 from thermoledger.meters.backends import Bursty, SimulatedBackend, SimulatedDevice, steady
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.control import ControlStore
 from thermoledger.meters.discovery import Sources, open_backend
 from thermoledger.meters.errors import DeviceUnavailable, NothingMeasurable

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.simulated import Bursty, Ramp, steady
 from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing import fake_pynvml as fake_module

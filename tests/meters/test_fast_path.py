@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from thermoledger.accounting.integrate import PowerModel, summarize_chunks
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.base import (
     DeviceInfo,
     DeviceStatus,

@@ -25,7 +25,7 @@ from thermoledger.meters.backends import (
     SimulatedDevice,
     steady,
 )
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.base import DeviceReader, FlatBuffer
 from thermoledger.meters.backends.node import NodeBackend
 from thermoledger.meters.backends.nvml import NvmlBackend

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from thermoledger.meters.backends import DeviceStatus, Method, NvmlBackend, translate_nvml_error
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.simulated import Bursty, steady
 from thermoledger.meters.errors import (
     DeviceLost,

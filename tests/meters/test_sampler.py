@@ -31,7 +31,7 @@ from thermoledger.meters.backends import (
     idle,
     steady,
 )
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.base import ReadingsBuffer, SystemClock
 from thermoledger.meters.backends.nvml import NvmlBackend
 from thermoledger.meters.sampler import Sampler, TickSchedule
