@@ -495,12 +495,20 @@ class DeviceChunker:
     ) -> None:
         """Take plain readings in a row, as `add` would one by one: the sampler's fast path.
 
-        Plain means: the chunker is `steady`, every power is a number, every time is later than
-        the one before it (and than the last sample, by more than the rounding of unix times)
-        and lies in the open chunk's bin. The caller checks that; nothing here does.
+        Plain means: the chunker is `steady`, every power is a number (every counter, where power
+        is `derived <derives_power>` from it), every time is later than the one before it (and
+        than the last sample, by more than the rounding of unix times) and lies in the open
+        chunk's bin. The caller checks that; nothing here does.
         """
         origin_s = self._origin_mono_s
         t_rel_s = [t - origin_s for t in t_mono_s]
+        if self._derive_power:  # a counter-only device: the power of each interval, as `add`
+            wrap_j = self.info.counter_wrap_j
+            before_s, before_j = self._last_mono_s, self._c[-1]
+            power_w = []
+            for t, c in zip(t_mono_s, counter_j, strict=True):
+                power_w.append(_interval_power_w(c - before_j, c, t - before_s, wrap_j))
+                before_s, before_j = t, c
         self._t.extend(t_rel_s)
         self._p.extend(power_w)
         self._c.extend(counter_j)
@@ -515,8 +523,13 @@ class DeviceChunker:
 
     @property
     def steady(self) -> bool:
-        """Whether `take` may be used: an open chunk, readings OK, power read (not derived)."""
-        return bool(self._t) and self.status == "ok" and not self._derive_power
+        """Whether `take` may be used: an open chunk whose first power is known, readings OK."""
+        return bool(self._t) and self.status == "ok" and not self._patch_first_power
+
+    @property
+    def derives_power(self) -> bool:
+        """Whether power comes from the counter's differences (a counter-only device)."""
+        return self._derive_power
 
     @property
     def last_mono_s(self) -> float:
@@ -691,13 +704,12 @@ class DeviceChunker:
         if not self._t:
             self._patch_first_power = True
             return math.nan
-        delta_j = counter_j - self._c[-1]
-        if delta_j < 0:
-            wrap_j = self.info.counter_wrap_j
-            # A decrease is a wrap (add the modulus) or a reset (the post-reset value is a
-            # lower bound of this interval's energy), as the kernel reads it.
-            delta_j = delta_j + wrap_j if wrap_j is not None else counter_j
-        power_w = max(0.0, delta_j / (t_mono_s - self._last_mono_s))
+        power_w = _interval_power_w(
+            counter_j - self._c[-1],
+            counter_j,
+            t_mono_s - self._last_mono_s,
+            self.info.counter_wrap_j,
+        )
         if self._patch_first_power:
             self._p[0] = power_w
             self._patch_first_power = False
@@ -818,3 +830,14 @@ def _summarize_group(
         wrap_j=wrap_j,
         model=model,
     )
+
+
+def _interval_power_w(delta_j: float, counter_j: float, dt_s: float, wrap_j: float | None) -> float:
+    """Mean power over an interval from a counter's difference across it (``counter_j``: its end).
+
+    A decrease is a wrap (add the modulus) or a reset (the post-reset value is a lower bound of
+    the interval's energy), as the kernel reads it.
+    """
+    if delta_j < 0:
+        delta_j = delta_j + wrap_j if wrap_j is not None else counter_j
+    return max(0.0, delta_j / dt_s)

@@ -122,8 +122,8 @@ def await_updates(
     3. then it sleeps until shortly before its next update is due, and is read every
        ``tight_s`` / 4 or so until the counter moves: a tight update (`edge` takes the first).
 
-    A counter that moves more often than ``4 poll_s`` (RAPL: every millisecond) is read at
-    the tight pace throughout. The pauses are `sleep`'s; a round reads every device due.
+    A counter that moves more often than ``4 poll_s`` (RAPL: every millisecond) is read
+    without pause until it moves. The pauses are `sleep`'s; a round reads every device due.
 
     Args:
         read: Reads one device by position.
@@ -185,6 +185,7 @@ class _Watch:
         "poll_s",
         "previous",
         "tight_s",
+        "tight_seen",
         "updates",
         "wake_s",
     )
@@ -201,6 +202,7 @@ class _Watch:
     ) -> None:
         self.previous = reading
         self.updates: list[Update] = []
+        self.tight_seen = False
         self.needed = updates
         self.period_s = period if period is not None and period > 0 else None
         self.tight_s = tight_s
@@ -218,8 +220,10 @@ class _Watch:
         self.previous = now
         if now.energy_j != before.energy_j:
             mine = self.updates
-            mine.append(Update(before.t_mono_s, now))
-            if len(mine) >= self.needed and any(tight(u, self.tight_s) for u in mine):
+            update = Update(before.t_mono_s, now)
+            mine.append(update)
+            self.tight_seen = self.tight_seen or tight(update, self.tight_s)
+            if self.tight_seen and len(mine) >= self.needed:
                 return True
         if self.burst > 0:
             self.burst -= 1
@@ -238,7 +242,7 @@ class _Watch:
         if not mine or period is None:
             return clock_s + self.poll_s  # where is the grid?
         if period <= 4.0 * self.poll_s:
-            return clock_s + tight_pace_s  # too fine to pace: a tight pace throughout
+            return clock_s  # too fine to pace (RAPL's 1 ms): read on at once, for about a period
         # The next update is due a whole number of periods after the best-timed one seen; the
         # window around it allows for that update's width and the period's uncertainty.
         anchor = min(reversed(mine), key=lambda u: u.half_width_s)

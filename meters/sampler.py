@@ -391,6 +391,8 @@ class Sampler:
         self._step_k: int | None = None  # by hand: the tick `step` runs next
         self._schedule: TickSchedule | None = None
         self._chunkers: tuple[DeviceChunker, ...] = ()
+        self._read_power: list[int] = []
+        self._counter_only: list[int] = []
         self._codes: list[int] = []  # per device, the status code its label was last set from
         self._stale_bin: float = -math.inf  # the time bin of the last stale-chunk check
         self._stale_check_s = -math.inf  # no stale-chunk check before this monotonic time
@@ -672,6 +674,9 @@ class Sampler:
             for info, payload in zip(self._infos, self.devices, strict=True)
         )
         self._codes = [int(DeviceStatus.OK)] * len(self._chunkers)
+        # What the fast path checks for NaN: power where it is read, else the counter.
+        self._read_power = [i for i, ch in enumerate(self._chunkers) if not ch.derives_power]
+        self._counter_only = [i for i, ch in enumerate(self._chunkers) if ch.derives_power]
         # A reading this much later than the last is later in unix seconds too (their rounding
         # near 1.7e9 is 0.24 µs); one this much before a bin's end is in that bin (the bin
         # rule's 1e-9 of a chunk included).
@@ -959,7 +964,7 @@ class Sampler:
             if (
                 flat is not None
                 and not (cut or older or read.overtaken or read.busy or read.failed)
-                and self._plain(flat.t_mono_s, flat.power_w, flat.status)
+                and self._plain(flat.t_mono_s, flat.power_w, flat.energy_j, flat.status)
             ):
                 self._rows.append((flat.t_mono_s, flat.power_w, flat.energy_j))
                 self._fast_after_s = max(flat.t_mono_s) + self._time_slack_s
@@ -1116,10 +1121,13 @@ class Sampler:
         if failures:
             self._arm()
 
-    def _plain(self, t_mono: list[float], power: list[float], status: list[int]) -> bool:
+    def _plain(
+        self, t_mono: list[float], power: list[float], counter: list[float], status: list[int]
+    ) -> bool:
         """Whether a tick's readings are plain: the fast path may keep them as a row.
 
-        Plain: the chunkers are steady (`_arm`), every reading is OK with a power, every time
+        Plain: the chunkers are steady (`_arm`), every reading is OK with a power (a counter,
+        where power is derived from it), every time
         is after the last sample of any device (by more than unix seconds' rounding) and before
         the end of the open bins (no chunk to seal). What `DeviceChunker.add` would do with
         such readings is then known: append each, so they are kept as they came and handed
@@ -1132,8 +1140,10 @@ class Sampler:
             return False
         if any(status):
             return False
-        total_t, total_w = sum(t_mono), sum(power)
-        return total_t == total_t and total_w == total_w  # no NaN
+        total = sum(t_mono) + sum(map(power.__getitem__, self._read_power))
+        if self._counter_only:
+            total += sum(map(counter.__getitem__, self._counter_only))
+        return total == total  # no NaN
 
     def _fold(self) -> None:
         """Hand the rows of the fast path to the chunkers (caller holds the lock)."""

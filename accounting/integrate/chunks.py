@@ -12,7 +12,7 @@ from ._validate import FloatArray, IntArray, InvalidArgument, _as_1d, _check_len
 from .counter import _counter_intervals, _counter_params
 from .model import _DEFAULT_MODEL, COUNTER_REL_ERROR, PowerModel, _band
 from .power import _power_groups
-from .segments import _Layout, _nonempty, _offsets
+from .segments import _Layout, _nonempty, _offsets, distinct_sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ def _chunk_layout(
             raise InvalidArgument(
                 f"chunk_starts must be strictly increasing sample indices in [0, {n})"
             )
-    grp_off = np.union1d(seg_off, change).astype(np.int64)
+    grp_off = distinct_sorted(np.sort(np.concatenate((seg_off, change)).astype(np.int64)))
     return _Layout(n=n, seg_off=seg_off, grp_off=grp_off), bins
 
 

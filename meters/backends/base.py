@@ -537,6 +537,19 @@ class DeviceReader(Protocol):
         ...
 
 
+@runtime_checkable
+class SlotReader(Protocol):
+    """A `DeviceReader` that can also fill another slot: a node reads it into its own buffer.
+
+    ``read_device_at(buffer, slot, i)`` does what ``read_device`` does for device ``i``, into
+    slot ``slot`` of ``buffer`` (which may hold more devices than this backend has).
+    """
+
+    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
+        """Read device ``i`` into slot ``slot`` of ``buffer``."""
+        ...
+
+
 class Clock(Protocol):
     """A source of time: monotonic seconds for intervals, unix seconds for the record."""
 

@@ -35,13 +35,13 @@ from ..errors import DeviceUnavailable, PermissionDenied
 from .base import (
     Clock,
     DeviceInfo,
-    DeviceStatus,
     FlatBuffer,
     Method,
     Readings,
     SystemClock,
     UncertaintyHint,
 )
+from .sysfs import CounterFiles, read_text_ascii
 
 __all__ = ["CPU_ENERGY_DRIVERS", "DEFAULT_ROOT", "HwmonBackend", "permission_fix"]
 
@@ -76,7 +76,8 @@ class HwmonBackend:
 
     Args:
         root: The hwmon class directory (default ``/sys/class/hwmon``).
-        read_text: How to read a file (default ``Path.read_text``); the fake hwmon tree passes
+        read_text: How to read a whole file (default: ``pread`` on descriptors kept open for
+            the counters, `sysfs.CounterFiles`); the fake hwmon tree passes
             one that can refuse reads even to root.
         clock: Time source for timestamps (default: the system clocks).
 
@@ -92,7 +93,7 @@ class HwmonBackend:
         clock: Clock | None = None,
     ) -> None:
         self.root = Path(root)
-        self._read_text = read_text if read_text is not None else _read_text
+        self._read_text = read_text if read_text is not None else read_text_ascii
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._channels = tuple(self._discover())
         if not self._channels:
@@ -101,6 +102,12 @@ class HwmonBackend:
                 f"{' or '.join(CPU_ENERGY_DRIVERS)} hwmon driver loaded, or the directory is not "
                 "mounted in this container)"
             )
+        self._files = CounterFiles(
+            [channel.counter for channel in self._channels],
+            clock=self._clock,
+            denied=_denied,
+            read_text=read_text,
+        )
 
     def devices(self) -> tuple[DeviceInfo, ...]:
         """The socket channels, in hwmon order then socket order."""
@@ -116,20 +123,20 @@ class HwmonBackend:
         return buffer.freeze()
 
     def read_device(self, buffer: FlatBuffer, i: int) -> None:
-        """Socket ``i``'s raw counter into slot ``i``, timed at the read's middle (stateless)."""
-        clock = self._clock
-        t0_s = clock.monotonic_s()
-        path = self._channels[i].counter
-        try:
-            buffer.set_energy(i, int(self._read_text(path).strip()) * 1e-6)
-        except PermissionError as e:
-            buffer.fail(i, DeviceStatus.DENIED, str(_denied(path, e)))
-        except (OSError, ValueError) as e:
-            buffer.fail(i, DeviceStatus.ERROR, f"cannot read {path}: {e}")
-        buffer.stamp(i, 0.5 * (t0_s + clock.monotonic_s()))
+        """Socket ``i``'s raw counter into slot ``i``, timed at the read's middle.
+
+        `base.DeviceReader`: the same figures and statuses as `read`, one socket at a time; safe
+        on several threads at once (`sysfs.CounterFiles`: one ``pread`` per read).
+        """
+        self._files.read_into(buffer, i, i)
+
+    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
+        """Socket ``i`` into ``slot`` of a larger buffer (`base.SlotReader`, as a node reads)."""
+        self._files.read_into(buffer, slot, i)
 
     def close(self) -> None:
-        """Nothing to release (files are opened per read)."""
+        """Close the counter files kept open for reading."""
+        self._files.close()
 
     def __enter__(self) -> HwmonBackend:
         return self
@@ -197,10 +204,6 @@ class HwmonBackend:
             return self._read_text(path).strip()
         except (OSError, UnicodeDecodeError):
             return None
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="ascii")
 
 
 def _denied(path: Path, error: PermissionError) -> PermissionDenied:

@@ -42,6 +42,7 @@ from .base import (
     FlatReadings,
     PowerBackend,
     Readings,
+    SlotReader,
     SystemClock,
 )
 
@@ -85,6 +86,10 @@ class NodeBackend:
         if repeated:
             raise ValueError(f"two devices of the node share a uid: {repeated}")
         self._readers = tuple(readers)
+        # Parts that fill any slot are read straight into the caller's buffer (no copy).
+        self._direct = tuple(
+            part.read_device_at if isinstance(part, SlotReader) else None for part in self._parts
+        )
         self._infos = tuple(infos)
         self._where = tuple(where)
         self._sizes = tuple(sizes)
@@ -109,7 +114,11 @@ class NodeBackend:
     def read_device(self, buffer: FlatBuffer, i: int) -> None:
         """Read device ``i`` into slot ``i`` of ``buffer`` through its part (`DeviceReader`)."""
         p, j = self._where[i]
-        self._read_into(buffer, i, self._scratch[p], p, j)
+        direct = self._direct[p]
+        if direct is not None:
+            direct(buffer, i, j)
+        else:
+            self._read_into(buffer, i, self._scratch[p], p, j)
 
     def read_flat(self) -> FlatReadings:
         """Every device once, part after part, as lists (`base.FlatReader`)."""
@@ -148,7 +157,11 @@ class NodeBackend:
             FlatBuffer(n, t_wall_s=math.nan, t_mono_s=math.nan) for n in self._sizes
         )  # fresh: never the slots `read_device` uses on the sampler's threads
         for i, (p, j) in enumerate(self._where):
-            self._read_into(buffer, i, scratch[p], p, j)
+            direct = self._direct[p]
+            if direct is not None:
+                direct(buffer, i, j)
+            else:
+                self._read_into(buffer, i, scratch[p], p, j)
         return buffer
 
     def _read_into(self, buffer: FlatBuffer, i: int, scratch: FlatBuffer, p: int, j: int) -> None:

@@ -505,29 +505,33 @@ class NvmlBackend(VendorBackend[_Gpu]):
         or a field failed, another value type, a GPU read with two calls, a lost one) goes the
         general way, with the result of the same call.
         """
+        self.read_device_at(buffer, i, i)
+
+    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
+        """GPU ``i`` into ``slot`` of a larger buffer (`base.SlotReader`, as a node reads)."""
         gpu = self._gpus[i]
         monotonic_s = self._monotonic_s
         t0_s = monotonic_s()
         fields = gpu.combined
         if fields is None or gpu.lost:
-            self._read_one(buffer, i, gpu)
+            self._read_one(buffer, slot, gpu)
         else:
             try:
                 values = self._nvml.nvmlDeviceGetFieldValues(gpu.handle, fields)
             except self._nvml.NVMLError as e:
-                self._read_combined(buffer, i, gpu, e)
+                self._read_combined(buffer, slot, gpu, e)
             else:
                 power, energy = values
                 p_member = UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
                 e_member = UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
                 if p_member is not None and e_member is not None:
-                    buffer.power_w[i] = getattr(power.value, p_member) / 1000.0
-                    buffer.power_method[i] = gpu.power_method
-                    buffer.energy_j[i] = getattr(energy.value, e_member) / 1000.0
-                    buffer.energy_method[i] = _COUNTER
+                    buffer.power_w[slot] = getattr(power.value, p_member) / 1000.0
+                    buffer.power_method[slot] = gpu.power_method
+                    buffer.energy_j[slot] = getattr(energy.value, e_member) / 1000.0
+                    buffer.energy_method[slot] = _COUNTER
                 else:
-                    self._read_combined(buffer, i, gpu, values)
-        buffer.t_mono_s[i] = 0.5 * (t0_s + monotonic_s())  # wall time follows from the tick's
+                    self._read_combined(buffer, slot, gpu, values)
+        buffer.t_mono_s[slot] = 0.5 * (t0_s + monotonic_s())  # wall time follows from the tick's
 
     def _read_one(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:
         """A GPU that is lost, offers nothing, or is read with two calls."""

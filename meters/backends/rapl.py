@@ -34,7 +34,6 @@ from ..errors import DeviceUnavailable, PermissionDenied
 from .base import (
     Clock,
     DeviceInfo,
-    DeviceStatus,
     FlatBuffer,
     Method,
     Readings,
@@ -42,6 +41,7 @@ from .base import (
     SystemClock,
     UncertaintyHint,
 )
+from .sysfs import CounterFiles, read_text_ascii
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 _PACKAGE_ZONE = re.compile(r"^intel-rapl:(\d+)$")
@@ -79,7 +79,8 @@ class RaplBackend:
 
     Args:
         root: The powercap directory (default ``/sys/class/powercap``).
-        read_text: How to read a file (default ``Path.read_text``); the fake powercap tree passes
+        read_text: How to read a whole file (default: ``pread`` on descriptors kept open for
+            the counters, `sysfs.CounterFiles`); the fake powercap tree passes
             one that can refuse reads even to root.
         clock: Time source for timestamps (default: the system clocks).
         include_dram: Also meter ``dram`` subzones.
@@ -101,11 +102,17 @@ class RaplBackend:
         strict: bool = False,
     ) -> None:
         self.root = Path(root)
-        self._read_text = read_text if read_text is not None else _read_text
+        self._read_text = read_text if read_text is not None else read_text_ascii
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._zones = tuple(
             self._describe(path, package, scope, strict)
             for path, package, scope in self._discover(include_dram)
+        )
+        self._files = CounterFiles(
+            [zone.counter for zone in self._zones],
+            clock=self._clock,
+            denied=_denied,
+            read_text=read_text,
         )
         if not self._zones:
             raise DeviceUnavailable(
@@ -130,22 +137,18 @@ class RaplBackend:
     def read_device(self, buffer: FlatBuffer, i: int) -> None:
         """Zone ``i``'s raw counter into slot ``i``, timed at the read's middle.
 
-        `base.DeviceReader`: the same figures and statuses as `read`, one zone at a time; a file
-        read per call, no state, so safe on several threads at once.
+        `base.DeviceReader`: the same figures and statuses as `read`, one zone at a time; safe
+        on several threads at once (`sysfs.CounterFiles`: one ``pread`` per read).
         """
-        clock = self._clock
-        t0_s = clock.monotonic_s()
-        path = self._zones[i].counter
-        try:
-            buffer.set_energy(i, int(self._read_text(path).strip()) * 1e-6)
-        except PermissionError as e:
-            buffer.fail(i, DeviceStatus.DENIED, str(_denied(path, e)))
-        except (OSError, ValueError) as e:
-            buffer.fail(i, DeviceStatus.ERROR, f"cannot read {path}: {e}")
-        buffer.stamp(i, 0.5 * (t0_s + clock.monotonic_s()))
+        self._files.read_into(buffer, i, i)
+
+    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
+        """Zone ``i`` into ``slot`` of a larger buffer (`base.SlotReader`, as a node reads)."""
+        self._files.read_into(buffer, slot, i)
 
     def close(self) -> None:
-        """Nothing to release (files are opened per read)."""
+        """Close the counter files kept open for reading."""
+        self._files.close()
 
     def __enter__(self) -> RaplBackend:
         return self
@@ -223,10 +226,6 @@ class RaplBackend:
             return self._read_text(path).strip()
         except (OSError, UnicodeDecodeError):
             return None
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="ascii")
 
 
 def _as_int(text: str | None) -> int | None:

@@ -40,7 +40,9 @@ from thermoledger.meters.backends.base import (
     UncertaintyHint,
     flat_readings,
 )
+from thermoledger.meters.backends.node import NodeBackend
 from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.backends.rapl import RaplBackend
 from thermoledger.meters.backends.simulated import (
     Bursty,
     Ramp,
@@ -52,6 +54,7 @@ from thermoledger.meters.chunker import DeviceChunker, SealJob, reading_model, s
 from thermoledger.meters.sampler import Sampler
 from thermoledger.meters.spool import RunStatus, Spool
 from thermoledger.meters.testing import ManualClock
+from thermoledger.meters.testing.fake_powercap import FakePowercap
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, a100, h100, p100, v100
 from thermoledger.meters.wire import ChunkPayload, DevicePayload, content_hash
 
@@ -248,7 +251,9 @@ def test_nvml_read_flat_gives_what_read_gives() -> None:
 class PerDevice(Sampler):
     """The general path only: every reading goes through `DeviceChunker.add`."""
 
-    def _plain(self, t_mono: list[float], power: list[float], status: list[int]) -> bool:
+    def _plain(
+        self, t_mono: list[float], power: list[float], counter: list[float], status: list[int]
+    ) -> bool:
         return False
 
 
@@ -257,14 +262,16 @@ class CountingPlain(Sampler):
 
     plain_ticks = 0
 
-    def _plain(self, t_mono: list[float], power: list[float], status: list[int]) -> bool:
-        plain = super()._plain(t_mono, power, status)
+    def _plain(
+        self, t_mono: list[float], power: list[float], counter: list[float], status: list[int]
+    ) -> bool:
+        plain = super()._plain(t_mono, power, counter, status)
         self.plain_ticks += plain
         return plain
 
 
 def _run(
-    backend: NvmlBackend | ReadingsOnly | Blanking,
+    backend: NvmlBackend | ReadingsOnly | Blanking | NodeBackend,
     clock: ManualClock,
     kind: type[Sampler] = Sampler,
 ) -> tuple[Sampler, ListSink, list[str]]:
@@ -317,22 +324,40 @@ def test_the_sampler_on_flat_readings_makes_the_chunks_it_makes_on_readings() ->
     assert flat_summaries == general_summaries
 
 
-@pytest.mark.parametrize("fleet", ["nvml", "simulated"])
-def test_rows_of_plain_readings_make_the_chunks_readings_one_by_one_make(fleet: str) -> None:
+def _node(clock: ManualClock, root: Path) -> NodeBackend:
+    """Fake GPUs and RAPL packages with DRAM: counter-only devices beside GPUs with power."""
+    tree = FakePowercap(root)
+    for package in range(2):
+        zone = tree.add_package(package, core=False)
+        tree.drive(zone, Bursty(40.0, 190.0, period_s=0.7, duty=0.4), clock=clock)
+        tree.drive(f"{zone}:0", steady(20.0 + package), clock=clock)
+    rapl = RaplBackend(tree.root, read_text=tree.read_text, clock=clock)
+    return NodeBackend([_nvml(clock, lasting=False), rapl], clock=clock)
+
+
+@pytest.mark.parametrize("fleet", ["nvml", "simulated", "node"])
+def test_rows_of_plain_readings_make_the_chunks_readings_one_by_one_make(
+    fleet: str, tmp_path: Path
+) -> None:
     clocks = ManualClock(), ManualClock()
-    backends = (
-        (_nvml(clocks[0], lasting=False), _nvml(clocks[1], lasting=False))
-        if fleet == "nvml"
-        else (
+    backends: tuple[NvmlBackend | Blanking | NodeBackend, ...]
+    if fleet == "nvml":
+        backends = (_nvml(clocks[0], lasting=False), _nvml(clocks[1], lasting=False))
+    elif fleet == "simulated":
+        backends = (
             Blanking(SimulatedBackend(clock=clocks[0])),
             Blanking(SimulatedBackend(clock=clocks[1])),
         )
-    )
+    else:
+        backends = (_node(clocks[0], tmp_path / "a"), _node(clocks[1], tmp_path / "b"))
     fast, fast_sink, fast_summaries = _run(backends[0], clocks[0], CountingPlain)
     _, sink, summaries = _run(backends[1], clocks[1], PerDevice)
     assert isinstance(fast, CountingPlain)
     assert fast.plain_ticks >= 30  # of 67: the fast path was taken
     assert len(sink.chunks) > 40
+    if fleet == "node":  # the counter-only devices took it too, with their derived power
+        assert {c["method"] for c in sink.chunks} >= {"counter"}
+        assert sum("intel-rapl" in c["device_key"] for c in sink.chunks) >= 4 * 6
     assert _as_json(fast_sink.chunks) == _as_json(sink.chunks)
     assert fast_summaries == summaries
     if fleet == "simulated":

@@ -156,3 +156,40 @@ def test_read_device_reads_one_zone_as_read_does(powercap: FakePowercap) -> None
     assert one_by_one.status.tolist() == whole.status.tolist()
     assert one_by_one.messages == whole.messages
     assert one_by_one.t_mono_s.tolist() == whole.t_mono_s.tolist()
+
+
+def test_the_counter_files_are_read_by_pread_on_descriptors_kept_open(
+    powercap: FakePowercap,
+) -> None:
+    """Without ``read_text``: one descriptor per zone, opened at its first read, re-read at
+    offset 0 (a sysfs file's value is regenerated per read; a rewritten file's likewise)."""
+    fds_before = set(os.listdir("/proc/self/fd"))
+    backend = RaplBackend(powercap.root, clock=ManualClock())
+    assert set(os.listdir("/proc/self/fd")) == fds_before  # nothing opened before a read
+    first = backend.read()
+    assert list(first.energy_j) == [1.0, 2.0, 3.0]
+    opened = set(os.listdir("/proc/self/fd")) - fds_before
+    assert len(opened) == 3
+    powercap.set_energy_uj("intel-rapl:0", 1_500_000)
+    powercap.add_energy_j("intel-rapl:1", 0.25)
+    second = backend.read()
+    assert list(second.energy_j) == [1.5, 2.0, 3.25]
+    assert set(os.listdir("/proc/self/fd")) - fds_before == opened  # the same descriptors
+    backend.close()
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_a_counter_file_that_cannot_be_opened_is_an_error_until_it_can(
+    powercap: FakePowercap,
+) -> None:
+    backend = RaplBackend(powercap.root, clock=ManualClock())
+    counter = powercap.zone_path("intel-rapl:1") / "energy_uj"
+    counter.unlink()
+    failed = backend.read()
+    assert failed.status_of(2) is DeviceStatus.ERROR
+    assert np.isnan(failed.energy_j[2])
+    assert str(counter) in failed.messages[2]
+    assert failed.status_of(0) is DeviceStatus.OK
+    counter.write_text("7000000\n")
+    assert backend.read().energy_j[2] == 7.0  # opened again at the next read
+    backend.close()
