@@ -16,10 +16,15 @@ Figures:
       an idle baseline of the same process measured in the same run, as a percentage of one
       core; ``--repeats`` runs of ``--seconds`` each (median, min and max printed: other
       processes on the machine make the figure vary). **All-in** counts everything the process
-      did, the fake NVML's emulated calls included; the **meter's own** share leaves those
-      calls out (they are measured apart, below; a real driver spends its own time instead).
+      did, the fakes' emulated calls included; the **meter's own** share leaves those calls
+      out (the fake NVML's and the fake powercap's, measured apart, below; a real driver and
+      the kernel spend their own time instead).
       Targets: own <= 0.2 % and all-in <= 0.4 % of one core. The steady state between the
-      edges and the one-off costs of start and stop are printed beside them.
+      edges and the one-off costs of start and stop are printed beside them. The fleet's
+      counters move continuously (the fake's default); the one-off cost of the edges on
+      counters that move every 100 ms, as real GPUs' do (`meters.edges`: paced waits for an
+      update), is measured apart and printed with the run length over which it stays under
+      a tenth of the own target.
     * **what the NVML calls cost**: the fake's own cost is in the overhead; it is measured apart
       (the calls the backend makes per read of 8 GPUs, replayed on the fake, at 10 Hz) because
       the real library's cost is a driver call instead. For scale, the real ``pynvml``
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import os
 import statistics
 import tempfile
 import time
@@ -72,24 +78,65 @@ SWEEP_INTERVALS_S = (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 FIELDS = [codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_FI_DEV_ENERGY]
 
 
-def _fleet(n: int) -> FakeNvml:
+def _fleet(n: int, *, counter_update_s: float = 0.0) -> FakeNvml:
+    """``n`` H100s; their counters move continuously, or every ``counter_update_s`` seconds
+    (phases spread over the period, as GPUs of a node update out of step)."""
     profiles = [
         steady(450.0),
         Bursty(150.0, 680.0, period_s=2.0, duty=0.6, phase_s=0.4),
         Ramp(120.0, 650.0, duration_s=30.0),
         steady(90.0),
     ]
-    return FakeNvml([h100(profile=profiles[i % len(profiles)]) for i in range(n)])
+    return FakeNvml(
+        [
+            h100(
+                profile=profiles[i % len(profiles)],
+                counter_update_s=counter_update_s,
+                counter_update_phase_s=counter_update_s * ((0.37 * i) % 1.0),
+            )
+            for i in range(n)
+        ]
+    )
 
 
-def _cpu_zones(root: Path) -> RaplBackend:
-    """2 CPU packages and their DRAM, counters moving with steady loads (RAPL's 1 ms updates)."""
+def _cpu_zones(root: Path) -> tuple[RaplBackend, Callable[[], None]]:
+    """2 CPU packages and their DRAM, counters moving with steady loads (RAPL's 1 ms updates).
+
+    Returns:
+        The backend, and the fake tree's own work for one read of every zone (its emulated
+        counter files: the profile's energy computed per read, where a real kernel's sysfs
+        read is a ``pread`` of a kept descriptor).
+    """
     tree = FakePowercap(root)
     for package in range(PACKAGES):
         zone = tree.add_package(package, core=False)
         tree.drive(zone, steady(180.0 + 20.0 * package))
         tree.drive(f"{zone}:0", steady(25.0))  # the package's DRAM subzone
-    return RaplBackend(tree.root, read_text=tree.read_text)
+    backend = RaplBackend(tree.root, read_text=tree.read_text)
+    counters = [tree.zone_path(info.zone or info.uid) / "energy_uj" for info in backend.devices()]
+
+    def emulated() -> None:
+        for path in counters:
+            tree.read_text(path)
+
+    return backend, emulated
+
+
+def _pread_s(root: Path, files: int) -> float:
+    """CPU seconds of ``pread`` on ``files`` kept-open counter files at 10 Hz (for scale)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fds = []
+    for k in range(files):
+        path = root / f"energy_uj{k}"
+        path.write_text("123456789012\n")
+        fds.append(os.open(path, os.O_RDONLY))
+    try:
+        return _per_read_s(
+            lambda: [int(os.pread(fd, 32, 0)) for fd in fds], interval_s=0.1, reads=30
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _cpu_rate(seconds: float) -> float:
@@ -235,16 +282,19 @@ def main() -> None:
     assert all(d.uncertainty.power_window_s == 1.0 for d in gpus.devices()), "reads FIELDS"
     handles = [fake.nvmlDeviceGetHandleByIndex(i) for i in range(args.devices)]
 
-    def fake_calls() -> None:  # the NVML calls of one read, on the fake
+    def nvml_calls() -> None:  # the NVML calls of one read, on the fake
         for handle in handles:
             fake.nvmlDeviceGetFieldValues(handle, FIELDS)
 
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as tmp:
-        backend = NodeBackend([gpus, _cpu_zones(Path(tmp) / "powercap")])
+        zones, powercap_calls = _cpu_zones(Path(tmp) / "powercap")
+        backend = NodeBackend([gpus, zones])
         n = len(backend.devices())
         read_s = _back_to_back_s(backend.read_flat)
         cold_s = _per_read_s(backend.read_flat, interval_s=0.1, reads=30)
-        fake_s = _per_read_s(fake_calls, interval_s=0.1, reads=30)
+        nvml_s = _per_read_s(nvml_calls, interval_s=0.1, reads=30)
+        powercap_s = _per_read_s(powercap_calls, interval_s=0.1, reads=30)
+        fake_s = nvml_s + powercap_s
         print(
             f"devices: {n}: {args.devices} fake H100 (NVML averaged power + energy counter, one "
             f"call each) and {PACKAGES} CPU packages + {PACKAGES} DRAM (fake powercap files)"
@@ -253,7 +303,12 @@ def main() -> None:
             f"one read of every device (NodeBackend.read_flat, as a tick reads): "
             f"{read_s * 1e6:.0f} µs back to back, {cold_s * 1e6:.0f} µs at 10 Hz"
         )
-        print(f"  of which the fake NVML's calls:          {fake_s * 1e6:.0f} µs at 10 Hz")
+        print(f"  of which the fake NVML's calls:          {nvml_s * 1e6:.0f} µs at 10 Hz")
+        print(
+            f"  and the fake powercap's emulated files:  {powercap_s * 1e6:.0f} µs at 10 Hz "
+            f"(for scale, pread of {2 * PACKAGES} real files: "
+            f"{_pread_s(Path(tmp) / 'files', 2 * PACKAGES) * 1e6:.0f} µs)"
+        )
         with _pynvml_without_driver() as pynvml:
             if pynvml is not None:
                 null = pynvml.c_nvmlDevice_t()
@@ -275,7 +330,7 @@ def main() -> None:
             for _ in range(max(1, args.repeats))
         ]
         all_in = [_percent(r.whole_rate, baseline) for r in runs]
-        # the fake's emulated calls: one read of every GPU per tick (edges included)
+        # the fakes' emulated calls: one read of every device per tick (edges included)
         own = [
             pct - 100.0 * fake_s * r.summary.ticks / (r.window_s + WARMUP_S)
             for pct, r in zip(all_in, runs, strict=True)
@@ -298,7 +353,7 @@ def main() -> None:
             f"  meter's own, each run:    {', '.join(f'{p:.3f}' for p in own)} % of one core; "
             f"median {statistics.median(own):.3f} % = "
             f"{statistics.median(own) / TARGET_OWN_PERCENT:.2f} × the {TARGET_OWN_PERCENT} % "
-            "target (without the fake NVML's emulated calls)"
+            "target (without the fakes' emulated calls)"
         )
         print(
             f"  steady state between the edges: {', '.join(f'{p:.3f}' for p in steady_pct)} % "
@@ -309,6 +364,30 @@ def main() -> None:
             f"(incl. the {WARMUP_S:g} s warm-up), "
             f"stop {1e3 * statistics.median(r.stop_cpu_s for r in runs):.1f} ms "
             "(closing edge, final seal and spool)"
+        )
+
+        gridded = NvmlBackend(
+            nvml=_fleet(args.devices, counter_update_s=0.1), gpus=list(range(args.devices))
+        )
+        edge_runs = [
+            _metered(
+                NodeBackend([gridded, _cpu_zones(Path(tmp) / f"powercap-{k}")[0]]),
+                Path(tmp) / "spool-gridded",
+                interval_s=0.1,
+                seconds=0.5,
+            )
+            for k in range(3)
+        ]
+        edges_ms = 1e3 * (
+            statistics.median(r.start_cpu_s + r.stop_cpu_s for r in edge_runs)
+            - statistics.median(r.start_cpu_s + r.stop_cpu_s for r in runs)
+        )
+        print(
+            f"  edges on counters that move every 100 ms (the same fleet, phases spread): "
+            f"{edges_ms:.1f} ms more CPU per run for start + stop than on continuous counters "
+            f"(medians of {len(edge_runs)}); under a tenth of the own target (0.02 %) for runs "
+            f"over "
+            f"{edges_ms / 1e3 / (TARGET_OWN_PERCENT / 1000.0) / 60.0:.0f} min"
         )
 
         print(f"\nsweep: {args.sweep_seconds:g} s per interval, {args.devices} devices, spool on")

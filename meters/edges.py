@@ -123,7 +123,9 @@ def await_updates(
        ``tight_s`` / 4 or so until the counter moves: a tight update (`edge` takes the first).
 
     A counter that moves more often than ``4 poll_s`` (RAPL: every millisecond) is read
-    without pause until it moves. The pauses are `sleep`'s; a round reads every device due.
+    without pause until it moves. Reads due at once (the first two; a fine grid's) are made
+    back to back on that device, so the gap around an update is one read, whatever the number
+    of devices; the pauses are `sleep`'s.
 
     Args:
         read: Reads one device by position.
@@ -161,11 +163,17 @@ def await_updates(
             continue
         round_s = monotonic_s()
         for i in due:
-            now = read(i)
-            if not _counts(now):
-                del waiting[i]  # failed or lost: this device's edge stays its reading
-            elif waiting[i].saw(now, clock_s()):
-                del waiting[i]
+            watch = waiting[i]
+            while True:  # a device whose next read is due at once is read again before the next
+                now = read(i)
+                if not _counts(now):
+                    del waiting[i]  # failed or lost: this device's edge stays its reading
+                    break
+                if watch.saw(now, clock_s()):
+                    del waiting[i]
+                    break
+                if watch.wake_s > clock_s() or monotonic_s() == round_s:
+                    break
         if monotonic_s() == round_s:
             break  # time stands still: no counter can move
     return seen
@@ -223,7 +231,7 @@ class _Watch:
             update = Update(before.t_mono_s, now)
             mine.append(update)
             self.tight_seen = self.tight_seen or tight(update, self.tight_s)
-            if self.tight_seen and len(mine) >= self.needed:
+            if self.tight_seen and len(mine) >= self.needed and self._period_seen():
                 return True
         if self.burst > 0:
             self.burst -= 1
@@ -232,6 +240,17 @@ class _Watch:
                 return False
         self.wake_s = self._next_read_s(clock_s)
         return False
+
+    def _period_seen(self) -> bool:
+        """Whether the period is known as well as it can be: where two updates are awaited
+        and the grid is too fine to pace, only two tight updates in a row tell it."""
+        mine = self.updates
+        if self.needed < 2 or len(mine) < 2:
+            return True
+        period = period_s(mine)
+        if period is None or period > 4.0 * self.poll_s:
+            return True
+        return tight(mine[-2], self.tight_s) and tight(mine[-1], self.tight_s)
 
     def _next_read_s(self, clock_s: float) -> float:
         """When to read next: paced while the grid is unknown, then in a window around the
@@ -290,11 +309,14 @@ def continuous(updates: list[Update], edge: Reading) -> bool:
 def period_s(updates: list[Update]) -> float | None:
     """The update period seen, s (None: fewer than two updates).
 
-    The first two updates give it roughly; the span to the last one (a whole number of
-    periods, some of them maybe not seen) refines it.
+    Two tight updates in a row give it at once. Else the first two give it roughly and the
+    span to the last one (a whole number of periods, some maybe not seen) refines it.
     """
     if len(updates) < 2:
         return None
+    last, before = updates[-1], updates[-2]
+    if tight(last) and tight(before):  # two updates in a row, each known to within TIGHT_S
+        return last.at_s - before.at_s
     first_s = updates[1].at_s - updates[0].at_s
     span_s = updates[-1].at_s - updates[0].at_s
     if first_s <= 0:

@@ -113,13 +113,14 @@ def test_a_continuous_counter_is_done_after_two_reads() -> None:
         assert all(tight(u) for u in updates)
 
 
-def test_a_fine_grid_is_read_at_a_tight_pace_until_it_moves() -> None:
+def test_a_fine_grid_is_read_back_to_back_until_two_updates_tell_its_period() -> None:
     grid = Grid([0.001], [0.0004])  # RAPL: about every millisecond
     seen = grid.wait(updates=2)
     found = edge(seen[0])
     assert found is not None
     assert tight(found)
-    assert grid.reads[0] < 200  # about a millisecond of reads
+    assert period_s(seen[0]) == pytest.approx(0.001, abs=TIGHT_S)  # from two tight updates
+    assert grid.reads[0] < 200  # a few milliseconds of reads
 
 
 def test_a_counter_that_never_moves_gives_up_at_the_timeout() -> None:
