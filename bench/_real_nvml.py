@@ -21,9 +21,9 @@ integration code are shared. The meter here is the `meters.sampler.Sampler` that
 the chunks' sample times are the reads' own times (to the µs between two clock calls), which
 is how each sample finds its instantaneous reading.
 
-A GPU load is optional: a duty-cycled square wave of bf16 matrix products in one subprocess per
-GPU, where the interpreter that runs it can import torch or cupy (`Load`); else the GPUs idle.
-The output says which.
+A GPU load is optional: a duty-cycled square wave of matrix products (bf16 with torch, fp16 with
+cupy) in one subprocess per GPU, where the interpreter that runs it can import torch or cupy
+(`Load`); else the GPUs idle. The output says which.
 
 `main` takes the NVML module as an argument (``meters.testing.fake_pynvml.FakeNvml`` in the
 tests); without one it imports ``pynvml`` and exits 2 with one line when that is missing or
@@ -79,7 +79,7 @@ __all__ = [
 LoadChoice = Literal["auto", "idle", "square"]
 _NO_BINS_S = 1e9  # a replay's chunks are cut where the meter cut them, never by time bins
 
-# One subprocess per GPU: bf16 products while the wave is high, sleep while it is low.
+# One subprocess per GPU: matrix products while the wave is high, sleep while it is low.
 _LOAD_SCRIPT = r"""
 import sys, time
 period_s, duty, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
@@ -91,7 +91,7 @@ try:
         for _ in range(4):
             torch.matmul(a, b)
         torch.cuda.synchronize()
-    via = "torch " + torch.__version__
+    via = "torch " + torch.__version__ + ", bf16"
 except ImportError:
     import cupy
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32).astype(cupy.float16)
@@ -100,7 +100,7 @@ except ImportError:
         for _ in range(4):
             a @ b
         cupy.cuda.Device().synchronize()
-    via = "cupy " + cupy.__version__
+    via = "cupy " + cupy.__version__ + ", fp16"
 work()
 print("ready", via, flush=True)
 t0 = time.monotonic()
@@ -546,7 +546,7 @@ class Load:
         duty: The part of each period spent computing.
         python: The interpreter to run it (default: this one, else ``python3`` on the PATH,
             whichever can import torch or cupy).
-        matrix_n: The side of the bf16 matrices multiplied.
+        matrix_n: The side of the matrices multiplied.
 
     Attributes:
         description: What the GPUs run, in words (``idle (...)`` or the wave and its library).
@@ -598,7 +598,7 @@ class Load:
             return self
         self.description = (
             f"square wave, period {self._period_s:g} s, duty {self._duty:g}: "
-            f"{self._n}×{self._n} bf16 products via {via} ({python})"
+            f"{self._n}×{self._n} matrix products via {via} ({python})"
         )
         return self
 

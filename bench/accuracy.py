@@ -46,7 +46,7 @@ per GPU and window: the counter's joules, the averaged and the instantaneous jou
 error against the counter and whether their bands cover it, the counter's update period seen
 at the opening edge (``Sampler.counter_update_s``) and the power reading each GPU got. Where
 torch or cupy imports (in this interpreter or ``python3``; ``--load-python``), the GPUs run a
-square wave of bf16 matrix products (``--load-period`` 0.25 s, ``--load-duty`` 0.3: the case
+square wave of matrix products (``--load-period`` 0.25 s, ``--load-duty`` 0.3: the case
 where instantaneous readings alias); else they idle (``--load idle`` forces it); the output says
 which. Without pynvml, or where NVML sees no GPU, it prints one line and exits 2. Its last line
 is machine-read too: ``accuracy (real NVML): averaged vs counter max |error| Y %, instant max

@@ -152,6 +152,54 @@ def test_a_load_that_cannot_start_is_idle_unless_asked_for() -> None:
         _real_nvml.Load(["GPU-x"], choice="square", python=sys.executable).__enter__()
 
 
+_STUB_TORCH = """
+__version__ = "0.0-stub"
+bfloat16 = "bf16"
+def randn(*shape, **options):
+    {randn}
+def matmul(a, b):
+    return a
+class cuda:
+    @staticmethod
+    def synchronize():
+        pass
+"""
+
+
+def _stub_torch(directory: Path, monkeypatch: pytest.MonkeyPatch, randn: str) -> None:
+    """A ``torch`` the load's subprocesses import (through PYTHONPATH), without a GPU."""
+    (directory / "torch").mkdir()
+    (directory / "torch" / "__init__.py").write_text(_STUB_TORCH.format(randn=randn))
+    monkeypatch.setenv("PYTHONPATH", str(directory))
+
+
+def test_the_load_runs_a_square_wave_per_gpu_and_stops_with_the_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stub_torch(tmp_path, monkeypatch, "return 1")
+    load = _real_nvml.Load(["GPU-a", "GPU-b"], period_s=0.05, python=sys.executable)
+    with load:
+        assert load.label == "square 0.05 s × 0.3"
+        assert "period 0.05 s, duty 0.3" in load.description
+        assert "via torch 0.0-stub, bf16" in load.description
+        procs = list(load._procs)
+        assert [p.poll() for p in procs] == [None, None]  # running
+    assert all(p.poll() is not None for p in procs)  # and stopped
+
+
+def test_a_load_that_fails_to_start_leaves_the_gpus_idle_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stub_torch(tmp_path, monkeypatch, "raise RuntimeError('no CUDA GPUs are available')")
+    with _real_nvml.Load(["GPU-a"], python=sys.executable) as load:
+        assert load.label == "idle"
+        assert load.description == (
+            "idle (the load did not start: exited 1: RuntimeError: no CUDA GPUs are available)"
+        )
+    with pytest.raises(_real_nvml.NoGpu, match="--load square: exited 1"):
+        _real_nvml.Load(["GPU-a"], choice="square", python=sys.executable).__enter__()
+
+
 @pytest.mark.slow
 def test_the_simulated_mode_keeps_its_last_line(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--windows", "0.3", "--fleets", "1", "--busy", "idle", "--no-run"]
