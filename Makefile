@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint types pytest browser bench clean
+.PHONY: demo test test-fast lint types pytest browser bench gpu clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
@@ -53,6 +53,12 @@ test-fast: lint types
 
 bench: $(STAMP)
 	$(BIN)/python bench/integrate.py
+
+# The real-GPU lane, on a machine lent an NVIDIA GPU: the tests marked `gpu` (failing where NVML
+# sees no GPU) and `bench/accuracy.py --real`, time-limited. Builds nothing (no internet there):
+# it takes this .venv if it runs there, else python3 with the checkout on PYTHONPATH (.ci/gpu).
+gpu:
+	.ci/gpu
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -34,6 +34,24 @@ Run: ``.venv/bin/python bench/accuracy.py [--quick] [--windows 2 10] [--fleets 1
 (2 s windows, idle, both fleets) about one. The last line is machine-read:
 ``accuracy: counter max |error| X %, gridded counter max |error| G %, averaged max |error|
 Y %, band coverage Z %``.
+
+**Real GPUs** (``--real``, the real-GPU lane's benchmark: ``make gpu`` / ``.ci/gpu``): on every
+GPU NVML shows (or ``--gpus``), over the same windows (``--windows``, default 2 s and 10 s, each
+``--repeats`` times, default 3; ``--quick``: one 2 s window), there is no exact truth, and the
+energy counter read at the window's two edges stands in for it. Over the same window and the
+same samples (the meter's ticks and edges), the meter's own chunker then integrates, with the
+counter hidden, (a) the driver's 1 s averaged power (``power_reading=average``) and (b) the
+instantaneous reading taken right after each read (``bench/_real_nvml.py`` says how). Printed
+per GPU and window: the counter's joules, the averaged and the instantaneous joules with their
+error against the counter and whether their bands cover it, the counter's update period seen
+at the opening edge (``Sampler.counter_update_s``) and the power reading each GPU got. Where
+torch or cupy imports (in this interpreter or ``python3``; ``--load-python``), the GPUs run a
+square wave of matrix products (``--load-period`` 0.25 s, ``--load-duty`` 0.3: the case
+where instantaneous readings alias); else they idle (``--load idle`` forces it); the output says
+which. Without pynvml, or where NVML sees no GPU, it prints one line and exits 2. Its last line
+is machine-read too: ``accuracy (real NVML): averaged vs counter max |error| Y %, instant max
+|error| I %, band coverage Z %, N GPUs``, Z being the averaged figures' bands (the
+instantaneous ones' coverage is printed above it). It takes about a minute with the defaults.
 """
 
 from __future__ import annotations
@@ -53,9 +71,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import _real_nvml
+
 from thermoledger.meters.api import Meter
 from thermoledger.meters.backends import Bursty, Profile, steady
-from thermoledger.meters.backends.nvml import NvmlBackend
+from thermoledger.meters.backends.nvml import NvmlBackend, NvmlModule
 from thermoledger.meters.child import Child
 from thermoledger.meters.spool import Spool
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, h100
@@ -230,15 +250,21 @@ def _describe(name: str, cases: Sequence[Case]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, nvml: NvmlModule | None = None) -> int:
+    """Run the benchmark (``argv``: the command line's arguments; ``nvml``: for ``--real``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="2 s windows, idle machine only")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s windows, idle machine only (--real: 1 repeat)"
+    )
     parser.add_argument("--windows", type=float, nargs="+", default=[2.0, 10.0])
     parser.add_argument("--fleets", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--busy", choices=("both", "idle", "busy"), default="both")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--no-run", action="store_true", help="leave out the wrapper mode")
+    _real_nvml.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.real:
+        return _real_nvml.main(args, nvml=nvml)
     windows = [2.0] if args.quick else args.windows
     machine = ["idle"] if args.quick else (["idle", "busy"] if args.busy == "both" else [args.busy])
     hows: list[Literal["meter", "run"]] = ["meter"] if args.no_run else ["meter", "run"]

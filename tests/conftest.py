@@ -13,7 +13,9 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 @pytest.fixture(autouse=True)
 def _no_thermoledger_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strip THERMOLEDGER_* (except the test database URL, which the suite itself reads)."""
+    """Strip THERMOLEDGER_* (except THERMOLEDGER_TEST_*, the suite's own settings: the test
+    database URL, and THERMOLEDGER_TEST_REQUIRE_GPU, which makes the `gpu` lane fail instead of
+    skipping where it finds no GPU)."""
     for name in list(os.environ):
-        if name.startswith("THERMOLEDGER_") and name != "THERMOLEDGER_TEST_DATABASE_URL":
+        if name.startswith("THERMOLEDGER_") and not name.startswith("THERMOLEDGER_TEST_"):
             monkeypatch.delenv(name)

@@ -11,6 +11,8 @@ Test modules import helpers from here, never from a ``conftest.py`` (those hold 
   ledger and audit tests.
 - `tests.support.deploy`: where ``deploy/`` is, and its YAML documents.
 - `tests.support.waiting`: `wait_until`, polling a condition with a deadline.
+- `tests.support.gpu`: the real NVML for the tests marked `gpu`, or a skip (a failure when
+  `THERMOLEDGER_TEST_REQUIRE_GPU` is set).
 
 The uploader's fake service ships with the package: `thermoledger.meters.testing.fake_service`.
 """
