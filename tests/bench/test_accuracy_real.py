@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from thermoledger.meters.backends import Bursty, steady
-from thermoledger.meters.backends import nvml as codes
+from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.testing.fake_pynvml import FakeNvml, a100, h100
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

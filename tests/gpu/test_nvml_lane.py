@@ -33,7 +33,7 @@ import pytest
 from tests.gpu.conftest import Nvml
 from tests.support.builders import floats
 from thermoledger.meters.api import Meter
-from thermoledger.meters.backends import Method
+from thermoledger.meters.backends import Method, nvml_api
 from thermoledger.meters.backends import nvml as codes
 from thermoledger.meters.backends.base import FlatBuffer
 from thermoledger.meters.chunker import device_payload
@@ -141,7 +141,7 @@ def _averages(nvml: Nvml, uid: str) -> tuple[bool, str]:
     pci = module.nvmlDeviceGetPciInfo(handle)
     pci_id = (int(pci.pciDeviceId) >> 16) & 0xFFFF
     ga100, _ = codes.is_ga100(name, pci_id)
-    ampere_plus = codes.NVML_DEVICE_ARCH_AMPERE <= arch < codes.NVML_DEVICE_ARCH_UNKNOWN
+    ampere_plus = nvml_api.NVML_DEVICE_ARCH_AMPERE <= arch < nvml_api.NVML_DEVICE_ARCH_UNKNOWN
     return ampere_plus and not ga100, f"{name}, architecture {arch}, PCI id 0x{pci_id:04X}"
 
 
