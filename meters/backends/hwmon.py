@@ -35,13 +35,11 @@ from ..errors import DeviceUnavailable, PermissionDenied
 from .base import (
     Clock,
     DeviceInfo,
-    FlatBuffer,
     Method,
-    Readings,
     SystemClock,
     UncertaintyHint,
 )
-from .sysfs import CounterFiles, read_text_ascii
+from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii
 
 __all__ = ["CPU_ENERGY_DRIVERS", "DEFAULT_ROOT", "HwmonBackend", "permission_fix"]
 
@@ -71,7 +69,7 @@ class _Channel:
     info: DeviceInfo
 
 
-class HwmonBackend:
+class HwmonBackend(CounterFileBackend):
     """A `PowerBackend` over the CPU socket energy counters of hwmon drivers.
 
     Args:
@@ -112,37 +110,6 @@ class HwmonBackend:
     def devices(self) -> tuple[DeviceInfo, ...]:
         """The socket channels, in hwmon order then socket order."""
         return tuple(channel.info for channel in self._channels)
-
-    def read(self) -> Readings:
-        """Every socket's raw counter; an unreadable one is DENIED or ERROR, never zero."""
-        buffer = FlatBuffer(
-            len(self._channels), t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s()
-        )
-        for i in range(len(self._channels)):
-            self.read_device(buffer, i)
-        return buffer.freeze()
-
-    def read_device(self, buffer: FlatBuffer, i: int) -> None:
-        """Socket ``i``'s raw counter into slot ``i``, timed at the read's middle.
-
-        `base.DeviceReader`: the same figures and statuses as `read`, one socket at a time; safe
-        on several threads at once (`sysfs.CounterFiles`: one ``pread`` per read).
-        """
-        self._files.read_into(buffer, i, i)
-
-    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
-        """Socket ``i`` into ``slot`` of a larger buffer (`base.SlotReader`, as a node reads)."""
-        self._files.read_into(buffer, slot, i)
-
-    def close(self) -> None:
-        """Close the counter files kept open for reading."""
-        self._files.close()
-
-    def __enter__(self) -> HwmonBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- discovery ----------------------------------------------------------------------------
 

@@ -34,14 +34,12 @@ from ..errors import DeviceUnavailable, PermissionDenied
 from .base import (
     Clock,
     DeviceInfo,
-    FlatBuffer,
     Method,
-    Readings,
     Scope,
     SystemClock,
     UncertaintyHint,
 )
-from .sysfs import CounterFiles, read_text_ascii
+from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 _PACKAGE_ZONE = re.compile(r"^intel-rapl:(\d+)$")
@@ -74,7 +72,7 @@ class _Zone:
         return self.path / "energy_uj"
 
 
-class RaplBackend:
+class RaplBackend(CounterFileBackend):
     """A `PowerBackend` over RAPL package and DRAM zones.
 
     Args:
@@ -124,37 +122,6 @@ class RaplBackend:
     def devices(self) -> tuple[DeviceInfo, ...]:
         """Package zones, each followed by its DRAM zone, in package order."""
         return tuple(zone.info for zone in self._zones)
-
-    def read(self) -> Readings:
-        """Read every zone's raw counter; an unreadable zone is DENIED or ERROR, never zero."""
-        buffer = FlatBuffer(
-            len(self._zones), t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s()
-        )
-        for i in range(len(self._zones)):
-            self.read_device(buffer, i)
-        return buffer.freeze()
-
-    def read_device(self, buffer: FlatBuffer, i: int) -> None:
-        """Zone ``i``'s raw counter into slot ``i``, timed at the read's middle.
-
-        `base.DeviceReader`: the same figures and statuses as `read`, one zone at a time; safe
-        on several threads at once (`sysfs.CounterFiles`: one ``pread`` per read).
-        """
-        self._files.read_into(buffer, i, i)
-
-    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
-        """Zone ``i`` into ``slot`` of a larger buffer (`base.SlotReader`, as a node reads)."""
-        self._files.read_into(buffer, slot, i)
-
-    def close(self) -> None:
-        """Close the counter files kept open for reading."""
-        self._files.close()
-
-    def __enter__(self) -> RaplBackend:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- discovery ----------------------------------------------------------------------------
 

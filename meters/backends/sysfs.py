@@ -15,10 +15,11 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
-from .base import Clock, DeviceStatus, FlatBuffer
+from .base import Clock, DeviceInfo, DeviceStatus, FlatBuffer, Readings
 
-__all__ = ["CounterFiles", "read_text_ascii"]
+__all__ = ["CounterFileBackend", "CounterFiles", "read_text_ascii"]
 
 _MAX_BYTES = 32  # a 64-bit counter in decimal and a newline
 
@@ -96,3 +97,48 @@ class CounterFiles:
             fd, self._fds[i] = self._fds[i], None
         if fd is not None:
             os.close(fd)
+
+
+class CounterFileBackend:
+    """What a backend over counter files does beyond finding them (RAPL, hwmon).
+
+    A subclass sets ``_clock`` and ``_files`` (a `CounterFiles` in device order) and defines
+    `devices`; reading, one device at a time or all, and closing are the same for every one.
+    """
+
+    _clock: Clock
+    _files: CounterFiles
+
+    def devices(self) -> tuple[DeviceInfo, ...]:
+        """The devices, in the order of their counter files."""
+        raise NotImplementedError
+
+    def read(self) -> Readings:
+        """Every raw counter; an unreadable one is DENIED or ERROR, never zero."""
+        n = len(self.devices())
+        buffer = FlatBuffer(n, t_wall_s=self._clock.wall_s(), t_mono_s=self._clock.monotonic_s())
+        for i in range(n):
+            self._files.read_into(buffer, i, i)
+        return buffer.freeze()
+
+    def read_device(self, buffer: FlatBuffer, i: int) -> None:
+        """Device ``i``'s raw counter into slot ``i``, timed at the read's middle.
+
+        `base.DeviceReader`: the same figures and statuses as `read`, one device at a time;
+        safe on several threads at once (one ``pread`` per read).
+        """
+        self._files.read_into(buffer, i, i)
+
+    def read_device_at(self, buffer: FlatBuffer, slot: int, i: int) -> None:
+        """Device ``i`` into ``slot`` of a larger buffer (`base.SlotReader`, as a node reads)."""
+        self._files.read_into(buffer, slot, i)
+
+    def close(self) -> None:
+        """Close the counter files kept open for reading."""
+        self._files.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
