@@ -39,7 +39,7 @@ from .base import (
     SystemClock,
     UncertaintyHint,
 )
-from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii
+from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii, refused
 
 __all__ = ["CPU_ENERGY_DRIVERS", "DEFAULT_ROOT", "HwmonBackend", "permission_fix"]
 
@@ -166,17 +166,6 @@ class HwmonBackend(CounterFileBackend):
         )
         return _Channel(path, info)
 
-    def _optional(self, path: Path) -> str | None:
-        try:
-            return self._read_text(path).strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-
 
 def _denied(path: Path, error: PermissionError) -> PermissionDenied:
-    """The one translation of a refused hwmon read."""
-    return PermissionDenied(
-        f"cannot read {path}: permission denied ({error.strerror or error})",
-        path=path,
-        fix=permission_fix(path),
-    )
+    return refused(path, error, permission_fix(path))

@@ -39,7 +39,7 @@ from .base import (
     SystemClock,
     UncertaintyHint,
 )
-from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii
+from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii, refused
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
 _PACKAGE_ZONE = re.compile(r"^intel-rapl:(\d+)$")
@@ -188,12 +188,6 @@ class RaplBackend(CounterFileBackend):
         )
         return _Zone(path, info)
 
-    def _optional(self, path: Path) -> str | None:
-        try:
-            return self._read_text(path).strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-
 
 def _as_int(text: str | None) -> int | None:
     try:
@@ -203,9 +197,4 @@ def _as_int(text: str | None) -> int | None:
 
 
 def _denied(path: Path, error: PermissionError) -> PermissionDenied:
-    """The one translation of a refused sysfs read."""
-    return PermissionDenied(
-        f"cannot read {path}: permission denied ({error.strerror or error})",
-        path=path,
-        fix=permission_fix(path),
-    )
+    return refused(path, error, permission_fix(path))

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
+from ..errors import PermissionDenied
 from .base import Clock, DeviceInfo, DeviceStatus, FlatBuffer, Readings
 
-__all__ = ["CounterFileBackend", "CounterFiles", "read_text_ascii"]
+__all__ = ["CounterFileBackend", "CounterFiles", "read_text_ascii", "refused"]
 
 _MAX_BYTES = 32  # a 64-bit counter in decimal and a newline
 
@@ -27,6 +28,13 @@ _MAX_BYTES = 32  # a 64-bit counter in decimal and a newline
 def read_text_ascii(path: Path) -> str:
     """The whole text of a small sysfs file."""
     return path.read_text(encoding="ascii")
+
+
+def refused(path: Path, error: PermissionError, fix: str) -> PermissionDenied:
+    """The one translation of a refused sysfs read, with how to allow it."""
+    return PermissionDenied(
+        f"cannot read {path}: permission denied ({error.strerror or error})", path=path, fix=fix
+    )
 
 
 class CounterFiles:
@@ -102,12 +110,14 @@ class CounterFiles:
 class CounterFileBackend:
     """What a backend over counter files does beyond finding them (RAPL, hwmon).
 
-    A subclass sets ``_clock`` and ``_files`` (a `CounterFiles` in device order) and defines
-    `devices`; reading, one device at a time or all, and closing are the same for every one.
+    A subclass sets ``_clock``, ``_read_text`` (for its descriptive files) and ``_files`` (a
+    `CounterFiles` in device order) and defines `devices`; reading, one device at a time or
+    all, and closing are the same for every one.
     """
 
     _clock: Clock
     _files: CounterFiles
+    _read_text: Callable[[Path], str]
 
     def devices(self) -> tuple[DeviceInfo, ...]:
         """The devices, in the order of their counter files."""
@@ -142,3 +152,10 @@ class CounterFileBackend:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _optional(self, path: Path) -> str | None:
+        """A descriptive file's stripped text (None: missing or unreadable)."""
+        try:
+            return self._read_text(path).strip()
+        except (OSError, UnicodeDecodeError):
+            return None
