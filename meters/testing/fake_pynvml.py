@@ -21,7 +21,10 @@ clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scrip
 - ``reloads_at_s``: driver reloads, after which the counter restarts from 0;
 - ``lost_at_s``: the GPU falls off the bus (every call raises GPU_IS_LOST from then on);
 - ``faults``: any call failing with any code during a time window, or (``field_id``) one field
-  of ``nvmlDeviceGetFieldValues`` answering that code in its own ``nvmlReturn``;
+  of ``nvmlDeviceGetFieldValues`` answering that code in its own ``nvmlReturn``; ``count``
+  limits a fault to its first so many calls (a transient TIMEOUT that clears when asked again).
+  The handle lookups take faults too (``nvmlDeviceGetHandleByIndex`` / ``ByUUID`` refused with
+  NO_PERMISSION: a GPU outside the process's device cgroup, as under Slurm or in a container);
 - ``energy_field``: the field value ``NVML_FI_DEV_ENERGY`` (the counter, as an unsigned long long;
   default: wherever the counter answers), optionally off from the counter by
   ``energy_field_offset_mj`` to mimic a driver whose field disagrees;
@@ -29,7 +32,9 @@ clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scrip
   clock is slept on);
 - ``slow_calls``: calls started during a time window take that much longer (`SlowCall`: a GPU
   that turns sluggish mid-run, or hangs for a while, as one falling off the bus can);
-- ``counter_update_s``: the counter only moves every so often, as on real GPUs (20-100 ms).
+- ``counter_update_s``: the counter only moves every so often, as on real GPUs (20-100 ms);
+- ``field_overrides``: a field answering a fixed value of another value type (a signed or
+  floating-point member: negative, NaN), as a driver bug or a future driver might.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import uuid as uuidlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..backends import nvml_api as codes
@@ -183,7 +189,8 @@ class Fault:
     Without ``field_id``: ``call`` (None: every call) raises ``code``. With ``field_id``: the call
     succeeds but that field of ``nvmlDeviceGetFieldValues`` answers ``code`` in its ``nvmlReturn``.
     A fault on ``nvmlDeviceGetTotalEnergyConsumption`` also fails the ENERGY field (the same
-    counter), answered in that field's ``nvmlReturn``.
+    counter), answered in that field's ``nvmlReturn``. ``count`` (None: no limit): the fault
+    fires on its first ``count`` matching calls (fields) only.
     """
 
     code: int
@@ -191,6 +198,7 @@ class Fault:
     end_s: float = math.inf
     call: str | None = None
     field_id: int | None = None
+    count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +254,8 @@ class FakeGpu:
         call_latency_s: How long every call on this GPU takes.
         slow_calls: Windows in which (some) calls take longer.
         mig_devices: UUIDs (``MIG-…``) of its MIG instances; non-empty means MIG mode is on.
+        field_overrides: ``(field id, NVML_VALUE_TYPE_*, value)``: that field answers this value,
+            in the union member of that type, whatever it would read otherwise.
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -271,6 +281,7 @@ class FakeGpu:
     call_latency_s: float = 0.0
     slow_calls: tuple[SlowCall, ...] = ()
     mig_devices: tuple[str, ...] = ()
+    field_overrides: tuple[tuple[int, int, float], ...] = ()
 
     def counter_supported(self) -> bool:
         """Whether the total-energy counter answers."""
@@ -417,6 +428,8 @@ class FakeNvml:
 
     Attributes:
         calls: How many times each (function name, GPU position) was called.
+        cut_by_shutdown: How many calls were still running when ``nvmlShutdown`` released the
+            library (in the real one: a call into freed state).
     """
 
     c_nvmlFieldValue_t = _FieldValue  # noqa: N815  (pynvml's name)
@@ -437,6 +450,8 @@ class FakeNvml:
         self.init_error = init_error
         self.refcount = 0
         self.calls: Counter[tuple[str, int]] = Counter()
+        self.cut_by_shutdown = 0
+        self._fired: Counter[tuple[int, int]] = Counter()  # (GPU position, fault number)
         # Per GPU, the field values it answers (a FakeGpu is frozen): looked up, not worked out
         # on every call, as the driver knows what its GPU supports.
         self._answers = tuple(_answers(gpu) for gpu in self.gpus)
@@ -486,17 +501,30 @@ class FakeNvml:
             t_s = self.clock.monotonic_s() - self.loaded_mono_s
             if gpu.lost_at_s is not None and t_s >= gpu.lost_at_s:
                 raise NVMLError(codes.NVML_ERROR_GPU_IS_LOST)
-            for fault in gpu.faults:
+            for k, fault in enumerate(gpu.faults):
                 if (
                     fault.field_id is None
                     and fault.call in (None, call)
                     and fault.start_s <= t_s < fault.end_s
+                    and self._fires(position, k, fault)
                 ):
                     raise NVMLError(fault.code)
             return compute(gpu, t_s)
         finally:
             if half_latency_s > 0:
                 self._wait(half_latency_s)
+                if self.refcount <= 0:
+                    self.cut_by_shutdown += 1
+
+    def _fires(self, position: int, k: int, fault: Fault) -> bool:
+        """Whether fault ``k`` of GPU ``position`` fires now (counted against its ``count``)."""
+        if fault.count is None:
+            return True
+        key = (position, k)
+        if self._fired[key] >= fault.count:
+            return False
+        self._fired[key] += 1
+        return True
 
     # -- library ------------------------------------------------------------------------------
 
@@ -527,12 +555,17 @@ class FakeNvml:
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeHandle:  # noqa: N802
         """Handle of a GPU or MIG device by its exact UUID."""
         self._require_init()
-        for position, gpu in enumerate(self.gpus):
-            if uuid == self.uuids[position]:
-                return FakeHandle(position)
-            if uuid in gpu.mig_devices:
-                return FakeHandle(position, mig_uuid=uuid)
-        raise NVMLError(codes.NVML_ERROR_NOT_FOUND)
+        handle = next(
+            (
+                FakeHandle(position, mig_uuid=None if uuid == self.uuids[position] else uuid)
+                for position, gpu in enumerate(self.gpus)
+                if uuid == self.uuids[position] or uuid in gpu.mig_devices
+            ),
+            None,
+        )
+        if handle is None:
+            raise NVMLError(codes.NVML_ERROR_NOT_FOUND)
+        return self._on_gpu("nvmlDeviceGetHandleByUUID", handle, lambda g, t: handle)
 
     def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(  # noqa: N802
         self, mig_device: FakeHandle
@@ -631,7 +664,11 @@ class FakeNvml:
             wall_us = int(self.clock.wall_s() * 1e6)
             for slot, requested in enumerate(field_ids):
                 field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
-                code = _field_fault(gpu, field_id, t_s) if gpu.faults else None
+                code = (
+                    _field_fault(gpu, field_id, t_s, partial(self._fires, handle.position))
+                    if gpu.faults
+                    else None
+                )
                 answer = answers.get(field_id) if scope_id == 0 else None
                 if code is None and answer is None:
                     code = codes.NVML_ERROR_NOT_SUPPORTED
@@ -667,22 +704,25 @@ def _energy_field_mj(gpu: FakeGpu, t_s: float) -> int:
     return max(0, counter_mj(gpu, t_s) + gpu.energy_field_offset_mj)
 
 
-def _field_fault(gpu: FakeGpu, field_id: int, t_s: float) -> int | None:
+def _field_fault(
+    gpu: FakeGpu, field_id: int, t_s: float, fires: Callable[[int, Fault], bool]
+) -> int | None:
     # The ENERGY field is the counter read another way, so a fault scripted on the counter call
     # fails it too: a scripted counter outage stays an outage whichever path the backend takes.
     counter = field_id == codes.NVML_FI_DEV_ENERGY
-    for fault in gpu.faults:
+    for k, fault in enumerate(gpu.faults):
         if not fault.start_s <= t_s < fault.end_s:
             continue
-        if fault.field_id == field_id or (
-            counter and fault.field_id is None and fault.call == _COUNTER_CALL
-        ):
+        if (
+            fault.field_id == field_id
+            or (counter and fault.field_id is None and fault.call == _COUNTER_CALL)
+        ) and fires(k, fault):
             return fault.code
     return None
 
 
 _COUNTER_CALL = "nvmlDeviceGetTotalEnergyConsumption"
-_Answer = tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu, float], int]]
+_Answer = tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu, float], float]]
 
 
 # The field values the fake answers: field id -> (supported on this GPU?, NVML value type, the
@@ -710,6 +750,19 @@ _FIELDS: dict[int, _Answer] = {
 }
 
 
+def _always(gpu: FakeGpu) -> bool:
+    return True
+
+
+def _fixed(value: float, member: str) -> Callable[[FakeGpu, float], float]:
+    number = value if member == "dVal" else int(value)
+
+    def read(gpu: FakeGpu, t_s: float) -> float:
+        return number
+
+    return read
+
+
 def _answers(gpu: FakeGpu) -> dict[int, _Answer]:
     """The field values ``gpu`` answers, by field id, each with what reads it.
 
@@ -719,6 +772,11 @@ def _answers(gpu: FakeGpu) -> dict[int, _Answer]:
     the profile's primitive at load once instead of on every read.
     """
     answers = {field_id: answer for field_id, answer in _FIELDS.items() if answer[0](gpu)}
+    for field_id, value_type, fixed in gpu.field_overrides:
+        member = codes.VALUE_MEMBERS[value_type]
+        answers[field_id] = (_always, value_type, member, _fixed(fixed, member))
+    if gpu.field_overrides:
+        return answers
     profile = gpu.profile
     instant = answers.get(codes.NVML_FI_DEV_POWER_INSTANT)
     if instant is not None:
