@@ -133,7 +133,9 @@ def _open_nvml(
     devices = backend.devices()
     if not devices:
         backend.close()
-        absent.append("nvml: NVML lists no GPU for this process")
+        unopened = backend.selection.unopened
+        refused = f" (refused: {'; '.join(unopened)})" if unopened else ""
+        absent.append(f"nvml: NVML lists no GPU for this process{refused}")
         return None
     return _Found(backend, f"nvml: {_count(devices, 'GPU', 'GPUs')}", readable=True)
 

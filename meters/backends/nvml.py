@@ -33,14 +33,24 @@ One call per GPU and tick where the driver allows: nvml.h documents the field va
 power and energy can come from one ``nvmlDeviceGetFieldValues(handle, [power field, 191])``. That
 is trusted per GPU only after a check at open: the field answers, and the counter read right after
 it is not below it and not ahead by more than the power limit times the time between the two reads
-plus 1 J (`DeviceInfo.note` and `NvmlBackend.energy_in_field` say which path each GPU takes).
+and one counter update period (100 ms: a counter step may fall between the reads), plus 1 J, so
+that the check does not pass or fail by where a step fell (`DeviceInfo.note` and
+`NvmlBackend.energy_in_field` say which path each GPU takes).
 Otherwise the GPU keeps two calls. Per-field return codes are translated like the errors of the
 separate calls, by the same function.
 
 Which GPUs: an explicit ``gpus=[...]`` (NVML indices or UUIDs / UUID prefixes; an unknown entry
-raises), else ``CUDA_VISIBLE_DEVICES`` with CUDA's own rules, else every GPU. A MIG entry selects
-its parent GPU, metered once however many of its instances are named; the rules are in
-`meters.backends.nvml_selection`.
+raises), else ``CUDA_VISIBLE_DEVICES`` with CUDA's own rules, else every GPU the process may open.
+A GPU whose handle NVML refuses (NO_PERMISSION: a device cgroup, as under Slurm or in a container)
+is not metered and is named, with the reason, in `Selection.unopened` and once in the log. A MIG
+entry selects its parent GPU, metered once however many of its instances are named; the rules are
+in `meters.backends.nvml_selection`.
+
+At open, only NOT_SUPPORTED and FUNCTION_NOT_FOUND make a capability absent. A transient code
+(TIMEOUT, NO_DATA, ...: `nvml_api.RETRIED_CODES`) is asked again, three times in all, 10 ms apart;
+any other refusal, or a transient one that lasts, is named with its code in `DeviceInfo.note` (a
+permission error with its fix), and a counter refused that way is kept, each tick saying whether
+it answers.
 
 Each read fills a `meters.backends.base.FlatBuffer`, one GPU at a time through
 `NvmlBackend.read_device`: `NvmlBackend.read` freezes it into the `Readings`,
@@ -50,8 +60,9 @@ thread-safe; each GPU's state here is touched only by the thread reading it).
 
 Failures: NVML errors are translated once, by `translate_nvml_error`. A GPU that falls off the bus
 (GPU is lost, reset required, unknown error) is marked `DeviceStatus.LOST` from then on and is not
-called again; the other GPUs carry on. A transient failure (timeout, no data, ...) makes that
-figure NaN with `DeviceStatus.ERROR` for that tick only.
+called again; the other GPUs carry on. A transient failure (timeout, no data, ...), or a field
+value that is negative or not finite, makes that figure NaN with `DeviceStatus.ERROR` for that
+tick only. `close` waits (1 s at most) for reads still inside NVML before ``nvmlShutdown``.
 
 Where things are: this module is the backend (how each GPU's readings are chosen at open, and read
 per tick). NVML's constants, the `NvmlModule` Protocol and `translate_nvml_error` are in
@@ -65,22 +76,33 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from ..errors import DeviceLost, DeviceUnavailable, MeterError, ReadError
+from ..errors import (
+    DeviceLost,
+    DeviceUnavailable,
+    MeterError,
+    NotSupported,
+    PermissionDenied,
+    ReadError,
+)
 from ..settings import PowerReading, check_power_reading
 from .base import Clock, DeviceInfo, DeviceStatus, FlatBuffer, Method, UncertaintyHint
 from .nvml_api import (
+    ABSENT_CODES,
     NVML_DEVICE_ARCH_AMPERE,
     NVML_DEVICE_ARCH_UNKNOWN,
+    NVML_DEVICE_ARCH_VOLTA,
     NVML_DEVICE_MIG_ENABLE,
     NVML_ERROR_UNKNOWN,
     NVML_FI_DEV_ENERGY,
     NVML_FI_DEV_POWER_AVERAGE,
     NVML_FI_DEV_POWER_INSTANT,
     NVML_SUCCESS,
+    RETRIED_CODES,
     UNSIGNED_MEMBERS,
     VALUE_MEMBERS,
     NvmlHandle,
@@ -122,9 +144,18 @@ _COUNTER_RESOLUTION_J = 1e-3  # the counter counts millijoules
 _COUNTER_UPDATE_S = 0.1  # "updated every 20-100 ms" on recent GPUs
 # The energy field must trail the counter read after it by at most what the GPU can draw in
 # between: its power limit (this when NVML gives none: above any single board today) times the
-# gap, plus 1 J for counter steps and rounding.
+# gap plus one counter update period (a step of the counter may fall between the two reads and
+# carry up to a period's energy at once), plus 1 J for rounding. Below one step's energy the
+# check would pass or fail by where the step fell: by chance, from one run to the next.
 _UNKNOWN_LIMIT_W = 2000.0
 _FIELD_SLACK_J = 1.0
+
+# At open, a query answered by a transient code (`nvml_api.RETRIED_CODES`) is asked again, this
+# many times in all, this long apart: at most ~0.03 s per query that keeps failing.
+_OPEN_TRIES = 3
+_RETRY_WAIT_S = 0.01
+# `close` waits at most this long for reads still in NVML before it shuts NVML down.
+_CLOSE_WAIT_S = 1.0
 
 _COUNTER = Method.COUNTER  # a global load per GPU and tick instead of an enum lookup
 
@@ -144,6 +175,26 @@ class _Gpu:
     # [field_id, NVML_FI_DEV_ENERGY] when one call reads both (checked at open), else None
     combined: list[int] | None = None
     other_reading: bool = False  # lacks the kind of power reading asked for: gives the other
+    reading: bool = False  # a read of this GPU is in NVML now (`close` waits for it)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A query NVML did not answer at open: its return code and the translated error."""
+
+    code: int
+    error: MeterError
+
+    @property
+    def absent(self) -> bool:
+        """Whether the code says the GPU or driver lacks it (NOT_SUPPORTED, FUNCTION_NOT_FOUND)."""
+        return self.code in ABSENT_CODES
+
+    @property
+    def why(self) -> str:
+        """The error, with the retries said (a permission error carries its fix)."""
+        tries = f" (asked {_OPEN_TRIES} times)" if self.code in RETRIED_CODES else ""
+        return f"{self.error}{tries}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +268,7 @@ class NvmlBackend(VendorBackend[_Gpu]):
     ) -> None:
         self.power_reading: PowerReading = check_power_reading(power_reading)
         self._nvml = nvml if nvml is not None else _import_pynvml()
+        self._log = logger if logger is not None else _LOG
         super().__init__(clock)
         self._call(self._nvml.nvmlInit)
         self._open = True
@@ -231,7 +283,12 @@ class NvmlBackend(VendorBackend[_Gpu]):
         except BaseException:
             self.close()
             raise
-        self._warn_other_reading(logger if logger is not None else _LOG)
+        if self.selection.unopened:
+            self._log.warning(
+                "NVML lists GPU(s) this process may not open, not metered: %s",
+                "; ".join(self.selection.unopened),
+            )
+        self._warn_other_reading(self._log)
 
     @property
     def energy_in_field(self) -> tuple[bool, ...]:
@@ -245,6 +302,24 @@ class NvmlBackend(VendorBackend[_Gpu]):
     # -- internals ----------------------------------------------------------------------------
 
     def _shut_down(self) -> None:
+        """``nvmlShutdown``, once no read is in NVML (waiting `_CLOSE_WAIT_S` at most).
+
+        A read that started before `close` may still be inside an NVML call on a sampler
+        thread; shutting NVML down under it is undefined behaviour in the driver library. After
+        the wait NVML is left initialised instead (the process is ending; the driver frees it).
+        """
+        gpus = getattr(self, "_gpus", ())
+        deadline_s = time.monotonic() + _CLOSE_WAIT_S
+        while any(gpu.reading for gpu in gpus):
+            if time.monotonic() >= deadline_s:
+                busy = [gpu.info.uid for gpu in gpus if gpu.reading]
+                self._log.warning(
+                    "NVML left initialised: a read of %s was still pending after %.1f s",
+                    ", ".join(busy),
+                    _CLOSE_WAIT_S,
+                )
+                return
+            time.sleep(0.001)
         self._call(self._nvml.nvmlShutdown)
 
     def _call(self, fn: Callable[..., T], *args: Any, device: str | None = None) -> T:
@@ -255,14 +330,52 @@ class NvmlBackend(VendorBackend[_Gpu]):
             name = getattr(fn, "__name__", "NVML call")
             raise translate_nvml_error(int(code), call=name, device=device) from e
 
+    def _ask(self, fn: Callable[..., T], *args: Any, device: str | None = None) -> T:
+        """``_call`` at open: a transient code (`RETRIED_CODES`) is asked again, bounded."""
+        for _ in range(_OPEN_TRIES - 1):
+            try:
+                return self._call(fn, *args, device=device)
+            except ReadError as e:
+                if _code(e) not in RETRIED_CODES:
+                    raise
+            time.sleep(_RETRY_WAIT_S)
+        return self._call(fn, *args, device=device)
+
+    def _query(self, fn: Callable[..., T], *args: Any, device: str) -> T | _Refused:
+        """A capability query at open: its answer, or why NVML gave none (a lost GPU raises)."""
+        try:
+            return self._ask(fn, *args, device=device)
+        except DeviceLost:
+            raise
+        except MeterError as e:
+            return _Refused(_code(e), e)
+
+    def _field_values(self, handle: NvmlHandle, uid: str, fields: list[int]) -> Any:
+        """``nvmlDeviceGetFieldValues`` at open, asked again while a field answers a transient code.
+
+        Returns:
+            The field values (each with its own ``nvmlReturn``), or `_Refused` for the call.
+        """
+        for _ in range(_OPEN_TRIES - 1):
+            values = self._query(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
+            if isinstance(values, _Refused) or not any(
+                int(value.nvmlReturn) in RETRIED_CODES for value in values
+            ):
+                return values
+            time.sleep(_RETRY_WAIT_S)
+        return self._query(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
+
     def _enumerate(self) -> list[Enumerated]:
         found = []
         for index in range(self._call(self._nvml.nvmlDeviceGetCount)):
             entry = Enumerated(index)
             try:
-                entry.handle = self._call(self._nvml.nvmlDeviceGetHandleByIndex, index)
-                entry.uuid = self._call(self._nvml.nvmlDeviceGetUUID, entry.handle)
-            except (DeviceLost, ReadError, DeviceUnavailable) as e:
+                entry.handle = self._ask(self._nvml.nvmlDeviceGetHandleByIndex, index)
+                entry.uuid = self._ask(self._nvml.nvmlDeviceGetUUID, entry.handle)
+            except PermissionDenied as e:
+                # a device cgroup (Slurm, a container) hides this GPU: not this process's GPU
+                entry.error, entry.refused = str(e), True
+            except (DeviceLost, ReadError, DeviceUnavailable, NotSupported) as e:
                 entry.error = str(e)
             found.append(entry)
         return found
@@ -280,22 +393,37 @@ class NvmlBackend(VendorBackend[_Gpu]):
         return self._call(self._nvml.nvmlDeviceGetUUID, parent, device=mig_uuid)
 
     def _probe(self, entry: Enumerated, via_mig: bool) -> _Gpu:
+        """Describe one GPU and choose how to read it (module docstring).
+
+        Only NOT_SUPPORTED and FUNCTION_NOT_FOUND make a capability absent. A transient code is
+        asked again a few times (`_ask`); any other refusal is named, code and all (a permission
+        error with its fix), in the GPU's note, and a counter refused that way is kept: each
+        tick then says whether it reads.
+        """
         if entry.uuid is None:
             return self._unreachable(entry, via_mig)
         handle, uid = entry.handle, entry.uuid
+        problems: list[str] = []  # refusals at open that are not "absent"
+
+        def answer(fn: Callable[..., T]) -> T | None:
+            got = self._query(fn, handle, device=uid)
+            if not isinstance(got, _Refused):
+                return got
+            if not got.absent:
+                problems.append(got.why)
+            return None
+
         try:
-            name = self._optional(self._nvml.nvmlDeviceGetName, handle, device=uid)
-            limit_mw = self._optional(
-                self._nvml.nvmlDeviceGetPowerManagementLimit, handle, device=uid
-            )
-            arch = self._optional(self._nvml.nvmlDeviceGetArchitecture, handle, device=uid)
-            mig_mode = self._optional(self._nvml.nvmlDeviceGetMigMode, handle, device=uid)
-            counter_mj = self._optional(
+            name = answer(self._nvml.nvmlDeviceGetName)
+            limit_mw = answer(self._nvml.nvmlDeviceGetPowerManagementLimit)
+            arch = answer(self._nvml.nvmlDeviceGetArchitecture)
+            mig_mode = answer(self._nvml.nvmlDeviceGetMigMode)
+            counter = self._query(
                 self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid
             )
-            power = self._choose_power(handle, uid, name or "", arch)
+            power = self._choose_power(handle, uid, name or "", arch, problems)
             combined, energy_note = None, ""
-            if power.field_id is not None and counter_mj is not None:
+            if power.field_id is not None and not isinstance(counter, _Refused):
                 combined, energy_note = self._probe_energy_field(
                     handle, uid, power.field_id, limit_mw
                 )
@@ -306,9 +434,16 @@ class NvmlBackend(VendorBackend[_Gpu]):
         notes = [] if name is not None else ["NVML gave no name"]
         method = power.method
         notes.append(power.note)
-        has_counter = counter_mj is not None
+        has_counter = not isinstance(counter, _Refused) or not counter.absent
         if not has_counter:
-            notes.append("no energy counter (before Volta): energy must come from power")
+            before_volta = arch is not None and arch < NVML_DEVICE_ARCH_VOLTA
+            why = "before Volta" if before_volta else "NVML: Not Supported"
+            notes.append(f"no energy counter ({why}): energy must come from power")
+        elif isinstance(counter, _Refused):
+            notes.append(
+                f"energy counter kept although it did not answer at open ({counter.why}): "
+                "each reading says whether it answers"
+            )
         notes.append(energy_note)
         mig = via_mig or (mig_mode is not None and mig_mode[0] == NVML_DEVICE_MIG_ENABLE)
         if mig:
@@ -318,6 +453,8 @@ class NvmlBackend(VendorBackend[_Gpu]):
                 "instantaneous samples may cover only part of the runtime "
                 "(about 25 % on A100/H100, Yang et al. SC24): prefer the counter"
             )
+        if problems:
+            notes.append("at open: " + "; ".join(dict.fromkeys(problems)))
         hint_note = "NVML board power (GPU and its memory); ±5 % or ±5 W"
         info = DeviceInfo(
             backend="nvml",
@@ -351,15 +488,15 @@ class NvmlBackend(VendorBackend[_Gpu]):
         )
 
     def _choose_power(
-        self, handle: NvmlHandle, uid: str, name: str, arch: int | None
+        self, handle: NvmlHandle, uid: str, name: str, arch: int | None, problems: list[str]
     ) -> _PowerChoice:
         """Which power reading this GPU gives for ``power_reading`` (module docstring).
 
         One field-values call asks for both power fields. ``nvmlDeviceGetPowerUsage`` (and, on
         Ampere and newer, the PCI id that says what it returns) is asked only when the field of
-        the wanted kind does not answer.
+        the wanted kind does not answer. Refusals that are not "absent" go to ``problems``.
         """
-        answered = self._probe_fields(handle, uid)
+        answered = self._probe_fields(handle, uid, problems)
         want_average = self.power_reading != "instant"
         wanted, other = (
             (NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT)
@@ -368,7 +505,7 @@ class NvmlBackend(VendorBackend[_Gpu]):
         )
         if wanted in answered:
             return _FIELD_CHOICES[wanted]
-        usage = self._usage_choice(handle, uid, name, arch)
+        usage = self._usage_choice(handle, uid, name, arch, problems)
         wanted_method = Method.POWER_AVG if want_average else Method.POWER_INSTANT
         if usage is not None and usage.method == wanted_method:
             return usage
@@ -388,14 +525,25 @@ class NvmlBackend(VendorBackend[_Gpu]):
         )
 
     def _usage_choice(
-        self, handle: NvmlHandle, uid: str, name: str, arch: int | None
+        self, handle: NvmlHandle, uid: str, name: str, arch: int | None, problems: list[str]
     ) -> _PowerChoice | None:
-        """``nvmlDeviceGetPowerUsage`` as a reading, or None where it does not answer."""
-        if self._optional(self._nvml.nvmlDeviceGetPowerUsage, handle, device=uid) is None:
-            return None
+        """``nvmlDeviceGetPowerUsage`` as a reading, or None where the GPU lacks it.
+
+        Refused by any code but NOT_SUPPORTED / FUNCTION_NOT_FOUND, it is kept (the refusal in
+        ``problems``): each tick then says whether it answers.
+        """
+        usage = self._query(self._nvml.nvmlDeviceGetPowerUsage, handle, device=uid)
+        if isinstance(usage, _Refused):
+            if usage.absent:
+                return None
+            problems.append(usage.why)
         pci_device_id = None
         if arch is not None and _at_least_ampere(arch):
-            pci = self._optional(self._nvml.nvmlDeviceGetPciInfo, handle, device=uid)
+            pci = self._query(self._nvml.nvmlDeviceGetPciInfo, handle, device=uid)
+            if isinstance(pci, _Refused):
+                if not pci.absent:
+                    problems.append(pci.why)
+                pci = None
             pci_device_id = _pci_device_id(pci)
         method, why = _usage_method(name, arch, pci_device_id)
         if method == Method.POWER_AVG:
@@ -434,28 +582,27 @@ class NvmlBackend(VendorBackend[_Gpu]):
         """Whether ``NVML_FI_DEV_ENERGY`` agrees with the counter here: the fields, and a note.
 
         The field is read first and the counter right after, so a field that is the counter shows
-        0 <= counter - field <= limit x gap + slack; any other answer keeps the two-call path.
+        0 <= counter - field <= limit x (gap + one counter update period) + 1 J, wherever a
+        counter step falls between the two reads; any other answer keeps the two-call path.
         """
         fields = [field_id, NVML_FI_DEV_ENERGY]
         fallback = "energy by nvmlDeviceGetTotalEnergyConsumption (a second call per tick): "
         t0_s = self._clock.monotonic_s()
-        values = self._optional(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
-        if values is None:
-            return None, fallback + "nvmlDeviceGetFieldValues refused the energy field"
+        values = self._field_values(handle, uid, fields)
+        if isinstance(values, _Refused):
+            return None, fallback + f"nvmlDeviceGetFieldValues refused ({values.why})"
         try:
             field_mj = field_number(values[1], NVML_FI_DEV_ENERGY, uid)
         except DeviceLost:
             raise
         except MeterError as e:
             return None, fallback + f"NVML_FI_DEV_ENERGY unusable ({e})"
-        counter_mj = self._optional(
-            self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid
-        )
+        counter_mj = self._query(self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid)
         gap_s = self._clock.monotonic_s() - t0_s
-        if counter_mj is None:
-            return None, fallback + "the counter did not answer the check"
+        if isinstance(counter_mj, _Refused):
+            return None, fallback + f"the counter did not answer the check ({counter_mj.why})"
         limit_w = _UNKNOWN_LIMIT_W if limit_mw is None else limit_mw / 1000.0
-        slack_mj = 1000.0 * (limit_w * gap_s + _FIELD_SLACK_J)
+        slack_mj = 1000.0 * (limit_w * (gap_s + _COUNTER_UPDATE_S) + _FIELD_SLACK_J)
         ahead_mj = counter_mj - field_mj
         if not 0.0 <= ahead_mj <= slack_mj:
             return None, fallback + (
@@ -464,17 +611,28 @@ class NvmlBackend(VendorBackend[_Gpu]):
             )
         return fields, "power and energy in one nvmlDeviceGetFieldValues call (NVML_FI_DEV_ENERGY)"
 
-    def _probe_fields(self, handle: NvmlHandle, uid: str) -> frozenset[int]:
-        """The power fields (average, instant) the driver answers, in one call."""
+    def _probe_fields(self, handle: NvmlHandle, uid: str, problems: list[str]) -> frozenset[int]:
+        """The power fields (average, instant) the driver answers, in one call.
+
+        A field refused by any code but NOT_SUPPORTED / FUNCTION_NOT_FOUND is named in
+        ``problems`` (with the fix, for a permission error).
+        """
         fields = [NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT]
-        values = self._optional(self._nvml.nvmlDeviceGetFieldValues, handle, fields, device=uid)
-        if values is None:
+        values = self._field_values(handle, uid, fields)
+        if isinstance(values, _Refused):
+            if not values.absent:
+                problems.append(values.why)
             return frozenset()
-        return frozenset(
-            field_id
-            for field_id, value in zip(fields, values, strict=True)
-            if int(value.nvmlReturn) == NVML_SUCCESS and int(value.valueType) in VALUE_MEMBERS
-        )
+        answered = set()
+        for field_id, value in zip(fields, values, strict=True):
+            code = int(value.nvmlReturn)
+            if code == NVML_SUCCESS and int(value.valueType) in VALUE_MEMBERS:
+                answered.add(field_id)
+            elif code != NVML_SUCCESS and code not in ABSENT_CODES:
+                call = f"nvmlDeviceGetFieldValues({field_id})"
+                refused = _Refused(code, translate_nvml_error(code, call=call, device=uid))
+                problems.append(refused.why)
+        return frozenset(answered)
 
     def _unreachable(self, entry: Enumerated, via_mig: bool) -> _Gpu:
         """A GPU that NVML lists but that did not answer while opening: metered as lost."""
@@ -513,30 +671,43 @@ class NvmlBackend(VendorBackend[_Gpu]):
         monotonic_s = self._monotonic_s
         t0_s = monotonic_s()
         fields = gpu.combined
-        if fields is None or gpu.lost:
-            self._read_one(buffer, slot, gpu)
-        else:
-            try:
-                values = self._nvml.nvmlDeviceGetFieldValues(gpu.handle, fields)
-            except self._nvml.NVMLError as e:
-                self._read_combined(buffer, slot, gpu, e)
+        # Marked before `_open` is looked at, and `close` clears `_open` before it looks at the
+        # marks: a read either sees the backend closed or is waited for (`_shut_down`).
+        gpu.reading = True
+        try:
+            if fields is None or gpu.lost or not self._open:
+                self._read_one(buffer, slot, gpu)
             else:
-                power, energy = values
-                p_member = UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
-                e_member = UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
-                if p_member is not None and e_member is not None:
-                    buffer.power_w[slot] = getattr(power.value, p_member) / 1000.0
-                    buffer.power_method[slot] = gpu.power_method
-                    buffer.energy_j[slot] = getattr(energy.value, e_member) / 1000.0
-                    buffer.energy_method[slot] = _COUNTER
+                try:
+                    values = self._nvml.nvmlDeviceGetFieldValues(gpu.handle, fields)
+                except self._nvml.NVMLError as e:
+                    self._read_combined(buffer, slot, gpu, e)
                 else:
-                    self._read_combined(buffer, slot, gpu, values)
+                    power, energy = values
+                    p_member = (
+                        UNSIGNED_MEMBERS.get(power.valueType) if not power.nvmlReturn else None
+                    )
+                    e_member = (
+                        UNSIGNED_MEMBERS.get(energy.valueType) if not energy.nvmlReturn else None
+                    )
+                    if p_member is not None and e_member is not None:
+                        buffer.power_w[slot] = getattr(power.value, p_member) / 1000.0
+                        buffer.power_method[slot] = gpu.power_method
+                        buffer.energy_j[slot] = getattr(energy.value, e_member) / 1000.0
+                        buffer.energy_method[slot] = _COUNTER
+                    else:
+                        self._read_combined(buffer, slot, gpu, values)
+        finally:
+            gpu.reading = False
         buffer.t_mono_s[slot] = 0.5 * (t0_s + monotonic_s())  # wall time follows from the tick's
 
     def _read_one(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:
         """A GPU that is lost, offers nothing, or is read with two calls."""
         if gpu.lost:
             buffer.fail(i, DeviceStatus.LOST, gpu.lost)
+            return
+        if not self._open:
+            buffer.fail(i, DeviceStatus.ERROR, "the NVML backend is closed")
             return
         if gpu.power_method == Method.NONE and not gpu.has_counter:
             buffer.fail(i, DeviceStatus.NOT_SUPPORTED, "this GPU offers neither power nor energy")
@@ -599,6 +770,11 @@ class NvmlBackend(VendorBackend[_Gpu]):
             self._nvml.nvmlDeviceGetFieldValues, gpu.handle, [gpu.field_id], device=uid
         )
         return field_number(values[0], gpu.field_id, uid)
+
+
+def _code(error: MeterError) -> int:
+    """The NVML return code behind a translated error (`NvmlBackend._call` raises from it)."""
+    return int(getattr(error.__cause__, "value", NVML_ERROR_UNKNOWN))
 
 
 def _at_least_ampere(arch: int) -> bool:

@@ -20,6 +20,7 @@ Nothing here imports ``pynvml``: importing this module is free on a host without
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 from ..errors import (
@@ -131,11 +132,35 @@ _ERRORS: dict[int, tuple[str, type[MeterError]]] = {
 _HINTS = {
     NVML_ERROR_LIBRARY_NOT_FOUND: "no NVIDIA driver library (libnvidia-ml.so.1) on this host",
     NVML_ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded",
-    NVML_ERROR_UNKNOWN: "NVML gives this when a GPU stops answering; treated as lost",
+    NVML_ERROR_UNKNOWN: (
+        "NVML gives this when a GPU stops answering; treated as lost. In a container it "
+        "usually means the container lost its access to the GPU device files after a "
+        "`systemctl daemon-reload` on the host (systemd resets the device cgroup): restart "
+        "the container or pod"
+    ),
+    NVML_ERROR_LIB_RM_VERSION_MISMATCH: (
+        "the NVIDIA driver was upgraded without a reboot: the user-space library and the "
+        "loaded kernel module differ; reboot the node, or reload the nvidia kernel modules"
+    ),
 }
 _PERMISSION_FIX = (
     "NVML reads need no special rights, but the process must see the NVIDIA device files "
     "(/dev/nvidiactl and /dev/nvidia<N>); in a container, request the GPUs from the runtime"
+)
+
+# Codes that mean the GPU or driver lacks what was asked: the one answer that makes a capability
+# absent at open. Every other code says nothing about the capability.
+ABSENT_CODES = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
+# Codes worth asking again after a moment (at open; a tick's read just misses that tick).
+RETRIED_CODES = frozenset(
+    {
+        NVML_ERROR_TIMEOUT,
+        NVML_ERROR_IRQ_ISSUE,
+        NVML_ERROR_IN_USE,
+        NVML_ERROR_NO_DATA,
+        NVML_ERROR_INSUFFICIENT_RESOURCES,
+        NVML_ERROR_NOT_READY,
+    }
 )
 
 _TABLE = ErrorTable(_ERRORS, _HINTS, _PERMISSION_FIX, unknown="NVML error {code}")
@@ -215,7 +240,8 @@ def field_number(value: Any, field_id: int, uid: str) -> float:
 
     Raises:
         MeterError: The field's own ``nvmlReturn`` is an error (translated like a call's error),
-            or its value type is unknown (`ReadError`).
+            its value type is unknown, or its value is negative or not finite (a signed or
+            floating-point member: `ReadError`, since power and energy are neither).
     """
     code = int(value.nvmlReturn)
     if code != NVML_SUCCESS:
@@ -223,4 +249,7 @@ def field_number(value: Any, field_id: int, uid: str) -> float:
     member = VALUE_MEMBERS.get(int(value.valueType))
     if member is None:
         raise ReadError(f"field {field_id} for {uid}: unknown value type {value.valueType}")
-    return float(getattr(value.value, member))
+    number = float(getattr(value.value, member))
+    if not 0.0 <= number < math.inf:
+        raise ReadError(f"field {field_id} for {uid}: value {number} is negative or not finite")
+    return number
