@@ -3,7 +3,11 @@
 The tree looks like a real one: ``intel-rapl:N`` package directories holding their subzones
 (``intel-rapl:N:M``: ``core``, ``dram``), top-level symlinks to the subzones (as sysfs has), an
 optional ``psys`` zone, and the files ``name``, ``energy_uj``, ``max_energy_range_uj``,
-``enabled``, ``constraint_0_name`` and ``constraint_0_power_limit_uw``.
+``enabled``, ``constraint_0_name`` and ``constraint_0_power_limit_uw``. Zone numbers are written
+in hexadecimal, as the kernel writes them (``intel-rapl:a``, ``intel-rapl:a:1``); a zone may sit
+under the TPMI control type (``intel-rapl-tpmi:N``, Xeon 6), and its number need not be its
+package's (``name`` says the package): several zones of one name and one counter value are the
+mirrored zones of AMD kernels before the 2024 fix.
 
 Counters wrap like RAPL's: modulo ``max_energy_range_uj + 1`` µJ (this fake's energy unit being
 1 µJ). A zone's counter is what its file holds (tests move it with `FakePowercap.add_energy_j`),
@@ -60,6 +64,9 @@ class FakePowercap:
         self,
         package: int,
         *,
+        zone_number: int | None = None,
+        control: str = "intel-rapl",
+        name: str | None = None,
         energy_uj: int = 0,
         max_energy_range_uj: int = DEFAULT_MAX_ENERGY_RANGE_UJ,
         power_limit_uw: int | None = 125_000_000,
@@ -67,23 +74,34 @@ class FakePowercap:
         dram_energy_uj: int = 0,
         core: bool = True,
     ) -> str:
-        """Add package zone ``intel-rapl:<package>`` with optional ``core`` and ``dram`` subzones.
+        """Add package zone ``<control>:<zone number, hex>`` with ``core`` and ``dram`` subzones.
+
+        Args:
+            package: The package number its ``name`` gives (``package-<package>``).
+            zone_number: The zone's number (default: the package number).
+            control: ``intel-rapl`` (MSR) or ``intel-rapl-tpmi`` (Xeon 6).
+            name: Its ``name`` file (default ``package-<package>``).
 
         Returns:
-            The package zone's name (``"intel-rapl:<package>"``).
+            The package zone's name (e.g. ``"intel-rapl:a"``).
         """
-        zone = f"intel-rapl:{package}"
+        zone = f"{control}:{package if zone_number is None else zone_number:x}"
+        control_dir = self.root / control
+        if not control_dir.exists():
+            control_dir.mkdir()
+            (control_dir / "enabled").write_text("1\n")
         path = self.root / zone
-        self._zone_files(path, f"package-{package}", energy_uj, max_energy_range_uj)
+        name = f"package-{package}" if name is None else name
+        self._zone_files(path, name, energy_uj, max_energy_range_uj)
         if power_limit_uw is not None:
             (path / "constraint_0_name").write_text("long_term\n")
             (path / "constraint_0_power_limit_uw").write_text(f"{power_limit_uw}\n")
         subzones = [("core", 0)] if core else []
         if dram:
             subzones.append(("dram", dram_energy_uj))
-        for m, (name, uj) in enumerate(subzones):
-            sub = f"{zone}:{m}"
-            self._zone_files(path / sub, name, uj, max_energy_range_uj)
+        for m, (sub_name, uj) in enumerate(subzones):
+            sub = f"{zone}:{m:x}"
+            self._zone_files(path / sub, sub_name, uj, max_energy_range_uj)
             link = self.root / sub
             if not link.exists():
                 link.symlink_to(Path(zone) / sub, target_is_directory=True)
@@ -91,15 +109,15 @@ class FakePowercap:
 
     def add_psys(self, number: int, *, energy_uj: int = 0) -> str:
         """Add a platform (``psys``) zone, which the backend must not count."""
-        zone = f"intel-rapl:{number}"
+        zone = f"intel-rapl:{number:x}"
         self._zone_files(self.root / zone, "psys", energy_uj, DEFAULT_MAX_ENERGY_RANGE_UJ)
         return zone
 
     def zone_path(self, zone: str) -> Path:
-        """Directory of a zone (``"intel-rapl:0"`` or ``"intel-rapl:0:1"``)."""
+        """Directory of a zone: ``"intel-rapl:a:1"``, ``"intel-rapl-tpmi:1"``."""
         parts = zone.split(":")
         if len(parts) == 3:
-            return self.root / f"intel-rapl:{parts[1]}" / zone
+            return self.root / f"{parts[0]}:{parts[1]}" / zone
         return self.root / zone
 
     def energy_uj(self, zone: str) -> int:
