@@ -2,12 +2,27 @@
 
 Layout read (``root`` defaults to ``/sys/class/powercap``)::
 
-    intel-rapl:N/name                      "package-N" (a top-level "psys" zone is skipped)
+    intel-rapl:N/name                      "package-P" (a top-level "psys" zone is skipped)
     intel-rapl:N/energy_uj                 cumulative energy, µJ, wraps
     intel-rapl:N/max_energy_range_uj       the value at which it wraps
     intel-rapl:N/constraint_0_power_limit_uw   long-term power limit, µW (optional)
     intel-rapl:N/intel-rapl:N:M/name       "dram" is metered; "core"/"uncore" are parts of the
                                            package and would count twice, so they are skipped
+    intel-rapl-tpmi:N/...                  the same, through TPMI (Xeon 6)
+
+Zone numbers N and M are hexadecimal (the kernel names zones with ``%x``: ``intel-rapl:a`` is
+the eleventh) and are ordered by value. A device's `DeviceInfo.index` is the package number P from
+its name (``package-P`` or ``package-P-die-D``), not the zone number N.
+
+A package is counted once however many zones show it:
+
+- **Mirrored zones.** Kernels without the 2024 fix list one zone per chiplet (CCD) on AMD CPUs,
+  every one named after the same package and reading the same package counter (8 copies on one
+  EPYC). Zones whose ``name`` is the same and whose counters are equal at open (read twice if
+  they differ once) are one package: the first is metered, its note says how many mirrors were
+  left out. Zones of the same name with counters of their own are metered each.
+- **Two interfaces.** A package named the same under ``intel-rapl`` (MSR) and
+  ``intel-rapl-tpmi`` is metered through the first only, said in its note.
 
 Counters are passed on raw (`Readings.energy_j` = energy_uj × 1e-6) with the modulus in
 `DeviceInfo.counter_wrap_j` = max_energy_range_uj × 1e-6: a decrease between two readings is one
@@ -42,18 +57,23 @@ from .base import (
 from .sysfs import CounterFileBackend, CounterFiles, read_text_ascii, refused
 
 DEFAULT_ROOT = Path("/sys/class/powercap")
-_PACKAGE_ZONE = re.compile(r"^intel-rapl:(\d+)$")
-_SUBZONE = re.compile(r"^intel-rapl:(\d+):(\d+)$")
+_CONTROLS = ("intel-rapl", "intel-rapl-tpmi")  # in order of preference
+_PACKAGE_ZONE = re.compile(r"^(intel-rapl(?:-tpmi)?):([0-9a-f]+)$")
+_SUBZONE = re.compile(r"^(intel-rapl(?:-tpmi)?):([0-9a-f]+):([0-9a-f]+)$")
+_PACKAGE_NAME = re.compile(r"^package-(\d+)")
 _RAPL_UPDATE_S = 0.001  # RAPL counters update about every millisecond
 
 
 def permission_fix(path: Path) -> str:
     """How to let an unprivileged meter read the RAPL counter file ``path``."""
     zone = path.parent
-    if _SUBZONE.match(zone.name):
-        pattern = zone.parent.parent / "intel-rapl:*" / "intel-rapl:*:*" / "energy_uj"
+    if m := _SUBZONE.match(zone.name):
+        control = m.group(1)
+        pattern = zone.parent.parent / f"{control}:*" / f"{control}:*:*" / "energy_uj"
     else:
-        pattern = zone.parent / "intel-rapl:*" / "energy_uj"
+        m = _PACKAGE_ZONE.match(zone.name)
+        control = m.group(1) if m else "intel-rapl"
+        pattern = zone.parent / f"{control}:*" / "energy_uj"
     return (
         "since CVE-2020-8694 many distributions make RAPL energy_uj readable by root only. "
         f"Run the meter as root, or grant read access: sudo chmod a+r {pattern} "
@@ -102,9 +122,10 @@ class RaplBackend(CounterFileBackend):
         self.root = Path(root)
         self._read_text = read_text if read_text is not None else read_text_ascii
         self._clock: Clock = clock if clock is not None else SystemClock()
+        notes: dict[Path, list[str]] = {}
         self._zones = tuple(
-            self._describe(path, package, scope, strict)
-            for path, package, scope in self._discover(include_dram)
+            self._describe(path, package, scope, strict, notes.get(path, []))
+            for path, package, scope in self._discover(include_dram, notes)
         )
         self._files = CounterFiles(
             [zone.counter for zone in self._zones],
@@ -125,25 +146,40 @@ class RaplBackend(CounterFileBackend):
 
     # -- discovery ----------------------------------------------------------------------------
 
-    def _discover(self, include_dram: bool) -> list[tuple[Path, int, Scope]]:
+    def _discover(
+        self, include_dram: bool, notes: dict[Path, list[str]]
+    ) -> list[tuple[Path, int, Scope]]:
+        """The zones to meter, in order, each with its package number; notes for the kept ones."""
         if not self.root.is_dir():
             return []
-        found: list[tuple[Path, int, Scope]] = []
-        packages = sorted(
-            (int(m.group(1)), entry)
+        candidates = sorted(
+            (_CONTROLS.index(m.group(1)), int(m.group(2), 16), entry)
             for entry in self.root.iterdir()
             if (m := _PACKAGE_ZONE.match(entry.name))
         )
-        for package, path in packages:
-            if self._optional(path / "name") == "psys":
+        kept: dict[str, tuple[Path, int | None]] = {}  # by name: the zone metered, its counter
+        found: list[tuple[Path, int, Scope]] = []
+        for _, number, path in candidates:
+            name = self._optional(path / "name") or path.name
+            if name == "psys":
                 continue  # the whole platform: it contains the packages, counting it would double
+            counter_uj = self._counter_uj(path)
+            first = kept.get(name)
+            if first is not None and self._same_package(first, path, counter_uj, notes):
+                continue
+            kept.setdefault(name, (path, counter_uj))
+            named = _PACKAGE_NAME.match(name)
+            package = int(named.group(1)) if named else number
             found.append((path, package, "package"))
             if not include_dram:
                 continue
+            control, zone_number = path.name.rsplit(":", 1)
             subzones = sorted(
-                (int(m.group(2)), entry)
+                (int(m.group(3), 16), entry)
                 for entry in path.iterdir()
-                if (m := _SUBZONE.match(entry.name)) and int(m.group(1)) == package
+                if (m := _SUBZONE.match(entry.name))
+                and m.group(1) == control
+                and m.group(2) == zone_number
             )
             found.extend(
                 (sub, package, "dram")
@@ -152,9 +188,44 @@ class RaplBackend(CounterFileBackend):
             )
         return found
 
-    def _describe(self, path: Path, package: int, scope: Scope, strict: bool) -> _Zone:
+    def _same_package(
+        self,
+        first: tuple[Path, int | None],
+        path: Path,
+        counter_uj: int | None,
+        notes: dict[Path, list[str]],
+    ) -> bool:
+        """Whether zone ``path`` shows the package of zone ``first`` (of the same name) again.
+
+        Through another interface: yes. Through the same one: when the two counters are equal at
+        open (read again once if they differ, in case the counter moved between the reads), or
+        cannot be read to tell (counted once rather than perhaps twice). Says so in the kept
+        zone's note.
+        """
+        kept, kept_uj = first
+        said = notes.setdefault(kept, [])
+        if kept.name.rsplit(":", 1)[0] != path.name.rsplit(":", 1)[0]:
+            said.append(f"the same package is also {path.name}: counted once, here")
+            return True
+        if kept_uj is not None and counter_uj is not None and kept_uj != counter_uj:
+            kept_uj, counter_uj = self._counter_uj(kept), self._counter_uj(path)
+            if kept_uj is not None and counter_uj is not None and kept_uj != counter_uj:
+                return False  # a counter of its own (a die of a multi-die package, say)
+        how = "mirrors this zone's counter" if kept_uj is not None else "has this zone's name"
+        said.append(
+            f"{path.name} {how} (one zone per chiplet, as AMD kernels before the 2024 fix "
+            "list them): the package is counted once, here"
+        )
+        return True
+
+    def _counter_uj(self, path: Path) -> int | None:
+        return _as_int(self._optional(path / "energy_uj"))
+
+    def _describe(
+        self, path: Path, package: int, scope: Scope, strict: bool, said: list[str]
+    ) -> _Zone:
         name = self._optional(path / "name") or path.name
-        notes = []
+        notes = list(said)
         wrap_uj = _as_int(self._optional(path / "max_energy_range_uj"))
         if wrap_uj is None:
             notes.append(f"{path / 'max_energy_range_uj'} unreadable: wraps cannot be undone")

@@ -10,6 +10,7 @@ import pytest
 
 from thermoledger.meters.backends import DeviceStatus, Method, RaplBackend
 from thermoledger.meters.backends.base import DeviceReader, FlatBuffer
+from thermoledger.meters.backends.simulated import steady
 from thermoledger.meters.errors import DeviceUnavailable, PermissionDenied
 from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing.fake_powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap
@@ -193,3 +194,116 @@ def test_a_counter_file_that_cannot_be_opened_is_an_error_until_it_can(
     counter.write_text("7000000\n")
     assert backend.read().energy_j[2] == 7.0  # opened again at the next read
     backend.close()
+
+
+# -- zones on real nodes: hexadecimal numbers, mirrored zones, TPMI --------------------------------
+
+
+def test_zone_numbers_are_hexadecimal_and_ordered_by_value(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    for package in range(12):  # intel-rapl:0 ... intel-rapl:9, intel-rapl:a, intel-rapl:b
+        tree.add_package(package, energy_uj=1_000_000 * (package + 1), core=False)
+    backend = _open(tree)
+    devices = backend.devices()
+    packages = [i for i, d in enumerate(devices) if d.scope == "package"]
+    assert [devices[i].uid for i in packages][9:] == [
+        "intel-rapl:9",
+        "intel-rapl:a",
+        "intel-rapl:b",
+    ]
+    assert [devices[i].index for i in packages] == list(range(12))
+    dram = [d for d in devices if d.scope == "dram"]
+    assert dram[10].uid == "intel-rapl:a:0"
+    assert dram[10].index == 10
+    energy_j = backend.read().energy_j[packages].tolist()
+    assert energy_j == pytest.approx([float(p + 1) for p in range(12)])
+
+
+def test_the_package_number_comes_from_the_name_not_the_zone_number(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_package(1, zone_number=0, dram=False)
+    tree.add_package(0, zone_number=1, dram=False)
+    assert [(d.uid, d.index) for d in _open(tree).devices()] == [
+        ("intel-rapl:0", 1),
+        ("intel-rapl:1", 0),
+    ]
+
+
+def test_mirrored_zones_of_one_package_are_counted_once(tmp_path: Path) -> None:
+    # an AMD kernel before the 2024 fix: one zone per chiplet, each the same package counter
+    tree = FakePowercap(tmp_path / "powercap")
+    for ccd in range(8):
+        tree.add_package(0, zone_number=ccd, energy_uj=5_000_000, dram=False, core=False)
+    for ccd in range(8, 16):
+        tree.add_package(1, zone_number=ccd, energy_uj=7_000_000, dram=False, core=False)
+    backend = _open(tree)
+    devices = backend.devices()
+    assert [(d.uid, d.index) for d in devices] == [("intel-rapl:0", 0), ("intel-rapl:8", 1)]
+    assert "intel-rapl:7 mirrors this zone's counter" in devices[0].note
+    assert "intel-rapl:f mirrors this zone's counter" in devices[1].note
+    assert "counted once" in devices[0].note
+    assert backend.read().energy_j.tolist() == pytest.approx([5.0, 7.0])  # not 8 x each
+
+
+def test_mirrored_zones_are_collapsed_while_the_counter_moves(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    clock = ManualClock()
+    for ccd in range(4):
+        zone = tree.add_package(0, zone_number=ccd, dram=False, core=False)
+        tree.drive(zone, steady(200.0), clock=clock)
+    clock.advance(3.0)
+    backend = _open(tree, clock=clock)
+    assert [d.uid for d in backend.devices()] == ["intel-rapl:0"]
+    assert backend.read().energy_j.tolist() == pytest.approx([600.0])
+
+
+def test_zones_of_one_name_with_their_own_counters_are_each_counted(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_package(0, zone_number=0, energy_uj=1_000_000, dram=False)
+    tree.add_package(0, zone_number=1, energy_uj=2_000_000, dram=False)
+    devices = _open(tree).devices()
+    assert [(d.uid, d.index) for d in devices] == [("intel-rapl:0", 0), ("intel-rapl:1", 0)]
+    assert "mirrors" not in devices[0].note
+
+
+def test_unreadable_zones_of_one_name_are_counted_once_and_said(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    for ccd in range(3):
+        tree.add_package(0, zone_number=ccd, dram=False)
+        tree.deny(f"intel-rapl:{ccd}")
+    devices = _open(tree).devices()
+    assert [d.uid for d in devices] == ["intel-rapl:0"]
+    assert "intel-rapl:2 has this zone's name" in devices[0].note
+
+
+def test_tpmi_zones_are_read(tmp_path: Path) -> None:
+    # Xeon 6: the packages under intel-rapl-tpmi, only psys under intel-rapl
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_psys(0, energy_uj=9_000_000)
+    tree.add_package(0, control="intel-rapl-tpmi", energy_uj=1_000_000, dram_energy_uj=3_000_000)
+    tree.add_package(1, control="intel-rapl-tpmi", energy_uj=2_000_000, dram=False)
+    backend = _open(tree)
+    assert [(d.uid, d.index, d.scope) for d in backend.devices()] == [
+        ("intel-rapl-tpmi:0", 0, "package"),
+        ("intel-rapl-tpmi:0:1", 0, "dram"),
+        ("intel-rapl-tpmi:1", 1, "package"),
+    ]
+    assert backend.read().energy_j.tolist() == pytest.approx([1.0, 3.0, 2.0])
+
+
+def test_a_package_under_both_interfaces_is_counted_once(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_package(0, energy_uj=1_000_000, dram=False)
+    tree.add_package(0, control="intel-rapl-tpmi", energy_uj=1_000_123, dram=False)
+    devices = _open(tree).devices()
+    assert [d.uid for d in devices] == ["intel-rapl:0"]
+    assert "the same package is also intel-rapl-tpmi:0" in devices[0].note
+
+
+def test_a_denied_tpmi_zone_names_the_tpmi_files_in_its_fix(tmp_path: Path) -> None:
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_package(0, control="intel-rapl-tpmi", dram=False)
+    tree.deny("intel-rapl-tpmi:0")
+    readings = _open(tree).read()
+    assert readings.status.tolist() == [DeviceStatus.DENIED]
+    assert "intel-rapl-tpmi:*/energy_uj" in readings.messages[0]
