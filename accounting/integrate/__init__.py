@@ -119,9 +119,14 @@ Counters
     decrease is a **reset** (driver reload): the post-reset value is energy consumed since the
     reload, so it is counted as a lower bound for that interval; the part before the reload is
     unknown, bounded above by max(0, max_power_w × dt − post-reset value), or unbounded (+inf)
-    without ``max_power_w``. Energy is neither lost nor invented; resets and wraps are counted
-    and listed. Sampling gaps do not lose counter energy (the counter integrates through them);
-    they are still reported.
+    without ``max_power_w``. An **increase** above what the device can draw, more than
+    ``max_power_w`` × (dt + 1 s) + 1 J (the second allows for a counter that updates late), is
+    no energy either: a counter that read 0 (or too little) for one tick and recovered would
+    otherwise count everything since its origin again. It is taken like a reset: 0 counted, up
+    to ``max_power_w`` × dt unknown, and counted and listed among the resets. Without
+    ``max_power_w`` no increase can be judged. Energy is neither lost nor invented; resets and
+    wraps are counted and listed. Sampling gaps do not lose counter energy (the counter
+    integrates through them); they are still reported.
 
 Uncertainty model
     Every result carries ``energy_j`` (the estimate) and a band ``[energy_low_j, energy_high_j]``

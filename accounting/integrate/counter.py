@@ -13,6 +13,11 @@ from ._validate import BoolArray, FloatArray, IntArray, _check_param, _first_inv
 from .model import COUNTER_REL_ERROR, Method
 
 _WRAP_RATE_FACTOR: Final = 2.0
+# An increase above max_power_w x (dt + this) + _JUMP_SLACK_J is no energy (a counter that read
+# too little for a tick and recovered): the second allows for a counter that updates late
+# (NVML: every 20-100 ms) and for power above the limit for a moment.
+_JUMP_ALLOWANCE_S: Final = 1.0
+_JUMP_SLACK_J: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,8 @@ class CounterEnergy:
         duration_s: Time from first to last reading, s.
         n_samples: Number of readings.
         method: Always ``"counter"``.
-        reset_count: Number of resets (decreases that are not wraps).
+        reset_count: Number of resets: decreases that are not wraps, and increases above what
+            the device can draw (package docstring, "Counters").
         wrap_count: Number of wrap-arounds.
         reset_index: For each reset, index of the reading before it.
         reset_unknown_j: For each reset, the most energy that may be missing, J (+inf when
@@ -113,6 +119,14 @@ def _counter_intervals(
             miss[reset] = np.inf
         else:
             miss[reset] = np.maximum(max_power_w * dt[reset] - c[1:][reset], 0.0)
+    if max_power_w is not None:
+        # An increase no device draws in the time: the reading before it was too low (a counter
+        # that read 0 for a tick and recovered). Taken like a reset: 0 counted, the rest unknown.
+        jump = valid & (dc > max_power_w * (dt + _JUMP_ALLOWANCE_S) + _JUMP_SLACK_J)
+        if jump.any():
+            d[jump] = 0.0
+            miss[jump] = max_power_w * dt[jump]
+            reset = reset | jump
     delta[:-1] = d
     unknown[:-1] = miss
     is_reset[:-1] = reset
@@ -163,8 +177,10 @@ def integrate_counter(
             first), finite and >= 0 (and <= wrap_j when given).
         wrap_j: The counter's modulus, J (e.g. RAPL max_energy_range_uj × 1e-6); None for a
             counter that does not wrap (NVML's 64-bit mJ counter).
-        max_power_w: Device power limit, W: tells wraps from resets and bounds the energy
-            missing before a reset. Without it a reset's missing energy is unbounded (+inf).
+        max_power_w: Device power limit, W: tells wraps from resets, bounds the energy
+            missing before a reset, and marks an increase above what the device can draw as a
+            reset (a counter that read 0 for a tick and recovered; package docstring). Without
+            it a reset's missing energy is unbounded (+inf) and no increase is judged.
         counter_rel_error: Relative error of the counter (default 0.02).
 
     Returns:

@@ -1239,3 +1239,54 @@ def test_the_observed_band_holds_the_estimate_and_never_exceeds_the_worst_case(
     curve = power_energy_curve(t, p, model=model)
     assert curve.bound_below_j[-1] == pytest.approx(observed.bound_below_j, rel=1e-9, abs=1e-9)
     assert curve.bound_above_j[-1] == pytest.approx(observed.bound_above_j, rel=1e-9, abs=1e-9)
+
+
+# -- a counter that reads 0 for one tick and recovers ---------------------------------------------
+
+
+def test_a_counter_that_reads_zero_for_one_tick_is_not_counted_twice() -> None:
+    # 300 W, read every 0.1 s, from 1 MJ since the driver loaded; the fourth reading is 0
+    t = np.arange(8) * 0.1
+    c = 1e6 + 30.0 * np.arange(8)
+    c[3] = 0.0
+    got = integrate_counter(t, c, max_power_w=700.0)
+    assert got.energy_j == pytest.approx(30.0 * 5)  # the two intervals around the 0 unknown
+    assert got.energy_low_j <= 30.0 * 7 <= got.energy_high_j  # the truth stays in the band
+    assert got.bound_above_j == pytest.approx(2 * 70.0)
+    assert got.reset_count == 2  # the drop and the jump, both labelled
+    assert got.reset_index.tolist() == [2, 3]
+
+
+def test_a_one_tick_zero_on_a_chunk_boundary_is_bounded_in_both_chunks() -> None:
+    t = np.arange(8) * 0.1
+    c = 1e6 + 30.0 * np.arange(8)
+    c[4] = 0.0  # the first sample of the second chunk (the bridge of the first)
+    chunks = summarize_chunks(
+        np.concatenate([t[:5], t[4:]]),
+        np.full(9, 300.0),
+        counter_j=np.concatenate([c[:5], c[4:]]),
+        offsets=[0, 5, 9],
+        chunk_starts=[0, 5],
+        model=PowerModel(max_power_w=700.0),
+    )
+    assert chunks.reset_count.tolist() == [1, 1]
+    assert chunks.energy_j.sum() == pytest.approx(30.0 * 5)
+    assert chunks.energy_low_j.sum() <= 30.0 * 7
+    assert chunks.energy_high_j.sum() >= 30.0 * 7
+
+
+def test_increases_a_device_can_draw_are_counted_as_they_are() -> None:
+    # a counter that updates every 100 ms, read every 50 ms at the power limit: steps of 70 J
+    t = np.arange(20) * 0.05
+    c = 70.0 * np.floor(t / 0.1 + 1e-9)
+    got = integrate_counter(t, c, max_power_w=700.0)
+    assert got.reset_count == 0
+    assert got.energy_j == pytest.approx(c[-1])
+
+
+def test_without_a_power_limit_no_increase_is_judged() -> None:
+    t = np.arange(4) * 0.1
+    got = integrate_counter(t, [1e6, 0.0, 1e6 + 30.0, 1e6 + 60.0])
+    assert got.reset_count == 1
+    assert got.energy_j == pytest.approx(1e6 + 60.0)
+    assert got.energy_high_j == math.inf
