@@ -39,12 +39,28 @@ that the check does not pass or fail by where a step fell (`DeviceInfo.note` and
 Otherwise the GPU keeps two calls. Per-field return codes are translated like the errors of the
 separate calls, by the same function.
 
-Which GPUs: an explicit ``gpus=[...]`` (NVML indices or UUIDs / UUID prefixes; an unknown entry
-raises), else ``CUDA_VISIBLE_DEVICES`` with CUDA's own rules, else every GPU the process may open.
-A GPU whose handle NVML refuses (NO_PERMISSION: a device cgroup, as under Slurm or in a container)
-is not metered and is named, with the reason, in `Selection.unopened` and once in the log. A MIG
-entry selects its parent GPU, metered once however many of its instances are named; the rules are
-in `meters.backends.nvml_selection`.
+Which GPUs (`meters.backends.nvml_selection`, which has the rules in full): an explicit
+``gpus=[...]`` always wins (NVML indices or UUIDs / UUID prefixes; an unknown entry raises); else
+Slurm's ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS`` (ids and ranges, matched by
+``nvmlDeviceGetMinorNumber``): the job's GPUs on the node; else, for one of several local ranks
+whose ``CUDA_VISIBLE_DEVICES`` names fewer GPUs than it can open, every GPU it can open (the node
+meter, local rank 0 by `meters.runid.elect`, covers every rank's GPU); else
+``CUDA_VISIBLE_DEVICES`` with CUDA's own rules; else every GPU the process may open. Integer
+``CUDA_VISIBLE_DEVICES`` entries are CUDA ordinals: read through libcuda where it may be asked
+(``cuda_uuids``; `meters.backends.cuda_ordinals`), else by PCI bus id under
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``, else in NVML order, warned once on a node of mixed models. The
+rule that applied is `Selection.rule`, logged at INFO. A GPU whose handle NVML refuses
+(NO_PERMISSION: a device cgroup, as under Slurm or in a container) is not metered and is named,
+with the reason, in `Selection.unopened` and once in the log. A MIG entry selects its parent GPU,
+metered once however many of its instances are named.
+
+**C2C superchips** (GH200, GB200): the GPU's counter and power cover the whole module, Grace CPU,
+GPU and their memory, and the GPU-scope power fields are refused. Such a GPU is told by
+``nvmlDeviceGetC2cModeInfoV`` (``isC2cEnabled``), or, where the binding or driver lacks that,
+by a Hopper-or-newer GPU whose GPU-scope power fields are all refused while the same fields at
+``NVML_POWER_SCOPE_MODULE`` answer. It is described with ``scope="module"`` (so
+``covers=("cpu",)``: reports list the host's CPU packages but never add them to a total again)
+and its power fields are asked at module scope, so power and counter cover the same thing.
 
 At open, only NOT_SUPPORTED and FUNCTION_NOT_FOUND make a capability absent. A transient code
 (TIMEOUT, NO_DATA, ...: `nvml_api.RETRIED_CODES`) is asked again, three times in all, 10 ms apart;
