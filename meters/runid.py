@@ -47,6 +47,7 @@ from typing import Final, Literal
 __all__ = [
     "GLOBAL_RANK_VARS",
     "LOCAL_RANK_VARS",
+    "LOCAL_SIZE_VARS",
     "NODE_METER_ENV",
     "RUN_ID_ENV",
     "RUN_ID_NAMESPACE",
@@ -55,6 +56,8 @@ __all__ = [
     "RunIdentity",
     "canonical_run_id",
     "elect",
+    "local_rank",
+    "local_size",
     "node_meter_mark",
     "resolve_run_id",
 ]
@@ -71,6 +74,13 @@ LOCAL_RANK_VARS: Final = (
     "MPI_LOCALRANKID",
 )
 GLOBAL_RANK_VARS: Final = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+# How many ranks share this node: torchrun, Slurm (--ntasks-per-node), Open MPI, MPICH/Intel MPI.
+LOCAL_SIZE_VARS: Final = (
+    "LOCAL_WORLD_SIZE",
+    "SLURM_NTASKS_PER_NODE",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+)
 
 RunIdSource = Literal[
     "explicit", "THERMOLEDGER_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "new"
@@ -166,6 +176,16 @@ def _rank(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[int | None, s
             except ValueError:
                 continue  # a malformed variable says nothing; the next one may
     return None, None
+
+
+def local_rank(env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """This process's local rank and the variable that said it (`LOCAL_RANK_VARS`), or Nones."""
+    return _rank(env, LOCAL_RANK_VARS)
+
+
+def local_size(env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """How many ranks share this node and the variable that said it (`LOCAL_SIZE_VARS`)."""
+    return _rank(env, LOCAL_SIZE_VARS)
 
 
 def node_meter_mark(host: str | None = None, pid: int | None = None) -> str:

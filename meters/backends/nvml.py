@@ -39,12 +39,28 @@ that the check does not pass or fail by where a step fell (`DeviceInfo.note` and
 Otherwise the GPU keeps two calls. Per-field return codes are translated like the errors of the
 separate calls, by the same function.
 
-Which GPUs: an explicit ``gpus=[...]`` (NVML indices or UUIDs / UUID prefixes; an unknown entry
-raises), else ``CUDA_VISIBLE_DEVICES`` with CUDA's own rules, else every GPU the process may open.
-A GPU whose handle NVML refuses (NO_PERMISSION: a device cgroup, as under Slurm or in a container)
-is not metered and is named, with the reason, in `Selection.unopened` and once in the log. A MIG
-entry selects its parent GPU, metered once however many of its instances are named; the rules are
-in `meters.backends.nvml_selection`.
+Which GPUs (`meters.backends.nvml_selection`, which has the rules in full): an explicit
+``gpus=[...]`` always wins (NVML indices or UUIDs / UUID prefixes; an unknown entry raises); else
+Slurm's ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS`` (ids and ranges, matched by
+``nvmlDeviceGetMinorNumber``): the job's GPUs on the node; else, for one of several local ranks
+whose ``CUDA_VISIBLE_DEVICES`` names fewer GPUs than it can open, every GPU it can open (the node
+meter, local rank 0 by `meters.runid.elect`, covers every rank's GPU); else
+``CUDA_VISIBLE_DEVICES`` with CUDA's own rules; else every GPU the process may open. Integer
+``CUDA_VISIBLE_DEVICES`` entries are CUDA ordinals: read through libcuda where it may be asked
+(``cuda_uuids``; `meters.backends.cuda_ordinals`), else by PCI bus id under
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``, else in NVML order, warned once on a node of mixed models. The
+rule that applied is `Selection.rule`, logged at INFO. A GPU whose handle NVML refuses
+(NO_PERMISSION: a device cgroup, as under Slurm or in a container) is not metered and is named,
+with the reason, in `Selection.unopened` and once in the log. A MIG entry selects its parent GPU,
+metered once however many of its instances are named.
+
+**C2C superchips** (GH200, GB200): the GPU's counter and power cover the whole module, Grace CPU,
+GPU and their memory, and the GPU-scope power fields are refused. Such a GPU is told by
+``nvmlDeviceGetC2cModeInfoV`` (``isC2cEnabled``), or, where the binding or driver lacks that,
+by a Hopper-or-newer GPU whose GPU-scope power fields are all refused while the same fields at
+``NVML_POWER_SCOPE_MODULE`` answer. It is described with ``scope="module"`` (so
+``covers=("cpu",)``: reports list the host's CPU packages but never add them to a total again)
+and its power fields are asked at module scope, so power and counter cover the same thing.
 
 At open, only NOT_SUPPORTED and FUNCTION_NOT_FOUND make a capability absent. A transient code
 (TIMEOUT, NO_DATA, ...: `nvml_api.RETRIED_CODES`) is asked again, three times in all, 10 ms apart;
@@ -73,6 +89,7 @@ and the context manager are `meters.backends.vendor.VendorBackend`'s, shared wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -91,9 +108,11 @@ from ..errors import (
 )
 from ..settings import PowerReading, check_power_reading
 from .base import Clock, DeviceInfo, DeviceStatus, FlatBuffer, Method, UncertaintyHint
+from .cuda_ordinals import libcuda_uuids_isolated
 from .nvml_api import (
     ABSENT_CODES,
     NVML_DEVICE_ARCH_AMPERE,
+    NVML_DEVICE_ARCH_HOPPER,
     NVML_DEVICE_ARCH_UNKNOWN,
     NVML_DEVICE_ARCH_VOLTA,
     NVML_DEVICE_MIG_ENABLE,
@@ -101,6 +120,8 @@ from .nvml_api import (
     NVML_FI_DEV_ENERGY,
     NVML_FI_DEV_POWER_AVERAGE,
     NVML_FI_DEV_POWER_INSTANT,
+    NVML_POWER_SCOPE_GPU,
+    NVML_POWER_SCOPE_MODULE,
     NVML_SUCCESS,
     RETRIED_CODES,
     UNSIGNED_MEMBERS,
@@ -110,7 +131,7 @@ from .nvml_api import (
     field_number,
     translate_nvml_error,
 )
-from .nvml_selection import Enumerated, Selection, select
+from .nvml_selection import Enumerated, Lookups, Selection, select
 from .vendor import TRANSIENT, VendorBackend, status_of
 
 __all__ = ["NvmlBackend", "NvmlModule", "Selection", "is_ga100", "translate_nvml_error"]
@@ -162,6 +183,14 @@ _COUNTER = Method.COUNTER  # a global load per GPU and tick instead of an enum l
 _LOG = logging.getLogger(__name__)
 
 T = TypeVar("T")
+FieldRequest = int | tuple[int, int]  # a field id, or (field id, NVML_POWER_SCOPE_*)
+# libcuda reads these from the process environment: CUDA is asked only where the selection's
+# environment agrees with the process's on both.
+_CUDA_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+_MODULE_NOTE = (
+    "C2C superchip ({how}): its counter and power cover the whole module (CPU, GPU and their "
+    "memory); the host's CPU devices are listed but not added again"
+)
 
 
 @dataclass(slots=True)
@@ -172,8 +201,10 @@ class _Gpu:
     power_method: Method
     has_counter: bool
     lost: str = ""  # non-empty once the GPU fell off the bus: the reason
-    # [field_id, NVML_FI_DEV_ENERGY] when one call reads both (checked at open), else None
-    combined: list[int] | None = None
+    # [power request, NVML_FI_DEV_ENERGY] when one call reads both (checked at open), else None
+    combined: list[FieldRequest] | None = None
+    # the power field as asked: the id, or (id, NVML_POWER_SCOPE_MODULE) on a C2C superchip
+    field_request: FieldRequest | None = None
     other_reading: bool = False  # lacks the kind of power reading asked for: gives the other
     reading: bool = False  # a read of this GPU is in NVML now (`close` waits for it)
 
@@ -208,6 +239,7 @@ class _PowerChoice:
         source: Which call gives it and where its window is documented (for the hint's note).
         note: A caveat for `DeviceInfo.note` ("" when none).
         other: The GPU lacks the kind of reading asked for; this is the other kind.
+        scope: The ``NVML_POWER_SCOPE_*`` the field is asked at (module: a C2C superchip).
     """
 
     field_id: int | None
@@ -216,6 +248,14 @@ class _PowerChoice:
     source: str
     note: str = ""
     other: bool = False
+    scope: int = NVML_POWER_SCOPE_GPU
+
+    @property
+    def request(self) -> FieldRequest | None:
+        """The field as ``nvmlDeviceGetFieldValues`` is asked for it (None: no field)."""
+        if self.field_id is None or self.scope == NVML_POWER_SCOPE_GPU:
+            return self.field_id
+        return (self.field_id, self.scope)
 
 
 _FIELD_CHOICES: Final = {
@@ -249,6 +289,11 @@ class NvmlBackend(VendorBackend[_Gpu]):
             average) or ``"instant"`` (the instantaneous reading where there is one, with a
             warning for the others).
         logger: Where those warnings go (default: this module's logger).
+        cuda_uuids: CUDA's devices in CUDA's order, by UUID, for integer
+            ``CUDA_VISIBLE_DEVICES`` entries (default: asked of libcuda in a child process,
+            `meters.backends.cuda_ordinals`). Asked only where ``env`` agrees with the process
+            environment on ``CUDA_VISIBLE_DEVICES`` and ``CUDA_DEVICE_ORDER``, and an integer
+            entry is read; a failure falls through to the other rules.
 
     Raises:
         DeviceUnavailable: ``pynvml`` is not installed, no driver, or an explicit ``gpus`` entry
@@ -265,6 +310,7 @@ class NvmlBackend(VendorBackend[_Gpu]):
         clock: Clock | None = None,
         power_reading: PowerReading = "auto",
         logger: logging.Logger | None = None,
+        cuda_uuids: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.power_reading: PowerReading = check_power_reading(power_reading)
         self._nvml = nvml if nvml is not None else _import_pynvml()
@@ -275,14 +321,23 @@ class NvmlBackend(VendorBackend[_Gpu]):
         try:
             enumerated = self._enumerate()
             environment = os.environ if env is None else env
-            self.selection = select(enumerated, gpus, environment, self.mig_parent_uuid)
+            same_env = all(environment.get(k) == os.environ.get(k) for k in _CUDA_ENV)
+            cuda = cuda_uuids if cuda_uuids is not None else libcuda_uuids_isolated
+            lookups = Lookups(
+                self.mig_parent_uuid,
+                minor_number=self._minor_number,
+                pci_bus_id=self._pci_bus_id,
+                name=self._name,
+                cuda_uuids=cuda if same_env else None,
+            )
+            self.selection = selection = select(enumerated, gpus, environment, lookups)
             self._gpus = tuple(
-                self._probe(enumerated[i], i in self.selection.via_mig)
-                for i in self.selection.indices
+                self._probe(enumerated[i], i in selection.via_mig) for i in selection.indices
             )
         except BaseException:
             self.close()
             raise
+        self._note_selection(selection)
         if self.selection.unopened:
             self._log.warning(
                 "NVML lists GPU(s) this process may not open, not metered: %s",
@@ -350,7 +405,7 @@ class NvmlBackend(VendorBackend[_Gpu]):
         except MeterError as e:
             return _Refused(_code(e), e)
 
-    def _field_values(self, handle: NvmlHandle, uid: str, fields: list[int]) -> Any:
+    def _field_values(self, handle: NvmlHandle, uid: str, fields: list[FieldRequest]) -> Any:
         """``nvmlDeviceGetFieldValues`` at open, asked again while a field answers a transient code.
 
         Returns:
@@ -392,6 +447,65 @@ class NvmlBackend(VendorBackend[_Gpu]):
         )
         return self._call(self._nvml.nvmlDeviceGetUUID, parent, device=mig_uuid)
 
+    def _lookup(self, fn: Callable[..., T], entry: Enumerated) -> T | None:
+        """One question the selection asks of an opened GPU; None where NVML gives no answer."""
+        try:
+            got = self._query(fn, entry.handle, device=entry.uuid or f"GPU {entry.index}")
+        except DeviceLost:
+            return None
+        return None if isinstance(got, _Refused) else got
+
+    def _minor_number(self, entry: Enumerated) -> int | None:
+        got = self._lookup(self._nvml.nvmlDeviceGetMinorNumber, entry)
+        return None if got is None else int(got)
+
+    def _pci_bus_id(self, entry: Enumerated) -> str | None:
+        bus_id = getattr(self._lookup(self._nvml.nvmlDeviceGetPciInfo, entry), "busId", None)
+        if isinstance(bus_id, bytes):
+            bus_id = bus_id.decode(errors="replace")
+        return bus_id if isinstance(bus_id, str) and bus_id else None
+
+    def _name(self, entry: Enumerated) -> str | None:
+        got = self._lookup(self._nvml.nvmlDeviceGetName, entry)
+        return None if got is None else str(got)
+
+    def _note_selection(self, selection: Selection) -> None:
+        """Say which rule chose the GPUs: in the log, and on the GPUs where it matters."""
+        self._log.info("NVML: metering GPU(s) %s: %s", list(selection.indices), selection.rule)
+        for warning in selection.warnings:
+            self._log.warning("NVML: %s", warning)
+        if selection.source in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+            for ignored in selection.ignored:
+                self._log.warning("NVML: not metered: %s", ignored)
+        for gpu in self._gpus:
+            notes = [gpu.info.note] if gpu.info.note else []
+            if selection.source in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "local_ranks"):
+                notes.append(f"metered as one of the job's GPUs on this node ({selection.source})")
+            if selection.warnings and gpu.info.index in selection.by_ordinal:
+                notes.append(
+                    "chosen by a CUDA ordinal on a node of mixed GPU models: may not be the GPU "
+                    "CUDA calls by that number"
+                )
+            if len(notes) > (1 if gpu.info.note else 0):
+                gpu.info = dataclasses.replace(gpu.info, note="; ".join(notes))
+
+    def _c2c_mode(self, handle: NvmlHandle, uid: str, problems: list[str]) -> bool | None:
+        """Whether the GPU is half of a C2C superchip (GH200, GB200); None: NVML cannot say.
+
+        ``nvmlDeviceGetC2cModeInfoV`` (``isC2cEnabled``), where the binding has it and the
+        driver answers. An older binding or driver leaves it to the field probe at module
+        scope (`_choose_power`).
+        """
+        fn = getattr(self._nvml, "nvmlDeviceGetC2cModeInfoV", None)
+        if fn is None:
+            return None
+        got = self._query(fn, handle, device=uid)
+        if isinstance(got, _Refused):
+            if not got.absent:
+                problems.append(got.why)
+            return None
+        return bool(getattr(got, "isC2cEnabled", 0))
+
     def _probe(self, entry: Enumerated, via_mig: bool) -> _Gpu:
         """Describe one GPU and choose how to read it (module docstring).
 
@@ -421,17 +535,25 @@ class NvmlBackend(VendorBackend[_Gpu]):
             counter = self._query(
                 self._nvml.nvmlDeviceGetTotalEnergyConsumption, handle, device=uid
             )
-            power = self._choose_power(handle, uid, name or "", arch, problems)
+            c2c = self._c2c_mode(handle, uid, problems)
+            power = self._choose_power(handle, uid, name or "", arch, problems, c2c)
             combined, energy_note = None, ""
-            if power.field_id is not None and not isinstance(counter, _Refused):
-                combined, energy_note = self._probe_energy_field(
-                    handle, uid, power.field_id, limit_mw
-                )
+            request = power.request
+            if request is not None and not isinstance(counter, _Refused):
+                combined, energy_note = self._probe_energy_field(handle, uid, request, limit_mw)
         except DeviceLost as e:
             entry.error = str(e)
             return self._unreachable(entry, via_mig)
 
         notes = [] if name is not None else ["NVML gave no name"]
+        module = c2c is True or power.scope == NVML_POWER_SCOPE_MODULE
+        if module:
+            how = (
+                "nvmlDeviceGetC2cModeInfoV: C2C on"
+                if c2c
+                else "its power fields answer at module scope only"
+            )
+            notes.append(_MODULE_NOTE.format(how=how))
         method = power.method
         notes.append(power.note)
         has_counter = not isinstance(counter, _Refused) or not counter.absent
@@ -455,7 +577,11 @@ class NvmlBackend(VendorBackend[_Gpu]):
             )
         if problems:
             notes.append("at open: " + "; ".join(dict.fromkeys(problems)))
-        hint_note = "NVML board power (GPU and its memory); ±5 % or ±5 W"
+        hint_note = (
+            "NVML module power (CPU, GPU and their memory); ±5 % or ±5 W"
+            if module
+            else "NVML board power (GPU and its memory); ±5 % or ±5 W"
+        )
         info = DeviceInfo(
             backend="nvml",
             index=entry.index,
@@ -465,7 +591,7 @@ class NvmlBackend(VendorBackend[_Gpu]):
             has_energy_counter=has_counter,
             power_method=method,
             counter_wrap_j=None,
-            scope="gpu",
+            scope="module" if module else "gpu",
             mig=mig,
             uncertainty=UncertaintyHint(
                 power_rel=_POWER_REL,
@@ -485,18 +611,66 @@ class NvmlBackend(VendorBackend[_Gpu]):
             has_counter,
             combined=combined,
             other_reading=power.other,
+            field_request=request,
         )
 
     def _choose_power(
-        self, handle: NvmlHandle, uid: str, name: str, arch: int | None, problems: list[str]
+        self,
+        handle: NvmlHandle,
+        uid: str,
+        name: str,
+        arch: int | None,
+        problems: list[str],
+        c2c: bool | None = False,
     ) -> _PowerChoice:
         """Which power reading this GPU gives for ``power_reading`` (module docstring).
 
         One field-values call asks for both power fields. ``nvmlDeviceGetPowerUsage`` (and, on
         Ampere and newer, the PCI id that says what it returns) is asked only when the field of
         the wanted kind does not answer. Refusals that are not "absent" go to ``problems``.
+
+        On a C2C superchip (``c2c``; or, where NVML cannot say, a Hopper or newer GPU whose
+        GPU-scope power fields are all refused) the fields are asked at module scope: the whole
+        module's power, as its counter counts it. A superchip whose module-scope fields are
+        refused falls back to the GPU-scope ones, said in the note.
         """
-        answered = self._probe_fields(handle, uid, problems)
+        scope = NVML_POWER_SCOPE_GPU
+        answered = frozenset() if c2c else self._probe_fields(handle, uid, problems)
+        maybe_module = (
+            c2c is None and not answered and (arch is None or arch >= NVML_DEVICE_ARCH_HOPPER)
+        )
+        scope_note = ""
+        if c2c or maybe_module:
+            at_module = self._probe_fields(handle, uid, problems, NVML_POWER_SCOPE_MODULE)
+            if at_module:
+                answered, scope = at_module, NVML_POWER_SCOPE_MODULE
+            elif c2c:
+                answered = self._probe_fields(handle, uid, problems)
+                if answered:
+                    scope_note = (
+                        "power fields at GPU scope only (the CPU's share is not in the power "
+                        "readings, only in the counter)"
+                    )
+        choice = self._power_of(handle, uid, name, arch, problems, answered)
+        if scope != NVML_POWER_SCOPE_GPU and choice.field_id is not None:
+            choice = dataclasses.replace(
+                choice, scope=scope, source=f"{choice.source}, at module scope"
+            )
+        if scope_note:
+            note = f"{choice.note}; {scope_note}" if choice.note else scope_note
+            choice = dataclasses.replace(choice, note=note)
+        return choice
+
+    def _power_of(
+        self,
+        handle: NvmlHandle,
+        uid: str,
+        name: str,
+        arch: int | None,
+        problems: list[str],
+        answered: frozenset[int],
+    ) -> _PowerChoice:
+        """The reading among the answered power fields and ``nvmlDeviceGetPowerUsage``."""
         want_average = self.power_reading != "instant"
         wanted, other = (
             (NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT)
@@ -577,15 +751,15 @@ class NvmlBackend(VendorBackend[_Gpu]):
             )
 
     def _probe_energy_field(
-        self, handle: NvmlHandle, uid: str, field_id: int, limit_mw: int | None
-    ) -> tuple[list[int] | None, str]:
+        self, handle: NvmlHandle, uid: str, field_id: FieldRequest, limit_mw: int | None
+    ) -> tuple[list[FieldRequest] | None, str]:
         """Whether ``NVML_FI_DEV_ENERGY`` agrees with the counter here: the fields, and a note.
 
         The field is read first and the counter right after, so a field that is the counter shows
         0 <= counter - field <= limit x (gap + one counter update period) + 1 J, wherever a
         counter step falls between the two reads; any other answer keeps the two-call path.
         """
-        fields = [field_id, NVML_FI_DEV_ENERGY]
+        fields: list[FieldRequest] = [field_id, NVML_FI_DEV_ENERGY]
         fallback = "energy by nvmlDeviceGetTotalEnergyConsumption (a second call per tick): "
         t0_s = self._clock.monotonic_s()
         values = self._field_values(handle, uid, fields)
@@ -611,14 +785,19 @@ class NvmlBackend(VendorBackend[_Gpu]):
             )
         return fields, "power and energy in one nvmlDeviceGetFieldValues call (NVML_FI_DEV_ENERGY)"
 
-    def _probe_fields(self, handle: NvmlHandle, uid: str, problems: list[str]) -> frozenset[int]:
-        """The power fields (average, instant) the driver answers, in one call.
+    def _probe_fields(
+        self, handle: NvmlHandle, uid: str, problems: list[str], scope: int = NVML_POWER_SCOPE_GPU
+    ) -> frozenset[int]:
+        """The power fields (average, instant) the driver answers at ``scope``, in one call.
 
         A field refused by any code but NOT_SUPPORTED / FUNCTION_NOT_FOUND is named in
         ``problems`` (with the fix, for a permission error).
         """
         fields = [NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT]
-        values = self._field_values(handle, uid, fields)
+        requests: list[FieldRequest] = (
+            list(fields) if scope == NVML_POWER_SCOPE_GPU else [(f, scope) for f in fields]
+        )
+        values = self._field_values(handle, uid, requests)
         if isinstance(values, _Refused):
             if not values.absent:
                 problems.append(values.why)
@@ -747,12 +926,13 @@ class NvmlBackend(VendorBackend[_Gpu]):
                 raise translate_nvml_error(int(code), call=call, device=uid) from result
             power, energy = result
             try:
-                power_w = field_number(power, fields[0], uid) / 1000.0
+                assert gpu.field_id is not None
+                power_w = field_number(power, gpu.field_id, uid) / 1000.0
                 buffer.set_power(i, power_w, gpu.power_method)
             except TRANSIENT as e:
                 buffer.fail(i, status_of(e), str(e))
             try:
-                buffer.set_energy(i, field_number(energy, fields[1], uid) / 1000.0)
+                buffer.set_energy(i, field_number(energy, NVML_FI_DEV_ENERGY, uid) / 1000.0)
             except TRANSIENT as e:
                 buffer.fail(i, status_of(e), str(e))
         except DeviceLost as e:
@@ -767,7 +947,7 @@ class NvmlBackend(VendorBackend[_Gpu]):
         if gpu.field_id is None:
             return float(self._call(self._nvml.nvmlDeviceGetPowerUsage, gpu.handle, device=uid))
         values = self._call(
-            self._nvml.nvmlDeviceGetFieldValues, gpu.handle, [gpu.field_id], device=uid
+            self._nvml.nvmlDeviceGetFieldValues, gpu.handle, [gpu.field_request], device=uid
         )
         return field_number(values[0], gpu.field_id, uid)
 

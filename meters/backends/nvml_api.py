@@ -21,6 +21,7 @@ Nothing here imports ``pynvml``: importing this module is free on a host without
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..errors import (
@@ -90,6 +91,12 @@ NVML_DEVICE_ARCH_ADA = 8
 NVML_DEVICE_ARCH_HOPPER = 9
 NVML_DEVICE_ARCH_BLACKWELL = 10
 NVML_DEVICE_ARCH_UNKNOWN = 0xFFFFFFFF
+
+# nvmlPowerScopeType_t: the scope a power field is asked at (``(field id, scope)``). On a C2C
+# superchip (GH200, GB200) the power fields answer at MODULE scope: CPU, GPU and memory.
+NVML_POWER_SCOPE_GPU = 0
+NVML_POWER_SCOPE_MODULE = 1
+NVML_POWER_SCOPE_MEMORY = 2
 
 NVML_DEVICE_MIG_DISABLE = 0
 NVML_DEVICE_MIG_ENABLE = 1
@@ -210,12 +217,21 @@ class NvmlModule(Protocol):
         """A ``nvmlPciInfo_t``: ``pciDeviceId`` is the device id << 16 | the vendor id."""
         ...
 
+    def nvmlDeviceGetMinorNumber(self, handle: NvmlHandle) -> int:
+        """The device's minor number: ``/dev/nvidia<minor>``, the GPU ids Slurm lists."""
+        ...
+
     def nvmlDeviceGetMigMode(self, handle: NvmlHandle) -> list[int]: ...
     def nvmlDeviceGetPowerManagementLimit(self, handle: NvmlHandle) -> int: ...
     def nvmlDeviceGetPowerUsage(self, handle: NvmlHandle) -> int: ...
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: NvmlHandle) -> int: ...
-    def nvmlDeviceGetFieldValues(self, handle: NvmlHandle, field_ids: list[int]) -> Any:
-        """An array of ``c_nvmlFieldValue_t`` (per-field ``nvmlReturn``, ``valueType``, union)."""
+    def nvmlDeviceGetFieldValues(
+        self, handle: NvmlHandle, field_ids: Sequence[int | tuple[int, int]]
+    ) -> Any:
+        """An array of ``c_nvmlFieldValue_t`` (per-field ``nvmlReturn``, ``valueType``, union).
+
+        An entry ``(field id, scope)`` asks the field at that scope (``NVML_POWER_SCOPE_*``).
+        """
         ...
 
 

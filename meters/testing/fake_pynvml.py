@@ -34,7 +34,16 @@ clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scrip
   that turns sluggish mid-run, or hangs for a while, as one falling off the bus can);
 - ``counter_update_s``: the counter only moves every so often, as on real GPUs (20-100 ms);
 - ``field_overrides``: a field answering a fixed value of another value type (a signed or
-  floating-point member: negative, NaN), as a driver bug or a future driver might.
+  floating-point member: negative, NaN), as a driver bug or a future driver might;
+- ``minor_number`` and ``pci_bus``: the device's minor number (``/dev/nvidia<minor>``, what
+  Slurm's ``SLURM_STEP_GPUS`` lists) and its PCI bus (``nvmlPciInfo_t.busId``), by default both
+  from the NVML index; set them to make NVML's order differ from the PCI bus order or the
+  minor numbers, as NVML allows ("no guarantees of consistency between reboots");
+- ``c2c_mode``: a C2C superchip (GH200, GB200): ``nvmlDeviceGetC2cModeInfoV`` answers
+  ``isC2cEnabled`` = 1 and the power fields answer only at ``NVML_POWER_SCOPE_MODULE`` (scope
+  1, the whole module: CPU, GPU and memory), the GPU-scope ones NOT_SUPPORTED; the counter and
+  ``nvmlDeviceGetPowerUsage`` are the module's, i.e. the profile is the module's draw (`gh200`).
+  ``c2c_query`` False: the driver lacks ``nvmlDeviceGetC2cModeInfoV`` (FUNCTION_NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -91,6 +100,12 @@ _FieldValue = c_nvmlFieldValue_t
 _BUS_ID_LEGACY_SIZE = 16  # pynvml's NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE
 _BUS_ID_SIZE = 32  # pynvml's NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE
 NVIDIA_PCI_VENDOR_ID = 0x10DE
+
+
+class c_nvmlC2cModeInfo_v1_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
+    """C2C mode, field for field as in ``pynvml.c_nvmlC2cModeInfo_v1_t``."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [("isC2cEnabled", ctypes.c_uint)]
 
 
 class nvmlPciInfo_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
@@ -256,6 +271,11 @@ class FakeGpu:
         mig_devices: UUIDs (``MIG-…``) of its MIG instances; non-empty means MIG mode is on.
         field_overrides: ``(field id, NVML_VALUE_TYPE_*, value)``: that field answers this value,
             in the union member of that type, whatever it would read otherwise.
+        minor_number: ``nvmlDeviceGetMinorNumber`` (None: the NVML index).
+        pci_bus: The PCI bus number in ``nvmlDeviceGetPciInfo`` (default: the NVML index + 1).
+        c2c_mode: A C2C superchip: C2C mode on, power fields at module scope only.
+        c2c_query: The driver has ``nvmlDeviceGetC2cModeInfoV`` (False: FUNCTION_NOT_FOUND).
+            Before Hopper it answers NotSupported.
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -282,6 +302,10 @@ class FakeGpu:
     slow_calls: tuple[SlowCall, ...] = ()
     mig_devices: tuple[str, ...] = ()
     field_overrides: tuple[tuple[int, int, float], ...] = ()
+    minor_number: int | None = None
+    pci_bus: int | None = None
+    c2c_mode: bool = False
+    c2c_query: bool = True
 
     def counter_supported(self) -> bool:
         """Whether the total-energy counter answers."""
@@ -318,6 +342,8 @@ class FakeGpu:
         return self.call_latency_s + extra_s
 
 
+_POWER_FIELDS = (codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_FI_DEV_POWER_INSTANT)
+
 # PCI device ids of the presets, from the PCI ID database (pciutils/pciids, pci.ids 2026.08.22).
 H100_SXM5_80GB_PCI_ID = 0x2330  # GH100 [H100 SXM5 80GB]
 A100_SXM4_80GB_PCI_ID = 0x20B2  # GA100 [A100 SXM4 80GB]
@@ -326,11 +352,28 @@ A30_PCIE_PCI_ID = 0x20B7  # GA100GL [A30 PCIe]
 A10_PCI_ID = 0x2236  # GA102GL [A10]
 V100_SXM2_32GB_PCI_ID = 0x1DB5  # GV100GL [Tesla V100 SXM2 32GB]
 P100_PCIE_16GB_PCI_ID = 0x15F8  # GP100GL [Tesla P100 PCIe 16GB]
+GH200_PCI_ID = 0x2342  # GH100 [GH200 120GB / 480GB]
 
 
 def h100(**overrides: Any) -> FakeGpu:
     """An H100 SXM: Hopper, 700 W, counter, power fields, 1 s averaged power usage."""
     return FakeGpu(**overrides)
+
+
+def gh200(**overrides: Any) -> FakeGpu:
+    """A GH200 Grace Hopper superchip: Hopper, C2C mode on, module-scope power, 900 W module.
+
+    Its counter and power cover the whole module (Grace CPU, Hopper GPU and their memory); the
+    GPU-scope power fields are refused (NOT_SUPPORTED) and the module-scope ones answer
+    (``(NVML_FI_DEV_POWER_AVERAGE, NVML_POWER_SCOPE_MODULE)``). The profile is the module's.
+    """
+    spec: dict[str, Any] = {
+        "name": "NVIDIA GH200 480GB",
+        "power_limit_mw": 900_000,
+        "pci_device_id": GH200_PCI_ID,
+        "c2c_mode": True,
+    }
+    return FakeGpu(**(spec | overrides))
 
 
 def a100(**overrides: Any) -> FakeGpu:
@@ -455,6 +498,13 @@ class FakeNvml:
         # Per GPU, the field values it answers (a FakeGpu is frozen): looked up, not worked out
         # on every call, as the driver knows what its GPU supports.
         self._answers = tuple(_answers(gpu) for gpu in self.gpus)
+        # field answers at NVML_POWER_SCOPE_MODULE (scope 1): a C2C superchip's power fields
+        self._module_answers = tuple(
+            {f: a for f, a in _FIELDS.items() if f in _POWER_FIELDS and a[0](gpu)}
+            if gpu.c2c_mode
+            else {}
+            for gpu in self.gpus
+        )
 
     def __getattr__(self, name: str) -> Any:
         # The module's remaining NVML_* constants and NVMLError_* classes, as pynvml exposes them.
@@ -597,7 +647,7 @@ class FakeNvml:
         def info(gpu: FakeGpu, t_s: float) -> nvmlPciInfo_t:
             if gpu.pci_device_id is None:
                 raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
-            bus = handle.position + 1
+            bus = handle.position + 1 if gpu.pci_bus is None else gpu.pci_bus
             bus_id = f"00000000:{bus:02X}:00.0".encode()
             return nvmlPciInfo_t(
                 busIdLegacy=f"0000:{bus:02X}:00.0".encode(),
@@ -610,6 +660,26 @@ class FakeNvml:
             )
 
         return self._on_gpu("nvmlDeviceGetPciInfo", handle, info)
+
+    def nvmlDeviceGetMinorNumber(self, handle: FakeHandle) -> int:  # noqa: N802
+        """The device's minor number (``/dev/nvidia<minor>``): default the NVML index."""
+
+        def minor(gpu: FakeGpu, t_s: float) -> int:
+            return handle.position if gpu.minor_number is None else gpu.minor_number
+
+        return self._on_gpu("nvmlDeviceGetMinorNumber", handle, minor)
+
+    def nvmlDeviceGetC2cModeInfoV(self, handle: FakeHandle) -> c_nvmlC2cModeInfo_v1_t:  # noqa: N802
+        """C2C mode (``isC2cEnabled``); NotSupported before Hopper, FUNCTION_NOT_FOUND without."""
+
+        def mode(gpu: FakeGpu, t_s: float) -> c_nvmlC2cModeInfo_v1_t:
+            if not gpu.c2c_query:
+                raise NVMLError(codes.NVML_ERROR_FUNCTION_NOT_FOUND)
+            if gpu.architecture < codes.NVML_DEVICE_ARCH_HOPPER:
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            return c_nvmlC2cModeInfo_v1_t(isC2cEnabled=int(gpu.c2c_mode))
+
+        return self._on_gpu("nvmlDeviceGetC2cModeInfoV", handle, mode)
 
     def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:  # noqa: N802
         """[current, pending] MIG mode; NotSupported before Ampere."""
@@ -658,6 +728,7 @@ class FakeNvml:
         """Field values as a ``c_nvmlFieldValue_t`` array; per-field ``nvmlReturn``."""
 
         answers = self._answers[handle.position]
+        module_answers = self._module_answers[handle.position]
 
         def values(gpu: FakeGpu, t_s: float) -> ctypes.Array[_FieldValue]:
             array = (_FieldValue * len(field_ids))()
@@ -669,7 +740,12 @@ class FakeNvml:
                     if gpu.faults
                     else None
                 )
-                answer = answers.get(field_id) if scope_id == 0 else None
+                if scope_id == 0:
+                    answer = answers.get(field_id)
+                elif scope_id == codes.NVML_POWER_SCOPE_MODULE:
+                    answer = module_answers.get(field_id)
+                else:
+                    answer = None
                 if code is None and answer is None:
                     code = codes.NVML_ERROR_NOT_SUPPORTED
                 head = (field_id, scope_id, wall_us, 0)
@@ -771,7 +847,11 @@ def _answers(gpu: FakeGpu) -> dict[int, _Answer]:
     nothing moves the counter's origin (no reload, no update period) the ENERGY field takes
     the profile's primitive at load once instead of on every read.
     """
-    answers = {field_id: answer for field_id, answer in _FIELDS.items() if answer[0](gpu)}
+    answers = {
+        field_id: answer
+        for field_id, answer in _FIELDS.items()
+        if answer[0](gpu) and not (gpu.c2c_mode and field_id in _POWER_FIELDS)
+    }
     for field_id, value_type, fixed in gpu.field_overrides:
         member = codes.VALUE_MEMBERS[value_type]
         answers[field_id] = (_always, value_type, member, _fixed(fixed, member))

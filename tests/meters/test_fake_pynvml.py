@@ -21,6 +21,7 @@ from thermoledger.meters.testing.fake_pynvml import (
     a30,
     a100,
     a800,
+    gh200,
     h100,
     p100,
     v100,
@@ -50,6 +51,7 @@ def test_field_value_struct_has_the_real_layout(real: Any) -> None:
         (fake_module.c_nvmlFieldValue_t, real.c_nvmlFieldValue_t),
         (fake_module.c_nvmlValue_t, real.c_nvmlValue_t),
         (fake_module.nvmlPciInfo_t, real.nvmlPciInfo_t),  # what nvmlDeviceGetPciInfo returns
+        (fake_module.c_nvmlC2cModeInfo_v1_t, real.c_nvmlC2cModeInfo_v1_t),  # C2C mode
     ]
     for ours, theirs in pairs:
         assert [name for name, _ in ours._fields_] == [name for name, _ in theirs._fields_]
@@ -291,3 +293,31 @@ def test_a_counter_fault_also_fails_the_energy_field() -> None:
     power, energy = fake.nvmlDeviceGetFieldValues(FakeHandle(0), fields)
     assert power.nvmlReturn == codes.NVML_SUCCESS
     assert energy.nvmlReturn == codes.NVML_ERROR_TIMEOUT
+
+
+def test_the_real_binding_names_the_calls_the_fake_adds_for_node_selection(real: Any) -> None:
+    # the C2C query is nvmlDeviceGetC2cModeInfoV (-> c_nvmlC2cModeInfo_v1_t.isC2cEnabled)
+    assert "c_nvmlC2cModeInfo_v1_t()" in inspect.getsource(real.nvmlDeviceGetC2cModeInfoV1)
+    assert callable(real.nvmlDeviceGetC2cModeInfoV)
+    assert callable(real.nvmlDeviceGetMinorNumber)
+    assert real.NVML_POWER_SCOPE_MODULE == codes.NVML_POWER_SCOPE_MODULE == 1
+
+
+def test_minor_numbers_buses_and_a_c2c_superchip() -> None:
+    fake = FakeNvml([h100(), h100(minor_number=7, pci_bus=0x41), gh200(), a100()])
+    fake.nvmlInit()
+    assert [fake.nvmlDeviceGetMinorNumber(FakeHandle(i)) for i in (0, 1)] == [0, 7]
+    assert fake.nvmlDeviceGetPciInfo(FakeHandle(1)).busId == b"00000000:41:00.0"
+    assert fake.nvmlDeviceGetC2cModeInfoV(FakeHandle(0)).isC2cEnabled == 0
+    assert fake.nvmlDeviceGetC2cModeInfoV(FakeHandle(2)).isC2cEnabled == 1
+    with pytest.raises(fake.nvmlExceptionClass(codes.NVML_ERROR_NOT_SUPPORTED)):
+        fake.nvmlDeviceGetC2cModeInfoV(FakeHandle(3))  # before Hopper
+    average, module = codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_POWER_SCOPE_MODULE
+    gpu_scope, module_scope = fake.nvmlDeviceGetFieldValues(
+        FakeHandle(2), [average, (average, module)]
+    )
+    assert gpu_scope.nvmlReturn == codes.NVML_ERROR_NOT_SUPPORTED  # GPU scope refused on GH200
+    assert module_scope.nvmlReturn == codes.NVML_SUCCESS
+    assert module_scope.scopeId == module
+    (h100_module,) = fake.nvmlDeviceGetFieldValues(FakeHandle(0), [(average, module)])
+    assert h100_module.nvmlReturn == codes.NVML_ERROR_NOT_SUPPORTED
