@@ -291,3 +291,34 @@ def test_a_counter_fault_also_fails_the_energy_field() -> None:
     power, energy = fake.nvmlDeviceGetFieldValues(FakeHandle(0), fields)
     assert power.nvmlReturn == codes.NVML_SUCCESS
     assert energy.nvmlReturn == codes.NVML_ERROR_TIMEOUT
+
+
+def test_field_values_without_faults_pack_what_the_general_path_packs() -> None:
+    """The per-GPU plan (no scripted faults) answers byte for byte as the per-call path does."""
+    profiles = [
+        steady(450.0),
+        Bursty(150.0, 680.0, period_s=2.0, duty=0.6),
+        Ramp(120.0, 650.0, 30.0),
+    ]
+    far = (Fault(codes.NVML_ERROR_UNKNOWN, start_s=1e9),)  # a fault never due: the general path
+    asked: list[Any] = [
+        codes.NVML_FI_DEV_POWER_AVERAGE,
+        codes.NVML_FI_DEV_ENERGY,
+        codes.NVML_FI_DEV_POWER_INSTANT,
+        (codes.NVML_FI_DEV_ENERGY, 1),  # a scope the fake does not answer
+        1,  # a field it does not know
+    ]
+    clocks = ManualClock(), ManualClock()
+    planned, general = (
+        FakeNvml([h100(profile=p, faults=faults) for p in profiles], clock=clock)
+        for faults, clock in zip(((), far), clocks, strict=True)
+    )
+    for fake in (planned, general):
+        fake.nvmlInit()
+    for step_s in (0.0, 0.1, 0.37, 1.9, 12.5):
+        for clock in clocks:
+            clock.advance(step_s)
+        for i in range(len(profiles)):
+            mine = planned.nvmlDeviceGetFieldValues(planned.nvmlDeviceGetHandleByIndex(i), asked)
+            theirs = general.nvmlDeviceGetFieldValues(general.nvmlDeviceGetHandleByIndex(i), asked)
+            assert bytes(mine) == bytes(theirs)
