@@ -17,8 +17,10 @@ Figures:
       core; ``--repeats`` runs of ``--seconds`` each (median, min and max printed: other
       processes on the machine make the figure vary). **All-in** counts everything the process
       did, the fakes' emulated calls included; the **meter's own** share leaves those calls
-      out (the fake NVML's and the fake powercap's, measured apart, below; a real driver and
-      the kernel spend their own time instead).
+      out (the fake NVML's and the fake powercap's, measured apart, below, times the reads the
+      run made of each: the GPUs every tick, the counter-only CPU zones every
+      ``counter_interval_s`` and at the edges; a real driver and the kernel spend their own
+      time instead).
       Targets: own <= 0.2 % and all-in <= 0.4 % of one core. The steady state between the
       edges and the one-off costs of start and stop are printed beside them. The fleet's
       counters move continuously (the fake's default); the one-off cost of the edges on
@@ -159,6 +161,7 @@ class Metered:
         stop_cpu_s: CPU time of ``stop()`` (final seal and spool), s.
         whole_rate: Process CPU s per wall s from ``start()`` to the end of ``stop()``.
         summary: The final summary.
+        counter_interval_s: How often the sampler read the counter-only devices, s.
     """
 
     steady_rate: float
@@ -169,6 +172,7 @@ class Metered:
     stop_cpu_s: float
     whole_rate: float
     summary: MeterSummary
+    counter_interval_s: float
 
 
 def _metered(
@@ -205,7 +209,13 @@ def _metered(
         stop_cpu_s=cpu5 - cpu4,
         whole_rate=(cpu5 - cpu0 - own_cpu_s) / (wall5 - wall0),
         summary=summary,
+        counter_interval_s=sampler.counter_interval_s,
     )
+
+
+def _zone_reads(summary: MeterSummary) -> int:
+    """How many times the CPU zones were read (together) in a run: a zone's samples."""
+    return max((d.samples for d in summary.devices if d.kind != "gpu"), default=0)
 
 
 def _per_read_s(read: Callable[[], object], *, interval_s: float, reads: int) -> float:
@@ -294,7 +304,6 @@ def main() -> None:
         cold_s = _per_read_s(backend.read_flat, interval_s=0.1, reads=30)
         nvml_s = _per_read_s(nvml_calls, interval_s=0.1, reads=30)
         powercap_s = _per_read_s(powercap_calls, interval_s=0.1, reads=30)
-        fake_s = nvml_s + powercap_s
         print(
             f"devices: {n}: {args.devices} fake H100 (NVML averaged power + energy counter, one "
             f"call each) and {PACKAGES} CPU packages + {PACKAGES} DRAM (fake powercap files)"
@@ -330,9 +339,13 @@ def main() -> None:
             for _ in range(max(1, args.repeats))
         ]
         all_in = [_percent(r.whole_rate, baseline) for r in runs]
-        # the fakes' emulated calls: one read of every device per tick (edges included)
+        # the fakes' emulated calls: the GPUs read every tick (edges included), the CPU zones
+        # as often as their samples say (every counter interval, and at the edges)
         own = [
-            pct - 100.0 * fake_s * r.summary.ticks / (r.window_s + WARMUP_S)
+            pct
+            - 100.0
+            * (nvml_s * r.summary.ticks + powercap_s * _zone_reads(r.summary))
+            / (r.window_s + WARMUP_S)
             for pct, r in zip(all_in, runs, strict=True)
         ]
         steady_pct = [_percent(r.steady_rate, baseline) for r in runs]
@@ -340,7 +353,9 @@ def main() -> None:
         overruns = sum(r.summary.overruns for r in runs)
         print(
             f"\noverhead at 10 Hz over whole runs (start to stop): {len(runs)} × "
-            f"{window_s + WARMUP_S:g} s ({overruns} overruns)"
+            f"{window_s + WARMUP_S:g} s ({overruns} overruns); CPU zones read every "
+            f"{runs[0].counter_interval_s:g} s ({_zone_reads(runs[0].summary)} reads of "
+            f"{runs[0].summary.ticks} ticks)"
         )
         print(f"  idle baseline:            {100.0 * baseline:.3f} % of one core")
         print(

@@ -243,6 +243,9 @@ class Meter:
             ``THERMOLEDGER_POWER_READING``, else ``"auto"`` (`meters.settings`).
         interval_s: Sampling interval, s (default 0.1).
         chunk_s: Chunk length, s (default 10).
+        counter_interval_s: How often counter-only devices (RAPL, hwmon energy) are read, s
+            (default: ``THERMOLEDGER_COUNTER_INTERVAL_S``, else 1; their energy is exact from
+            the counter at any rate; 0: every tick). Edges (phases, `summary`) read them too.
         spool_dir: Spool directory (default: ``THERMOLEDGER_SPOOL_DIR`` or the user's state
             directory).
         tags: Run tags (``key=value``; keys ``[A-Za-z0-9_.:/-]{1,64}``).
@@ -274,6 +277,7 @@ class Meter:
         power_reading: PowerReading | None = None,
         interval_s: float | None = None,
         chunk_s: float | None = None,
+        counter_interval_s: float | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         tags: Mapping[str, str] | None = None,
         simulate: bool = False,
@@ -295,6 +299,7 @@ class Meter:
             "power_reading": power_reading,
             "interval_s": interval_s,
             "chunk_s": chunk_s,
+            "counter_interval_s": counter_interval_s,
             "spool_dir": spool_dir,
             "upload_timeout_s": upload_timeout_s,
             "cpu_tdp_w": cpu_tdp_w,
@@ -407,6 +412,7 @@ class Meter:
                 spool=_SeqGuard(self._spool, self._control),
                 interval_s=settings.interval_s,
                 chunk_s=settings.chunk_s,
+                counter_interval_s=settings.counter_interval_s,
                 host=self.host,
                 metadata={
                     "name": self.name,

@@ -59,6 +59,7 @@ class SettingsFlags(TypedDict):
     gpus: str | None
     interval_s: float | None
     chunk_s: float | None
+    counter_interval_s: float | None
     spool_dir: str | None
     upload_timeout_s: float | None
     power_reading: PowerReading | None
@@ -73,6 +74,7 @@ class MeterOptions(Options):
         gpus: NVML indices or UUIDs, comma-separated (None: all visible).
         interval_s: Sampling interval, s.
         chunk_s: Chunk length, s.
+        counter_interval_s: How often counter-only devices (RAPL, hwmon) are read, s.
         server: Service URL (None: ``THERMOLEDGER_SERVER``, else offline).
         token: API token.
         run_id: Run id (None: from the environment, SLURM, torchrun, or new).
@@ -98,6 +100,7 @@ class MeterOptions(Options):
     gpus: str | None = None
     interval_s: float | None = None
     chunk_s: float | None = None
+    counter_interval_s: float | None = None
     server: str | None = None
     token: str | None = None
     run_id: str | None = None
@@ -129,6 +132,7 @@ class MeterOptions(Options):
             gpus=self.gpus,
             interval_s=self.interval_s,
             chunk_s=self.chunk_s,
+            counter_interval_s=self.counter_interval_s,
             spool_dir=self.spool_dir,
             upload_timeout_s=self.upload_timeout_s,
             power_reading=self.power_reading,
@@ -157,6 +161,7 @@ class MeterOptions(Options):
             gpus=args.gpus,
             interval_s=args.interval,
             chunk_s=args.chunk,
+            counter_interval_s=args.counter_interval,
             server=args.server,
             token=args.token,
             run_id=args.run_id,
@@ -355,6 +360,12 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", help="NVML indices or UUIDs, e.g. 0,1 (default: all visible)")
     parser.add_argument("--interval", type=float, help="sampling interval, s (default 0.1)")
     parser.add_argument("--chunk", type=float, help="chunk length, s (default 10)")
+    parser.add_argument(
+        "--counter-interval",
+        type=float,
+        help="how often counter-only devices (RAPL, hwmon energy) are read, s (default 1; their "
+        "energy is exact from the counter at any rate; 0: every tick)",
+    )
     parser.add_argument(
         "--server", help="service URL (default: THERMOLEDGER_SERVER; none: offline)"
     )

@@ -758,6 +758,7 @@ class PodAttribution:
             backend=backend,
             interval_s=self.settings.interval_s,
             chunk_s=self.settings.chunk_s,
+            counter_interval_s=self.settings.counter_interval_s,
             spool_dir=self.settings.spool_dir,
             tags=owner.tags,
             env=self._meter_env,

@@ -39,6 +39,17 @@ Samples and chunks
     The chunks due in one tick (every device's, once per chunk period) are sealed together,
     one kernel call for all of them (`meters.chunker.seal`).
 
+Counter-only devices
+    A device whose power is derived from its energy counter (RAPL, hwmon energy channels:
+    `DeviceChunker.derives_power`) gets its energy exactly from the counter's difference across
+    any interval, however rarely it is read, so its samples are taken every
+    ``counter_interval_s`` (default 1 s, on the tick grid: every round(counter_interval_s /
+    interval_s)-th tick, at most one per chunk period) instead of every tick; the ticks between
+    read the other devices only. Its skipped ticks are no readings at all (nothing missed,
+    nothing slow), and its chunks take that interval as their nominal one, so the kernel's gaps
+    (and the run's coverage, `meters.quality`) are measured against it. Every edge (the run's
+    opening and closing readings, `mark`) still reads every device, so windows stay exact.
+
 Cost
     The meter's budget is 0.5 % of one core at 10 Hz × 8 GPUs (``bench/meter_overhead.py``),
     where a tick runs on cold caches after 100 ms of sleep, so every step per device counts.
@@ -72,6 +83,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import signal
 import socket
 import threading
@@ -102,6 +114,7 @@ from .spool import RunStatus, SpoolConflict
 from .wire import ChunkPayload, DevicePayload
 
 __all__ = [
+    "DEFAULT_COUNTER_INTERVAL_S",
     "ChunkSink",
     "MeterSummary",
     "Sampler",
@@ -110,6 +123,8 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+DEFAULT_COUNTER_INTERVAL_S: Final = 1.0
+"""How often counter-only devices (RAPL, hwmon) are read by default, s."""
 # Deadlines closer than this (in intervals) to "now" count as met: float rounding of
 # start + k·interval must not turn an on-time tick into an overrun.
 _DEADLINE_EPS: Final = 1e-9
@@ -276,12 +291,25 @@ class _Read:
         overtaken: A later tick started (or delivered) before this one finished reading; it
             stops after the call in progress.
         adopted: How many of ``done`` a later tick has delivered already.
+        rows: The tick reads exactly the devices of the fast path's rows (every device, or,
+            where counter-only devices are read less often, every other one).
     """
 
-    __slots__ = ("adopted", "busy", "done", "error", "failed", "flat", "overtaken", "thread")
+    __slots__ = (
+        "adopted",
+        "busy",
+        "done",
+        "error",
+        "failed",
+        "flat",
+        "overtaken",
+        "rows",
+        "thread",
+    )
 
-    def __init__(self, thread: int) -> None:
+    def __init__(self, thread: int, *, rows: bool = True) -> None:
         self.thread = thread
+        self.rows = rows
         self.flat: FlatBuffer | FlatReadings | None = None
         self.done: list[int] = []
         self.busy: list[int] = []
@@ -304,6 +332,9 @@ class Sampler:
         spool: Where sealed chunks are committed (None: nowhere; the summary still counts).
         interval_s: Sampling interval, s (default 0.1).
         chunk_s: Chunk length, s (default 10); at least ``interval_s``.
+        counter_interval_s: How often counter-only devices are read, s (default 1; rounded
+            down to whole ticks, at most ``chunk_s``; 0 or up to ``interval_s``: every tick).
+            Only with a backend read device by device; edges read every device regardless.
         clock: Time source for the schedule (default: the system clocks).
         sleep: Waits the given seconds (default: an interruptible wait that `stop` cuts
             short). Tests pass ``ManualClock.advance``.
@@ -323,6 +354,7 @@ class Sampler:
         spool: ChunkSink | None = None,
         interval_s: float = 0.1,
         chunk_s: float = 10.0,
+        counter_interval_s: float = DEFAULT_COUNTER_INTERVAL_S,
         clock: Clock | None = None,
         sleep: Callable[[float], object] | None = None,
         host: str | None = None,
@@ -333,6 +365,11 @@ class Sampler:
             raise ValueError(f"interval_s must be a positive number of seconds: {interval_s!r}")
         if not (chunk_s >= interval_s and math.isfinite(chunk_s)):
             raise ValueError(f"chunk_s must be finite and >= interval_s: {chunk_s!r}")
+        if not (counter_interval_s >= 0 and math.isfinite(counter_interval_s)):
+            raise ValueError(
+                "counter_interval_s must be a finite number of seconds >= 0: "
+                f"{counter_interval_s!r}"
+            )
         self.backend = backend
         # A backend read device by device gets a lock per device, else one for the whole read.
         # The lists the tick works on: straight from a backend that offers them (no numpy
@@ -360,6 +397,20 @@ class Sampler:
         self._sleep: Callable[[float], object] = sleep if sleep is not None else self._wakeup.wait
         self.host = host if host is not None else socket.gethostname()
         self._infos = tuple(backend.devices())
+        # Counter-only devices read every `_counter_ticks` ticks (1: every tick); the rest always.
+        sparse = tuple(
+            i
+            for i, info in enumerate(self._infos)
+            if info.power_method == Method.NONE and info.has_energy_counter
+        )
+        ticks = math.floor(min(counter_interval_s, chunk_s) / interval_s + 1e-9)
+        if ticks <= 1 or not sparse or self._read_device is None:
+            ticks, sparse = 1, ()
+        self._counter_ticks = ticks
+        self.counter_interval_s = ticks * interval_s
+        """How often counter-only devices are read, s (the interval itself: every tick)."""
+        self._sparse = frozenset(sparse)
+        self._counter_next_k = 0  # the first scheduled tick that reads the counter-only devices
         self.devices: tuple[DevicePayload, ...] = tuple(
             device_payload(info, host=self.host) for info in self._infos
         )
@@ -370,6 +421,7 @@ class Sampler:
             "host": self.host,
             "interval_s": interval_s,
             "chunk_s": chunk_s,
+            **({"counter_interval_s": self.counter_interval_s} if sparse else {}),
             **dict(metadata or {}),
         }
         self._log = logger if logger is not None else _LOG
@@ -382,6 +434,7 @@ class Sampler:
         units = len(self._infos) if self._read_device is not None else 1
         self._unit_locks = tuple(threading.Lock() for _ in range(units))
         self._order: tuple[int, ...] = tuple(range(len(self._infos)))
+        self._order_every = self._every_of(self._order)  # `_order` less the counter-only ones
         self._reading: list[_Read] = []  # the ticks reading now, oldest first
         self._thread: threading.Thread | None = None  # the first sampler thread, once started
         self._threads: list[threading.Thread] = []
@@ -391,7 +444,14 @@ class Sampler:
         self._step_k: int | None = None  # by hand: the tick `step` runs next
         self._schedule: TickSchedule | None = None
         self._chunkers: tuple[DeviceChunker, ...] = ()
-        self._read_power: list[int] = []
+        # The fast path's rows hold the devices read on every tick (all, where none is read
+        # less often), in this order; `_pick` takes them out of a tick's lists.
+        self._row_devices: tuple[int, ...] = tuple(
+            i for i in range(len(self._infos)) if i not in self._sparse
+        )
+        self._pick: Callable[[list[Any]], list[Any]] = _picker(self._row_devices, len(self._infos))
+        self._row_chunkers: tuple[DeviceChunker, ...] = ()
+        self._read_power: list[int] = []  # positions in a row
         self._counter_only: list[int] = []
         self._codes: list[int] = []  # per device, the status code its label was last set from
         self._stale_bin: float = -math.inf  # the time bin of the last stale-chunk check
@@ -441,7 +501,7 @@ class Sampler:
         with self._lock:
             self._step_k = None
             schedule.claim(schedule.start_s)  # tick 0: the opening edge, read here and now
-        self._tick(refine=self._open_counters)
+        self._tick(k=0, refine=self._open_counters)
         self.opened_at_s = self._edge_s
         with self._lock:
             for _ in range(_FREE_MIN):
@@ -465,7 +525,7 @@ class Sampler:
         if self._stop_event.is_set():
             return
         try:
-            self._tick()
+            self._tick(k=self._step_k)
         finally:
             # Even after a failed tick (a meter bug): the next one waits for its deadline
             # instead of the thread spinning on a deadline already past.
@@ -666,17 +726,19 @@ class Sampler:
                 info,
                 key=payload["key"],
                 first_seq=next_seqs.get(payload["key"], 0),
-                interval_s=self.interval_s,
+                # A counter-only device read less often: its gaps are measured against that.
+                interval_s=self.counter_interval_s if i in self._sparse else self.interval_s,
                 chunk_s=self.chunk_s,
                 origin_mono_s=start_mono_s,
                 unix_offset_s=unix_offset_s,
             )
-            for info, payload in zip(self._infos, self.devices, strict=True)
+            for i, (info, payload) in enumerate(zip(self._infos, self.devices, strict=True))
         )
+        self._row_chunkers = tuple(self._chunkers[i] for i in self._row_devices)
         self._codes = [int(DeviceStatus.OK)] * len(self._chunkers)
         # What the fast path checks for NaN: power where it is read, else the counter.
-        self._read_power = [i for i, ch in enumerate(self._chunkers) if not ch.derives_power]
-        self._counter_only = [i for i, ch in enumerate(self._chunkers) if ch.derives_power]
+        self._read_power = [i for i, ch in enumerate(self._row_chunkers) if not ch.derives_power]
+        self._counter_only = [i for i, ch in enumerate(self._row_chunkers) if ch.derives_power]
         # A reading this much later than the last is later in unix seconds too (their rounding
         # near 1.7e9 is 0.24 µs); one this much before a bin's end is in that bin (the bin
         # rule's 1e-9 of a chunk included).
@@ -727,6 +789,11 @@ class Sampler:
         self._overruns += skipped
         return k
 
+    def _every_of(self, order: tuple[int, ...]) -> tuple[int, ...]:
+        """The devices of ``order`` read on every tick (all but those read less often)."""
+        sparse = self._sparse
+        return tuple(i for i in order if i not in sparse) if sparse else order
+
     def _run(self, k: int | None) -> None:
         """One sampler thread: tick, claim the next deadline free, sleep until it; repeat."""
         schedule = self._schedule
@@ -741,7 +808,7 @@ class Sampler:
             if self._stop_event.is_set():
                 return
             try:
-                self._tick()
+                self._tick(k=k)
             except Exception as e:
                 # A bug in the meter must not end metering, let alone the job.
                 self._warn_once(f"step:{type(e).__name__}", "sampler tick failed: %s", e)
@@ -752,15 +819,31 @@ class Sampler:
                     return
                 k = self._claim()
 
-    def _tick(self, *, cut: bool = False, refine: Callable[[_Read], None] | None = None) -> None:
-        """Read every device once and deliver the readings (a scheduled tick, or an edge).
+    def _tick(
+        self,
+        *,
+        k: int | None = None,
+        cut: bool = False,
+        refine: Callable[[_Read], None] | None = None,
+    ) -> None:
+        """Read the devices once and deliver the readings (a scheduled tick, or an edge).
 
         Args:
+            k: The scheduled tick (counter-only devices are read on every `_counter_ticks`-th
+                one); None: an edge, which reads every device.
             cut: An edge of a window (`mark`): each device's open chunk ends at this reading.
             refine: Adjusts the readings before they are delivered (the run's opening edge).
         """
         cpu0_s = time.thread_time()
-        read = _Read(threading.get_ident())
+        every = self._counter_ticks
+        order = self._order
+        if every == 1:
+            read = _Read(threading.get_ident())
+        elif k is not None and k < self._counter_next_k:  # the counter-only devices wait
+            read = _Read(threading.get_ident())
+            order = self._order_every
+        else:
+            read = _Read(threading.get_ident(), rows=False)
         reading = self._reading
         if reading:  # a tick still reading: it is overtaken (every read in flight is older)
             with self._lock:
@@ -769,7 +852,11 @@ class Sampler:
         reading.append(read)
         try:
             if self._read_device is not None:
-                self._read_devices(read, self._read_device)
+                self._read_devices(read, self._read_device, order)
+                if not read.rows and k is not None and not read.overtaken:
+                    # Their turn is taken (a tick overtaken before it reached them leaves it
+                    # to the next tick): next at the next multiple of `_counter_ticks`.
+                    self._counter_next_k = max(self._counter_next_k, (k // every + 1) * every)
             else:
                 self._read_whole(read)
             if refine is not None:
@@ -878,13 +965,18 @@ class Sampler:
                 self._reading.append(read)
             self._deliver(read)
 
-    def _read_devices(self, read: _Read, read_device: Callable[[FlatBuffer, int], None]) -> None:
-        """Read device by device, skipping those still being read by another tick."""
+    def _read_devices(
+        self,
+        read: _Read,
+        read_device: Callable[[FlatBuffer, int], None],
+        order: Sequence[int],
+    ) -> None:
+        """Read the devices in ``order``, skipping those still being read by another tick."""
         buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
         read.flat = buffer
         done = read.done
         locks = self._unit_locks
-        for i in self._order:
+        for i in order:
             lock = locks[i]
             if not lock.acquire(False):
                 read.busy.append(i)
@@ -961,13 +1053,19 @@ class Sampler:
             self._ticks += 1
             jobs: list[SealJob] = []
             flat = read.flat
+            row = None
             if (
                 flat is not None
+                and read.rows
                 and not (cut or older or read.overtaken or read.busy or read.failed)
-                and self._plain(flat.t_mono_s, flat.power_w, flat.energy_j, flat.status)
             ):
-                self._rows.append((flat.t_mono_s, flat.power_w, flat.energy_j))
-                self._fast_after_s = max(flat.t_mono_s) + self._time_slack_s
+                pick = self._pick
+                row = (pick(flat.t_mono_s), pick(flat.power_w), pick(flat.energy_j))
+                if not self._plain(*row, pick(flat.status)):
+                    row = None
+            if row is not None:
+                self._rows.append(row)
+                self._fast_after_s = max(row[0]) + self._time_slack_s
             else:
                 self._fold()
                 for other in older:  # their readings are older than this tick's
@@ -1057,6 +1155,7 @@ class Sampler:
             self._order = tuple(i for i in self._order if i not in last) + tuple(
                 i for i in self._order if i in last
             )
+            self._order_every = self._every_of(self._order)
 
     def _on_read_error(self, read: _Read) -> None:
         """Reads that raised: missed (``exception``), counted once per tick (holds the lock)."""
@@ -1157,12 +1256,16 @@ class Sampler:
             zip(*[row[2] for row in rows], strict=True),
             strict=True,
         )
-        for ch, (t_mono, power, counter) in zip(self._chunkers, by_device, strict=True):
+        for ch, (t_mono, power, counter) in zip(self._row_chunkers, by_device, strict=True):
             ch.take(t_mono, power, counter)
 
     def _arm(self) -> None:
-        """Open or close the fast path for the chunkers as they are (caller holds the lock)."""
-        chunkers = self._chunkers
+        """Open or close the fast path for the chunkers as they are (caller holds the lock).
+
+        Only the chunkers of the rows count: those of devices read less often get their
+        readings through `DeviceChunker.add` only (every device's status counts all the same).
+        """
+        chunkers = self._row_chunkers
         if chunkers and not any(self._codes) and all(ch.steady for ch in chunkers):
             self._fast_until_s = min(ch.bin_end_mono_s for ch in chunkers) - self._bin_slack_s
             self._fast_after_s = max(ch.last_mono_s for ch in chunkers) + self._time_slack_s
@@ -1257,6 +1360,17 @@ class Sampler:
                 return
             self._warned.add(kind)
         self._log.warning(message, *args)
+
+
+def _picker(positions: Sequence[int], n: int) -> Callable[[list[Any]], list[Any]]:
+    """What takes the items at ``positions`` out of a tick's list of ``n``: the list itself
+    where they are all of it, in order; else a new list (a slice where they are contiguous)."""
+    positions = tuple(positions)
+    if positions == tuple(range(n)):
+        return lambda items: items
+    if positions and positions == tuple(range(positions[0], positions[-1] + 1)):
+        return operator.itemgetter(slice(positions[0], positions[-1] + 1))
+    return lambda items: [items[i] for i in positions]
 
 
 def sample_until_signalled(

@@ -180,6 +180,9 @@ class MeterSettings:
         spool_dir: Directory of the spool and control files.
         interval_s: Sampling interval, s.
         chunk_s: Chunk length, s.
+        counter_interval_s: How often counter-only devices (RAPL, hwmon energy) are read, s
+            (their energy is exact from the counter at any rate; at most ``chunk_s``; 0: every
+            tick, as the other devices).
         gpus: NVML indices or UUIDs to meter (None: ``CUDA_VISIBLE_DEVICES`` or every GPU).
         backend: ``auto`` (every real domain found: NVIDIA GPUs, CPU packages and DRAM; never
             simulated devices), ``nvml``, ``rapl``, ``hwmon`` or ``simulated``.
@@ -197,6 +200,7 @@ class MeterSettings:
     spool_dir: Path = field(default_factory=default_spool_dir)
     interval_s: float = 0.1
     chunk_s: float = 10.0
+    counter_interval_s: float = 1.0
     gpus: tuple[int | str, ...] | None = None
     backend: BackendChoice = "auto"
     upload_timeout_s: float = 30.0
@@ -209,6 +213,16 @@ class MeterSettings:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise SettingsError(f"{name} must be a positive number of seconds, got {value!r}")
+        counter_s = self.counter_interval_s
+        if not (
+            isinstance(counter_s, int | float)
+            and not isinstance(counter_s, bool)
+            and math.isfinite(counter_s)
+            and counter_s >= 0
+        ):
+            raise SettingsError(
+                f"counter_interval_s must be a number of seconds >= 0, got {counter_s!r}"
+            )
         if self.chunk_s < self.interval_s:
             raise SettingsError(
                 f"chunk_s ({self.chunk_s} s) must be at least interval_s ({self.interval_s} s)"
@@ -245,6 +259,7 @@ class MeterSettings:
         spool_dir: str | os.PathLike[str] | None = None,
         interval_s: float | None = None,
         chunk_s: float | None = None,
+        counter_interval_s: float | None = None,
         gpus: str | Sequence[int | str] | None = None,
         backend: str | None = None,
         upload_timeout_s: float | None = None,
@@ -297,6 +312,7 @@ class MeterSettings:
             else default_spool_dir(env),
             interval_s=number("INTERVAL_S", interval_s, 0.1),
             chunk_s=number("CHUNK_S", chunk_s, 10.0),
+            counter_interval_s=number("COUNTER_INTERVAL_S", counter_interval_s, 1.0),
             gpus=parse_gpus(gpus if gpus is not None else text("GPUS")),
             backend=chosen_backend,
             upload_timeout_s=number("UPLOAD_TIMEOUT_S", upload_timeout_s, 30.0),

@@ -505,6 +505,10 @@ class FakeNvml:
             else {}
             for gpu in self.gpus
         )
+        # Per (GPU position, field ids asked for), what each slot of the answer holds: worked
+        # out at the first such call (a GPU without scripted faults answers the same fields the
+        # same way every time; only the values and the timestamp move).
+        self._plans: dict[tuple[int, tuple[Any, ...]], _Plan] = {}
 
     def __getattr__(self, name: str) -> Any:
         # The module's remaining NVML_* constants and NVMLError_* classes, as pynvml exposes them.
@@ -727,8 +731,41 @@ class FakeNvml:
     ) -> ctypes.Array[_FieldValue]:
         """Field values as a ``c_nvmlFieldValue_t`` array; per-field ``nvmlReturn``."""
 
-        answers = self._answers[handle.position]
-        module_answers = self._module_answers[handle.position]
+        position = handle.position
+        if not self.gpus[position].faults:
+            key = (position, tuple(field_ids))
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plans[key] = self._plan(position, key[1])
+            array_type, slots = plan
+            wall_s = self.clock.wall_s
+
+            def planned(gpu: FakeGpu, t_s: float) -> ctypes.Array[_FieldValue]:
+                array = array_type()
+                wall_us = int(wall_s() * 1e6)
+                for packer, offset, field_id, scope_id, value_type, code, read in slots:
+                    if read is None:
+                        packer.pack_into(
+                            array, offset, field_id, scope_id, wall_us, 0, value_type, code
+                        )
+                    else:
+                        packer.pack_into(
+                            array,
+                            offset,
+                            field_id,
+                            scope_id,
+                            wall_us,
+                            0,
+                            value_type,
+                            code,
+                            read(gpu, t_s),
+                        )
+                return array
+
+            return self._on_gpu("nvmlDeviceGetFieldValues", handle, planned)
+
+        answers = self._answers[position]
+        module_answers = self._module_answers[position]
 
         def values(gpu: FakeGpu, t_s: float) -> ctypes.Array[_FieldValue]:
             array = (_FieldValue * len(field_ids))()
@@ -760,6 +797,31 @@ class FakeNvml:
             return array
 
         return self._on_gpu("nvmlDeviceGetFieldValues", handle, values)
+
+    def _plan(self, position: int, field_ids: tuple[Any, ...]) -> _Plan:
+        """What `nvmlDeviceGetFieldValues` packs per slot for a GPU without scripted faults:
+        the same as its general path works out per call, once."""
+        answers = self._answers[position]
+        module_answers = self._module_answers[position]
+        slots: list[_Slot] = []
+        for slot, requested in enumerate(field_ids):
+            field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
+            if scope_id == 0:
+                answer = answers.get(field_id)
+            elif scope_id == codes.NVML_POWER_SCOPE_MODULE:
+                answer = module_answers.get(field_id)
+            else:
+                answer = None
+            offset = slot * _SLOT_SIZE
+            if answer is None:
+                unsigned = codes.NVML_VALUE_TYPE_UNSIGNED_INT
+                no_value = (_NO_VALUE, offset, field_id, scope_id, unsigned)
+                slots.append((*no_value, codes.NVML_ERROR_NOT_SUPPORTED, None))
+            else:
+                _, value_type, member, read = answer
+                with_value = (_WITH_VALUE[member], offset, field_id, scope_id, value_type)
+                slots.append((*with_value, codes.NVML_SUCCESS, read))
+        return _FieldValue * len(field_ids), tuple(slots)
 
     def nvmlExceptionClass(self, code: int) -> type[_Error]:  # noqa: N802
         """The ``NVMLError`` subclass for ``code``, as ``pynvml.nvmlExceptionClass``."""
@@ -799,6 +861,10 @@ def _field_fault(
 
 _COUNTER_CALL = "nvmlDeviceGetTotalEnergyConsumption"
 _Answer = tuple[Callable[[FakeGpu], bool], int, str, Callable[[FakeGpu, float], float]]
+# One slot of a field-values answer: (packer, byte offset, field id, scope id, value type,
+# nvmlReturn, what reads the value or None for no value).
+_Slot = tuple[struct.Struct, int, int, int, int, int, Callable[[FakeGpu, float], float] | None]
+_Plan = tuple[type[ctypes.Array[_FieldValue]], tuple[_Slot, ...]]
 
 
 # The field values the fake answers: field id -> (supported on this GPU?, NVML value type, the
@@ -842,8 +908,10 @@ def _fixed(value: float, member: str) -> Callable[[FakeGpu, float], float]:
 def _answers(gpu: FakeGpu) -> dict[int, _Answer]:
     """The field values ``gpu`` answers, by field id, each with what reads it.
 
-    Two readers are bound to the GPU, with the same float operations (the same values) and
-    less of the fake's own work: the instantaneous power calls the profile directly, and where
+    Three readers are bound to the GPU, with the same float operations (the same values) and
+    less of the fake's own work: the instantaneous power calls the profile directly, so does
+    the averaged power (its primitive at both ends of the window) where the profile keeps the
+    base class's average and energy, and where
     nothing moves the counter's origin (no reload, no update period) the ENERGY field takes
     the profile's primitive at load once instead of on every read.
     """
@@ -866,6 +934,22 @@ def _answers(gpu: FakeGpu) -> dict[int, _Answer]:
             return round(1000.0 * power_at_w(t_s))
 
         answers[codes.NVML_FI_DEV_POWER_INSTANT] = (*instant[:3], read_power)
+    average = answers.get(codes.NVML_FI_DEV_POWER_AVERAGE)
+    if (
+        average is not None
+        and type(profile).average_power_at_w is Profile.average_power_at_w
+        and type(profile).energy_between_j is Profile.energy_between_j
+    ):
+        primitive_at_j = profile.primitive_at_j
+        window_s = gpu.average_window_s
+
+        def read_average(gpu: FakeGpu, t_s: float) -> int:
+            # Profile.average_power_at_w through energy_between_j, inlined (the same floats)
+            return round(
+                1000.0 * ((primitive_at_j(t_s) - primitive_at_j(t_s - window_s)) / window_s)
+            )
+
+        answers[codes.NVML_FI_DEV_POWER_AVERAGE] = (*average[:3], read_average)
     energy = answers.get(codes.NVML_FI_DEV_ENERGY)
     if (
         energy is None

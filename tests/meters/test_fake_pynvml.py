@@ -321,3 +321,37 @@ def test_minor_numbers_buses_and_a_c2c_superchip() -> None:
     assert module_scope.scopeId == module
     (h100_module,) = fake.nvmlDeviceGetFieldValues(FakeHandle(0), [(average, module)])
     assert h100_module.nvmlReturn == codes.NVML_ERROR_NOT_SUPPORTED
+
+
+def test_field_values_without_faults_pack_what_the_general_path_packs() -> None:
+    """The per-GPU plan (no scripted faults) answers byte for byte as the per-call path does."""
+    profiles = [
+        steady(450.0),
+        Bursty(150.0, 680.0, period_s=2.0, duty=0.6),
+        Ramp(120.0, 650.0, 30.0),
+    ]
+    far = (Fault(codes.NVML_ERROR_UNKNOWN, start_s=1e9),)  # a fault never due: the general path
+    asked: list[Any] = [
+        codes.NVML_FI_DEV_POWER_AVERAGE,
+        codes.NVML_FI_DEV_ENERGY,
+        codes.NVML_FI_DEV_POWER_INSTANT,
+        (codes.NVML_FI_DEV_ENERGY, 1),  # a scope the fake does not answer
+        (codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_POWER_SCOPE_MODULE),
+        1,  # a field it does not know
+    ]
+    clocks = ManualClock(), ManualClock()
+    planned, general = (
+        FakeNvml(
+            [*(h100(profile=p, faults=faults) for p in profiles), gh200(faults=faults)], clock=clock
+        )
+        for faults, clock in zip(((), far), clocks, strict=True)
+    )
+    for fake in (planned, general):
+        fake.nvmlInit()
+    for step_s in (0.0, 0.1, 0.37, 1.9, 12.5):
+        for clock in clocks:
+            clock.advance(step_s)
+        for i in range(len(profiles) + 1):
+            mine = planned.nvmlDeviceGetFieldValues(planned.nvmlDeviceGetHandleByIndex(i), asked)
+            theirs = general.nvmlDeviceGetFieldValues(general.nvmlDeviceGetHandleByIndex(i), asked)
+            assert bytes(mine) == bytes(theirs)
