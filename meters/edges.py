@@ -110,6 +110,9 @@ def await_updates(
     monotonic_s: Callable[[], float] = time.monotonic,
     clock_s: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    between: dict[int, list[Reading]] | None = None,
+    sample_every_s: float = 0.0,
+    before_edge: bool = False,
 ) -> dict[int, list[Update]]:
     """Read devices until each counter has moved ``updates`` times, one of them `tight`.
 
@@ -140,6 +143,12 @@ def await_updates(
             manual clock in tests), nothing can move and the wait ends at once.
         clock_s: The clock the reads are paced by and the timeout runs on, s.
         sleep: Pauses the calling thread, s (on ``clock_s``).
+        between: Where to put, per device, the readings taken after its own wait ended while
+            others still wait (every ``sample_every_s``): the samples a tick would have taken,
+            so that a long wait leaves no hole after an early edge.
+        sample_every_s: How often a device done waiting is read meanwhile, s (0: not at all).
+        before_edge: The edge closes a window: ``between`` takes, instead, the reads made on
+            the way to each device's edge (every ``sample_every_s``), which come before it.
 
     Returns:
         Per device position, the updates seen (fewer than ``updates``, or none tight, when time
@@ -152,16 +161,25 @@ def await_updates(
         if _counts(r)
     }
     seen = {i: w.updates for i, w in waiting.items()}
+    # Devices done while others still wait: read every ``sample_every_s`` (into ``between``).
+    sampled: dict[int, float] = {}
     deadline_s = clock_s() + timeout_s
     while waiting:
         now_s = clock_s()
         if now_s >= deadline_s:
             break
         due = [i for i, w in waiting.items() if w.wake_s <= now_s]
-        if not due:
-            sleep(min(min(w.wake_s for w in waiting.values()), deadline_s) - now_s)
+        samples_due = [i for i, wake_s in sampled.items() if wake_s <= now_s]
+        if not due and not samples_due:
+            wakes = [w.wake_s for w in waiting.values()] + list(sampled.values())
+            sleep(min(min(wakes), deadline_s) - now_s)
             continue
         round_s = monotonic_s()
+        for i in samples_due:
+            now = read(i)
+            if between is not None and _counts(now):
+                between.setdefault(i, []).append(now)
+            sampled[i] = now_s + sample_every_s if _counts(now) else math.inf
         for i in due:
             watch = waiting[i]
             while True:  # a device whose next read is due at once is read again before the next
@@ -171,7 +189,14 @@ def await_updates(
                     break
                 if watch.saw(now, clock_s()):
                     del waiting[i]
+                    if between is not None and sample_every_s > 0 and not before_edge:
+                        sampled[i] = clock_s() + sample_every_s
                     break
+                if before_edge and between is not None and sample_every_s > 0:
+                    mine = between.setdefault(i, [])
+                    last_s = mine[-1].t_mono_s if mine else last[i].t_mono_s
+                    if now.t_mono_s - last_s >= sample_every_s:
+                        mine.append(now)  # a read on the way to the edge: a sample before it
                 if watch.wake_s > clock_s() or monotonic_s() == round_s:
                     break
         if monotonic_s() == round_s:

@@ -220,6 +220,13 @@ class TickSchedule:
         """Monotonic time tick ``k`` is due, s."""
         return self.start_s + k * self.interval_s
 
+    def restart(self, now_s: float) -> None:
+        """After tick 0 ran past tick 1's deadline: tick 1 is due just after ``now_s`` (a tenth
+        of an interval: the threads claim it meanwhile), the following ones every interval after
+        it, and nothing is skipped. A tick 0 in time changes nothing."""
+        if self.k == 1 and now_s > self.deadline_s(1):
+            self.start_s = now_s - 0.9 * self.interval_s
+
     def claim(self, now_s: float) -> tuple[int, int]:
         """The next tick for a thread free at ``now_s``, and how many deadlines it skips.
 
@@ -443,6 +450,8 @@ class Sampler:
         self._max_workers = units + _FREE_MIN
         self._step_k: int | None = None  # by hand: the tick `step` runs next
         self._schedule: TickSchedule | None = None
+        self._origin_mono_s = 0.0
+        self._between: dict[int, list[Reading]] = {}  # see `_add_between`
         self._chunkers: tuple[DeviceChunker, ...] = ()
         # The fast path's rows hold the devices read on every tick (all, where none is read
         # less often), in this order; `_pick` takes them out of a tick's lists.
@@ -503,7 +512,12 @@ class Sampler:
             schedule.claim(schedule.start_s)  # tick 0: the opening edge, read here and now
         self._tick(k=0, refine=self._open_counters)
         self.opened_at_s = self._edge_s
+        self._add_between()
         with self._lock:
+            # The opening edge may have waited for counters to move (up to about three update
+            # periods): the next tick comes at once after it and the schedule runs on from
+            # there, so that wait is neither a hole in the samples nor a skipped deadline.
+            schedule.restart(self._monotonic_s())
             for _ in range(_FREE_MIN):
                 self._spawn(self._claim())
 
@@ -745,6 +759,7 @@ class Sampler:
         self._time_slack_s = max(1e-6, 16.0 * math.ulp(abs(start_mono_s + unix_offset_s)))
         self._bin_slack_s = self._time_slack_s + 1e-8 * self.chunk_s
         self._metadata.setdefault("started_at_s", start_mono_s + unix_offset_s)
+        self._origin_mono_s = start_mono_s  # the chunks' bins count from here
         self._schedule = TickSchedule(start_mono_s, self.interval_s)
         self._register()
         return self._schedule
@@ -917,7 +932,14 @@ class Sampler:
             return
         flat = read.flat
         assert flat is not None
-        seen = await_updates(self._read_one, readings, updates=2, monotonic_s=self._monotonic_s)
+        seen = await_updates(
+            self._read_one,
+            readings,
+            updates=2,
+            monotonic_s=self._monotonic_s,
+            between=self._between,
+            sample_every_s=self.interval_s,
+        )
         for i, updates in seen.items():
             if continuous(updates, readings[i]):
                 self.counter_update_s[i] = 0.0
@@ -930,6 +952,22 @@ class Sampler:
                 flat.power_w[i] = first.reading.power_w
                 flat.energy_j[i] = first.reading.energy_j
 
+    def _add_between(self) -> None:
+        """Samples of the devices whose opening edge came early, read while the others' edges
+        were awaited (`await_updates`' ``between``): what the ticks would have read."""
+        between, self._between = self._between, {}
+        if not between:
+            return
+        jobs: list[SealJob] = []
+        with self._lock:
+            self._fold()
+            for i, readings in sorted(between.items()):
+                ch = self._chunkers[i]
+                for r in readings:
+                    self._guarded(ch, ch.add, jobs, r.t_mono_s, r.power_w, r.energy_j, ch.status)
+            self._arm()
+            self._seal(jobs)
+
     def _close_counters(self) -> None:
         """The closing edge on counters on a grid: their next update is the run's last sample."""
         if not self._gridded:
@@ -941,13 +979,19 @@ class Sampler:
                 for i, ch in enumerate(self._chunkers)
                 if i in self._gridded
             }
+        on_the_way: dict[int, list[Reading]] = {}
         seen = await_updates(
             self._read_one,
             last_readings,
             updates=1,
             periods=self.counter_update_s,
             monotonic_s=self._monotonic_s,
+            between=on_the_way,
+            sample_every_s=self.interval_s,
+            before_edge=True,
         )
+        self._between = on_the_way
+        self._add_between()  # samples on the way to the edge, before it
         read = _Read(threading.get_ident())
         buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
         for i, updates in sorted(seen.items()):
@@ -1185,8 +1229,7 @@ class Sampler:
         if now_bin <= self._stale_bin:
             return
         self._stale_bin = now_bin
-        assert self._schedule is not None  # started: the chunkers exist
-        bin_end_s = self._schedule.start_s + (now_bin + 1) * self.chunk_s
+        bin_end_s = self._origin_mono_s + (now_bin + 1) * self.chunk_s
         self._stale_check_s = bin_end_s - self._bin_slack_s
         self._fold()
         for ch in self._chunkers:

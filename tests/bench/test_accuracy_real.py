@@ -35,8 +35,9 @@ SIMULATED_LINE = re.compile(
 
 
 def _fleet() -> FakeNvml:
-    """GPUs whose counters move on a grid of their own, as real ones do."""
-    return FakeNvml(
+    """GPUs whose counters move on a grid of their own, as real ones do, on a driver loaded a
+    while ago (in its first second the 1 s average still holds the time before the load)."""
+    fake = FakeNvml(
         [
             h100(profile=steady(72.0), counter_update_s=0.05, counter_update_phase_s=0.013),
             h100(
@@ -46,6 +47,8 @@ def _fleet() -> FakeNvml:
             a100(profile=steady(60.0), counter_update_s=0.02),
         ]
     )
+    fake.loaded_mono_s -= 5.0
+    return fake
 
 
 def test_each_window_compares_both_readings_with_the_counter_over_the_same_samples() -> None:

@@ -160,6 +160,37 @@ def _phases_against_truth(directory: Path) -> list[str]:
     return failed
 
 
+def test_waiting_for_the_edges_leaves_no_hole_in_the_samples_and_skips_no_tick(
+    tmp_path: Path,
+) -> None:
+    """Edges on counters whose updates are out of step wait up to a few periods; devices whose
+    edge came early are sampled meanwhile, and the schedule runs on from the opening."""
+    fake = FakeNvml(
+        [
+            h100(profile=steady(300.0), counter_update_s=0.1, counter_update_phase_s=0.0),
+            h100(profile=steady(200.0), counter_update_s=0.05, counter_update_phase_s=0.021),
+            h100(profile=steady(100.0)),  # continuous
+        ]
+    )
+    meter = Meter(
+        "holes",
+        backend=NvmlBackend(nvml=fake, env={}),
+        spool_dir=tmp_path,
+        interval_s=0.1,
+        chunk_s=10.0,
+        env={},
+    )
+    meter.start()
+    time.sleep(0.6)
+    summary = meter.stop()
+    assert summary.overruns == 0
+    for device in summary.devices:
+        assert device.gap_count == 0, device  # no interval over 3 ticks: the waits were sampled
+    quality = summary.quality
+    assert quality is not None
+    assert all(d.coverage == 1.0 for d in quality.devices)
+
+
 def test_a_phase_is_the_counter_difference_at_its_edges(tmp_path: Path) -> None:
     # The tolerances assume the host does not hold a thread up for over a millisecond inside a
     # read; a loaded machine sometimes does, so up to three runs are made: one must hold them
