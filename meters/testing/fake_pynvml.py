@@ -764,9 +764,6 @@ class FakeNvml:
 
             return self._on_gpu("nvmlDeviceGetFieldValues", handle, planned)
 
-        answers = self._answers[position]
-        module_answers = self._module_answers[position]
-
         def values(gpu: FakeGpu, t_s: float) -> ctypes.Array[_FieldValue]:
             array = (_FieldValue * len(field_ids))()
             wall_us = int(self.clock.wall_s() * 1e6)
@@ -777,12 +774,7 @@ class FakeNvml:
                     if gpu.faults
                     else None
                 )
-                if scope_id == 0:
-                    answer = answers.get(field_id)
-                elif scope_id == codes.NVML_POWER_SCOPE_MODULE:
-                    answer = module_answers.get(field_id)
-                else:
-                    answer = None
+                answer = self._answer(position, field_id, scope_id)
                 if code is None and answer is None:
                     code = codes.NVML_ERROR_NOT_SUPPORTED
                 head = (field_id, scope_id, wall_us, 0)
@@ -798,20 +790,21 @@ class FakeNvml:
 
         return self._on_gpu("nvmlDeviceGetFieldValues", handle, values)
 
+    def _answer(self, position: int, field_id: int, scope_id: int) -> _Answer | None:
+        """How GPU ``position`` answers a field at a scope (None: it does not)."""
+        if scope_id == 0:
+            return self._answers[position].get(field_id)
+        if scope_id == codes.NVML_POWER_SCOPE_MODULE:
+            return self._module_answers[position].get(field_id)
+        return None
+
     def _plan(self, position: int, field_ids: tuple[Any, ...]) -> _Plan:
         """What `nvmlDeviceGetFieldValues` packs per slot for a GPU without scripted faults:
         the same as its general path works out per call, once."""
-        answers = self._answers[position]
-        module_answers = self._module_answers[position]
         slots: list[_Slot] = []
         for slot, requested in enumerate(field_ids):
             field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
-            if scope_id == 0:
-                answer = answers.get(field_id)
-            elif scope_id == codes.NVML_POWER_SCOPE_MODULE:
-                answer = module_answers.get(field_id)
-            else:
-                answer = None
+            answer = self._answer(position, field_id, scope_id)
             offset = slot * _SLOT_SIZE
             if answer is None:
                 unsigned = codes.NVML_VALUE_TYPE_UNSIGNED_INT
