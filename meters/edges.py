@@ -112,7 +112,6 @@ def await_updates(
     sleep: Callable[[float], None] = time.sleep,
     between: dict[int, list[Reading]] | None = None,
     sample_every_s: float = 0.0,
-    before_edge: bool = False,
 ) -> dict[int, list[Update]]:
     """Read devices until each counter has moved ``updates`` times, one of them `tight`.
 
@@ -147,8 +146,6 @@ def await_updates(
             others still wait (every ``sample_every_s``): the samples a tick would have taken,
             so that a long wait leaves no hole after an early edge.
         sample_every_s: How often a device done waiting is read meanwhile, s (0: not at all).
-        before_edge: The edge closes a window: ``between`` takes, instead, the reads made on
-            the way to each device's edge (every ``sample_every_s``), which come before it.
 
     Returns:
         Per device position, the updates seen (fewer than ``updates``, or none tight, when time
@@ -189,14 +186,9 @@ def await_updates(
                     break
                 if watch.saw(now, clock_s()):
                     del waiting[i]
-                    if between is not None and sample_every_s > 0 and not before_edge:
+                    if between is not None and sample_every_s > 0:
                         sampled[i] = clock_s() + sample_every_s
                     break
-                if before_edge and between is not None and sample_every_s > 0:
-                    mine = between.setdefault(i, [])
-                    last_s = mine[-1].t_mono_s if mine else last[i].t_mono_s
-                    if now.t_mono_s - last_s >= sample_every_s:
-                        mine.append(now)  # a read on the way to the edge: a sample before it
                 if watch.wake_s > clock_s() or monotonic_s() == round_s:
                     break
         if monotonic_s() == round_s:

@@ -979,19 +979,13 @@ class Sampler:
                 for i, ch in enumerate(self._chunkers)
                 if i in self._gridded
             }
-        on_the_way: dict[int, list[Reading]] = {}
         seen = await_updates(
             self._read_one,
             last_readings,
             updates=1,
             periods=self.counter_update_s,
             monotonic_s=self._monotonic_s,
-            between=on_the_way,
-            sample_every_s=self.interval_s,
-            before_edge=True,
         )
-        self._between = on_the_way
-        self._add_between()  # samples on the way to the edge, before it
         read = _Read(threading.get_ident())
         buffer = FlatBuffer(len(self._infos), t_wall_s=self._wall_s(), t_mono_s=self._monotonic_s())
         for i, updates in sorted(seen.items()):
