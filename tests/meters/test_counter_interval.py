@@ -15,6 +15,7 @@ import pytest
 
 from tests.meters.test_node import RAPL_W, Node
 from tests.meters.test_sampler_slow import Sink
+from tests.support.meters import CountingPlain
 from thermoledger.meters.backends.rapl import RaplBackend
 from thermoledger.meters.discovery import open_backend
 from thermoledger.meters.options import build_parser
@@ -22,19 +23,6 @@ from thermoledger.meters.sampler import MeterSummary, Sampler
 from thermoledger.meters.settings import MeterSettings, SettingsError
 from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing.fake_powercap import FakePowercap
-
-
-class CountingPlain(Sampler):
-    """Counts the ticks that took the fast path."""
-
-    plain_ticks = 0
-
-    def _plain(
-        self, t_mono: list[float], power: list[float], counter: list[float], status: list[int]
-    ) -> bool:
-        plain = super()._plain(t_mono, power, counter, status)
-        self.plain_ticks += plain
-        return plain
 
 
 def _node_run(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.meters import CountingPlain
 from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.base import (
@@ -255,19 +256,6 @@ class PerDevice(Sampler):
         self, t_mono: list[float], power: list[float], counter: list[float], status: list[int]
     ) -> bool:
         return False
-
-
-class CountingPlain(Sampler):
-    """Counts the ticks that took the fast path."""
-
-    plain_ticks = 0
-
-    def _plain(
-        self, t_mono: list[float], power: list[float], counter: list[float], status: list[int]
-    ) -> bool:
-        plain = super()._plain(t_mono, power, counter, status)
-        self.plain_ticks += plain
-        return plain
 
 
 def _run(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.support.gpu import real_nvml
+from tests.support.meters import open_nvml as _open
 from thermoledger.meters.backends import DeviceStatus, Method, NvmlBackend, translate_nvml_error
 from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.simulated import Bursty, steady
@@ -29,16 +30,6 @@ UUIDS = (
     "GPU-11112222-bbbb-4000-8000-000000000000",
     "GPU-33333333-cccc-4000-8000-000000000000",
 )
-
-
-def _open(
-    fleet: list[FakeGpu], clock: ManualClock | None = None, **kwargs: object
-) -> tuple[NvmlBackend, FakeNvml, ManualClock]:
-    clock = clock or ManualClock()
-    fake = FakeNvml(fleet, clock=clock)
-    kwargs.setdefault("env", {})
-    backend = NvmlBackend(nvml=fake, clock=clock, **kwargs)  # type: ignore[arg-type]
-    return backend, fake, clock
 
 
 def _three() -> list[FakeGpu]:

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.support.meters import open_nvml as _open
 from thermoledger.meters.backends import DeviceStatus, Method, NvmlBackend, translate_nvml_error
 from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.simulated import steady
 from thermoledger.meters.errors import DeviceLost, DeviceUnavailable
-from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing.fake_pynvml import (
     FakeGpu,
     FakeNvml,
@@ -29,16 +29,6 @@ NO_PERMISSION = codes.NVML_ERROR_NO_PERMISSION
 TIMEOUT = codes.NVML_ERROR_TIMEOUT
 COUNTER = "nvmlDeviceGetTotalEnergyConsumption"
 FIELDS = "nvmlDeviceGetFieldValues"
-
-
-def _open(
-    fleet: list[FakeGpu], clock: ManualClock | None = None, **kwargs: object
-) -> tuple[NvmlBackend, FakeNvml, ManualClock]:
-    clock = clock or ManualClock()
-    fake = FakeNvml(fleet, clock=clock)
-    kwargs.setdefault("env", {})
-    backend = NvmlBackend(nvml=fake, clock=clock, **kwargs)  # type: ignore[arg-type]
-    return backend, fake, clock
 
 
 def _cgroup_fleet() -> list[FakeGpu]:
