@@ -7,9 +7,10 @@ with ``__``), e.g. ``THERMOLEDGER_DATABASE_URL=postgresql+psycopg://tl@db/thermo
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AwareDatetime, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["MIN_BOOTSTRAP_TOKEN_CHARS", "Settings"]
@@ -49,6 +50,17 @@ class Settings(BaseSettings):
             request logs with their run id (`service.metrics`).
         metrics_token: When set, ``GET /metrics`` needs ``Authorization: Bearer <it>``;
             unset, the endpoint is open like ``/healthz``.
+        max_unauthenticated_body_bytes: Largest body read from a request that carries no valid
+            credentials (the login form), bytes; anything else is refused from its headers.
+        body_timeout_s: The most time a request body may take to arrive, s (408 beyond it).
+        header_timeout_s: The most time a client may take to send its request headers, s
+            (the server's own read timeout; ``thermoledger-server serve``).
+        earliest_time: Earliest time the service stores (run starts, filters, token expiry).
+        latest_time: Latest time the service stores; later values are refused with 422.
+        max_tag_filters: Most ``tag=`` filters in one listing query (422 beyond it).
+        max_host_info_bytes: Largest ``host_info`` of one run, as compact JSON, bytes, after
+            every merge (422 beyond it).
+        session_max_age_s: How long a browser session lives, s (a token may expire sooner).
     """
 
     model_config = SettingsConfigDict(
@@ -65,6 +77,14 @@ class Settings(BaseSettings):
     last_used_interval_s: float = Field(default=60.0, ge=0)
     log_format: Literal["text", "json"] = "text"
     metrics_token: SecretStr | None = None
+    max_unauthenticated_body_bytes: int = Field(default=16 * 1024, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    earliest_time: AwareDatetime = datetime(2000, 1, 1, tzinfo=UTC)
+    latest_time: AwareDatetime = datetime(2100, 1, 1, tzinfo=UTC)
+    max_tag_filters: int = Field(default=16, gt=0)
+    max_host_info_bytes: int = Field(default=64 * 1024, gt=0)
+    session_max_age_s: float = Field(default=12 * 3600, gt=0)
 
     @field_validator("bootstrap_admin_token")
     @classmethod
@@ -74,3 +94,9 @@ class Settings(BaseSettings):
                 f"bootstrap_admin_token must be at least {MIN_BOOTSTRAP_TOKEN_CHARS} characters"
             )
         return value
+
+    @model_validator(mode="after")
+    def _time_range(self) -> Settings:
+        if self.earliest_time >= self.latest_time:
+            raise ValueError("earliest_time must come before latest_time")
+        return self
