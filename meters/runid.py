@@ -38,6 +38,7 @@ One meter per node
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -183,9 +184,39 @@ def local_rank(env: Mapping[str, str]) -> tuple[int | None, str | None]:
     return _rank(env, LOCAL_RANK_VARS)
 
 
+def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> int | None:
+    """This node's entry of ``SLURM_TASKS_PER_NODE`` (``"2(x3),1"``: 2 tasks on each of the
+    first three nodes, then 1), picked by ``SLURM_NODEID``; None when either is missing or
+    malformed, or the node is past the list."""
+    raw = env.get("SLURM_TASKS_PER_NODE", "").replace(" ", "")
+    node = env.get("SLURM_NODEID", "").strip()
+    if not raw or not node.isdigit():
+        return None
+    remaining = int(node)
+    for item in raw.split(","):
+        match = _TASKS_ITEM.fullmatch(item)
+        if match is None:
+            return None
+        count, repeat = int(match.group(1)), int(match.group(2) or 1)
+        if remaining < repeat:
+            return count
+        remaining -= repeat
+    return None
+
+
+_TASKS_ITEM = re.compile(r"(\d+)(?:\(x(\d+)\))?")
+
+
 def local_size(env: Mapping[str, str]) -> tuple[int | None, str | None]:
-    """How many ranks share this node and the variable that said it (`LOCAL_SIZE_VARS`)."""
-    return _rank(env, LOCAL_SIZE_VARS)
+    """How many ranks share this node and the variable that said it (`LOCAL_SIZE_VARS`, then
+    Slurm's ``SLURM_TASKS_PER_NODE`` at this node's ``SLURM_NODEID``, which Slurm sets even
+    without ``--ntasks-per-node``)."""
+    size, name = _rank(env, LOCAL_SIZE_VARS)
+    if size is None:
+        tasks = _slurm_tasks_on_this_node(env)
+        if tasks is not None:
+            return tasks, "SLURM_TASKS_PER_NODE"
+    return size, name
 
 
 def node_meter_mark(host: str | None = None, pid: int | None = None) -> str:

@@ -70,6 +70,8 @@ def _indices(backend: NvmlBackend) -> list[int]:
     [
         ({"LOCAL_RANK": "{r}"}, {"LOCAL_WORLD_SIZE": "4"}),
         ({"SLURM_LOCALID": "{r}"}, {"SLURM_NTASKS_PER_NODE": "4"}),
+        # without --ntasks-per-node Slurm still says it, per node: 4 tasks on node 1 here
+        ({"SLURM_LOCALID": "{r}"}, {"SLURM_TASKS_PER_NODE": "2,4(x2),1", "SLURM_NODEID": "1"}),
         ({"OMPI_COMM_WORLD_LOCAL_RANK": "{r}"}, {"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}),
     ],
 )

@@ -13,6 +13,7 @@ from thermoledger.meters.runid import (
     RUN_ID_NAMESPACE,
     canonical_run_id,
     elect,
+    local_size,
     node_meter_mark,
     resolve_run_id,
 )
@@ -129,3 +130,26 @@ def test_a_node_already_metered_is_not_sampled_again() -> None:
 
 def test_the_mark_names_host_and_pid() -> None:
     assert node_meter_mark("gpu-7", 99) == "gpu-7:99"
+
+
+@pytest.mark.parametrize(
+    ("tasks", "node", "expected"),
+    [
+        ("4", "0", (4, "SLURM_TASKS_PER_NODE")),
+        ("2(x3),1", "0", (2, "SLURM_TASKS_PER_NODE")),
+        ("2(x3),1", "2", (2, "SLURM_TASKS_PER_NODE")),
+        ("2(x3),1", "3", (1, "SLURM_TASKS_PER_NODE")),
+        ("2(x3),1", "4", (None, None)),  # past the list: says nothing
+        ("2(x3", "0", (None, None)),  # malformed: says nothing
+        ("2(x3),1", "", (None, None)),  # no SLURM_NODEID: cannot pick an entry
+    ],
+)
+def test_slurm_tasks_per_node_is_read_at_this_nodes_entry(
+    tasks: str, node: str, expected: tuple[int | None, str | None]
+) -> None:
+    assert local_size({"SLURM_TASKS_PER_NODE": tasks, "SLURM_NODEID": node}) == expected
+
+
+def test_an_explicit_local_size_wins_over_slurm_tasks_per_node() -> None:
+    env = {"SLURM_NTASKS_PER_NODE": "8", "SLURM_TASKS_PER_NODE": "2(x3)", "SLURM_NODEID": "0"}
+    assert local_size(env) == (8, "SLURM_NTASKS_PER_NODE")
