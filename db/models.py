@@ -38,6 +38,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "ApiToken",
     "Base",
+    "BrowserSession",
     "Chunk",
     "Device",
     "DeviceKind",
@@ -728,3 +729,31 @@ class ProjectAccounting(Base):
     pue_source: Mapped[str] = mapped_column(sa.String(500))
     pue_year: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class BrowserSession(Base):
+    """A signed-in browser: the pages' session, bound to the API token it was opened with.
+
+    The cookie carries a random session id (`service.pages.auth`); only its SHA-256 is stored
+    here, so neither the cookie nor this table is an API credential. Every page request checks
+    the row (not expired, not revoked) *and* the bound token (not expired, not revoked, still
+    ``read``), so revoking the token or logging out ends the session at once. ``csrf`` is the
+    per-session secret the pages put in their forms' hidden field; on its own it grants nothing.
+    """
+
+    __tablename__ = "browser_session"
+    __table_args__ = (
+        sa.CheckConstraint("length(hash) = 64", name="hash_sha256_hex"),
+        sa.CheckConstraint("expires_at > created_at", name="expiry_after_creation"),
+        sa.Index(None, "expires_at"),
+        sa.Index(None, "token_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True)
+    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(sa.ForeignKey("api_token.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(sa.ForeignKey("project.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

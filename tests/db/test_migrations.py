@@ -104,8 +104,9 @@ def test_scripts_come_from_the_installed_package() -> None:
         "0001_initial.py",
         "0002_ledger_head_project_accounting.py",
         "0003_device_covers.py",
+        "0004_browser_sessions.py",
     ]
-    assert migrate.head() == "0003"
+    assert migrate.head() == "0004"
 
 
 def test_autogenerate_writes_plain_types(database_url: str) -> None:
