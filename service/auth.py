@@ -45,10 +45,14 @@ __all__ = [
     "Principal",
     "Tenant",
     "authenticate",
+    "bearer_token",
+    "check_token",
     "hash_token",
     "issue_token",
+    "operator_principal",
     "parse_scopes",
     "scope_names",
+    "well_formed",
 ]
 
 _TOKEN_RE = re.compile(r"^tl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -165,13 +169,74 @@ def issue_token(
     return IssuedToken(record=record, token=token)
 
 
-def _bearer(authorization: str | None) -> str:
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header's value.
+
+    Raises:
+        Unauthenticated: The header is missing or is not a bearer header.
+    """
     if not authorization:
         raise Unauthenticated("missing Authorization header: send 'Bearer tl_...'")
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Unauthenticated("the Authorization header must read 'Bearer <token>'")
     return credentials.strip()
+
+
+_OPERATOR = Principal(project_id=None, project_slug=None, scopes=Scope.ADMIN, token_id=None)
+
+
+def operator_principal(token: str, settings: Settings) -> Principal | None:
+    """The operator, if ``token`` is ``Settings.bootstrap_admin_token`` (constant-time)."""
+    operator = settings.bootstrap_admin_token
+    if operator is not None and hmac.compare_digest(
+        token.encode("utf-8"), operator.get_secret_value().encode("utf-8")
+    ):
+        return _OPERATOR
+    return None
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` reads ``tl_<prefix>_<secret>`` (says nothing about its validity)."""
+    return _TOKEN_RE.match(token) is not None
+
+
+def _check(
+    session: Session, *, token: str, settings: Settings, now: datetime
+) -> tuple[Principal, TokenRecord | None]:
+    operator = operator_principal(token, settings)
+    if operator is not None:
+        return operator, None
+    match = _TOKEN_RE.match(token)
+    if match is None:
+        raise Unauthenticated("malformed token: expected tl_<prefix>_<secret>")
+    stored = find_token(session, prefix=match.group(1))
+    if stored is None or not hmac.compare_digest(stored.hash, hash_token(token)):
+        raise Unauthenticated("invalid token")
+    record = stored.record
+    if record.revoked_at is not None:
+        raise Unauthenticated("token revoked")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise Unauthenticated("token expired")
+    principal = Principal(
+        project_id=record.project_id,
+        project_slug=record.project_slug,
+        scopes=record.scopes,
+        token_id=record.id,
+    )
+    return principal, record
+
+
+def check_token(session: Session, *, token: str, settings: Settings, now: datetime) -> Principal:
+    """Who ``token`` acts for, read only: `authenticate` without recording the use.
+
+    The request guard (`service.guard`) calls it from the headers, before a request's body is
+    read; the route then authenticates in full.
+
+    Raises:
+        Unauthenticated: Malformed, unknown, revoked or expired token.
+    """
+    return _check(session, token=token, settings=settings, now=now)[0]
 
 
 def authenticate(
@@ -188,29 +253,11 @@ def authenticate(
     Raises:
         Unauthenticated: Missing, malformed, unknown, revoked or expired token.
     """
-    token = _bearer(authorization)
-    operator = settings.bootstrap_admin_token
-    if operator is not None and hmac.compare_digest(
-        token.encode("utf-8"), operator.get_secret_value().encode("utf-8")
-    ):
-        return Principal(project_id=None, project_slug=None, scopes=Scope.ADMIN, token_id=None)
-    match = _TOKEN_RE.match(token)
-    if match is None:
-        raise Unauthenticated("malformed token: expected tl_<prefix>_<secret>")
-    stored = find_token(session, prefix=match.group(1))
-    if stored is None or not hmac.compare_digest(stored.hash, hash_token(token)):
-        raise Unauthenticated("invalid token")
-    record = stored.record
-    if record.revoked_at is not None:
-        raise Unauthenticated("token revoked")
-    if record.expires_at is not None and record.expires_at <= now:
-        raise Unauthenticated("token expired")
-    interval = timedelta(seconds=settings.last_used_interval_s)
-    if record.last_used_at is None or now - record.last_used_at >= interval:
-        touch_token(session, token_id=record.id, now=now)
-    return Principal(
-        project_id=record.project_id,
-        project_slug=record.project_slug,
-        scopes=record.scopes,
-        token_id=record.id,
+    principal, record = _check(
+        session, token=bearer_token(authorization), settings=settings, now=now
     )
+    if record is not None:
+        interval = timedelta(seconds=settings.last_used_interval_s)
+        if record.last_used_at is None or now - record.last_used_at >= interval:
+            touch_token(session, token_id=record.id, now=now)
+    return principal

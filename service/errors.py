@@ -37,6 +37,7 @@ from thermoledger.db.errors import Conflict, InvalidInput, MigrationError, NotFo
 __all__ = [
     "ERROR_TABLE",
     "MAX_LISTED_ERRORS",
+    "BodyTimeout",
     "ErrorRule",
     "Forbidden",
     "NotReady",
@@ -46,6 +47,7 @@ __all__ = [
     "error_response",
     "field_path",
     "register_error_handlers",
+    "rule_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,13 @@ class PayloadTooLarge(HTTPException, ServiceError):
         super().__init__(status_code=413, detail=f"request body exceeds {max_body_bytes} bytes")
 
 
+class BodyTimeout(ServiceError):
+    """The request body did not arrive in time (408; `service.guard`)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request body did not arrive within {timeout_s:g} s")
+
+
 class NotReady(RuntimeError, ServiceError):
     """The database is unreachable or its schema is not at the newest migration."""
 
@@ -95,6 +104,7 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(Unauthenticated, 401, "unauthenticated"),
     ErrorRule(Forbidden, 403, "forbidden"),
     ErrorRule(NotFound, 404, "not_found"),
+    ErrorRule(BodyTimeout, 408, "body_timeout"),
     ErrorRule(Conflict, 409, "conflict"),
     # A constraint the validation above the database let through: refuse, never 500.
     ErrorRule(sa.exc.IntegrityError, 409, "constraint_violation"),
@@ -164,6 +174,16 @@ def _problems(exc: Exception, rule: ErrorRule) -> list[dict[str, Any]]:
     if field and message.startswith(f"{field}: "):
         message = message[len(field) + 2 :]  # the response puts the field in front itself
     return [_problem(field, message, rule.code)]
+
+
+def rule_for(exc: Exception) -> ErrorRule | None:
+    """The row of `ERROR_TABLE` that maps ``exc`` (by its MRO, as the handlers pick), if any."""
+    rules = {rule.error: rule for rule in reversed(ERROR_TABLE)}
+    for cls in type(exc).__mro__:
+        rule = rules.get(cls)
+        if rule is not None:
+            return rule
+    return None
 
 
 def error_response(exc: Exception, rule: ErrorRule) -> JSONResponse:
