@@ -10,11 +10,22 @@ the child's exit code, 128 + N when a signal N killed it, 127 when the command d
 After the child, the meter flushes and uploads (`finishing`): a signal then cuts the upload
 short but not the flush, and once the work is done a late signal is ignored, so the exit status
 stays the child's. Signal handlers are installed through `meters.signals` and follow its rules.
+
+Secrets
+    The job is code the wrapper does not trust with the API token: it may print its environment,
+    send it to an experiment tracker, or be a third-party script. `job_environment` leaves out
+    every thermoledger credential (`withheld`), and `guard_secrets` makes the wrapper itself
+    non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``, as ``ssh-agent`` does), so that a job
+    running as the same user can neither read the wrapper's ``/proc/<pid>/environ`` (where a
+    ``THERMOLEDGER_TOKEN`` it was started with stays) nor attach to it and read its memory. The
+    job itself stays dumpable and debuggable: the flag is reset when the child execs. What no
+    process can hide is its command line: a ``--token`` there is in ``ps`` for every user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -24,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Final
 
+from .settings import ENV_PREFIX
 from .signals import Caught, handling
 
 __all__ = [
@@ -32,12 +44,60 @@ __all__ = [
     "FORWARDED_SIGNALS",
     "Child",
     "finishing",
+    "guard_secrets",
+    "job_environment",
+    "withheld",
 ]
 
 FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_NOT_FOUND: Final = 127
 EXIT_NOT_EXECUTABLE: Final = 126
 _WAIT_TICK_S: Final = 1.0
+_PR_SET_DUMPABLE: Final = 4
+# THERMOLEDGER_* variables the job never gets: the meter's token and token file, and any other
+# credential of the project (the service's bootstrap and metrics tokens, a database URL that
+# may hold a password), should a service's environment start a job. The server URL goes too:
+# without a token a `Meter` in the job could not upload, and the wrapper sends what it records.
+_WITHHELD_MARKERS: Final = ("TOKEN", "SECRET", "PASSWORD", "DATABASE_URL")
+_WITHHELD_NAMES: Final = frozenset({ENV_PREFIX + "SERVER"})
+
+
+def withheld(name: str) -> bool:
+    """Whether ``thermoledger run`` keeps the environment variable ``name`` from its job."""
+    if not name.startswith(ENV_PREFIX):
+        return False
+    return name in _WITHHELD_NAMES or any(m in name[len(ENV_PREFIX) :] for m in _WITHHELD_MARKERS)
+
+
+def job_environment(env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The job's environment: ``env`` without the `withheld` variables, plus ``extra``.
+
+    Args:
+        env: The wrapper's environment.
+        extra: What the wrapper tells the job (run id, spool directory, node mark).
+    """
+    out = {name: value for name, value in env.items() if not withheld(name)}
+    out.update(extra)
+    return out
+
+
+def guard_secrets() -> bool:
+    """Make this process non-dumpable, so no process of the same user can read its secrets.
+
+    Linux only (elsewhere nothing happens). Process-wide: call it only from the ``thermoledger``
+    command itself, never from a caller's process. The cost: the wrapper cannot be traced or
+    dump core without root; its job is unaffected (see the module docstring).
+
+    Returns:
+        Whether the process is now non-dumpable.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # no libc symbol to call: nothing to do
+        return False
 
 
 def _terminal_fd() -> int | None:

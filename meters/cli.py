@@ -11,7 +11,11 @@ Commands:
   and marks the run finished (exit 0) or failed (the exit code). The child's environment gets
   ``THERMOLEDGER_RUN_ID`` (so a `meters.api.Meter` inside joins the run),
   ``THERMOLEDGER_SPOOL_DIR`` and ``THERMOLEDGER_NODE_METER`` (so that Meter records phases and
-  work but does not sample the node a second time). Where nothing on the node is measurable
+  work but does not sample the node a second time). It does not get the token, however it was
+  given, nor ``THERMOLEDGER_TOKEN``, ``THERMOLEDGER_TOKEN_FILE``, ``THERMOLEDGER_SERVER`` or
+  another credential (`meters.child.withheld`): a Meter in the job records into the wrapper's
+  spool and the wrapper uploads what it records. The wrapper is non-dumpable meanwhile
+  (`meters.child.guard_secrets`). Where nothing on the node is measurable
   (no GPU, no readable CPU counter, no ``--cpu-tdp-w``), the wrapper says so in one warning,
   records nothing (no run in the spool) and returns the child's exit code as always.
 * ``thermoledger sidecar --run-id ID`` meters until SIGTERM/SIGINT, then flushes, marks the run
@@ -25,9 +29,13 @@ Commands:
 * ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
 
 Options come from flags (parsed once into typed options, `meters.options`), then
-``THERMOLEDGER_*`` (`meters.settings`). A metering failure never stops the job: the wrapper then
-runs the child unmetered and says so. The child's supervision is `meters.child`, the summary and
-the status line `meters.summary`, and every signal handler goes through `meters.signals`.
+``THERMOLEDGER_*`` (`meters.settings`). The token is read once, before anything runs:
+``--token`` (visible in ``ps``), ``--token-file PATH``, ``THERMOLEDGER_TOKEN`` or
+``THERMOLEDGER_TOKEN_FILE`` (`meters.settings.resolve_token`); a token file other users can read
+gets a warning, a missing or empty one exits 2 naming the flag or variable. A metering failure
+never stops the job: the wrapper then runs the child unmetered and says so. The child's
+supervision is `meters.child`, the summary and the status line `meters.summary`, and every
+signal handler goes through `meters.signals`.
 
 With a grid intensity (``--grid-intensity``) and/or a tariff (``--tariff``) configured, the
 summary of ``run`` and ``sidecar`` also gives the run's location-based CO2e and energy cost, with
@@ -37,12 +45,14 @@ default price.
 
 Observing the meter itself (``run`` and ``sidecar``): ``--metrics-port PORT`` serves Prometheus
 metrics (`meters.metrics`: power, energy, samples, spool depth, upload failures), computed only
-when scraped; ``--log-format json`` writes every log line, and the summary, as one JSON object
-per line with the run id (`meters.logs`). Both are off by default (`ObserveSettings`).
+when scraped, on 127.0.0.1 unless ``--metrics-addr`` says otherwise (0.0.0.0 for a pod that
+Prometheus scrapes); ``--log-format json`` writes every log line, and the summary, as one JSON
+object per line with the run id (`meters.logs`). Both are off by default (`ObserveSettings`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -53,10 +63,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TextIO
 
 from .api import Meter
-from .child import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, FORWARDED_SIGNALS, Child, finishing
+from .child import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    FORWARDED_SIGNALS,
+    Child,
+    finishing,
+    guard_secrets,
+    job_environment,
+)
 from .logs import LogFormat, RunIdFilter, json_handler
 from .options import (
     MeterOptions,
+    Options,
     PushOptions,
     RelayOptions,
     RunOptions,
@@ -72,7 +91,13 @@ from .runid import (
     node_meter_mark,
     resolve_run_id,
 )
-from .settings import ENV_PREFIX, FootprintSettings, MeterSettings, SettingsError
+from .settings import (
+    ENV_PREFIX,
+    FootprintSettings,
+    MeterSettings,
+    SettingsError,
+    resolve_token,
+)
 from .signals import Caught
 from .summary import (
     StatusLine,
@@ -129,14 +154,16 @@ def _logger(err: TextIO, verbose: bool, log_format: LogFormat = "text") -> loggi
 def _child_env(
     env: Mapping[str, str], meter: Meter, settings: MeterSettings | None
 ) -> dict[str, str]:
-    out = dict(env)
+    """The job's environment: the wrapper's without credentials (`meters.child.withheld`), with
+    the run id, the spool directory and the node mark."""
+    extra = {}
     if meter.run_id:
-        out[RUN_ID_ENV] = meter.run_id
+        extra[RUN_ID_ENV] = meter.run_id
     if settings is not None:
-        out[ENV_PREFIX + "SPOOL_DIR"] = str(settings.spool_dir)
+        extra[ENV_PREFIX + "SPOOL_DIR"] = str(settings.spool_dir)
     if meter.sampling:
-        out[NODE_METER_ENV] = node_meter_mark(meter.host)
-    return out
+        extra[NODE_METER_ENV] = node_meter_mark(meter.host)
+    return job_environment(env, extra)
 
 
 def _default_name(command: Sequence[str]) -> str:
@@ -240,6 +267,8 @@ def _cmd_run(options: RunOptions, env: Mapping[str, str], err: TextIO, log: logg
     _meter_settings(options, env, backend=options.backend)  # bad flags: exit 2 before the child
     footprint = _footprint(options, env)
     transport = _upload_transport(options)
+    if options.token and options.process_entry and guard_secrets():
+        log.info("the job cannot read this process's token: it is not dumpable")
     with Child() as child:
         name = options.name or _default_name(command)
         meter = _meter(options, env, log, name, transport).start()
@@ -409,7 +438,11 @@ def _cmd_push(options: PushOptions, env: Mapping[str, str], out: TextIO, err: Te
     from .uploader import Uploader
 
     settings = MeterSettings.resolve(
-        env=env, server=options.server, token=options.token, spool_dir=options.spool_dir
+        env=env,
+        server=options.server,
+        token=options.token,
+        token_file=options.token_file,
+        spool_dir=options.spool_dir,
     )
     if settings.api_url is None:
         err.write("thermoledger push: no server: pass --server URL or set THERMOLEDGER_SERVER\n")
@@ -492,6 +525,22 @@ def _cmd_status(options: StatusOptions, env: Mapping[str, str], out: TextIO) -> 
     return 0
 
 
+def _with_token(options: Options, env: Mapping[str, str], log: logging.Logger) -> Options:
+    """The options with the token resolved from every source, once (one warning at most).
+
+    Downstream settings then see an explicit token and never read a token file again.
+
+    Raises:
+        SettingsError: The token file is missing or empty, or two sources conflict.
+    """
+    if not isinstance(options, MeterOptions | PushOptions):
+        return options
+    resolved = resolve_token(token=options.token, token_file=options.token_file, env=env)
+    if resolved.warning:
+        log.warning("%s", resolved.warning)
+    return dataclasses.replace(options, token=resolved.token, token_file=None)
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -520,6 +569,7 @@ def main(
         return _EXIT_USAGE
     log = _logger(err, options.verbose, options.log_format)
     try:
+        options = _with_token(options, env, log)
         match options:
             case RunOptions():
                 return _cmd_run(options, env, err, log)

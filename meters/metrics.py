@@ -3,7 +3,10 @@
 Off by default. With a port (``thermoledger run|sidecar --metrics-port 9464``,
 ``THERMOLEDGER_METRICS_PORT``), the meter serves the Prometheus text format at
 ``http://ADDR:PORT/metrics`` from a daemon thread (prometheus_client's HTTP server on a
-registry of its own, never the process-global one).
+registry of its own, never the process-global one). ADDR is ``127.0.0.1`` unless
+``--metrics-addr`` / ``THERMOLEDGER_METRICS_ADDR`` says otherwise: the endpoint has no
+authentication and names the node's runs, so listening on every interface (``0.0.0.0``, as a
+scraped pod needs) is asked for, never the default.
 
 Cost
     Nothing is updated per sample. A `MeterCollector` reads the meter's figures when Prometheus
@@ -56,6 +59,8 @@ import httpx
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .settings import DEFAULT_METRICS_ADDR
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -278,7 +283,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        """Where Prometheus scrapes, e.g. ``http://0.0.0.0:9464/metrics``."""
+        """Where Prometheus scrapes, e.g. ``http://127.0.0.1:9464/metrics``."""
         return f"http://{self.address}:{self.port}/metrics"
 
     def close(self) -> None:
@@ -309,7 +314,7 @@ def serve_meter_metrics(
     meter: Meter,
     *,
     port: int,
-    address: str = "0.0.0.0",
+    address: str = DEFAULT_METRICS_ADDR,
     transport: CountingTransport | None = None,
     logger: logging.Logger | None = None,
 ) -> MetricsServer | None:
@@ -321,8 +326,9 @@ def serve_meter_metrics(
     Args:
         meter: A started meter.
         port: TCP port (0 picks a free one; see `MetricsServer.port`).
-        address: Interface to bind (``0.0.0.0``: every interface, so Prometheus can scrape the
-            pod; ``127.0.0.1`` keeps it local).
+        address: Interface to bind (default ``127.0.0.1``: this host only, since the endpoint
+            has no authentication; ``0.0.0.0``: every interface, for a pod or node that
+            Prometheus scrapes from outside).
         transport: The uploader's counting transport, for the upload-failure counter.
         logger: Where problems and the endpoint's address are logged.
     """
@@ -341,7 +347,7 @@ def serve_collector(
     *,
     spool_dir: Path | None,
     port: int,
-    address: str = "0.0.0.0",
+    address: str = DEFAULT_METRICS_ADDR,
     logger: logging.Logger | None = None,
 ) -> MetricsServer | None:
     """Serve one collector on ``address:port`` from a daemon thread, never raising.
@@ -435,7 +441,7 @@ def serve_attribution_metrics(
     attribution: PodAttribution,
     *,
     port: int,
-    address: str = "0.0.0.0",
+    address: str = DEFAULT_METRICS_ADDR,
     transport: CountingTransport | None = None,
     logger: logging.Logger | None = None,
 ) -> MetricsServer | None:

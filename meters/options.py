@@ -76,7 +76,9 @@ class MeterOptions(Options):
         chunk_s: Chunk length, s.
         counter_interval_s: How often counter-only devices (RAPL, hwmon) are read, s.
         server: Service URL (None: ``THERMOLEDGER_SERVER``, else offline).
-        token: API token.
+        token: API token (visible in ``ps``; `meters.cli.main` replaces it with the token
+            `meters.settings.resolve_token` finds, from any source).
+        token_file: File holding the API token (read once by `meters.cli.main`).
         run_id: Run id (None: from the environment, SLURM, torchrun, or new).
         name: Run name (None: the command's default).
         kind: Run kind, one of `meters.api.RUN_KINDS`.
@@ -102,7 +104,8 @@ class MeterOptions(Options):
     chunk_s: float | None = None
     counter_interval_s: float | None = None
     server: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
     run_id: str | None = None
     name: str | None = None
     kind: str = "training"
@@ -164,6 +167,7 @@ class MeterOptions(Options):
             counter_interval_s=args.counter_interval,
             server=args.server,
             token=args.token,
+            token_file=args.token_file,
             run_id=args.run_id,
             name=args.name,
             kind=args.kind,
@@ -268,7 +272,8 @@ class PushOptions(Options):
 
     Attributes:
         server: Service URL (None: ``THERMOLEDGER_SERVER``).
-        token: API token.
+        token: API token (visible in ``ps``).
+        token_file: File holding the API token.
         spool_dir: Spool directory.
         run_id: Only this run (None: all).
         retry_rejected: Try chunks the service refused again.
@@ -276,7 +281,8 @@ class PushOptions(Options):
     """
 
     server: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
     spool_dir: str | None = None
     run_id: str | None = None
     retry_rejected: bool = False
@@ -288,6 +294,7 @@ class PushOptions(Options):
             verbose=args.verbose,
             server=args.server,
             token=args.token,
+            token_file=args.token_file,
             spool_dir=args.spool_dir,
             run_id=args.run_id,
             retry_rejected=args.retry_rejected,
@@ -356,7 +363,7 @@ def _tags(raw: Sequence[str] | None, parser: argparse.ArgumentParser) -> dict[st
 # -- parser -------------------------------------------------------------------------------------
 
 
-def _meter_options(parser: argparse.ArgumentParser) -> None:
+def _meter_options(parser: argparse.ArgumentParser, *, job: bool) -> None:
     parser.add_argument("--gpus", help="NVML indices or UUIDs, e.g. 0,1 (default: all visible)")
     parser.add_argument("--interval", type=float, help="sampling interval, s (default 0.1)")
     parser.add_argument("--chunk", type=float, help="chunk length, s (default 10)")
@@ -369,7 +376,7 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server", help="service URL (default: THERMOLEDGER_SERVER; none: offline)"
     )
-    parser.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
+    _token_options(parser, job=job)
     parser.add_argument(
         "--run-id", help="run id (default: THERMOLEDGER_RUN_ID, SLURM, torchrun, new)"
     )
@@ -434,7 +441,8 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-addr",
         metavar="ADDR",
-        help="interface for the metrics (default: THERMOLEDGER_METRICS_ADDR, else 0.0.0.0)",
+        help="interface for the metrics (default: THERMOLEDGER_METRICS_ADDR, else 127.0.0.1: "
+        "this host only; 0.0.0.0 for Prometheus to scrape from outside)",
     )
     parser.add_argument(
         "--log-format",
@@ -444,6 +452,25 @@ def _meter_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no status line, no summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the meter does")
+
+
+def _token_options(parser: argparse.ArgumentParser, *, job: bool) -> None:
+    """``--token`` and ``--token-file``, one or the other (`meters.settings.resolve_token`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--token",
+        help="API token. Visible to every user of the host in `ps` while the command runs: "
+        "prefer --token-file or THERMOLEDGER_TOKEN (default: THERMOLEDGER_TOKEN, else the file "
+        "THERMOLEDGER_TOKEN_FILE)",
+    )
+    hidden = "; the job never sees the token" if job else ""
+    group.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="read the API token from this file (mode 0600; one readable by other users gets a "
+        f"warning, a missing or empty one is an error){hidden} "
+        "(default: THERMOLEDGER_TOKEN_FILE)",
+    )
 
 
 def _pod_options(parser: argparse.ArgumentParser) -> None:
@@ -491,10 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="meter a command: thermoledger run [options] -- CMD ...")
-    _meter_options(run)
+    _meter_options(run, job=True)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     sidecar = sub.add_parser("sidecar", help="meter this node until SIGTERM (pods, SLURM)")
-    _meter_options(sidecar)
+    _meter_options(sidecar, job=False)
     _pod_options(sidecar)
     relay = sub.add_parser(
         "pod-resources-relay",
@@ -517,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("-v", "--verbose", action="store_true", help="log connection problems")
     push = sub.add_parser("push", help="send everything pending in the spool")
     push.add_argument("--server", help="service URL (default: THERMOLEDGER_SERVER)")
-    push.add_argument("--token", help="API token (default: THERMOLEDGER_TOKEN)")
+    _token_options(push, job=False)
     push.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
     push.add_argument("--run-id", help="only this run")
     push.add_argument(

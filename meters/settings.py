@@ -9,6 +9,8 @@ Environment variables::
 
     THERMOLEDGER_SERVER             service base URL, e.g. http://ledger:8000 (unset: offline)
     THERMOLEDGER_TOKEN              API token with the ``ingest`` scope
+    THERMOLEDGER_TOKEN_FILE         a file holding that token instead (mode 0600: a file other
+                                    users can read gets a warning; missing or empty: an error)
     THERMOLEDGER_SPOOL_DIR          spool directory (default: $XDG_STATE_HOME/thermoledger,
                                     else ~/.local/state/thermoledger)
     THERMOLEDGER_INTERVAL_S         sampling interval, s (default 0.1)
@@ -51,16 +53,26 @@ nothing here guesses a region, a grid intensity or a tariff::
 How the ``thermoledger`` process itself is observed (`ObserveSettings`; off unless set)::
 
     THERMOLEDGER_METRICS_PORT   serve Prometheus metrics on this TCP port (`meters.metrics`)
-    THERMOLEDGER_METRICS_ADDR   interface for them (default 0.0.0.0, so Prometheus can scrape)
+    THERMOLEDGER_METRICS_ADDR   interface for them (default 127.0.0.1: this host only; a pod
+                                scraped from outside passes 0.0.0.0 explicitly)
     THERMOLEDGER_LOG_FORMAT     text (default) | json: JSON lines with the run id (`meters.logs`)
+
+Where the token comes from (`resolve_token`)
+    ``--token``, else ``--token-file`` (not both), else ``THERMOLEDGER_TOKEN``, else
+    ``THERMOLEDGER_TOKEN_FILE`` (not both either: which one was meant is not guessed). A token
+    on the command line is visible to every user of the host in ``ps``; a file or the
+    environment is not. ``thermoledger run`` passes neither the token nor these variables to
+    the job it wraps (`meters.cli`).
 
 The run id has its own resolution (`meters.runid`), since it is shared by every node of a job.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,22 +85,35 @@ from .logs import LOG_FORMATS, LogFormat
 __all__ = [
     "API_PREFIX",
     "BACKENDS",
+    "DEFAULT_METRICS_ADDR",
     "ENV_PREFIX",
     "POWER_READINGS",
+    "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
     "BackendChoice",
     "FootprintSettings",
     "MeterSettings",
     "ObserveSettings",
     "PowerReading",
+    "ResolvedToken",
     "SettingsError",
     "api_base_url",
     "check_power_reading",
     "default_spool_dir",
     "parse_gpus",
+    "read_token_file",
+    "resolve_token",
 ]
 
 ENV_PREFIX: Final = "THERMOLEDGER_"
 API_PREFIX: Final = "/api/v1"
+DEFAULT_METRICS_ADDR: Final = "127.0.0.1"
+"""Where the meter's metrics endpoint listens unless told otherwise: this host only."""
+TOKEN_ENV: Final = ENV_PREFIX + "TOKEN"
+TOKEN_FILE_ENV: Final = ENV_PREFIX + "TOKEN_FILE"
+_MAX_TOKEN_FILE_BYTES: Final = 64 * 1024
+"""A token file larger than this is not a token file (a wrong path, not a secret to send)."""
+_LOG = logging.getLogger(__name__)
 BackendChoice = Literal["auto", "nvml", "amdsmi", "rapl", "hwmon", "simulated"]
 BACKENDS: Final[tuple[BackendChoice, ...]] = (
     "auto",
@@ -140,6 +165,102 @@ def api_base_url(server: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(f"server must be an http(s) URL such as http://ledger:8000: {server!r}")
     return text if text.endswith(API_PREFIX) else text + API_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedToken:
+    """The API token and where it came from.
+
+    Attributes:
+        token: The token (None: none configured; the meter sends no ``Authorization``).
+        source: Where it came from, for messages (``--token-file /etc/tl/token``,
+            ``THERMOLEDGER_TOKEN``, ...); never the token itself. None when there is none.
+        warning: Why that source is unsafe (a token file other users can read), else None.
+    """
+
+    token: str | None = field(default=None, repr=False)
+    source: str | None = None
+    warning: str | None = None
+
+
+def read_token_file(path: str | os.PathLike[str], *, source: str) -> ResolvedToken:
+    """The token held in ``path``: its one line, surrounding whitespace stripped.
+
+    Pipes are fine (``--token-file <(pass show ledger)``). A regular file that its group or
+    other users can read gives a `ResolvedToken.warning`, not an error: the token is already
+    exposed, and refusing to run the job would not undo that.
+
+    Args:
+        path: The file (``~`` is expanded).
+        source: The flag or variable that named it (``--token-file``, ``THERMOLEDGER_TOKEN_FILE``),
+            which every message names.
+
+    Raises:
+        SettingsError: The file is missing, unreadable, empty, too large, or holds more than one
+            word; the message names ``source`` and the path, never the file's content.
+    """
+    where = Path(path).expanduser()
+    named = f"{source} {where}" if source.startswith("-") else f"{source}={where}"
+    try:
+        with open(where, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(_MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as e:
+        raise SettingsError(f"{named}: cannot read the token: {e.strerror or e}") from None
+    if len(data) > _MAX_TOKEN_FILE_BYTES:
+        raise SettingsError(
+            f"{named}: over {_MAX_TOKEN_FILE_BYTES // 1024} KiB, not a token file (wrong path?)"
+        )
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SettingsError(f"{named}: not a text file (wrong path?)") from None
+    if not token:
+        raise SettingsError(f"{named}: the file is empty; put the API token in it")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise SettingsError(f"{named}: must hold the token alone, on one line")
+    warning = None
+    if stat.S_ISREG(mode) and mode & (stat.S_IRGRP | stat.S_IROTH):
+        warning = (
+            f"{named} can be read by other users (mode {stat.S_IMODE(mode):04o}): chmod 600 {where}"
+        )
+    return ResolvedToken(token, source=named, warning=warning)
+
+
+def resolve_token(
+    *,
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ResolvedToken:
+    """The API token: ``--token``, else ``--token-file``, else ``$THERMOLEDGER_TOKEN``, else
+    ``$THERMOLEDGER_TOKEN_FILE``.
+
+    Args:
+        token: An explicit token (``--token``, ``Meter(token=...)``).
+        token_file: An explicit token file (``--token-file``).
+        env: Environment to read (default: ``os.environ``).
+
+    Raises:
+        SettingsError: Both an explicit token and a token file, or both variables set; or the
+            token file cannot be used (`read_token_file`).
+    """
+    if token is not None and token_file is not None:
+        raise SettingsError("--token and --token-file: give one of them")
+    if token is not None:
+        return ResolvedToken(token, source="--token")
+    if token_file is not None:
+        return read_token_file(token_file, source="--token-file")
+    env = os.environ if env is None else env
+    from_env = env.get(TOKEN_ENV, "").strip()
+    file_env = env.get(TOKEN_FILE_ENV, "").strip()
+    if from_env and file_env:
+        raise SettingsError(f"{TOKEN_ENV} and {TOKEN_FILE_ENV} are both set: unset one of them")
+    if from_env:
+        return ResolvedToken(from_env, source=TOKEN_ENV)
+    if file_env:
+        return read_token_file(file_env, source=TOKEN_FILE_ENV)
+    return ResolvedToken()
 
 
 def parse_gpus(text: str | Sequence[int | str] | None) -> tuple[int | str, ...] | None:
@@ -196,7 +317,7 @@ class MeterSettings:
     """
 
     server: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # no token in a logged repr
     spool_dir: Path = field(default_factory=default_spool_dir)
     interval_s: float = 0.1
     chunk_s: float = 10.0
@@ -256,6 +377,7 @@ class MeterSettings:
         env: Mapping[str, str] | None = None,
         server: str | None = None,
         token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         interval_s: float | None = None,
         chunk_s: float | None = None,
@@ -268,11 +390,17 @@ class MeterSettings:
     ) -> MeterSettings:
         """Settings from explicit values (None: not given), then ``THERMOLEDGER_*``, then defaults.
 
+        The token comes from `resolve_token` (``token``, ``token_file``, then the two
+        variables); a token file other users can read is logged as a warning.
+
         Raises:
             SettingsError: A value (explicit or from the environment) is unusable; the message
                 names the variable.
         """
         env = os.environ if env is None else env
+        resolved = resolve_token(token=token, token_file=token_file, env=env)
+        if resolved.warning:
+            _LOG.warning("thermoledger: %s", resolved.warning)
 
         def text(name: str) -> str | None:
             value = env.get(ENV_PREFIX + name, "").strip()
@@ -306,7 +434,7 @@ class MeterSettings:
             )
         return cls(
             server=server if server is not None else text("SERVER"),
-            token=token if token is not None else text("TOKEN"),
+            token=resolved.token,
             spool_dir=Path(spool_dir).expanduser()
             if spool_dir is not None
             else default_spool_dir(env),
@@ -445,12 +573,15 @@ class ObserveSettings:
 
     Attributes:
         metrics_port: TCP port of the Prometheus endpoint (None: no endpoint; 0: any free port).
-        metrics_addr: Interface it binds (``0.0.0.0``: all, so a pod can be scraped).
+        metrics_addr: Interface it binds: ``127.0.0.1`` (the default) keeps the endpoint on
+            this host, since it names the runs and the devices of the node without any
+            authentication; ``0.0.0.0`` (all interfaces) is for a pod or node that Prometheus
+            scrapes from outside, and must be asked for.
         log_format: ``text`` (for people) or ``json`` (one object per line, with the run id).
     """
 
     metrics_port: int | None = None
-    metrics_addr: str = "0.0.0.0"
+    metrics_addr: str = DEFAULT_METRICS_ADDR
     log_format: LogFormat = "text"
 
     def __post_init__(self) -> None:
@@ -505,6 +636,6 @@ class ObserveSettings:
             )
         return cls(
             metrics_port=port,
-            metrics_addr=metrics_addr or text("METRICS_ADDR") or "0.0.0.0",
+            metrics_addr=metrics_addr or text("METRICS_ADDR") or DEFAULT_METRICS_ADDR,
             log_format=formats[chosen_format],
         )

@@ -222,7 +222,8 @@ def test_run_wraps_a_job_with_json_logs(tmp_path: Path) -> None:
 def test_observe_settings_resolve_and_refuse_bad_values() -> None:
     env = {"THERMOLEDGER_METRICS_PORT": "9464", "THERMOLEDGER_LOG_FORMAT": "json"}
     settings = ObserveSettings.resolve(env=env)
-    assert settings == ObserveSettings(metrics_port=9464, metrics_addr="0.0.0.0", log_format="json")
+    expected = ObserveSettings(metrics_port=9464, metrics_addr="127.0.0.1", log_format="json")
+    assert settings == expected  # 127.0.0.1 unless asked: the endpoint has no authentication
     assert ObserveSettings.resolve(env=env, metrics_port=1, log_format="text").metrics_port == 1
     assert ObserveSettings.resolve(env={}).metrics_port is None
     for bad in ({"THERMOLEDGER_METRICS_PORT": "http"}, {"THERMOLEDGER_METRICS_PORT": "70000"}):
