@@ -8,6 +8,12 @@
   commit — the meter then deletes them from its spool — so ``NORMAL`` could lose acknowledged
   data (DESIGN §9). Ingest commits one batch per meter every ``chunk_s``; one fsync each is cheap.
 * ``foreign_keys=ON`` (SQLite's default is off) and ``busy_timeout`` of 30 s.
+* The file is private to the user who runs the service (it holds every project's runs, ledger
+  and token hashes): created 0600 before SQLite first opens it, which gives the ``-wal``,
+  ``-shm`` and ``-journal`` files the same mode (SQLite copies the database file's mode to
+  them), whatever the umask; the data directory it creates is 0700. The umask is not changed
+  (it is process-wide, and the service has threads). A file or a directory that already exists
+  keeps its mode.
 * Transactions are begun by SQLAlchemy with ``BEGIN IMMEDIATE`` instead of by the ``sqlite3``
   driver. The driver's legacy mode runs SELECTs and DDL outside any transaction and breaks
   SAVEPOINT; and a *deferred* transaction that reads, then writes, fails at once with
@@ -27,6 +33,8 @@ CLI. An async engine would add a second driver (asyncpg/aiosqlite) for no measur
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,8 @@ __all__ = [
 
 #: How long a SQLite connection waits for the write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
+_PRIVATE_DIR_MODE = 0o700
+_PRIVATE_FILE_MODE = 0o600
 
 
 def default_sqlite_path(data_dir: Path | None = None) -> Path:
@@ -59,11 +69,45 @@ def default_sqlite_path(data_dir: Path | None = None) -> Path:
             (e.g. ``~/.local/share/thermoledger`` on Linux).
 
     Returns:
-        ``<data_dir>/thermoledger.db`` (the file itself is created on first connect).
+        ``<data_dir>/thermoledger.db`` (the file itself is created on first connect). The
+        directories created on the way are 0700; existing ones keep their modes.
     """
     directory = data_dir if data_dir is not None else Path(user_data_dir("thermoledger", False))
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_private_dirs(directory)
     return directory / "thermoledger.db"
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` with every directory it creates 0700 (the umask may only take bits away)."""
+    missing: list[Path] = []
+    walk = directory
+    while not walk.exists() and walk != walk.parent:
+        missing.append(walk)
+        walk = walk.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, _PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours to change
+        os.chmod(path, _PRIVATE_DIR_MODE)
+
+
+def _create_private_file(path: str) -> None:
+    """Create ``path`` empty and 0600 unless it exists or its directory does not.
+
+    SQLite takes an empty file as a new database; without a directory, SQLite's own error says
+    so on connect.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, _PRIVATE_FILE_MODE)
+    except (FileExistsError, FileNotFoundError):
+        return
+    try:
+        if sys.platform != "win32":  # the umask may have taken some of the owner's bits
+            os.fchmod(fd, _PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def default_sqlite_url(data_dir: Path | None = None) -> str:
@@ -125,8 +169,16 @@ def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
         # One shared connection: every pooled thread must see the same in-memory database.
         options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
     engine = sa.create_engine(parsed, echo=echo, **options)
-    _configure_sqlite(engine, wal=not in_memory)
+    _configure_sqlite(engine, wal=not in_memory, path=None if in_memory else _file_path(parsed))
     return engine
+
+
+def _file_path(url: URL) -> str | None:
+    """The database file of a SQLite URL, or None where SQLite reads a URI (``file:…``)."""
+    database = url.database or ""
+    if database.startswith("file:") or str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return database
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -138,8 +190,16 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+def _configure_sqlite(engine: Engine, *, wal: bool, path: str | None) -> None:
     busy_timeout_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)
+
+    if path is not None:
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _private_file(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> None:
+            # Before every connect, not once: a file deleted while the engine lives comes back
+            # private too. None: SQLAlchemy then connects as usual.
+            _create_private_file(path)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:

@@ -1,8 +1,19 @@
-"""What the meter's two local SQLite files (spool and control outbox) share."""
+"""What the meter's two local SQLite files (spool and control outbox) share.
+
+Both are private to the user who runs the meter (they name runs, hosts and tags): the
+directories the meter creates are 0700 and the files 0600, whatever the umask. The file is
+created with that mode before SQLite opens it, and SQLite gives its ``-wal``, ``-shm`` and
+``-journal`` files the mode of the database file, so those are 0600 too. The umask is never
+changed: it is process-wide, and the meter runs inside a multi-threaded training process. A
+directory that already exists (one the user chose) and a file that already exists keep their
+modes.
+"""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +63,49 @@ def write_transaction(
             raise error(f"{what}: commit failed: {e}") from e
 
 
+_PRIVATE_DIR_MODE = 0o700
+_PRIVATE_FILE_MODE = 0o600
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each 0700; existing ones are left alone.
+
+    Raises:
+        OSError: A directory cannot be created.
+    """
+    missing: list[Path] = []
+    walk = directory
+    while not walk.exists() and walk != walk.parent:
+        missing.append(walk)
+        walk = walk.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, _PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # another process made it meanwhile: not ours to change
+        os.chmod(path, _PRIVATE_DIR_MODE)  # the umask may have taken some of the owner's bits
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path``, empty and 0600, unless it exists (SQLite takes an empty file as a new
+    database, and gives its ``-wal``, ``-shm`` and ``-journal`` files this file's mode).
+
+    Raises:
+        OSError: The file cannot be created.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, _PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        # The umask may have taken some of the owner's bits (Windows has a read-only flag only).
+        if sys.platform != "win32":
+            os.fchmod(fd, _PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def open_database(
     path: Path,
     *,
@@ -65,13 +119,15 @@ def open_database(
 
     WAL mode with ``synchronous=FULL``: what these files hold (sealed chunks, acknowledged
     sequence numbers, run endings) must survive a power loss, not only a crash. Transactions
-    are explicit (``isolation_level=None``; see `write_transaction`).
+    are explicit (``isolation_level=None``; see `write_transaction`). A new file and the
+    directories created for it are private to the user (see the module docstring).
 
     Raises:
         error: The file cannot be opened, refuses WAL, or was written by a newer schema.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
+        create_private_file(path)
         conn = sqlite3.connect(
             path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
