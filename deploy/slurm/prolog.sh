@@ -21,7 +21,8 @@
 #                           a timer running `thermoledger push` there sends what a final upload
 #                           could not)
 #   THERMOLEDGER_RUN_DIR    pid and log files (default /run/thermoledger)
-#   THERMOLEDGER_METER_ARGS extra arguments for `thermoledger sidecar` (e.g. --metrics-port 9464)
+#   THERMOLEDGER_METER_ARGS extra arguments for `thermoledger sidecar` (e.g. --metrics-port 9464
+#                           --metrics-addr 0.0.0.0: the metrics bind 127.0.0.1 unless told)
 #   and any other THERMOLEDGER_* meter setting (THERMOLEDGER_LOG_FORMAT=json ...).
 
 conf="${THERMOLEDGER_SLURM_CONF:-/etc/thermoledger/slurm.env}"
