@@ -182,7 +182,7 @@ class _Entry:
 def _entries(
     session: Session, project_id: int, run_ids: Sequence[UUID]
 ) -> dict[UUID, list[_Entry]]:
-    """Every ledger entry of the runs, in seq order, per run."""
+    """Every ledger entry of the runs (by database key), in seq order, per key."""
     out: dict[UUID, list[_Entry]] = defaultdict(list)
     for start in range(0, len(run_ids), _BATCH):
         rows = session.execute(
@@ -305,11 +305,11 @@ def run_bases(
         now: The instant for runs that have not ended (default: now).
     """
     now = now or utcnow()
-    ledgered = _entries(session, project_id, [r.id for r in runs])
+    ledgered = _entries(session, project_id, [r.key for r in runs])
     resolved: dict[datetime, AccountingContext] = {}
     out: dict[UUID, RunBasis] = {}
     for run in runs:
-        basis = _frozen(run, ledgered.get(run.id, ()))
+        basis = _frozen(run, ledgered.get(run.key, ()))
         if basis is None:
             at = run.ended_at or now
             context = resolved.get(at)

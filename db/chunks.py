@@ -94,14 +94,18 @@ def _run_for_ingest_statement() -> sa.Select[Any]:
     return (
         sa.select(r.c.id, d.c.id, d.c.host, d.c.kind, d.c.device_index, d.c.uuid, d.c.power_limit_w)
         .select_from(r.outerjoin(d, d.c.run_id == r.c.id))
-        .where(r.c.id == sa.bindparam("run_id"), r.c.project_id == sa.bindparam("project_id"))
+        .where(
+            r.c.client_id == sa.bindparam("run_id"), r.c.project_id == sa.bindparam("project_id")
+        )
         .with_for_update(read=True, key_share=True, of=r)
     )
 
 
-def _run_for_ingest(session: Session, *, project_id: int, run_id: UUID) -> list[_DeviceRow]:
-    """The run's devices, in the round trip that checks the run; `NotFound` unless the run
-    exists in the project.
+def _run_for_ingest(
+    session: Session, *, project_id: int, run_id: UUID
+) -> tuple[UUID, list[_DeviceRow]]:
+    """The run's database key and devices, in the round trip that checks the run; `NotFound`
+    unless the project has a run with (client) id ``run_id``.
 
     Takes ``FOR KEY SHARE`` on the run (PostgreSQL; SQLite serialises writers anyway): ingests
     of one run proceed together, while a phase change (``FOR UPDATE``) waits for them. The
@@ -114,7 +118,7 @@ def _run_for_ingest(session: Session, *, project_id: int, run_id: UUID) -> list[
     ).all()
     if not found:
         raise NotFound("run", run_id)
-    return [_DeviceRow(*row[1:]) for row in found if row[1] is not None]
+    return found[0][0], [_DeviceRow(*row[1:]) for row in found if row[1] is not None]
 
 
 def _match_devices(
@@ -342,8 +346,8 @@ def ingest_chunks(
         Conflict: A key repeats with other content, or a device contradicts a stored one.
         InvalidInput: Time going backwards across chunks, implausible power, unknown device key.
     """
-    stored_devices = _run_for_ingest(session, project_id=project_id, run_id=run_id)
-    rows = _match_devices(session, run_id, devices, stored_devices)
+    db_key, stored_devices = _run_for_ingest(session, project_id=project_id, run_id=run_id)
+    rows = _match_devices(session, db_key, devices, stored_devices)
 
     problems: list[FieldProblem] = []
     first_of_key: dict[tuple[int, int], ChunkRow] = {}
@@ -393,7 +397,7 @@ def ingest_chunks(
     for device_id, seq in first_of_key:
         lo, hi = ranges.get(device_id, (seq, seq))
         ranges[device_id] = (min(lo, seq), max(hi, seq))
-    stored = _stored_chunks(session, run_id, ranges)
+    stored = _stored_chunks(session, db_key, ranges)
 
     duplicates: set[tuple[int, int]] = set()
     new_by_device: dict[int, list[ChunkRow]] = {}
@@ -418,8 +422,8 @@ def ingest_chunks(
 
     to_insert = [(device_id, c) for device_id, new in new_by_device.items() for c in new]
     if to_insert:
-        written = _insert_chunks(session, run_id, to_insert, compress_samples=compress_samples)
-        _add_to_totals(session, run_id, written)
+        written = _insert_chunks(session, db_key, to_insert, compress_samples=compress_samples)
+        _add_to_totals(session, db_key, written)
     device_of = {key: rows[key].id for key in rows}
     acks = []
     repeat_ids = {id(c) for c in repeats}

@@ -203,11 +203,11 @@ def envelope_of(
         bucket_s = 1.0  # a single instant: one bucket of nominal width
     count = max(1, min(buckets, math.ceil(span_s / bucket_s)))
     grid = _Grid(t0_s=t0_s, bucket_s=bucket_s, count=count)
-    run_id = usage.run.id
+    key = usage.run.key
     if use_samples:
-        per_device = _from_samples(session, run_id, grid)
+        per_device = _from_samples(session, key, grid)
     else:
-        per_device = _from_summaries(session, run_id, grid)
+        per_device = _from_summaries(session, key, grid)
     empty = np.empty(0)
     out = []
     for d in devices:

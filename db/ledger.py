@@ -66,6 +66,7 @@ from .models import (
     LedgerKind,
     LedgerSource,
     Project,
+    Run,
     RunStatus,
 )
 from .records import RunRecord, RunUsage
@@ -89,6 +90,7 @@ __all__ = [
 
 _ENTRY_T = cast(sa.Table, LedgerEntry.__table__)
 _HEAD_T = cast(sa.Table, LedgerHead.__table__)
+_RUN_T = cast(sa.Table, Run.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +299,9 @@ def append(
     except (TypeError, ValueError) as e:
         raise InvalidInput.one("provenance", str(e)) from e
     slug = _project_slug(session, project_id)
+    # The row references the run's database key; the hash covers the id the project knows it
+    # by, which with the project's slug names it uniquely (`db.runs.run_key`).
+    key = None if run_id is None else get_run(session, project_id=project_id, run_id=run_id).key
     seq, prev_hash = _lock_head(session, project_id)
     seq += 1
     created_at = now or utcnow()
@@ -316,7 +321,7 @@ def append(
     digest = entry_hash(prev_hash, content)
     row = LedgerEntry(
         project_id=project_id,
-        run_id=run_id,
+        run_id=key,
         seq=seq,
         kind=spec.kind,
         value_si=content.value_si,
@@ -336,7 +341,7 @@ def append(
         .values(seq=seq, hash=digest, updated_at=created_at)
     )
     session.flush()
-    return _record(row, slug)
+    return _record(row, slug, run_id)
 
 
 def entry_accounted_at(provenance: Mapping[str, Any], fallback: datetime) -> datetime:
@@ -350,13 +355,17 @@ def entry_accounted_at(provenance: Mapping[str, Any], fallback: datetime) -> dat
     return fallback
 
 
-def _record(row: LedgerEntry, slug: str, superseded_by: int | None = None) -> LedgerRecord:
+def _record(
+    row: LedgerEntry, slug: str, run_id: UUID | None, superseded_by: int | None = None
+) -> LedgerRecord:
+    """``row`` as a record; ``run_id`` is its run's id as the project knows it (the row holds
+    the run's database key)."""
     provenance = dict(row.provenance)
     return LedgerRecord(
         id=row.id,
         seq=row.seq,
         project=slug,
-        run_id=row.run_id,
+        run_id=run_id,
         kind=row.kind,
         figure=str(provenance.get("figure", row.kind.value)),
         source=row.source,
@@ -392,12 +401,21 @@ def project_entries(
     the ``run_id`` index).
     """
     slug = _project_slug(session, project_id)
-    query = sa.select(LedgerEntry).where(LedgerEntry.project_id == project_id)
+    query = _entries_query(project_id)
     if run_id is not None:
-        query = query.where(LedgerEntry.run_id == run_id)
-    rows = list(session.scalars(query.order_by(LedgerEntry.seq, LedgerEntry.id)))
-    replaced = _supersession(rows)
-    return [_record(row, slug, replaced.get(row.seq)) for row in rows]
+        query = query.where(Run.client_id == run_id)
+    rows = session.execute(query.order_by(LedgerEntry.seq, LedgerEntry.id)).all()
+    replaced = _supersession([row for row, _ in rows])
+    return [_record(row, slug, client_id, replaced.get(row.seq)) for row, client_id in rows]
+
+
+def _entries_query(project_id: int) -> Any:  # Select's type parameters differ in 2.0 and 2.1
+    """A project's entries, each with its run's id as the project knows it (or None)."""
+    return (
+        sa.select(LedgerEntry, Run.client_id)
+        .outerjoin(Run, Run.id == LedgerEntry.run_id)
+        .where(LedgerEntry.project_id == project_id)
+    )
 
 
 def list_entries(
@@ -411,22 +429,20 @@ def list_entries(
 ) -> list[LedgerRecord]:
     """One page of a project's entries with seq > ``after_seq``, oldest first."""
     slug = _project_slug(session, project_id)
-    rows = list(
-        session.scalars(
-            sa.select(LedgerEntry)
-            .where(LedgerEntry.project_id == project_id, LedgerEntry.seq > after_seq)
-            .order_by(LedgerEntry.seq, LedgerEntry.id)
-        )
-    )
+    rows = session.execute(
+        _entries_query(project_id)
+        .where(LedgerEntry.seq > after_seq)
+        .order_by(LedgerEntry.seq, LedgerEntry.id)
+    ).all()
     # A superseding entry always comes later, so the rows after the page's start suffice.
-    replaced = _supersession(rows)
+    replaced = _supersession([row for row, _ in rows])
     out = []
-    for row in rows:
-        if run_id is not None and row.run_id != run_id:
+    for row, client_id in rows:
+        if run_id is not None and client_id != run_id:
             continue
         if figure is not None and row.provenance.get("figure") != figure:
             continue
-        out.append(_record(row, slug, replaced.get(row.seq)))
+        out.append(_record(row, slug, client_id, replaced.get(row.seq)))
         if len(out) == limit:
             break
     return out
@@ -743,7 +759,7 @@ def _stored_entries(session: Session, project_id: int, slug: str) -> list[Stored
         sa.select(
             t.c.id,
             t.c.seq,
-            t.c.run_id,
+            _RUN_T.c.client_id,
             t.c.kind,
             t.c.value_si,
             t.c.unit_si,
@@ -755,6 +771,7 @@ def _stored_entries(session: Session, project_id: int, slug: str) -> list[Stored
             t.c.prev_hash,
             t.c.hash,
         )
+        .select_from(t.outerjoin(_RUN_T, _RUN_T.c.id == t.c.run_id))
         .where(t.c.project_id == project_id)
         .order_by(t.c.seq, t.c.id)
     ).all()
@@ -764,7 +781,7 @@ def _stored_entries(session: Session, project_id: int, slug: str) -> list[Stored
             content=EntryContent(
                 seq=_lenient_int(row.seq),
                 project=slug,
-                run=row.run_id,
+                run=row.client_id,
                 kind=row.kind,
                 value_si=row.value_si,
                 unit_si=row.unit_si,

@@ -274,11 +274,22 @@ class ApiToken(Base):
     project: Mapped[Project] = relationship(back_populates="tokens")
 
 
+def _same_as_id(context: Any) -> Any:
+    """A run inserted without a ``client_id`` (ORM, tests) is known by its key."""
+    return context.get_current_parameters()["id"]
+
+
 class Run(Base):
-    """One job (all its ranks and nodes), identified by a UUID the client generates.
+    """One job (all its ranks and nodes), identified within its project by a UUID the client
+    generates (``client_id``).
 
     A client-made id lets a meter spool and upload before the service has ever answered, and
-    makes "create run" idempotent. ``declared_flops`` is a float: 10²⁵ FLOP overflows int64.
+    makes "create run" idempotent. It is unique within the project only: two projects may pick
+    the same id (ids derived from a Slurm job id are predictable) and get two runs, neither
+    visible to the other. ``id`` is the run's database key, which the rows of its devices,
+    chunks, phases and ledger entries reference: ``client_id`` itself, except for a run whose
+    id another project's run already holds as its key (`db.runs.run_key`); never shown to
+    clients. ``declared_flops`` is a float: 10²⁵ FLOP overflows int64.
     """
 
     __tablename__ = "run"
@@ -295,9 +306,11 @@ class Run(Base):
         ),
         sa.Index(None, "project_id", "started_at"),
         sa.Index(None, "project_id", "kind", "status"),
+        sa.UniqueConstraint("project_id", "client_id"),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
+    client_id: Mapped[UUID] = mapped_column(default=_same_as_id)
     project_id: Mapped[int] = mapped_column(sa.ForeignKey("project.id"))
     name: Mapped[str] = mapped_column(sa.String(200))
     kind: Mapped[RunKind] = mapped_column(StrEnumType(RunKind))

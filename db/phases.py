@@ -68,11 +68,11 @@ def upsert_phase(
         raise InvalidInput(problems)
     # FOR UPDATE: no ingest of this run is in flight while the phase's totals are rebuilt
     # (ingest holds FOR KEY SHARE), so no new chunk can miss them (`db.models.PhaseTotal`).
-    _load_run(session, project_id=project_id, run_id=run_id, lock=True)
+    key = _load_run(session, project_id=project_id, run_id=run_id, lock=True).id
     inserted = session.execute(
         _insert(session, _PHASE_T)
         .values(
-            run_id=run_id,
+            run_id=key,
             name=name,
             t0_s=t0_s,
             t1_s=t1_s,
@@ -86,13 +86,13 @@ def upsert_phase(
     ).first()
     phase = session.scalars(
         sa.select(Phase)
-        .where(Phase.run_id == run_id, Phase.name == name, Phase.t0_s == t0_s)
+        .where(Phase.run_id == key, Phase.name == name, Phase.t0_s == t0_s)
         .with_for_update()
     ).one()
     if inserted is not None:
         session.flush()
-        _rebuild_phase_totals(session, run_id, [phase.id])
-        return _phase_record(phase), True
+        _rebuild_phase_totals(session, key, [phase.id])
+        return _phase_record(phase, run_id), True
     closed = t1_s is not None and phase.t1_s is None
     for attribute, value in (
         ("t1_s", t1_s),
@@ -114,5 +114,5 @@ def upsert_phase(
         phase.tags = {**phase.tags, **tags}
     session.flush()
     if closed:
-        _rebuild_phase_totals(session, run_id, [phase.id])
-    return _phase_record(phase), False
+        _rebuild_phase_totals(session, key, [phase.id])
+    return _phase_record(phase, run_id), False

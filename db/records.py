@@ -100,9 +100,17 @@ class StoredToken:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """A run as stored."""
+    """A run as stored.
+
+    Attributes:
+        id: The run's id as its clients know it: the UUID they made, unique within the project
+            (two projects may each have a run with the same id; neither sees the other's).
+        key: The run's key inside the database (``run.id``, which the rows of its devices,
+            chunks, phases and ledger entries reference); never shown to clients.
+    """
 
     id: UUID
+    key: UUID
     project_id: int
     name: str
     kind: RunKind
@@ -330,7 +338,8 @@ def _token_record(row: ApiToken, slug: str) -> TokenRecord:
 
 def _run_record(row: Run) -> RunRecord:
     return RunRecord(
-        id=row.id,
+        id=row.client_id,
+        key=row.id,
         project_id=row.project_id,
         name=row.name,
         kind=row.kind,
@@ -350,10 +359,11 @@ def _run_record(row: Run) -> RunRecord:
     )
 
 
-def _phase_record(row: Phase) -> PhaseRecord:
+def _phase_record(row: Phase, run_id: UUID) -> PhaseRecord:
+    """``row`` as a record of the run its project calls ``run_id`` (the row holds its key)."""
     return PhaseRecord(
         id=row.id,
-        run_id=row.run_id,
+        run_id=run_id,
         name=row.name,
         t0_s=row.t0_s,
         t1_s=row.t1_s,

@@ -109,13 +109,13 @@ def _runs(session: Session, project_id: int, run_ids: set[UUID]) -> dict[UUID, R
     if not run_ids:
         return {}
     rows = session.execute(
-        sa.select(Run.id, Run.name, Run.kind, Run.status, Run.tags, Run.simulated).where(
-            Run.project_id == project_id, Run.id.in_(sorted(run_ids))
+        sa.select(Run.client_id, Run.name, Run.kind, Run.status, Run.tags, Run.simulated).where(
+            Run.project_id == project_id, Run.client_id.in_(sorted(run_ids))
         )
     ).all()
     return {
-        row.id: RunInfo(
-            id=row.id,
+        row.client_id: RunInfo(
+            id=row.client_id,
             name=row.name,
             kind=row.kind.value,
             status=row.status.value,

@@ -18,10 +18,12 @@ the first transaction and then skips the row.
 
 from __future__ import annotations
 
+import json
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Final, Literal, cast
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -34,10 +36,13 @@ from .records import INT64_MAX, UNBOUNDED_J, RunCursor, RunRecord, _run_record
 from .types import utcnow
 
 __all__ = [
+    "MAX_RUN_TAGS",
+    "RUN_KEY_NAMESPACE",
     "declare_work",
     "end_run",
     "get_run",
     "list_runs",
+    "run_key",
     "upsert_run",
 ]
 
@@ -55,11 +60,32 @@ def _insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Ins
     raise StorageError(f"unsupported dialect {name!r}")  # pragma: no cover - engine refuses it
 
 
-def _load_run(session: Session, *, project_id: int, run_id: UUID, lock: bool = False) -> Run:
-    query = sa.select(Run).where(Run.id == run_id, Run.project_id == project_id)
+#: Namespace of the runs' derived database keys (`run_key`). Not secret: a key is never shown
+#: to a client, and no request names a run by its key.
+RUN_KEY_NAMESPACE: Final = uuid.UUID("5b0f6a52-2d3c-4b8e-9a57-0c9e1f6d3a41")
+#: Most tags a run holds, after every merge (one request may send as many).
+MAX_RUN_TAGS: Final = 64
+
+
+def run_key(project_id: int, run_id: UUID) -> UUID:
+    """The database key of a run whose id another project's run already holds as its key:
+    ``uuid5`` of the project and the id, so two projects that pick the same id get two runs,
+    and a race between two identical registrations still ends in one row (`upsert_run`).
+    Every other run's key is its id."""
+    return uuid.uuid5(RUN_KEY_NAMESPACE, f"{project_id}/{run_id}")
+
+
+def _find_run(session: Session, *, project_id: int, run_id: UUID, lock: bool = False) -> Run | None:
+    """The project's run with (client) id ``run_id``, if any."""
+    query = sa.select(Run).where(Run.client_id == run_id, Run.project_id == project_id)
     if lock:
         query = query.with_for_update()
-    run = session.scalars(query).one_or_none()
+    return session.scalars(query).one_or_none()
+
+
+def _load_run(session: Session, *, project_id: int, run_id: UUID, lock: bool = False) -> Run:
+    """The project's run with (client) id ``run_id``; `NotFound` if the project has none."""
+    run = _find_run(session, project_id=project_id, run_id=run_id, lock=lock)
     if run is None:
         raise NotFound("run", run_id)
     return run
@@ -76,52 +102,109 @@ def upsert_run(
     tags: Mapping[str, Any],
     host_info: Mapping[str, Any],
     simulated: bool,
+    max_host_info_bytes: int = 64 * 1024,
 ) -> tuple[RunRecord, bool]:
-    """Create a run, or merge into the existing run with this id (every node of a job calls it).
+    """Create a run, or merge into the project's run with this id (every node of a job calls
+    it).
+
+    A run is identified within its project: another project's run with the same id is another
+    run, and nothing here tells either project that the other exists.
 
     Merge rules: the earliest ``started_at`` wins, ``tags`` and ``host_info`` are merged (the
     new values win per key), ``name`` takes the new value, ``simulated`` stays set once set.
+    The limits hold for the merged run, not only for one request: at most `MAX_RUN_TAGS` tags
+    and ``max_host_info_bytes`` of ``host_info`` (compact JSON). Once a run has ended its
+    identity is frozen: a new name, an earlier start or another kind is refused (a retried
+    registration that changes none of them still succeeds).
 
     Returns:
         The run and whether it was created.
 
     Raises:
-        Conflict: The id belongs to another project, or to a run of another kind.
+        Conflict: The run exists with another kind, or it has ended and the request would
+            rename it or move its start.
+        InvalidInput: The merged tags or host_info pass their limits.
     """
     now = utcnow()
-    inserted = session.execute(
-        _insert(session, _RUN_T)
-        .values(
-            id=run_id,
-            project_id=project_id,
-            name=name,
-            kind=kind,
-            status=RunStatus.RUNNING,
-            started_at=started_at,
-            tags=dict(tags),
-            host_info=dict(host_info),
-            simulated=simulated,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing()
-        .returning(_RUN_T.c.id)
-    ).first()
-    run = session.scalars(sa.select(Run).where(Run.id == run_id).with_for_update()).one()
+    _check_limits(tags, host_info, max_host_info_bytes)
+    values = {
+        "client_id": run_id,
+        "project_id": project_id,
+        "name": name,
+        "kind": kind,
+        "status": RunStatus.RUNNING,
+        "started_at": started_at,
+        "tags": dict(tags),
+        "host_info": dict(host_info),
+        "simulated": simulated,
+        "created_at": now,
+        "updated_at": now,
+    }
+    # The key is the id itself unless another project's run holds it (then `run_key`).
+    for key in (run_id, run_key(project_id, run_id)):
+        inserted = session.execute(
+            _insert(session, _RUN_T)
+            .values(id=key, **values)
+            .on_conflict_do_nothing()
+            .returning(_RUN_T.c.id)
+        ).first()
+        run = _find_run(session, project_id=project_id, run_id=run_id, lock=True)
+        if run is not None:
+            break
+    if run is None:  # pragma: no cover - the second key is the project's own
+        raise StorageError(f"run {run_id} could not be stored")
     if inserted is not None:
         return _run_record(run), True
-    if run.project_id != project_id:
-        # The brief is a conflict, not a 404: a client-made UUID that collides must be told.
-        raise Conflict(f"run id {run_id} is already in use", field="run_id")
     if run.kind != kind:
         raise Conflict(f"run {run_id} exists with kind {run.kind.value!r}", field="kind")
+    if run.status in (RunStatus.FINISHED, RunStatus.FAILED):
+        if name != run.name:
+            raise Conflict(
+                f"run {run_id} has ended ({run.status.value}): its name {run.name!r} is final",
+                field="name",
+            )
+        if started_at < run.started_at:
+            raise Conflict(
+                f"run {run_id} has ended ({run.status.value}): its start "
+                f"{run.started_at.isoformat()} is final",
+                field="started_at",
+            )
+    merged_tags = {**run.tags, **tags}
+    merged_host_info = {**run.host_info, **host_info}
+    _check_limits(merged_tags, merged_host_info, max_host_info_bytes, merged=True)
     run.started_at = min(run.started_at, started_at)
-    run.tags = {**run.tags, **tags}
-    run.host_info = {**run.host_info, **host_info}
+    run.tags = merged_tags
+    run.host_info = merged_host_info
     run.name = name
     run.simulated = run.simulated or simulated
     session.flush()
     return _run_record(run), False
+
+
+def _check_limits(
+    tags: Mapping[str, Any],
+    host_info: Mapping[str, Any],
+    max_host_info_bytes: int,
+    *,
+    merged: bool = False,
+) -> None:
+    """Refuse tags or host_info past the limits a run holds (`upsert_run`)."""
+    after = " once merged with the run's stored ones" if merged else ""
+    problems = []
+    if len(tags) > MAX_RUN_TAGS:
+        problems.append(
+            FieldProblem("tags", f"{len(tags)} tags{after}; a run holds at most {MAX_RUN_TAGS}")
+        )
+    size = len(json.dumps(host_info, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > max_host_info_bytes:
+        problems.append(
+            FieldProblem(
+                "host_info",
+                f"{size} bytes of JSON{after}; a run holds at most {max_host_info_bytes}",
+            )
+        )
+    if problems:
+        raise InvalidInput(problems)
 
 
 def get_run(session: Session, *, project_id: int, run_id: UUID) -> RunRecord:
@@ -171,10 +254,10 @@ def list_runs(
         query = query.where(
             sa.or_(
                 Run.started_at < after.started_at,
-                sa.and_(Run.started_at == after.started_at, Run.id < after.run_id),
+                sa.and_(Run.started_at == after.started_at, Run.client_id < after.run_id),
             )
         )
-    query = query.order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
+    query = query.order_by(Run.started_at.desc(), Run.client_id.desc()).limit(limit)
     return [_run_record(run) for run in session.scalars(query)]
 
 

@@ -123,7 +123,7 @@ def run_energies(
         batch = ids[start : start + _BATCH]
         rows = session.execute(
             sa.select(
-                t.c.run_id,
+                Run.client_id,
                 sa.func.sum(t.c.energy_j),
                 sa.func.count(),
                 sa.func.min(t.c.t0_s),
@@ -131,9 +131,9 @@ def run_energies(
             )
             .join(Run, Run.id == t.c.run_id)
             .join(d, sa.and_(d.c.run_id == t.c.run_id, d.c.id == t.c.device_id))
-            .where(Run.project_id == project_id, t.c.run_id.in_(batch))
+            .where(Run.project_id == project_id, Run.client_id.in_(batch))
             .where(~_covered(d))
-            .group_by(t.c.run_id)
+            .group_by(Run.client_id)
         ).all()
         for run_id, energy, devices, t0, t1 in rows:
             out[run_id] = RunEnergy(float(energy), int(devices), float(t0), float(t1))

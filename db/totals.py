@@ -312,15 +312,15 @@ def rebuild_totals(session: Session, *, project_id: int, run_id: UUID) -> None:
     Raises:
         NotFound: No such run in the project.
     """
-    _load_run(session, project_id=project_id, run_id=run_id, lock=True)
+    key = _load_run(session, project_id=project_id, run_id=run_id, lock=True).id
     t = _DEVICE_TOTAL_T
-    session.execute(sa.delete(t).where(t.c.run_id == run_id))
-    rows = _device_sums(session, run_id)
+    session.execute(sa.delete(t).where(t.c.run_id == key))
+    rows = _device_sums(session, key)
     if rows:
         session.execute(sa.insert(t), rows)
-    phase_ids = session.scalars(sa.select(_PHASE_T.c.id).where(_PHASE_T.c.run_id == run_id)).all()
+    phase_ids = session.scalars(sa.select(_PHASE_T.c.id).where(_PHASE_T.c.run_id == key)).all()
     if phase_ids:
-        _rebuild_phase_totals(session, run_id, list(phase_ids))
+        _rebuild_phase_totals(session, key, list(phase_ids))
     session.flush()
 
 
@@ -385,7 +385,7 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
         )
         .select_from(d)
         .join(t, sa.and_(t.c.run_id == d.c.run_id, t.c.device_id == d.c.id))
-        .where(d.c.run_id == run_id)
+        .where(d.c.run_id == run.id)
         .order_by(d.c.host, d.c.kind, d.c.device_index)
     ).all()
     devices = tuple(
@@ -421,7 +421,7 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
     return RunUsage(
         run=_run_record(run),
         devices=devices,
-        phases=_phase_usage(session, run_id, run_end_s),
+        phases=_phase_usage(session, run.id, run_id, run_end_s),
     )
 
 
@@ -439,12 +439,14 @@ def _with_overlaps(devices: tuple[DeviceAggregate, ...]) -> tuple[DeviceAggregat
 
 
 def _phase_usage(
-    session: Session, run_id: UUID, run_end_s: float | None
+    session: Session, key: UUID, run_id: UUID, run_end_s: float | None
 ) -> tuple[PhaseAggregate, ...]:
+    """The run's phases with their shares; ``key`` is the run's database key, ``run_id`` the
+    id its project knows it by (which the records carry)."""
     phases = [
-        _phase_record(row)
+        _phase_record(row, run_id)
         for row in session.scalars(
-            sa.select(Phase).where(Phase.run_id == run_id).order_by(Phase.t0_s, Phase.name)
+            sa.select(Phase).where(Phase.run_id == key).order_by(Phase.t0_s, Phase.name)
         )
     ]
     if not phases:

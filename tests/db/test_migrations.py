@@ -105,8 +105,9 @@ def test_scripts_come_from_the_installed_package() -> None:
         "0002_ledger_head_project_accounting.py",
         "0003_device_covers.py",
         "0004_browser_sessions.py",
+        "0005_run_ids_per_project.py",
     ]
-    assert migrate.head() == "0004"
+    assert migrate.head() == "0005"
 
 
 def test_autogenerate_writes_plain_types(database_url: str) -> None:

@@ -392,9 +392,9 @@ def test_run_checks(session: Session) -> None:
         # Below the ORM, which would refuse the value itself.
         session.execute(
             sa.text(
-                "INSERT INTO run (id, project_id, name, kind, status, started_at, tags, "
-                "host_info, simulated, created_at, updated_at) VALUES (:id, :p, 'x', 'bogus', "
-                "'running', :t, '{}', '{}', false, :t, :t)"
+                "INSERT INTO run (id, client_id, project_id, name, kind, status, started_at, "
+                "tags, host_info, simulated, created_at, updated_at) VALUES (:id, :id, :p, 'x', "
+                "'bogus', 'running', :t, '{}', '{}', false, :t, :t)"
             ).bindparams(
                 sa.bindparam("id", type_=sa.Uuid()), sa.bindparam("t", type_=sa.DateTime())
             ),
