@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -40,7 +41,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     moved = bind.execute(sa.text("SELECT count(*) FROM run WHERE id <> client_id")).scalar_one()
     if moved:
-        raise RuntimeError(
+        raise CommandError(
             f"{moved} run(s) share their id with another project's run; "
             "the schema before 0005 cannot hold them: downgrade refused"
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -12,6 +15,7 @@ from thermoledger.db import migrate
 from thermoledger.db.engine import make_engine
 from thermoledger.db.errors import MigrationError, SchemaDrift
 from thermoledger.db.models import Base
+from thermoledger.db.runs import run_key
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 
@@ -127,3 +131,54 @@ def test_autogenerate_writes_plain_types(database_url: str) -> None:
     assert "sa.DateTime(timezone=True)" in code
     assert "sa.String(length=16)" in code
     assert "op.create_table('chunk'" in code
+
+
+def test_0005_keeps_every_stored_run_under_its_id(database_url: str) -> None:
+    """Runs stored before run ids were scoped to projects keep their id as their key and take
+    it as the id their project knows them by; downgrading is refused only once two projects
+    share an id."""
+    migrate.upgrade(database_url, "0004")
+    engine = make_engine(database_url)
+    old, shared = uuid.uuid4(), uuid.uuid4()
+    insert_run = sa.text(
+        "INSERT INTO run (id, project_id, name, kind, status, started_at, tags, host_info, "
+        "simulated, created_at, updated_at) VALUES (:id, :p, 'job', 'training', 'running', "
+        ":t, '{}', '{}', false, :t, :t)"
+    ).bindparams(sa.bindparam("id", type_=sa.Uuid()), sa.bindparam("t", type_=sa.DateTime()))
+    try:
+        with engine.begin() as connection:
+            for slug in ("a", "b"):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO project (slug, name, created_at) VALUES (:s, :s, :t)"
+                    ).bindparams(sa.bindparam("t", type_=sa.DateTime())),
+                    {"s": slug, "t": datetime(2025, 1, 1)},
+                )
+            connection.execute(insert_run, {"id": old, "p": 1, "t": datetime(2025, 1, 1)})
+        migrate.upgrade(database_url)
+        with engine.begin() as connection:
+            rows = connection.execute(sa.text("SELECT id, client_id FROM run")).all()
+            assert [(uuid.UUID(str(a)), uuid.UUID(str(b))) for a, b in rows] == [(old, old)]
+        migrate.downgrade(database_url, "0004")  # nothing shared yet: allowed
+        migrate.upgrade(database_url)
+        with engine.begin() as connection:
+            # project 2 registers an id project 1 holds (what `db.runs.upsert_run` writes)
+            for key, project in ((shared, 1), (run_key(2, shared), 2)):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO run (id, client_id, project_id, name, kind, status, "
+                        "started_at, tags, host_info, simulated, created_at, updated_at) VALUES "
+                        "(:id, :c, :p, 'job', 'training', 'running', :t, '{}', '{}', false, "
+                        ":t, :t)"
+                    ).bindparams(
+                        sa.bindparam("id", type_=sa.Uuid()),
+                        sa.bindparam("c", type_=sa.Uuid()),
+                        sa.bindparam("t", type_=sa.DateTime()),
+                    ),
+                    {"id": key, "c": shared, "p": project, "t": datetime(2025, 1, 1)},
+                )
+        with pytest.raises(MigrationError, match="share their id"):
+            migrate.downgrade(database_url, "0004")
+        assert migrate.current(database_url) == migrate.head()
+    finally:
+        engine.dispose()
