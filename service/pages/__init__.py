@@ -1,8 +1,9 @@
 """Server-rendered pages: runs, run reports, comparisons, models and planning.
 
 `install` adds them to an app built by `service.app.create_app`: the page routes
-(`service.pages.views`), the login form (`service.pages.auth`), the static stylesheet under
-``/static``, and an HTML face for the service's error table.
+(`service.pages.views`), the login form and its server-side sessions (`service.pages.auth`),
+the static stylesheet under ``/static``, an HTML face for the service's error table, and the
+security headers of every response (`service.pages.headers`).
 
 Errors. The service maps domain errors to HTTP once (`service.errors.ERROR_TABLE`). A browser
 navigating to a page asks for ``text/html``; for such a request outside ``/api`` the same
@@ -28,7 +29,8 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import auth, views
-from .auth import LoginRequired, safe_next
+from .auth import LoginRequired, login_page, safe_next
+from .headers import SecurityHeaders
 from .render import render
 
 __all__ = ["STATIC_DIR", "install"]
@@ -81,24 +83,27 @@ def _with_html(handler: Callable[[Request, Exception], Response]) -> Callable[..
 
 def _login_required(request: Request, exc: Exception) -> Response:
     if request.method in ("GET", "HEAD"):
+        # safe_next drops a ?token= from the target: it is never copied into the form
         target = safe_next(
             request.url.path + (f"?{request.url.query}" if request.url.query else "")
         )
         return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
-    return render(
+    then = exc.next if isinstance(exc, LoginRequired) else None
+    return login_page(
         request,
-        "login.html.j2",
-        status_code=401,
-        next=safe_next(request.query_params.get("next")),
+        next=safe_next(then or request.query_params.get("next")),
         error=str(exc),
+        status_code=401,
     )
 
 
 def install(app: FastAPI) -> None:
-    """Add the pages, the login form, ``/static`` and HTML error pages to ``app``.
+    """Add the pages, the login form, ``/static``, HTML error pages and the security headers
+    (`service.pages.headers.SecurityHeaders`, outermost at the time of the call) to ``app``.
 
     Call it after `service.errors.register_error_handlers` (it wraps the handlers registered
-    there, so the status and message of every error stay those of the one table).
+    there, so the status and message of every error stay those of the one table) and after the
+    app's own middleware (so that the headers reach what those answer themselves, too).
     """
     handlers: dict[Any, Callable[..., Any]] = app.exception_handlers
     for key, handler in list(handlers.items()):
@@ -108,3 +113,4 @@ def install(app: FastAPI) -> None:
     app.include_router(auth.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityHeaders)

@@ -21,6 +21,8 @@ from fastapi.responses import HTMLResponse
 
 from thermoledger.accounting.carbon import J_PER_KWH
 
+from .headers import PAGE_CSP
+
 __all__ = ["TEMPLATES_DIR", "environment", "render"]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -159,10 +161,17 @@ def render(
     """Render ``template`` with ``context`` as HTML.
 
     Every template also gets ``request``, ``project`` (the signed-in project's slug, or None),
-    ``nav`` (the active navigation entry) and ``root`` (the app's root path, for links).
+    ``nav`` (the active navigation entry), ``root`` (the app's root path, for links) and
+    ``csrf`` (the value the page's forms post back: the browser session's CSRF secret, which
+    `service.pages.auth` leaves on ``request.state``; None for a bearer-header request, whose
+    pages show no sign-out form). The response carries the pages' own Content-Security-Policy
+    (`service.pages.headers.PAGE_CSP`).
     """
     context.setdefault("project", None)
     context.setdefault("nav", "")
     context.setdefault("root", str(request.scope.get("root_path", "")).rstrip("/"))
+    context.setdefault("csrf", getattr(request.state, "csrf", None))
     html = environment().get_template(template).render(request=request, **context)
-    return HTMLResponse(html, status_code=status_code)
+    return HTMLResponse(
+        html, status_code=status_code, headers={"Content-Security-Policy": PAGE_CSP}
+    )

@@ -30,6 +30,7 @@ from tests.pages.seed import Fleet, configure_accounting, seed_project
 from tests.support.client import bearer
 from tests.support.dbutil import in_ci
 from thermoledger.service import cli as server_cli
+from thermoledger.service.pages.auth import COOKIE, LOGIN_CSRF_COOKIE
 
 pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
@@ -164,7 +165,11 @@ def test_login_form_signs_the_browser_in(site: Site) -> None:
     page.wait_for_url("**/runs")
     assert page.locator("h1").inner_text() == "Runs"
     cookies = {c["name"]: c for c in page.context.cookies()}
-    assert cookies["tl_token"]["httpOnly"] is True
+    assert cookies[COOKIE]["httpOnly"] is True
+    assert cookies[COOKIE]["sameSite"] == "Lax"
+    assert cookies[COOKIE]["value"] != site.token  # a session id, not the API token
+    assert LOGIN_CSRF_COOKIE not in cookies  # the form's double-submit cookie is spent
+    assert site.problems == [], site.problems  # no CSP report, no failed request
 
 
 def test_runs_page(site: Site) -> None:
@@ -244,4 +249,21 @@ def test_plan_page(site: Site) -> None:
     assert page.locator("[data-chinchilla=over_trained]").count() == 1
     assert page.locator("[data-basis=measured]").count() == 1
     page.screenshot(path=str(SCREENSHOTS / "plan.png"), full_page=True)
+    assert site.problems == [], site.problems
+
+
+def test_sign_out_ends_the_session(site: Site) -> None:
+    """Last in the module: the page signs out through its own form (with its CSRF value)."""
+    page = site.visit("/runs", "runs-before-sign-out")
+    cookie = {c["name"]: c for c in page.context.cookies()}[COOKIE]
+    page.click("form.logout button[type=submit]")
+    page.wait_for_url("**/login")
+    assert COOKIE not in {c["name"] for c in page.context.cookies()}
+    replayed = httpx.get(
+        site.url + "/runs",
+        headers={"Accept": "text/html"},
+        cookies={COOKIE: cookie["value"]},
+        follow_redirects=False,
+    )
+    assert replayed.status_code == 303  # revoked server-side: the old cookie is no session
     assert site.problems == [], site.problems

@@ -15,9 +15,8 @@ from fastapi import FastAPI
 from tests.pages.seed import Fleet
 from tests.support.builders import batch, chunk
 from tests.support.client import Project, TestClient, create_run, make_project
+from tests.support.signin import HTML, sign_in, sign_out
 from thermoledger.service.pages.auth import COOKIE
-
-HTML = {"Accept": "text/html"}
 
 
 def _svg(html: str, chart: str) -> str:
@@ -62,31 +61,38 @@ def browser(app: FastAPI) -> TestClient:
     return TestClient(app, raise_server_exceptions=False)
 
 
-def test_login_sets_an_httponly_cookie_that_the_pages_accept(
+def test_login_opens_a_session_whose_httponly_cookie_the_pages_accept(
     browser: TestClient, seeded: tuple[Project, Fleet]
 ) -> None:
     project, fleet = seeded
     token = project.read["Authorization"].removeprefix("Bearer ")
-    response = browser.post(
-        "/login",
-        content=f"token={token}&next=/runs/{fleet.train.id}",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        follow_redirects=False,
-    )
+    response = sign_in(browser, token, next=f"/runs/{fleet.train.id}")
     assert response.status_code == 303
     assert response.headers["location"] == f"/runs/{fleet.train.id}"
-    cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}=")
-    assert "HttpOnly" in cookie
-    assert "SameSite=lax" in cookie or "samesite=lax" in cookie.lower()
-    assert browser.cookies.get(COOKIE) == token
+    cookies = response.headers.get_list("set-cookie")
+    session = next(c for c in cookies if c.startswith(f"{COOKIE}="))
+    assert "HttpOnly" in session
+    assert "samesite=lax" in session.lower()
+    assert "Path=/" in session
+    assert browser.cookies.get(COOKIE) not in (None, token)  # a session id, not the token
+    assert token not in " ".join(cookies)
     page = browser.get(f"/runs/{fleet.train.id}", headers=HTML)
     assert page.status_code == 200
     assert fleet.train.name in page.text
-    out = browser.post("/logout", follow_redirects=False)
+    assert 'action="/logout"' in page.text
+    out = sign_out(browser)
     assert out.status_code == 303
     assert COOKIE not in browser.cookies
     assert browser.get("/runs", headers=HTML, follow_redirects=False).status_code == 303
+
+
+def test_pages_shown_to_a_bearer_header_have_no_sign_out_form(
+    client: TestClient, seeded: tuple[Project, Fleet]
+) -> None:
+    project, _ = seeded
+    page = _get(client, "/runs", {**project.read, **HTML})
+    assert 'action="/logout"' not in page
+    assert 'name="csrf"' not in page
 
 
 @pytest.mark.parametrize(
@@ -100,15 +106,11 @@ def test_login_sets_an_httponly_cookie_that_the_pages_accept(
 def test_login_refuses_bad_tokens_with_the_reason(
     browser: TestClient, token: str, reason: str
 ) -> None:
-    response = browser.post(
-        "/login",
-        content=f"token={token}&next=/runs",
-        headers={"Content-Type": "application/x-www-form-urlencoded", **HTML},
-        follow_redirects=False,
-    )
+    response = sign_in(browser, token, **HTML)
     assert response.status_code == 401
     assert reason in response.text
-    assert "set-cookie" not in response.headers
+    assert f"{COOKIE}=" not in response.headers.get("set-cookie", "")
+    assert 'name="csrf"' in response.text  # the form again, ready to be sent
 
 
 def test_login_needs_the_read_scope_and_never_redirects_off_site(
@@ -116,22 +118,12 @@ def test_login_needs_the_read_scope_and_never_redirects_off_site(
 ) -> None:
     project, _ = seeded
     ingest = project.ingest["Authorization"].removeprefix("Bearer ")
-    response = browser.post(
-        "/login",
-        content=f"token={ingest}",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        follow_redirects=False,
-    )
+    response = sign_in(browser, ingest)
     assert response.status_code == 401
     assert "read" in response.text
     token = project.read["Authorization"].removeprefix("Bearer ")
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil"):
-        response = browser.post(
-            "/login",
-            content=f"token={token}&next={target}",
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            follow_redirects=False,
-        )
+        response = sign_in(browser, token, next=target)
         assert response.headers["location"] == "/runs"
 
 
@@ -140,6 +132,7 @@ def test_a_query_token_is_not_a_login(client: TestClient, seeded: tuple[Project,
     token = project.read["Authorization"].removeprefix("Bearer ")
     response = client.get(f"/runs?token={token}", headers=HTML, follow_redirects=False)
     assert response.status_code == 303
+    assert token not in response.headers["location"]
 
 
 # --------------------------------------------------------------------------- tenancy, errors
