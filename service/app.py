@@ -1,13 +1,16 @@
 """The FastAPI application factory.
 
 ``create_app(settings)`` builds everything from its argument (nothing is read at import): the
-engine and session factory for ``settings.database_url``, the error table, the body-size limit,
-and the routers — probes at the root (``/healthz``, ``/readyz``), the API under ``/api/v1``,
-OpenAPI at ``/docs``, Prometheus metrics at ``/metrics`` on a registry of this app's own, with
-every request timed, counted and logged by `service.metrics.ObservabilityMiddleware`. The
-engine is disposed when the app shuts down. Under several worker processes (`app_from_env`
-with ``PROMETHEUS_MULTIPROC_DIR`` set) ``/metrics`` merges every worker's figures instead, and
-each worker marks itself dead in the metrics directory when it shuts down.
+engine and session factory for ``settings.database_url``, the error table, the request guard
+(`service.guard`: credentials from the headers before a body or a slot, body caps and
+deadlines, the in-flight slots), and the routers — probes at the root (``/healthz``,
+``/readyz``), the API under ``/api/v1``, OpenAPI at ``/docs``, Prometheus metrics at
+``/metrics`` on a registry of this app's own, with every request timed, counted and logged by
+`service.metrics.ObservabilityMiddleware`. The engine is disposed when the app shuts down.
+Under several worker processes (`app_from_env` with ``PROMETHEUS_MULTIPROC_DIR`` set)
+``/metrics`` merges every worker's figures instead, and each worker marks itself dead in the
+metrics directory when it shuts down. The lifespan state carries ``Settings.header_timeout_s``
+to the server's connections (`service.server`).
 
 Routes are plain ``def`` functions: FastAPI runs them in its thread pool, each with one
 synchronous session and one transaction (`service.deps.SessionDep`).
@@ -15,7 +18,6 @@ synchronous session and one transaction (`service.deps.SessionDep`).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,14 +26,15 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thermoledger.db import migrate
 from thermoledger.db.engine import make_engine, make_sessionmaker
+from thermoledger.db.types import utcnow
 
 from . import pages
-from .errors import ERROR_TABLE, PayloadTooLarge, error_response, register_error_handlers
+from .auth import Principal, check_token
+from .errors import register_error_handlers
+from .guard import RequestGuard, TokenGate
 from .metrics import MULTIPROC_ENV, ObservabilityMiddleware, ServiceMetrics
 from .metrics import router as metrics_router
 from .routes import (
@@ -49,6 +52,7 @@ from .routes import (
     runs,
     tokens,
 )
+from .server import HEADER_TIMEOUT_STATE
 from .settings import Settings
 
 __all__ = ["API_PREFIX", "app_from_env", "create_app"]
@@ -71,73 +75,6 @@ _OPENAPI_TAGS: list[dict[str, Any]] = [
     {"name": "models", "description": "Training to inference amortisation per model."},
     {"name": "planning", "description": "Energy plans before a run."},
 ]
-
-
-class InFlightLimit:
-    """At most ``limit`` requests inside the app at once; the rest wait on the event loop.
-
-    Routes run in a bounded thread pool and hold a database connection from a bounded pool.
-    Without a cap, more concurrent requests than threads can leave every thread waiting for
-    a connection or a lock that only a request *without* a thread could release: the process
-    stalls until timeouts fire (seen with 45 SQLite uploaders, or 50 sharing one token on
-    PostgreSQL). Queueing before the app keeps the pool's users few enough to finish. Probes
-    and ``/metrics`` bypass the queue, so a busy service still answers its liveness check.
-    """
-
-    _BYPASS = frozenset({"/healthz", "/metrics"})
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-        self._slots: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self._BYPASS:
-            await self.app(scope, receive, send)
-            return
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._loop is not loop:  # one semaphore per event loop
-            self._slots, self._loop = asyncio.Semaphore(self.limit), loop
-        async with self._slots:
-            await self.app(scope, receive, send)
-
-
-class BodySizeLimit:
-    """Refuse request bodies over ``max_body_bytes`` with 413, before they are parsed.
-
-    A declared ``Content-Length`` over the limit is answered at once, without reading the
-    body; a streamed body is counted as it arrives and `PayloadTooLarge` raised once it passes
-    the limit (the error table renders it). Either way the response has the service's error
-    shape, and no route sees a byte of the body.
-    """
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_body_bytes
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            rule = next(r for r in ERROR_TABLE if r.error is PayloadTooLarge)
-            await error_response(PayloadTooLarge(limit), rule)(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(limit)
-            return message
-
-        await self.app(scope, counted, send)
 
 
 def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAPI:
@@ -164,10 +101,11 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics.started()
         try:
-            yield
+            # Lifespan state reaches the server's connections too (`service.server`).
+            yield {HEADER_TIMEOUT_STATE: settings.header_timeout_s}
         finally:
             metrics.stopped()
             engine.dispose()
@@ -181,12 +119,18 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessionmaker = make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine)
+    app.state.sessionmaker = sessions
     app.state.schema_head = migrate.head()
     register_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
-    # Added last, so outermost: it also times and counts what BodySizeLimit refuses.
+
+    def verify(token: str) -> Principal:  # the gate's database look-up, in a worker thread
+        with sessions() as session:
+            return check_token(session, token=token, settings=settings, now=utcnow())
+
+    app.state.gate = TokenGate(verify, settings=settings)
+    app.add_middleware(RequestGuard, settings=settings, gate=app.state.gate)
+    # Added last, so outermost: it also times and counts what the guard refuses.
     app.state.metrics = metrics
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 

@@ -5,6 +5,10 @@
   gets an acknowledgement for data that a failed commit then lost. An exception in the route
   rolls everything back (all-or-nothing ingest depends on it).
 * `PrincipalDep`: who the request acts for (`service.auth.authenticate`).
+* `AdminPrincipal`: the same, holding the ``admin`` scope or being the operator (403
+  otherwise). Routers that serve it use `AdminFirstRoute`, which refuses a token without that
+  scope from the request guard's verdict *before* the body is read or validated, so a
+  read-only token cannot probe an admin route's schema through 422s.
 * `IngestTenant`, `ReadTenant`: the project of a token holding that scope (403 otherwise).
 * `RawBody`: the request body as bytes, for routes that parse it themselves (ingest).
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,9 +28,13 @@ from thermoledger.db.models import Scope
 from thermoledger.db.types import utcnow
 
 from .auth import Principal, Tenant, authenticate
+from .errors import Forbidden
+from .guard import verified_principal
 from .settings import Settings
 
 __all__ = [
+    "AdminFirstRoute",
+    "AdminPrincipal",
     "IngestTenant",
     "PrincipalDep",
     "RawBody",
@@ -34,6 +44,7 @@ __all__ = [
     "get_principal",
     "get_session",
     "get_settings",
+    "require_admin",
 ]
 
 
@@ -75,6 +86,48 @@ def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _check_admin(principal: Principal) -> Principal:
+    if principal.is_operator or Scope.ADMIN in principal.scopes:
+        return principal
+    raise Forbidden("this token lacks the 'admin' scope")
+
+
+async def require_admin(principal: PrincipalDep) -> Principal:  # async: no thread-pool hop
+    """The principal, if it is the operator or holds the ``admin`` scope (403 otherwise)."""
+    return _check_admin(principal)
+
+
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+
+
+def _declares(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return dependant.call is call or any(_declares(d, call) for d in dependant.dependencies)
+
+
+class AdminFirstRoute(APIRoute):
+    """A route that, when it declares `AdminPrincipal`, refuses a token without the ``admin``
+    scope before FastAPI reads and validates the body (FastAPI parses the body before it
+    solves dependencies, so a dependency alone would answer a bad body with 422 first).
+
+    The check uses the request guard's verdict (`service.guard.verified_principal`); the
+    route's own `AdminPrincipal` then authenticates in full. Without a verdict (no valid
+    bearer token) nothing is decided here: the dependency answers 401.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not _declares(self.dependant, require_admin):
+            return handler
+
+        async def admin_first(request: Request) -> Response:
+            principal = verified_principal(request.scope)
+            if principal is not None:
+                _check_admin(principal)
+            return await handler(request)
+
+        return admin_first
 
 
 def _tenant_with(scope: Scope) -> Callable[[Principal], Coroutine[Any, Any, Tenant]]:

@@ -52,6 +52,8 @@ Request logs
     One record per request on the ``service.access`` logger (uvicorn's own access log is off):
     method, route, path, status, duration_ms, client, and ``run_id`` when the route has one,
     as fields for `meters.logs.JsonFormatter` (``THERMOLEDGER_LOG_FORMAT=json``) and in the text.
+    A client that disconnected before its body was complete is status 499 (`mark_client_gone`,
+    set by `service.guard`): a client error in the counts, one info line in the log.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ __all__ = [
     "ObservabilityMiddleware",
     "ServiceMetrics",
     "forget_dead_workers",
+    "mark_client_gone",
     "multiprocess_directory",
     "record_ingest",
     "router",
@@ -101,6 +104,10 @@ ACCESS_LOGGER: Final = "thermoledger.service.access"
 #: Where prometheus_client's multiprocess mode keeps each process's values (read at its import).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED: Final = "unmatched"
+#: The status a request is logged and counted with when its client disconnected before its
+#: body was complete (nginx's "client closed request"; nothing is sent, nobody is listening).
+CLIENT_CLOSED_REQUEST: Final = 499
+_CLIENT_GONE: Final = "thermoledger.client_gone"
 #: Request latency buckets, s: 1 ms … 30 s (an ingest batch of 2,000 chunks takes ~1 s).
 LATENCY_BUCKETS_S: Final = (
     0.001,
@@ -431,6 +438,15 @@ def route_template(scope: Scope) -> str:
     return prefix + own
 
 
+def mark_client_gone(scope: Scope) -> None:
+    """Record that this request's client disconnected before its body was complete.
+
+    The request is then a client error (`CLIENT_CLOSED_REQUEST`) in the metrics and one
+    info-level line in the request log, never a 500 with a traceback.
+    """
+    scope[_CLIENT_GONE] = True
+
+
 class ObservabilityMiddleware:
     """Times, counts and logs every HTTP request (see the module docstring).
 
@@ -464,6 +480,8 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             elapsed_s = time.perf_counter() - start_s
+            if scope.get(_CLIENT_GONE):
+                status = CLIENT_CLOSED_REQUEST
             metrics.in_flight.dec()
             _TALLY.reset(token)
             method = scope["method"] if scope["method"] in _METHODS else "other"
@@ -484,12 +502,15 @@ def _log_request(scope: Scope, method: str, route: str, status: int, elapsed_s: 
     path = scope.get("path", "")
     duration_ms = round(elapsed_s * 1e3, 3)
     _access_log.info(
-        "%s %s %d %.1f ms%s",
+        "%s %s %d %.1f ms%s%s",
         method,
         path,
         status,
         duration_ms,
         f" run {run_id}" if run_id else "",
+        " (client disconnected before its body was complete)"
+        if status == CLIENT_CLOSED_REQUEST
+        else "",
         extra={
             "method": method,
             "route": route,

@@ -20,7 +20,7 @@ from thermoledger.db.models import FactorBasis, FactorRate, Scope
 from thermoledger.db.types import utcnow
 
 from ..auth import Principal
-from ..deps import PrincipalDep, ReadTenant, SessionDep
+from ..deps import AdminFirstRoute, AdminPrincipal, PrincipalDep, ReadTenant, SessionDep
 from ..ledger_schemas import (
     INTENSITY_MAX_G_PER_KWH,
     PRICE_MAX_USD_PER_KWH,
@@ -37,7 +37,8 @@ from ..ledger_schemas import (
     parse_edge_quantity,
 )
 
-router = APIRouter(tags=["factors"])
+# Writes need the admin scope (or the operator), refused before the body is read.
+router = APIRouter(tags=["factors"], route_class=AdminFirstRoute)
 
 
 def _owner(principal: Principal, scope: Scope) -> int | None:
@@ -71,7 +72,7 @@ def _in_range(
     status_code=status.HTTP_201_CREATED,
     responses={409: {"description": "the window overlaps a version of the same key"}},
 )
-def add_factor(body: FactorCreate, principal: PrincipalDep, session: SessionDep) -> FactorPublic:
+def add_factor(body: FactorCreate, principal: AdminPrincipal, session: SessionDep) -> FactorPublic:
     """Add an emission-factor version (operator: shared; project admin: the project's own)."""
     project_id = _owner(principal, Scope.ADMIN)
     quantity, unit = parse_edge_quantity(body.intensity, "carbon_intensity", field="intensity")
@@ -142,7 +143,7 @@ def lookup_factor(
 
 @router.post("/factors/{factor_id}/close", responses={409: {"description": "already closed"}})
 def close_factor(
-    factor_id: RowId, body: VersionClose, principal: PrincipalDep, session: SessionDep
+    factor_id: RowId, body: VersionClose, principal: AdminPrincipal, session: SessionDep
 ) -> FactorPublic:
     """End an open-ended version (so that a newer one can follow it)."""
     version = factors.close_factor(
@@ -162,7 +163,7 @@ def close_factor(
     status_code=status.HTTP_201_CREATED,
     responses={409: {"description": "the window overlaps a version of the same key"}},
 )
-def add_tariff(body: TariffCreate, principal: PrincipalDep, session: SessionDep) -> TariffPublic:
+def add_tariff(body: TariffCreate, principal: AdminPrincipal, session: SessionDep) -> TariffPublic:
     """Add a tariff version (operator: shared; project admin: the project's own)."""
     project_id = _owner(principal, Scope.ADMIN)
     quantity, unit = parse_edge_quantity(body.price, "tariff", field="price")
@@ -219,7 +220,7 @@ def lookup_tariff(
 
 @router.post("/tariffs/{tariff_id}/close", responses={409: {"description": "already closed"}})
 def close_tariff(
-    tariff_id: RowId, body: VersionClose, principal: PrincipalDep, session: SessionDep
+    tariff_id: RowId, body: VersionClose, principal: AdminPrincipal, session: SessionDep
 ) -> TariffPublic:
     """End an open-ended tariff version."""
     version = factors.close_tariff(
@@ -260,7 +261,7 @@ def get_accounting(tenant: ReadTenant, session: SessionDep) -> AccountingPublic:
 
 @router.put("/accounting")
 def set_accounting(
-    body: AccountingSet, principal: PrincipalDep, session: SessionDep
+    body: AccountingSet, principal: AdminPrincipal, session: SessionDep
 ) -> AccountingPublic:
     """Set the project's region and PUE (admin). Figures already ledgered keep theirs."""
     tenant = principal.require(Scope.ADMIN)

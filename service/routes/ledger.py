@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query, status
 from thermoledger.db import ledger
 from thermoledger.db.models import Scope
 
-from ..deps import PrincipalDep, ReadTenant, SessionDep
+from ..deps import AdminFirstRoute, AdminPrincipal, ReadTenant, SessionDep
 from ..ledger_schemas import (
     INT64_MAX,
     FigureName,
@@ -25,7 +25,8 @@ from ..ledger_schemas import (
     parse_edge_quantity,
 )
 
-router = APIRouter(prefix="/ledger", tags=["ledger"])
+# Posting needs the admin scope, refused before the body is read.
+router = APIRouter(prefix="/ledger", tags=["ledger"], route_class=AdminFirstRoute)
 
 MAX_PAGE = 500
 
@@ -69,7 +70,7 @@ def get_entry(
     responses={409: {"description": "the superseded entry was already superseded"}},
 )
 def post_entry(
-    body: LedgerEntryCreate, principal: PrincipalDep, session: SessionDep
+    body: LedgerEntryCreate, principal: AdminPrincipal, session: SessionDep
 ) -> LedgerEntryPublic:
     """Append a figure by hand (admin scope). The quantity's dimension must be the figure's."""
     tenant = principal.require(Scope.ADMIN)

@@ -1,7 +1,9 @@
 """Projects and their tokens (admin).
 
 Projects are created by the operator (`Settings.bootstrap_admin_token`) or the server CLI; a
-project's ``admin`` token manages that project's tokens and sees no other project.
+project's ``admin`` token manages that project's tokens and sees no other project. Every route
+here needs the ``admin`` scope (or the operator), checked before the body is read
+(`service.deps.AdminFirstRoute`): any other token gets 403, whatever the body or the slug.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from fastapi import APIRouter, Path, status
 from thermoledger.db import tokens
 from thermoledger.db.errors import NotFound
 
-from ..auth import issue_token, parse_scopes, scope_names
-from ..deps import PrincipalDep, SessionDep
+from ..auth import Principal, issue_token, parse_scopes, scope_names
+from ..deps import AdminFirstRoute, AdminPrincipal, SessionDep
 from ..errors import Forbidden
 from ..schemas import (
     SLUG_PATTERN,
@@ -25,14 +27,14 @@ from ..schemas import (
     TokenPublic,
 )
 
-router = APIRouter(prefix="/projects", tags=["projects"])
+router = APIRouter(prefix="/projects", tags=["projects"], route_class=AdminFirstRoute)
 
 SlugPath = Annotated[str, Path(pattern=SLUG_PATTERN)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_project(
-    body: ProjectCreate, principal: PrincipalDep, session: SessionDep
+    body: ProjectCreate, principal: AdminPrincipal, session: SessionDep
 ) -> ProjectPublic:
     """Create a project (operator only; project tokens are bound to their own project)."""
     if not principal.is_operator:
@@ -41,22 +43,20 @@ def create_project(
     return ProjectPublic(slug=project.slug, name=project.name, created_at=project.created_at)
 
 
-def _administered(session: SessionDep, principal: PrincipalDep, slug: str) -> int:
+def _administered(session: SessionDep, principal: Principal, slug: str) -> int:
     """The project's id if the principal administers it; 404 otherwise (existence not leaked)."""
     try:
         project = tokens.get_project(session, slug=slug)
     except NotFound:
         project = None
     if project is None or not principal.may_administer(project.id):
-        if principal.project_slug == slug:
-            raise Forbidden("this token lacks the 'admin' scope")
         raise NotFound("project", slug)
     return project.id
 
 
 @router.post("/{slug}/tokens", status_code=status.HTTP_201_CREATED)
 def create_token(
-    slug: SlugPath, body: TokenCreate, principal: PrincipalDep, session: SessionDep
+    slug: SlugPath, body: TokenCreate, principal: AdminPrincipal, session: SessionDep
 ) -> TokenIssued:
     """Issue a token for the project; the response is the only time its secret is shown."""
     project_id = _administered(session, principal, slug)
@@ -69,7 +69,9 @@ def create_token(
 
 
 @router.get("/{slug}/tokens")
-def list_tokens(slug: SlugPath, principal: PrincipalDep, session: SessionDep) -> list[TokenPublic]:
+def list_tokens(
+    slug: SlugPath, principal: AdminPrincipal, session: SessionDep
+) -> list[TokenPublic]:
     """The project's tokens (never their secrets)."""
     project_id = _administered(session, principal, slug)
     return [

@@ -8,7 +8,7 @@ backup, a ``VACUUM`` or an operator's ``sqlite3`` shell does. Every request must
 be a duplicate, and the file must hold every chunk once.
 
 The first process gets more uploaders than its route thread pool has threads (40): without the
-service's in-flight cap (`service.app.InFlightLimit`), a request holding the write lock could
+service's in-flight cap (`service.guard.RequestGuard`), a request holding the write lock could
 wait for a thread that every other request holds while it waits for that lock, until the 30 s
 busy timeout turned into "database is locked" (503); ``bench/soak.py --backend sqlite
 --uploaders 45`` reproduces that load for longer. In-process retries of one batch are
