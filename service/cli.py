@@ -6,7 +6,10 @@ Commands:
   (or ``THERMOLEDGER_LOG_FORMAT=json``) logs one JSON object per line (`service.logs`).
   ``--workers N`` runs N processes on the port, their ``/metrics`` merged through a
   ``PROMETHEUS_MULTIPROC_DIR`` (the operator's, wiped at start, or a private temporary one
-  removed at exit: `service.metrics.multiprocess_directory`).
+  removed at exit: `service.metrics.multiprocess_directory`). A connection whose request line
+  and headers take longer than ``THERMOLEDGER_HEADER_TIMEOUT_S`` (default 10 s) is closed
+  (`service.server`; uvicorn has no such timeout of its own); request bodies have
+  ``THERMOLEDGER_BODY_TIMEOUT_S`` (`service.guard`).
 * ``migrate`` — upgrade the database to the newest schema (run it before ``serve``).
 * ``token create --project X --scopes admin,ingest,read`` — create the project if it is missing
   and issue a token for it, printed once on stdout (``TOKEN=$(thermoledger-server token create
@@ -46,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("demo", help="run the simulated 8-GPU demo and print its report", add_help=False)
 
-    serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP API (uvicorn)",
+        description="Run the HTTP API with uvicorn. Settings come from THERMOLEDGER_* (e.g. "
+        "THERMOLEDGER_HEADER_TIMEOUT_S, default 10: a connection that has not sent its "
+        "request headers in that time is closed; THERMOLEDGER_BODY_TIMEOUT_S, default 30: "
+        "a request body that takes longer is refused with 408).",
+    )
     _database_option(serve)
     serve.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"
@@ -194,6 +204,7 @@ def main(
         from .app import create_app
         from .logs import log_config
         from .metrics import MULTIPROC_ENV, multiprocess_directory
+        from .server import HttpToolsHeaderTimeout
         from .settings import Settings
 
         overrides = {"database_url": args.database_url, "log_format": args.log_format}
@@ -220,6 +231,9 @@ def main(
                 else create_app(settings),
                 factory=args.workers > 1,
                 workers=args.workers,
+                # uvicorn's own parser, closing connections slow to send their headers; the
+                # timeout reaches it through the app's lifespan state (service.server).
+                http=HttpToolsHeaderTimeout,
                 host=args.host,
                 port=args.port,
                 log_level=args.log_level,
