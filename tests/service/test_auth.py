@@ -108,7 +108,7 @@ def test_other_projects_runs_are_404_for_read_and_write(
         ("get", f"/api/v1/runs/{run_id}", None),
         ("get", f"/api/v1/runs/{run_id}/report", None),
         ("post", f"/api/v1/runs/{run_id}/chunks", batch([chunk(1)])),
-        ("post", f"/api/v1/runs/{run_id}/phases", {"name": "eval", "t0_s": 1.0}),
+        ("post", f"/api/v1/runs/{run_id}/phases", {"name": "eval", "t0_s": 1.8e9}),
         ("post", f"/api/v1/runs/{run_id}/work", {"tokens": 5}),
         ("post", f"/api/v1/runs/{run_id}/finish", None),
         ("post", f"/api/v1/runs/{run_id}/fail", {"exit_code": 1}),
@@ -123,13 +123,15 @@ def test_other_projects_runs_are_404_for_read_and_write(
     assert client.get(f"/api/v1/runs/{run_id}", headers=project.read).json()["status"] == "running"
 
 
-def test_a_run_id_of_another_project_cannot_be_claimed(
+def test_a_run_id_of_another_project_is_another_run(
     client: TestClient, project: Project, other: Project
 ) -> None:
     run_id = create_run(client, project)
     response = client.put(f"/api/v1/runs/{run_id}", json={"name": "x"}, headers=other.ingest)
-    assert response.status_code == 409
-    assert response.json()["field"] == "run_id"
+    assert response.status_code == 201  # its own run: nothing says the id is used elsewhere
+    assert (response.json()["project"], response.json()["name"]) == (other.slug, "x")
+    mine = client.get(f"/api/v1/runs/{run_id}", headers=project.read).json()
+    assert (mine["project"], mine["name"]) == (project.slug, "train.py")
 
 
 def test_admin_tokens_are_per_project(client: TestClient, project: Project, other: Project) -> None:
