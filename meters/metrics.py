@@ -272,7 +272,13 @@ class MeterCollector(Collector):
 
 @dataclass
 class MetricsServer:
-    """A running metrics endpoint; `close` stops it and releases the spool it reads."""
+    """A running metrics endpoint; `close` stops it and releases the spool it reads.
+
+    Attributes:
+        registry: The collectors it serves.
+        address: The interface its socket is bound to, as the socket reports it.
+        port: The TCP port it listens on (the one picked, when asked for 0).
+    """
 
     registry: CollectorRegistry
     address: str
@@ -378,7 +384,7 @@ def serve_collector(
         return None
     bound = MetricsServer(
         registry=registry,
-        address=address,
+        address=str(server.server_address[0]),  # as the socket has it, not as asked
         port=int(server.server_port),
         _server=server,
         _thread=thread,
