@@ -3,7 +3,11 @@
 * `UTCDateTime`: timezone-aware UTC in Python on both backends. PostgreSQL stores
   ``timestamptz``; SQLite has no time-zone type, so the value is stored as naive UTC text and
   re-labelled UTC on the way out. Naive datetimes are refused on the way in: guessing their zone
-  is how reports end up an hour off.
+  is how reports end up an hour off. So is a time whose UTC equivalent leaves Python's calendar
+  (``0001-01-01T00:00:00+14:00``): `TimeOutOfRange`, an `InvalidInput` (422 at the service),
+  raised unwrapped by SQLAlchemy, never the ``OverflowError`` of the conversion. The service
+  refuses such times long before (`service.timebounds`); this is the last line of defence for
+  every statement, filters included.
 * `StrEnumType`: a ``str`` enum stored as ``VARCHAR`` and read back as the enum member. The set of
   allowed values is enforced in the database by a named CHECK constraint on the table (see
   `db.models`), not by a native PostgreSQL ``ENUM``, whose values cannot be changed inside a
@@ -22,8 +26,19 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DontWrapMixin
 
-__all__ = ["BIGINT_PK", "JSON_DOC", "StrEnumType", "UTCDateTime", "utcnow"]
+from .errors import FieldProblem, InvalidInput
+
+__all__ = [
+    "BIGINT_PK",
+    "JSON_DOC",
+    "StrEnumType",
+    "TimeOutOfRange",
+    "UTCDateTime",
+    "to_utc",
+    "utcnow",
+]
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -34,6 +49,30 @@ BIGINT_PK: sa.types.TypeEngine[int] = sa.BigInteger().with_variant(sa.Integer(),
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime (the default of every ``*_at`` column)."""
     return datetime.now(UTC)
+
+
+class TimeOutOfRange(DontWrapMixin, InvalidInput):
+    """A time with no UTC equivalent in the calendar (years 1-9999), so it cannot be stored or
+    compared with stored times. `DontWrapMixin`: SQLAlchemy raises it as it is from inside a
+    statement, instead of wrapping it in a ``StatementError`` no error table knows."""
+
+    def __init__(self, value: datetime) -> None:
+        super().__init__(
+            [FieldProblem("time", f"{value.isoformat()} has no UTC equivalent in years 1-9999")]
+        )
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware ``value`` in UTC.
+
+    Raises:
+        TimeOutOfRange: Its UTC equivalent falls outside years 1-9999 (``astimezone``'s
+            ``OverflowError``).
+    """
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as e:
+        raise TimeOutOfRange(value) from e
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -47,7 +86,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value.isoformat()} refused: give it a time zone")
-        value = value.astimezone(UTC)
+        value = to_utc(value)
         # SQLite would store the offset-free text of whatever zone it got; storing naive UTC
         # keeps the text sortable, so range filters and ORDER BY work on it.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
