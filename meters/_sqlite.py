@@ -163,7 +163,7 @@ class SqliteFile:
     transactions, with SQLite errors raised as the subclass's error naming the file.
 
     Args:
-        path: The file; parent directories are created.
+        path: The file, created 0600; missing parent directories are created 0700.
         now: Unix-time source for the timestamps the file records (tests inject one).
         busy_timeout_s: How long a write waits for another process's lock, s.
     """

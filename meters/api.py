@@ -231,7 +231,8 @@ class Meter:
         kind: ``training``, ``inference``, ``eval`` or ``other``.
         run_id: Explicit run id (UUID, or any text mapped to one); default: `meters.runid`.
         server: Service URL (default: ``THERMOLEDGER_SERVER``; none: offline).
-        token: Token with the ``ingest`` scope (default: ``THERMOLEDGER_TOKEN``).
+        token: Token with the ``ingest`` scope (default: ``THERMOLEDGER_TOKEN``, else the file
+            named by ``THERMOLEDGER_TOKEN_FILE``).
         backend: Devices to read: a `PowerBackend` (not closed by the meter), or a choice
             (``"auto"``: every real domain found, GPUs, CPU packages and DRAM, see
             `open_backend`; ``"nvml"``, ``"rapl"``, ``"hwmon"``, ``"simulated"``). Default:

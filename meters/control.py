@@ -124,7 +124,7 @@ class ControlStore(SqliteFile):
     """The control outbox file (see the module docstring). Thread-safe; close it when done.
 
     Args:
-        path: The file; parent directories are created.
+        path: The file, created 0600; missing parent directories are created 0700.
         now: Unix-time source (tests inject one).
         busy_timeout_s: How long a write waits for another process's lock, s.
 

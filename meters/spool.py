@@ -184,7 +184,7 @@ class Spool(SqliteFile):
     """A SQLite spool file (WAL, ``synchronous=FULL``). Use as a context manager or `close`.
 
     Args:
-        path: The spool file; parent directories are created.
+        path: The spool file, created 0600; missing parent directories are created 0700.
         now: Unix-time source for ``created_at`` / ``acked_at`` (tests inject one).
         busy_timeout_s: How long a write waits for another process's lock, s.
 
