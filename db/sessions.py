@@ -27,7 +27,6 @@ __all__ = [
     "find_session",
     "purge_sessions",
     "revoke_session",
-    "revoke_sessions_of_token",
 ]
 
 #: Most rows one `purge_sessions` call deletes (bounded work per login).
@@ -129,17 +128,6 @@ def revoke_session(session: Session, *, session_hash: str, now: datetime) -> boo
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
-
-
-def revoke_sessions_of_token(session: Session, *, token_id: int, now: datetime) -> int:
-    """Close every open session bound to ``token_id``; returns how many were closed."""
-    result = session.execute(
-        sa.update(BrowserSession)
-        .where(BrowserSession.token_id == token_id, BrowserSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0))
 
 
 def purge_sessions(session: Session, *, now: datetime, limit: int = PURGE_BATCH) -> int:

@@ -71,7 +71,6 @@ def test_the_bound_tokens_revocation_is_seen(session: Session) -> None:
     found = sessions.find_session(session, session_hash=_hash(1))
     assert found is not None
     assert found.token.revoked_at == T0
-    assert sessions.revoke_sessions_of_token(session, token_id=token_id, now=T0) == 1
 
 
 def test_purge_deletes_dead_sessions_in_bounded_batches(session: Session) -> None:
