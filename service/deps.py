@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from thermoledger.db.models import Scope
 from thermoledger.db.types import utcnow
 
+from . import timebounds
 from .auth import Principal, Tenant, authenticate
 from .errors import Forbidden
 from .guard import verified_principal
@@ -49,8 +50,14 @@ __all__ = [
 
 
 async def get_settings(request: Request) -> Settings:
-    """The settings the app was created with (async: no thread-pool hop for a lookup)."""
+    """The settings the app was created with (async: no thread-pool hop for a lookup).
+
+    It also binds their stored time range for the request's schemas (`service.timebounds`):
+    every authenticated route resolves it before FastAPI validates the query and the body,
+    and being async it runs in the request's own context, where the binding stays.
+    """
     settings: Settings = request.app.state.settings
+    timebounds.bind(settings)
     return settings
 
 

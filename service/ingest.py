@@ -4,7 +4,9 @@ A batch (`meters.wire.IngestBatch`) is parsed from the raw body in one pass by p
 parser (types, finiteness, per-field bounds), then every check that spans fields or samples runs
 as numpy over all chunks and all samples at once:
 
-* per chunk: ``t0_s ≤ t1_s``; the band the meter sent agrees with its terms,
+* per chunk: ``t0_s ≤ t1_s``, both inside the stored time range (`service.timebounds`; the
+  chunk's samples must lie in ``[t0_s, t1_s]``, so they are bounded with it); the band the
+  meter sent agrees with its terms,
   ``energy_low_j = max(0, energy_j − sensor_uncertainty_j − bound_below_j)`` and
   ``energy_high_j = energy_j + sensor_uncertainty_j + bound_above_j`` (within `REL_TOLERANCE`;
   the table stores only the terms, so a band that contradicts them would be silently lost);
@@ -61,6 +63,7 @@ from thermoledger.db.records import ChunkRow, DeviceSpec
 from thermoledger.db.samples import concat_rows, encode_sample_rows
 from thermoledger.meters.wire import split_binary_batch
 
+from . import timebounds
 from .schemas import (
     FINITE_MAX,
     BinaryBatchHeaderIn,
@@ -69,6 +72,7 @@ from .schemas import (
     DeviceIn,
     IngestBatchIn,
 )
+from .timebounds import TimeRange
 
 __all__ = [
     "HASH_LAYOUT",
@@ -245,7 +249,7 @@ def _check_devices(devices: Sequence[DeviceIn], problems: _Problems) -> tuple[De
 
 
 def _check_summaries(
-    chunks: _Chunks, device_keys: set[str], problems: _Problems
+    chunks: _Chunks, device_keys: set[str], time_range: TimeRange, problems: _Problems
 ) -> dict[str, npt.NDArray[Any]]:
     table = chunks.table
     cols: dict[str, npt.NDArray[Any]] = {name: table[name] for name, _ in _SUMMARY_FIELDS}
@@ -262,6 +266,13 @@ def _check_summaries(
     gap_count = cols["gap_count"]
     counts = cols["reset_count"] + cols["wrap_count"]
     n = cols["n"]
+    earliest_s, latest_s = time_range.earliest_s, time_range.latest_s
+    for name, times in (("t0_s", t0), ("t1_s", t1)):
+        problems.first_in(
+            (times < earliest_s) | (times > latest_s),
+            name,
+            lambda i, times=times: time_range.refusal(f"{float(times[i])!r} s (unix time)"),
+        )
     problems.first_in(t1 < t0, "t1_s", lambda i: f"t1_s = {t1[i]!r} s is before t0_s = {t0[i]!r} s")
 
     want_low = np.maximum(e - sensor - below, 0.0)
@@ -499,6 +510,7 @@ def prepare_batch(
     max_chunks: int,
     max_samples_per_chunk: int,
     compress_samples: bool = False,
+    time_range: TimeRange | None = None,
 ) -> PreparedBatch:
     """Validate a parsed JSON batch and turn it into `db.chunks.ingest_chunks`' inputs.
 
@@ -508,6 +520,8 @@ def prepare_batch(
         max_samples_per_chunk: Most samples accepted in one chunk.
         compress_samples: Encode the sample blobs compressed (`db.samples`; the server's
             ``compress_samples`` setting, off by default as there).
+        time_range: Where chunk times may lie; default: the request's
+            (`service.timebounds.current`, the server's ``earliest_time``/``latest_time``).
 
     Returns:
         Device specs and chunk rows (with content hashes, sample columns and their encoded
@@ -523,7 +537,9 @@ def prepare_batch(
     problems = _Problems()
     chunks = _Chunks.of_objects(batch.chunks)
     devices = _check_devices(batch.devices, problems)
-    summaries = _check_summaries(chunks, {d.key for d in devices}, problems)
+    summaries = _check_summaries(
+        chunks, {d.key for d in devices}, time_range or timebounds.current(), problems
+    )
     samples = _gather_samples(batch.chunks, max_samples_per_chunk, problems)
     return _prepared(devices, chunks, summaries, samples, problems, compress_samples)
 
@@ -534,6 +550,7 @@ def prepare_binary_batch(
     max_chunks: int,
     max_samples_per_chunk: int,
     compress_samples: bool = False,
+    time_range: TimeRange | None = None,
 ) -> PreparedBatch:
     """Validate a binary batch (`meters.wire.BATCH_BINARY`) and turn it into the inputs of
     `db.chunks.ingest_chunks`: the same checks, the same field paths (``chunks[3].t1_s`` is
@@ -563,7 +580,9 @@ def prepare_binary_batch(
     problems = _Problems()
     chunks = _Chunks.of_columns(columns)
     devices = _check_devices(header.devices, problems)
-    summaries = _check_summaries(chunks, {d.key for d in devices}, problems)
+    summaries = _check_summaries(
+        chunks, {d.key for d in devices}, time_range or timebounds.current(), problems
+    )
     samples = _unpack_blocks(columns, summaries["n"], blocks, max_samples_per_chunk, problems)
     return _prepared(devices, chunks, summaries, samples, problems, compress_samples)
 

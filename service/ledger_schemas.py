@@ -9,13 +9,11 @@ dimensions), and `given_unit` keeps the unit exactly as the client wrote it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -31,6 +29,7 @@ from thermoledger.db.ledger import LedgerRecord
 from thermoledger.db.models import FactorBasis, FactorRate, LedgerSource
 
 from .schemas import QuantityIn
+from .timebounds import StoredTime
 
 __all__ = [
     "INT64_MAX",
@@ -83,8 +82,6 @@ FigureName = Literal[
     "flops",
 ]
 _UNIT_MAX = 64
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 #: Largest value of a BIGINT column (ledger seqs).
 INT64_MAX = 2**63 - 1
 #: Bounds that keep every derived figure finite: PUE (facility / IT energy; real data
@@ -95,14 +92,9 @@ INTENSITY_MAX_G_PER_KWH = 1e5
 PRICE_MAX_USD_PER_KWH = 1e3
 
 
-def _plausible_instant(when: datetime) -> datetime:
-    if not _EARLIEST <= when <= _LATEST:
-        raise ValueError("must lie between 1970-01-01 and 9999-01-01 (UTC)")
-    return when
-
-
-#: An aware instant in a range every backend and every time zone conversion can hold.
-Instant = Annotated[AwareDatetime, AfterValidator(_plausible_instant)]
+#: An aware instant inside the service's stored time range (`service.timebounds`): ledger
+#: instants, validity windows, and the ``from``/``to``/``at`` filters (refused outside it).
+Instant = StoredTime
 
 
 def given_unit(raw: Any, *, field: str) -> str:

@@ -10,6 +10,9 @@ The ingest models mirror `meters.wire` (the meter's TypedDicts) field for field;
 strict (no "3" for 3, no true for 1), refuse NaN and ±inf except where the wire allows an
 unbounded band (``energy_high_j``, ``bound_above_j``: a number or ``"inf"``), and ignore
 fields they do not know, so a newer meter can add some.
+
+Every time a request stores or filters on lies in the service's stored time range
+(`service.timebounds`: `StoredTime`, `StoredUnixS`; chunk times are checked by `service.ingest`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from uuid import UUID
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -40,6 +42,8 @@ from thermoledger.db.models import FINITE_MAX as MODELS_FINITE_MAX
 from thermoledger.db.models import DeviceKind, DevicePowerMethod, EnergyMethod, RunKind, RunStatus
 from thermoledger.db.records import INT64_MAX, PhaseRecord, RunRecord, TokenRecord
 from thermoledger.meters.wire import SAMPLES_F64_BASE64, decode_column
+
+from .timebounds import StoredTime, StoredUnixS
 
 __all__ = [
     "FINITE_MAX",
@@ -180,7 +184,9 @@ class TokenCreate(BaseModel):
 
     name: Name
     scopes: Annotated[list[ScopeName], Field(min_length=1, max_length=3)]
-    expires_at: AwareDatetime | None = None
+    expires_at: StoredTime | None = Field(
+        default=None, description="with a time zone, inside the service's stored time range"
+    )
 
 
 class TokenPublic(BaseModel):
@@ -228,8 +234,10 @@ class RunCreate(BaseModel):
 
     name: Name
     kind: RunKind = RunKind.TRAINING
-    started_at: AwareDatetime | None = Field(
-        default=None, description="Start time with a time zone; default: when the server saw it"
+    started_at: StoredTime | None = Field(
+        default=None,
+        description="Start time with a time zone, inside the service's stored time range "
+        "(default 2000-01-01Z to 2100-01-01Z); default: when the server saw it",
     )
     tags: Annotated[dict[TagKey, TagValue], Field(max_length=64)] = Field(default_factory=dict)
     host_info: Annotated[dict[str, Any], AfterValidator(_plain_json)] = Field(
@@ -304,7 +312,7 @@ class RunEnd(BaseModel):
 
     model_config = _API
 
-    ended_at: AwareDatetime | None = None
+    ended_at: StoredTime | None = None
     exit_code: Annotated[int, Field(ge=-(2**31), lt=2**31)] | None = None
 
 
@@ -330,8 +338,8 @@ class PhaseCreate(BaseModel):
     model_config = _API
 
     name: Name
-    t0_s: Annotated[float, Field(ge=0)]
-    t1_s: Annotated[float, Field(ge=0)] | None = None
+    t0_s: StoredUnixS
+    t1_s: StoredUnixS | None = None
     flops: QuantityIn | None = None
     dtype: Dtype | None = None
     tokens: CountIn | None = None

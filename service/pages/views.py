@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -41,6 +41,8 @@ from ..report_schemas import DeviceEnergy, RunReportPublic
 from ..reports import run_report, usage_report
 from ..routes.reports import csv_response
 from ..schemas import TAG_KEY_PATTERN
+from ..settings import Settings
+from ..timebounds import TimeRange
 from . import charts
 from .auth import PageTenant
 from .render import render
@@ -75,25 +77,42 @@ _BOUND_ROWS = (
 # Query parsing
 
 
-def _day(text: str | None, field: str, *, end: bool = False) -> datetime | None:
-    """``YYYY-MM-DD`` (UTC day; ``end`` = the next midnight) or an ISO time with a zone."""
+def _day(
+    text: str | None, field: str, time_range: TimeRange, *, end: bool = False
+) -> datetime | None:
+    """``YYYY-MM-DD`` (UTC day; ``end`` = the next midnight) or an ISO time with a zone.
+
+    The day or time must lie in the stored time range (`service.timebounds`; 422 naming the
+    field otherwise, as in the API). The next midnight of the range's last day may pass the
+    range's end; it then stands for "no end", as nothing is stored after it.
+    """
     if not text:
         return None
     try:
         if len(text) == 10:
-            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-            return day + timedelta(days=1) if end else day
-        when = datetime.fromisoformat(text)
+            when = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        else:
+            when = datetime.fromisoformat(text)
     except ValueError as e:
         raise InvalidInput.one(field, f"{text!r} is not a date (YYYY-MM-DD)") from e
     if when.tzinfo is None:
         raise InvalidInput.one(field, f"{text!r} has no time zone")
+    if not time_range.contains(when):
+        raise InvalidInput.one(field, time_range.refusal(repr(text)))
+    if end and len(text) == 10:
+        next_day = when + timedelta(days=1) if when.date() < date.max else None
+        return None if next_day is None or next_day > time_range.latest else next_day
     return when
 
 
-def _tags(texts: list[str]) -> list[tuple[str, str]]:
+def _tags(texts: list[str], max_filters: int) -> list[tuple[str, str]]:
+    texts = [t for t in texts if t.strip()]
+    if len(texts) > max_filters:
+        raise InvalidInput.one(
+            "tag", f"{len(texts)} tag filters; at most {max_filters} in one query"
+        )
     wanted = []
-    for i, text in enumerate(t for t in texts if t.strip()):
+    for i, text in enumerate(texts):
         key, sep, value = text.strip().partition("=")
         if not sep or not TAG_KEY_PATTERN.match(key):
             raise InvalidInput.one(f"tag[{i}]", f"{text!r} is not key=value")
@@ -170,6 +189,8 @@ def runs_page(
     started_before: str | None = None,
 ) -> HTMLResponse:
     """The project's runs, filtered, with kWh, CO2e and USD totals for the whole selection."""
+    settings: Settings = request.app.state.settings
+    time_range = TimeRange.of(settings)
     filters = {
         "kind": kind or "",
         "status": status or "",
@@ -182,9 +203,9 @@ def runs_page(
         project_id=tenant.id,
         kind=_enum(RunKind, kind, "kind"),
         status=_enum(RunStatus, status, "status"),
-        tags=_tags(tag),
-        started_after=_day(started_after, "started_after"),
-        started_before=_day(started_before, "started_before", end=True),
+        tags=_tags(tag, settings.max_tag_filters),
+        started_after=_day(started_after, "started_after", time_range),
+        started_before=_day(started_before, "started_before", time_range, end=True),
     )
     total_j = selection.total_energy_j
     measured = [r for r in selection.runs if r.id in selection.energy]

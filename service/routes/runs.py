@@ -10,21 +10,22 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import AwareDatetime
-
 from thermoledger.db import ledger, runs
 from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import RunKind, RunStatus
 from thermoledger.db.records import RunCursor, RunRecord
-from thermoledger.db.types import utcnow
+from thermoledger.db.types import to_utc, utcnow
 
-from ..deps import IngestTenant, ReadTenant, SessionDep
+from ..deps import IngestTenant, ReadTenant, SessionDep, SettingsDep
 from ..quantities import parse_count, parse_flops
 from ..schemas import TAG_KEY_PATTERN, RunCreate, RunEnd, RunPage, RunPublic, WorkDeclare
+from ..timebounds import StoredTime
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 MAX_PAGE = 500
+#: Longest cursor accepted; the cursors this server issues are about 110 characters.
+MAX_CURSOR_CHARS = 256
 
 
 @router.put(
@@ -58,23 +59,35 @@ def put_run(
 
 
 def _encode_cursor(record: RunRecord) -> str:
+    """The key of the page's last run: base64url of ``["<started_at ISO>", "<run id>"]``."""
     raw = json.dumps([record.started_at.isoformat(), str(record.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> RunCursor:
+    """The key `_encode_cursor` wrote; anything else (a client can send any text) is a 422
+    naming ``cursor``: not JSON, nested too deep, not two strings, not a UUID, or a time
+    without a UTC equivalent. The time is not held to the stored range: a cursor only
+    repeats a stored run's start."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        started, run_id = json.loads(raw)
+        key = json.loads(raw)
+        if not (isinstance(key, list) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+            raise ValueError("not a [time, run id] pair")
+        started, run_id = key
         at = datetime.fromisoformat(started)
         if at.tzinfo is None:
             raise ValueError("naive time")
-        return RunCursor(started_at=at, run_id=UUID(run_id))
-    except (ValueError, TypeError, binascii.Error) as e:
+        return RunCursor(started_at=to_utc(at), run_id=UUID(run_id))
+    except (ValueError, TypeError, RecursionError, binascii.Error) as e:
         raise InvalidInput.one("cursor", "not a cursor this server issued") from e
 
 
-def _parse_tags(tags: list[str]) -> list[tuple[str, str]]:
+def _parse_tags(tags: list[str], max_filters: int) -> list[tuple[str, str]]:
+    if len(tags) > max_filters:
+        raise InvalidInput.one(
+            "tag", f"{len(tags)} tag filters; at most {max_filters} in one query"
+        )
     wanted = []
     for i, text in enumerate(tags):
         key, sep, value = text.partition("=")
@@ -88,21 +101,30 @@ def _parse_tags(tags: list[str]) -> list[tuple[str, str]]:
 def list_runs(
     tenant: ReadTenant,
     session: SessionDep,
+    settings: SettingsDep,
     kind: RunKind | None = None,
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
-    tag: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006 - FastAPI copies query defaults
-    started_after: AwareDatetime | None = None,
-    started_before: AwareDatetime | None = None,
+    tag: Annotated[
+        list[str],
+        Query(description="key=value; repeat to require several (at most max_tag_filters)"),
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
+    started_after: StoredTime | None = None,
+    started_before: StoredTime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)] = None,
 ) -> RunPage:
-    """The project's runs, newest first, filtered; keyset pages (pass ``next_cursor`` back)."""
+    """The project's runs, newest first, filtered; keyset pages (pass ``next_cursor`` back).
+
+    422 for more ``tag`` filters than ``Settings.max_tag_filters`` (each one is a condition
+    of the query), for ``started_after``/``started_before`` outside the stored time range
+    (refused, not clamped: `service.timebounds`), and for a cursor this server did not issue.
+    """
     records = runs.list_runs(
         session,
         project_id=tenant.id,
         kind=kind,
         status=status_,
-        tags=_parse_tags(tag),
+        tags=_parse_tags(tag, settings.max_tag_filters),
         started_after=started_after,
         started_before=started_before,
         after=None if cursor is None else _decode_cursor(cursor),

@@ -5,6 +5,8 @@
 * `Sidecar` is a real ``thermoledger sidecar`` process over simulated GPUs, streaming to the
   service: it can be killed with SIGKILL or stopped with SIGTERM (it then flushes, uploads
   for a bounded time and prints its summary table, whose total `Sidecar.stop` parses).
+* `fingerprint` (row counts of every table, runs, running totals) is what a refused request
+  must leave unchanged (the fuzz suites compare it before and after).
 * `stored_seqs` and `ledger_problems` read the database back in SQL: the seqs stored per
   (run, device) with duplicates kept, and the invariants no fault may break (no chunk without
   its device and run, running totals equal to the sums over the chunks, phase totals equal to
@@ -233,6 +235,42 @@ def _engine(database_url: str) -> Iterator[sa.Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def table_counts(engine: sa.Engine) -> dict[str, int]:
+    """Row count of every table the database holds (reflected: a table a new migration adds
+    is counted without a change here)."""
+    names = sorted(sa.inspect(engine).get_table_names())
+    with engine.connect() as connection:
+        return {
+            name: connection.execute(
+                sa.select(sa.func.count()).select_from(sa.table(name))
+            ).scalar_one()
+            for name in names
+        }
+
+
+def fingerprint(engine: sa.Engine) -> dict[str, Any]:
+    """What a refused write must leave as it was: the row count of every table, every run's
+    row (less ``updated_at``, which any touch moves) and every running total."""
+    counts = table_counts(engine)
+    with engine.connect() as connection:
+        runs = connection.execute(sa.select(Run.__table__).order_by(*Run.__table__.primary_key))
+        totals = connection.execute(
+            sa.select(DeviceTotal.__table__).order_by(*DeviceTotal.__table__.primary_key)
+        )
+        runs_content = [
+            tuple(v for k, v in row._mapping.items() if k != "updated_at") for row in runs
+        ]
+        totals_content = [tuple(row) for row in totals]
+    return {"counts": counts, "runs": runs_content, "totals": totals_content}
+
+
+@contextmanager
+def database(database_url: str) -> Iterator[sa.Engine]:
+    """An engine on a live service's database (disposed afterwards)."""
+    with _engine(database_url) as engine:
+        yield engine
 
 
 def issue_tokens(database_url: str, count: int, *, project: str = "faults") -> list[str]:

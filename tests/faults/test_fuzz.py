@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-import sqlalchemy as sa
 from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -32,45 +31,20 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 
-from tests.faults.harness import ledger_problems
+from tests.faults.harness import fingerprint, ledger_problems
 from tests.support.builders import batch, chunk
 from tests.support.client import OPERATOR_TOKEN, TestClient, bearer, create_run, make_project
 from tests.support.client import Project as Tokens
-from thermoledger.db.models import (
-    ApiToken,
-    Chunk,
-    Device,
-    DeviceTotal,
-    LedgerEntry,
-    PhaseTotal,
-    Project,
-    Run,
-)
-from thermoledger.db.models import Phase as PhaseRow
 
 pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
 MAX_EXAMPLES = 15
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_COUNTED = (Project, ApiToken, Run, Device, Chunk, PhaseRow, DeviceTotal, PhaseTotal, LedgerEntry)
 
 
 def _fingerprint(app: FastAPI) -> dict[str, Any]:
     """Row counts of every table, plus every run's row and every running total."""
-    with app.state.engine.connect() as connection:
-        counts = {
-            model.__tablename__: connection.execute(
-                sa.select(sa.func.count()).select_from(model)
-            ).scalar_one()
-            for model in _COUNTED
-        }
-        runs = connection.execute(sa.select(Run.__table__).order_by(Run.id)).all()
-        totals = connection.execute(
-            sa.select(DeviceTotal.__table__).order_by(DeviceTotal.run_id, DeviceTotal.device_id)
-        ).all()
-    # updated_at moves on any touch; what matters is the content
-    runs_content = [tuple(v for k, v in row._mapping.items() if k != "updated_at") for row in runs]
-    return {"counts": counts, "runs": runs_content, "totals": [tuple(r) for r in totals]}
+    return fingerprint(app.state.engine)
 
 
 def _seed(app: FastAPI, client: TestClient) -> tuple[Tokens, dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from tests.support.builders import T0_S
 from tests.support.client import Project, TestClient, create_run, row_counts
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -245,15 +246,17 @@ def test_phases_are_recorded_closed_and_guarded(
     app: FastAPI, client: TestClient, project: Project, run_id: str
 ) -> None:
     url = f"/api/v1/runs/{run_id}/phases"
-    opened = client.post(url, json={"name": "epoch-1", "t0_s": 100.0}, headers=project.ingest)
+    opened = client.post(
+        url, json={"name": "epoch-1", "t0_s": T0_S + 100.0}, headers=project.ingest
+    )
     assert opened.status_code == 201
     assert opened.json()["t1_s"] is None
     closed = client.post(
         url,
         json={
             "name": "epoch-1",
-            "t0_s": 100.0,
-            "t1_s": 160.0,
+            "t0_s": T0_S + 100.0,
+            "t1_s": T0_S + 160.0,
             "flops": {"value": 2, "unit": "PFLOP"},
             "dtype": "bf16",
             "tokens": 1000,
@@ -265,15 +268,17 @@ def test_phases_are_recorded_closed_and_guarded(
     assert closed.json()["tokens"] == 1000
     assert closed.json()["id"] == opened.json()["id"]
     changed = client.post(
-        url, json={"name": "epoch-1", "t0_s": 100.0, "t1_s": 170.0}, headers=project.ingest
+        url,
+        json={"name": "epoch-1", "t0_s": T0_S + 100.0, "t1_s": T0_S + 170.0},
+        headers=project.ingest,
     )
     assert changed.status_code == 409
     assert changed.json()["field"] == "t1_s"
     for body, field in (
-        ({"name": "x", "t0_s": 10.0, "t1_s": 5.0}, "t1_s"),
+        ({"name": "x", "t0_s": T0_S + 10.0, "t1_s": T0_S + 5.0}, "t1_s"),
         ({"name": "x", "t0_s": -1.0}, "t0_s"),
-        ({"name": "x", "t0_s": 1.0, "flops": {"value": 1, "unit": "kWh"}}, "flops"),
-        ({"name": "x", "t0_s": 1.0, "tokens": {"value": 1, "unit": "USD"}}, "tokens"),
+        ({"name": "x", "t0_s": T0_S, "flops": {"value": 1, "unit": "kWh"}}, "flops"),
+        ({"name": "x", "t0_s": T0_S, "tokens": {"value": 1, "unit": "USD"}}, "tokens"),
     ):
         response = client.post(url, json=body, headers=project.ingest)
         assert response.status_code == 422, body
