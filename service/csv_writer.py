@@ -11,10 +11,15 @@ The policy, for every CSV the service writes:
   it); anything else is text (``str``).
 * **Formula guard.** A *text* cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
   carriage return is a formula to a spreadsheet (CSV injection: a run named
-  ``=HYPERLINK("http://x","y")``). It is written with a leading apostrophe, which spreadsheets
-  show as text. A text cell that already starts with an apostrophe gets one more, so the guard
-  can be undone exactly: a reader strips one leading apostrophe from a text cell that has one
-  (`unguard`), and gets the value back — an auditor recomputing a hash from the export does.
+  ``=HYPERLINK("http://x","y")``, a ledger note ``+cmd|' /C calc'!A0``), and so is one where
+  such a character follows leading whitespace (a space, a line break: several spreadsheets
+  trim before they parse). It is written with a leading apostrophe, which spreadsheets show
+  as text. Every text cell goes through the guard, whatever it came from: names, notes, tags,
+  device and host names, and JSON built from nested values (which starts with ``{`` or ``[``,
+  so it is never a formula itself). A text cell that already starts with an apostrophe gets
+  one more, so the guard can be undone exactly: a reader strips one leading apostrophe from a
+  text cell that has one (`unguard`), and gets the value back — an auditor recomputing a hash
+  from the export does.
 * **Numbers are not text.** The guard looks at text only: numbers the writer formats itself
   (``-1.5`` USD for a negative tariff, a value below zero) are never prefixed, so a spreadsheet
   reads them as numbers. A number that arrives as a string is text and is guarded like any
@@ -60,7 +65,13 @@ def cell(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     else:
         text = str(value)
-    return _GUARD + text if text.startswith((*FORMULA_LEADS, _GUARD)) else text
+    return _GUARD + text if _needs_guard(text) else text
+
+
+def _needs_guard(text: str) -> bool:
+    """Whether ``text`` reads as a formula (a lead, possibly after whitespace) or starts with
+    the guard itself (doubled, so `unguard` is exact)."""
+    return text.startswith((*FORMULA_LEADS, _GUARD)) or text.lstrip().startswith(FORMULA_LEADS)
 
 
 def unguard(text: str) -> str:
