@@ -87,6 +87,7 @@ WORD_BITS: Final[Mapping[str, int]] = MappingProxyType(
         "fp64": 64,
         "fp64_tensor": 64,
         "fp32": 32,
+        "fp32_matrix": 32,
         "tf32": 19,
         "bf16": 16,
         "fp16": 16,

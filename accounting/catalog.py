@@ -65,11 +65,14 @@ __all__ = [
     "resolve",
 ]
 
-#: Datatypes the catalog knows, in the file's order. ``fp64_tensor`` is FP64 on tensor/matrix units.
+#: Datatypes the catalog knows, in the file's order. ``fp64_tensor`` is FP64 on tensor/matrix units;
+#: ``fp32_matrix`` is FP32 on matrix cores or packed (AMD CDNA2's MFMA and packed FP32), where it
+#: differs from the vector rate ``fp32``.
 DTYPES: Final[tuple[str, ...]] = (
     "fp64",
     "fp64_tensor",
     "fp32",
+    "fp32_matrix",
     "tf32",
     "bf16",
     "fp16",

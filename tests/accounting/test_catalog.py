@@ -55,7 +55,8 @@ DENSE_TFLOPS = {
     ("nvidia-h100-sxm5-80gb", "bf16"): 989.5,
     ("nvidia-h100-sxm5-80gb", "fp8"): 1979.0,
     ("nvidia-h100-sxm5-80gb", "tf32"): 494.5,
-    ("nvidia-h100-pcie-80gb", "bf16"): 756.0,
+    ("nvidia-h100-pcie-80gb", "bf16"): 756.5,
+    ("nvidia-h100-pcie-80gb", "fp16"): 756.5,
     ("nvidia-h200-sxm-141gb", "bf16"): 989.5,
     ("nvidia-a100-sxm4-80gb", "bf16"): 312.0,
     ("nvidia-a100-sxm4-80gb", "tf32"): 156.0,
@@ -539,3 +540,18 @@ def test_unreadable_override_file(tmp_path: Path) -> None:
     bad.write_text("[[device]\n", encoding="utf-8")
     with pytest.raises(CatalogError, match="cannot read"):
         load_catalog(bad)
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "figure", "expected"),
+    [
+        ("nvidia-l4-24gb", "fp64", 0.473e12),  # the 1:64 rate of 30.3 TF FP32
+        ("amd-mi250x-128gb", "fp32", 47.9e12),  # vector
+        ("amd-mi250x-128gb", "fp32_matrix", 95.7e12),  # packed / matrix cores, its own name
+        ("amd-mi250x-128gb", "bandwidth", 3.2768e12),
+    ],
+)
+def test_corrected_entries(entry_id: str, figure: str, expected: float) -> None:
+    entry = builtin_catalog().entry(entry_id)
+    value = entry.memory_bandwidth_bytes_per_s if figure == "bandwidth" else entry.peak(figure)
+    assert value == pytest.approx(expected, rel=1e-9)
