@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response, status
+
 from thermoledger.db import ledger, runs
 from thermoledger.db.errors import InvalidInput
 from thermoledger.db.models import RunKind, RunStatus
@@ -32,16 +33,24 @@ MAX_CURSOR_CHARS = 256
     "/{run_id}",
     responses={
         201: {"model": RunPublic, "description": "created"},
-        409: {"description": "id taken"},
+        409: {"description": "the run exists with another kind, or has ended under another name"},
     },
 )
 def put_run(
-    run_id: UUID, body: RunCreate, tenant: IngestTenant, session: SessionDep, response: Response
+    run_id: UUID,
+    body: RunCreate,
+    tenant: IngestTenant,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
 ) -> RunPublic:
     """Create the run with this client-made id, or merge into it (every node of a job calls it).
 
-    201 when created, 200 when it existed (same body: same run, unchanged). 409 when the id
-    belongs to another project or to a run of another kind.
+    The id names a run within the token's project: another project may use the same id for
+    a run of its own, and neither sees the other's. 201 when created, 200 when it existed
+    (same body: same run, unchanged). 409 when the run exists with another kind, or has ended
+    and the request would rename it or move its start. 422 when the run's merged tags or
+    ``host_info`` would pass their limits.
     """
     record, created = runs.upsert_run(
         session,
@@ -53,6 +62,7 @@ def put_run(
         tags=body.tags,
         host_info=body.host_info,
         simulated=body.simulated,
+        max_host_info_bytes=settings.max_host_info_bytes,
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return RunPublic.of(record, tenant.slug)
