@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from tests.faults.test_fuzz import _fingerprint as fingerprint
+from tests.faults.harness import fingerprint
 from tests.support.builders import batch, chunk
 from tests.support.client import Project, TestClient, create_run, make_project
 from tests.support.signin import FORM, HTML, form_csrf, sign_in, sign_out
@@ -172,12 +172,12 @@ def test_a_cross_site_login_is_refused(app: FastAPI, headers: dict[str, str]) ->
     project = make_project(app)
     browser = _browser(app)
     csrf = form_csrf(browser.get("/login", headers=HTML).text)
-    before = fingerprint(app)
+    before = fingerprint(app.state.engine)
     response = _login_post(browser, project, csrf=csrf, **headers)
     assert response.status_code == 403, response.text
     assert "csrf" in response.json()["detail"]
     assert f"{COOKIE}=" not in response.headers.get("set-cookie", "")
-    assert fingerprint(app) == before
+    assert fingerprint(app.state.engine) == before
     # the same form from this site signs in
     same = {"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}
     assert _login_post(browser, project, csrf=csrf, **same).status_code == 303
@@ -185,7 +185,7 @@ def test_a_cross_site_login_is_refused(app: FastAPI, headers: dict[str, str]) ->
 
 def test_a_login_without_the_forms_csrf_value_is_refused(app: FastAPI) -> None:
     project = make_project(app)
-    before = fingerprint(app)
+    before = fingerprint(app.state.engine)
     # no form fetched: no cookie, no value (another site posting blind)
     blind = _browser(app)
     assert _login_post(blind, project, csrf=None).status_code == 403
@@ -201,7 +201,7 @@ def test_a_login_without_the_forms_csrf_value_is_refused(app: FastAPI) -> None:
         assert "reload" in response.text
     other = _browser(app)
     assert _login_post(other, project, csrf=csrf).status_code == 403  # value without cookie
-    assert fingerprint(app) == before
+    assert fingerprint(app.state.engine) == before
     assert _login_post(browser, project, csrf=csrf).status_code == 303
 
 
@@ -350,12 +350,12 @@ def test_hostile_form_bodies_get_a_4xx_and_write_nothing(app: FastAPI, path: str
     project = make_project(app)
     browser, session_id = _signed_in(app, project)
     csrf = form_csrf(browser.get("/login", headers=HTML).text)
-    before = fingerprint(app)
+    before = fingerprint(app.state.engine)
     for name, body, headers in _junk_bodies(csrf):
         response = browser.post(path, content=body, headers=headers, follow_redirects=False)
         assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
         if name in ("1000 fields", "1000 empty fields", "1000 repeated tokens"):
             assert response.status_code == 422, (name, response.text)
             assert "fields" in response.json()["detail"]
-    assert fingerprint(app) == before
+    assert fingerprint(app.state.engine) == before
     assert _replay(app, session_id).status_code == 200  # nothing signed out or in
