@@ -31,8 +31,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
-from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
+from tests.e2e.liveserver import ROOT, LiveServer, free_port, migrate_and_issue_token
 from tests.faults.harness import (
     WAIT_S,
     LiveService,
@@ -42,6 +43,10 @@ from tests.faults.harness import (
     wait_until,
 )
 from tests.support import dbutil
+from tests.support.client import clean_settings
+from thermoledger.db import migrate
+from thermoledger.service.app import create_app
+from thermoledger.service.server import H11HeaderTimeout, HttpToolsHeaderTimeout
 
 pytestmark = pytest.mark.slow  # subprocesses, live servers or real time
 
@@ -455,6 +460,7 @@ def test_a_connection_slow_to_send_its_headers_is_closed_while_others_are_served
     request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 40 + b"\r\n\r\n"
     trickled = _closed_by_server(trickling, request)
     assert trickled.startswith(b"HTTP/1.1 408"), trickled[:100]
+    assert trickled.endswith(b"within 1 s\n")  # THERMOLEDGER_HEADER_TIMEOUT_S
     assert _answer(partial).startswith(b"HTTP/1.1 408")
     assert _answer(kept).startswith(b"HTTP/1.1 408")
     assert _answer(silent) == b""  # nothing to answer: just closed
@@ -476,3 +482,40 @@ def test_a_slow_authenticated_body_is_refused_at_its_deadline(
     assert b'"code":"body_timeout"' in answer
     response = httpx.get(f"{server.url}{run}", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "protocol", [HttpToolsHeaderTimeout, H11HeaderTimeout], ids=["httptools", "h11"]
+)
+def test_either_protocol_takes_its_header_timeout_from_the_app(
+    tmp_path: Path, protocol: type[HttpToolsHeaderTimeout | H11HeaderTimeout]
+) -> None:
+    """uvicorn in a thread with the app's ``header_timeout_s`` (through the lifespan state),
+    over uvicorn's own parser and over h11."""
+    with dbutil.database_url("sqlite", tmp_path) as url:
+        migrate.upgrade(url)
+        app = create_app(clean_settings(database_url=url, header_timeout_s=0.5))
+        port = free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="on"
+            )
+        )
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: server.started, "uvicorn to start")
+            partial = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            silent = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            answer = _answer(partial)
+            assert answer.startswith(b"HTTP/1.1 408")
+            assert answer.endswith(b"within 0.5 s\n")  # the app's setting, not the default
+            assert _answer(silent) == b""
+            partial.close()
+            silent.close()
+        finally:
+            server.should_exit = True
+            thread.join(timeout=WAIT_S)
+            app.state.engine.dispose()
