@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tests.faults.test_fuzz import _fingerprint
+from tests.faults.harness import fingerprint
 from tests.support.client import OPERATOR_TOKEN, TestClient, bearer, make_project
 
 #: Bodies no admin route accepts: (content, content type).
@@ -51,7 +51,7 @@ def _admin_routes(slug: str, token_id: int) -> list[tuple[str, str]]:
 def test_a_token_without_the_admin_scope_gets_403_before_any_validation(app: FastAPI) -> None:
     client = TestClient(app, raise_server_exceptions=False)
     project = make_project(app)
-    before = _fingerprint(app)
+    before = fingerprint(app.state.engine)
     refused: list[str] = []
     for method, path in _admin_routes(project.slug, project.token_ids["admin"]):
         for headers in (project.read, project.ingest):
@@ -65,7 +65,7 @@ def test_a_token_without_the_admin_scope_gets_403_before_any_validation(app: Fas
                 elif "admin" not in body["detail"]:
                     refused.append(f"{method} {path}: 403 without saying why: {body}")
     assert not refused, "\n".join(refused[:10])
-    assert _fingerprint(app) == before
+    assert fingerprint(app.state.engine) == before
 
 
 @pytest.mark.parametrize("who", ["admin", "operator"])
@@ -75,7 +75,7 @@ def test_the_same_bodies_with_the_admin_scope_are_validated(app: FastAPI, who: s
     client = TestClient(app, raise_server_exceptions=False)
     project = make_project(app)
     headers = project.admin if who == "admin" else bearer(OPERATOR_TOKEN)
-    before = _fingerprint(app)
+    before = fingerprint(app.state.engine)
     writes = [
         (m, p)
         for m, p in _admin_routes(project.slug, project.token_ids["admin"])
@@ -95,7 +95,7 @@ def test_the_same_bodies_with_the_admin_scope_are_validated(app: FastAPI, who: s
     judged = [(m, p, s) for m, p, s in validated if s != 403 or who == "admin"]
     assert judged
     assert all(status == 422 for _, _, status in judged), judged
-    assert _fingerprint(app) == before
+    assert fingerprint(app.state.engine) == before
 
 
 def test_a_read_token_cannot_tell_an_admin_route_from_a_missing_project(app: FastAPI) -> None:
