@@ -58,6 +58,8 @@ import contextlib
 import functools
 import logging
 import math
+import numbers
+import operator
 import os
 import re
 import socket
@@ -65,9 +67,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
+from decimal import Decimal
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    ParamSpec,
+    SupportsIndex,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from .backends.base import PowerBackend
 from .control import ControlStore
@@ -85,15 +98,18 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "REFUSED_DECLARATIONS",
     "RUN_KINDS",
     "WORK_SAVE_S",
     "Meter",
     "PhaseRecord",
+    "RunSummary",
     "Sources",
     "WorkTotals",
     "empty_summary",
     "meter",
     "open_backend",
+    "whole_count",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -103,6 +119,13 @@ WORK_SAVE_S: Final = 5.0
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
 _DTYPE = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 _MAX_NAME = 200
+_INT64_MAX: Final = 2**63 - 1
+REFUSED_DECLARATIONS: Final = "refused_declarations"
+"""The key, in a meter's entry of the run's ``host_info``, of the declarations it refused: a list
+of lines such as ``declare_model(params=-1) ignored: need a whole count > 0`` (the service's
+report lists them, so a figure lost to a bad argument is not silently missing)."""
+_MAX_REFUSED: Final = 16
+_MAX_REFUSED_CHARS: Final = 300
 
 State = Literal["new", "running", "recording", "idle", "unmetered", "disabled", "stopped"]
 P = ParamSpec("P")
@@ -126,6 +149,70 @@ def empty_summary(run_id: str) -> MeterSummary:
         dropped=0,
         cpu_s=0.0,
     )
+
+
+def whole_count(value: object, *, minimum: int = 0) -> int | None:
+    """A count the meter API accepts, as an int; None when it is not one.
+
+    Any finite real number that is whole is a count: ``7_000_000_000``, ``7e9``, numpy integers
+    and floats, ``Fraction``, ``Decimal``. Text (``"7e9"``), booleans, NaN, infinities,
+    fractions of a unit and counts past a signed 64-bit integer (what the service stores) are
+    not.
+
+    Args:
+        value: What the caller passed.
+        minimum: The smallest count accepted (0 for tokens, 1 for a model size).
+    """
+    if isinstance(value, bool | str | bytes):
+        return None
+    try:
+        count = operator.index(cast(SupportsIndex, value))  # int, numpy ints (numpy's bool refuses)
+    except TypeError:
+        if not isinstance(value, numbers.Real | Decimal):
+            return None
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if not (math.isfinite(as_float) and as_float.is_integer()):
+            return None
+        count = int(as_float)
+    return count if minimum <= count <= _INT64_MAX else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary(MeterSummary):
+    """A meter's `MeterSummary` with what its table needs: ``print(m.summary())`` prints the
+    same table as ``thermoledger run`` (`meters.summary.render_summary`), not a repr.
+
+    Attributes:
+        name: The run's name.
+        backend_label: What read the devices.
+        simulated: The devices are simulated (the figures are not measurements).
+        ended: The meter has stopped (the figures are final).
+        exit_code: The job's exit code, once ended.
+        upload: What the final upload did (None: offline, or still running).
+        server: The service it uploads to (None: offline).
+        spool_dir: Where the run waits when not uploaded.
+        refused_declarations: Declarations the meter refused (`Meter.declare_model`,
+            `Meter.add_tokens`, `Meter.add_flops`), one line each: the figures they would have
+            given are missing from the report.
+    """
+
+    name: str = ""
+    backend_label: str = "none"
+    simulated: bool = False
+    ended: bool = False
+    exit_code: int | None = None
+    upload: PushResult | None = None
+    server: str | None = None
+    spool_dir: str = ""
+    refused_declarations: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        from .summary import render_run_summary  # the table imports this module
+
+        return render_run_summary(self)
 
 
 @dataclass(slots=True)
@@ -333,9 +420,11 @@ class Meter:
         self._phases: list[PhaseRecord] = []
         self._work_dirty = False
         self._work_saved_s = -math.inf
-        self._final: MeterSummary | None = None
+        self._final: RunSummary | None = None
         self._started_s = math.nan
         self._warned: set[str] = set()
+        self._refused: list[str] = []  # this process's refused declarations
+        self._refused_run: tuple[str, ...] = ()  # every meter's of the run, read at stop
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -429,6 +518,8 @@ class Meter:
         self._control.put(
             self.run_id, "run", self._run_body(started_s), if_absent=not election.sample
         )
+        if self._refused and election.record_work:
+            self._put_refusals()  # declarations refused before `start`
         if settings.api_url is not None:
             stores = (
                 Spool.in_directory(settings.spool_dir),
@@ -515,6 +606,8 @@ class Meter:
                 interval_s=self.settings.interval_s,
                 chunk_s=self.settings.chunk_s,
             )
+        if self._refused:
+            info[REFUSED_DECLARATIONS] = list(self._refused)
         return {
             "name": self.name,
             "kind": self.kind,
@@ -532,7 +625,78 @@ class Meter:
         body = self._run_body(self._started_s)
         for info in body["host_info"].values():
             info["quality"] = summary.quality.to_dict()
+        # Keep what other processes of the run added (the job's refused declarations), as the
+        # service's merge would: this message replaces the stored one.
+        existing = self._control.get(self.run_id, "run")
+        if existing is not None and isinstance(existing.body.get("host_info"), Mapping):
+            body["host_info"] = {**existing.body["host_info"], **body["host_info"]}
         self._control.put(self.run_id, "run", body)
+
+    def _refuse(self, kind: str, call: str, reason: str) -> None:
+        """Ignore a declaration, visibly: one warning, a line in the summary, and a line in the
+        run's host info (`REFUSED_DECLARATIONS`), which the service's report shows."""
+        text = f"{call} ignored: {reason}"
+        if len(text) > _MAX_REFUSED_CHARS:
+            text = text[: _MAX_REFUSED_CHARS - 1] + "…"
+        self._warn_once(kind, "thermoledger: %s", text)
+        with self._lock:
+            if text in self._refused or len(self._refused) >= _MAX_REFUSED:
+                return
+            self._refused.append(text)
+            if self.recording:
+                try:
+                    self._put_refusals()
+                except Exception as e:
+                    self._warn_once("refused", "thermoledger: recording a refusal failed: %s", e)
+
+    def _put_refusals(self) -> None:
+        """Add this process's refusals to the run's declaration in the outbox, under its own
+        host-info entry, leaving the rest of the declaration (perhaps the wrapper's) as it is."""
+        if self._control is None:
+            return
+        existing = self._control.get(self.run_id, "run")
+        body = dict(existing.body) if existing is not None else self._run_body(self._started_s)
+        host_info = dict(body.get("host_info") or {})
+        key = f"{'meter' if self._sampler else 'job'}@{self.host}"
+        entry = host_info.get(key)
+        entry = dict(entry) if isinstance(entry, Mapping) else {}
+        entry[REFUSED_DECLARATIONS] = list(self._refused)
+        host_info[key] = entry
+        body["host_info"] = host_info
+        self._control.put(self.run_id, "run", body)
+        if self._uploader is not None:
+            self._uploader.nudge()
+
+    def _run_refusals(self) -> tuple[str, ...]:
+        """This process's refusals and those the run's other processes recorded in the outbox
+        (the job's, under ``thermoledger run``), each once."""
+        lines = list(self._refused)
+        message = self._control.get(self.run_id, "run") if self._control is not None else None
+        host_info = message.body.get("host_info") if message is not None else None
+        for info in host_info.values() if isinstance(host_info, Mapping) else ():
+            refused = info.get(REFUSED_DECLARATIONS) if isinstance(info, Mapping) else None
+            for line in refused if isinstance(refused, list) else ():
+                if isinstance(line, str) and line not in lines:
+                    lines.append(line)
+        return tuple(lines)
+
+    def _with_context(
+        self, summary: MeterSummary, *, ended: bool, exit_code: int | None = None
+    ) -> RunSummary:
+        """``summary`` as a `RunSummary`: the meter's context, for its table."""
+        settings = self.settings
+        return RunSummary(
+            **{f.name: getattr(summary, f.name) for f in fields(MeterSummary)},
+            name=self.name,
+            backend_label=self.backend_label,
+            simulated=self.simulated,
+            ended=ended,
+            exit_code=exit_code,
+            upload=self.upload,
+            server=settings.server if settings is not None else None,
+            spool_dir=str(settings.spool_dir) if settings is not None else "",
+            refused_declarations=self._refused_run or tuple(self._refused),
+        )
 
     def _valid_tags(self, tags: Mapping[str, str]) -> dict[str, str]:
         out = {}
@@ -546,7 +710,7 @@ class Meter:
                 )
         return out
 
-    def stop(self, *, exit_code: int | None = 0, failed: bool | None = None) -> MeterSummary:
+    def stop(self, *, exit_code: int | None = 0, failed: bool | None = None) -> RunSummary:
         """Stop metering: flush, record how the run ended, upload for a bounded time.
 
         Never raises. Returns the final summary (also after a second call).
@@ -586,12 +750,16 @@ class Meter:
                     self._report_upload(self.upload)
             except Exception as e:
                 self._warn_once("upload", "thermoledger: the final upload failed: %s", e)
+            try:
+                self._refused_run = self._run_refusals()
+            except Exception as e:
+                self._warn_once("refused", "thermoledger: reading refusals failed: %s", e)
             self._teardown()
             if self.state in ("running", "recording"):
                 self.state = "stopped"
-            self._final = summary
+            self._final = final = self._with_context(summary, ended=True, exit_code=exit_code)
             atexit.unregister(self._at_exit)
-            return summary
+            return final
 
     def abort_upload(self) -> None:
         """Cut the final upload of `stop` short (what is left stays in the spool).
@@ -726,21 +894,24 @@ class Meter:
     def add_flops(self, flops: float, dtype: str = "bf16") -> None:
         """Declare FLOPs done (adds to the run and to every open phase).
 
+        A refused argument is ignored visibly: a warning, a line in `summary` and in the
+        run's report (`REFUSED_DECLARATIONS`).
+
         Args:
-            flops: Floating-point operations, FLOP (finite, >= 0).
+            flops: Floating-point operations, FLOP (finite, >= 0; a numpy number is fine).
             dtype: Their precision (``bf16``, ``fp8``, ``fp32`` …), for the hardware bound.
         """
-        try:
-            value = float(flops)
-        except (TypeError, ValueError):
-            value = math.nan
+        value = math.nan
+        if isinstance(flops, numbers.Real | Decimal) and not isinstance(flops, bool):
+            try:
+                value = float(flops)
+            except (TypeError, ValueError, OverflowError):
+                value = math.nan
         if not (math.isfinite(value) and value >= 0 and _DTYPE.match(str(dtype))):
-            self._warn_once(
+            self._refuse(
                 "flops",
-                "thermoledger: add_flops(%r, dtype=%r) ignored: need a finite FLOP count >= 0 "
-                "and a short dtype",
-                flops,
-                dtype,
+                f"add_flops({flops!r}, dtype={dtype!r})",
+                "need a finite FLOP count >= 0 and a short dtype ([A-Za-z0-9_]{1,16})",
             )
             return
         if not self.recording:
@@ -751,45 +922,50 @@ class Meter:
             self._work_dirty = True
             self._save_work(force=False)
 
-    def add_tokens(self, tokens: int) -> None:
+    def add_tokens(self, tokens: int | float) -> None:
         """Declare tokens processed (adds to the run and to every open phase).
 
+        A refused argument is ignored visibly: a warning, a line in `summary` and in the
+        run's report (`REFUSED_DECLARATIONS`).
+
         Args:
-            tokens: A count of tokens (an integer >= 0).
+            tokens: A count of tokens: any whole number >= 0 (``4096``, ``4.096e3``, a numpy
+                integer; see `whole_count`).
         """
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            try:
-                as_int = int(tokens)
-                ok = as_int == tokens and as_int >= 0
-            except (TypeError, ValueError, OverflowError):
-                ok = False
-            if not ok:
-                self._warn_once(
-                    "tokens", "thermoledger: add_tokens(%r) ignored: need an integer >= 0", tokens
-                )
-                return
-            tokens = as_int
+        count = whole_count(tokens, minimum=0)
+        if count is None:
+            self._refuse("tokens", f"add_tokens({tokens!r})", "need a whole count >= 0")
+            return
         if not self.recording:
             return
         with self._lock:
             for target in (self.work, *(p.work for p in self._phases)):
-                target.tokens += tokens
+                target.tokens += count
             self._work_dirty = True
             self._save_work(force=False)
 
-    def declare_model(self, *, params: int) -> None:
-        """Declare the model size N (parameters), so reports can estimate 6·N·D FLOPs."""
-        if isinstance(params, bool) or not isinstance(params, int) or params <= 0:
-            self._warn_once(
+    def declare_model(self, *, params: int | float) -> None:
+        """Declare the model size N (parameters), so reports can estimate 6·N·D FLOPs.
+
+        A refused argument is ignored visibly: a warning, a line in `summary` and in the
+        run's report (`REFUSED_DECLARATIONS`); without N there is no 6·N·D estimate.
+
+        Args:
+            params: Parameters: any whole number > 0 (``7e9``, ``7_000_000_000``, a numpy
+                number; see `whole_count`).
+        """
+        count = whole_count(params, minimum=1)
+        if count is None:
+            self._refuse(
                 "params",
-                "thermoledger: declare_model(params=%r) ignored: need an integer > 0",
-                params,
+                f"declare_model(params={params!r})",
+                "need a whole count > 0 (e.g. 7e9); no 6·N·D FLOPs, MFU or bounds from it",
             )
             return
         if not self.recording:
             return
         with self._lock:
-            self.work.model_params = params
+            self.work.model_params = count
             self._work_dirty = True
             self._save_work(force=True)
 
@@ -827,11 +1003,12 @@ class Meter:
 
     # -- figures ------------------------------------------------------------------------------
 
-    def summary(self) -> MeterSummary:
+    def summary(self) -> RunSummary:
         """Energy so far per device (sealed chunks plus the open one), method and band.
 
         While metering, every device is read first, so the figures reach the moment of the
-        call (with an energy counter: exactly).
+        call (with an energy counter: exactly). ``print(m.summary())`` prints the table
+        ``thermoledger run`` prints, with any refused declaration.
 
         A meter that samples nothing (another process meters this node, or it is disabled)
         has no devices: look at `sampling` before reading an empty summary as zero energy.
@@ -839,15 +1016,15 @@ class Meter:
         if self._final is not None:
             return self._final
         sampler = self._sampler
-        if sampler is None:
-            return empty_summary(self.run_id)
-        try:
-            if self.state == "running":
-                sampler.mark(cut=False)  # the figures reach this instant, not the last tick
-            return sampler.summary()
-        except Exception as e:
-            self._warn_once("summary", "thermoledger: summary failed: %s", e)
-            return empty_summary(self.run_id)
+        summary = empty_summary(self.run_id)
+        if sampler is not None:
+            try:
+                if self.state == "running":
+                    sampler.mark(cut=False)  # the figures reach this instant, not the last tick
+                summary = sampler.summary()
+            except Exception as e:
+                self._warn_once("summary", "thermoledger: summary failed: %s", e)
+        return self._with_context(summary, ended=False)
 
     def _warn_once(self, kind: str, message: str, *args: object) -> None:
         if kind not in self._warned:

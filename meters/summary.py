@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from thermoledger.accounting.integrate import aggregate_energy, covered_by, kind_order
 
-from .api import Meter
+from .api import Meter, RunSummary
 from .chunker import DeviceSummary
 from .logs import JsonFormatter
 from .quality import RunQuality
@@ -38,6 +38,7 @@ __all__ = [
     "render_attribution",
     "render_footprint",
     "render_quality",
+    "render_run_summary",
     "render_summary",
     "write_summary",
 ]
@@ -139,12 +140,16 @@ def render_summary(
     spool_dir: str,
     footprint: FootprintSettings | None = None,
     verbose: bool = False,
+    refused: Sequence[str] = (),
+    uploading_to: str | None = None,
 ) -> str:
     """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals.
 
     With ``footprint`` configured (a grid intensity and/or a tariff), the cost and CO2e lines of
     `render_footprint` follow the table; unconfigured, nothing about them is printed, but for
-    one hint line when ``verbose``.
+    one hint line when ``verbose``. ``refused`` declarations (`meters.api.RunSummary`) are
+    listed: the figures they would have given are missing. ``uploading_to`` (a server) with no
+    ``upload`` says the run is still being uploaded as it goes (a summary taken mid-run).
     """
     lines = [title]
     lines.append(f"  devices read by: {backend_label}")
@@ -197,7 +202,11 @@ def render_summary(
             f"  meter: {summary.overruns} overruns, {summary.read_errors} failed reads, "
             f"{summary.spool_errors} spool errors, {summary.unspooled} chunks not spooled"
         )
-    if upload is None:
+    for line in refused:
+        lines.append(f"  REFUSED declaration: {line}")
+    if upload is None and uploading_to is not None:
+        lines.append(f"  uploading to {uploading_to} as the run goes")
+    elif upload is None:
         lines.append(
             f"  offline: the run is in the spool {spool_dir}; `thermoledger push` sends it"
         )
@@ -213,6 +222,30 @@ def render_summary(
             f"{upload.messages_pending} messages wait in {spool_dir}; `thermoledger push` later"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_run_summary(summary: RunSummary) -> str:
+    """The table of `render_summary` for a meter's own summary (``print(m.summary())``).
+
+    A meter that samples nothing here (another process meters the node) says so instead of
+    printing 0 J; its refused declarations are listed all the same.
+    """
+    if summary.ended:
+        verb = "finished" if summary.exit_code in (0, None) else "failed"
+        code = "" if summary.exit_code is None else f" (exit {summary.exit_code})"
+        title = f"thermoledger: run {summary.run_id} {summary.name!r} {verb}{code}"
+    else:
+        title = f"thermoledger: run {summary.run_id} {summary.name!r} so far"
+    return render_summary(
+        summary,
+        title=title,
+        backend_label=summary.backend_label,
+        simulated=summary.simulated,
+        upload=summary.upload,
+        spool_dir=summary.spool_dir or "?",
+        refused=summary.refused_declarations,
+        uploading_to=None if summary.ended else summary.server,
+    )
 
 
 _GRADE_WORDS: Final = {
@@ -360,6 +393,7 @@ def write_summary(
             spool_dir=str(meter.settings.spool_dir if meter.settings else "?"),
             footprint=footprint,
             verbose=verbose,
+            refused=summary.refused_declarations if isinstance(summary, RunSummary) else (),
         )
         emit_summary(
             err,
@@ -374,6 +408,9 @@ def write_summary(
                 "devices": len(summary.devices),
                 "simulated": meter.simulated,
                 "quality": None if summary.quality is None else summary.quality.to_dict(),
+                "refused_declarations": list(
+                    summary.refused_declarations if isinstance(summary, RunSummary) else ()
+                ),
             },
         )
     except Exception as e:

@@ -633,3 +633,9 @@ class RunReportPublic(BaseModel):
     quality: MeasurementQuality | None = Field(
         default=None, description="The measurement's grade; None when no meter reported one."
     )
+    refused_declarations: list[str] = Field(
+        default_factory=list,
+        description="Declarations the run's meters refused (e.g. a model size that is not a "
+        "whole count), one line each: the figures they would have given are missing. From "
+        "the meters' ``refused_declarations`` in the run's host_info.",
+    )

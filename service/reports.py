@@ -58,6 +58,7 @@ from .report_schemas import RunReportPublic, TariffRecord
 __all__ = [
     "PHASE_NOTE",
     "emission_factor",
+    "refused_declarations",
     "report_mapping",
     "report_public",
     "report_settings",
@@ -273,6 +274,12 @@ def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
         out["notes"].append(PHASE_NOTE)
     _state_basis(out, basis)
     out["quality"] = meter_quality(run.host_info)
+    out["refused_declarations"] = refused_declarations(run.host_info)
+    if out["refused_declarations"]:
+        out["notes"].append(
+            "the meter refused some declared work (see refused_declarations): the figures "
+            "it would have given are missing"
+        )
     return cast(dict[str, Any], _json_safe(out))
 
 
@@ -305,6 +312,18 @@ def meter_quality(host_info: Mapping[str, Any]) -> dict[str, Any] | None:
         "improve": improve,
         "meters": len(grades),
     }
+
+
+def refused_declarations(host_info: Mapping[str, Any]) -> list[str]:
+    """The declarations the run's meters refused (``refused_declarations`` in a meter's entry
+    of the host info, `meters.api.REFUSED_DECLARATIONS`), each once, in the meters' order."""
+    lines: list[str] = []
+    for info in host_info.values():
+        refused = info.get("refused_declarations") if isinstance(info, Mapping) else None
+        for line in refused if isinstance(refused, list) else ():
+            if isinstance(line, str) and line not in lines:
+                lines.append(line[:300])
+    return lines[:64]
 
 
 def report_public(usage: RunUsage, *, basis: RunBasis) -> RunReportPublic:
