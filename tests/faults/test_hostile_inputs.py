@@ -265,6 +265,13 @@ def test_the_range_follows_the_settings_per_app(database_url: str) -> None:
             "/api/v1/runs", params={"started_after": "1991-01-01T00:00:00Z"}, headers=project.read
         )
         assert [r["id"] for r in listed.json()["items"]] == [run]
+        # Every route that takes a time reads the app's range, not the defaults.
+        for method, path, request, field in _time_targets(
+            run, project.slug, "1995-07-01T00:00:00Z"
+        ):
+            response = client.request(method, path, headers=project.every, **request)
+            assert response.status_code < 500, (path, response.text)
+            assert "outside the time range" not in response.text, (path, field, response.text)
 
 
 # --------------------------------------------------------------------------- db.types
