@@ -32,7 +32,9 @@ estimated from it errs high; a plan must say which basis it used.
 
 Amortisation — what served tokens pay back of a run's training (F/x + m, the parity volume, the
 break-even between two options) — lives in `accounting.amortisation`, which needs nothing from
-here.
+here. Choosing N and D for a target loss at the least training + lifetime inference cost (the
+Chinchilla loss model, Sardana et al. 2023) lives in `accounting.scaling`, which takes its FLOP
+constants from here.
 """
 
 from __future__ import annotations
