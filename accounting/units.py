@@ -3,7 +3,9 @@
 The registry is pint's default one plus ``data/units.txt``: ``FLOP`` (dimension ``[compute]``,
 with SI prefixes, so ``GFLOP``, ``PFLOP`` work), ``token`` (``[token_count]``), ``USD``
 (``[currency]``; other currencies only through explicit dated exchange rates, never implicitly)
-and ``gCO2e`` (``[emissions]``, with ``kgCO2e`` and ``tCO2e``). pint's own ``J``, ``Wh``,
+and ``gCO2e`` (``[emissions]``, with ``kgCO2e``, ``tCO2e`` and ``lbCO2e``: pounds, exactly
+0.45359237 kg, as US grid tables and Strubell et al. 2019 print them, so ``lbCO2e/kWh`` is an
+intensity like ``gCO2e/kWh``). pint's own ``J``, ``Wh``,
 ``kWh``, ``W``, ``bit`` and ``K`` are used as they are.
 
 At an API boundary a quantity is ``{"value": 3.6, "unit": "MJ"}`` or the text ``"3.6 MJ"``;
