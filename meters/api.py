@@ -90,7 +90,7 @@ from .runid import Election, RunIdentity, elect, resolve_run_id
 from .sampler import MeterSummary, Sampler
 from .settings import BackendChoice, MeterSettings, PowerReading
 from .spool import RunStatus, Spool
-from .uploader import PushResult, Uploader
+from .uploader import PushResult, Uploader, push_later
 from .wire import ChunkPayload, DevicePayload
 
 if TYPE_CHECKING:
@@ -781,6 +781,15 @@ class Meter:
             )
             return
         assert self.settings is not None
+        if result.token_refused:
+            self._log.warning(
+                "thermoledger: run %s not uploaded: %s; it is kept in the spool: push it later "
+                "with `%s`",
+                self.run_id,
+                result.error,
+                push_later(self.settings.server, self.settings.spool_dir),
+            )
+            return
         self._log.warning(
             "thermoledger: run %s: %d chunk(s) and %d message(s) not uploaded (%s); they are "
             "safe in %s: run `thermoledger push` later",

@@ -435,7 +435,7 @@ def _cmd_relay(options: RelayOptions, err: TextIO, log: logging.Logger) -> int:
 def _cmd_push(options: PushOptions, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     from .control import CONTROL_FILENAME, ControlStore
     from .spool import SPOOL_FILENAME, Spool
-    from .uploader import Uploader
+    from .uploader import Uploader, push_later
 
     settings = MeterSettings.resolve(
         env=env,
@@ -470,6 +470,11 @@ def _cmd_push(options: PushOptions, env: Mapping[str, str], out: TextIO, err: Te
         out.write(f"  blocked run {blocked}\n")
     if result.error:
         out.write(f"  stopped by: {result.error}\n")
+    if result.token_refused:
+        out.write(
+            "  not retried: everything stays in the spool; push again with a token that has "
+            f"the ingest scope: {push_later(settings.server, directory)}\n"
+        )
     if result.refused:
         out.write("  rejected chunks stay in the spool; see the log, then --retry-rejected\n")
     return 0 if result.complete else 1

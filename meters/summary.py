@@ -26,7 +26,7 @@ from .logs import JsonFormatter
 from .quality import RunQuality
 from .sampler import MeterSummary
 from .settings import FootprintSettings
-from .uploader import PushResult
+from .uploader import PushResult, push_later
 
 if TYPE_CHECKING:
     from .pods import RunTotal
@@ -142,6 +142,7 @@ def render_summary(
     verbose: bool = False,
     refused: Sequence[str] = (),
     uploading_to: str | None = None,
+    server: str | None = None,
 ) -> str:
     """The end-of-run table: per device J, kWh, mean/peak W, duration, method and band; totals.
 
@@ -149,7 +150,8 @@ def render_summary(
     `render_footprint` follow the table; unconfigured, nothing about them is printed, but for
     one hint line when ``verbose``. ``refused`` declarations (`meters.api.RunSummary`) are
     listed: the figures they would have given are missing. ``uploading_to`` (a server) with no
-    ``upload`` says the run is still being uploaded as it goes (a summary taken mid-run).
+    ``upload`` says the run is still being uploaded as it goes (a summary taken mid-run). A
+    refused token says how to push the run later, to ``server``.
     """
     lines = [title]
     lines.append(f"  devices read by: {backend_label}")
@@ -215,6 +217,12 @@ def render_summary(
             f"  uploaded: {upload.stored} chunks stored, {upload.duplicates} duplicates, "
             f"{upload.messages_sent} run/phase/work messages"
         )
+    elif upload.token_refused:
+        lines.append(
+            f"  NOT uploaded ({upload.error}): {upload.remaining + upload.refused} chunks and "
+            f"{upload.messages_pending} messages kept in {spool_dir}; push them later with "
+            f"`{push_later(server, spool_dir)}`"
+        )
     else:
         why = upload.error or "; ".join(upload.blocked) or "refused by the service"
         lines.append(
@@ -245,6 +253,7 @@ def render_run_summary(summary: RunSummary) -> str:
         spool_dir=summary.spool_dir or "?",
         refused=summary.refused_declarations,
         uploading_to=None if summary.ended else summary.server,
+        server=summary.server,
     )
 
 
@@ -394,6 +403,7 @@ def write_summary(
             footprint=footprint,
             verbose=verbose,
             refused=summary.refused_declarations if isinstance(summary, RunSummary) else (),
+            server=meter.settings.server if meter.settings else None,
         )
         emit_summary(
             err,

@@ -17,7 +17,10 @@ Failures
     and the next pass comes after an exponential backoff with jitter (capped; ``Retry-After``
     honoured). A request that timed out may have been stored: the chunk stays pending and its
     repeat is acknowledged as a duplicate, so nothing whose fate is unknown is ever dropped.
-    *401/403* (token refused) back off the same way and are logged once. *Other 4xx* (409 a
+    *401/403* (the token is refused, or lacks the ``ingest`` scope) are final: asking again
+    cannot help, so the pass stops, `PushResult.token_refused` says so, `drain` returns at once
+    (no backoff, whatever its time budget), the background thread stops sending, and everything
+    stays in the spool for a later ``thermoledger push`` with a good token. *Other 4xx* (409 a
     conflicting repeat, 422 a refused field, 413 too large) are bugs, not weather: the batch is
     split (at the chunk the error names, else in halves) until the refused chunks are isolated;
     they are logged with the service's message and recorded as rejected in the control outbox,
@@ -35,10 +38,12 @@ Threads
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import re
+import shlex
 import threading
 import time
 import uuid
@@ -64,6 +69,7 @@ __all__ = [
     "Backoff",
     "PushResult",
     "Uploader",
+    "push_later",
     "run_body_from_spool",
 ]
 
@@ -126,6 +132,8 @@ class PushResult:
         blocked: Runs that cannot be uploaded (the service refuses the run itself), with why.
         error: The last failure that stopped a pass (None: the last pass completed).
         retry_after_s: The server's ``Retry-After`` with that failure, s.
+        token_refused: The service refused the token (401, or 403: a missing scope): final,
+            nothing more is sent until a push with another token.
     """
 
     stored: int = 0
@@ -138,6 +146,7 @@ class PushResult:
     blocked: tuple[str, ...] = ()
     error: str | None = None
     retry_after_s: float | None = None
+    token_refused: bool = False
 
     @property
     def complete(self) -> bool:
@@ -157,11 +166,15 @@ class PushResult:
 
 
 class _Retryable(Exception):
-    """The service is unavailable (transport, 5xx, 429) or refused the token: try later."""
+    """The service is unavailable (transport, 5xx, 429): try later."""
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class _TokenRefused(Exception):
+    """The service refused the token (401) or its scope (403): final, no retry can help."""
 
 
 class _Blocked(Exception):
@@ -175,6 +188,20 @@ class _Tally:
     rejected: int = 0
     messages_sent: int = 0
     blocked: dict[str, str] = field(default_factory=dict)
+
+
+def push_later(server: str | None, spool_dir: object) -> str:
+    """The command that pushes a spool later, for a line telling the user how.
+
+    Args:
+        server: The service URL (None: a placeholder).
+        spool_dir: The spool directory.
+    """
+    where = shlex.quote(server) if server else "URL"
+    return (
+        f"thermoledger push --server {where} --spool-dir {shlex.quote(str(spool_dir))} "
+        "--token-file FILE"
+    )
 
 
 def _iso(t_s: float) -> str:
@@ -293,6 +320,7 @@ class Uploader:
         self._aborted = False  # set from a signal handler: a plain flag, no lock
         self._last_purge_s = -math.inf
         self._warned: set[str] = set()
+        self._lifetime = _Tally()  # every pass of this uploader, the thread's included
 
     # -- driving ------------------------------------------------------------------------------
 
@@ -314,6 +342,10 @@ class Uploader:
 
         Args:
             drain_timeout_s: How long to keep trying to send what is left, s (0: one pass).
+
+        Returns:
+            What is left after the drain, with the counts (stored, duplicates, rejected,
+            messages sent) of every pass this uploader made, the background thread's included.
         """
         self._stop.set()
         self._wake.set()
@@ -321,7 +353,16 @@ class Uploader:
             self._thread.join()
             self._thread = None
         self._stop.clear()
-        return self.drain(timeout_s=drain_timeout_s)
+        result = self.drain(timeout_s=drain_timeout_s)
+        with self._sync_lock:
+            total = self._lifetime
+            return dataclasses.replace(
+                result,
+                stored=total.stored,
+                duplicates=total.duplicates,
+                rejected=total.rejected,
+                messages_sent=total.messages_sent,
+            )
 
     def drain(
         self, *, timeout_s: float = 30.0, sleep: Callable[[float], object] | None = None
@@ -342,8 +383,9 @@ class Uploader:
             tally.duplicates += result.duplicates
             tally.rejected += result.rejected
             tally.messages_sent += result.messages_sent
-            # Without an error, a pass leaves nothing it could still send: done.
-            if result.error is None:
+            # Without an error, a pass leaves nothing it could still send: done. A refused
+            # token is final: waiting cannot make the service accept it.
+            if result.error is None or result.token_refused:
                 break
             left_s = deadline_s - time.monotonic()
             if left_s <= 0 or self._aborted:
@@ -362,6 +404,7 @@ class Uploader:
             blocked=result.blocked,
             error=result.error,
             retry_after_s=result.retry_after_s,
+            token_refused=result.token_refused,
         )
 
     def abort_drain(self) -> None:
@@ -400,6 +443,7 @@ class Uploader:
             tally = _Tally()
             error: str | None = None
             retry_after_s: float | None = None
+            token_refused = False
             runs: list[str] = []
             try:
                 runs = self._runs()
@@ -408,6 +452,14 @@ class Uploader:
                         self._sync_run(run_id, tally)
                     except _Blocked as e:
                         tally.blocked[run_id] = str(e)
+            except _TokenRefused as e:
+                error, token_refused = str(e), True
+                self._warn_once(
+                    "token",
+                    "%s; not retried: the data stays in the spool until `thermoledger push` with "
+                    "a token that has the ingest scope",
+                    e,
+                )
             except _Retryable as e:
                 error, retry_after_s = str(e), e.retry_after_s
                 if not self._unavailable:
@@ -426,6 +478,8 @@ class Uploader:
                 self._unavailable = False
                 self._maybe_purge()
             remaining, refused, pending_messages = self._left(runs)
+            for name in ("stored", "duplicates", "rejected", "messages_sent"):
+                setattr(self._lifetime, name, getattr(self._lifetime, name) + getattr(tally, name))
             return PushResult(
                 stored=tally.stored,
                 duplicates=tally.duplicates,
@@ -437,6 +491,7 @@ class Uploader:
                 blocked=tuple(f"{r}: {why}" for r, why in tally.blocked.items()),
                 error=error,
                 retry_after_s=retry_after_s,
+                token_refused=token_refused,
             )
 
     def _runs(self) -> list[str]:
@@ -699,7 +754,8 @@ class Uploader:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; raises `_Retryable` for what should be retried later."""
+        """One request; raises `_Retryable` for what should be retried later, `_TokenRefused`
+        for a refused token (final)."""
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.TransportError as e:
@@ -711,7 +767,10 @@ class Uploader:
                 _retry_after_s(response),
             )
         if status in (401, 403):
-            raise _Retryable(f"the service refused the token (HTTP {status}): {_detail(response)}")
+            # 403 from the API is always the token's scope (or the operator's token).
+            raise _TokenRefused(
+                f"the service refused the token (HTTP {status}: {_detail(response)})"
+            )
         return response
 
     def _refusal(self, response: httpx.Response) -> str:
@@ -734,6 +793,8 @@ class Uploader:
             except Exception as e:  # sync_once catches its own; this is a last line of defence
                 self._warn_once("loop", "upload pass failed: %s", e)
                 result = PushResult(error=str(e))
+            if result.token_refused:
+                return  # final: the spool keeps it all for a push with another token
             if result.error is not None or result.blocked:
                 delay_s = self.backoff.next_delay_s(result.retry_after_s)
             else:

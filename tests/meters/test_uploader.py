@@ -191,12 +191,13 @@ def test_a_request_that_timed_out_after_storing_is_acknowledged_as_a_duplicate(
     assert set(service.chunks) == _keys(setup.spool, setup.run_id)
 
 
-def test_a_refused_token_backs_off_and_keeps_the_data(setup: Setup) -> None:
+def test_a_refused_token_is_final_and_keeps_the_data(setup: Setup) -> None:
     setup.service.faults.append(once(httpx.Response(401, json={"detail": "bad token"})))
     with setup.uploader() as uploader:
         result = uploader.sync_once()
     assert result.error is not None
     assert "token" in result.error
+    assert result.token_refused
     assert result.remaining == setup.spool.counts(setup.run_id).pending > 0
 
 
