@@ -69,7 +69,9 @@ def _html_error(request: Request, response: Response) -> Response:
         heading=_HEADINGS.get(status, "Something went wrong" if status >= 500 else "Error"),
         detail=body.get("detail", ""),
         problems=body.get("errors", []),
-        project=None,
+        # The signed-in project when the page got that far (`auth.page_tenant`): the error
+        # keeps the navigation; before sign-in there is none to show.
+        project=getattr(request.state, "project", None),
     )
 
 

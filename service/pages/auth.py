@@ -206,9 +206,15 @@ def _principal(request: Request, session: SessionDep, settings: SettingsDep) -> 
     return _session_principal(request, session)
 
 
-def page_tenant(principal: Annotated[Principal, Depends(_principal)]) -> Tenant:
-    """The project a page shows (403 without the ``read`` scope)."""
-    return principal.require(Scope.READ)
+def page_tenant(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Tenant:
+    """The project a page shows (403 without the ``read`` scope).
+
+    Its slug is left on ``request.state.project`` too, so that an error page the request ends
+    in (`service.pages._html_error`) keeps the site's navigation and a way back.
+    """
+    tenant = principal.require(Scope.READ)
+    request.state.project = tenant.slug
+    return tenant
 
 
 PageTenant = Annotated[Tenant, Depends(page_tenant)]

@@ -43,6 +43,7 @@ __all__ = [
     "bar_chart",
     "color",
     "curve_chart",
+    "headroom_ticks",
     "linear_ticks",
     "log_ticks",
     "power_chart",
@@ -182,6 +183,33 @@ def linear_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     return ticks
 
 
+#: Space a value axis leaves above its highest value, as a fraction of the span it shows.
+HEADROOM = 0.1
+
+
+def headroom_ticks(
+    hi: float, *, lo: float = 0.0, count: int = 6, headroom: float = HEADROOM
+) -> list[float]:
+    """Round ticks from ``lo`` to the first round value at least ``headroom`` above ``hi``.
+
+    Why: an axis that ends at the data's maximum draws a constant (or peaking) line on the
+    plot's top border, where it reads as part of the frame and the chart looks empty. The top
+    tick here lies at least ``headroom × (hi − lo)`` above ``hi``, so the line sits inside the
+    plot. When ``hi <= lo`` (one constant value, nothing to span) the axis runs from 0 to the
+    value (0 to 1 for a value of 0), never a zero-height axis that would put the line at its
+    middle with no scale.
+    """
+    if not hi > lo:
+        lo, hi = min(lo, hi, 0.0), max(lo, hi, 0.0)
+        if not hi > lo:
+            hi = lo + 1.0
+    top = hi + headroom * (hi - lo)
+    step = _nice_step((top - lo) / max(count - 1, 1))
+    first = math.floor(lo / step + 1e-9) * step
+    n = math.ceil((top - first) / step - 1e-9)
+    return [0.0 if abs(v) < step * 1e-9 else v for v in (first + i * step for i in range(n + 1))]
+
+
 def log_ticks(lo: float, hi: float, most: int = 12) -> list[float]:
     """Powers of ten covering [lo, hi] (every k-th decade when there are more than ``most``)."""
     a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
@@ -262,9 +290,10 @@ def power_chart(
     left, top, right, bottom = 64.0, 24.0, WIDTH - 16.0, height - 44.0
     span_s = max(envelope.t1_s - envelope.t0_s, envelope.bucket_s)
     unit_s, unit = _time_unit(span_s)
-    peak = max((float(d.max_power_w.max()) for d in envelope.devices if len(d)), default=1.0)
-    y_ticks = linear_ticks(0.0, max(peak, 1.0) * 1.05, 6)
-    y_top = max(y_ticks[-1], peak)
+    peak = max((float(d.max_power_w.max()) for d in envelope.devices if len(d)), default=0.0)
+    # From 0 W, with headroom above the peak: a constant draw is a line inside the plot.
+    y_ticks = headroom_ticks(max(peak, 0.0), lo=0.0, count=6)
+    y_top = y_ticks[-1]
     x = _Scale(0.0, span_s, left, right)
     y = _Scale(0.0, y_top, bottom, top)
     groups: list[Group] = []

@@ -3,7 +3,8 @@
 Autoescaping is on for every template (names, tags and notes come from clients), undefined
 variables raise instead of rendering as empty, and the number filters never round a value to a
 misleading zero: a figure too small for its format switches to scientific notation, and a
-missing figure reads "n/a" rather than 0.
+missing figure reads "n/a" rather than 0. Energy has one format (`energy`): J, Wh, kWh, MWh or
+GWh, whichever the value reads best in.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from thermoledger.accounting.carbon import J_PER_KWH
 
 from .headers import PAGE_CSP
 
-__all__ = ["TEMPLATES_DIR", "environment", "render"]
+__all__ = ["ENERGY_UNITS", "TEMPLATES_DIR", "energy", "energy_unit", "environment", "render"]
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 _NA = "n/a"
@@ -59,26 +60,45 @@ def sci(value: float | None, digits: int = 3) -> str:
     return _exp(value, digits)
 
 
-def energy(value_j: float | None) -> str:
-    """Joules with an SI prefix (``3.833 MJ``)."""
+#: Energy units a page prints, largest first: (joules per unit, unit).
+ENERGY_UNITS: tuple[tuple[float, str], ...] = (
+    (3.6e12, "GWh"),
+    (3.6e9, "MWh"),
+    (J_PER_KWH, "kWh"),
+    (3.6e3, "Wh"),
+    (1.0, "J"),
+)
+
+
+def energy_unit(value_j: float | None) -> tuple[str, float]:
+    """The unit to print ``value_j`` in, and its size in joules.
+
+    J below 1 Wh, Wh below 1 kWh, kWh below 1 MWh, then MWh and GWh: the figure reads with
+    one to four digits before the point, never as ``1.663e-4 kWh``. The choice is made on the
+    value rounded to the four significant figures `energy` prints, so 999.96 Wh reads
+    ``1.000 kWh``, not ``1,000 Wh``. A missing value gets joules.
+    """
+    if _missing(value_j):
+        return "J", 1.0
+    assert value_j is not None
+    magnitude = float(f"{abs(value_j):.4g}")
+    for j_per_unit, unit in ENERGY_UNITS:
+        if magnitude >= j_per_unit:
+            return unit, j_per_unit
+    return "J", 1.0
+
+
+def energy(value_j: float | None, like_j: float | None = None) -> str:
+    """Joules in J, Wh, kWh, MWh or GWh by size (`energy_unit`), four significant figures.
+
+    The one energy format of the pages. ``like_j`` picks the unit from another value instead:
+    a band's ends print in the unit of its central value (``0.9800 kWh … 1.020 kWh``).
+    """
     if _missing(value_j):
         return _NA
     assert value_j is not None
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value_j) >= factor:
-            return f"{num(value_j / factor, 4)} {prefix}J"
-    return f"{num(value_j, 4)} J"
-
-
-def kwh(value_j: float | None) -> str:
-    """Joules as kWh (``1.065 kWh``), MWh beyond 10 MWh."""
-    if _missing(value_j):
-        return _NA
-    assert value_j is not None
-    value = value_j / J_PER_KWH
-    if abs(value) >= 1e4:
-        return f"{num(value / 1e3, 4)} MWh"
-    return f"{num(value, 4)} kWh"
+    unit, j_per_unit = energy_unit(value_j if _missing(like_j) else like_j)
+    return f"{num(value_j / j_per_unit, 4)} {unit}"
 
 
 def co2e(value_g: float | None) -> str:
@@ -148,7 +168,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        num=num, sci=sci, energy=energy, kwh=kwh, co2e=co2e, usd=usd, pct=pct, duration=duration
+        num=num, sci=sci, energy=energy, co2e=co2e, usd=usd, pct=pct, duration=duration
     )
     env.filters["utc"] = utc
     env.filters["segment"] = segment

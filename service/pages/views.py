@@ -14,6 +14,7 @@ many runs have none (no region configured, no version valid then) instead of gue
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -24,7 +25,7 @@ import pydantic
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from thermoledger.accounting.carbon import J_PER_KWH, default_emission_factors, default_pues
+from thermoledger.accounting.carbon import default_emission_factors, default_pues
 from thermoledger.accounting.catalog import builtin_catalog
 from thermoledger.db.basis import RunBasis, run_bases
 from thermoledger.db.envelope import envelope_of
@@ -45,7 +46,7 @@ from ..settings import Settings
 from ..timebounds import TimeRange
 from . import charts
 from .auth import PageTenant
-from .render import render
+from .render import energy_unit, render
 
 __all__ = ["MAX_COMPARE", "MAX_LISTED", "router"]
 
@@ -222,6 +223,9 @@ def runs_page(
             ("energy_cost", context.energy_cost_usd(energy_j)),
         ):
             totals[figure].add(value, context.unavailable.get(figure))
+    missing = _reasons_once(
+        [(figure, total.reason if total.missing else None) for figure, total in totals.items()]
+    )
     rows = []
     for run in selection.runs[:MAX_LISTED]:
         energy = selection.energy.get(run.id)
@@ -247,6 +251,7 @@ def runs_page(
         measured=selection.measured_runs,
         total_j=total_j,
         totals=totals,
+        missing=missing,
         basis=_basis_summary(list(bases.values())) if bases else None,
         frozen=sum(1 for b in bases.values() if b.frozen),
         kinds=[k.value for k in RunKind],
@@ -256,6 +261,82 @@ def runs_page(
 
 # --------------------------------------------------------------------------------------------
 # Run report
+
+
+def _energy_axis(*values_j: float | None) -> tuple[str, float]:
+    """The unit (and its joules) of an energy chart: the one its largest value reads in."""
+    known = [abs(v) for v in values_j if v is not None and math.isfinite(v)]
+    return energy_unit(max(known, default=0.0))
+
+
+def _mfu_reason(report: RunReportPublic) -> str:
+    """Why the report has no MFU, and what to do about it.
+
+    MFU needs FLOPs (declared, or 6·N·D / 2·N per token from a model size and tokens), a
+    catalog peak at the run's precision for every accelerator, and a measured duration; the
+    tile used to blame missing FLOPs for all of these. The words come from the report: its
+    declared work, its devices' catalog ids, the bounds' own reasons and its notes.
+    """
+    work = report.work
+    if work.flops is None:
+        if work.tokens and not work.model_params:
+            return "no FLOPs: tokens declared, but no model size (declare_model(params=…))"
+        if work.model_params and not work.tokens:
+            return "no FLOPs: a model size declared, but no tokens (add_tokens)"
+        return "no FLOPs declared (add_flops, or a model size and tokens)"
+    bounds = report.bounds
+    if bounds is not None:
+        why = bounds.unavailable.get("hardware_roofline")
+        return f"FLOPs declared, but no catalog peak at {work.dtype}" + (f": {why}" if why else "")
+    uncatalogued = sorted(
+        {d.name for d in report.energy.by_device if d.counted and d.catalog_id is None}
+    )
+    for note in report.notes:
+        head, _, why = note.partition(": ")
+        if head not in ("bounds skipped", "bounds unavailable"):
+            continue
+        if "hardware catalog" in why and uncatalogued:
+            names = ", ".join(repr(n) for n in uncatalogued)
+            return f"FLOPs declared, but no catalog peak for {names} (not in the hardware catalog)"
+        return f"FLOPs declared, but {why}"
+    return "FLOPs declared, but the bounds could not be computed (see the notes)"
+
+
+def _bounds_reason(report: RunReportPublic) -> str:
+    """Why the bounds section is empty: the same cause as the MFU's when there are no bounds."""
+    return _mfu_reason(report)
+
+
+@dataclass(frozen=True, slots=True)
+class _Missing:
+    """A figure that is not available, with its reason; ``first`` when no earlier figure of
+    the section gave the same reason (the page prints a reason once, then refers to it)."""
+
+    reason: str
+    first: bool
+
+
+def _reasons_once(reasons: list[tuple[str, str | None]]) -> dict[str, _Missing]:
+    """Figure → its missing reason, each distinct reason marked ``first`` once, in order."""
+    seen: set[str] = set()
+    out = {}
+    for figure, reason in reasons:
+        if reason is None:
+            continue
+        out[figure] = _Missing(reason, reason not in seen)
+        seen.add(reason)
+    return out
+
+
+def _statement_once(lines: list[str], shown: set[str]) -> list[str]:
+    """The basis statement's lines, with a reason the section already printed referred to
+    instead of repeated (``tariff: not available (the reason above)``)."""
+    out = []
+    for line in lines:
+        for reason in shown:
+            line = line.replace(f": {reason}", " (the reason above)")
+        out.append(line)
+    return out
 
 
 def _method_lines(devices: list[DeviceEnergy]) -> list[str]:
@@ -337,11 +418,17 @@ def report_page(
     usage = run_usage(session, project_id=tenant.id, run_id=run_id)
     if not usage.devices:
         return render(
-            request, "report_empty.html.j2", nav="runs", project=tenant.slug, run=usage.run
+            request,
+            "report_empty.html.j2",
+            nav="runs",
+            project=tenant.slug,
+            run=usage.run,
+            ended=usage.run.status != RunStatus.RUNNING,
         )
     report = usage_report(session, project_id=tenant.id, usage=usage)
     envelope = envelope_of(session, usage=usage)
     devices = report.energy.by_device
+    device_unit, device_j = _energy_axis(*(d.energy_high_j or d.energy_j for d in devices))
     colors = {d.key: charts.color(i) for i, d in enumerate(devices)}
     phases = [charts.PhaseSpan(p.name, p.t0_s, p.t1_s) for p in report.energy.by_phase]
     power = charts.power_chart(envelope, phases, colors)
@@ -354,11 +441,14 @@ def report_page(
             )
             for d in devices
         ],
-        unit="kWh",
-        scale=J_PER_KWH,
+        unit=device_unit,
+        scale=device_j,
     )
     by_phase = None
     if report.energy.by_phase:
+        phase_unit, phase_j = _energy_axis(
+            *(p.energy_high_j or p.energy_j for p in report.energy.by_phase)
+        )
         by_phase = charts.bar_chart(
             "energy-by-phase",
             "Energy by phase, with its uncertainty band",
@@ -366,8 +456,8 @@ def report_page(
                 charts.Bar(p.name, p.energy_j, p.energy_low_j, p.energy_high_j, "#6b7b8c")
                 for p in report.energy.by_phase
             ],
-            unit="kWh",
-            scale=J_PER_KWH,
+            unit=phase_unit,
+            scale=phase_j,
         )
     bounds_chart = None
     bounds_assumptions: dict[str, list[tuple[str, str]]] = {}
@@ -382,6 +472,26 @@ def report_page(
             bound = getattr(report.bounds, key)
             if bound is not None:
                 bounds_assumptions[label] = _assumption_lines(bound.assumptions)
+    carbon, cost = report.carbon, report.cost
+    priced = cost.energy_usd is not None or cost.hardware_usd is not None
+    missing = _reasons_once(
+        [
+            (
+                "co2e_location",
+                None
+                if carbon.location_based.co2e_g is not None
+                else carbon.location_based.reason or "not available",
+            ),
+            (
+                "co2e_market",
+                None
+                if carbon.market_based.co2e_g is not None
+                else carbon.market_based.reason or "not available",
+            ),
+            ("cost", None if priced else cost.energy_reason or "no tariff applies"),
+        ]
+    )
+    shown = {m.reason for m in missing.values()}
     return render(
         request,
         "report.html.j2",
@@ -395,9 +505,10 @@ def report_page(
         by_phase=by_phase,
         bounds_chart=bounds_chart,
         bounds_assumptions=bounds_assumptions,
-        bounds_reason=next(
-            (n for n in report.notes if "FLOPs" in n or "bounds" in n), "no FLOPs declared"
-        ),
+        bounds_reason=_bounds_reason(report),
+        mfu_reason=None if report.efficiency.mfu is not None else _mfu_reason(report),
+        missing=missing,
+        statement=_statement_once(list(report.accounting.statement), shown),
         methods=_method_lines(devices),
         uncertainty=_uncertainty(report),
         colors=colors,
@@ -426,8 +537,8 @@ def report_csv_page(run_id: UUID, tenant: PageTenant, session: SessionDep) -> Re
 
 
 _COMPARED = (
-    # (key, label, unit, display scale)
-    ("energy", "Energy", "kWh", J_PER_KWH),
+    # (key, label, unit, display scale); energy's unit is picked by size (`_energy_axis`)
+    ("energy", "Energy", "J", 1.0),
     ("j_per_token", "Energy per token", "J/token", 1.0),
     ("flop_per_j", "Efficiency", "FLOP/J", 1.0),
     ("cost", "Cost", "USD", 1.0),
@@ -484,6 +595,8 @@ def compare_page(
                 continue
             value, low, high = _compared_value(c.report, key)
             bars.append(charts.Bar(c.run.name, value, low, high, c.color))
+        if key == "energy":
+            unit, scale = _energy_axis(*(b.high or b.value for b in bars))
         if any(bar.value is not None for bar in bars):
             metric_charts.append(
                 (label, charts.bar_chart(f"compare-{key}", label, bars, unit=unit, scale=scale))
@@ -585,6 +698,45 @@ def _amortisation_charts(answer: AmortisationPublic) -> list[tuple[str, charts.C
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _ModelGaps:
+    """What a model's runs have, when they do not have enough to amortise."""
+
+    training_runs: int
+    measured_training_runs: int
+    inference_runs: int
+    inference_runs_with_tokens: int
+
+
+def _model_gaps(
+    session: SessionDep, *, project_id: int, model_tag: str, assumed: bool
+) -> _ModelGaps | None:
+    """What keeps ``model_tag`` from an amortisation, or None when nothing does.
+
+    The amortisation needs a measured training run and an inference run with measurements
+    and declared tokens (or an assumed J/token). Without them `service.economics.amortisation`
+    refuses with a 409 — right for the API, a dead end for a reader; the page shows what
+    is there and how to tag the missing runs instead. A tag no run carries is left to the
+    amortisation's 404.
+    """
+    tags = [(MODEL_TAG_KEY, model_tag)]
+    training = select_runs(session, project_id=project_id, kind=RunKind.TRAINING, tags=tags)
+    inference = select_runs(session, project_id=project_id, kind=RunKind.INFERENCE, tags=tags)
+    if not training.runs and not inference.runs:
+        return None
+    served = sum(
+        1 for r in inference.runs if r.id in inference.energy and (r.declared_tokens or 0) > 0
+    )
+    if training.measured_runs and (served or assumed):
+        return None
+    return _ModelGaps(
+        training_runs=len(training.runs),
+        measured_training_runs=training.measured_runs,
+        inference_runs=len(inference.runs),
+        inference_runs_with_tokens=served,
+    )
+
+
 @router.get("/models/{model_tag}", response_class=HTMLResponse)
 def model_page(
     model_tag: str,
@@ -598,7 +750,24 @@ def model_page(
     pue: str | None = None,
     tariff_usd_per_kwh: Annotated[float | None, Query(ge=0, le=100)] = None,
 ) -> HTMLResponse:
-    """Amortised J/token, gCO2e/token and USD/token of a model over tokens served."""
+    """Amortised J/token, gCO2e/token and USD/token of a model over tokens served; or, while
+    its runs cannot give one yet, what is missing and how to tag the runs that would."""
+    gaps = _model_gaps(
+        session,
+        project_id=tenant.id,
+        model_tag=model_tag,
+        assumed=inference_j_per_token is not None,
+    )
+    if gaps is not None:
+        return render(
+            request,
+            "model_missing.html.j2",
+            nav="models",
+            project=tenant.slug,
+            model_tag=model_tag,
+            tag_key=MODEL_TAG_KEY,
+            gaps=gaps,
+        )
     answer = amortisation(
         session,
         project_id=tenant.id,
@@ -665,6 +834,7 @@ def _plan_form(params: dict[str, str]) -> tuple[PlanRequest | None, list[str]]:
 
 def _plan_charts(result: PlanPublic) -> list[tuple[str, charts.Chart]]:
     energy = result.energy
+    unit, j_per_unit = _energy_axis(energy.energy_j_high, energy.energy_j_central)
     out = [
         (
             "Energy estimate",
@@ -680,8 +850,8 @@ def _plan_charts(result: PlanPublic) -> list[tuple[str, charts.Chart]]:
                         charts.color(0),
                     )
                 ],
-                unit="kWh",
-                scale=J_PER_KWH,
+                unit=unit,
+                scale=j_per_unit,
             ),
         )
     ]

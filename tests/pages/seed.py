@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from thermoledger.meters.backends.simulated import (
@@ -73,8 +74,10 @@ def trace(
     interval_s: float = 1.0,
     chunk_s: float = 10.0,
     host: str = "sim-node-0",
+    gpu_name: str = GPU_NAME,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Device payloads and sealed chunks of a simulated trace, exactly as a meter makes them."""
+    """Device payloads and sealed chunks of a simulated trace, exactly as a meter makes them
+    (the devices named ``gpu_name``: catalogued by default)."""
     clock = ManualClock(monotonic_s=1000.0, wall_s=t0_s)
     backend = SimulatedBackend(devices, clock=clock)
     infos = backend.devices()
@@ -110,7 +113,7 @@ def trace(
     payloads = []
     for info in infos:
         payload = dict(device_payload(info, host=host))
-        payload["name"] = GPU_NAME  # resolves in the hardware catalog; still flagged simulated
+        payload["name"] = gpu_name  # resolves in the hardware catalog; still flagged simulated
         payloads.append(payload)
     return payloads, chunks
 
@@ -150,6 +153,8 @@ def seed_run(
     tags: dict[str, str] | None = None,
     work: dict[str, Any] | None = None,
     finish: bool = True,
+    profiles: Sequence[SimulatedDevice] | None = None,
+    gpu_name: str = GPU_NAME,
 ) -> SeededRun:
     """Create a run, upload its simulated trace in batches, record phases and work, finish it.
 
@@ -165,6 +170,8 @@ def seed_run(
         tags: Run tags.
         work: Body of ``POST /work`` (e.g. ``{"model_params": 1.3e9, "tokens": 2.5e8}``).
         finish: Mark the run finished.
+        profiles: The simulated devices (default: `fleet` of ``devices``).
+        gpu_name: The devices' name (an uncatalogued one leaves the run without a peak).
     """
     run_id = str(uuid.uuid4())
     _ok(
@@ -174,7 +181,8 @@ def seed_run(
             headers=headers,
         )
     )
-    payloads, chunks = trace(fleet(devices), duration_s=duration_s, t0_s=t0_s)
+    simulated = tuple(profiles) if profiles is not None else fleet(devices)
+    payloads, chunks = trace(simulated, duration_s=duration_s, t0_s=t0_s, gpu_name=gpu_name)
     for start in range(0, len(chunks), BATCH):
         body = {"schema": 1, "devices": payloads, "chunks": chunks[start : start + BATCH]}
         _ok(client.post(f"/api/v1/runs/{run_id}/chunks", json=body, headers=headers))
@@ -194,7 +202,7 @@ def seed_run(
         id=run_id,
         name=name,
         kind=kind,
-        devices=devices,
+        devices=len(simulated),
         chunks=len(chunks),
         phases=tuple(phases),
         tags=dict(tags or {}),
@@ -273,3 +281,120 @@ def seed_project(client: Client, headers: dict[str, str], *, duration_s: float =
     )
     empty = SeededRun(id=run_id, name="queued-job", kind="eval", devices=0, chunks=0)
     return Fleet(train, serve, train_large, serve_large, empty)
+
+
+def seed_empty_run(
+    client: Client, headers: dict[str, str], *, name: str, finish: bool, kind: str = "eval"
+) -> SeededRun:
+    """A run with no chunk: still running (a meter not heard from yet) or, with ``finish``,
+    ended without measurements (a meter that never started, a spool never pushed)."""
+    run_id = str(uuid.uuid4())
+    _ok(client.put(f"/api/v1/runs/{run_id}", json={"name": name, "kind": kind}, headers=headers))
+    if finish:
+        _ok(client.post(f"/api/v1/runs/{run_id}/finish", json={}, headers=headers))
+    return SeededRun(id=run_id, name=name, kind=kind, devices=0, chunks=0)
+
+
+#: A GPU the hardware catalog does not know: FLOPs can be declared, but no peak applies.
+UNCATALOGUED_GPU = "Acme Tensor Slab 9000"
+#: The constant draw of `States.constant`'s devices, W.
+CONSTANT_W = 400.0
+#: The tariff `seed_states` adds before its priced run, USD/kWh.
+TARIFF_USD_PER_KWH = 0.25
+
+
+@dataclass(frozen=True)
+class States:
+    """One run (or model tag) per page state the browser tests look at (`seed_states`)."""
+
+    no_flops: SeededRun
+    flops_no_peak: SeededRun
+    constant: SeededRun
+    ended_empty: SeededRun
+    running_empty: SeededRun
+    priced: SeededRun
+    training_only_model: str
+
+
+def seed_states(
+    client: Client,
+    headers: dict[str, str],
+    admin: dict[str, str],
+    *,
+    t0_s: float = T0_S + 86_400,
+    duration_s: float = 120.0,
+) -> States:
+    """Runs in the states a page must tell apart, after `seed_project`'s (all unpriced).
+
+    No FLOPs declared; FLOPs declared on a GPU with no catalog peak; a constant draw (the
+    power chart's line must sit inside the plot); no chunks, running and ended; a model with
+    a training run and no inference run; and, last, a priced run: the project gets a tariff
+    (``admin`` headers) from now on, so only the runs that end after it are priced (the
+    ledger froze the earlier ones without).
+    """
+    work = {"model_params": 1.3e8, "tokens": 2.0e7, "dtype": "bf16"}
+    no_flops = seed_run(
+        client, headers, name="no-flops", devices=1, duration_s=duration_s, t0_s=t0_s
+    )
+    flops_no_peak = seed_run(
+        client,
+        headers,
+        name="flops-no-peak",
+        devices=1,
+        duration_s=duration_s,
+        t0_s=t0_s + 600,
+        work=work,
+        gpu_name=UNCATALOGUED_GPU,
+    )
+    constant = seed_run(
+        client,
+        headers,
+        name="constant-power",
+        duration_s=duration_s,
+        t0_s=t0_s + 1200,
+        work=work,
+        profiles=(SimulatedDevice(steady(CONSTANT_W), reading="average"),) * 2,
+    )
+    ended_empty = seed_empty_run(client, headers, name="never-metered", finish=True)
+    running_empty = seed_empty_run(client, headers, name="not-yet-metered", finish=False)
+    seed_run(
+        client,
+        headers,
+        name="solo-train",
+        devices=1,
+        duration_s=duration_s,
+        t0_s=t0_s + 1800,
+        tags={"model": "solo-7b"},
+        work=work,
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    _ok(
+        client.post(
+            "/api/v1/tariffs",
+            json={
+                "region": SEED_REGION,
+                "price": f"{TARIFF_USD_PER_KWH} USD/kWh",
+                "valid_from": (now - timedelta(seconds=1)).isoformat(),
+                "source": "page tests",
+            },
+            headers=admin,
+        )
+    )
+    priced = seed_run(
+        client,
+        headers,
+        name="priced",
+        devices=1,
+        duration_s=duration_s,
+        t0_s=t0_s + 2400,
+        work=work,
+    )
+    return States(
+        no_flops=no_flops,
+        flops_no_peak=flops_no_peak,
+        constant=constant,
+        ended_empty=ended_empty,
+        running_empty=running_empty,
+        priced=priced,
+        training_only_model="solo-7b",
+    )

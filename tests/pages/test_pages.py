@@ -12,11 +12,21 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tests.pages.seed import Fleet
+from tests.pages.seed import CONSTANT_W, UNCATALOGUED_GPU, Fleet, States
 from tests.support.builders import batch, chunk
 from tests.support.client import Project, TestClient, create_run, make_project
 from tests.support.signin import HTML, sign_in, sign_out
 from thermoledger.service.pages.auth import COOKIE
+from thermoledger.service.pages.render import ENERGY_UNITS, energy_unit
+
+_J_PER = {unit: j for j, unit in ENERGY_UNITS}
+
+
+def _joules(text: str) -> float:
+    """An energy as a page prints it (``450.2 Wh``, ``1,234 J``), in joules."""
+    match = re.fullmatch(r"\s*([\d.,]+) (J|Wh|kWh|MWh|GWh)\s*", text)
+    assert match, text
+    return float(match.group(1).replace(",", "")) * _J_PER[match.group(2)]
 
 
 def _svg(html: str, chart: str) -> str:
@@ -191,11 +201,12 @@ def test_runs_list_totals_are_the_sum_of_the_reports(
     reports = [
         client.get(f"/api/v1/runs/{r.id}/report", headers=project.read).json() for r in measured
     ]
-    total_kwh = sum(r["energy"]["total"]["energy_kwh"] for r in reports)
+    total_j = sum(r["energy"]["total"]["energy_j"] for r in reports)
     total_g = sum(r["carbon"]["location_based"]["co2e_g"] for r in reports)
-    shown_kwh = re.search(r'data-total="kwh">([\d.,]+) kWh<', html)
-    assert shown_kwh is not None
-    assert float(shown_kwh.group(1).replace(",", "")) == pytest.approx(total_kwh, rel=1e-3)
+    shown = re.search(r'data-total="energy">([^<]*)<', html)
+    assert shown is not None
+    assert shown.group(1).endswith(f" {energy_unit(total_j)[0]}")
+    assert _joules(shown.group(1)) == pytest.approx(total_j, rel=1e-3)
     shown_co2e = re.search(r'data-total="co2e">([\d.,]+) (k?g)CO2e<', html)
     assert shown_co2e is not None
     grams = float(shown_co2e.group(1).replace(",", "")) * (
@@ -254,8 +265,10 @@ def test_report_page_draws_every_device_the_phases_and_the_bounds(
     assert all(points == 1 for points in bounds.values())
     device_bars = _svg(html, "energy-by-device")
     values = [float(v) for v in re.findall(r'class="bar"[^>]*data-value="([^"]+)"', device_bars)]
-    kwh = [d["energy_kwh"] for d in report["energy"]["by_device"]]
-    assert values == pytest.approx(kwh)
+    devices = report["energy"]["by_device"]
+    unit, j_per_unit = energy_unit(max(d["energy_high_j"] for d in devices))
+    assert f'text-anchor="middle">{unit}</text>' in device_bars  # the axis says the unit
+    assert values == pytest.approx([d["energy_j"] / j_per_unit for d in devices])
     assert len(_series(_svg(html, "energy-by-phase"))) == 3
 
     for text in (
@@ -278,13 +291,37 @@ def test_report_page_draws_every_device_the_phases_and_the_bounds(
     assert report["accounting"]["frozen"] is True
 
 
-def test_report_page_of_a_run_without_measurements(
+def test_report_page_of_a_running_run_without_measurements(
     client: TestClient, seeded: tuple[Project, Fleet]
 ) -> None:
     project, fleet = seeded
     html = _get(client, f"/runs/{fleet.empty.id}", {**project.read, **HTML})
+    assert 'data-empty="running"' in html
     assert "No measurements yet" in html
+    assert "ended" not in html
     assert "<svg" not in html
+    assert 'href="/runs"' in html  # the navigation, and the way back
+
+
+def test_report_page_of_an_ended_run_without_measurements_says_what_happened(
+    client: TestClient, states: tuple[Project, States]
+) -> None:
+    project, state = states
+    headers = {**project.read, **HTML}
+    html = _get(client, f"/runs/{state.ended_empty.id}", headers)
+    assert 'data-empty="ended"' in html
+    assert "No measurements yet" not in html
+    assert "ended (finished) without measurements" in html
+    for hint in ("The meter never started", "thermoledger status", "thermoledger push"):
+        assert hint in html, hint
+    assert "<svg" not in html
+    running = _get(client, f"/runs/{state.running_empty.id}", headers)
+    assert 'data-empty="running"' in running
+    listing = _get(client, "/runs", headers)
+    for run, text in ((state.ended_empty, "no measurements"), (state.running_empty, "no data yet")):
+        row = re.search(rf'data-run="{run.id}".*?</tr>', listing, re.S)
+        assert row is not None
+        assert f">{text}<" in row.group(0), run.name
 
 
 def test_page_exports_are_the_api_exports(
@@ -350,6 +387,7 @@ def test_models_page_lists_tags_and_links_the_amortisation(
     assert 'data-chart="amortisation-usd"' in priced
     missing = client.get("/models/nope", headers={**project.read, **HTML})
     assert missing.status_code == 404
+    assert 'href="/models"' in missing.text  # an error page keeps the navigation
 
 
 def test_plan_page_estimates_and_flags_chinchilla(
@@ -423,3 +461,117 @@ def _answer(client: TestClient, project: Project, url: str) -> Any:
     response = client.get(url, headers=project.read)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# --------------------------------------------------------------------------- page states
+
+
+def _tile(html: str, label: str) -> str:
+    match = re.search(rf'<span class="label">{re.escape(label)}</span>.*?</div>', html, re.S)
+    assert match, label
+    return match.group(0)
+
+
+def test_efficiency_tile_says_why_there_is_no_mfu(
+    client: TestClient, seeded: tuple[Project, Fleet], states: tuple[Project, States]
+) -> None:
+    project, fleet = seeded
+    declared = _tile(
+        _get(client, f"/runs/{fleet.train.id}", {**project.read, **HTML}), "efficiency"
+    )
+    assert re.search(r'data-mfu="shown">MFU [\d.]+ %<', declared)
+
+    owner, state = states
+    headers = {**owner.read, **HTML}
+    html = _get(client, f"/runs/{state.no_flops.id}", headers)
+    tile = _tile(html, "efficiency")
+    assert 'data-mfu="missing">no FLOPs declared (add_flops, or a model size and tokens)<' in tile
+    assert "No bounds for this run: no FLOPs declared" in html
+
+    html = _get(client, f"/runs/{state.flops_no_peak.id}", headers)
+    tile = _tile(html, "efficiency")
+    assert "FLOP/J" in tile  # the FLOPs were declared: FLOP/J is there, the MFU is not
+    assert "no FLOPs declared" not in html
+    assert (
+        f"FLOPs declared, but no catalog peak for &#39;{UNCATALOGUED_GPU}&#39; "
+        "(not in the hardware catalog)"
+    ) in tile
+    assert 'data-bounds="missing"' in html
+
+
+def test_priced_and_unpriced_runs(client: TestClient, states: tuple[Project, States]) -> None:
+    project, state = states
+    headers = {**project.read, **HTML}
+    report = client.get(f"/api/v1/runs/{state.priced.id}/report", headers=project.read).json()
+    assert report["cost"]["energy_usd"] > 0
+    priced = _get(client, f"/runs/{state.priced.id}", headers)
+    shown = re.search(r'data-figure="cost">([^<]*)<', priced)
+    assert shown is not None
+    assert shown.group(1) == f"{report['cost']['total_usd']:,.2f} USD" or "e-" in shown.group(1)
+    assert "not priced" not in priced
+    unpriced = _get(client, f"/runs/{state.constant.id}", headers)
+    assert 'data-figure="cost">not priced<' in unpriced
+    listing = _get(client, "/runs", headers)
+    assert re.search(r'data-total="usd">[^<]*USD<', listing)  # the priced run's cost
+    assert re.search(r'data-missing="usd">\d+ run\(s\) without it', listing)
+
+
+def test_a_model_without_inference_runs_is_a_page_that_says_how_to_tag_them(
+    client: TestClient, states: tuple[Project, States]
+) -> None:
+    project, state = states
+    tag = state.training_only_model
+    headers = {**project.read, **HTML}
+    html = _get(client, f"/models/{tag}", headers)
+    assert 'data-model="incomplete"' in html
+    assert 'href="/models" aria-current="page"' in html  # the site's navigation
+    assert '<li data-need="training" class="have">' in html
+    assert '<li data-need="inference" class="lack">' in html
+    assert f"--kind inference --tag model={tag}" in html
+    assert "m.add_tokens(" in html
+    assert 'name="inference_j_per_token"' in html  # the way forward without an inference run
+    assumed = _get(client, f"/models/{tag}?inference_j_per_token=0.05", headers)
+    assert 'data-chart="amortisation-energy"' in assumed
+    api = client.get(f"/api/v1/models/{tag}/amortisation", headers=project.read)
+    assert api.status_code == 409  # the API's answer is unchanged
+
+
+def test_a_constant_draw_is_drawn_inside_the_plot(
+    client: TestClient, states: tuple[Project, States]
+) -> None:
+    project, state = states
+    power = _svg(_get(client, f"/runs/{state.constant.id}", {**project.read, **HTML}), "power")
+    plot = re.search(r'class="plot-bg" x="[^"]+" y="([^"]+)" width="[^"]+" height="([^"]+)"', power)
+    assert plot is not None
+    top, height = float(plot.group(1)), float(plot.group(2))
+    lines = re.findall(r'<polyline class="mean" points="([^"]+)"', power)
+    assert len(lines) == state.constant.devices
+    for points in lines:
+        ys = {float(p.split(",")[1]) for p in points.split()}
+        assert len(ys) == 1  # constant
+        (y,) = ys
+        assert top + 0.05 * height < y < top + height  # below the top border, above the axis
+    ticks = [float(t.replace(",", "")) for t in re.findall(r'class="tick y"[^>]*>([^<]+)<', power)]
+    assert max(ticks) > CONSTANT_W  # the axis goes past the line
+
+
+def test_a_reason_is_printed_once_per_card(app: FastAPI, client: TestClient) -> None:
+    from tests.pages.seed import seed_run
+
+    project = make_project(app)  # no region: carbon and cost all lack it, for one reason
+    run = seed_run(client, project.every, name="bare", devices=1, duration_s=60.0)
+    reason = "the project has no region configured"
+    html = _get(client, f"/runs/{run.id}", {**project.read, **HTML})
+    carbon = re.search(r'<section id="carbon">.*?</section>', html, re.S)
+    assert carbon is not None
+    assert carbon.group(0).count(reason) == 1
+    assert "not available (the same reason as above)" in carbon.group(0)
+    assert "not priced (the same reason as above)" in carbon.group(0)
+    assert "(the reason above)" in carbon.group(0)  # the basis statement refers to it too
+    listing = _get(client, "/runs", {**project.read, **HTML})
+    totals = re.search(r'<section class="totals".*?</section>', listing, re.S)
+    assert totals is not None
+    shown = re.sub(r"<[^>]+>", " ", totals.group(0))  # the text a reader sees
+    assert shown.count(reason) == 1
+    assert shown.count("(the same reason)") == 2
+    assert totals.group(0).count(f'title="{reason}') == 2  # the others' tooltips name it
