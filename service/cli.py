@@ -10,7 +10,9 @@ Commands:
   and headers take longer than ``THERMOLEDGER_HEADER_TIMEOUT_S`` (default 10 s) is closed
   (`service.server`; uvicorn has no such timeout of its own); request bodies have
   ``THERMOLEDGER_BODY_TIMEOUT_S`` (`service.guard`).
-* ``migrate`` — upgrade the database to the newest schema (run it before ``serve``).
+* ``migrate`` — upgrade the database to the newest schema (run it before ``serve``); prints the
+  database it migrates (the URL with its password masked; for SQLite, the file) and the
+  revision before and after.
 * ``token create --project X --scopes admin,ingest,read`` — create the project if it is missing
   and issue a token for it, printed once on stdout (``TOKEN=$(thermoledger-server token create
   ...)``); this is how a fresh install gets its first token. ``token revoke --id N``.
@@ -19,19 +21,79 @@ Commands:
   name each broken entry; exit 1 if any is broken (`service.audit_cli`).
 
 Heavy imports (the web stack, SQLAlchemy, Alembic) happen inside the command that needs them,
-so ``thermoledger-server demo`` and ``--help`` stay fast.
+so ``thermoledger-server demo`` and ``--help`` stay fast. Without the ``[service]`` extra (a
+plain ``pip install thermoledger`` has only the meter) a command says which extra to install
+and exits 1, with no traceback (`missing_extra`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from .audit_cli import add_audit_parser
+
+__all__ = ["build_parser", "database_label", "main", "missing_extra"]
+
+#: The top-level modules of each extra the server commands need (and their own dependencies a
+#: broken install may lack), so a missing one is named with the ``pip install`` that fixes it.
+_EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "service": frozenset(
+        {
+            "alembic",
+            "annotated_types",
+            "anyio",
+            "fastapi",
+            "httptools",
+            "jinja2",
+            "mako",
+            "markupsafe",
+            "pint",
+            "platformdirs",
+            "pydantic",
+            "pydantic_core",
+            "pydantic_settings",
+            "sqlalchemy",
+            "starlette",
+            "uvicorn",
+            "uvloop",
+        }
+    ),
+    "postgres": frozenset({"psycopg", "psycopg_binary"}),
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The extra that provides the module ``error`` names (``"service"``, ``"postgres"``);
+    None for a module no extra provides (a bug, which keeps its traceback)."""
+    top = (error.name or "").split(".")[0]
+    for extra, modules in _EXTRA_MODULES.items():
+        if top in modules:
+            return extra
+    return None
+
+
+def database_label(url: str) -> str:
+    """Where a database is, for people: the URL with its password masked (``***``); for SQLite,
+    the file's absolute path (or ``in memory``).
+
+    Args:
+        url: A SQLAlchemy URL.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        name = parsed.database or ""
+        if name in ("", ":memory:") or name.startswith("file::memory:"):
+            return "SQLite in memory"
+        return f"SQLite file {os.path.abspath(name)}"
+    return parsed.render_as_string(hide_password=True)
 
 
 def _database_option(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +184,7 @@ def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from thermoledger.db.tokens import get_or_create_project
 
     from .auth import issue_token, parse_scopes, scope_names
+    from .settings import Settings
 
     try:
         scopes = parse_scopes(args.scopes.split(","))
@@ -129,11 +192,20 @@ def _token_create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"thermoledger-server: --scopes: {e}\n")
         return 2
     url = _database_url(args)
-    if not _require_migrated(url, err):
-        return 1
     expires_at = None
     if args.expires_days is not None:
-        expires_at = datetime.now(UTC) + timedelta(days=args.expires_days)
+        latest = Settings(database_url=url).latest_time
+        days = args.expires_days
+        now = datetime.now(UTC)
+        if not (math.isfinite(days) and days > 0 and days <= (latest - now).days):
+            err.write(
+                f"thermoledger-server: --expires-days: {days!r} must be > 0 and end before "
+                f"{latest.date().isoformat()} (THERMOLEDGER_LATEST_TIME)\n"
+            )
+            return 2
+        expires_at = now + timedelta(days=days)
+    if not _require_migrated(url, err):
+        return 1
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session, session.begin():
@@ -176,15 +248,54 @@ def _token_revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace, out: TextIO) -> int:
+    from thermoledger.db import migrate
+
+    url = _database_url(args)
+    before = migrate.current(url)
+    out.write(f"database: {database_label(url)}\n")
+    migrate.upgrade(url)
+    after = migrate.current(url)
+    if before == after:
+        out.write(f"revision: {after} (already the newest)\n")
+    else:
+        out.write(f"revision: {before or 'none (empty database)'} -> {after}\n")
+    return 0
+
+
 def main(
     argv: list[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """Dispatch ``thermoledger-server <command> ...``; returns the exit status."""
+    """Dispatch ``thermoledger-server <command> ...``; returns the exit status.
+
+    A command whose extra is not installed (`missing_extra`) says which one to install and
+    returns 1.
+    """
     argv = sys.argv[1:] if argv is None else argv
     out = out or sys.stdout
     err = err or sys.stderr
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    try:
+        return _dispatch(parser, args, rest, out, err)
+    except ModuleNotFoundError as e:
+        extra = missing_extra(e)
+        if extra is None:
+            raise
+        err.write(
+            f"thermoledger-server {args.command}: needs the [{extra}] extra ({e}): "
+            f"pip install 'thermoledger[{extra}]'\n"
+        )
+        return 1
+
+
+def _dispatch(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    rest: list[str],
+    out: TextIO,
+    err: TextIO,
+) -> int:
     if args.command == "demo":
         from . import demo
 
@@ -192,12 +303,7 @@ def main(
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "migrate":
-        from thermoledger.db import migrate
-
-        url = _database_url(args)
-        migrate.upgrade(url)
-        out.write(f"database at revision {migrate.current(url)}\n")
-        return 0
+        return _migrate(args, out)
     if args.command == "serve":
         import uvicorn
 

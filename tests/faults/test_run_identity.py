@@ -97,11 +97,13 @@ def test_each_projects_ledger_names_its_run_by_the_id_it_knows_and_both_chains_v
         finish_run(client, project, run_id, ENDED)
     for project in (first, second):
         entries = client.get("/api/v1/ledger", headers=project.read).json()["items"]
-        assert entries and {e["run_id"] for e in entries} == {run_id}
+        assert entries
+        assert {e["run_id"] for e in entries} == {run_id}
         entries = client.get(
             "/api/v1/ledger", params={"run_id": run_id}, headers=project.read
         ).json()["items"]
-        assert entries and {e["run_id"] for e in entries} == {run_id}
+        assert entries
+        assert {e["run_id"] for e in entries} == {run_id}
         verdict = client.get("/api/v1/audit/verify", headers=project.admin).json()
         assert verdict["ok"] is True, verdict
         exported = client.get(
@@ -127,7 +129,8 @@ def test_tags_cannot_grow_past_the_limit_by_repeating_the_put(
     assert _put(client, project, run_id, tags=_tags("a", 64)).status_code == 200  # same keys
     refused = _put(client, project, run_id, tags=_tags("b", 5))
     assert refused.status_code == 422, refused.text
-    assert "tags" in refused.text and "64" in refused.text
+    assert "tags" in refused.text
+    assert "64" in refused.text
     stored = client.get(f"/api/v1/runs/{run_id}", headers=project.read).json()
     assert stored["tags"] == _tags("a", 64)  # nothing of the refused request
 
@@ -145,7 +148,8 @@ def test_host_info_cannot_grow_past_the_limit_by_repeating_the_put(
     assert refused.status_code == 422, refused.text
     assert "host_info" in refused.text
     one_request = _put(client, project, str(uuid.uuid4()), host_info={"a": "x" * (limit + 1)})
-    assert one_request.status_code == 422 and "host_info" in one_request.text
+    assert one_request.status_code == 422
+    assert "host_info" in one_request.text
     stored = client.get(f"/api/v1/runs/{run_id}", headers=project.read).json()
     assert set(stored["host_info"]) == {"a", "b"}
 
@@ -158,9 +162,11 @@ def test_an_ended_runs_name_and_start_are_final(app: FastAPI, client: TestClient
     assert _put(client, project, run_id, name="train").status_code == 200
     finish_run(client, project, run_id, ENDED)
     renamed = _put(client, project, run_id, name="=HYPERLINK(1)")
-    assert renamed.status_code == 409 and "name" in renamed.text
+    assert renamed.status_code == 409
+    assert "name" in renamed.text
     earlier = _put(client, project, run_id, name="train", started_at="2024-01-01T00:00:00Z")
-    assert earlier.status_code == 409 and "started_at" in earlier.text
+    assert earlier.status_code == 409
+    assert "started_at" in earlier.text
     # a retried registration that changes neither still succeeds; a later start changes nothing
     assert _put(client, project, run_id, name="train").status_code == 200
     later = _put(client, project, run_id, name="train", started_at="2025-01-01T12:00:00Z")

@@ -89,6 +89,21 @@ def test_bad_scopes_are_refused_before_touching_the_database(tmp_path: Path) -> 
     assert not (tmp_path / "never.db").exists()
 
 
+@pytest.mark.parametrize("days", ["1e9", "-1", "0", "nan", "inf", "40000"])
+def test_an_expiry_out_of_range_is_refused_before_touching_the_database(
+    tmp_path: Path, days: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    code, _, err = _run(
+        "token", "create", "--project", "lab", "--scopes", "read", "--expires-days", days,
+        "--database-url", url,
+    )  # fmt: skip
+    assert code == 2
+    assert "--expires-days" in err
+    assert "THERMOLEDGER_LATEST_TIME" in err
+    assert not (tmp_path / "never.db").exists()
+
+
 def test_unknown_arguments_are_refused() -> None:
     with pytest.raises(SystemExit) as exit_info:
         _run("migrate", "--frobnicate")
