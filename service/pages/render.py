@@ -98,7 +98,8 @@ def energy(value_j: float | None, like_j: float | None = None) -> str:
         return _NA
     assert value_j is not None
     unit, j_per_unit = energy_unit(value_j if _missing(like_j) else like_j)
-    return f"{num(value_j / j_per_unit, 4)} {unit}"
+    # Rounded first, so that 0.99997 kWh reads 1.000 kWh (num counts digits before rounding).
+    return f"{num(float(f'{value_j / j_per_unit:.4g}'), 4)} {unit}"
 
 
 def co2e(value_g: float | None) -> str:
