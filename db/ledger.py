@@ -45,6 +45,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from thermoledger.accounting.carbon import J_PER_KWH, Pue
+from thermoledger.accounting.estimates import BAND_RULE, Interval, RunEstimate
 from thermoledger.accounting.integrate import aggregate_energy
 
 from . import factors
@@ -61,6 +63,7 @@ from .chain import (
 )
 from .errors import Conflict, InvalidInput, NotFound
 from .models import (
+    Chunk,
     LedgerEntry,
     LedgerHead,
     LedgerKind,
@@ -83,6 +86,7 @@ __all__ = [
     "list_entries",
     "post_entry",
     "project_entries",
+    "record_estimate",
     "record_run_end",
     "verify",
     "verify_projects",
@@ -747,6 +751,194 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
     if run.declared_flops is not None:
         dtype = run.declared_flops_dtype
         add("flops", run.declared_flops, "FLOP", LedgerSource.DECLARED, {"dtype": dtype})
+    return appended
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def has_measurements(session: Session, *, project_id: int, run_id: UUID) -> bool:
+    """Whether the run has any metered chunk (then it cannot also be estimated)."""
+    key = get_run(session, project_id=project_id, run_id=run_id).key
+    return session.scalar(sa.select(Chunk.run_id).where(Chunk.run_id == key).limit(1)) is not None
+
+
+def record_estimate(
+    session: Session, *, project_id: int, run_id: UUID, estimate: RunEstimate
+) -> list[LedgerRecord]:
+    """Ledger an ended run's figures from an estimate, beside `record_run_end`'s measured path.
+
+    The run's IT energy is the estimate's (source ``declared``; provenance ``origin`` and
+    ``method`` ``estimate``, the inputs, the band and its rule, and where the inputs come from);
+    facility energy is IT × the estimate's PUE, or the project's when the estimate states none;
+    location-based CO2e uses the estimate's intensity, or the project's factor valid at the run's
+    end when it states none (market-based CO2e then too: an estimate's own intensity is
+    location-based, and nothing is substituted for the market-based figure); energy cost uses
+    the project's tariff, as for a measured run. Bands ride along in the ``measurement`` record
+    every IT-energy entry has (``methods: {"estimate": …}``), so exports and rollups show them.
+
+    Posting the same estimate again appends nothing; a different one supersedes each figure
+    (a new entry naming the seq it replaces), never edits it.
+
+    Returns:
+        The entries appended.
+
+    Raises:
+        NotFound: No such run in the project.
+        Conflict: The run has not ended, has metered chunks, or has measured figures.
+    """
+    run = get_run(session, project_id=project_id, run_id=run_id)
+    if run.status not in (RunStatus.FINISHED, RunStatus.FAILED) or run.ended_at is None:
+        raise Conflict(f"run {run_id} has not ended: its figures are not final", field="status")
+    if has_measurements(session, project_id=project_id, run_id=run_id):
+        raise Conflict(
+            f"run {run_id} has metered chunks: a measured run cannot also be estimated",
+            field="run_id",
+        )
+    _lock_head(session, project_id)
+    existing = project_entries(session, project_id=project_id, run_id=run_id)
+    if any(e.provenance.get("origin") == "run_end" for e in existing):
+        raise Conflict(f"run {run_id} already has measured figures in the ledger", field="run_id")
+    record = estimate.to_dict()
+    current = {e.figure: e for e in existing if e.superseded_by is None}
+    auto = [
+        e for e in existing if e.provenance.get("origin") == "estimate" and e.figure == "it_energy"
+    ]
+    if auto and canonical_value(auto[-1].provenance.get("estimate")) == canonical_value(record):
+        return []
+    at = run.ended_at
+    source = estimate.source
+    pue = (
+        Pue(
+            value=estimate.pue.value,
+            name="estimate",
+            kind="published",
+            source=source.source,
+            note=source.document,
+        )
+        if estimate.pue_stated
+        else None
+    )
+    context = factors.resolve_context(session, project_id=project_id, at=at, pue=pue)
+    base = {"origin": "estimate", "method": "estimate", "run_status": run.status.value}
+    appended: list[LedgerRecord] = []
+
+    def add(figure: str, value: float, unit: str, src: LedgerSource, extra: Any) -> int:
+        provenance = {**base, **extra}
+        previous = current.get(figure)
+        if previous is not None:
+            provenance["supersedes"] = previous.seq
+            provenance["reason"] = "the run's estimate was posted again with other inputs"
+        entry = append(
+            session,
+            project_id=project_id,
+            figure=figure,
+            value_si=value,
+            value_given=value,
+            unit_given=unit,
+            source=src,
+            accounted_at=at,
+            provenance=provenance,
+            run_id=run_id,
+        )
+        appended.append(entry)
+        return entry.seq
+
+    it = estimate.it_energy_j
+    # The estimate's own PUE (with its range), else the project's, exact.
+    pue_range = estimate.pue if estimate.pue_stated else Interval.exact(context.pue.value)
+    facility = it * pue_range
+    devices = estimate.devices.value if estimate.devices is not None else None
+    it_seq = add(
+        "it_energy",
+        it.value,
+        "J",
+        LedgerSource.DECLARED,
+        {
+            "estimate": record,
+            "measurement": {
+                "methods": {"estimate": {"devices": devices, "energy_j": it.value}},
+                "band_low_j": it.low,
+                "band_high_j": it.high,
+                "band": BAND_RULE,
+                "simulated": False,
+            },
+            "source": source.to_dict(),
+        },
+    )
+    pue_record = context.pue.to_dict()
+    facility_extra: dict[str, Any] = {
+        "inputs": {"it_energy": it_seq},
+        "pue": pue_record,
+        "region": context.region,
+        "band_low_j": facility.low,
+        "band_high_j": facility.high,
+    }
+    unavailable = dict(context.unavailable)
+    if estimate.intensity_g_per_kwh is not None:
+        unavailable.pop("co2e_location", None)
+        unavailable["co2e_market"] = (
+            "the estimate states a location-based intensity only; no market-based factor is "
+            "substituted"
+        )
+    if unavailable:
+        facility_extra["unavailable"] = unavailable
+    facility_seq = add("facility_energy", facility.value, "J", LedgerSource.DERIVED, facility_extra)
+    inputs = {"it_energy": it_seq, "facility_energy": facility_seq}
+    if estimate.intensity_g_per_kwh is not None:
+        intensity = estimate.intensity_g_per_kwh
+        co2e = facility.scaled(1.0 / J_PER_KWH) * intensity
+        add(
+            "co2e_location",
+            co2e.value,
+            "gCO2e",
+            LedgerSource.DERIVED,
+            {
+                "inputs": inputs,
+                "pue": pue_record,
+                "factor": {
+                    "origin": "estimate",
+                    "basis": "location",
+                    "intensity_g_per_kwh": intensity.value,
+                    "value": intensity.value,
+                    "unit": "gCO2e/kWh",
+                    "low": intensity.low,
+                    "high": intensity.high,
+                    "source": source.source,
+                    "document": source.document,
+                    "page": source.page,
+                },
+                "band_low_g": co2e.low,
+                "band_high_g": co2e.high,
+            },
+        )
+    else:
+        for figure, applied, value in (
+            ("co2e_location", context.location, context.co2e_location_g(it.value)),
+            ("co2e_market", context.market, context.co2e_market_g(it.value)),
+        ):
+            if applied is not None and value is not None:
+                add(
+                    figure,
+                    value,
+                    "gCO2e",
+                    LedgerSource.DERIVED,
+                    {"inputs": inputs, "pue": pue_record, "factor": dict(applied.provenance)},
+                )
+    cost = context.energy_cost_usd(it.value)
+    if context.tariff is not None and cost is not None:
+        add(
+            "energy_cost",
+            cost,
+            "USD",
+            LedgerSource.DERIVED,
+            {
+                "inputs": inputs,
+                "pue": pue_record,
+                "billed": "facility energy (IT × PUE)",
+                "tariff": dict(context.tariff.provenance),
+            },
+        )
     return appended
 
 

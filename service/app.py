@@ -40,6 +40,7 @@ from .metrics import router as metrics_router
 from .routes import (
     audit,
     chunks,
+    estimates,
     factors,
     health,
     ledger,
@@ -67,6 +68,10 @@ _OPENAPI_TAGS: list[dict[str, Any]] = [
     {"name": "runs", "description": "Runs: create or upsert by client UUID, list, finish."},
     {"name": "chunks", "description": "Meter chunk ingest: all or nothing, idempotent."},
     {"name": "phases", "description": "Phases and declared work of a run."},
+    {
+        "name": "estimates",
+        "description": "Estimated runs: device time × power × PUE, never metered.",
+    },
     {"name": "reports", "description": "Per-run energy reports (JSON, CSV)."},
     {"name": "ledger", "description": "The append-only, hash-chained sustainability ledger."},
     {"name": "factors", "description": "Versioned emission factors, tariffs, project settings."},
@@ -144,6 +149,7 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
         projects,
         tokens,
         runs,
+        estimates,
         phases,
         reports,
         ledger,
