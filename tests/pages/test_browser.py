@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,16 @@ import httpx
 import pytest
 
 from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
-from tests.pages.seed import Fleet, configure_accounting, seed_project
+from tests.pages.seed import (
+    CONSTANT_W,
+    UNCATALOGUED_GPU,
+    Fleet,
+    States,
+    configure_accounting,
+    seed_project,
+    seed_states,
+)
+from tests.support import dbutil
 from tests.support.client import bearer
 from tests.support.dbutil import in_ci
 from thermoledger.service import cli as server_cli
@@ -78,6 +88,8 @@ class Site:
     url: str
     token: str
     fleet: Fleet
+    states: States
+    backend: str
     page: Any
     problems: list[str] = field(default_factory=list)
 
@@ -88,18 +100,30 @@ class Site:
         assert response is not None, path
         assert response.status == 200, (path, response.status)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{shot}{_suffix(self)}.png"), full_page=True)
         assert self.problems == [], self.problems
         return self.page
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def _suffix(site: Site) -> str:
+    """Screenshot names: SQLite's as before, PostgreSQL's beside them."""
+    return "" if site.backend == "sqlite" else f"-{site.backend}"
+
+
+@pytest.fixture(scope="module", params=dbutil.BACKENDS)
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """The live server on SQLite, then on PostgreSQL, with every page state seeded."""
     executable = _chromium()
+    directory = tmp_path_factory.mktemp("browser")
+    with dbutil.database_url(request.param, directory) as url:
+        yield from _site(executable, directory, url, request.param)
+
+
+def _site(executable: str, directory: Path, url: str, backend: str) -> Iterator[Site]:
     from playwright.sync_api import sync_playwright
 
-    directory = tmp_path_factory.mktemp("browser")
-    url = f"sqlite:///{directory / 'thermoledger.db'}"
     token = migrate_and_issue_token(url, project="pages")
     admin = _admin_token(url, project="pages")
     server = LiveServer(url, directory / "server.log")
@@ -108,6 +132,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         with httpx.Client(base_url=server.url, timeout=30.0) as api:
             configure_accounting(api, bearer(admin))
             fleet = seed_project(api, bearer(token))
+            states = seed_states(api, bearer(token), bearer(admin))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=executable, headless=True, args=["--no-sandbox"]
@@ -116,7 +141,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 context = browser.new_context(viewport={"width": 1200, "height": 900})
                 context.set_default_timeout(TIMEOUT_MS)
                 page = context.new_page()
-                found = Site(server.url, token, fleet, page)
+                found = Site(server.url, token, fleet, states, backend, page)
                 page.on(
                     "console",
                     lambda m: (
@@ -174,9 +199,10 @@ def test_login_form_signs_the_browser_in(site: Site) -> None:
 
 def test_runs_page(site: Site) -> None:
     page = site.visit("/runs", "runs")
-    assert page.locator("tr[data-run]").count() == 5
-    assert page.locator("[data-total=runs]").inner_text() == "5"
-    assert "kWh" in page.locator("[data-total=kwh]").inner_text()
+    runs = 5 + 7  # the fleet, and one run per page state (the model tag's training run too)
+    assert page.locator("tr[data-run]").count() == runs
+    assert page.locator("[data-total=runs]").inner_text() == str(runs)
+    assert re.fullmatch(r"[\d.,]+ (J|Wh|kWh|MWh)", page.locator("[data-total=energy]").inner_text())
 
 
 def test_report_page_charts_render_with_data(site: Site) -> None:
@@ -248,8 +274,79 @@ def test_plan_page(site: Site) -> None:
     page.wait_for_selector("svg[data-chart=plan-energy]")
     assert page.locator("[data-chinchilla=over_trained]").count() == 1
     assert page.locator("[data-basis=measured]").count() == 1
-    page.screenshot(path=str(SCREENSHOTS / "plan.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / f"plan{_suffix(site)}.png"), full_page=True)
     assert site.problems == [], site.problems
+
+
+def _box(page: Any, selector: str) -> dict[str, float]:
+    (box,) = _geometry(page, selector)
+    return box
+
+
+def test_efficiency_tile_with_flops_declared_and_not(site: Site) -> None:
+    page = site.visit(f"/runs/{site.fleet.train.id}", "efficiency-mfu")
+    assert re.fullmatch(r"MFU [\d.]+ %", page.locator("[data-mfu=shown]").inner_text())
+    page = site.visit(f"/runs/{site.states.no_flops.id}", "efficiency-no-flops")
+    tile = page.locator("[data-mfu=missing]")
+    assert tile.is_visible()
+    assert tile.inner_text().startswith("no FLOPs declared")
+    assert page.locator("[data-bounds=missing]").is_visible()
+    page = site.visit(f"/runs/{site.states.flops_no_peak.id}", "efficiency-no-peak")
+    text = page.locator("[data-mfu=missing]").inner_text()
+    assert text.startswith("FLOPs declared, but no catalog peak")
+    assert UNCATALOGUED_GPU in text
+    assert "no FLOPs declared" not in page.locator("main").inner_text()
+
+
+def test_priced_and_unpriced_runs(site: Site) -> None:
+    page = site.visit(f"/runs/{site.states.priced.id}", "report-priced")
+    assert page.locator("[data-figure=cost]").inner_text().endswith(" USD")
+    assert "not priced" not in page.locator("#carbon").inner_text()
+    page = site.visit(f"/runs/{site.fleet.train.id}", "report-unpriced")
+    assert page.locator("[data-figure=cost]").inner_text() == "not priced"
+    reason = page.locator("[data-figure=cost_detail]").inner_text()
+    assert reason.startswith("not priced")
+
+
+def test_model_page_without_inference_runs(site: Site) -> None:
+    page = site.visit(f"/models/{site.states.training_only_model}", "model-no-inference")
+    assert page.locator("header.top nav a[aria-current=page]").inner_text() == "Models"
+    assert page.locator("li[data-need=training].have").is_visible()
+    assert page.locator("li[data-need=inference].lack").is_visible()
+    assert "--kind inference --tag model=solo-7b" in page.locator("main").inner_text()
+    page.fill("input[name=inference_j_per_token]", "0.05")
+    page.click("main form button[type=submit]")
+    page.wait_for_selector("svg[data-chart=amortisation-energy]")
+    assert page.locator("svg[data-chart=amortisation-energy] polyline.curve").count() >= 1
+    assert site.problems == [], site.problems
+
+
+def test_runs_without_chunks_running_and_ended(site: Site) -> None:
+    page = site.visit(f"/runs/{site.states.ended_empty.id}", "no-chunks-ended")
+    ended = page.locator("[data-empty=ended]")
+    assert ended.is_visible()
+    assert "without measurements" in ended.inner_text()
+    assert "thermoledger push" in ended.inner_text()
+    assert page.locator("svg").count() == 0
+    page = site.visit(f"/runs/{site.states.running_empty.id}", "no-chunks-running")
+    assert page.locator("[data-empty=running]").inner_text().startswith("No measurements yet")
+    assert page.locator("[data-empty=ended]").count() == 0
+
+
+def test_constant_power_is_a_line_inside_the_plot(site: Site) -> None:
+    page = site.visit(f"/runs/{site.states.constant.id}", "constant-power")
+    plot = _box(page, "svg[data-chart=power] rect.plot-bg")
+    means = _geometry(page, "svg[data-chart=power] g.series polyline.mean")
+    assert len(means) == site.states.constant.devices
+    for line in means:
+        assert line["width"] > 0.9 * plot["width"]  # it spans the run
+        assert line["height"] < 1.0  # flat: constant
+        # Inside the plot area, well clear of its top border (and above the axis).
+        assert plot["y"] + 0.05 * plot["height"] < line["y"] < plot["y"] + plot["height"] - 1
+    labels = page.locator("svg[data-chart=power] text.tick.y").all_text_contents()
+    assert max(float(t.replace(",", "")) for t in labels) > CONSTANT_W
+    # The energy figures read in a unit of their size, never as 1.6e-4 kWh.
+    assert "e-" not in page.locator("section.totals").inner_text()
 
 
 def test_sign_out_ends_the_session(site: Site) -> None:
