@@ -19,6 +19,17 @@ ran at the requested dtype. The central estimate uses their median, the range th
 says so. Duration = FLOPs / (peak × devices × MFU), with MFU as requested, else the comparable
 runs' median, else `DEFAULT_MFU` (labelled assumed).
 
+**Inference-aware planning.** With a target loss or a lifetime inference demand the plan also
+answers *which* N and D: those reaching the target loss (Hoffmann et al. 2022's loss model, or
+constants given or fitted in the request) at the least training + inference energy, USD or
+gCO2e (`accounting.scaling`, after Sardana et al. 2023), beside the compute-optimal (Chinchilla)
+point serving the same demand, each with its training, inference and total cost. Training FLOPs
+are priced at the plan's central FLOP/J; inference FLOPs at the request's
+``inference_flop_per_j``, else at the same figure (labelled assumed). A test-time multiplier
+scales the tokens generated per query, so a bigger model and a smaller one thinking longer
+compare on energy per answer. With a target loss alone, the training plan is made for the
+optimum.
+
 **Pricing.** Both price energy in the project's accounting context — the one its run reports
 and its ledger use (`db.factors.resolve_context`): the project's region and PUE, and the
 location- and market-based factor and tariff versions valid now. A request may override the
@@ -35,7 +46,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import numpy as np
@@ -56,11 +67,21 @@ from thermoledger.accounting.carbon import (
     Pue,
     default_emission_factors,
     default_pues,
+    scope2_emissions,
 )
 from thermoledger.accounting.catalog import builtin_catalog, normalize_dtype
 from thermoledger.accounting.catalog import lookup as catalog_lookup
-from thermoledger.accounting.cost import CloudPrice, Tariff
+from thermoledger.accounting.cost import CloudPrice, Tariff, run_cost
+from thermoledger.accounting.errors import InvalidQuantity
 from thermoledger.accounting.planning import ComputeSetup, plan_training, rated_flop_per_j
+from thermoledger.accounting.scaling import (
+    CHINCHILLA,
+    EnergyPrices,
+    LossFit,
+    LossModel,
+    fit_loss_model,
+    plan_inference_aware,
+)
 from thermoledger.db.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from thermoledger.db.factors import AccountingContext, AppliedVersion, resolve_context
 from thermoledger.db.models import RunKind
@@ -78,6 +99,7 @@ from .economics_schemas import (
     ComparableRunRecord,
     ComparedModel,
     CurveRecord,
+    InferenceAwarePublic,
     InferenceFigures,
     ModelRunLine,
     ParityByMetric,
@@ -93,8 +115,13 @@ from .reports import emission_factor, usage_report
 __all__ = [
     "COMPARABLE_RUNS_MAX",
     "DEFAULT_MFU",
+    "LOSS_OBSERVATIONS_MAX",
     "MODEL_TAG_KEY",
+    "N_PARAMS_MAX",
+    "N_TOKENS_MAX",
     "ComparableRun",
+    "LossModelIn",
+    "LossObservation",
     "PlanRequest",
     "Pricing",
     "PricingOverrides",
@@ -111,6 +138,11 @@ MODEL_TAG_KEY = "model"
 COMPARABLE_RUNS_MAX = 100
 #: MFU assumed for a plan's duration when neither the request nor comparable runs give one.
 DEFAULT_MFU = 0.4
+#: Largest N and D a plan takes, given or chosen.
+N_PARAMS_MAX = 1e16
+N_TOKENS_MAX = 1e18
+#: Most (N, D, loss) triples a request may fit a loss model to (the fit is a grid search).
+LOSS_OBSERVATIONS_MAX = 100
 _METRICS: tuple[Metric, ...] = ("energy", "usd", "co2e")
 _ASSUMED = "assumed (given in the request)"
 
@@ -627,6 +659,39 @@ def _catalog_id(value: str) -> str:
     return value
 
 
+class LossModelIn(BaseModel):
+    """Loss-model constants given in a request: L(N, D) = E + A/N^α + B/D^β."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    e: Annotated[float, Field(ge=0, le=100, description="E, the irreducible loss.")]
+    a: Annotated[float, Field(gt=0, le=1e12, description="A, the parameter term's scale.")]
+    b: Annotated[float, Field(gt=0, le=1e12, description="B, the data term's scale.")]
+    alpha: Annotated[float, Field(gt=0, le=5, description="α, the parameter exponent.")]
+    beta: Annotated[float, Field(gt=0, le=5, description="β, the data exponent.")]
+
+
+class LossObservation(BaseModel):
+    """One recorded run's (N, D, final loss), for fitting the loss model."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    n_params: Annotated[float, Field(gt=0, le=1e16, description="N, parameters.")]
+    n_tokens: Annotated[float, Field(gt=0, le=1e18, description="D, training tokens.")]
+    loss: Annotated[float, Field(gt=0, le=100, description="Final loss, nats/token.")]
+
+
+#: Fields that only inference-aware planning reads: refused without a target or a demand.
+_INFERENCE_ONLY = (
+    "test_time_multiplier",
+    "queries",
+    "inference_flop_per_j",
+    "objective",
+    "loss_model",
+    "loss_observations",
+)
+
+
 class PlanRequest(BaseModel):
     """A planned training run: model size, data, hardware, and the accounting context.
 
@@ -635,12 +700,24 @@ class PlanRequest(BaseModel):
     accounting context and are labelled as overrides; absent, the project's region, PUE and
     tariff version apply (`resolve_pricing`). ``device_hour_usd`` (a rental price per
     device-hour) is optional; without it hardware time is not priced.
+
+    **Inference-aware planning** (`accounting.scaling`) is asked for with ``target_loss`` or
+    ``inference_tokens`` (the lifetime demand, tokens served at ``test_time_multiplier`` 1).
+    With ``target_loss`` (and no N, D) the plan is made for the (N, D) that reach it at the
+    least training + inference ``objective``; with N and D, the target is their loss and the
+    optimum is shown beside them. The loss model is Hoffmann et al. 2022's unless
+    ``loss_model`` gives constants or ``loss_observations`` (N, D, loss) triples to fit.
+    ``inference_flop_per_j`` prices inference FLOPs (default: the training figure).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    n_params: Annotated[float, Field(gt=0, le=1e16, description="N, parameters")]
-    n_tokens: Annotated[float, Field(gt=0, le=1e18, description="D, training tokens")]
+    n_params: Annotated[float | None, Field(gt=0, le=N_PARAMS_MAX, description="N, parameters")] = (
+        None
+    )
+    n_tokens: Annotated[
+        float | None, Field(gt=0, le=N_TOKENS_MAX, description="D, training tokens")
+    ] = None
     hardware: Annotated[str, Field(min_length=1, max_length=64)]
     n_devices: Annotated[int, Field(ge=1, le=10_000_000)] = 8
     dtype: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,16}$")] = "bf16"
@@ -650,6 +727,27 @@ class PlanRequest(BaseModel):
     tariff_usd_per_kwh: Annotated[float | None, Field(ge=0, le=100)] = None
     device_hour_usd: Annotated[float | None, Field(ge=0, le=10_000)] = None
     percentiles: tuple[float, float] | None = None
+    target_loss: Annotated[
+        float | None, Field(gt=0, le=100, description="L*, nats/token; above the model's E.")
+    ] = None
+    inference_tokens: Annotated[
+        float | None,
+        Field(ge=0, le=1e22, description="T, tokens served over the model's life at k = 1."),
+    ] = None
+    test_time_multiplier: Annotated[
+        float, Field(gt=0, le=10_000, description="k, tokens per query relative to T's.")
+    ] = 1.0
+    queries: Annotated[
+        float | None, Field(gt=0, le=1e20, description="Answers over the life (per-answer).")
+    ] = None
+    inference_flop_per_j: Annotated[
+        float | None, Field(ge=1, le=1e16, description="Inference efficiency, FLOP/J.")
+    ] = None
+    objective: Literal["energy", "usd", "co2e"] = "energy"
+    loss_model: LossModelIn | None = None
+    loss_observations: Annotated[
+        list[LossObservation] | None, Field(min_length=5, max_length=LOSS_OBSERVATIONS_MAX)
+    ] = None
 
     @field_validator("hardware")
     @classmethod
@@ -666,6 +764,192 @@ class PlanRequest(BaseModel):
             )
         return self
 
+    @property
+    def inference_aware(self) -> bool:
+        """Whether the request asks for inference-aware planning."""
+        return self.target_loss is not None or self.inference_tokens is not None
+
+    def check_shape(self) -> None:
+        """Refuse a request whose fields do not make one plan, naming the field.
+
+        Raises:
+            InvalidInput: N without D (or D without N), N and D beside a target loss, neither,
+                both a loss model and observations, or inference-only fields without a target
+                or a demand.
+        """
+        planned = (self.n_params is not None, self.n_tokens is not None)
+        if self.target_loss is not None and any(planned):
+            raise InvalidInput.one(
+                "target_loss",
+                "give a target loss (the plan is made for the optimum) or n_params and "
+                "n_tokens (the target is their loss), not both",
+            )
+        if self.target_loss is None and not all(planned):
+            missing = "n_tokens" if planned[0] else "n_params"
+            raise InvalidInput.one(missing, "required unless target_loss is given")
+        if self.loss_model is not None and self.loss_observations is not None:
+            raise InvalidInput.one(
+                "loss_observations", "give loss_model constants or observations to fit, not both"
+            )
+        if not self.inference_aware:
+            for name in _INFERENCE_ONLY:
+                if name in self.model_fields_set:
+                    raise InvalidInput.one(
+                        name,
+                        "applies to inference-aware planning: give inference_tokens or target_loss",
+                    )
+
+
+def _loss_model(request: PlanRequest) -> tuple[LossModel, LossFit | None]:
+    if request.loss_model is not None:
+        given = request.loss_model
+        model = LossModel(
+            e=given.e,
+            a=given.a,
+            b=given.b,
+            alpha=given.alpha,
+            beta=given.beta,
+            source="given in the request",
+        )
+        return model, None
+    if request.loss_observations is not None:
+        rows = request.loss_observations
+        try:
+            fit = fit_loss_model(
+                [r.n_params for r in rows],
+                [r.n_tokens for r in rows],
+                [r.loss for r in rows],
+                source=f"fitted to {len(rows)} (N, D, loss) triples given in the request",
+            )
+        except InvalidQuantity as e:
+            message = str(e).removeprefix(f"{e.field}: ") if e.field else str(e)
+            raise InvalidInput.one("loss_observations", message) from e
+        return fit.model, fit
+    return CHINCHILLA, None
+
+
+def _energy_prices(context: Pricing) -> EnergyPrices:
+    """Price of one joule of IT energy in the context: the tariff and the grid factor at its
+    PUE, through the same functions that price a run (both are linear in energy)."""
+    usd = None
+    if context.tariff is not None:
+        energy_usd = run_cost(energy_j=J_PER_KWH, tariff=context.tariff, pue=context.pue).energy_usd
+        usd = None if energy_usd is None else energy_usd / J_PER_KWH
+    co2e = None
+    if context.location_factor is not None:
+        emissions = scope2_emissions(
+            J_PER_KWH, pue=context.pue, location_factor=context.location_factor
+        )
+        co2e = emissions.location_co2e_g / J_PER_KWH
+    return EnergyPrices(usd_per_j=usd, co2e_g_per_j=co2e)
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+_UNITS = {"energy": "J", "usd": "USD", "co2e": "gCO2e"}
+
+
+def _inference_aware(
+    request: PlanRequest, *, training_flop_per_j: float, context: Pricing
+) -> InferenceAwarePublic:
+    """The inference-aware part of a plan (see `PlanRequest`), checked to be finite."""
+    model, fit = _loss_model(request)
+    prices = _energy_prices(context)
+    objective = request.objective
+    if objective != "energy":
+        per_j = prices.usd_per_j if objective == "usd" else prices.co2e_g_per_j
+        if per_j is None:
+            needs = "a tariff (tariff_usd_per_kwh)" if objective == "usd" else "a grid region"
+            raise InvalidInput.one(
+                "objective",
+                f"no price applies to this project: planning in {objective} needs {needs}",
+            )
+        if per_j == 0.0:
+            raise InvalidInput.one(
+                "objective", f"a joule costs 0 in {objective} here: there is nothing to minimise"
+            )
+    inference_flop_per_j = request.inference_flop_per_j or training_flop_per_j
+    demand = request.inference_tokens or 0.0
+    try:
+        result = plan_inference_aware(
+            training_flop_per_j=training_flop_per_j,
+            inference_flop_per_j=inference_flop_per_j,
+            inference_tokens=demand,
+            target_loss=request.target_loss,
+            n_params=request.n_params if request.target_loss is None else None,
+            n_tokens=request.n_tokens if request.target_loss is None else None,
+            model=model,
+            test_time_multiplier=request.test_time_multiplier,
+            prices=prices,
+            objective=objective,
+            queries=request.queries,
+        )
+    except InvalidQuantity as e:
+        field = e.field if e.field in PlanRequest.model_fields else "target_loss"
+        message = str(e).removeprefix(f"{e.field}: ") if e.field else str(e)
+        raise InvalidInput.one(field, message) from e
+    target_source = (
+        "given in the request"
+        if request.target_loss is not None
+        else "the loss of the planned (n_params, n_tokens) under the loss model"
+    )
+    record = {
+        "objective": objective,
+        "unit": _UNITS[objective],
+        "loss_model": model.to_dict(),
+        "loss_fit": None
+        if fit is None
+        else {k: v for k, v in fit.to_dict().items() if k != "model"},
+        "target_loss": float(result.target_loss),
+        "target_source": target_source,
+        "inference_tokens": demand,
+        "test_time_multiplier": request.test_time_multiplier,
+        "served_tokens": demand * request.test_time_multiplier,
+        "queries": request.queries,
+        "training_flop_per_j": training_flop_per_j,
+        "inference_flop_per_j": inference_flop_per_j,
+        "optimum": result.optimum.item(),
+        "chinchilla": result.chinchilla.item(),
+        "given": None if result.given is None else result.given.item(),
+        "saving": float(result.saving),
+        "saving_fraction": float(result.saving_fraction),
+        "assumptions": [
+            f"loss model L(N, D) = {model.e:g} + {model.a:g}/N^{model.alpha:.4g} + "
+            f"{model.b:g}/D^{model.beta:.4g} ({model.source})",
+            "training FLOPs = 6·N·D, inference FLOPs = 2·N per token × T × k (Kaplan et al. "
+            "2020); the optimum minimises their sum at the target loss (Sardana et al. 2023, "
+            "arXiv:2401.00448)",
+            f"training priced at {training_flop_per_j:.4g} FLOP/J (the plan's central figure)",
+            f"inference priced at {inference_flop_per_j:.4g} FLOP/J "
+            + (
+                "(given in the request)"
+                if request.inference_flop_per_j is not None
+                else "(assumed: the training figure; give inference_flop_per_j)"
+            ),
+            "the loss model is of pre-training loss: a test-time multiplier's gain in quality "
+            "is the caller's to state; its energy is computed here",
+        ],
+    }
+    points = [result.optimum.item(), result.chinchilla.item()]
+    too_big = any(p["n_params"] > N_PARAMS_MAX or p["n_tokens"] > N_TOKENS_MAX for p in points)
+    if too_big or not _all_finite(record):
+        worst = max(points, key=lambda p: p["n_tokens"])
+        raise InvalidInput.one(
+            "target_loss" if request.target_loss is not None else "inference_tokens",
+            f"the optimum needs N = {worst['n_params']:.3g}, D = {worst['n_tokens']:.3g}, beyond "
+            f"what a plan takes ({N_PARAMS_MAX:g} parameters, {N_TOKENS_MAX:g} tokens): the "
+            "target loss is too close to the loss model's E for this demand",
+        )
+    return InferenceAwarePublic.model_validate(record)
+
 
 def plan(session: Session, *, project_id: int, request: PlanRequest) -> PlanPublic:
     """Estimate a training run before it starts (see the module docstring).
@@ -677,13 +961,17 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> PlanPubl
 
     Returns:
         The plan (`service.economics_schemas.PlanPublic`): `accounting.planning.TrainingPlan`
-        plus ``hardware``, ``basis`` (which efficiency figures it rests on), ``pricing`` and
-        ``assumptions``.
+        plus ``hardware``, ``basis`` (which efficiency figures it rests on), ``pricing``,
+        ``assumptions`` and, when asked for, ``inference_aware``: the (N, D) minimising
+        training + lifetime inference cost at the target loss, beside the Chinchilla point.
+        With ``target_loss`` the training plan is made for that optimum.
 
     Raises:
-        InvalidInput: Unknown region or PUE, or bad percentiles.
+        InvalidInput: Unknown region or PUE, bad percentiles, fields that do not make one
+            plan, a target loss at or below the loss model's E, unfittable observations.
         Conflict: No comparable run and no TDP in the catalog to fall back on.
     """
+    request.check_shape()
     context = resolve_pricing(
         session,
         project_id=project_id,
@@ -737,9 +1025,19 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> PlanPubl
         if request.device_hour_usd is None
         else CloudPrice(request.device_hour_usd, source="given in the request")
     )
+    aware: InferenceAwarePublic | None = None
+    n_params, n_tokens = request.n_params, request.n_tokens
+    if request.inference_aware:
+        aware = _inference_aware(
+            request, training_flop_per_j=float(np.median(samples)), context=context
+        )
+        if request.target_loss is not None:
+            n_params, n_tokens = aware.optimum.n_params, aware.optimum.n_tokens
+    assert n_params is not None  # check_shape: N and D, or a target that gives them
+    assert n_tokens is not None
     result = plan_training(
-        n_params=request.n_params,
-        n_tokens=request.n_tokens,
+        n_params=n_params,
+        n_tokens=n_tokens,
         flop_per_j_samples=samples,
         percentiles=percentiles,
         setup=ComputeSetup(peak, request.n_devices, mfu, device=entry.name),
@@ -767,6 +1065,11 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> PlanPubl
         if hardware_price is None
         else f"hardware {request.device_hour_usd:g} USD per device-hour (given in the request)",
     ]
+    if request.target_loss is not None:
+        assumptions.insert(
+            0,
+            f"N and D are the inference-aware optimum for target loss {request.target_loss:g}",
+        )
     return PlanPublic.model_validate(
         {
             **result.to_dict(),
@@ -775,5 +1078,6 @@ def plan(session: Session, *, project_id: int, request: PlanRequest) -> PlanPubl
             "basis": basis,
             "pricing": context.public(),
             "assumptions": assumptions,
+            "inference_aware": aware,
         }
     )

@@ -1,6 +1,6 @@
 """Response schemas of amortisation (``GET /models/{tag}/amortisation``) and planning
-(``POST /plan``): the answers `service.economics` builds, typed once and read by attribute by
-the routes and the pages.
+(``POST /plan``, with its inference-aware part): the answers `service.economics` builds, typed
+once and read by attribute by the routes and the pages.
 
 Units are in the names (``energy_j``, ``j_per_token``, ``usd_per_token``, ``co2e_g_per_token``,
 ``flop_per_j``, ``duration_s``); where one record serves several metrics (parity, break-even),
@@ -26,9 +26,12 @@ from .report_schemas import (
 )
 
 __all__ = [
+    "AllocationRecord",
     "AmortisationPublic",
     "BreakEvenRecord",
     "ComparableRunRecord",
+    "InferenceAwarePublic",
+    "LossModelRecord",
     "ParityRecord",
     "PlanPublic",
     "PricingPublic",
@@ -323,6 +326,86 @@ class PlanBasis(BaseModel):
     runs: list[ComparableRunRecord]
 
 
+# --------------------------------------------------------------------------------------------
+# Inference-aware planning (``accounting.scaling``)
+
+
+class LossModelRecord(BaseModel):
+    """L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022), losses in nats per token."""
+
+    model_config = _OUT
+
+    e: float = Field(description="E, the irreducible loss.")
+    a: float = Field(description="A, the parameter term's scale.")
+    b: float = Field(description="B, the data term's scale.")
+    alpha: float = Field(description="α, the parameter exponent.")
+    beta: float = Field(description="β, the data exponent.")
+    source: str = Field(description="Published, given in the request, or fitted.")
+
+
+class LossFitRecord(BaseModel):
+    """How well the loss model fits the (N, D, loss) triples it was fitted to."""
+
+    model_config = _OUT
+
+    n_points: int = Field(description="Triples used.")
+    rms_log_residual: float = Field(description="√mean((ln L_fit − ln L)²).")
+    max_abs_log_residual: float = Field(description="max |ln L_fit − ln L|.")
+    huber_delta: float = Field(description="δ of the Huber loss on ln residuals.")
+
+
+class PhaseCostRecord(BaseModel):
+    """One phase's compute and cost (training, inference, their total, or per answer)."""
+
+    model_config = _OUT
+
+    flops: float = Field(description="FLOP.")
+    energy_j: float = Field(description="IT energy, J.")
+    usd: float | None = Field(description="USD (energy, PUE included); None when not priced.")
+    co2e_g: float | None = Field(description="Location-based gCO2e; None without a grid factor.")
+
+
+class AllocationRecord(BaseModel):
+    """A model size and data budget with its lifetime cost: training + inference = total."""
+
+    model_config = _OUT
+
+    n_params: float = Field(description="N, parameters.")
+    n_tokens: float = Field(description="D, training tokens.")
+    tokens_per_param: float = Field(description="D / N.")
+    loss: float = Field(description="L(N, D) under the loss model, nats/token.")
+    training: PhaseCostRecord = Field(description="6·N·D FLOP and its cost.")
+    inference: PhaseCostRecord = Field(description="2·N·T·k FLOP and its cost.")
+    total: PhaseCostRecord
+    per_answer: PhaseCostRecord | None = Field(description="total / queries; None without them.")
+
+
+class InferenceAwarePublic(BaseModel):
+    """The (N, D) reaching the target loss at the least training + lifetime inference cost,
+    beside the compute-optimal (Chinchilla) point serving the same demand."""
+
+    model_config = _OUT
+
+    objective: MetricName = Field(description="What the optimum minimises.")
+    unit: str = Field(description="The objective's unit: J, USD or gCO2e.")
+    loss_model: LossModelRecord
+    loss_fit: LossFitRecord | None = Field(description="Set when fitted to loss_observations.")
+    target_loss: float = Field(description="L*, nats/token.")
+    target_source: str = Field(description="Given, or the loss of the planned (N, D).")
+    inference_tokens: float = Field(description="T, lifetime tokens served at k = 1.")
+    test_time_multiplier: float = Field(description="k, tokens per query relative to T's.")
+    served_tokens: float = Field(description="T·k, tokens the model generates over its life.")
+    queries: float | None = Field(description="Answers over the life, for per-answer figures.")
+    training_flop_per_j: float = Field(description="Training efficiency used, FLOP/J.")
+    inference_flop_per_j: float = Field(description="Inference efficiency used, FLOP/J.")
+    optimum: AllocationRecord
+    chinchilla: AllocationRecord = Field(description="The compute-optimal point at L* (T = 0).")
+    given: AllocationRecord | None = Field(description="The planned (N, D), when one was given.")
+    saving: float = Field(description="Chinchilla's lifetime cost − the optimum's, in ``unit``.")
+    saving_fraction: float = Field(description="saving / Chinchilla's lifetime cost.")
+    assumptions: list[str]
+
+
 class PlanPublic(BaseModel):
     """A planned training run: FLOPs, energy (with a range), duration, CO2e and cost."""
 
@@ -355,3 +438,7 @@ class PlanPublic(BaseModel):
     basis: PlanBasis
     pricing: PricingPublic
     assumptions: list[str]
+    inference_aware: InferenceAwarePublic | None = Field(
+        default=None,
+        description="Set when the request gives a target loss or an inference demand.",
+    )

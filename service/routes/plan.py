@@ -17,6 +17,8 @@ def post_plan(body: PlanRequest, tenant: ReadTenant, session: SessionDep) -> Pla
 
     Energy rests on the FLOP/J measured on the project's comparable runs (same hardware and
     dtype), else on the datasheet; the answer says which, and flags D far from Chinchilla's
-    20·N.
+    20·N. With ``target_loss`` or ``inference_tokens`` it also gives the N and D that minimise
+    training + lifetime inference cost at that loss, beside the Chinchilla point
+    (``inference_aware``).
     """
     return plan(session, project_id=tenant.id, request=body)
