@@ -14,10 +14,12 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Response, status
+from sqlalchemy.orm import Session
 
 from thermoledger.accounting.estimates import RunEstimate
 from thermoledger.db import ledger, runs
 from thermoledger.db.errors import Conflict, InvalidInput, NotFound
+from thermoledger.db.ledger import LedgerRecord
 from thermoledger.db.models import RunStatus
 from thermoledger.db.records import RunRecord
 from thermoledger.db.types import utcnow
@@ -68,11 +70,62 @@ def _end_time(
     return end
 
 
-def _find(session: SessionDep, project_id: int, run_id: UUID) -> RunRecord | None:
+def _find(session: Session, project_id: int, run_id: UUID) -> RunRecord | None:
     try:
         return runs.get_run(session, project_id=project_id, run_id=run_id)
     except NotFound:
         return None
+
+
+def record_estimated_run(
+    session: Session, *, project_id: int, run_id: UUID, body: EstimateCreate, settings: Settings
+) -> tuple[RunRecord, bool, RunEstimate, list[LedgerRecord]]:
+    """Create or take the run, end it, label it and ledger the estimate (the route's work, also
+    the server CLI's ``estimate``), in the caller's transaction.
+
+    Returns:
+        The run, whether it was created, the estimate, and the ledger entries appended.
+
+    Raises:
+        InvalidQuantity, InvalidEstimate, InvalidInput: A refused field (422).
+        Conflict: The run has metered chunks or measured figures, or another kind (409).
+    """
+    estimate = body.to_estimate()
+    existing = _find(session, project_id, run_id)
+    if existing is None and body.name is None:
+        raise InvalidInput.one("name", "the run does not exist yet: give its name to create it")
+    if existing is not None and ledger.has_measurements(
+        session, project_id=project_id, run_id=run_id
+    ):
+        raise Conflict(
+            f"run {run_id} has metered chunks: a measured run cannot also be estimated",
+            field="run_id",
+        )
+    started_at = body.started_at or (existing.started_at if existing else utcnow())
+    record, created = runs.upsert_run(
+        session,
+        project_id=project_id,
+        run_id=run_id,
+        name=body.name or (existing.name if existing else ""),
+        kind=existing.kind if existing and "kind" not in body.model_fields_set else body.kind,
+        started_at=started_at,
+        tags=body.tags,
+        host_info={LABEL_KEY: label(estimate)},
+        simulated=False,
+        max_host_info_bytes=settings.max_host_info_bytes,
+    )
+    if record.status in (RunStatus.RUNNING, RunStatus.LOST):
+        record = runs.end_run(
+            session,
+            project_id=project_id,
+            run_id=run_id,
+            status=RunStatus.FINISHED,
+            ended_at=_end_time(body, estimate, record.started_at, settings),
+        )
+    entries = ledger.record_estimate(
+        session, project_id=project_id, run_id=run_id, estimate=estimate
+    )
+    return record, created, estimate, entries
 
 
 @router.post(
@@ -101,40 +154,8 @@ def post_estimate(
     method ``estimate``, the band and the provenance. Posting the same estimate again appends
     nothing; another one supersedes the figures. 422 names the refused field.
     """
-    estimate = body.to_estimate()
-    existing = _find(session, tenant.id, run_id)
-    if existing is None and body.name is None:
-        raise InvalidInput.one("name", "the run does not exist yet: give its name to create it")
-    if existing is not None and ledger.has_measurements(
-        session, project_id=tenant.id, run_id=run_id
-    ):
-        raise Conflict(
-            f"run {run_id} has metered chunks: a measured run cannot also be estimated",
-            field="run_id",
-        )
-    started_at = body.started_at or (existing.started_at if existing else utcnow())
-    record, created = runs.upsert_run(
-        session,
-        project_id=tenant.id,
-        run_id=run_id,
-        name=body.name or (existing.name if existing else ""),
-        kind=existing.kind if existing and "kind" not in body.model_fields_set else body.kind,
-        started_at=started_at,
-        tags=body.tags,
-        host_info={LABEL_KEY: label(estimate)},
-        simulated=False,
-        max_host_info_bytes=settings.max_host_info_bytes,
-    )
-    if record.status in (RunStatus.RUNNING, RunStatus.LOST):
-        record = runs.end_run(
-            session,
-            project_id=tenant.id,
-            run_id=run_id,
-            status=RunStatus.FINISHED,
-            ended_at=_end_time(body, estimate, record.started_at, settings),
-        )
-    entries = ledger.record_estimate(
-        session, project_id=tenant.id, run_id=run_id, estimate=estimate
+    record, created, estimate, entries = record_estimated_run(
+        session, project_id=tenant.id, run_id=run_id, body=body, settings=settings
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return EstimatePublic.of(RunPublic.of(record, tenant.slug), estimate, entries)
