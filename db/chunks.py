@@ -32,7 +32,7 @@ from thermoledger.accounting.catalog import lookup as catalog_lookup
 from .errors import Conflict, FieldProblem, InvalidInput, NotFound
 from .models import Chunk, Device, DeviceKind, Run
 from .records import UNBOUNDED_J, ChunkAck, ChunkRow, DeviceSpec
-from .runs import _insert
+from .runs import ESTIMATE_LABEL, _insert
 from .samples import encode_samples_many
 from .totals import _add_to_totals
 from .types import utcnow
@@ -92,7 +92,16 @@ def _run_for_ingest_statement() -> sa.Select[Any]:
     """`_run_for_ingest`'s query, built once (building it costs more than running it)."""
     r, d = _RUN_T, _DEVICE_T
     return (
-        sa.select(r.c.id, d.c.id, d.c.host, d.c.kind, d.c.device_index, d.c.uuid, d.c.power_limit_w)
+        sa.select(
+            r.c.id,
+            r.c.host_info[ESTIMATE_LABEL].as_string().is_not(None),
+            d.c.id,
+            d.c.host,
+            d.c.kind,
+            d.c.device_index,
+            d.c.uuid,
+            d.c.power_limit_w,
+        )
         .select_from(r.outerjoin(d, d.c.run_id == r.c.id))
         .where(
             r.c.client_id == sa.bindparam("run_id"), r.c.project_id == sa.bindparam("project_id")
@@ -105,7 +114,9 @@ def _run_for_ingest(
     session: Session, *, project_id: int, run_id: UUID
 ) -> tuple[UUID, list[_DeviceRow]]:
     """The run's database key and devices, in the round trip that checks the run; `NotFound`
-    unless the project has a run with (client) id ``run_id``.
+    unless the project has a run with (client) id ``run_id``, `Conflict` when that run is an
+    estimate (`db.ledger.record_estimate`: its figures are not measured, and chunks would
+    supersede them at its next end).
 
     Takes ``FOR KEY SHARE`` on the run (PostgreSQL; SQLite serialises writers anyway): ingests
     of one run proceed together, while a phase change (``FOR UPDATE``) waits for them. The
@@ -118,7 +129,13 @@ def _run_for_ingest(
     ).all()
     if not found:
         raise NotFound("run", run_id)
-    return found[0][0], [_DeviceRow(*row[1:]) for row in found if row[1] is not None]
+    if found[0][1]:
+        raise Conflict(
+            f"run {run_id} is an estimate (host_info.{ESTIMATE_LABEL}): it takes no "
+            "measurements; meter a new run instead",
+            field="run_id",
+        )
+    return found[0][0], [_DeviceRow(*row[2:]) for row in found if row[2] is not None]
 
 
 def _match_devices(

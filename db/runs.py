@@ -36,6 +36,7 @@ from .records import INT64_MAX, UNBOUNDED_J, RunCursor, RunRecord, _run_record
 from .types import utcnow
 
 __all__ = [
+    "ESTIMATE_LABEL",
     "MAX_RUN_TAGS",
     "RUN_KEY_NAMESPACE",
     "declare_work",
@@ -63,6 +64,9 @@ def _insert(session: Session, table: sa.Table) -> postgresql.Insert | sqlite.Ins
 #: Namespace of the runs' derived database keys (`run_key`). Not secret: a key is never shown
 #: to a client, and no request names a run by its key.
 RUN_KEY_NAMESPACE: Final = uuid.UUID("5b0f6a52-2d3c-4b8e-9a57-0c9e1f6d3a41")
+#: The ``host_info`` key that labels a run as an estimate (``POST /runs/{id}/estimate``); such a
+#: run takes no chunks (`db.chunks`).
+ESTIMATE_LABEL: Final = "estimate"
 #: Most tags a run holds, after every merge (one request may send as many).
 MAX_RUN_TAGS: Final = 64
 

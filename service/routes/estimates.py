@@ -31,8 +31,8 @@ from ..settings import Settings
 
 router = APIRouter(prefix="/runs", tags=["estimates"])
 
-#: The ``host_info`` key that labels a run as estimated.
-LABEL_KEY = "estimate"
+#: The ``host_info`` key that labels a run as estimated (ingest refuses chunks for such a run).
+LABEL_KEY = runs.ESTIMATE_LABEL
 
 
 def label(estimate: RunEstimate) -> dict[str, Any]:

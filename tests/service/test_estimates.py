@@ -195,6 +195,23 @@ def test_a_metered_run_cannot_be_estimated(
     assert _entries(client, project, run_id) == []
 
 
+def test_an_estimated_run_takes_no_chunks(
+    app: FastAPI, client: TestClient, project: Project
+) -> None:
+    run_id = str(uuid.uuid4())
+    assert _post(client, project, run_id, _body()).status_code == 201
+    before = row_counts(app, run_id)
+    entries = _entries(client, project, run_id)
+    refused = client.post(
+        f"/api/v1/runs/{run_id}/chunks", json=batch([chunk(0)]), headers=project.ingest
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["field"] == "run_id"
+    assert "estimate" in refused.json()["detail"]
+    assert row_counts(app, run_id) == before
+    assert _entries(client, project, run_id) == entries
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
