@@ -348,7 +348,10 @@ class RunReport:
             "duration_s": self.duration_s,
             "energy": {
                 "total": self.total.to_dict(),
-                "mean_power_w": self.total.energy_j / self.duration_s if self.duration_s else 0.0,
+                # None, not 0 W, for a span of no length: there is no mean to give.
+                "mean_power_w": (
+                    self.total.energy_j / self.duration_s if self.duration_s > 0 else None
+                ),
                 "by_device": [self._device_dict(d) for d in self.devices],
                 "by_host": {host: line.to_dict() for host, line in self.hosts.items()},
                 "by_kind": {kind: line.to_dict() for kind, line in self.by_kind.items()},
@@ -368,11 +371,18 @@ class RunReport:
                 "mfu": self.mfu,
             },
             "bounds": None if self.bounds is None else self.bounds.to_dict(),
-            "cost": self.cost.to_dict(),
+            "cost": self._cost_dict(),
             "carbon": self._carbon_dict(),
             "sci": None if self.sci is None else self.sci.to_dict(),
             "notes": list(self.notes),
         }
+
+    def _cost_dict(self) -> dict[str, Any]:
+        """The cost, with ``total_usd`` None when no part is priced: not a cost of 0 USD."""
+        out = self.cost.to_dict()
+        if self.cost.energy_usd is None and self.cost.hardware_usd is None:
+            out["total_usd"] = None
+        return out
 
     def _carbon_dict(self) -> dict[str, Any]:
         out = self.carbon.to_dict()
@@ -487,8 +497,10 @@ class RunReport:
         cost = self.cost
         energy_usd = "not priced" if cost.energy_usd is None else f"{cost.energy_usd:,.2f} USD"
         hw_usd = "not priced" if cost.hardware_usd is None else f"{cost.hardware_usd:,.2f} USD"
+        priced = cost.energy_usd is not None or cost.hardware_usd is not None
+        total_usd = f"{cost.total_usd:,.2f} USD" if priced else "not priced"
         out.append(
-            f"  {cost.total_usd:,.2f} USD (energy {energy_usd}; hardware {hw_usd}, "
+            f"  {total_usd} (energy {energy_usd}; hardware {hw_usd}, "
             f"{cost.device_hours:.2f} device-h)"
         )
         out.append("Carbon (GHG Scope 2)")
@@ -776,6 +788,8 @@ def build_run_report(
         hardware=settings.hardware,
         device_hours=device_hours if settings.hardware is not None else None,
     )
+    # The hours used, priced or not: never 0 standing for "no hardware price".
+    cost = dataclasses.replace(cost, device_hours=device_hours)
     unavailable = settings.location_unavailable_reason
     carbon = scope2_emissions(
         total.energy_j,

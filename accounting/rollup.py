@@ -119,7 +119,8 @@ class CoveredSum:
             unit_key: None if self.value is None else self.value / scale,
             "runs_covered": self.runs_covered,
             "runs": self.runs,
-            f"covered_{unit_key}": self.covered_value / scale,
+            # No entry summed: no partial sum either (None, not 0).
+            f"covered_{unit_key}": None if self.entries == 0 else self.covered_value / scale,
             "reason": self.unavailable,
         }
 
@@ -194,6 +195,8 @@ class GroupRollup:
         sci_per_1k_tokens: SCI per 1000 tokens.
         entries: Seqs of every entry summed.
         notes: Caveats for the reader.
+        recorded: The figures the group has entries of: a sum of none is not available
+            (None in `to_dict`), never 0 (hardware cost, embodied emissions, tokens).
     """
 
     period: str
@@ -214,6 +217,7 @@ class GroupRollup:
     sci_per_1k_tokens: SciFigure
     entries: tuple[int, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
+    recorded: frozenset[str] = field(default=frozenset())
 
     @property
     def cost_usd(self) -> float | None:
@@ -221,8 +225,12 @@ class GroupRollup:
         energy = self.energy_cost.value
         return None if energy is None else energy + self.hardware_cost_usd
 
+    def _recorded(self, figure: str, value: float) -> float | None:
+        """``value``, or None when the group has no entry of ``figure`` to sum."""
+        return value if figure in self.recorded else None
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form with units in every key."""
+        """JSON-safe form with units in every key; a sum of no entries is None, not 0."""
         return {
             "period": self.period,
             "group": self.group,
@@ -240,15 +248,19 @@ class GroupRollup:
                 "status": self.energy_cost.status,
                 "usd": self.cost_usd,
                 "energy": self.energy_cost.to_dict("usd"),
-                "hardware_usd": self.hardware_cost_usd,
+                "hardware_usd": self._recorded("hardware_cost", self.hardware_cost_usd),
             },
-            "embodied_g": self.embodied_g,
+            "embodied_g": self._recorded("embodied", self.embodied_g),
+            # Offsets are an act: none retired is truly 0 g.
             "offsets_g": self.offsets_g,
-            "tokens": self.tokens,
+            "tokens": self._recorded("tokens", self.tokens),
             "runs_with_tokens": self.runs_with_tokens,
             "sci": {
                 "per_run": self.sci_per_run.to_dict(),
-                "per_1k_tokens": self.sci_per_1k_tokens.to_dict(),
+                "per_1k_tokens": {
+                    **self.sci_per_1k_tokens.to_dict(),
+                    "count": self._recorded("tokens", self.sci_per_1k_tokens.count),
+                },
             },
             "entries": list(self.entries),
             "notes": list(self.notes),
@@ -325,6 +337,7 @@ def _group(period: str, group: str | None, figures: Sequence[LedgerFigure]) -> G
         sci_per_1k_tokens=_sci(location, embodied_g, tokens / 1000.0, "1k tokens", lacking_tokens),
         entries=tuple(sorted(f.seq for f in figures)),
         notes=tuple(notes),
+        recorded=frozenset(by_name),
     )
 
 

@@ -447,21 +447,27 @@ class CoveredKwh(_Covered):
     """An energy sum."""
 
     kwh: float | None = Field(description="The total, kWh; None when not available.")
-    covered_kwh: float = Field(description="Sum over the runs that have it, kWh.")
+    covered_kwh: float | None = Field(
+        description="Sum over the runs that have it, kWh; None when no entry was summed."
+    )
 
 
 class CoveredG(_Covered):
     """An emissions sum."""
 
     g: float | None = Field(description="The total, gCO2e; None when not available.")
-    covered_g: float = Field(description="Sum over the runs that have it, gCO2e.")
+    covered_g: float | None = Field(
+        description="Sum over the runs that have it, gCO2e; None when no entry was summed."
+    )
 
 
 class CoveredUsd(_Covered):
     """A cost sum."""
 
     usd: float | None = Field(description="The total, USD; None when not available.")
-    covered_usd: float = Field(description="Sum over the runs that have it, USD.")
+    covered_usd: float | None = Field(
+        description="Sum over the runs that have it, USD; None when no entry was summed."
+    )
 
 
 class RollupEnergy(BaseModel):
@@ -490,7 +496,7 @@ class RollupCost(BaseModel):
     status: _Status
     usd: float | None = Field(description="Energy + hardware cost, USD; None without energy cost.")
     energy: CoveredUsd
-    hardware_usd: float = Field(description="Σ hardware cost, USD.")
+    hardware_usd: float | None = Field(description="Σ hardware cost, USD; None: none recorded.")
 
 
 class RollupSci(BaseModel):
@@ -501,7 +507,7 @@ class RollupSci(BaseModel):
     status: _Status
     functional_unit: str = Field(description="``run`` or ``1k tokens``.")
     g_per_unit: float | None = Field(description="(O + M) / R, gCO2e per unit.")
-    count: float = Field(description="R, units delivered.")
+    count: float | None = Field(description="R, units delivered; None: no tokens declared.")
     reason: _Reason
 
 
@@ -526,9 +532,11 @@ class RollupRowPublic(BaseModel):
     energy: RollupEnergy
     co2e: RollupCo2e
     cost: RollupCost
-    embodied_g: float = Field(description="Σ embodied emissions (M), gCO2e.")
+    embodied_g: float | None = Field(
+        description="Σ embodied emissions (M), gCO2e; None: none recorded."
+    )
     offsets_g: float = Field(description="Σ offsets retired, gCO2e (never netted).")
-    tokens: float = Field(description="Σ tokens declared.")
+    tokens: float | None = Field(description="Σ tokens declared; None: no run declared any.")
     runs_with_tokens: int
     sci: RollupSciPair
     entries: list[int] = Field(description="Seqs of every ledger entry summed.")

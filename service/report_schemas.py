@@ -158,8 +158,9 @@ class CostRecord(BaseModel):
 
     model_config = _OUT
 
-    total_usd: float = Field(
-        description="Sum of the parts that were priced, USD (0 when none was: see the parts)."
+    total_usd: float | None = Field(
+        description="Sum of the parts that were priced, USD; None when no part is priced "
+        "(never 0 for 'not priced')."
     )
     energy_usd: float | None = Field(description="Energy cost, USD; None when not priced.")
     hardware_usd: float | None = Field(description="Hardware cost, USD; None when not priced.")
@@ -168,7 +169,9 @@ class CostRecord(BaseModel):
     energy_billed_kwh: float = Field(description="The billed energy in kWh.")
     pue: PueRecord | None = Field(description="The PUE applied; None: IT energy priced as is.")
     tariff: TariffRecord | None = Field(description="The tariff; None when energy is not priced.")
-    device_hours: float = Field(description="Device-hours charged, h.")
+    device_hours: float = Field(
+        description="Accelerator device-hours used (priced when a hardware price is given), h."
+    )
     hardware: HardwarePriceRecord | None = Field(description="The hourly hardware price, if any.")
     notes: Notes
 
@@ -178,6 +181,8 @@ class ReportCostPublic(CostRecord):
 
     energy_status: Status
     energy_reason: Reason
+    total_status: Status = "available"
+    total_reason: Reason = None
 
 
 class LocationBasedRecord(BaseModel):
@@ -425,7 +430,9 @@ class ReportEnergy(BaseModel):
     model_config = _OUT
 
     total: EnergyBand
-    mean_power_w: float = Field(description="Total energy over the run's duration, W.")
+    mean_power_w: float | None = Field(
+        description="Total energy over the run's duration, W; None for a run of no duration."
+    )
     by_device: list[DeviceEnergy]
     by_host: dict[str, EnergyBand] = Field(
         description="Host → its counted devices' energy (each node's total)."

@@ -69,6 +69,7 @@ __all__ = [
 PHASE_NOTE = "phase energies are pro-rata by time within each chunk that straddles a boundary"
 #: How `accounting.cost.run_cost` notes energy it did not price.
 _UNPRICED = "Energy not priced"
+_NOT_PRICED = "no tariff applies to the energy and no hardware price is given"
 
 
 def _device_usage(device: DeviceAggregate) -> DeviceUsage:
@@ -222,6 +223,12 @@ def _state_basis(out: dict[str, Any], basis: RunBasis) -> None:
     reason = context.unavailable.get("energy_cost") if cost["energy_usd"] is None else None
     cost["energy_status"] = "not_available" if reason is not None else "available"
     cost["energy_reason"] = reason
+    # Nothing priced is "not priced", as the page and the CSV say: never a total of 0 USD.
+    priced = cost["energy_usd"] is not None or cost["hardware_usd"] is not None
+    if not priced:
+        cost["total_usd"] = None
+    cost["total_status"] = "available" if priced else "not_available"
+    cost["total_reason"] = None if priced else (reason or _NOT_PRICED)
     # The core's note says only that no tariff was given; say why, in the ledger's words.
     for notes in (cost["notes"], out["notes"]):
         notes[:] = [
