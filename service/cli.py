@@ -19,6 +19,9 @@ Commands:
 * ``demo`` — the simulated 8-GPU demo report (no database needed).
 * ``audit verify [--project SLUG] [--anchor SEQ:HASH]`` — recompute every ledger hash chain and
   name each broken entry; exit 1 if any is broken (`service.audit_cli`).
+* ``estimate --project X --name N --devices 8 --duration "10 h" --mean-power "300 W" --source S``
+  — record a run that was never metered: device time × mean power (or TDP × utilisation) × PUE,
+  with its band and provenance, ledgered and labelled an estimate (`service.estimate_cli`).
 
 Heavy imports (the web stack, SQLAlchemy, Alembic) happen inside the command that needs them,
 so ``thermoledger-server demo`` and ``--help`` stay fast. Without the ``[service]`` extra (a
@@ -37,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from .audit_cli import add_audit_parser
+from .estimate_cli import add_estimate_parser
 
 __all__ = ["build_parser", "database_label", "main", "missing_extra"]
 
@@ -155,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _database_option(revoke)
     revoke.add_argument("--id", type=int, required=True, dest="token_id", help="token id")
     add_audit_parser(sub, _database_option)
+    add_estimate_parser(sub, _database_option)
     return parser
 
 
@@ -355,6 +360,10 @@ def _dispatch(
         from .audit_cli import audit_main
 
         return audit_main(args, out, err, url=_database_url(args))
+    if args.command == "estimate":
+        from .estimate_cli import estimate_main
+
+        return estimate_main(args, out, err, url=_database_url(args))
     parser.error(f"unknown command {args.command!r}")
     return 2  # pragma: no cover - parser.error exits
 

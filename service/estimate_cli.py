@@ -13,7 +13,7 @@ Quantities take their units (``"1082990 h"``, ``"0.954 lbCO2e/kWh"``). ``--rel I
 with their bands and the ledger entries as JSON; exits 2 naming the refused field, 1 when the
 project is unknown, the database is not migrated, or the run is measured (conflict).
 
-Until ``service.cli`` registers it (`add_estimate_parser`, `estimate_main`), it also runs as
+``service.cli`` registers it (`add_estimate_parser`, `estimate_main`); it also runs as
 ``python -m thermoledger.service.estimate_cli``. Only argparse is imported at module level.
 """
 

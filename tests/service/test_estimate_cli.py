@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.support.client import Project, TestClient
+from thermoledger.service import cli as server_cli
 from thermoledger.service.estimate_cli import main
 
 GPT3 = [
@@ -76,3 +77,18 @@ def test_an_unknown_project_exits_1(database_url: str, app: FastAPI) -> None:
     code, _, err = _run(database_url, "--project", "no-such-project", *GPT3)
     assert code == 1
     assert "no-such-project" in err
+
+
+def test_thermoledger_server_estimate_is_the_same_command(
+    database_url: str, client: TestClient, project: Project
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    status = server_cli.main(
+        ["estimate", "--database-url", database_url, "--project", project.slug, *GPT3],
+        out=out,
+        err=err,
+    )
+    assert status == 0, err.getvalue()
+    run_id = json.loads(out.getvalue())["run"]["id"]
+    run = client.get(f"/api/v1/runs/{run_id}", headers=project.read).json()
+    assert run["host_info"]["estimate"]["method"] == "estimate"
