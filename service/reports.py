@@ -51,6 +51,7 @@ from thermoledger.db.basis import RunBasis, run_basis
 from thermoledger.db.errors import Conflict
 from thermoledger.db.factors import AccountingContext, AppliedVersion
 from thermoledger.db.records import DeviceAggregate, PhaseAggregate, RunUsage
+from thermoledger.db.runs import ESTIMATE_LABEL
 from thermoledger.db.totals import run_usage
 
 from .report_schemas import RunReportPublic, TariffRecord
@@ -241,6 +242,22 @@ def _state_basis(out: dict[str, Any], basis: RunBasis) -> None:
     out["notes"].extend(basis.notes(energy_j))
 
 
+def _require_measurements(usage: RunUsage) -> None:
+    """`Conflict` unless the run has chunks: one saying so, or that the run is an estimate
+    (``host_info.estimate``), whose figures live in the ledger, not in chunks."""
+    if usage.devices:
+        return
+    run_id = usage.run.id
+    estimate = usage.run.host_info.get(ESTIMATE_LABEL)
+    if isinstance(estimate, Mapping):
+        raise Conflict(
+            f"run {run_id} is an estimate ({estimate.get('source', 'no source')}), not a "
+            f"measurement: its figures and band are in the ledger "
+            f"(GET /api/v1/ledger?run_id={run_id}) and in its host_info.estimate"
+        )
+    raise Conflict(f"run {run_id} has no measurements yet: nothing to report")
+
+
 def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
     """The run report as JSON-safe plain types (`accounting.report.RunReport.to_dict`), with
     its accounting basis stated (``accounting``): what `report_public` types.
@@ -252,8 +269,7 @@ def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
     Raises:
         Conflict: The run has no chunks yet: there is nothing to report.
     """
-    if not usage.devices:
-        raise Conflict(f"run {usage.run.id} has no measurements yet: nothing to report")
+    _require_measurements(usage)
     run = usage.run
     settings = report_settings(basis.context)
     counted = frozenset(d.id for d in usage.counted)
@@ -349,8 +365,7 @@ def usage_report(session: Session, *, project_id: int, usage: RunUsage) -> RunRe
     Raises:
         Conflict: The run has no measurements yet.
     """
-    if not usage.devices:
-        raise Conflict(f"run {usage.run.id} has no measurements yet: nothing to report")
+    _require_measurements(usage)
     basis = run_basis(session, project_id=project_id, run=usage.run)
     return report_public(usage, basis=basis)
 

@@ -195,6 +195,17 @@ def test_a_metered_run_cannot_be_estimated(
     assert _entries(client, project, run_id) == []
 
 
+def test_an_estimated_runs_report_says_it_is_an_estimate(
+    client: TestClient, project: Project
+) -> None:
+    run_id = str(uuid.uuid4())
+    assert _post(client, project, run_id, _body()).status_code == 201
+    report = client.get(f"/api/v1/runs/{run_id}/report", headers=project.read)
+    assert report.status_code == 409
+    assert "is an estimate (test)" in report.json()["detail"]
+    assert f"/api/v1/ledger?run_id={run_id}" in report.json()["detail"]
+
+
 def test_an_estimated_run_takes_no_chunks(
     app: FastAPI, client: TestClient, project: Project
 ) -> None:
