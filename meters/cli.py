@@ -62,6 +62,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TextIO
 
+from thermoledger._cli_suggest import suggest_close
+
 from .api import Meter
 from .child import (
     EXIT_NOT_EXECUTABLE,
@@ -566,7 +568,7 @@ def main(
     env = os.environ if env is None else env
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = build_parser()
+    parser = suggest_close(build_parser())  # an unknown flag suggests the close one
     try:
         options = from_args(parser.parse_args(argv), parser, env=env, process_entry=process_entry)
     except SettingsError as e:

@@ -39,6 +39,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from thermoledger._cli_suggest import suggest_close
+
 from .audit_cli import add_audit_parser
 from .estimate_cli import add_estimate_parser
 
@@ -279,7 +281,7 @@ def main(
     argv = sys.argv[1:] if argv is None else argv
     out = out or sys.stdout
     err = err or sys.stderr
-    parser = build_parser()
+    parser = suggest_close(build_parser())  # an unknown flag suggests the close one
     args, rest = parser.parse_known_args(argv)
     try:
         return _dispatch(parser, args, rest, out, err)
