@@ -67,7 +67,32 @@ def _end_time(
             f"the run would end after {settings.latest_time.isoformat()}, the latest time the "
             "service stores; give ended_at",
         )
+    if end > utcnow():
+        raise InvalidInput.one(
+            "duration",
+            f"the run would end at {end.isoformat()}, in the future: an estimate is of work "
+            "done; give started_at (or ended_at)",
+        )
     return end
+
+
+def _default_start(body: EstimateCreate, estimate: RunEstimate, settings: Settings) -> datetime:
+    """A new run's start when the request gives none: its end (``ended_at``, else now) less
+    its duration, so that an estimate without dates describes work that has just finished."""
+    end = body.ended_at or utcnow()
+    if estimate.duration_s is None:
+        return end
+    try:
+        start = end - timedelta(seconds=estimate.duration_s.value)
+    except OverflowError:
+        start = None
+    if start is None or start < settings.earliest_time:
+        raise InvalidInput.one(
+            "duration",
+            f"the run would start before {settings.earliest_time.isoformat()}, the earliest "
+            "time the service stores; give started_at",
+        )
+    return start
 
 
 def _find(session: Session, project_id: int, run_id: UUID) -> RunRecord | None:
@@ -101,7 +126,9 @@ def record_estimated_run(
             f"run {run_id} has metered chunks: a measured run cannot also be estimated",
             field="run_id",
         )
-    started_at = body.started_at or (existing.started_at if existing else utcnow())
+    started_at = body.started_at or (
+        existing.started_at if existing else _default_start(body, estimate, settings)
+    )
     record, created = runs.upsert_run(
         session,
         project_id=project_id,
@@ -149,7 +176,9 @@ def post_estimate(
     For runs that were never metered (a publication's figures, a cloud bill, a scheduler's
     GPU-hours). Creates the run (201; ``name`` required) or estimates the project's existing run
     with this id (200), which must have no metered chunks (409). The run is ended if it is
-    running (at ``ended_at``, else start + ``duration``, else now), labelled in
+    running (at ``ended_at``, else start + ``duration``, else now; never in the future; a new
+    run without ``started_at`` ends at ``ended_at`` or now and starts ``duration`` earlier),
+    labelled in
     ``host_info["estimate"]``, and its figures enter the ledger like a measured run's, with
     method ``estimate``, the band and the provenance. Posting the same estimate again appends
     nothing; another one supersedes the figures. 422 names the refused field.

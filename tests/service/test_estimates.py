@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -193,6 +194,25 @@ def test_a_metered_run_cannot_be_estimated(
     assert run["status"] == "running"
     assert "estimate" not in run["host_info"]
     assert _entries(client, project, run_id) == []
+
+
+def test_an_estimate_without_dates_is_of_work_just_done_never_in_the_future(
+    client: TestClient, project: Project
+) -> None:
+    run_id = str(uuid.uuid4())
+    before = datetime.now(UTC)
+    assert _post(client, project, run_id, _body(duration="10 h")).status_code == 201
+    run = client.get(f"/api/v1/runs/{run_id}", headers=project.read).json()
+    started = datetime.fromisoformat(run["started_at"])
+    ended = datetime.fromisoformat(run["ended_at"])
+    assert before <= ended <= datetime.now(UTC)
+    assert ended - started == timedelta(hours=10)
+    # a running run that started now cannot be estimated to have run ten more days
+    running = create_run(client, project)
+    refused = _post(client, project, running, _body(duration="10 day"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "duration"
+    assert "future" in refused.json()["detail"]
 
 
 def test_an_estimated_runs_report_says_it_is_an_estimate(

@@ -81,8 +81,8 @@ def _strubell(
         id=f"strubell-{name}",
         citation=f"{_STRUBELL}, row {name}",
         inputs={
-            "devices": 1,
-            "duration": f"{hours} h",
+            # the table's hours are hardware-hours (its p_t sums CPU, DRAM and g GPUs)
+            "device_hours": f"{hours} h",
             "mean_power": f"{power_w} W",
             "pue": 1.58,
             "intensity": "0.954 lbCO2e/kWh",
