@@ -8,8 +8,11 @@ secrets), and the comparison is constant-time. The token is shown once, when iss
 Who may do what:
 
 * A **project token** carries scopes ``ingest``, ``read``, ``admin`` and acts only inside its
-  project. ``admin`` manages that project's tokens; it grants nothing elsewhere: another
-  project's rows answer 404, as if they did not exist.
+  project. ``admin`` manages that project's tokens and settings, and also **reads** the project
+  (`Principal.granted`): whoever may set a project's region, factors and tokens may see the
+  runs those settings price, so an admin token needs no second ``read`` token. It still does
+  not ingest (a meter's token should not manage the project), and it grants nothing
+  elsewhere: another project's rows answer 404, as if they did not exist.
 * The **operator** is whoever presents ``Settings.bootstrap_admin_token`` (when set). It may
   create projects and manage the tokens of every project, and nothing else: it is bound to no
   project, so it can neither read nor ingest. Without that setting, projects are created only
@@ -92,6 +95,11 @@ class Principal:
     token_id: int | None
 
     @property
+    def granted(self) -> Scope:
+        """The scopes the token acts with: its own, and ``read`` wherever it holds ``admin``."""
+        return self.scopes | Scope.READ if Scope.ADMIN in self.scopes else self.scopes
+
+    @property
     def is_operator(self) -> bool:
         """Whether this is the operator (the bootstrap token), bound to no project."""
         return self.project_id is None
@@ -99,12 +107,14 @@ class Principal:
     def require(self, scope: Scope) -> Tenant:
         """The principal's project, if it holds ``scope`` inside a project.
 
+        ``admin`` satisfies ``read`` too (`granted`), inside the token's own project only.
+
         Raises:
             Forbidden: The scope is missing, or this is the operator (who has no project).
         """
         if self.project_id is None or self.project_slug is None:
             raise Forbidden("the operator token manages projects and tokens only")
-        if scope not in self.scopes:
+        if scope not in self.granted:
             raise Forbidden(f"this token lacks the {scope_names(scope)[0]!r} scope")
         return Tenant(self.project_id, self.project_slug)
 

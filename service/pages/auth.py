@@ -326,7 +326,7 @@ def login(body: RawBody, request: Request, session: SessionDep, settings: Settin
     if not token or len(token) > _MAX_TOKEN_CHARS:
         raise LoginRequired("paste a token (tl_…) that has the 'read' scope", next=target)
     principal = _authenticate(session, settings, f"Bearer {token}")
-    if principal.token_id is None or Scope.READ not in principal.scopes:
+    if principal.token_id is None or Scope.READ not in principal.granted:
         raise LoginRequired(
             "this token cannot read runs: use one with the 'read' scope", next=target
         )
