@@ -22,6 +22,11 @@ Commands:
 * ``estimate --project X --name N --devices 8 --duration "10 h" --mean-power "300 W" --source S``
   — record a run that was never metered: device time × mean power (or TDP × utilisation) × PUE,
   with its band and provenance, ledgered and labelled an estimate (`service.estimate_cli`).
+* ``project set ml-lab --region DE --pue hyperscale [--create]``, ``project show ml-lab``,
+  ``project factor add ml-lab --kind location --value "350 gCO2e/kWh" --valid-from 2025-01-01
+  --source S`` and ``tariff add ml-lab --value "0.12 USD/kWh" --valid-from … --source S`` — a
+  project's region, PUE, factors and tariffs, through the API's own schemas and routes
+  (`service.project_cli`).
 
 Heavy imports (the web stack, SQLAlchemy, Alembic) happen inside the command that needs them,
 so ``thermoledger-server demo`` and ``--help`` stay fast. Without the ``[service]`` extra (a
@@ -43,6 +48,7 @@ from thermoledger._cli_suggest import suggest_close
 
 from .audit_cli import add_audit_parser
 from .estimate_cli import add_estimate_parser
+from .project_cli import add_project_parsers
 
 __all__ = ["build_parser", "database_label", "main", "missing_extra"]
 
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--id", type=int, required=True, dest="token_id", help="token id")
     add_audit_parser(sub, _database_option)
     add_estimate_parser(sub, _database_option)
+    add_project_parsers(sub, _database_option)
     return parser
 
 
@@ -366,6 +373,14 @@ def _dispatch(
         from .estimate_cli import estimate_main
 
         return estimate_main(args, out, err, url=_database_url(args))
+    if args.command == "project":
+        from .project_cli import project_main
+
+        return project_main(args, out, err, url=_database_url(args))
+    if args.command == "tariff":
+        from .project_cli import tariff_main
+
+        return tariff_main(args, out, err, url=_database_url(args))
     parser.error(f"unknown command {args.command!r}")
     return 2  # pragma: no cover - parser.error exits
 
