@@ -40,10 +40,12 @@ from .metrics import router as metrics_router
 from .routes import (
     audit,
     chunks,
+    disclosures,
     estimates,
     factors,
     health,
     ledger,
+    metrics_api,
     models,
     phases,
     plan,
@@ -77,8 +79,13 @@ _OPENAPI_TAGS: list[dict[str, Any]] = [
     {"name": "factors", "description": "Versioned emission factors, tariffs, project settings."},
     {"name": "rollups", "description": "Monthly and quarterly totals by project or tag."},
     {"name": "audit", "description": "Ledger verification and auditor exports."},
+    {
+        "name": "disclosures",
+        "description": "EU AI Act, ESRS E1 and SPDX 3.0 AI exports, anchored in the ledger.",
+    },
     {"name": "models", "description": "Training to inference amortisation per model."},
     {"name": "planning", "description": "Energy plans before a run."},
+    {"name": "quality", "description": "Metrics over runs, joules to a target, fronts, trends."},
 ]
 
 
@@ -156,8 +163,10 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
         factors,
         rollups,
         audit,
+        disclosures,
         models,
         plan,
+        metrics_api,
     ):
         api.include_router(module.router)
     app.include_router(api)
