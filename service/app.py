@@ -45,7 +45,6 @@ from .routes import (
     factors,
     health,
     ledger,
-    metrics_api,
     models,
     phases,
     plan,
@@ -85,7 +84,6 @@ _OPENAPI_TAGS: list[dict[str, Any]] = [
     },
     {"name": "models", "description": "Training to inference amortisation per model."},
     {"name": "planning", "description": "Energy plans before a run."},
-    {"name": "quality", "description": "Metrics over runs, joules to a target, fronts, trends."},
 ]
 
 
@@ -166,7 +164,6 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
         disclosures,
         models,
         plan,
-        metrics_api,
     ):
         api.include_router(module.router)
     app.include_router(api)
