@@ -27,6 +27,12 @@ Commands:
 * ``thermoledger push`` sends everything pending in the spool (offline runs); exits 1 if
   anything could not be sent, after a summary.
 * ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
+* ``thermoledger report [RUN]`` prints a run's report from the local spool, no server needed
+  (`meters.local_report`: the accounting core's report, not ledgered): RUN is an id, a unique
+  prefix of one, or a name (default: the newest run); ``--json FILE`` and ``--html FILE``
+  (``-``: stdout) write it as the service's JSON and as one self-contained HTML page; CO2e and
+  cost only with ``--grid-intensity`` / ``--tariff`` (and ``--pue``). Exit 1 with nothing to
+  report, 2 for a RUN the spool does not hold (the message lists its runs).
 
 Options come from flags (parsed once into typed options, `meters.options`), then
 ``THERMOLEDGER_*`` (`meters.settings`). The token is read once, before anything runs:
@@ -52,6 +58,7 @@ object per line with the run id (`meters.logs`). Both are off by default (`Obser
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import math
@@ -59,7 +66,9 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 from thermoledger._cli_suggest import suggest_close
@@ -83,9 +92,9 @@ from .options import (
     RunOptions,
     SidecarOptions,
     StatusOptions,
-    build_parser,
-    from_args,
 )
+from .options import build_parser as _meter_parser
+from .options import from_args as _meter_from_args
 from .runid import (
     NODE_METER_ENV,
     RUN_ID_ENV,
@@ -115,8 +124,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORWARDED_SIGNALS",
+    "ReportOptions",
     "build_parser",
     "format_energy",
+    "from_args",
     "main",
     "render_footprint",
     "render_summary",
@@ -532,6 +543,133 @@ def _cmd_status(options: StatusOptions, env: Mapping[str, str], out: TextIO) -> 
     return 0
 
 
+# -- report: a run's report from the local spool -----------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions(Options):
+    """``thermoledger report [RUN]``.
+
+    Attributes:
+        run: An id, a unique prefix of one, or a name (None: the newest run).
+        spool_dir: Spool directory.
+        json_path: Write the JSON report here (``-``: stdout).
+        html_path: Write the HTML report here (``-``: stdout).
+        grid_intensity_g_per_kwh: Location-based grid intensity, gCO2e/kWh.
+        pue: Facility / IT energy.
+        tariff_usd_per_kwh: Electricity price, USD/kWh.
+    """
+
+    run: str | None = None
+    spool_dir: str | None = None
+    json_path: str | None = None
+    html_path: str | None = None
+    grid_intensity_g_per_kwh: float | None = None
+    pue: float | None = None
+    tariff_usd_per_kwh: float | None = None
+
+
+def _add_report_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``report`` subcommand, beside those `meters.options.build_parser` declares."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    report = subparsers.add_parser(
+        "report",
+        help="a run's report from the local spool, no server (not ledgered)",
+        description="Print a run's report from the local spool, computed by the same "
+        "accounting core as the service's, and optionally write it as JSON and HTML. A local "
+        "report is not ledgered: CO2e and cost appear only with --grid-intensity / --tariff.",
+    )
+    report.add_argument(
+        "run",
+        nargs="?",
+        metavar="RUN",
+        help="run id, a unique prefix of one, or a run name (default: the newest run)",
+    )
+    report.add_argument("--spool-dir", help="spool directory (default: THERMOLEDGER_SPOOL_DIR)")
+    report.add_argument(
+        "--json", dest="json_path", metavar="FILE", help="write the JSON report (- for stdout)"
+    )
+    report.add_argument(
+        "--html",
+        dest="html_path",
+        metavar="FILE",
+        help="write a self-contained HTML report (- for stdout)",
+    )
+    report.add_argument(
+        "--grid-intensity",
+        type=float,
+        metavar="G_PER_KWH",
+        help="location-based grid intensity, gCO2e/kWh, for a CO2e figure "
+        "(default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
+    )
+    report.add_argument(
+        "--pue",
+        type=float,
+        help="power usage effectiveness, >= 1, applied to cost and CO2e "
+        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
+    )
+    report.add_argument(
+        "--tariff",
+        type=float,
+        metavar="USD_PER_KWH",
+        help="electricity price, USD/kWh, for a cost figure "
+        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
+    )
+    report.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``thermoledger`` parser: `meters.options.build_parser` and the ``report`` command."""
+    parser = _meter_parser()
+    _add_report_parser(parser)
+    return parser
+
+
+def from_args(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    *,
+    env: Mapping[str, str],
+    process_entry: bool = False,
+) -> Options:
+    """`meters.options.from_args`, and `ReportOptions` for ``report``."""
+    if args.subcommand == "report":
+        return ReportOptions(
+            verbose=args.verbose,
+            run=args.run,
+            spool_dir=args.spool_dir,
+            json_path=args.json_path,
+            html_path=args.html_path,
+            grid_intensity_g_per_kwh=args.grid_intensity,
+            pue=args.pue,
+            tariff_usd_per_kwh=args.tariff,
+        )
+    return _meter_from_args(args, parser, env=env, process_entry=process_entry)
+
+
+def _cmd_report(options: ReportOptions, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    # Imported here: the report loads the accounting core's report module, which
+    # `thermoledger run` has no use for.
+    from .local_report import report_command
+
+    settings = MeterSettings.resolve(env=env, spool_dir=options.spool_dir)
+    footprint = FootprintSettings.resolve(
+        env=env,
+        grid_intensity_g_per_kwh=options.grid_intensity_g_per_kwh,
+        pue=options.pue,
+        tariff_usd_per_kwh=options.tariff_usd_per_kwh,
+    )
+    return report_command(
+        Path(settings.spool_dir),
+        options.run,
+        footprint,
+        json_path=options.json_path,
+        html_path=options.html_path,
+        out=out,
+        err=err,
+    )
+
+
 def _with_token(options: Options, env: Mapping[str, str], log: logging.Logger) -> Options:
     """The options with the token resolved from every source, once (one warning at most).
 
@@ -588,6 +726,8 @@ def main(
                 return _cmd_push(options, env, out, err)
             case StatusOptions():
                 return _cmd_status(options, env, out)
+            case ReportOptions():
+                return _cmd_report(options, env, out, err)
     except SettingsError as e:
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE

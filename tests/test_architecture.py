@@ -39,6 +39,14 @@ MAY_IMPORT: dict[tuple[str, str], set[str]] = {
         f"{NS}.accounting",
         f"{NS}.accounting.integrate",
         f"{NS}.accounting.errors",
+        # `thermoledger report` (meters/local_report.py, imported only by that command) builds
+        # a run's report from the spool with the core's own report, so the local figures are
+        # the service's. These three import numpy and the standard library only (pint only in
+        # their from-quantity constructors, which the meter never calls); the import-light
+        # test and tests/meters/test_local_report.py check that pint stays out.
+        f"{NS}.accounting.report",
+        f"{NS}.accounting.carbon",
+        f"{NS}.accounting.cost",
     },
     # the service talks to meters over HTTP; it shares only the wire schema
     ("service", "meters"): {f"{NS}.meters.wire"},
