@@ -253,6 +253,31 @@ def test_dash_writes_the_html_to_stdout(spool_dir: Path) -> None:
     assert "LOCAL report" in err
 
 
+def test_a_meter_without_a_server_leaves_its_run_for_the_report(tmp_path: Path) -> None:
+    """`Meter` in-process, no server: the run stays in the spool, and the report reads it."""
+    from thermoledger.meters import Meter
+
+    meter = Meter(
+        "in-process", simulate=True, spool_dir=str(tmp_path), interval_s=0.01, chunk_s=0.05, env={}
+    ).start()
+    with meter.phase("only"):
+        meter.add_flops(1e12)
+    meter.stop()
+    with Spool.in_directory(tmp_path) as spool:
+        record = spool.run_status(meter.run_id)
+        assert record is not None
+        assert record.status == "finished"
+        assert spool.chunks(meter.run_id)
+    code, out, err = run_main("report", "--spool-dir", str(tmp_path), "--json", "-")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["run"]["id"] == meter.run_id
+    assert report["run"]["name"] == "in-process"
+    assert report["work"]["flops"] == 1e12
+    assert [p["name"] for p in report["energy"]["by_phase"]] == ["only"]
+    assert report["energy"]["total"]["energy_j"] > 0
+
+
 # -- choosing the run ----------------------------------------------------------------------
 
 
