@@ -22,7 +22,7 @@ from thermoledger.db.errors import InvalidInput
 from thermoledger.db.types import utcnow
 
 from ..deps import ReadTenant, SessionDep
-from ..disclosure_schemas import EsrsPublic, EuAiActPublic
+from ..disclosure_schemas import EsrsPublic, EuAiActPublic, FigurePublic
 from ..ledger_schemas import Instant
 from .rollups import check_range
 
@@ -38,6 +38,10 @@ def _head(anchor: dict[str, Any]) -> dict[str, str]:
     return {"X-Thermoledger-Chain-Head": f"{anchor['head']['seq']}:{anchor['head']['hash']}"}
 
 
+def _with_reason(figure: FigurePublic) -> str:
+    return figure.text if figure.reason is None else f"{figure.text} ({figure.reason})"
+
+
 def _eu_markdown(doc: EuAiActPublic) -> str:
     return fmt.markdown(
         f"EU AI Act energy disclosure: model {doc.model or '(runs listed)'}",
@@ -45,11 +49,10 @@ def _eu_markdown(doc: EuAiActPublic) -> str:
             (
                 "Annex XI §1(2)(d)-(e), GPAI Model Documentation Form",
                 [
-                    ("Training energy (MWh)", doc.training_energy_mwh.text),
-                    ("Reason", doc.training_energy_mwh.reason),
+                    ("Training energy (MWh)", _with_reason(doc.training_energy_mwh)),
                     ("Boundary", doc.boundary.kind),
                     ("PUE", ", ".join(f"{p:g}" for p in doc.boundary.pue or []) or None),
-                    ("Training FLOPs", doc.training_flops.text),
+                    ("Training FLOPs", _with_reason(doc.training_flops)),
                     ("Wall-clock days", doc.wall_clock_days),
                     ("Hardware days", doc.hardware_days),
                     ("Methodology", doc.methodology),

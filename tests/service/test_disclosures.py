@@ -123,6 +123,8 @@ def test_eu_ai_act_is_not_available_while_a_run_is_unmetered(
     energy = _get(client, project, "eu-ai-act", model=tag).json()["training_energy_mwh"]
     assert (energy["value"], energy["text"]) == (None, "N/A")
     assert "1 of 2 training run(s)" in energy["reason"]
+    markdown = _get(client, project, "eu-ai-act", model=tag, format="md").text
+    assert "| Training energy (MWh) | N/A (1 of 2 training run(s)" in markdown
 
 
 def test_eu_ai_act_by_run_ids(client: TestClient, project: Project) -> None:
