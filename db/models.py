@@ -59,6 +59,7 @@ __all__ = [
     "PueKind",
     "Run",
     "RunKind",
+    "RunMetric",
     "RunStatus",
     "Scope",
     "ScopeType",
@@ -770,3 +771,32 @@ class BrowserSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class RunMetric(Base):
+    """One point of a quality metric over a run (``eval_loss`` at step 1200), as the job sent it.
+
+    ``(run, name, step)`` is unique so a re-sent point is recognised; a different value under
+    the same key is refused (`db.metrics`). ``t_s`` is the meter's clock (unix seconds, the
+    chunks' clock), which places the point on the run's cumulative energy. The value is any
+    finite float (a loss, an accuracy, ``tokens_seen``); its unit is the metric's own.
+    """
+
+    __tablename__ = "run_metric"
+    __table_args__ = (
+        sa.UniqueConstraint("run_id", "name", "step"),
+        sa.CheckConstraint("length(name) >= 1", name="name_not_empty"),
+        sa.CheckConstraint("step >= 0", name="step_nonnegative"),
+        sa.CheckConstraint(
+            f"value >= -{FINITE_MAX} AND value <= {FINITE_MAX}", name="value_finite"
+        ),
+        sa.CheckConstraint(f"t_s >= 0 AND t_s <= {FINITE_MAX}", name="t_s_valid"),
+    )
+
+    id: Mapped[int] = mapped_column(BIGINT_PK, primary_key=True)
+    run_id: Mapped[UUID] = mapped_column(sa.ForeignKey("run.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    step: Mapped[int] = mapped_column(sa.BigInteger)
+    value: Mapped[float]
+    t_s: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

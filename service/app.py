@@ -45,6 +45,7 @@ from .routes import (
     factors,
     health,
     ledger,
+    metrics_api,
     models,
     phases,
     plan,
@@ -84,6 +85,7 @@ _OPENAPI_TAGS: list[dict[str, Any]] = [
     },
     {"name": "models", "description": "Training to inference amortisation per model."},
     {"name": "planning", "description": "Energy plans before a run."},
+    {"name": "quality", "description": "Metrics over runs, joules to a target, fronts, trends."},
 ]
 
 
@@ -164,6 +166,7 @@ def create_app(settings: Settings, *, metrics_dir: Path | None = None) -> FastAP
         disclosures,
         models,
         plan,
+        metrics_api,
     ):
         api.include_router(module.router)
     app.include_router(api)

@@ -110,8 +110,9 @@ def test_scripts_come_from_the_installed_package() -> None:
         "0003_device_covers.py",
         "0004_browser_sessions.py",
         "0005_run_ids_per_project.py",
+        "0006_run_metrics.py",
     ]
-    assert migrate.head() == "0005"
+    assert migrate.head() == "0006"
 
 
 def test_autogenerate_writes_plain_types(database_url: str) -> None:
