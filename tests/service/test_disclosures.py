@@ -24,8 +24,16 @@ from spdx_python_model import v3_0_1 as spdx
 from sqlalchemy.engine import Connection
 
 from tests.support.client import Project, TestClient
-from tests.support.ledger import OPERATOR, add_factor, configure, metered_run, region
-from thermoledger.accounting.disclosure import sig_figs, union_days
+from tests.support.ledger import (
+    OPERATOR,
+    add_factor,
+    configure,
+    finish_run,
+    metered_run,
+    post_chunks,
+    region,
+)
+from thermoledger.accounting.disclosure import boundary_of, sig_figs, union_days
 from thermoledger.service import cli
 
 END = datetime(2025, 10, 10, tzinfo=UTC)
@@ -70,6 +78,13 @@ def test_wall_clock_days_count_overlaps_once() -> None:
     d = datetime(2025, 1, 5, tzinfo=UTC)
     assert union_days([(a, b), (c, d)]) == 4.0
     assert union_days([]) == 0.0
+
+
+def test_the_boundary_is_the_widest_every_run_shares() -> None:
+    assert boundary_of({"gpu"}, ["measured", "published"]) == "facility"
+    assert boundary_of({"gpu"}, ["measured", None]) == "accelerators"  # one run lacks a PUE
+    assert boundary_of({"gpu", "cpu"}, ["definition"]) == "node"  # PUE 1: IT only
+    assert boundary_of({"gpu"}, []) == "accelerators"
 
 
 # --------------------------------------------------------------------------- EU AI Act
@@ -125,6 +140,33 @@ def test_eu_ai_act_is_not_available_while_a_run_is_unmetered(
     assert "1 of 2 training run(s)" in energy["reason"]
     markdown = _get(client, project, "eu-ai-act", model=tag, format="md").text
     assert "| Training energy (MWh) | N/A (1 of 2 training run(s)" in markdown
+
+
+def test_eu_ai_act_of_an_estimated_run_says_so(client: TestClient, project: Project) -> None:
+    tag = f"m-{uuid.uuid4().hex[:6]}"
+    response = client.post(
+        f"/api/v1/runs/{uuid.uuid4()}/estimate",
+        json={
+            "name": "published",
+            "devices": 8,
+            "duration": "10 h",
+            "mean_power": "300 W",
+            "pue": 1.2,
+            "started_at": "2024-01-01T00:00:00Z",
+            "tags": {"model": tag},
+            "provenance": {"source": "test", "document": "test_disclosures.py"},
+        },
+        headers=project.ingest,
+    )
+    assert response.status_code == 201, response.text
+    body = _get(client, project, "eu-ai-act", model=tag).json()
+    # 8 × 10 h × 300 W = 24 kWh of IT energy, × 1.2 at the facility.
+    assert body["training_energy_mwh"]["value"] == pytest.approx(0.024 * 1.2, rel=1e-9)
+    assert body["training_energy_mwh"]["text"] == "0.0288"
+    assert body["boundary"] == {"kind": "facility", "pue": [1.2]}
+    assert "1 run(s) are estimates" in body["methodology"]
+    assert body["hardware_days"] == pytest.approx(80 / 24)
+    assert body["wall_clock_days"] == pytest.approx(10 / 24)
 
 
 def test_eu_ai_act_by_run_ids(client: TestClient, project: Project) -> None:
@@ -241,6 +283,8 @@ def test_spdx_document_validates_and_holds_each_stage(client: TestClient, projec
         headers=project.ingest,
     )
     assert response.status_code == 201, response.text
+    post_chunks(client, project, run, range(1), power_w=250.0)  # 0.05 kWh
+    finish_run(client, project, run, END)
     response = _get(client, project, "spdx", model=tag)
     assert response.headers["content-type"].startswith("application/ld+json")
     document = response.json()
@@ -260,7 +304,7 @@ def test_spdx_document_validates_and_holds_each_stage(client: TestClient, projec
     kwh = spdx.ai_EnergyUnitType.kilowattHour
     assert stage(consumption.ai_trainingEnergyConsumption) == [(pytest.approx(0.2), kwh)]
     assert stage(consumption.ai_finetuningEnergyConsumption) == [(pytest.approx(0.1), kwh)]
-    assert stage(consumption.ai_inferenceEnergyConsumption) == []  # no energy metered yet
+    assert stage(consumption.ai_inferenceEnergyConsumption) == [(pytest.approx(0.05), kwh)]
     (annotation,) = list(objects.foreach_type(spdx.Annotation))
     assert isinstance(annotation, spdx.Annotation)
     assert "audit verify" in str(annotation.statement)
