@@ -587,6 +587,7 @@ h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:1.8rem}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
 th:first-child,td:first-child{text-align:left}
+.dev th:nth-child(-n+3),.dev td:nth-child(-n+3){text-align:left}
 .sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.4rem;vertical-align:middle}
 svg{width:100%;height:auto;border:1px solid #ddd}
 ul{padding-left:1.2rem}
@@ -718,7 +719,7 @@ def render_html(local: LocalReport) -> str:
     out.append("</div>")
     out.append("<h2>Power over time</h2>")
     out.append(_chart(local))
-    out.append("<h2>Devices</h2><table><thead><tr>")
+    out.append('<h2>Devices</h2><table class="dev"><thead><tr>')
     for head in ("device", "name", "method", "energy", "band", "mean W", "peak W", "gaps"):
         out.append(f"<th>{head}</th>")
     out.append("</tr></thead><tbody>")
