@@ -48,6 +48,8 @@ __all__ = ["Correction", "RunBasis", "run_bases", "run_basis"]
 
 #: Run ids per ledger query of `run_bases`.
 _BATCH = 500
+#: Origins of the derivations that make a run's basis (not corrections beside it).
+_DERIVATIONS = ("run_end", "rebasis")
 #: Relative difference above which the measured energy no longer matches the ledgered one.
 _ENERGY_RTOL = 1e-9
 
@@ -201,6 +203,12 @@ def _entries(
     return out
 
 
+def _facility_input(entry: _Entry) -> int | None:
+    inputs = entry.provenance.get("inputs")
+    value = inputs.get("facility_energy") if isinstance(inputs, Mapping) else None
+    return int(value) if isinstance(value, int | float) else None
+
+
 def _applied(entry: _Entry | None, key: str) -> AppliedVersion | None:
     record = None if entry is None else entry.provenance.get(key)
     return AppliedVersion.from_record(record) if isinstance(record, Mapping) else None
@@ -219,7 +227,7 @@ def _corrections(entries: Sequence[_Entry], frozen: Mapping[str, int]) -> tuple[
         while cursor in replaced:
             current = replaced[cursor]
             cursor = current.seq
-        if current is not None and current.provenance.get("origin") != "run_end":
+        if current is not None and current.provenance.get("origin") not in _DERIVATIONS:
             note = current.provenance.get("note")
             out.append(
                 Correction(
@@ -241,6 +249,22 @@ def _frozen(run: RunRecord, entries: Sequence[_Entry]) -> RunBasis | None:
         return None
     it = energy[-1]
     batch = {e.figure: e for e in run_end if e.derived_from == it.seq}
+    # A re-basis (`db.ledger.record_rebasis`) re-derives that IT energy's figures on a newer
+    # basis: its latest batch (one facility entry and what was derived from it) is the basis.
+    rebased = [
+        e
+        for e in entries
+        if e.provenance.get("origin") == "rebasis"
+        and e.figure == "facility_energy"
+        and e.derived_from == it.seq
+    ]
+    if rebased:
+        facility_seq = rebased[-1].seq
+        batch = {"facility_energy": rebased[-1]} | {
+            e.figure: e
+            for e in entries
+            if e.provenance.get("origin") == "rebasis" and _facility_input(e) == facility_seq
+        }
     facility = batch.get("facility_energy")
     pue_record = None if facility is None else facility.provenance.get("pue")
     if facility is None or not isinstance(pue_record, Mapping):

@@ -27,6 +27,10 @@ measurements changed in between (another node's chunks arrived, more work was de
 figures are derived again and each new entry **supersedes** the current one. Nothing is ever
 recomputed from a newer factor: a figure changes only by a new entry.
 
+A run priced on an old basis (it ended before its project had a region, say) is re-priced by
+`record_rebasis`: new derived entries on the project's current basis that supersede the old
+ones and name the basis they replace, the measured IT energy untouched.
+
 Manual entries (`post_entry`) are how offsets, embodied carbon, figures measured elsewhere,
 and corrections enter: a correction is a new entry naming the seq it ``supersedes`` (same
 figure, same run), never an edit.
@@ -87,6 +91,7 @@ __all__ = [
     "post_entry",
     "project_entries",
     "record_estimate",
+    "record_rebasis",
     "record_run_end",
     "verify",
     "verify_projects",
@@ -932,6 +937,154 @@ def record_estimate(
             cost,
             "USD",
             LedgerSource.DERIVED,
+            {
+                "inputs": inputs,
+                "pue": pue_record,
+                "billed": "facility energy (IT × PUE)",
+                "tariff": dict(context.tariff.provenance),
+            },
+        )
+    return appended
+
+
+# --------------------------------------------------------------------------- re-basis
+
+#: The figures a re-basis derives again; the measured IT energy and declared work stay as they are.
+_REBASIS_FIGURES = ("facility_energy", "co2e_location", "co2e_market", "energy_cost")
+
+
+def _ledgered_basis(current: Mapping[str, LedgerRecord]) -> dict[str, Any]:
+    """The basis the run's current derived entries rest on, as a comparable record."""
+    facility = current.get("facility_energy")
+
+    def version(figure: str, key: str) -> Any:
+        entry = current.get(figure)
+        return None if entry is None else entry.provenance.get(key)
+
+    return {
+        "region": None if facility is None else facility.provenance.get("region"),
+        "pue": None if facility is None else facility.provenance.get("pue"),
+        "location_factor": version("co2e_location", "factor"),
+        "market_factor": version("co2e_market", "factor"),
+        "tariff": version("energy_cost", "tariff"),
+    }
+
+
+def record_rebasis(
+    session: Session, *, project_id: int, run_id: UUID, reason: str
+) -> list[LedgerRecord]:
+    """Re-price an ended run on its project's current basis, by new entries, never by edits.
+
+    For a run that ended before its project had a region (or with another PUE, or before a
+    factor or tariff version covering its end was added): the facility energy, the location-
+    and market-based CO2e and the energy cost are derived again from the run's ledgered IT
+    energy with the project's region and PUE as they are now and the factor and tariff versions
+    valid at the run's end (`db.factors.resolve_context`, the resolution `record_run_end` uses).
+    Each new entry has provenance ``origin: "rebasis"``, the ``reason``, the ``previous_basis``
+    (region, PUE, factor and tariff records and the seqs it replaces) and ``supersedes`` the
+    figure's current entry, if any. The measured IT energy and the declared work are not touched.
+    `db.basis` reads the latest re-basis as the run's basis. A figure the new basis cannot derive
+    keeps its current entry (the facility entry's ``unavailable`` says why it was not derived).
+
+    Returns:
+        The entries appended; none when the current basis is already the one the run's figures
+        rest on (re-basing again is harmless).
+
+    Raises:
+        NotFound: No such run in the project.
+        Conflict: The run has not ended, or has no measured figures in the ledger (nothing to
+            re-price; an estimate is revised by posting it again).
+        InvalidInput: An empty reason.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput.one("reason", "say why the run is re-priced")
+    run = get_run(session, project_id=project_id, run_id=run_id)
+    if run.status not in (RunStatus.FINISHED, RunStatus.FAILED) or run.ended_at is None:
+        raise Conflict(
+            f"run {run_id} has not ended: its figures are not final, so there is nothing to "
+            "re-price yet",
+            field="status",
+        )
+    _lock_head(session, project_id)  # read the run's figures under the chain's lock
+    existing = project_entries(session, project_id=project_id, run_id=run_id)
+    current = {e.figure: e for e in existing if e.superseded_by is None}
+    it = current.get("it_energy")
+    if it is None or it.provenance.get("origin") != "run_end":
+        raise Conflict(
+            f"run {run_id} has no measured figures in the ledger to re-price"
+            + ("; post its estimate again instead" if it is not None else ""),
+            field="run_id",
+        )
+    at = run.ended_at
+    context = factors.resolve_context(session, project_id=project_id, at=at)
+    basis = {
+        "region": context.region,
+        "pue": context.pue.to_dict(),
+        "location_factor": None if context.location is None else dict(context.location.provenance),
+        "market_factor": None if context.market is None else dict(context.market.provenance),
+        "tariff": None if context.tariff is None else dict(context.tariff.provenance),
+    }
+    previous = _ledgered_basis(current)
+    if canonical_value(previous) == canonical_value(basis):
+        return []
+    previous["entries"] = {f: current[f].seq for f in _REBASIS_FIGURES if f in current}
+    base = {
+        "origin": "rebasis",
+        "reason": reason,
+        "previous_basis": previous,
+        "run_status": run.status.value,
+    }
+    appended: list[LedgerRecord] = []
+
+    def add(figure: str, value: float, unit: str, extra: Mapping[str, Any]) -> int:
+        provenance = {**base, **extra}
+        replaced = current.get(figure)
+        if replaced is not None:
+            provenance["supersedes"] = replaced.seq
+        record = append(
+            session,
+            project_id=project_id,
+            figure=figure,
+            value_si=value,
+            value_given=value,
+            unit_given=unit,
+            source=LedgerSource.DERIVED,
+            accounted_at=at,
+            provenance=provenance,
+            run_id=run_id,
+        )
+        appended.append(record)
+        return record.seq
+
+    energy_j = it.value_si
+    pue_record = context.pue.to_dict()
+    facility_extra: dict[str, Any] = {
+        "inputs": {"it_energy": it.seq},
+        "pue": pue_record,
+        "region": context.region,
+    }
+    if context.unavailable:
+        facility_extra["unavailable"] = dict(context.unavailable)
+    facility_seq = add("facility_energy", context.facility_j(energy_j), "J", facility_extra)
+    inputs = {"it_energy": it.seq, "facility_energy": facility_seq}
+    for figure, applied, value in (
+        ("co2e_location", context.location, context.co2e_location_g(energy_j)),
+        ("co2e_market", context.market, context.co2e_market_g(energy_j)),
+    ):
+        if applied is not None and value is not None:
+            add(
+                figure,
+                value,
+                "gCO2e",
+                {"inputs": inputs, "pue": pue_record, "factor": dict(applied.provenance)},
+            )
+    cost = context.energy_cost_usd(energy_j)
+    if context.tariff is not None and cost is not None:
+        add(
+            "energy_cost",
+            cost,
+            "USD",
             {
                 "inputs": inputs,
                 "pue": pue_record,

@@ -27,6 +27,8 @@ Commands:
   --source S`` and ``tariff add ml-lab --value "0.12 USD/kWh" --valid-from … --source S`` — a
   project's region, PUE, factors and tariffs, through the API's own schemas and routes
   (`service.project_cli`).
+* ``rebasis --project ml-lab --run RUN_ID --reason "..."`` — re-price an ended run on its
+  project's current region and PUE by new, superseding ledger entries (`service.project_cli`).
 
 Heavy imports (the web stack, SQLAlchemy, Alembic) happen inside the command that needs them,
 so ``thermoledger-server demo`` and ``--help`` stay fast. Without the ``[service]`` extra (a
@@ -377,6 +379,10 @@ def _dispatch(
         from .project_cli import project_main
 
         return project_main(args, out, err, url=_database_url(args))
+    if args.command == "rebasis":
+        from .project_cli import rebasis_main
+
+        return rebasis_main(args, out, err, url=_database_url(args))
     if args.command == "tariff":
         from .project_cli import tariff_main
 

@@ -10,6 +10,7 @@ create`` does::
     thermoledger-server tariff add ml-lab --value "0.12 USD/kWh" --valid-from 2025-01-01 \\
         --source "supplier contract"
     thermoledger-server project show ml-lab
+    thermoledger-server rebasis --project ml-lab --run RUN_ID --reason "region set after the run"
 
 Each builds the API's own request schema (`service.ledger_schemas`) and calls the API's own
 route function with the project's admin rights, so the command line and the API cannot
@@ -18,6 +19,8 @@ UTC; a time needs its zone, as in the API. ``--region`` defaults to the project'
 factors and tariffs. ``--pue`` takes a built-in default's name (hyperscale, typical,
 colocation, on_prem_unknown, none) or a measured value with ``--pue-source``. Each prints what
 was stored as JSON; ``show`` prints the settings and the factors and tariff in force now.
+``rebasis`` re-prices an ended run on the project's current basis (`service.routes.rebasis`)
+and prints the entries it appended (none when nothing changed).
 Exit 2 names the refused flag; exit 1: no such project (``project set --create`` makes it),
 an overlapping version, or a database not migrated. Only argparse is imported at module level.
 """
@@ -25,11 +28,12 @@ an overlapping version, or a database not migrated. Only argparse is imported at
 from __future__ import annotations
 
 import argparse
+import uuid
 from collections.abc import Callable
 from datetime import date
 from typing import Any, TextIO
 
-__all__ = ["add_project_parsers", "project_main", "tariff_main"]
+__all__ = ["add_project_parsers", "project_main", "rebasis_main", "tariff_main"]
 
 #: The API's field for each flag, so an error names the flag the user typed.
 _FLAGS = {
@@ -43,6 +47,9 @@ _FLAGS = {
     "valid_to": "--valid-to",
     "source": "--source",
     "year": "--year",
+    "reason": "--reason",
+    "run_id": "--run",
+    "status": "--run",
 }
 
 
@@ -99,6 +106,19 @@ def add_project_parsers(
     tariff_add = tariff_actions.add_parser("add", help="add a version (POST /tariffs)")
     database_option(tariff_add)
     _version_flags(tariff_add, "0.12 USD/kWh")
+
+    rebasis = sub.add_parser(
+        "rebasis",
+        help="re-price an ended run on its project's current basis (POST /runs/{id}/rebasis)",
+        description="Append new facility-energy, CO2e and cost entries for an ended run, "
+        "derived from its ledgered IT energy with the project's current region and PUE, each "
+        "superseding the old one with the reason and the basis it replaces; nothing is edited, "
+        "and nothing is appended when the basis has not changed.",
+    )
+    database_option(rebasis)
+    rebasis.add_argument("--project", required=True, help="project slug")
+    rebasis.add_argument("--run", required=True, type=uuid.UUID, help="the run's id")
+    rebasis.add_argument("--reason", required=True, help="why the run is re-priced")
 
 
 def _set_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,6 +201,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, url: str, what: str
     from .errors import field_path
     from .ledger_schemas import AccountingPublic, AccountingSet, FactorCreate, TariffCreate
     from .routes import factors as routes
+    from .routes.rebasis import RebasisCreate, rebasis
     from .settings import Settings
     from .timebounds import bind
 
@@ -220,8 +241,15 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, url: str, what: str
                     "in_force": context.to_dict(),
                 }
             else:
-                region = args.region or get_accounting(session, project_id=project.id).region
-                if what == "project factor add":
+                region = (
+                    None
+                    if what == "rebasis"
+                    else args.region or get_accounting(session, project_id=project.id).region
+                )
+                if what == "rebasis":
+                    request = RebasisCreate.model_validate({"reason": args.reason})
+                    answer = rebasis(args.run, request, admin, session)
+                elif what == "project factor add":
                     factor = FactorCreate.model_validate(_version_body(args, region, "intensity"))
                     answer = routes.add_factor(factor, admin, session)
                 else:
@@ -263,6 +291,11 @@ def project_main(args: argparse.Namespace, out: TextIO, err: TextIO, *, url: str
     """Run ``project set|show|factor add``; returns the exit status."""
     what = {"set": "project set", "show": "project show", "factor": "project factor add"}
     return _run(args, out, err, url, what[args.project_command])
+
+
+def rebasis_main(args: argparse.Namespace, out: TextIO, err: TextIO, *, url: str) -> int:
+    """Run ``rebasis``; returns the exit status."""
+    return _run(args, out, err, url, "rebasis")
 
 
 def tariff_main(args: argparse.Namespace, out: TextIO, err: TextIO, *, url: str) -> int:
