@@ -436,8 +436,8 @@ class RunReport:
         out.append(f"  id {self.run.run_id}, {self.duration_s:,.1f} s measured")
         total = self.total
         out.append(
-            f"  energy {total.energy_j / 1e6:,.3f} MJ = {total.energy_j / J_PER_KWH:,.4f} kWh"
-            f"  (band {total.energy_low_j / 1e6:,.3f} … {_mj(total.energy_high_j)} MJ)"
+            f"  energy {_energy(total.energy_j)} = {total.energy_j / J_PER_KWH:,.4g} kWh"
+            f"  (band {_energy(total.energy_low_j)} … {_energy(total.energy_high_j)})"
         )
         out.append("")
         head = (
@@ -501,7 +501,7 @@ class RunReport:
         total_usd = f"{cost.total_usd:,.2f} USD" if priced else "not priced"
         out.append(
             f"  {total_usd} (energy {energy_usd}; hardware {hw_usd}, "
-            f"{cost.device_hours:.2f} device-h)"
+            f"{cost.device_hours:,.3g} device-h)"
         )
         out.append("Carbon (GHG Scope 2)")
         carbon = self.carbon
@@ -534,8 +534,15 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _mj(value_j: float) -> str:
-    return f"{value_j / 1e6:,.3f}" if math.isfinite(value_j) else "unbounded"
+def _energy(value_j: float) -> str:
+    """``value_j`` in J, kJ, MJ, GJ or TJ by its size, four significant figures (a small run's
+    699 J is not "0.001 MJ")."""
+    if not math.isfinite(value_j):
+        return "unbounded"
+    for unit, scale in (("TJ", 1e12), ("GJ", 1e9), ("MJ", 1e6), ("kJ", 1e3)):
+        if abs(value_j) >= scale:
+            return f"{value_j / scale:,.4g} {unit}"
+    return f"{value_j:,.4g} J"
 
 
 def _node_dict(node: NodeUsage) -> dict[str, Any]:

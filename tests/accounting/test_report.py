@@ -18,6 +18,7 @@ from thermoledger.accounting.report import (
     PhaseUsage,
     ReportSettings,
     RunInfo,
+    _energy,
     build_run_report,
     devices_from_chunks,
 )
@@ -297,3 +298,17 @@ def test_a_device_covering_the_cpu_keeps_the_cpu_out_of_every_total() -> None:
     assert data["by_node"][0]["by_kind"]["cpu"]["counted"] is False
     json.dumps(report.to_dict(), allow_nan=False)
     assert "gh/c0 is inside gh/m0's figure" in report.render_text()
+
+
+@pytest.mark.parametrize(
+    ("joules", "text"),
+    [
+        (699.0, "699 J"),
+        (12_345.0, "12.35 kJ"),
+        (3.6e6, "3.6 MJ"),
+        (4.2198e12, "4.22 TJ"),
+        (math.inf, "unbounded"),
+    ],
+)
+def test_the_text_report_prints_energy_in_a_unit_that_fits(joules: float, text: str) -> None:
+    assert _energy(joules) == text
