@@ -9,6 +9,7 @@
             loss = train_one_epoch()
             m.add_tokens(tokens_seen)
             m.add_flops(6 * n_params * tokens_seen, dtype="bf16")
+            m.record_metric("eval_loss", evaluate(), step=step, tokens=tokens_seen)
         print(m.summary().energy_j)
 
 What it does
@@ -76,6 +77,7 @@ from typing import (
     Final,
     Literal,
     ParamSpec,
+    SupportsFloat,
     SupportsIndex,
     TypeVar,
     cast,
@@ -89,9 +91,9 @@ from .errors import NothingMeasurable
 from .runid import Election, RunIdentity, elect, resolve_run_id
 from .sampler import MeterSummary, Sampler
 from .settings import BackendChoice, MeterSettings, PowerReading
-from .spool import RunStatus, Spool
+from .spool import MetricConflict, RunStatus, Spool
 from .uploader import PushResult, Uploader, push_later
-from .wire import ChunkPayload, DevicePayload
+from .wire import ChunkPayload, DevicePayload, MetricPayload
 
 if TYPE_CHECKING:
     import httpx
@@ -414,6 +416,7 @@ class Meter:
         self._owns_backend = False
         self._sampler: Sampler | None = None
         self._spool: Spool | None = None
+        self._metric_spool: Spool | None = None  # where a meter that does not sample spools
         self._control: ControlStore | None = None
         self._uploader: Uploader | None = None
         self._upload_stores: tuple[Spool, ControlStore] | None = None
@@ -805,6 +808,7 @@ class Meter:
             self._uploader.close if self._uploader is not None else None,
             self._backend.close if self._backend is not None and self._owns_backend else None,
             self._spool.close if self._spool is not None else None,
+            self._metric_spool.close if self._metric_spool is not None else None,
             self._control.close if self._control is not None else None,
             *((s.close for s in self._upload_stores) if self._upload_stores else ()),
         ):
@@ -977,6 +981,93 @@ class Meter:
             self.work.model_params = count
             self._work_dirty = True
             self._save_work(force=True)
+
+    #: The metric ``record_metric(..., tokens=N)`` records the tokens seen under.
+    TOKENS_SEEN: Final = "tokens_seen"
+
+    def record_metric(
+        self,
+        name: str,
+        value: SupportsFloat,
+        *,
+        step: SupportsIndex | float,
+        tokens: SupportsIndex | float | None = None,
+    ) -> bool:
+        """Record an evaluation metric at a training step (``record_metric("eval_loss", 2.31,
+        step=1200)``), for joules-to-quality figures.
+
+        The point is stamped with the meter's clock now (unix s, the chunks' clock, so the
+        service finds the run's cumulative energy at it), spooled durably beside the chunks
+        (`meters.spool.Spool.put_metric`) and uploaded like them; ``(name, step)`` is its key,
+        so recording the same value again is harmless. Tokens seen at a checkpoint are a metric
+        like any other: pass ``tokens=`` (recorded as `TOKENS_SEEN` at the same step) or record
+        ``"tokens_seen"`` yourself. Only the job's rank 0 records (as for phases and work).
+
+        Never raises: a refused argument (a name outside 1-64 of ``[A-Za-z0-9_.:/-]``, a value
+        that is not a finite real, a step that is not a whole count >= 0, or a step already
+        recorded with another value) is ignored visibly: a warning, a line in `summary` and in
+        the run's report (`REFUSED_DECLARATIONS`).
+
+        Args:
+            name: The metric (``eval_loss``, ``accuracy``), as a tag key.
+            value: Its value (a Python or numpy real, finite), in the metric's own unit.
+            step: The training step, a whole count >= 0.
+            tokens: Tokens seen so far, a whole count >= 0 (optional).
+
+        Returns:
+            Whether the point was recorded (False: refused, or nothing is recorded here).
+        """
+        try:
+            return self._record_metric(name, value, step, tokens)
+        except Exception as e:
+            self._warn_once("metric", "thermoledger: recording a metric failed: %s", e)
+            return False
+
+    def _record_metric(self, name: object, value: object, step: object, tokens: object) -> bool:
+        number = math.nan
+        if isinstance(value, numbers.Real | Decimal) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                number = math.nan
+        count = whole_count(step, minimum=0)
+        seen = None if tokens is None else whole_count(tokens, minimum=0)
+        extra = "" if tokens is None else f", tokens={tokens!r}"
+        call = f"record_metric({name!r}, {value!r}, step={step!r}{extra})"
+        needs = []
+        if not (isinstance(name, str) and _TAG_KEY.match(name)):
+            needs.append("a name of 1-64 [A-Za-z0-9_.:/-]")
+        if not (math.isfinite(number) and abs(number) <= 1e300):
+            needs.append("a finite real value")
+        if count is None:
+            needs.append("a whole step >= 0")
+        if tokens is not None and seen is None:
+            needs.append("tokens as a whole count >= 0")
+        if needs or not isinstance(name, str) or count is None:
+            self._refuse("metric", call, "need " + ", ".join(needs))
+            return False
+        if not self.recording:
+            return False
+        t_s = time.time()
+        points = [MetricPayload(name=name, step=count, value=number, t_s=t_s)]
+        if seen is not None:
+            points.append(
+                MetricPayload(name=self.TOKENS_SEEN, step=count, value=float(seen), t_s=t_s)
+            )
+        with self._lock:
+            spool = self._spool or self._metric_spool
+            if spool is None:
+                assert self.settings is not None
+                spool = self._metric_spool = Spool.in_directory(self.settings.spool_dir)
+            for point in points:
+                try:
+                    spool.put_metric(self.run_id, point)
+                except MetricConflict as e:
+                    self._refuse("metric", call, f"{e}; a step's value cannot change")
+                    return False
+        if self._uploader is not None:
+            self._uploader.nudge()
+        return True
 
     def _save_work(self, *, force: bool) -> None:
         """Write the work totals to the outbox (throttled to `WORK_SAVE_S` unless forced)."""

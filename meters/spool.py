@@ -12,6 +12,8 @@ Tables::
     devices  (run_id, key) PK, payload JSON                    -- wire DevicePayload
     chunks   (run_id, device_key, seq) PK, payload JSON,       -- wire ChunkPayload
              content_hash, created_at, acked_at NULL
+    metrics  (run_id, name, step) PK, value, t_s,              -- wire MetricPayload
+             created_at, sent_at NULL, rejected NULL
 
 The chunk key ``(run_id, device_key, seq)`` is the idempotency key the service also uses:
 storing an identical chunk again is a no-op, storing a different chunk under a stored key is a
@@ -20,6 +22,14 @@ JSON of the wire dicts (``Infinity`` allowed: Python's json round-trips it), so 
 uploaded unchanged and their `meters.wire.content_hash` is the same before and after.
 
 Uploader side: `Spool.pending` (oldest first), `Spool.mark_acked`, `Spool.purge_acked`.
+
+Metric points (`Spool.put_metric`, from `meters.api.Meter.record_metric`) wait here like chunks,
+keyed as the service keys them, ``(run_id, name, step)``: the same point again is a no-op, another
+value under a stored key raises `MetricConflict`. They need no run row (the job's meter may
+record them into a wrapper's spool before the wrapper opens the run); the uploader sends them
+(`Spool.pending_metrics`, `Spool.mark_metrics_sent`) and keeps the ones the service refused,
+with the reason (`Spool.reject_metrics`). The table was added without a schema version bump:
+an older meter opening the file leaves it alone.
 Recovery: `Spool.next_seqs` tells a restarted meter where each device's numbering resumes.
 
 One `Spool` object may be shared by threads (the sampler writes, an uploader reads and acks):
@@ -38,13 +48,14 @@ from typing import Any, Final, Literal, NamedTuple, cast
 
 from ._sqlite import SqliteFile
 from .errors import MeterError
-from .wire import ChunkPayload, DevicePayload, content_hash
+from .wire import ChunkPayload, DevicePayload, MetricPayload, content_hash
 
 __all__ = [
     "RUN_STATUSES",
     "SCHEMA_VERSION",
     "SPOOL_FILENAME",
     "ChunkKey",
+    "MetricConflict",
     "RunRecord",
     "RunStatus",
     "Spool",
@@ -99,6 +110,21 @@ _SCHEMA: Final = (
     # The uploader asks for unacked chunks all the time; acked ones only wait for a purge.
     "CREATE INDEX IF NOT EXISTS chunks_pending ON chunks (run_id) WHERE acked_at IS NULL",
     "CREATE INDEX IF NOT EXISTS chunks_acked ON chunks (acked_at) WHERE acked_at IS NOT NULL",
+    """
+    CREATE TABLE IF NOT EXISTS metrics (
+        run_id     TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        step       INTEGER NOT NULL CHECK (step >= 0),
+        value      REAL NOT NULL,
+        t_s        REAL NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at    REAL,
+        rejected   TEXT,
+        PRIMARY KEY (run_id, name, step)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS metrics_pending ON metrics (run_id) "
+    "WHERE sent_at IS NULL AND rejected IS NULL",
 )
 
 
@@ -118,6 +144,20 @@ class SpoolConflict(ValueError, SpoolError):
         shown = ", ".join(f"{k.run_id}/{k.device_key}#{k.seq}" for k in self.keys[:5])
         more = f" and {len(self.keys) - 5} more" if len(self.keys) > 5 else ""
         super().__init__(f"a different chunk is already stored under {shown}{more}")
+
+
+class MetricConflict(ValueError, SpoolError):
+    """A metric point's ``(run, name, step)`` is stored with another value (never overwritten).
+
+    Attributes:
+        stored: The stored point.
+    """
+
+    def __init__(self, stored: MetricPayload) -> None:
+        self.stored = stored
+        super().__init__(
+            f"{stored['name']!r} step {stored['step']} is already recorded as {stored['value']!r}"
+        )
 
 
 class UnknownRun(LookupError, SpoolError):
@@ -388,7 +428,100 @@ class Spool(SqliteFile):
         )
         return SpoolCounts(pending=int(rows[0][0]), acked=int(rows[0][1]))
 
+    # -- metric points ------------------------------------------------------------------------
+
+    def put_metric(self, run_id: str, point: MetricPayload) -> bool:
+        """Store a metric point durably; True if new, False if the same value was stored.
+
+        Raises:
+            MetricConflict: ``(run, name, step)`` is stored with another value.
+            SpoolError: SQLite failed.
+        """
+        key = (run_id, point["name"], int(point["step"]))
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT value, t_s FROM metrics WHERE run_id = ? AND name = ? AND step = ?", key
+            ).fetchone()
+            if row is not None:
+                if float(row[0]) != float(point["value"]):
+                    stored = MetricPayload(
+                        name=key[1], step=key[2], value=float(row[0]), t_s=float(row[1])
+                    )
+                    raise MetricConflict(stored)
+                return False
+            conn.execute(
+                "INSERT INTO metrics (run_id, name, step, value, t_s, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (*key, float(point["value"]), float(point["t_s"]), self._now()),
+            )
+            return True
+
+    def metrics(self, run_id: str) -> list[MetricPayload]:
+        """Every stored point of a run (sent or not), by name then step."""
+        return self._metrics("run_id = ?", (run_id,), limit=None)
+
+    def pending_metrics(self, run_id: str, *, limit: int = 1000) -> list[MetricPayload]:
+        """Points not yet sent and not refused, oldest first."""
+        return self._metrics(
+            "run_id = ? AND sent_at IS NULL AND rejected IS NULL", (run_id,), limit=limit
+        )
+
+    def mark_metrics_sent(self, run_id: str, keys: Iterable[tuple[str, int]]) -> None:
+        """Record that the service stored these points (``(name, step)``)."""
+        now = self._now()
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE metrics SET sent_at = ? WHERE run_id = ? AND name = ? AND step = ?",
+                [(now, run_id, name, step) for name, step in keys],
+            )
+
+    def reject_metrics(self, run_id: str, keys: Iterable[tuple[str, int]], reason: str) -> None:
+        """Record that the service refused these points (kept, not sent again)."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE metrics SET rejected = ? WHERE run_id = ? AND name = ? AND step = ?",
+                [(reason, run_id, name, step) for name, step in keys],
+            )
+
+    def rejected_metrics(self, run_id: str) -> dict[tuple[str, int], str]:
+        """The run's refused points, ``(name, step)`` to the service's reason."""
+        rows = self._read(
+            "SELECT name, step, rejected FROM metrics WHERE run_id = ? AND rejected IS NOT NULL",
+            (run_id,),
+        )
+        return {(str(n), int(s)): str(why) for n, s, why in rows}
+
+    def runs_with_pending_metrics(self) -> list[str]:
+        """Runs with points to send, oldest first."""
+        rows = self._read(
+            "SELECT run_id FROM metrics WHERE sent_at IS NULL AND rejected IS NULL "
+            "GROUP BY run_id ORDER BY MIN(rowid)"
+        )
+        return [str(row[0]) for row in rows]
+
+    def pending_metric_count(self, run_id: str) -> int:
+        """How many of the run's points wait to be sent (refused ones not counted)."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM metrics WHERE run_id = ? AND sent_at IS NULL "
+            "AND rejected IS NULL",
+            (run_id,),
+        )
+        return int(rows[0][0])
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _metrics(
+        self, where: str, params: tuple[Any, ...], *, limit: int | None
+    ) -> list[MetricPayload]:
+        order = "rowid" if limit is not None else "name, step"
+        sql = f"SELECT name, step, value, t_s FROM metrics WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (*params, int(limit))
+        return [
+            MetricPayload(name=str(n), step=int(s), value=float(v), t_s=float(t))
+            for n, s, v, t in self._read(sql, params)
+        ]
 
     def _require_run(self, conn: sqlite3.Connection, run_id: str) -> None:
         if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:

@@ -8,7 +8,7 @@ One pass (`Uploader.sync_once`) takes each run with something to send and, in th
 2. posts its pending chunks in batches (``POST /runs/{id}/chunks``, the `meters.wire` batch),
    bounded by chunk count, sample count and body size, and marks acknowledged (``stored`` or
    ``duplicate``) exactly the chunks the service listed;
-3. posts its pending phases and declared work;
+3. posts its pending phases and declared work, then its metric points;
 4. once no chunk is left, posts how the run ended (``/finish`` or ``/fail`` with the exit code)
    when the spool says it ended.
 
@@ -27,6 +27,9 @@ Failures
     so they stay in the spool (nothing is lost) but are not retried in a hot loop.
     ``thermoledger push --retry-rejected`` tries them again. A 404 on a run's chunks means the
     service does not know the run (a fresh database): the run is declared again, once per pass.
+    Metric points (`meters.spool.Spool.pending_metrics`) go after the phases and work, in
+    batches; a point the service refuses (409, 422) is marked with the reason in the spool and
+    not sent again.
 
 Threads
     `Uploader.start` runs passes in a daemon thread every ``poll_s`` seconds; `Uploader.stop`
@@ -60,6 +63,7 @@ from .wire import (
     BATCH_BINARY,
     ChunkPayload,
     DevicePayload,
+    MetricBatch,
     SampleEncoding,
     content_type,
     dumps_batch,
@@ -78,6 +82,8 @@ _USER_AGENT: Final = "thermoledger-meter/0.1"
 _RUN_KINDS: Final = ("training", "inference", "eval", "other")
 _CHUNK_FIELD: Final = re.compile(r"^chunks\[(\d+)\]")
 _PURGE_EVERY_S: Final = 60.0
+#: Most metric points in one ``POST /runs/{id}/metrics`` (the service takes up to 10 000).
+_METRIC_BATCH: Final = 1000
 
 
 @dataclass
@@ -127,8 +133,10 @@ class PushResult:
         rejected: Chunks the service refused in these passes (kept in the spool, marked).
         remaining: Chunks still pending that are not refused.
         refused: Pending chunks marked refused (from these passes or earlier ones).
-        messages_sent: Run declarations, phases, work and ends the service acknowledged.
-        messages_pending: Control messages still to send (refused ones not counted).
+        messages_sent: Run declarations, phases, work, ends and metric batches the service
+            acknowledged.
+        messages_pending: Control messages and metric points still to send (refused ones not
+            counted).
         blocked: Runs that cannot be uploaded (the service refuses the run itself), with why.
         error: The last failure that stopped a pass (None: the last pass completed).
         retry_after_s: The server's ``Retry-After`` with that failure, s.
@@ -500,6 +508,8 @@ class Uploader:
         runs = [r.run_id for r in self.spool.runs()]
         known = set(runs)
         runs.extend(r for r in self.control.runs_with_pending() if r not in known)
+        known.update(runs)
+        runs.extend(r for r in self.spool.runs_with_pending_metrics() if r not in known)
         return runs
 
     def _left(self, runs: Sequence[str]) -> tuple[int, int, int]:
@@ -512,6 +522,7 @@ class Uploader:
                 remaining += pending - refused_here
                 refused += refused_here
                 messages += len(self.control.messages(run_id, pending_only=True))
+                messages += self.spool.pending_metric_count(run_id)
         except Exception as e:
             self._warn_once("left", "cannot count what is left in the spool: %s", e)
         return remaining, refused, messages
@@ -543,6 +554,7 @@ class Uploader:
         for message in self.control.messages(run_id, pending_only=True):
             if message.kind in ("phase", "work"):
                 redeclared = self._send_message(message, record, tally, redeclared)
+        redeclared = self._send_metrics(run_id, record, tally, redeclared)
         # The end goes last, once every chunk the service would take is there (a refused
         # chunk does not hold it back: the job's outcome is worth knowing regardless).
         end = self.control.get(run_id, "end")
@@ -649,6 +661,42 @@ class Uploader:
                 self.control.path,
             )
         return redeclared
+
+    def _send_metrics(
+        self, run_id: str, record: RunRecord | None, tally: _Tally, redeclared: bool
+    ) -> bool:
+        """POST the run's pending metric points in batches; returns whether it re-declared.
+
+        A refused point (409: another value under its key; 422) is kept in the spool with the
+        reason, and the rest of its batch is sent again without it.
+        """
+        while True:
+            points = self.spool.pending_metrics(run_id, limit=_METRIC_BATCH)
+            if not points:
+                return redeclared
+            body = MetricBatch(points=points)
+            path = f"runs/{run_id}/metrics"
+            response = self._request("POST", path, json=body)
+            if response.status_code == 404 and not redeclared:
+                self._declare(run_id, record, tally, force=True)
+                redeclared = True
+                response = self._request("POST", path, json=body)
+            keys = [(p["name"], p["step"]) for p in points]
+            if response.is_success:
+                self.spool.mark_metrics_sent(run_id, keys)
+                tally.messages_sent += 1
+                continue
+            reason = self._refusal(response)
+            named = _named_point(response)
+            refused = keys if named is None or named >= len(keys) else [keys[named]]
+            self.spool.reject_metrics(run_id, refused, reason)
+            self._log.error(
+                "the service refused %d metric point(s) of run %s (%s); they are kept in %s",
+                len(refused),
+                run_id,
+                reason,
+                self.spool.path,
+            )
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -838,6 +886,16 @@ def _named_chunk(response: httpx.Response | None) -> int | None:
         if isinstance(name, str) and (match := _CHUNK_FIELD.match(name)):
             return int(match.group(1))
     return None
+
+
+def _named_point(response: httpx.Response) -> int | None:
+    """The index of the metric point a refusal names (``points[3].value``), if any."""
+    try:
+        field_path = response.json().get("field")
+    except (ValueError, AttributeError):
+        return None
+    match = re.match(r"^points\[(\d+)\]", field_path) if isinstance(field_path, str) else None
+    return int(match.group(1)) if match else None
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

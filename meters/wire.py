@@ -169,6 +169,25 @@ class IngestBatch(TypedDict):
     chunks: list[ChunkPayload]
 
 
+class MetricPayload(TypedDict):
+    """One metric point (``POST /runs/{id}/metrics``): ``(name, step)`` identifies it.
+
+    ``t_s`` is the meter's clock (unix s, the chunks' clock), which places the point on the
+    run's cumulative energy; ``value`` is finite, in the metric's own unit.
+    """
+
+    name: str
+    step: int
+    value: float
+    t_s: float
+
+
+class MetricBatch(TypedDict):
+    """What a meter POSTs to ``/runs/{id}/metrics``: stored whole or not at all."""
+
+    points: list[MetricPayload]
+
+
 def content_hash(chunk: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of a chunk's canonical JSON, excluding nothing: summary and samples.
 

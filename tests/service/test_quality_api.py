@@ -5,6 +5,8 @@ point, the Pareto fronts and the joules-to-target trend with its halving time.""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +15,14 @@ from fastapi import FastAPI
 
 from tests.support.builders import T0_S, batch, chunk
 from tests.support.client import Project, TestClient, create_run
+from tests.support.waiting import wait_until
 from thermoledger.accounting.quality import DAYS_PER_MONTH
 from thermoledger.db.models import RunMetric
+from thermoledger.meters.api import Meter
+from thermoledger.meters.backends import SimulatedBackend, SimulatedDevice, steady
+from thermoledger.meters.control import ControlStore
+from thermoledger.meters.spool import Spool
+from thermoledger.meters.uploader import Uploader
 
 
 def _metrics(client: TestClient, project: Project, run_id: str, points: list[Any]) -> Any:
@@ -249,3 +257,50 @@ def test_quality_queries_are_checked(client: TestClient, project: Project) -> No
         ).status_code
         == 422
     )
+
+
+def _sealed(m: Meter, n: int) -> Callable[[], bool]:
+    return lambda: m.summary().devices[0].chunks_sealed >= n
+
+
+def test_a_meters_points_reach_the_service_with_their_energy(
+    client: TestClient, project: Project, tmp_path: Path
+) -> None:
+    """Meter → spool → uploader → the real service: the points come back with the run's
+    cumulative energy, which grows with them."""
+    run_id = str(uuid.uuid4())
+    backend = SimulatedBackend([SimulatedDevice(steady(300.0))])
+    with Meter(
+        "quality",
+        run_id=run_id,
+        spool_dir=tmp_path,
+        env={},
+        backend=backend,
+        interval_s=0.01,
+        chunk_s=0.05,
+    ) as m:
+        for step in range(3):
+            wait_until(_sealed(m, step + 1), "a chunk")
+            assert m.record_metric("eval_loss", 3.0 - step, step=step, tokens=1000 * step)
+    token = project.ingest["Authorization"].removeprefix("Bearer ")
+    with Spool.in_directory(tmp_path) as spool, ControlStore.in_directory(tmp_path) as control:
+        push = Uploader(
+            spool,
+            control,
+            api_url="http://testserver/api/v1",
+            token=token,
+            transport=client._transport,
+        )
+        assert push.drain(timeout_s=10.0).complete
+        push.close()
+    body = client.get(f"/api/v1/runs/{run_id}/metrics", headers=project.read).json()
+    losses = [p for p in body["points"] if p["name"] == "eval_loss"]
+    assert [p["value"] for p in losses] == [3.0, 2.0, 1.0]
+    energies = [p["energy_j"] for p in losses]
+    assert energies[0] > 0
+    assert energies == sorted(energies)
+    assert [p["value"] for p in body["points"] if p["name"] == "tokens_seen"] == [
+        0.0,
+        1000.0,
+        2000.0,
+    ]
