@@ -219,13 +219,16 @@ def _points(session: Session, key: UUID, name: str | None) -> list[MetricPoint]:
 
 
 def energy_at(session: Session, *, run_key: UUID, at_s: Sequence[float]) -> CumulativeEnergy | None:
-    """The run's cumulative measured energy and band at each time (None without chunks).
+    """The run's cumulative measured energy and band at each time (None without chunks, or
+    without times).
 
     Args:
         session: The caller's session.
         run_key: The run's database key (``run.id``, not the client id).
         at_s: Times, unix s.
     """
+    if not at_s:
+        return None
     c = _CHUNK_T
     d = _DEVICE_T
     rows = session.execute(
@@ -241,9 +244,15 @@ def energy_at(session: Session, *, run_key: UUID, at_s: Sequence[float]) -> Cumu
         .join(d, sa.and_(d.c.run_id == c.c.run_id, d.c.id == c.c.device_id))
         .where(c.c.run_id == run_key)
         .where(~_covered(d))
+        # Chunks that begin after the last point add nothing to it (the (run_id, t0_s) index).
+        .where(c.c.t0_s <= max(at_s))
     ).all()
     if not rows:
-        return None
+        exists = session.execute(sa.select(c.c.run_id).where(c.c.run_id == run_key).limit(1))
+        if exists.first() is None:
+            return None
+        zeros = np.zeros(len(at_s))
+        return CumulativeEnergy(energy_j=zeros, energy_low_j=zeros, energy_high_j=zeros)
     columns = np.asarray([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), 6)
     above = columns[:, 5]
     return cumulative_energy(

@@ -83,6 +83,15 @@ def test_points_are_stored_once_and_read_back_with_energy(
     assert energies == [pytest.approx(1500.0), pytest.approx(7500.0)]
     assert body["points"][1]["energy_low_j"] == pytest.approx(7500.0 * 0.98)
     assert body["points"][1]["energy_high_j"] == pytest.approx(7500.0 * 1.02)
+    # A point before the first chunk: nothing measured yet, 0 J (not "no chunks").
+    assert (
+        _metrics(client, project, run_id, [_point(0, 5.0, T0_S - 10.0, "early")]).status_code == 201
+    )
+    early = client.get(
+        f"/api/v1/runs/{run_id}/metrics", params={"name": "early"}, headers=project.read
+    ).json()
+    assert early["points"][0]["energy_j"] == 0.0
+    assert early["energy_reason"] is None
 
 
 def test_a_different_value_under_a_stored_key_is_409_and_nothing_is_written(
