@@ -657,10 +657,12 @@ class InferenceAwarePlan:
 
     @property
     def saving_fraction(self) -> Floats:
-        """The saving as a fraction of Chinchilla's lifetime cost."""
+        """The saving as a fraction of Chinchilla's lifetime cost (0 where that cost is 0: the
+        saving, between 0 and it, is then 0 too)."""
         chin = self.chinchilla.total.of(self.objective)
         assert chin is not None
-        return self.saving / chin
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(chin > 0, self.saving / np.where(chin > 0, chin, 1.0), 0.0)
 
 
 def plan_inference_aware(
