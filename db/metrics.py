@@ -54,6 +54,7 @@ MAX_METRIC_POINTS = 10_000
 #: Most runs a project-wide quality figure reads (newest first).
 MAX_QUALITY_RUNS = 2_000
 
+_BATCH = 500  # runs per IN (...) list
 _METRIC_T = cast(sa.Table, RunMetric.__table__)
 _CHUNK_T = cast(sa.Table, Chunk.__table__)
 _DEVICE_T = cast(sa.Table, Device.__table__)
@@ -303,14 +304,20 @@ def project_metric_runs(
         query.order_by(Run.started_at.desc(), Run.client_id.desc()).limit(limit + 1)
     ).all()
     truncated = len(runs) > limit
-    out: list[RunMetrics] = []
-    for run in runs[:limit]:
+    selected = runs[:limit]
+    by_run: dict[UUID, list[MetricPoint]] = {run.id: [] for run in selected}
+    keys = list(by_run)
+    for start in range(0, len(keys), _BATCH):
         rows = session.execute(
-            sa.select(RunMetric.step, RunMetric.value, RunMetric.t_s)
-            .where(RunMetric.run_id == run.id, RunMetric.name == name)
-            .order_by(RunMetric.step)
+            sa.select(RunMetric.run_id, RunMetric.step, RunMetric.value, RunMetric.t_s)
+            .where(RunMetric.run_id.in_(keys[start : start + _BATCH]), RunMetric.name == name)
+            .order_by(RunMetric.run_id, RunMetric.step)
         ).all()
-        points = tuple(MetricPoint(name, int(s), float(v), float(t)) for s, v, t in rows)
+        for key, step, value, t_s in rows:
+            by_run[key].append(MetricPoint(name, int(step), float(value), float(t_s)))
+    out: list[RunMetrics] = []
+    for run in selected:
+        points = tuple(by_run[run.id])
         energy = energy_at(session, run_key=run.id, at_s=[p.t_s for p in points])
         out.append(RunMetrics(run=_run_record(run), points=points, energy=energy))
     return out, truncated

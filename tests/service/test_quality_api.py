@@ -313,3 +313,16 @@ def test_a_meters_points_reach_the_service_with_their_energy(
         1000.0,
         2000.0,
     ]
+
+
+def test_fronts_and_trends_read_only_the_projects_own_runs(
+    client: TestClient, project: Project, other: Project
+) -> None:
+    _trend_run(client, other, 0.0)
+    for path, params in (
+        ("/api/v1/quality/pareto", {"metric": "eval_loss"}),
+        ("/api/v1/quality/trend", {"metric": "eval_loss", "target": 2.0}),
+    ):
+        body = client.get(path, params=params, headers=project.read).json()
+        assert body["runs"] == []
+        assert client.get(path, params=params, headers=project.ingest).status_code == 403
