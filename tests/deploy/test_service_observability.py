@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.liveserver import ROOT, free_port
+from tests.e2e.liveserver import ROOT, free_port, migrate_and_issue_token
 from tests.support import dbutil
 from tests.support.builders import batch, chunk
 from tests.support.client import TestClient, bearer, clean_settings, create_run, make_project
@@ -88,8 +88,13 @@ def test_requests_are_counted_and_timed_by_route_template(client: TestClient, ap
     project = make_project(app)
     before = scrape(client)
     run_id = create_run(client, project)
-    assert client.get(f"/api/v1/runs/{run_id}").status_code == 401  # no token
-    assert client.get(f"/api/v1/no-such-thing/{uuid.uuid4()}").status_code == 404
+    missing = client.get(f"/api/v1/runs/{uuid.uuid4()}", headers=project.read)
+    assert missing.status_code == 404  # routed: counted under the route's template
+    # refused from its headers, before routing (service.guard): counted as unmatched
+    assert client.get(f"/api/v1/runs/{run_id}").status_code == 401
+    assert (
+        client.get(f"/api/v1/no-such-thing/{uuid.uuid4()}", headers=project.read).status_code == 404
+    )
     after = scrape(client)
     template = "/api/v1/runs/{run_id}"
     put = {"method": "PUT", "route": template}
@@ -102,7 +107,7 @@ def test_requests_are_counted_and_timed_by_route_template(client: TestClient, ap
     )
     unmatched = {"method": "GET", "route": UNMATCHED, "status_class": "4xx"}
     assert value(after, "thermoledger_http_requests_total", **unmatched) == (
-        value(before, "thermoledger_http_requests_total", **unmatched) + 1
+        value(before, "thermoledger_http_requests_total", **unmatched) + 2
     )
     count = "thermoledger_http_request_duration_seconds_count"
     assert value(after, count, **put) == value(before, count, **put) + 1
@@ -144,11 +149,15 @@ def test_record_ingest_outside_a_request_changes_nothing(client: TestClient) -> 
     )
 
 
-def test_a_body_refused_before_routing_is_counted_as_unmatched(client: TestClient) -> None:
+def test_a_body_refused_before_routing_is_counted_as_unmatched(
+    client: TestClient, app: FastAPI
+) -> None:
+    project = make_project(app)
     labels = {"method": "POST", "route": UNMATCHED, "status_class": "4xx"}
     before = scrape(client)
     big = b"x" * (64 * 1024 + 1)
-    response = client.post(f"/api/v1/runs/{uuid.uuid4()}/chunks", content=big)
+    url = f"/api/v1/runs/{uuid.uuid4()}/chunks"
+    response = client.post(url, content=big, headers=project.ingest)
     assert response.status_code == 413
     after = scrape(client)
     assert value(after, "thermoledger_http_requests_total", **labels) == (
@@ -206,7 +215,7 @@ def test_request_logs_carry_the_route_status_and_run_id(
 def test_serve_with_json_logs_writes_one_object_per_line(tmp_path: Path) -> None:
     """``thermoledger-server serve --log-format json``: uvicorn's lines and request lines alike."""
     url = dbutil.sqlite_url(tmp_path)
-    migrate.upgrade(url)
+    token = migrate_and_issue_token(url, project="logs")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("THERMOLEDGER_")}
     log_path = tmp_path / "server.log"
@@ -228,14 +237,16 @@ def test_serve_with_json_logs_writes_one_object_per_line(tmp_path: Path) -> None
                 pass
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.05)
-        httpx.get(f"http://127.0.0.1:{port}/api/v1/runs/{run_id}", timeout=5.0)
+        httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/runs/{run_id}", headers=bearer(token), timeout=5.0
+        )
     finally:
         server.terminate()
         server.wait(timeout=WAIT_S)
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert {"uvicorn.error", "thermoledger.service.access"} <= {line["logger"] for line in lines}
     (request,) = [line for line in lines if line.get("run_id") == run_id]
-    assert request["status"] == 401
+    assert request["status"] == 404  # a routed request: its line has the route and the run
     assert request["route"] == "/api/v1/runs/{run_id}"
     assert not any(line["logger"] == "uvicorn.access" for line in lines)
 
