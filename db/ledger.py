@@ -39,7 +39,7 @@ figure, same run), never an edit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -630,6 +630,48 @@ def _signature(measured: _Measured, run: RunRecord) -> dict[str, Any]:
     }
 
 
+#: Appends one derived entry: (figure, value, unit, provenance extras) -> its seq.
+_Derive = Callable[[str, float, str, dict[str, Any]], int]
+
+
+def _add_carbon(
+    add: _Derive, context: factors.AccountingContext, energy_j: float, inputs: dict[str, int]
+) -> None:
+    """The CO2e entries of ``energy_j`` of IT energy, location- and market-based, each where
+    the context has a factor for it (what is missing is said on the facility entry)."""
+    pue = context.pue.to_dict()
+    for figure, applied, value in (
+        ("co2e_location", context.location, context.co2e_location_g(energy_j)),
+        ("co2e_market", context.market, context.co2e_market_g(energy_j)),
+    ):
+        if applied is not None and value is not None:
+            add(
+                figure,
+                value,
+                "gCO2e",
+                {"inputs": inputs, "pue": pue, "factor": dict(applied.provenance)},
+            )
+
+
+def _add_cost(
+    add: _Derive, context: factors.AccountingContext, energy_j: float, inputs: dict[str, int]
+) -> None:
+    """The energy cost entry of ``energy_j`` of IT energy, where the context has a tariff."""
+    cost = context.energy_cost_usd(energy_j)
+    if context.tariff is not None and cost is not None:
+        add(
+            "energy_cost",
+            cost,
+            "USD",
+            {
+                "inputs": inputs,
+                "pue": context.pue.to_dict(),
+                "billed": "facility energy (IT × PUE)",
+                "tariff": dict(context.tariff.provenance),
+            },
+        )
+
+
 def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[LedgerRecord]:
     """Freeze an ended run's figures in the ledger (see the module docstring).
 
@@ -725,32 +767,12 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
         facility_extra,
     )
     inputs = {"it_energy": it_seq, "facility_energy": facility_seq}
-    for figure, applied, value in (
-        ("co2e_location", context.location, context.co2e_location_g(measured.energy_j)),
-        ("co2e_market", context.market, context.co2e_market_g(measured.energy_j)),
-    ):
-        if applied is not None and value is not None:
-            add(
-                figure,
-                value,
-                "gCO2e",
-                LedgerSource.DERIVED,
-                {"inputs": inputs, "pue": pue_record, "factor": dict(applied.provenance)},
-            )
-    cost = context.energy_cost_usd(measured.energy_j)
-    if context.tariff is not None and cost is not None:
-        add(
-            "energy_cost",
-            cost,
-            "USD",
-            LedgerSource.DERIVED,
-            {
-                "inputs": inputs,
-                "pue": pue_record,
-                "billed": "facility energy (IT × PUE)",
-                "tariff": dict(context.tariff.provenance),
-            },
-        )
+
+    def derived(figure: str, value: float, unit: str, extra: dict[str, Any]) -> int:
+        return add(figure, value, unit, LedgerSource.DERIVED, extra)
+
+    _add_carbon(derived, context, measured.energy_j, inputs)
+    _add_cost(derived, context, measured.energy_j, inputs)
     if run.declared_tokens is not None:
         add("tokens", float(run.declared_tokens), "token", LedgerSource.DECLARED, {})
     if run.declared_flops is not None:
@@ -850,7 +872,8 @@ def record_estimate(
         return entry.seq
 
     it = estimate.it_energy_j
-    # The estimate's own PUE (with its range), else the project's, exact.
+    # The estimate's own PUE (with its range), else the project's, exact (the context above
+    # holds the same one, so CO2e and cost rest on it too).
     pue_range = estimate.pue if estimate.pue_stated else Interval.exact(context.pue.value)
     facility = it * pue_range
     devices = estimate.devices.value if estimate.devices is not None else None
@@ -890,6 +913,10 @@ def record_estimate(
         facility_extra["unavailable"] = unavailable
     facility_seq = add("facility_energy", facility.value, "J", LedgerSource.DERIVED, facility_extra)
     inputs = {"it_energy": it_seq, "facility_energy": facility_seq}
+
+    def derived(figure: str, value: float, unit: str, extra: dict[str, Any]) -> int:
+        return add(figure, value, unit, LedgerSource.DERIVED, extra)
+
     if estimate.intensity_g_per_kwh is not None:
         intensity = estimate.intensity_g_per_kwh
         co2e = facility.scaled(1.0 / J_PER_KWH) * intensity
@@ -918,32 +945,8 @@ def record_estimate(
             },
         )
     else:
-        for figure, applied, value in (
-            ("co2e_location", context.location, context.co2e_location_g(it.value)),
-            ("co2e_market", context.market, context.co2e_market_g(it.value)),
-        ):
-            if applied is not None and value is not None:
-                add(
-                    figure,
-                    value,
-                    "gCO2e",
-                    LedgerSource.DERIVED,
-                    {"inputs": inputs, "pue": pue_record, "factor": dict(applied.provenance)},
-                )
-    cost = context.energy_cost_usd(it.value)
-    if context.tariff is not None and cost is not None:
-        add(
-            "energy_cost",
-            cost,
-            "USD",
-            LedgerSource.DERIVED,
-            {
-                "inputs": inputs,
-                "pue": pue_record,
-                "billed": "facility energy (IT × PUE)",
-                "tariff": dict(context.tariff.provenance),
-            },
-        )
+        _add_carbon(derived, context, it.value, inputs)
+    _add_cost(derived, context, it.value, inputs)
     return appended
 
 
@@ -1068,30 +1071,8 @@ def record_rebasis(
         facility_extra["unavailable"] = dict(context.unavailable)
     facility_seq = add("facility_energy", context.facility_j(energy_j), "J", facility_extra)
     inputs = {"it_energy": it.seq, "facility_energy": facility_seq}
-    for figure, applied, value in (
-        ("co2e_location", context.location, context.co2e_location_g(energy_j)),
-        ("co2e_market", context.market, context.co2e_market_g(energy_j)),
-    ):
-        if applied is not None and value is not None:
-            add(
-                figure,
-                value,
-                "gCO2e",
-                {"inputs": inputs, "pue": pue_record, "factor": dict(applied.provenance)},
-            )
-    cost = context.energy_cost_usd(energy_j)
-    if context.tariff is not None and cost is not None:
-        add(
-            "energy_cost",
-            cost,
-            "USD",
-            {
-                "inputs": inputs,
-                "pue": pue_record,
-                "billed": "facility energy (IT × PUE)",
-                "tariff": dict(context.tariff.provenance),
-            },
-        )
+    _add_carbon(add, context, energy_j, inputs)
+    _add_cost(add, context, energy_j, inputs)
     return appended
 
 

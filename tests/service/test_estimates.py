@@ -177,6 +177,34 @@ def test_the_project_context_applies_when_the_estimate_states_none(
     assert location["provenance"]["factor"]["region"] == "WORLD"
 
 
+def test_the_estimates_pue_prices_and_emits_what_its_facility_entry_says(
+    client: TestClient, project: Project
+) -> None:
+    """An estimate stating PUE 1.1 in a project configured with 1.56: facility energy, CO2e
+    and cost all rest on 1.1 (the CO2e and cost once used the project's PUE)."""
+    configured = client.put(
+        "/api/v1/accounting", json={"region": "WORLD", "pue": "typical"}, headers=project.admin
+    )
+    assert configured.status_code == 200, configured.text
+    tariff = {
+        "region": "WORLD",
+        "price": {"value": 100, "unit": "USD/MWh"},
+        "valid_from": "2020-01-01T00:00:00Z",
+        "source": "test tariff",
+    }
+    assert client.post("/api/v1/tariffs", json=tariff, headers=project.admin).status_code == 201
+    response = _post(client, project, str(uuid.uuid4()), _body(pue=1.1))
+    assert response.status_code == 201, response.text
+    figures = {e["figure"]: e for e in response.json()["entries"]}
+    it_j = 8 * 10 * 3600 * 300.0
+    facility_kwh = it_j * 1.1 / 3.6e6
+    assert figures["facility_energy"]["value_si"] == pytest.approx(it_j * 1.1)
+    assert figures["co2e_location"]["value_si"] == pytest.approx(facility_kwh * 481, rel=1e-6)
+    assert figures["energy_cost"]["value_si"] == pytest.approx(facility_kwh * 0.1, rel=1e-6)
+    for figure in ("facility_energy", "co2e_location", "energy_cost"):
+        assert figures[figure]["provenance"]["pue"]["value"] == pytest.approx(1.1)
+
+
 def test_a_metered_run_cannot_be_estimated(
     app: FastAPI, client: TestClient, project: Project
 ) -> None:
