@@ -63,6 +63,8 @@ __all__ = [
     "RunReport",
     "build_run_report",
     "devices_from_chunks",
+    "meter_quality",
+    "refused_declarations",
 ]
 
 RunKind = Literal["training", "inference", "eval", "other"]
@@ -921,3 +923,53 @@ def _work_flops(kind: str, work: DeclaredWork) -> tuple[float | None, str | None
         return training_flops(work.model_params, work.tokens), "estimated: 6·N·D"
     per_token = inference_flops_per_token(work.model_params)
     return per_token * work.tokens, "estimated: 2·N per token"
+
+
+# --------------------------------------------------------------------------- what meters report
+
+#: Measurement grades, best first (`meters.quality`).
+_GRADES = ("A", "B", "C", "D")
+#: The key under which a meter lists the declarations it refused, in its entry of a run's host
+#: info (`meters.api.REFUSED_DECLARATIONS`; spelled here, since the core imports no meter code).
+_REFUSED = "refused_declarations"
+
+
+def meter_quality(host_info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The measurement grade the run's meters sent in its host info: the worst, every limit
+    and step once (None: no meter sent one, e.g. a run metered before grades existed, or one
+    still going). The service's report and the meter's local report both give it this way."""
+    grades = [
+        info["quality"]
+        for info in host_info.values()
+        if isinstance(info, Mapping)
+        and isinstance(info.get("quality"), Mapping)
+        and info["quality"].get("grade") in _GRADES
+    ]
+    if not grades:
+        return None
+    limits: list[str] = []
+    improve: list[str] = []
+    for quality in grades:
+        for target, name in ((limits, "limits"), (improve, "improve")):
+            lines = quality.get(name)
+            for line in lines if isinstance(lines, list) else ():
+                if isinstance(line, str) and line not in target:
+                    target.append(line)
+    return {
+        "grade": max((q["grade"] for q in grades), key=_GRADES.index),
+        "limits": limits,
+        "improve": improve,
+        "meters": len(grades),
+    }
+
+
+def refused_declarations(host_info: Mapping[str, Any]) -> list[str]:
+    """The declarations the run's meters refused, each once, in the meters' order (at most 64,
+    each cut at 300 characters: the host info comes from clients)."""
+    lines: list[str] = []
+    for info in host_info.values():
+        refused = info.get(_REFUSED) if isinstance(info, Mapping) else None
+        for line in refused if isinstance(refused, list) else ():
+            if isinstance(line, str) and line not in lines:
+                lines.append(line[:300])
+    return lines[:64]

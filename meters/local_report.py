@@ -55,6 +55,8 @@ from thermoledger.accounting.report import (
     RunInfo,
     RunReport,
     build_run_report,
+    meter_quality,
+    refused_declarations,
 )
 
 from .control import CONTROL_FILENAME, ControlStore, Message
@@ -92,8 +94,6 @@ CHART_POINTS: Final = 360
 _PHASE_NOTE: Final = (
     "phase energies are pro-rata by time within each chunk that straddles a boundary"
 )
-_GRADES: Final = ("A", "B", "C", "D")
-_REFUSED: Final = "refused_declarations"  # `meters.api.REFUSED_DECLARATIONS`, without the import
 
 
 class LocalReportError(Exception):
@@ -339,44 +339,6 @@ def _settings(footprint: FootprintSettings) -> ReportSettings:
     )
 
 
-def _quality(host_info: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The worst grade the run's meters recorded, every limit and step once (as the service's
-    report gives it); None when no meter recorded one (a run still going, or cut off)."""
-    grades = [
-        info["quality"]
-        for info in host_info.values()
-        if isinstance(info, Mapping)
-        and isinstance(info.get("quality"), Mapping)
-        and info["quality"].get("grade") in _GRADES
-    ]
-    if not grades:
-        return None
-    limits: list[str] = []
-    improve: list[str] = []
-    for quality in grades:
-        for target, name in ((limits, "limits"), (improve, "improve")):
-            lines = quality.get(name)
-            for line in lines if isinstance(lines, list) else ():
-                if isinstance(line, str) and line not in target:
-                    target.append(line)
-    return {
-        "grade": max((q["grade"] for q in grades), key=_GRADES.index),
-        "limits": limits,
-        "improve": improve,
-        "meters": len(grades),
-    }
-
-
-def _refused(host_info: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
-    for info in host_info.values():
-        refused = info.get(_REFUSED) if isinstance(info, Mapping) else None
-        for line in refused if isinstance(refused, list) else ():
-            if isinstance(line, str) and line not in lines:
-                lines.append(line)
-    return lines
-
-
 def _json_safe(value: Any) -> Any:
     """Non-finite floats become None (JSON has none); containers are walked."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -498,8 +460,8 @@ def build_local_report(
     if phases:
         out["notes"].append(_PHASE_NOTE)
     _state_local(out, footprint, spool.path.parent)
-    out["quality"] = _quality(host_info)
-    out["refused_declarations"] = _refused(host_info)
+    out["quality"] = meter_quality(host_info)
+    out["refused_declarations"] = refused_declarations(host_info)
     if out["refused_declarations"]:
         out["notes"].append(
             "the meter refused some declared work (see refused_declarations): the figures "

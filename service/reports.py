@@ -46,6 +46,8 @@ from thermoledger.accounting.report import (
     ReportSettings,
     RunInfo,
     build_run_report,
+    meter_quality,
+    refused_declarations,
 )
 from thermoledger.db.basis import RunBasis, run_basis
 from thermoledger.db.errors import Conflict
@@ -304,49 +306,6 @@ def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
             "it would have given are missing"
         )
     return cast(dict[str, Any], _json_safe(out))
-
-
-_GRADES = ("A", "B", "C", "D")
-
-
-def meter_quality(host_info: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The measurement grade the run's meters sent in its host info: the worst, every limit
-    and step once (None: no meter sent one, e.g. a run metered before grades existed)."""
-    grades = [
-        info["quality"]
-        for info in host_info.values()
-        if isinstance(info, Mapping)
-        and isinstance(info.get("quality"), Mapping)
-        and info["quality"].get("grade") in _GRADES
-    ]
-    if not grades:
-        return None
-    limits: list[str] = []
-    improve: list[str] = []
-    for quality in grades:
-        for target, name in ((limits, "limits"), (improve, "improve")):
-            lines = quality.get(name)
-            for line in lines if isinstance(lines, list) else ():
-                if isinstance(line, str) and line not in target:
-                    target.append(line)
-    return {
-        "grade": max((q["grade"] for q in grades), key=_GRADES.index),
-        "limits": limits,
-        "improve": improve,
-        "meters": len(grades),
-    }
-
-
-def refused_declarations(host_info: Mapping[str, Any]) -> list[str]:
-    """The declarations the run's meters refused (``refused_declarations`` in a meter's entry
-    of the host info, `meters.api.REFUSED_DECLARATIONS`), each once, in the meters' order."""
-    lines: list[str] = []
-    for info in host_info.values():
-        refused = info.get("refused_declarations") if isinstance(info, Mapping) else None
-        for line in refused if isinstance(refused, list) else ():
-            if isinstance(line, str) and line not in lines:
-                lines.append(line[:300])
-    return lines[:64]
 
 
 def report_public(usage: RunUsage, *, basis: RunBasis) -> RunReportPublic:
