@@ -92,6 +92,7 @@ from .options import (
     RunOptions,
     SidecarOptions,
     StatusOptions,
+    add_footprint_arguments,
 )
 from .options import build_parser as _meter_parser
 from .options import from_args as _meter_from_args
@@ -595,26 +596,7 @@ def _add_report_parser(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write a self-contained HTML report (- for stdout)",
     )
-    report.add_argument(
-        "--grid-intensity",
-        type=float,
-        metavar="G_PER_KWH",
-        help="location-based grid intensity, gCO2e/kWh, for a CO2e figure "
-        "(default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
-    )
-    report.add_argument(
-        "--pue",
-        type=float,
-        help="power usage effectiveness, >= 1, applied to cost and CO2e "
-        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
-    )
-    report.add_argument(
-        "--tariff",
-        type=float,
-        metavar="USD_PER_KWH",
-        help="electricity price, USD/kWh, for a cost figure "
-        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
-    )
+    add_footprint_arguments(report)
     report.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "SettingsFlags",
     "SidecarOptions",
     "StatusOptions",
+    "add_footprint_arguments",
     "build_parser",
     "from_args",
 ]
@@ -411,26 +412,7 @@ def _meter_options(parser: argparse.ArgumentParser, *, job: bool) -> None:
     parser.add_argument(
         "--upload-timeout", type=float, help="seconds to keep uploading at the end (default 30)"
     )
-    parser.add_argument(
-        "--grid-intensity",
-        type=float,
-        metavar="G_PER_KWH",
-        help="location-based grid intensity of your region, gCO2e/kWh, for a CO2e line in the "
-        "summary (default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
-    )
-    parser.add_argument(
-        "--pue",
-        type=float,
-        help="power usage effectiveness, >= 1, applied to cost and CO2e "
-        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
-    )
-    parser.add_argument(
-        "--tariff",
-        type=float,
-        metavar="USD_PER_KWH",
-        help="electricity price, USD/kWh, for a cost line in the summary "
-        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
-    )
+    add_footprint_arguments(parser)
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -509,6 +491,31 @@ def _octal_mode(text: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"not a permission mode: {text!r}")
     return mode
+
+
+def add_footprint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--grid-intensity``, ``--pue`` and ``--tariff``: what turns a run's energy into CO2e and
+    cost in a summary or a local report (nothing is assumed without them)."""
+    parser.add_argument(
+        "--grid-intensity",
+        type=float,
+        metavar="G_PER_KWH",
+        help="location-based grid intensity of your region, gCO2e/kWh, for a CO2e figure "
+        "(default: THERMOLEDGER_GRID_INTENSITY_G_PER_KWH; unset: none)",
+    )
+    parser.add_argument(
+        "--pue",
+        type=float,
+        help="power usage effectiveness, >= 1, applied to cost and CO2e "
+        "(default: THERMOLEDGER_PUE, else 1.0: IT energy only)",
+    )
+    parser.add_argument(
+        "--tariff",
+        type=float,
+        metavar="USD_PER_KWH",
+        help="electricity price, USD/kWh, for a cost figure "
+        "(default: THERMOLEDGER_TARIFF_USD_PER_KWH; unset: none)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
