@@ -33,8 +33,6 @@ CLI. An async engine would add a second driver (asyncpg/aiosqlite) for no measur
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,8 @@ from platformdirs import user_data_dir
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from thermoledger._private_files import create_private_file, make_private_dirs
 
 from .errors import UnsupportedDatabase
 
@@ -57,8 +57,6 @@ __all__ = [
 
 #: How long a SQLite connection waits for the write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
-_PRIVATE_DIR_MODE = 0o700
-_PRIVATE_FILE_MODE = 0o600
 
 
 def default_sqlite_path(data_dir: Path | None = None) -> Path:
@@ -73,41 +71,8 @@ def default_sqlite_path(data_dir: Path | None = None) -> Path:
         directories created on the way are 0700; existing ones keep their modes.
     """
     directory = data_dir if data_dir is not None else Path(user_data_dir("thermoledger", False))
-    _make_private_dirs(directory)
+    make_private_dirs(directory)
     return directory / "thermoledger.db"
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """``mkdir -p`` with every directory it creates 0700 (the umask may only take bits away)."""
-    missing: list[Path] = []
-    walk = directory
-    while not walk.exists() and walk != walk.parent:
-        missing.append(walk)
-        walk = walk.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, _PRIVATE_DIR_MODE)
-        except FileExistsError:
-            continue  # made meanwhile by another process: not ours to change
-        os.chmod(path, _PRIVATE_DIR_MODE)
-
-
-def _create_private_file(path: str) -> None:
-    """Create ``path`` empty and 0600 unless it exists or its directory does not.
-
-    SQLite takes an empty file as a new database; without a directory, SQLite's own error says
-    so on connect.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, _PRIVATE_FILE_MODE)
-    except (FileExistsError, FileNotFoundError):
-        return
-    try:
-        if sys.platform != "win32":  # the umask may have taken some of the owner's bits
-            os.fchmod(fd, _PRIVATE_FILE_MODE)
-    finally:
-        os.close(fd)
 
 
 def default_sqlite_url(data_dir: Path | None = None) -> str:
@@ -199,7 +164,7 @@ def _configure_sqlite(engine: Engine, *, wal: bool, path: str | None) -> None:
         def _private_file(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> None:
             # Before every connect, not once: a file deleted while the engine lives comes back
             # private too. None: SQLAlchemy then connects as usual.
-            _create_private_file(path)
+            create_private_file(path, missing_dir_ok=True)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:

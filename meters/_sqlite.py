@@ -11,15 +11,15 @@ modes.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Self
+
+from thermoledger._private_files import create_private_file, make_private_dirs
 
 from .errors import MeterError
 
@@ -61,49 +61,6 @@ def write_transaction(
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise error(f"{what}: commit failed: {e}") from e
-
-
-_PRIVATE_DIR_MODE = 0o700
-_PRIVATE_FILE_MODE = 0o600
-
-
-def make_private_dirs(directory: Path) -> None:
-    """Create ``directory`` and its missing parents, each 0700; existing ones are left alone.
-
-    Raises:
-        OSError: A directory cannot be created.
-    """
-    missing: list[Path] = []
-    walk = directory
-    while not walk.exists() and walk != walk.parent:
-        missing.append(walk)
-        walk = walk.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, _PRIVATE_DIR_MODE)
-        except FileExistsError:
-            continue  # another process made it meanwhile: not ours to change
-        os.chmod(path, _PRIVATE_DIR_MODE)  # the umask may have taken some of the owner's bits
-
-
-def create_private_file(path: Path) -> None:
-    """Create ``path``, empty and 0600, unless it exists (SQLite takes an empty file as a new
-    database, and gives its ``-wal``, ``-shm`` and ``-journal`` files this file's mode).
-
-    Raises:
-        OSError: The file cannot be created.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, _PRIVATE_FILE_MODE)
-    except FileExistsError:
-        return
-    try:
-        # The umask may have taken some of the owner's bits (Windows has a read-only flag only).
-        if sys.platform != "win32":
-            os.fchmod(fd, _PRIVATE_FILE_MODE)
-    finally:
-        os.close(fd)
 
 
 def open_database(

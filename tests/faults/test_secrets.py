@@ -34,10 +34,10 @@ import yaml
 from tests.e2e.liveserver import ROOT
 from tests.faults.harness import LiveService, clean_env
 from tests.support.deploy import DEPLOY, yaml_documents
+from thermoledger._private_files import create_private_file
 from thermoledger.db import migrate
 from thermoledger.db.engine import default_sqlite_url, make_engine
 from thermoledger.meters import cli
-from thermoledger.meters._sqlite import create_private_file
 from thermoledger.meters.control import ControlStore
 from thermoledger.meters.settings import ObserveSettings, default_spool_dir
 from thermoledger.meters.spool import Spool
