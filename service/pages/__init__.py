@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from . import auth, views
+from . import auth, quality, views
 from .auth import LoginRequired, login_page, safe_next
 from .headers import SecurityHeaders
 from .render import render
@@ -114,5 +114,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, _login_required)
     app.include_router(auth.router)
     app.include_router(views.router)
+    app.include_router(quality.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)

@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,7 @@ __all__ = [
     "PhaseSpan",
     "StripRow",
     "Tick",
+    "XYSeries",
     "bar_chart",
     "color",
     "curve_chart",
@@ -48,6 +50,7 @@ __all__ = [
     "log_ticks",
     "power_chart",
     "strip_chart",
+    "xy_chart",
 ]
 
 #: Series colours (Tableau 10), cycled by series position.
@@ -724,4 +727,166 @@ def curve_chart(
         y_label=f"{y_unit} (log)",
         groups=tuple(groups),
         legend=tuple((c.name, c.color, "dash" if c.dashed else "line") for c in curves),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Points and lines on x-y axes (metric vs energy, Pareto scatter, trend over time)
+
+
+@dataclass(frozen=True, slots=True)
+class XYSeries:
+    """A series of (x, y) points, drawn as a line, dashed line or points.
+
+    ``x_low``/``x_high`` shade a band along x behind a line (an energy's band at each point;
+    a high of None is unbounded: the band runs to the plot's edge). ``highlight`` marks points
+    drawn emphasised (a Pareto front); ``tips`` are per-point tooltips.
+    """
+
+    name: str
+    color: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    style: str = "line"  # "line" | "dashed" | "points"
+    x_low: tuple[float, ...] | None = None
+    x_high: tuple[float | None, ...] | None = None
+    highlight: tuple[bool, ...] = ()
+    tips: tuple[str, ...] = ()
+
+
+def _date(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d")
+
+
+def _axis(
+    values: Sequence[float], log: bool, r0: float, r1: float, dates: bool = False
+) -> tuple[_Scale, list[Tick]]:
+    """A scale over ``values`` (positive ones only on a log axis) and its labelled ticks."""
+    finite = [v for v in values if math.isfinite(v) and (v > 0 or not log)]
+    lo, hi = (min(finite), max(finite)) if finite else (1.0, 10.0)
+    if log:
+        d0 = math.floor(math.log10(lo) * 4) / 4
+        d1 = max(math.ceil(math.log10(hi) * 4) / 4, d0 + 0.25)
+        scale = _Scale(d0, d1, r0, r1, log=True)
+        ticks = [v for v in log_ticks(10.0**d0, 10.0**d1) if d0 <= math.log10(v) <= d1]
+        if len(ticks) < 2:  # within one decade: the ends too, so the axis has a scale
+            ticks = sorted({10.0**d0, *ticks, 10.0**d1})
+        return scale, [Tick(scale(v), _sci(v) if len(ticks) > 2 else _g4(v)) for v in ticks]
+    if dates:
+        day_lo, day_hi = lo / 86_400.0, hi / 86_400.0
+        if day_hi - day_lo < 2:
+            day_lo, day_hi = day_lo - 1, day_hi + 1
+        pad = 0.05 * (day_hi - day_lo)
+        scale = _Scale((day_lo - pad) * 86_400.0, (day_hi + pad) * 86_400.0, r0, r1)
+        days = linear_ticks(day_lo - pad, day_hi + pad, 6)
+        return scale, [Tick(scale(d * 86_400.0), _date(d * 86_400.0)) for d in days]
+    if hi <= lo:
+        lo, hi = (lo - 1.0, hi + 1.0) if lo == 0 else (lo - abs(lo) * 0.1, hi + abs(hi) * 0.1)
+    pad = 0.05 * (hi - lo)
+    ticks = linear_ticks(lo - pad, hi + pad, 6)
+    scale = _Scale(min(ticks[0], lo - pad), max(ticks[-1], hi + pad), r0, r1)
+    return scale, [Tick(scale(v), _plain(v)) for v in ticks]
+
+
+def xy_chart(
+    chart_id: str,
+    title: str,
+    series: Sequence[XYSeries],
+    *,
+    x_label: str,
+    y_label: str,
+    log_x: bool = False,
+    log_y: bool = False,
+    x_dates: bool = False,
+    height: int = 340,
+) -> Chart:
+    """Series on shared x-y axes, each a line (with an optional band along x) or points.
+
+    Args:
+        chart_id: ``data-chart`` of the SVG.
+        title: Accessible title.
+        series: The series; a point that a log axis cannot show (≤ 0) is left out.
+        x_label: X axis label (with its unit).
+        y_label: Y axis label (with its unit).
+        log_x: Log-scale x.
+        log_y: Log-scale y.
+        x_dates: X values are unix seconds, ticked by UTC date.
+        height: Chart height, px.
+    """
+    left, top, right, bottom = 84.0, 16.0, WIDTH - 20.0, height - 44.0
+    xs_all = [v for s in series for v in s.x]
+    xs_all += [v for s in series for v in (s.x_low or ()) if v is not None]
+    xs_all += [v for s in series for v in (s.x_high or ()) if v is not None]
+    x, x_ticks = _axis(xs_all, log_x, left, right, dates=x_dates)
+    y, y_ticks = _axis([v for s in series for v in s.y], log_y, bottom, top)
+    groups = []
+    for s in series:
+        keep = [
+            i
+            for i in range(len(s.x))
+            if math.isfinite(s.x[i])
+            and math.isfinite(s.y[i])
+            and (s.x[i] > 0 or not log_x)
+            and (s.y[i] > 0 or not log_y)
+        ]
+        marks: list[Mark] = []
+        if s.x_low is not None and s.x_high is not None and len(keep) > 1:
+            lows = [(x(max(s.x_low[i], 1e-300) if log_x else s.x_low[i]), y(s.y[i])) for i in keep]
+            highs = [
+                (right if s.x_high[i] is None else x(s.x_high[i] or 0.0), y(s.y[i])) for i in keep
+            ]
+            band = np.asarray([*highs, *reversed(lows)], dtype=np.float64)
+            marks.append(
+                Mark(
+                    "polygon",
+                    {
+                        "class": "band",
+                        "points": _points(np.clip(band, [left, top], [right, bottom])),
+                    },
+                    title=f"{s.name}: the energy's band",
+                )
+            )
+        xy = np.asarray([(x(s.x[i]), y(s.y[i])) for i in keep], dtype=np.float64).reshape(-1, 2)
+        if s.style != "points" and len(keep) > 1:
+            marks.append(
+                Mark(
+                    "polyline",
+                    {
+                        "class": "curve" + (" dashed" if s.style == "dashed" else ""),
+                        "points": _points(xy),
+                    },
+                    title=s.name,
+                )
+            )
+        if s.style == "points" or len(keep) == 1:
+            for k, i in enumerate(keep):
+                front = bool(s.highlight[i]) if i < len(s.highlight) else False
+                marks.append(
+                    Mark(
+                        "circle",
+                        {
+                            "class": "point" + (" front" if front else ""),
+                            "cx": _f(xy[k, 0]),
+                            "cy": _f(xy[k, 1]),
+                            "r": "6" if front else "4",
+                            "data-value": repr(s.y[i]),
+                        },
+                        title=s.tips[i] if i < len(s.tips) else f"{s.name}: {_g4(s.y[i])}",
+                    )
+                )
+        groups.append(Group("series", s.name, s.color, tuple(marks), points=len(keep)))
+    return Chart(
+        chart_id=chart_id,
+        title=title,
+        height=height,
+        plot=(left, top, right, bottom),
+        x_ticks=tuple(t for t in x_ticks if left - 0.5 <= t.pos <= right + 0.5),
+        y_ticks=tuple(t for t in y_ticks if top - 0.5 <= t.pos <= bottom + 0.5),
+        x_label=x_label + (" (log scale)" if log_x else ""),
+        y_label=y_label + (" (log)" if log_y else ""),
+        groups=tuple(groups),
+        legend=tuple(
+            (s.name, s.color, {"points": "band", "dashed": "dash"}.get(s.style, "line"))
+            for s in series
+        ),
     )

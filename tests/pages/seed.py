@@ -11,6 +11,7 @@ with a ``base_url`` for a live server).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -398,3 +399,92 @@ def seed_states(
         priced=priced,
         training_only_model="solo-7b",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Energy to quality and estimates (issue 15)
+
+#: The metric `seed_quality` records, and the target its trend reads.
+METRIC = "eval_loss"
+TARGET = 2.5
+#: Days between the starts of `seed_quality`'s runs.
+QUALITY_SPACING_DAYS = 120.0
+
+
+@dataclass(frozen=True)
+class Quality:
+    """`seed_quality`'s runs, oldest first, and an estimated run (`seed_estimate`)."""
+
+    runs: tuple[SeededRun, ...]
+    #: The run that reaches the target with the least energy (the newest).
+    best: SeededRun
+
+
+def metric_points(
+    t0_s: float, *, tau_s: float, duration_s: float, every_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """``eval_loss = 2 + 2·exp(−t/τ)`` every ``every_s`` (it reaches `TARGET` at τ·ln 4), and
+    ``tokens_seen`` beside it (a counter the run page lists but does not draw)."""
+    out: list[dict[str, Any]] = []
+    steps = int(duration_s // every_s)
+    for step in range(steps + 1):
+        t = step * every_s
+        out.append(
+            {
+                "name": METRIC,
+                "step": step,
+                "value": 2.0 + 2.0 * math.exp(-t / tau_s),
+                "t_s": t0_s + t,
+            }
+        )
+        out.append({"name": "tokens_seen", "step": step, "value": 1e6 * step, "t_s": t0_s + t})
+    return out
+
+
+def seed_quality(
+    client: Client, headers: dict[str, str], *, count: int = 4, duration_s: float = 120.0
+) -> Quality:
+    """``count`` one-GPU training runs `QUALITY_SPACING_DAYS` apart (the newest starting a day
+    before `T0_S`), each recording `METRIC`; each newer run converges faster (τ × 0.7), so its
+    joules to `TARGET` fall over calendar time: the trend has a halving time."""
+    runs = []
+    for k in range(count):
+        t0_s = T0_S - 86_400.0 - (count - 1 - k) * QUALITY_SPACING_DAYS * 86_400.0
+        run = seed_run(
+            client,
+            headers,
+            name=f"quality-{k}",
+            devices=1,
+            duration_s=duration_s,
+            t0_s=t0_s,
+            profiles=(SimulatedDevice(steady(CONSTANT_W), reading="average"),),
+            finish=False,
+        )
+        points = metric_points(t0_s, tau_s=40.0 * 0.7**k, duration_s=duration_s)
+        _ok(client.post(f"/api/v1/runs/{run.id}/metrics", json={"points": points}, headers=headers))
+        _ok(client.post(f"/api/v1/runs/{run.id}/finish", json={}, headers=headers))
+        runs.append(run)
+    return Quality(runs=tuple(runs), best=runs[-1])
+
+
+#: Provenance of `seed_estimate`'s run.
+ESTIMATE_SOURCE = "Cloud bill, March"
+
+
+def seed_estimate(
+    client: Client, headers: dict[str, str], *, name: str = "billed-run"
+) -> SeededRun:
+    """An estimated run: 8 devices × 10 h × 300 W (24 kWh of IT energy), ±10 % on the power,
+    from a cloud bill (``POST /runs/{id}/estimate``)."""
+    run_id = str(uuid.uuid4())
+    body = {
+        "name": name,
+        "devices": 8,
+        "duration": "10 h",
+        "mean_power": "300 W",
+        "started_at": "2026-03-01T00:00:00Z",
+        "band": {"mean_power": {"rel": 0.1}},
+        "provenance": {"source": ESTIMATE_SOURCE, "document": "invoice 42", "page": "2"},
+    }
+    _ok(client.post(f"/api/v1/runs/{run_id}/estimate", json=body, headers=headers))
+    return SeededRun(id=run_id, name=name, kind="training", devices=8, chunks=0)
