@@ -69,12 +69,14 @@ class MetricChart:
         chart: Metric vs cumulative energy (None when no point has energy).
         names: The metrics, with their point counts.
         left_out: Metrics not drawn (token counters beside a quality metric).
+        primary: The first metric drawn (the one the page links to the project's fronts).
     """
 
     answer: RunMetricsPublic
     chart: charts.Chart | None
     names: list[tuple[str, int]]
     left_out: list[str]
+    primary: str
 
 
 def metric_chart(session: SessionDep, *, tenant: Any, run_id: UUID) -> MetricChart | None:
@@ -121,7 +123,7 @@ def metric_chart(session: SessionDep, *, tenant: Any, run_id: UUID) -> MetricCha
             y_label="metric value",
         )
     names = [(n, len(v)) for n, v in by_name.items()]
-    return MetricChart(answer, chart, names, left_out)
+    return MetricChart(answer, chart, names, left_out, drawn[0])
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,8 +30,10 @@ from thermoledger.accounting.catalog import builtin_catalog
 from thermoledger.db.basis import RunBasis, run_bases
 from thermoledger.db.envelope import envelope_of
 from thermoledger.db.errors import InvalidInput
+from thermoledger.db.ledger import LedgerRecord, project_entries
 from thermoledger.db.models import RunKind, RunStatus
 from thermoledger.db.records import RunRecord
+from thermoledger.db.runs import ESTIMATE_LABEL
 from thermoledger.db.selection import select_runs
 from thermoledger.db.totals import run_usage
 
@@ -46,6 +48,7 @@ from ..settings import Settings
 from ..timebounds import TimeRange
 from . import charts
 from .auth import PageTenant
+from .quality import metric_chart
 from .render import energy_unit, render
 
 __all__ = ["MAX_COMPARE", "MAX_LISTED", "router"]
@@ -229,9 +232,16 @@ def runs_page(
     rows = []
     for run in selection.runs[:MAX_LISTED]:
         energy = selection.energy.get(run.id)
+        label = estimate_label(run)
         rows.append(
             {
                 "run": run,
+                "estimate": None
+                if label is None
+                else {
+                    "energy_j": _number(label.get("it_energy_j")),
+                    "source": estimate_source(label),
+                },
                 "energy_j": None if energy is None else energy.energy_j,
                 "co2e_g": co2e.get(run.id),
                 "devices": 0 if energy is None else energy.devices,
@@ -254,6 +264,7 @@ def runs_page(
         missing=missing,
         basis=_basis_summary(list(bases.values())) if bases else None,
         frozen=sum(1 for b in bases.values() if b.frozen),
+        estimated=sum(1 for r in selection.runs if estimate_label(r) is not None),
         kinds=[k.value for k in RunKind],
         statuses=[s.value for s in RunStatus],
     )
@@ -410,13 +421,105 @@ def _assumption_lines(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, "n/a" if value is None else str(value))]
 
 
+def estimate_label(run: RunRecord) -> dict[str, Any] | None:
+    """The run's ``host_info["estimate"]`` (`service.routes.estimates.label`), when it is an
+    estimated run: its figures are in the ledger, not in chunks."""
+    label = run.host_info.get(ESTIMATE_LABEL)
+    return dict(label) if isinstance(label, dict) else None
+
+
+def estimate_source(label: dict[str, Any]) -> str:
+    """``Cloud bill, March (invoice 42, p. 2)``: where an estimate's inputs come from."""
+    where = [str(label[k]) for k in ("document",) if label.get(k)]
+    if label.get("page"):
+        where.append(f"p. {label['page']}")
+    source = str(label.get("source") or "no source given")
+    return f"{source} ({', '.join(where)})" if where else source
+
+
+@dataclass(frozen=True, slots=True)
+class _EstimateFigure:
+    """A current ledger figure of an estimated run, with its band where one follows."""
+
+    figure: str
+    label: str
+    unit: str
+    value: float
+    low: float | None
+    high: float | None
+    seq: int
+    note: str
+
+
+_ESTIMATE_FIGURES = {
+    "it_energy": ("IT energy", "J"),
+    "facility_energy": ("facility energy (IT × PUE)", "J"),
+    "co2e_location": ("CO2e, location-based", "gCO2e"),
+    "co2e_market": ("CO2e, market-based", "gCO2e"),
+    "energy_cost": ("energy cost", "USD"),
+}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _estimate_figures(entries: list[LedgerRecord]) -> list[_EstimateFigure]:
+    """The current (not superseded) figures of an estimated run, in `_ESTIMATE_FIGURES` order.
+
+    Bands: IT energy's from its ``measurement`` record, facility energy's and an estimate's own
+    CO2e's from their entries; a figure derived from the facility energy by an exact factor
+    (the project's grid factor, its tariff) scales the facility band, as it scales the value.
+    """
+    current = {e.figure: e for e in entries if e.superseded_by is None}
+    out: list[_EstimateFigure] = []
+    facility = current.get("facility_energy")
+    ratio: tuple[float, float] | None = None
+    if facility is not None and facility.value_si > 0:
+        low = _number(facility.provenance.get("band_low_j"))
+        high = _number(facility.provenance.get("band_high_j"))
+        if low is not None and high is not None:
+            ratio = (low / facility.value_si, high / facility.value_si)
+    for figure, (label, unit) in _ESTIMATE_FIGURES.items():
+        entry = current.get(figure)
+        if entry is None:
+            continue
+        provenance = entry.provenance
+        band = provenance.get("measurement", provenance)
+        suffix = "_g" if unit == "gCO2e" else "_j"
+        low = _number(band.get(f"band_low{suffix}")) if isinstance(band, dict) else None
+        high = _number(band.get(f"band_high{suffix}")) if isinstance(band, dict) else None
+        note = "declared (the estimate's inputs)" if figure == "it_energy" else "derived"
+        if low is None and ratio is not None and figure != "it_energy":
+            low, high = entry.value_si * ratio[0], entry.value_si * ratio[1]
+            note = "derived; band: the facility energy's, scaled"
+        out.append(_EstimateFigure(figure, label, unit, entry.value_si, low, high, entry.seq, note))
+    return out
+
+
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def report_page(
     run_id: UUID, request: Request, tenant: PageTenant, session: SessionDep
 ) -> HTMLResponse:
     """The run report: power over time, energy by device and phase, bounds, cost and carbon."""
     usage = run_usage(session, project_id=tenant.id, run_id=run_id)
+    metrics = metric_chart(session, tenant=tenant, run_id=run_id)
     if not usage.devices:
+        estimate = estimate_label(usage.run)
+        if estimate is not None:
+            return render(
+                request,
+                "report_estimate.html.j2",
+                nav="runs",
+                project=tenant.slug,
+                run=usage.run,
+                estimate=estimate,
+                source=estimate_source(estimate),
+                figures=_estimate_figures(
+                    project_entries(session, project_id=tenant.id, run_id=run_id)
+                ),
+                metrics=metrics,
+            )
         return render(
             request,
             "report_empty.html.j2",
@@ -424,6 +527,7 @@ def report_page(
             project=tenant.slug,
             run=usage.run,
             ended=usage.run.status != RunStatus.RUNNING,
+            metrics=metrics,
         )
     report = usage_report(session, project_id=tenant.id, usage=usage)
     envelope = envelope_of(session, usage=usage)
@@ -513,6 +617,7 @@ def report_page(
         uncertainty=_uncertainty(report),
         colors=colors,
         by_kind_shown=len(report.energy.by_kind) > 1 or not all(d.counted for d in devices),
+        metrics=metrics,
     )
 
 

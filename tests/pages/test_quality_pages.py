@@ -1,0 +1,135 @@
+"""The energy-to-quality, inference-aware planner and estimate pages through the app
+(TestClient), on SQLite and PostgreSQL: what each says, and that its figures are the JSON API's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from tests.pages.seed import (
+    ESTIMATE_SOURCE,
+    METRIC,
+    TARGET,
+    Quality,
+    SeededRun,
+    configure_accounting,
+    seed_estimate,
+    seed_quality,
+)
+from tests.support.client import Project, TestClient, make_project
+from tests.support.signin import HTML
+
+H100 = "nvidia-h100-sxm5-80gb"
+
+
+@pytest.fixture(scope="module")
+def quality(app: FastAPI, client: TestClient) -> tuple[Project, Quality, SeededRun]:
+    """A project with `seed_quality`'s runs and one estimated run."""
+    owner = make_project(app)
+    configure_accounting(client, owner.admin)
+    return owner, seed_quality(client, owner.every), seed_estimate(client, owner.every)
+
+
+def _get(client: TestClient, url: str, project: Project) -> str:
+    response = client.get(url, headers={**project.read, **HTML})
+    assert response.status_code == 200, response.text[:3000]
+    text: str = response.text
+    return text
+
+
+def _svg(html: str, chart: str) -> str:
+    match = re.search(rf'<svg class="chart" data-chart="{re.escape(chart)}".*?</svg>', html, re.S)
+    assert match, f"no {chart} chart"
+    return match.group(0)
+
+
+def _series(svg: str) -> dict[str, int]:
+    return {
+        name: int(points)
+        for name, points in re.findall(
+            r'<g class="series" data-series="([^"]*)" data-points="(\d+)"', svg
+        )
+    }
+
+
+def _api(client: TestClient, url: str, project: Project) -> Any:
+    response = client.get(url, headers=project.read)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_quality_page_shows_the_front_and_the_trend(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, seeded, _ = quality
+    html = _get(client, f"/quality?metric={METRIC}&target={TARGET}", project)
+    fronts = _api(client, f"/api/v1/quality/pareto?metric={METRIC}", project)
+    trend = _api(client, f"/api/v1/quality/trend?metric={METRIC}&target={TARGET}", project)
+    assert 'aria-current="page">Quality<' in html
+    scatter = _series(_svg(html, "pareto-energy"))
+    assert scatter["runs"] == len(seeded.runs)
+    assert scatter["front"] == len(fronts["energy_front"]) >= 1
+    assert html.count('class="point front"') == len(fronts["energy_front"])
+    for run in seeded.runs:
+        assert f'data-run="{run.id}"' in html
+    curve = _series(_svg(html, "trend"))
+    assert curve["runs"] == len(trend["runs"]) == len(seeded.runs)
+    assert curve["fitted halving"] == 2
+    fit = trend["fit"]
+    assert fit["halving_months"] is not None
+    assert f"halving every {fit['halving_months']:.3g} months" in html
+    assert "Hernandez &amp; Brown 2020 measured halving every 16 months" in html
+
+
+def test_quality_page_gives_its_reasons(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, _, _ = quality
+    unknown = _get(client, "/quality?metric=bleu&direction=higher&target=30", project)
+    assert 'data-reason="pareto"' in unknown
+    assert "No halving time: 0 run(s) reached the target" in unknown
+    no_target = _get(client, f"/quality?metric={METRIC}", project)
+    assert 'data-reason="trend"' in no_target
+    assert 'data-chart="trend"' not in no_target
+    unpriced = _get(client, f"/quality?metric={METRIC}&cost=usd", project)
+    assert 'data-reason="pareto"' in unpriced  # no tariff: no run has USD
+    bad = _get(client, "/quality?metric=a%20b&target=x&cost=yen", project)
+    assert bad.count("<li>") >= 3
+    assert "target: &#39;x&#39; is not a number" in bad
+
+
+def test_run_page_charts_the_metric_against_energy(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, seeded, _ = quality
+    run = seeded.best
+    html = _get(client, f"/runs/{run.id}", project)
+    answer = _api(client, f"/api/v1/runs/{run.id}/metrics", project)
+    loss = [p for p in answer["points"] if p["name"] == METRIC]
+    svg = _svg(html, "metric-energy")
+    assert _series(svg) == {METRIC: len(loss)}
+    assert 'class="band"' in svg
+    assert "tokens_seen" in html  # listed, not drawn beside the loss
+
+
+def test_estimated_run_is_labelled_in_the_list_and_on_its_page(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, _, estimated = quality
+    listing = _get(client, "/runs", project)
+    row = re.search(rf'<tr data-run="{estimated.id}">.*?</tr>', listing, re.S)
+    assert row, "no row for the estimated run"
+    assert "estimate" in row.group(0)
+    assert ESTIMATE_SOURCE in row.group(0)
+    assert "24.00 kWh" in row.group(0)
+    page = _get(client, f"/runs/{estimated.id}", project)
+    assert "no measurements" not in page
+    assert 'data-estimate="it_energy"' in page
+    assert ESTIMATE_SOURCE in page
+    assert "invoice 42" in page
+    assert "21.60 kWh" in page
+    assert "26.40 kWh" in page
