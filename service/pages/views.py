@@ -39,7 +39,13 @@ from thermoledger.db.totals import run_usage
 
 from ..deps import SessionDep
 from ..economics import MODEL_TAG_KEY, PlanRequest, amortisation, plan, pricing
-from ..economics_schemas import AmortisationPublic, BreakEvenRecord, ParityRecord, PlanPublic
+from ..economics_schemas import (
+    AllocationRecord,
+    AmortisationPublic,
+    BreakEvenRecord,
+    ParityRecord,
+    PlanPublic,
+)
 from ..report_schemas import DeviceEnergy, RunReportPublic
 from ..reports import run_report, usage_report
 from ..routes.reports import csv_response
@@ -909,6 +915,15 @@ def model_page(
 # Planning
 
 
+#: The inference-aware inputs (`PlanRequest`): a target loss and a lifetime inference demand.
+_INFERENCE_FIELDS = (
+    "target_loss",
+    "inference_tokens",
+    "test_time_multiplier",
+    "queries",
+    "inference_flop_per_j",
+    "objective",
+)
 _PLAN_FIELDS = (
     "n_params",
     "n_tokens",
@@ -920,21 +935,34 @@ _PLAN_FIELDS = (
     "pue",
     "tariff_usd_per_kwh",
     "device_hour_usd",
+    *_INFERENCE_FIELDS,
 )
+#: The objectives the inference-aware optimum can minimise (`PlanRequest.objective`).
+_OBJECTIVES = (("energy", "energy (J)"), ("usd", "cost (USD)"), ("co2e", "emissions (gCO2e)"))
 
 
 def _plan_form(params: dict[str, str]) -> tuple[PlanRequest | None, list[str]]:
-    """The form's request, or the problems to show beside it (a form, not an API: no 422)."""
+    """The form's request, or the problems to show beside it (a form, not an API: no 422).
+
+    A plan needs the hardware and either N and D or a target loss (the planner then picks N
+    and D); until the form has them it shows no problem, only the form.
+    """
     given = {k: v.strip() for k, v in params.items() if k in _PLAN_FIELDS and v.strip()}
-    if not {"n_params", "n_tokens", "hardware"} <= given.keys():
+    if "hardware" not in given or not (
+        {"n_params", "n_tokens"} <= given.keys() or "target_loss" in given
+    ):
         return None, []
     try:
-        return PlanRequest.model_validate(given), []
+        body = PlanRequest.model_validate(given)
+        body.check_shape()
     except pydantic.ValidationError as e:
         return None, [
             f"{'.'.join(str(p) for p in error['loc']) or 'form'}: {error['msg']}"
             for error in e.errors()
         ]
+    except InvalidInput as e:
+        return None, [f"{p.field}: {p.message}" for p in e.problems]
+    return body, []
 
 
 def _plan_charts(result: PlanPublic) -> list[tuple[str, charts.Chart]]:
@@ -982,12 +1010,31 @@ def _plan_charts(result: PlanPublic) -> list[tuple[str, charts.Chart]]:
     return out
 
 
+def _allocations(result: PlanPublic) -> list[tuple[str, str, AllocationRecord]]:
+    """The inference-aware table's columns: (key, heading, allocation), optimum first."""
+    aware = result.inference_aware
+    if aware is None:
+        return []
+    out = [
+        ("optimum", f"optimum (least {aware.objective})", aware.optimum),
+        ("chinchilla", "Chinchilla (compute-optimal)", aware.chinchilla),
+    ]
+    if aware.given is not None:
+        out.append(("given", "planned (N, D)", aware.given))
+    return out
+
+
 @router.get("/plan", response_class=HTMLResponse)
 def plan_page(request: Request, tenant: PageTenant, session: SessionDep) -> HTMLResponse:
     """Plan a training run: the form, and the estimate once N, D and the hardware are given."""
     params = dict(request.query_params)
     body, problems = _plan_form(params)
-    result = None if body is None else plan(session, project_id=tenant.id, request=body)
+    result = None
+    if body is not None:
+        try:
+            result = plan(session, project_id=tenant.id, request=body)
+        except InvalidInput as e:  # a target too close to E, no price for the objective
+            problems = [f"{p.field}: {p.message}" for p in e.problems]
     catalog = builtin_catalog()
     return render(
         request,
@@ -998,6 +1045,9 @@ def plan_page(request: Request, tenant: PageTenant, session: SessionDep) -> HTML
         problems=problems,
         result=result,
         plan_charts=[] if result is None else _plan_charts(result),
+        aware=None if result is None else result.inference_aware,
+        allocations=[] if result is None else _allocations(result),
+        objectives=_OBJECTIVES,
         hardware=[(e.id, e.name) for e in catalog],
         regions=sorted(default_emission_factors()),
         pues=list(default_pues()),

@@ -133,3 +133,55 @@ def test_estimated_run_is_labelled_in_the_list_and_on_its_page(
     assert "invoice 42" in page
     assert "21.60 kWh" in page
     assert "26.40 kWh" in page
+
+
+def test_plan_page_with_inference_demand_needs_no_n_or_d(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, _, _ = quality
+    query = {
+        "hardware": H100,
+        "n_devices": "64",
+        "target_loss": "2.1",
+        "inference_tokens": "2e12",
+        "test_time_multiplier": "4",
+        "queries": "1e9",
+    }
+    html = _get(client, "/plan?" + "&".join(f"{k}={v}" for k, v in query.items()), project)
+    body = {k: float(v) if k != "hardware" else v for k, v in query.items()}
+    body["n_devices"] = 64
+    answer = client.post("/api/v1/plan", json=body, headers=project.read)
+    assert answer.status_code == 200, answer.text
+    aware = answer.json()["inference_aware"]
+    assert 'name="n_params" value="" placeholder="7e9">' in html  # not required
+    assert 'data-table="allocations"' in html
+    for key in ("optimum", "chinchilla"):
+        assert f'data-allocation="{key}"' in html
+        cell = re.search(rf'data-cell="{key}-n">([^<]*)<', html)
+        assert cell, key
+        assert float(cell.group(1)) == pytest.approx(aware[key]["n_params"], rel=5e-3)
+    assert 'data-allocation="given"' not in html
+    assert "data-saving" in html
+    assert aware["optimum"]["n_params"] < aware["chinchilla"]["n_params"]  # demand: smaller N
+    assert "Sardana" in html
+
+
+def test_plan_page_shows_problems_instead_of_a_500(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, _, _ = quality
+    both = _get(
+        client, f"/plan?hardware={H100}&n_params=7e9&n_tokens=1e11&target_loss=2.1", project
+    )
+    assert 'role="alert"' in both
+    assert "target_loss: give a target loss" in both
+    given = _get(
+        client, f"/plan?hardware={H100}&n_params=7e9&n_tokens=1.4e11&inference_tokens=1e12", project
+    )
+    assert 'data-allocation="given"' in given
+    unpriced = _get(
+        client,
+        f"/plan?hardware={H100}&target_loss=2.1&inference_tokens=1e12&objective=usd",
+        project,
+    )
+    assert "objective: no price applies" in unpriced
