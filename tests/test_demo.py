@@ -1,4 +1,8 @@
-"""The README's demo: runs without a GPU, labels itself simulated, and matches its ground truth."""
+"""The README's demo: a simulated job through meter → embedded service → report.
+
+It runs without a GPU, labels every output simulated, and its measurement agrees with the
+simulated backend's closed-form energy over the metered window.
+"""
 
 from __future__ import annotations
 
@@ -6,78 +10,73 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from thermoledger.accounting.integrate import (
-    PowerModel,
-    power_energy_curve,
-    summarize_chunks,
-    window_energy,
-)
+from thermoledger.meters.backends.simulated import SimulatedDevice, Steady
+from thermoledger.meters.testing import ManualClock
 from thermoledger.service import cli, demo
 
 
-def test_demo_matches_closed_form_truth_within_band() -> None:
-    result = demo.run_demo()
-    report = result.report
-    assert report.simulated
-    truth = result.true_energy_j
-    # the only loss is the 5 s gap excluded by policy: well under 1 %
-    assert abs(report.total.energy_j - truth) / truth < 0.01
-    assert report.total.energy_low_j <= truth <= report.total.energy_high_j
-    methods = {d.method for d in report.devices}
-    assert methods == {"counter", "power_avg", "power_instant"}
-    assert sum(d.reset_count for d in report.devices) == 1
-    assert sum(d.gap_count for d in report.devices) == 1
-    phase_sum = sum(p.energy_j for p in report.phases)
-    # The phases are windows of each device's curve, the total its chunks: the same figures,
-    # except for averaged power, whose gap-free chunks take whole windows (block rule) while
-    # a curve's windows keep the lag-corrected rule (package docstring of
-    # accounting.integrate, "Averaged readings"). (This asserted phases == total, when both
-    # used the lag-corrected rule.)
-    # Each is within its own band; they differ by the residuals of the run's and the gap's
-    # edges, here about 70 J of 3.8 MJ.
-    expected = _averaged_curve_minus_chunks_j()
-    assert 0.0 < abs(expected) < 1e-4 * report.total.energy_j
-    assert abs(phase_sum - report.total.energy_j - expected) / report.total.energy_j < 1e-9
+def test_the_truth_is_the_closed_form_energy_over_the_metered_window() -> None:
+    clock = ManualClock()
+    backend = demo.RecordingBackend(demo.demo_fleet(), clock=clock)
+    clock.advance(0.5)
+    backend.read()
+    clock.advance(3.0)
+    backend.read()
+    expected_j = sum(float(d.profile.energy_j(0.5, 3.5)) for d in demo.demo_fleet())
+    assert backend.true_energy_j() == pytest.approx(expected_j, rel=1e-12)
+    flat = demo.RecordingBackend([SimulatedDevice(Steady(300.0))], clock=clock)
+    flat.read()
+    clock.advance(10.0)
+    flat.read()
+    assert flat.true_energy_j() == pytest.approx(3000.0)  # 300 W for 10 s
 
 
-def _averaged_curve_minus_chunks_j() -> float:
-    """The demo's averaged-power GPU over the run: curve window minus its chunks' sum, J."""
-    (dev,) = [d for d in demo.demo_fleet() if d.reading == "power_avg"]
-    t = np.arange(0.0, demo.DURATION_S + demo.INTERVAL_S / 2, demo.INTERVAL_S)
-    assert dev.gap_s is not None
-    t = t[(t < dev.gap_s[0]) | (t >= dev.gap_s[1])]
-    power_w = dev.profile.average_power_w(t, 1.0)
-    model = PowerModel(
-        method="power_avg",
-        max_power_w=700.0,
-        nominal_interval_s=demo.INTERVAL_S,
-        averaging_window_s=1.0,
-    )
-    t_abs = demo.T_START_S + t
-    chunks = summarize_chunks(
-        t_abs, power_w, chunk_s=demo.CHUNK_S, origin_s=demo.T_START_S, model=model
-    )
-    curve = power_energy_curve(t_abs, power_w, model=model)
-    window = window_energy(curve, [t_abs[0]], [t_abs[-1]])
-    return float(window.energy_j[0] - chunks.energy_j.sum())
+def test_the_devices_are_simulated_and_catalogued() -> None:
+    backend = demo.RecordingBackend(demo.demo_fleet(), clock=ManualClock())
+    infos = backend.devices()
+    assert len(infos) == 8
+    assert all(info.simulated and info.name.startswith("Simulated ") for info in infos)
+    assert sum(info.has_energy_counter for info in infos) == 6
 
 
-def test_demo_cli_prints_and_writes_json(tmp_path: Path) -> None:
+@pytest.mark.slow  # a live server and a real-time meter
+def test_the_demo_meters_serves_and_reports(tmp_path: Path) -> None:
     out = io.StringIO()
-    path = tmp_path / "report.json"
-    assert demo.main(["--json", str(path)], out=out) == 0
+    json_path = tmp_path / "report.json"
+    code = demo.main(
+        ["--dir", str(tmp_path / "demo"), "--speed", "5", "--json", str(json_path)], out=out
+    )
+    assert code == 0
     text = out.getvalue()
-    assert "SIMULATED" in text
+    assert text.startswith(demo.BANNER)
+    assert "[SIMULATED DEVICES: not a measurement]" in text
+    assert "covers it" in text, text
     assert "landauer" in text
-    assert "covers it" in text
-    data = json.loads(path.read_text())
-    assert data["run"]["simulated"] is True
-    assert data["energy"]["total"]["energy_j"] > 0
+    assert "location-based" in text
+    report = json.loads(json_path.read_text())
+    assert report["run"]["simulated"] is True
+    assert report["run"]["status"] == "finished"
+    devices = report["energy"]["by_device"]
+    assert len(devices) == 8
+    assert {d["method"] for d in devices} == {"counter", "power_avg", "power_instant"}
+    assert [p["name"] for p in report["energy"]["by_phase"]] == ["warmup", "train", "eval"]
+    assert report["bounds"] is not None
+    assert report["cost"]["total_usd"] is not None
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "simulated devices: not a measurement" in page
+    assert "<style>" in page  # one file: it opens offline
+    assert "/static/style.css" not in page
+    assert report["run"]["id"] in page
 
 
-def test_server_cli_dispatches_demo(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["demo"]) == 0
-    assert "SIMULATED GPUs" in capsys.readouterr().out
+@pytest.mark.slow  # a live server and a real-time meter
+def test_the_server_cli_runs_the_demo_again_in_the_same_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(2):  # the second run replaces the first one's database and spool
+        assert cli.main(["demo", "--dir", str(tmp_path), "--speed", "10"]) == 0
+        out = capsys.readouterr().out
+        assert "SIMULATED GPUs" in out
+        assert "covers it" in out
