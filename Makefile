@@ -1,12 +1,16 @@
 # Two commands do all set-up on a fresh machine (only Python >= 3.11 and pip needed):
-#   make demo   - build .venv and run the demo (simulated GPUs, by design, labelled as such)
+#   make demo   - build .venv with only what the demo needs ([service]) and run the demo
+#                 (simulated GPUs, by design, labelled as such)
 #   make test   - build .venv and run lint, format check, types and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The demo's own install: the [service] extra only (no linters, type checker, browsers or test
+# tools), in the same .venv. Where `make test` already installed [dev] (a superset) it is reused.
+DEMO_STAMP := $(VENV)/.installed-service
 
-.PHONY: demo test test-fast lint types pytest browser bench gpu clean
+.PHONY: demo screenshots test test-fast lint types pytest browser bench gpu clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
@@ -15,8 +19,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/thermoledger-server demo
+$(DEMO_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then :; else \
+	  [ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV); \
+	  echo "installing thermoledger[service] into $(VENV)"; \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[service]' || exit 1; fi
+	@touch $(DEMO_STAMP)
+
+# A short simulated job metered, served by the embedded service (SQLite) and reported; the run
+# page goes to demo/report.html in the user's data directory. DEMO_ARGS=--serve keeps the pages
+# up until Ctrl-C.
+demo: $(DEMO_STAMP)
+	$(BIN)/thermoledger-server demo $(DEMO_ARGS)
+
+# The README's screenshots (docs/img/report.png, report-bounds.png), taken from the demo's run
+# page in headless Chromium (docs/screenshots.py).
+screenshots: $(STAMP) browser
+	$(BIN)/python docs/screenshots.py
 
 # The packages are linted a second time through thermoledger/<folder> (symlinks), where each
 # module has its installed name: that is where the ban on the bare names (TID251) can hold.
