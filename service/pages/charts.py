@@ -769,9 +769,14 @@ def _axis(
         d1 = max(math.ceil(math.log10(hi) * 4) / 4, d0 + 0.25)
         scale = _Scale(d0, d1, r0, r1, log=True)
         ticks = [v for v in log_ticks(10.0**d0, 10.0**d1) if d0 <= math.log10(v) <= d1]
-        if len(ticks) < 2:  # within one decade: the ends too, so the axis has a scale
-            ticks = sorted({10.0**d0, *ticks, 10.0**d1})
-        return scale, [Tick(scale(v), _sci(v) if len(ticks) > 2 else _g4(v)) for v in ticks]
+        if len(ticks) < 3:  # a decade or two: 1-2-5 ticks, so the axis has a scale
+            ticks = [
+                m * 10.0**e
+                for e in range(math.floor(d0), math.ceil(d1) + 1)
+                for m in (1.0, 2.0, 5.0)
+                if d0 <= math.log10(m * 10.0**e) <= d1
+            ]
+        return scale, [Tick(scale(v), _plain(v)) for v in ticks]
     if dates:
         day_lo, day_hi = lo / 86_400.0, hi / 86_400.0
         if day_hi - day_lo < 2:

@@ -120,7 +120,7 @@ def metric_chart(session: SessionDep, *, tenant: Any, run_id: UUID) -> MetricCha
             "Metric against the run's cumulative energy (band: the energy's uncertainty)",
             series,
             x_label=f"cumulative IT energy ({unit})",
-            y_label="metric value",
+            y_label=drawn[0] if len(drawn) == 1 else "metric value (each in its own unit)",
         )
     names = [(n, len(v)) for n, v in by_name.items()]
     return MetricChart(answer, chart, names, left_out, drawn[0])
@@ -211,15 +211,17 @@ def trend_chart(answer: TrendPublic) -> charts.Chart | None:
     if not answer.runs:
         return None
     starts = tuple(_start_s(r.started_at) for r in answer.runs)
+    unit, j_per_unit = energy_unit(max(r.energy_j for r in answer.runs))
     series = [
         charts.XYSeries(
             "runs",
             charts.color(0),
             starts,
-            tuple(r.energy_j for r in answer.runs),
+            tuple(r.energy_j / j_per_unit for r in answer.runs),
             style="points",
             tips=tuple(
-                f"{r.name}: {r.energy_j:.4g} J to reach {answer.target:g} (step {r.step})"
+                f"{r.name}: {r.energy_j / j_per_unit:.4g} {unit} to reach {answer.target:g} "
+                f"(step {r.step})"
                 for r in answer.runs
             ),
         )
@@ -229,11 +231,11 @@ def trend_chart(answer: TrendPublic) -> charts.Chart | None:
         ends = (min(starts), max(starts))
 
         def line(slope_per_month: float) -> tuple[float, ...]:
-            return tuple(
-                2.0
-                ** (fit.intercept_log2_j + slope_per_month * (t - fit.reference_s) / _S_PER_MONTH)
+            log2_j = [
+                fit.intercept_log2_j + slope_per_month * (t - fit.reference_s) / _S_PER_MONTH
                 for t in ends
-            )
+            ]
+            return tuple(2.0**v / j_per_unit for v in log2_j)
 
         series.append(
             charts.XYSeries(
@@ -258,7 +260,7 @@ def trend_chart(answer: TrendPublic) -> charts.Chart | None:
         f"{answer.target:g}, by run start",
         series,
         x_label="run start (UTC date)",
-        y_label="IT energy to reach the target (J)",
+        y_label=f"IT energy to reach the target ({unit})",
         log_y=True,
         x_dates=True,
     )

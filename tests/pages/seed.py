@@ -156,6 +156,7 @@ def seed_run(
     finish: bool = True,
     profiles: Sequence[SimulatedDevice] | None = None,
     gpu_name: str = GPU_NAME,
+    dated: bool = False,
 ) -> SeededRun:
     """Create a run, upload its simulated trace in batches, record phases and work, finish it.
 
@@ -173,15 +174,13 @@ def seed_run(
         finish: Mark the run finished.
         profiles: The simulated devices (default: `fleet` of ``devices``).
         gpu_name: The devices' name (an uncatalogued one leaves the run without a peak).
+        dated: Start the run at ``t0_s`` (else it starts when the server saw it).
     """
     run_id = str(uuid.uuid4())
-    _ok(
-        client.put(
-            f"/api/v1/runs/{run_id}",
-            json={"name": name, "kind": kind, "tags": tags or {}, "simulated": True},
-            headers=headers,
-        )
-    )
+    body: dict[str, Any] = {"name": name, "kind": kind, "tags": tags or {}, "simulated": True}
+    if dated:
+        body["started_at"] = datetime.fromtimestamp(t0_s, UTC).isoformat()
+    _ok(client.put(f"/api/v1/runs/{run_id}", json=body, headers=headers))
     simulated = tuple(profiles) if profiles is not None else fleet(devices)
     payloads, chunks = trace(simulated, duration_s=duration_s, t0_s=t0_s, gpu_name=gpu_name)
     for start in range(0, len(chunks), BATCH):
@@ -416,7 +415,7 @@ class Quality:
     """`seed_quality`'s runs, oldest first, and an estimated run (`seed_estimate`)."""
 
     runs: tuple[SeededRun, ...]
-    #: The run that reaches the target with the least energy (the newest).
+    #: The newest run: the least energy to the target, the best value.
     best: SeededRun
 
 
@@ -442,25 +441,29 @@ def metric_points(
 
 
 def seed_quality(
-    client: Client, headers: dict[str, str], *, count: int = 4, duration_s: float = 120.0
+    client: Client, headers: dict[str, str], *, count: int = 4, duration_s: float = 60.0
 ) -> Quality:
     """``count`` one-GPU training runs `QUALITY_SPACING_DAYS` apart (the newest starting a day
-    before `T0_S`), each recording `METRIC`; each newer run converges faster (τ × 0.7), so its
-    joules to `TARGET` fall over calendar time: the trend has a halving time."""
+    before `T0_S`), each recording `METRIC`. Each newer run converges faster (τ × 0.7), so its
+    joules to `TARGET` fall over calendar time (the trend has a halving time), and runs longer
+    (``duration_s`` × 1, 1.5, 2, …), so it reaches a better loss for more energy: every run is
+    on the metric-vs-energy front."""
     runs = []
     for k in range(count):
         t0_s = T0_S - 86_400.0 - (count - 1 - k) * QUALITY_SPACING_DAYS * 86_400.0
+        length_s = duration_s * (1.0 + 0.5 * k)
         run = seed_run(
             client,
             headers,
             name=f"quality-{k}",
             devices=1,
-            duration_s=duration_s,
+            duration_s=length_s,
             t0_s=t0_s,
             profiles=(SimulatedDevice(steady(CONSTANT_W), reading="average"),),
             finish=False,
+            dated=True,
         )
-        points = metric_points(t0_s, tau_s=40.0 * 0.7**k, duration_s=duration_s)
+        points = metric_points(t0_s, tau_s=40.0 * 0.7**k, duration_s=length_s)
         _ok(client.post(f"/api/v1/runs/{run.id}/metrics", json={"points": points}, headers=headers))
         _ok(client.post(f"/api/v1/runs/{run.id}/finish", json={}, headers=headers))
         runs.append(run)

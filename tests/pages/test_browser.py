@@ -29,11 +29,18 @@ import pytest
 from tests.e2e.liveserver import ROOT, LiveServer, migrate_and_issue_token
 from tests.pages.seed import (
     CONSTANT_W,
+    ESTIMATE_SOURCE,
+    METRIC,
+    TARGET,
     UNCATALOGUED_GPU,
     Fleet,
+    Quality,
+    SeededRun,
     States,
     configure_accounting,
+    seed_estimate,
     seed_project,
+    seed_quality,
     seed_states,
 )
 from tests.support import dbutil
@@ -89,6 +96,8 @@ class Site:
     token: str
     fleet: Fleet
     states: States
+    quality: Quality
+    estimated: SeededRun
     backend: str
     page: Any
     problems: list[str] = field(default_factory=list)
@@ -133,6 +142,8 @@ def _site(executable: str, directory: Path, url: str, backend: str) -> Iterator[
             configure_accounting(api, bearer(admin))
             fleet = seed_project(api, bearer(token))
             states = seed_states(api, bearer(token), bearer(admin))
+            quality = seed_quality(api, bearer(token))
+            estimated = seed_estimate(api, bearer(token))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=executable, headless=True, args=["--no-sandbox"]
@@ -141,7 +152,7 @@ def _site(executable: str, directory: Path, url: str, backend: str) -> Iterator[
                 context = browser.new_context(viewport={"width": 1200, "height": 900})
                 context.set_default_timeout(TIMEOUT_MS)
                 page = context.new_page()
-                found = Site(server.url, token, fleet, states, backend, page)
+                found = Site(server.url, token, fleet, states, quality, estimated, backend, page)
                 page.on(
                     "console",
                     lambda m: (
@@ -199,7 +210,9 @@ def test_login_form_signs_the_browser_in(site: Site) -> None:
 
 def test_runs_page(site: Site) -> None:
     page = site.visit("/runs", "runs")
-    runs = 5 + 7  # the fleet, and one run per page state (the model tag's training run too)
+    # The fleet, one run per page state (the model tag's training run too), the quality runs
+    # and the estimated run.
+    runs = 5 + 7 + len(site.quality.runs) + 1
     assert page.locator("tr[data-run]").count() == runs
     assert page.locator("[data-total=runs]").inner_text() == str(runs)
     assert re.fullmatch(r"[\d.,]+ (J|Wh|kWh|MWh)", page.locator("[data-total=energy]").inner_text())
@@ -347,6 +360,98 @@ def test_constant_power_is_a_line_inside_the_plot(site: Site) -> None:
     assert max(float(t.replace(",", "")) for t in labels) > CONSTANT_W
     # The energy figures read in a unit of their size, never as 1.6e-4 kWh.
     assert "e-" not in page.locator("section.totals").inner_text()
+
+
+def test_quality_page_front_and_trend(site: Site) -> None:
+    page = site.visit(f"/quality?metric={METRIC}&target={TARGET}", "quality")
+    assert page.locator("header.top nav a[aria-current=page]").inner_text() == "Quality"
+    runs = len(site.quality.runs)
+    plot = _box(page, "svg[data-chart=pareto-energy] rect.plot-bg")
+    points = _geometry(page, "svg[data-chart=pareto-energy] g[data-series=runs] circle.point")
+    assert len(points) == runs
+    for box in points:  # inside the plot
+        assert plot["x"] - 7 <= box["x"] <= plot["x"] + plot["width"]
+        assert plot["y"] - 7 <= box["y"] <= plot["y"] + plot["height"]
+    front = page.locator("svg[data-chart=pareto-energy] circle.point.front").count()
+    assert front == runs  # each longer run reaches a better loss
+    front_line = _box(page, "svg[data-chart=pareto-energy] g[data-series=front] polyline")
+    assert front_line["width"] > 0.5 * plot["width"]
+    assert page.locator("table[data-table=pareto] tr.front").count() == front
+    assert len(_geometry(page, "svg[data-chart=trend] g[data-series=runs] circle.point")) == runs
+    trend_plot = _box(page, "svg[data-chart=trend] rect.plot-bg")
+    fitted = _box(page, "svg[data-chart=trend] g[data-series='fitted halving'] polyline.curve")
+    assert fitted["width"] > 0.8 * trend_plot["width"]
+    assert fitted["height"] > 10  # falling on the log axis
+    assert page.locator("svg[data-chart=trend] polyline.curve.dashed").count() == 1
+    halving = page.locator("[data-halving]").inner_text()
+    assert halving.startswith("halving every ")
+    assert "16 months" in halving
+    page.select_option("select[name=cost]", "usd")  # priced: the tariff predates these runs
+    page.click("main form button[type=submit]")
+    page.wait_for_selector("svg[data-chart=pareto-usd]")
+    assert page.locator("svg[data-chart=pareto-usd] g[data-series=runs] circle").count() == runs
+    page.screenshot(path=str(SCREENSHOTS / f"quality-usd{_suffix(site)}.png"), full_page=True)
+    assert site.problems == [], site.problems
+
+
+def test_quality_page_without_enough_data(site: Site) -> None:
+    page = site.visit("/quality?metric=bleu&direction=higher&target=30", "quality-empty")
+    assert page.locator("[data-reason=pareto]").is_visible()
+    assert page.locator("[data-reason=fit]").inner_text().startswith("No halving time: 0 run(s)")
+    assert page.locator("svg").count() == 0
+
+
+def test_run_page_metric_chart(site: Site) -> None:
+    page = site.visit(f"/runs/{site.quality.best.id}", "report-metrics")
+    series = page.locator("svg[data-chart=metric-energy] g.series")
+    assert series.count() == 1
+    assert series.first.get_attribute("data-series") == METRIC
+    plot = _box(page, "svg[data-chart=metric-energy] rect.plot-bg")
+    line = _box(page, "svg[data-chart=metric-energy] polyline.curve")
+    band = _box(page, "svg[data-chart=metric-energy] polygon.band")
+    assert line["width"] > 0.8 * plot["width"]
+    assert line["height"] > 0.5 * plot["height"]  # the loss falls from 4 towards 2
+    assert band["width"] >= line["width"]  # the energy band around the line
+
+
+def test_planner_with_inference_demand(site: Site) -> None:
+    site.visit("/plan", "plan-inference-form")
+    page = site.page
+    page.fill("input[name=n_devices]", "64")
+    page.fill("input[name=target_loss]", "2.1")
+    page.fill("input[name=inference_tokens]", "2e12")
+    page.fill("input[name=test_time_multiplier]", "4")
+    page.fill("input[name=queries]", "1e9")
+    page.click("form.plan button[type=submit]")  # N and D left empty: a target loss stands in
+    page.wait_for_selector("table[data-table=allocations]")
+    headings = page.locator("th[data-allocation]").all_text_contents()
+    assert headings == ["optimum (least energy)", "Chinchilla (compute-optimal)"]
+    optimum = float(page.locator("[data-cell=optimum-n]").inner_text())
+    chinchilla = float(page.locator("[data-cell=chinchilla-n]").inner_text())
+    assert optimum < chinchilla  # serving demand favours a smaller model trained longer
+    assert page.locator("[data-cell=optimum-per-answer]").inner_text().split(" ")[1] in ("J", "Wh")
+    assert page.locator("[data-saving]").is_visible()
+    assert page.locator("ul[data-assumptions=inference-aware] li").count() >= 4
+    page.screenshot(path=str(SCREENSHOTS / f"plan-inference{_suffix(site)}.png"), full_page=True)
+    assert site.problems == [], site.problems
+
+
+def test_estimated_run_in_the_list_and_its_page(site: Site) -> None:
+    run = site.estimated
+    page = site.visit("/runs", "runs-estimate")
+    row = page.locator(f"tr[data-run='{run.id}']")
+    assert row.locator("[data-estimate]").inner_text() == "estimate"
+    assert ESTIMATE_SOURCE in row.inner_text()
+    assert row.locator("[data-estimated-energy]").inner_text() == "24.00 kWh"
+    row.locator("a").first.click()
+    page.wait_for_selector("[data-estimate=it_energy]")
+    tile = page.locator("[data-estimate=it_energy]").inner_text()
+    assert "24.00 kWh" in tile
+    assert "21.60 kWh … 26.40 kWh" in tile
+    assert ESTIMATE_SOURCE in page.locator("[data-estimate-source]").inner_text()
+    assert "no measurements" not in page.locator("main").inner_text().lower()
+    page.screenshot(path=str(SCREENSHOTS / f"report-estimate{_suffix(site)}.png"), full_page=True)
+    assert site.problems == [], site.problems
 
 
 def test_sign_out_ends_the_session(site: Site) -> None:
