@@ -16,7 +16,8 @@ Commands:
 * ``token create --project X --scopes admin,ingest,read`` — create the project if it is missing
   and issue a token for it, printed once on stdout (``TOKEN=$(thermoledger-server token create
   ...)``); this is how a fresh install gets its first token. ``token revoke --id N``.
-* ``demo`` — the simulated 8-GPU demo report (no database needed).
+* ``demo`` — a short simulated 8-GPU job metered into an embedded service on a fresh SQLite
+  database and reported (`service.demo`; ``--serve`` keeps the pages up until Ctrl-C).
 * ``audit verify [--project SLUG] [--anchor SEQ:HASH]`` — recompute every ledger hash chain and
   name each broken entry; exit 1 if any is broken (`service.audit_cli`).
 * ``estimate --project X --name N --devices 8 --duration "10 h" --mean-power "300 W" --source S``
