@@ -294,7 +294,8 @@ def quality_page(
     problems: list[str] = []
     metric = metric.strip() or "eval_loss"
     if not METRIC_NAME_PATTERN.match(metric):
-        problems.append(f"metric: {metric!r} is not a metric name (1-64 of letters, digits, _.:/-)")
+        shown = metric if len(metric) <= 64 else metric[:64] + "…"
+        problems.append(f"metric: {shown!r} is not a metric name (1-64 of letters, digits, _.:/-)")
     if direction not in ("lower", "higher"):
         problems.append(f"direction: {direction!r} is not one of lower, higher")
         direction = "lower"
