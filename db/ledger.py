@@ -38,6 +38,7 @@ figure, same run), never an edit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -630,6 +631,57 @@ def _signature(measured: _Measured, run: RunRecord) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _RunEntries:
+    """Appends a run's figures at one instant, each superseding the run's current entry of the
+    same figure (`record_run_end`, `record_estimate`, `record_rebasis`).
+
+    Attributes:
+        base: Provenance every entry carries (its origin, the run's status …).
+        current: The run's entries in force, by figure: what a new one supersedes.
+        reason: Why an entry supersedes another (None: ``base`` says it already).
+        appended: What was appended, in order.
+    """
+
+    session: Session
+    project_id: int
+    run_id: UUID
+    at: datetime
+    base: Mapping[str, Any]
+    current: Mapping[str, LedgerRecord]
+    reason: str | None
+    appended: list[LedgerRecord] = dataclasses.field(default_factory=list)
+
+    def add(
+        self, figure: str, value: float, unit: str, source: LedgerSource, extra: Mapping[str, Any]
+    ) -> int:
+        """Append ``figure`` (``value`` in ``unit``, SI); returns its seq."""
+        provenance = {**self.base, **extra}
+        previous = self.current.get(figure)
+        if previous is not None:
+            provenance["supersedes"] = previous.seq
+            if self.reason is not None:
+                provenance["reason"] = self.reason
+        record = append(
+            self.session,
+            project_id=self.project_id,
+            figure=figure,
+            value_si=value,
+            value_given=value,
+            unit_given=unit,
+            source=source,
+            accounted_at=self.at,
+            provenance=provenance,
+            run_id=self.run_id,
+        )
+        self.appended.append(record)
+        return record.seq
+
+    def derived(self, figure: str, value: float, unit: str, extra: dict[str, Any]) -> int:
+        """`add` of a figure derived from others (CO2e, cost, facility energy)."""
+        return self.add(figure, value, unit, LedgerSource.DERIVED, extra)
+
+
 #: Appends one derived entry: (figure, value, unit, provenance extras) -> its seq.
 _Derive = Callable[[str, float, str, dict[str, Any]], int]
 
@@ -708,28 +760,8 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
     # `db.basis`): region, PUE, the versions valid at the run's end, and why any is missing.
     context = factors.resolve_context(session, project_id=project_id, at=at)
     base = {"origin": "run_end", "run_status": run.status.value, "signature": signature}
-    appended: list[LedgerRecord] = []
-
-    def add(figure: str, value: float, unit: str, source: LedgerSource, extra: Any) -> int:
-        provenance = {**base, **extra}
-        previous = current.get(figure)
-        if previous is not None:
-            provenance["supersedes"] = previous.seq
-            provenance["reason"] = reason
-        record = append(
-            session,
-            project_id=project_id,
-            figure=figure,
-            value_si=value,
-            value_given=value,
-            unit_given=unit,
-            source=source,
-            accounted_at=at,
-            provenance=provenance,
-            run_id=run_id,
-        )
-        appended.append(record)
-        return record.seq
+    writer = _RunEntries(session, project_id, run_id, at, base, current, reason)
+    add, appended = writer.add, writer.appended
 
     it_seq = add(
         "it_energy",
@@ -767,12 +799,8 @@ def record_run_end(session: Session, *, project_id: int, run_id: UUID) -> list[L
         facility_extra,
     )
     inputs = {"it_energy": it_seq, "facility_energy": facility_seq}
-
-    def derived(figure: str, value: float, unit: str, extra: dict[str, Any]) -> int:
-        return add(figure, value, unit, LedgerSource.DERIVED, extra)
-
-    _add_carbon(derived, context, measured.energy_j, inputs)
-    _add_cost(derived, context, measured.energy_j, inputs)
+    _add_carbon(writer.derived, context, measured.energy_j, inputs)
+    _add_cost(writer.derived, context, measured.energy_j, inputs)
     if run.declared_tokens is not None:
         add("tokens", float(run.declared_tokens), "token", LedgerSource.DECLARED, {})
     if run.declared_flops is not None:
@@ -848,28 +876,16 @@ def record_estimate(
     )
     context = factors.resolve_context(session, project_id=project_id, at=at, pue=pue)
     base = {"origin": "estimate", "method": "estimate", "run_status": run.status.value}
-    appended: list[LedgerRecord] = []
-
-    def add(figure: str, value: float, unit: str, src: LedgerSource, extra: Any) -> int:
-        provenance = {**base, **extra}
-        previous = current.get(figure)
-        if previous is not None:
-            provenance["supersedes"] = previous.seq
-            provenance["reason"] = "the run's estimate was posted again with other inputs"
-        entry = append(
-            session,
-            project_id=project_id,
-            figure=figure,
-            value_si=value,
-            value_given=value,
-            unit_given=unit,
-            source=src,
-            accounted_at=at,
-            provenance=provenance,
-            run_id=run_id,
-        )
-        appended.append(entry)
-        return entry.seq
+    writer = _RunEntries(
+        session,
+        project_id,
+        run_id,
+        at,
+        base,
+        current,
+        "the run's estimate was posted again with other inputs",
+    )
+    add, appended = writer.add, writer.appended
 
     it = estimate.it_energy_j
     # The estimate's own PUE (with its range), else the project's, exact (the context above
@@ -913,10 +929,6 @@ def record_estimate(
         facility_extra["unavailable"] = unavailable
     facility_seq = add("facility_energy", facility.value, "J", LedgerSource.DERIVED, facility_extra)
     inputs = {"it_energy": it_seq, "facility_energy": facility_seq}
-
-    def derived(figure: str, value: float, unit: str, extra: dict[str, Any]) -> int:
-        return add(figure, value, unit, LedgerSource.DERIVED, extra)
-
     if estimate.intensity_g_per_kwh is not None:
         intensity = estimate.intensity_g_per_kwh
         co2e = facility.scaled(1.0 / J_PER_KWH) * intensity
@@ -945,8 +957,8 @@ def record_estimate(
             },
         )
     else:
-        _add_carbon(derived, context, it.value, inputs)
-    _add_cost(derived, context, it.value, inputs)
+        _add_carbon(writer.derived, context, it.value, inputs)
+    _add_cost(writer.derived, context, it.value, inputs)
     return appended
 
 
@@ -1038,27 +1050,8 @@ def record_rebasis(
         "previous_basis": previous,
         "run_status": run.status.value,
     }
-    appended: list[LedgerRecord] = []
-
-    def add(figure: str, value: float, unit: str, extra: Mapping[str, Any]) -> int:
-        provenance = {**base, **extra}
-        replaced = current.get(figure)
-        if replaced is not None:
-            provenance["supersedes"] = replaced.seq
-        record = append(
-            session,
-            project_id=project_id,
-            figure=figure,
-            value_si=value,
-            value_given=value,
-            unit_given=unit,
-            source=LedgerSource.DERIVED,
-            accounted_at=at,
-            provenance=provenance,
-            run_id=run_id,
-        )
-        appended.append(record)
-        return record.seq
+    writer = _RunEntries(session, project_id, run_id, at, base, current, reason=None)
+    add, appended = writer.derived, writer.appended
 
     energy_j = it.value_si
     pue_record = context.pue.to_dict()
