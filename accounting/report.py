@@ -63,6 +63,7 @@ __all__ = [
     "RunReport",
     "build_run_report",
     "devices_from_chunks",
+    "json_safe",
     "meter_quality",
     "refused_declarations",
 ]
@@ -923,6 +924,18 @@ def _work_flops(kind: str, work: DeclaredWork) -> tuple[float | None, str | None
         return training_flops(work.model_params, work.tokens), "estimated: 6·N·D"
     per_token = inference_flops_per_token(work.model_params)
     return per_token * work.tokens, "estimated: 2·N per token"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as None (JSON has no inf/NaN: an unbounded band
+    end reads null), containers walked; what the service's and the meter's reports send."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- what meters report

@@ -55,6 +55,7 @@ from thermoledger.accounting.report import (
     RunInfo,
     RunReport,
     build_run_report,
+    json_safe,
     meter_quality,
     refused_declarations,
 )
@@ -339,17 +340,6 @@ def _settings(footprint: FootprintSettings) -> ReportSettings:
     )
 
 
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become None (JSON has none); containers are walked."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _samples(chunks: Sequence[SpooledChunk]) -> tuple[list[float], list[float]]:
     """The device's readings (t_s, power_w) from its chunks' samples, in either encoding; the
     chunk means at chunk midpoints where a chunk carries none."""
@@ -471,7 +461,7 @@ def build_local_report(
     series = {d.key: _thinned(*_samples(by_device[d.key]), t0_s=t0_s) for d in usages}
     return LocalReport(
         report=report,
-        mapping=cast(dict[str, Any], _json_safe(out)),
+        mapping=cast(dict[str, Any], json_safe(out)),
         series=series,
         spool_dir=str(spool.path.parent),
         footprint=footprint,

@@ -28,7 +28,6 @@ no run's aggregates are read twice.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, cast
 from uuid import UUID
@@ -46,6 +45,7 @@ from thermoledger.accounting.report import (
     ReportSettings,
     RunInfo,
     build_run_report,
+    json_safe,
     meter_quality,
     refused_declarations,
 )
@@ -131,17 +131,6 @@ def _phase_usage(
         flops=phase.phase.flops,
         tokens=None if phase.phase.tokens is None else float(phase.phase.tokens),
     )
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become None (JSON has no inf/NaN); containers are walked."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def emission_factor(applied: AppliedVersion, kind: FactorKind) -> EmissionFactor:
@@ -305,7 +294,7 @@ def report_mapping(usage: RunUsage, *, basis: RunBasis) -> dict[str, Any]:
             "the meter refused some declared work (see refused_declarations): the figures "
             "it would have given are missing"
         )
-    return cast(dict[str, Any], _json_safe(out))
+    return cast(dict[str, Any], json_safe(out))
 
 
 def report_public(usage: RunUsage, *, basis: RunBasis) -> RunReportPublic:
