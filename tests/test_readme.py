@@ -91,7 +91,7 @@ def test_every_extra_the_readme_installs_exists() -> None:
             "optional-dependencies"
         ]
     )
-    named = set()
+    named: set[str] = set()
     for argv in _commands(_section("Installing")):
         assert argv[:2] == ["pip", "install"], argv
         match = re.fullmatch(r"thermoledger(?:\[([a-z,]+)\])?", argv[2])
