@@ -39,10 +39,12 @@ __all__ = [
     "METRIC_NAME_PATTERN",
     "MetricPoint",
     "MetricsWritten",
+    "RecordedMetric",
     "RunMetrics",
     "energy_at",
     "list_metrics",
     "metrics_with_energy",
+    "project_metric_names",
     "project_metric_runs",
     "record_metrics",
 ]
@@ -321,3 +323,41 @@ def project_metric_runs(
         energy = energy_at(session, run_key=run.id, at_s=[p.t_s for p in points])
         out.append(RunMetrics(run=_run_record(run), points=points, energy=energy))
     return out, truncated
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedMetric:
+    """A metric the project's runs recorded.
+
+    Attributes:
+        name: The metric's name.
+        runs: How many runs recorded it.
+        points: How many points in all.
+        last_t_s: The newest point's time (unix s).
+    """
+
+    name: str
+    runs: int
+    points: int
+    last_t_s: float
+
+
+def project_metric_names(
+    session: Session, *, project_id: int, limit: int = MAX_QUALITY_RUNS
+) -> tuple[list[RecordedMetric], bool]:
+    """The metric names the project's runs recorded, most runs first (then by name).
+
+    Returns:
+        Up to ``limit`` names, and whether there were more.
+    """
+    runs = sa.func.count(sa.distinct(RunMetric.run_id))
+    rows = session.execute(
+        sa.select(RunMetric.name, runs, sa.func.count(), sa.func.max(RunMetric.t_s))
+        .join(Run, Run.id == RunMetric.run_id)
+        .where(Run.project_id == project_id)
+        .group_by(RunMetric.name)
+        .order_by(runs.desc(), RunMetric.name)
+        .limit(limit + 1)
+    ).all()
+    names = [RecordedMetric(str(n), int(r), int(p), float(t)) for n, r, p, t in rows[:limit]]
+    return names, len(rows) > limit

@@ -24,6 +24,8 @@ __all__ = [
     "HalvingFitRecord",
     "MetricBatch",
     "MetricName",
+    "MetricNameRecord",
+    "MetricNamesPublic",
     "MetricPointIn",
     "MetricPointPublic",
     "MetricsWrittenPublic",
@@ -99,6 +101,26 @@ class RunMetricsPublic(BaseModel):
     energy_reason: str | None = Field(
         description="why the points carry no energy (None when they do)"
     )
+
+
+class MetricNameRecord(BaseModel):
+    """A metric the project's runs recorded."""
+
+    model_config = _OUT
+
+    name: str
+    runs: int = Field(description="runs that recorded it")
+    points: int = Field(description="points in all")
+    last_t_s: float = Field(description="the newest point's time, unix s")
+
+
+class MetricNamesPublic(BaseModel):
+    """``GET /quality/metrics``: what ``/quality/pareto`` and ``/quality/trend`` can read."""
+
+    model_config = _OUT
+
+    metrics: list[MetricNameRecord] = Field(description="most runs first, then by name")
+    truncated: bool = Field(description="more names were recorded than listed")
 
 
 class ParetoRunRecord(BaseModel):

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from thermoledger.accounting.quality import DAYS_PER_MONTH
-from thermoledger.db.metrics import METRIC_NAME_PATTERN
+from thermoledger.db.metrics import METRIC_NAME_PATTERN, project_metric_names
 
 from ..deps import SessionDep
 from ..quality import pareto, trend
@@ -45,6 +45,8 @@ router = APIRouter(include_in_schema=False)
 
 #: The halving time Hernandez & Brown 2020 measured (AlexNet-level accuracy, 2012-2019), months.
 HERNANDEZ_BROWN_MONTHS = 16.0
+#: Most metric names the /quality form offers (most runs first).
+MAX_LISTED_METRICS = 200
 #: The Pareto page's cost axes: key → (record field, label, unit word).
 COSTS: dict[str, tuple[str, str]] = {
     "energy": ("energy_j", "energy"),
@@ -285,14 +287,16 @@ def quality_page(
     request: Request,
     tenant: PageTenant,
     session: SessionDep,
-    metric: str = "eval_loss",
+    metric: str = "",
     target: str = "",
     direction: str = "lower",
     cost: str = "energy",
 ) -> HTMLResponse:
     """Energy to quality across the project: Pareto fronts and the joules-to-target trend."""
     problems: list[str] = []
-    metric = metric.strip() or "eval_loss"
+    recorded, _ = project_metric_names(session, project_id=tenant.id, limit=MAX_LISTED_METRICS)
+    # no metric asked for: the one most runs recorded (eval_loss when none has any)
+    metric = metric.strip() or (recorded[0].name if recorded else "eval_loss")
     if not METRIC_NAME_PATTERN.match(metric):
         shown = metric if len(metric) <= 64 else metric[:64] + "…"
         problems.append(f"metric: {shown!r} is not a metric name (1-64 of letters, digits, _.:/-)")
@@ -325,6 +329,7 @@ def quality_page(
         nav="quality",
         project=tenant.slug,
         form={"metric": metric, "target": target, "direction": direction, "cost": cost},
+        recorded=recorded,
         problems=problems,
         fronts=fronts,
         cost=cost,

@@ -3,7 +3,8 @@
 ``POST /runs/{run_id}/metrics`` stores a batch of points, idempotent by ``(run, name, step)``
 (`db.metrics`); ``GET`` returns them with the run's cumulative energy at each, which is what a
 metric-vs-energy plot draws. ``GET /quality/pareto`` and ``GET /quality/trend`` read every run
-of the project that recorded the metric (`service.quality`).
+of the project that recorded the metric (`service.quality`); ``GET /quality/metrics`` lists the
+metric names recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ..quality_schemas import (
     Direction,
     MetricBatch,
     MetricName,
+    MetricNameRecord,
+    MetricNamesPublic,
     MetricPointPublic,
     MetricsWrittenPublic,
     ParetoPublic,
@@ -84,6 +87,20 @@ def get_metrics(
         )
     reason = "the run has no measured chunks yet" if energy is None and points else None
     return RunMetricsPublic(run_id=str(run_id), points=out, energy_reason=reason)
+
+
+@router.get("/quality/metrics")
+def get_metric_names(tenant: ReadTenant, session: SessionDep) -> MetricNamesPublic:
+    """The metrics the project's runs recorded (most runs first), with their run and point
+    counts: the names ``/quality/pareto`` and ``/quality/trend`` take."""
+    names, truncated = metrics.project_metric_names(session, project_id=tenant.id)
+    return MetricNamesPublic(
+        metrics=[
+            MetricNameRecord(name=m.name, runs=m.runs, points=m.points, last_t_s=m.last_t_s)
+            for m in names
+        ],
+        truncated=truncated,
+    )
 
 
 @router.get("/quality/pareto")

@@ -102,6 +102,21 @@ def test_quality_page_gives_its_reasons(
     assert "target: &#39;x&#39; is not a number" in bad
 
 
+def test_quality_page_offers_the_metrics_recorded(
+    client: TestClient, quality: tuple[Project, Quality, SeededRun]
+) -> None:
+    project, _, _ = quality
+    names = [m["name"] for m in _api(client, "/api/v1/quality/metrics", project)["metrics"]]
+    assert METRIC in names
+    # no metric asked for: the one most runs recorded, and every recorded name in the list
+    default = _get(client, "/quality", project)
+    assert f'name="metric" value="{names[0]}"' in default
+    for name in names:
+        assert f'<option value="{name}">' in default
+    unknown = _get(client, "/quality?metric=bleu", project)
+    assert f'<a href="?metric={METRIC}" data-recorded-metric>{METRIC}</a>' in unknown
+
+
 def test_run_page_charts_the_metric_against_energy(
     client: TestClient, quality: tuple[Project, Quality, SeededRun]
 ) -> None:

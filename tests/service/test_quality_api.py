@@ -326,3 +326,26 @@ def test_fronts_and_trends_read_only_the_projects_own_runs(
         body = client.get(path, params=params, headers=project.read).json()
         assert body["runs"] == []
         assert client.get(path, params=params, headers=project.ingest).status_code == 403
+
+
+def test_metric_names_list_what_the_projects_runs_recorded(
+    client: TestClient, project: Project, other: Project
+) -> None:
+    assert client.get("/api/v1/quality/metrics", headers=project.read).json() == {
+        "metrics": [],
+        "truncated": False,
+    }
+    for name, points in (("a", ["eval_loss", "tokens_seen"]), ("b", ["eval_loss"])):
+        run_id = create_run(client, project, name=name)
+        batch_ = [_point(s, 1.0 + s, T0_S + s, name=p) for p in points for s in range(3)]
+        assert _metrics(client, project, run_id, batch_).status_code == 201
+    elsewhere = create_run(client, other, name="theirs")
+    assert _metrics(client, other, elsewhere, [_point(0, 1.0, name="bleu")]).status_code == 201
+    body = client.get("/api/v1/quality/metrics", headers=project.read).json()
+    assert body["truncated"] is False
+    assert [(m["name"], m["runs"], m["points"]) for m in body["metrics"]] == [
+        ("eval_loss", 2, 6),
+        ("tokens_seen", 1, 3),
+    ]
+    assert body["metrics"][0]["last_t_s"] == T0_S + 2
+    assert client.get("/api/v1/quality/metrics", headers=project.ingest).status_code == 403
