@@ -13,6 +13,10 @@ start from the same first step, which `estimate_run` performs:
 The intensity is a location-based grid average (the figure publications state); market-based
 instruments are not part of an estimate.
 
+Where the source states the energy itself (an external tool's figure, such as CodeCarbon's
+``energy_consumed``), ``it_energy_j`` is that energy with its range, and no device time or power
+enters (``energy_basis`` ``stated``; ``device_time_x_power`` otherwise).
+
 The band
 --------
 Every input may carry a range (`Interval`: a value with ``low ≤ value ≤ high``, stated directly
@@ -44,6 +48,7 @@ from .errors import InvalidQuantity
 __all__ = [
     "J_PER_KWH",
     "METHOD",
+    "EnergyBasis",
     "EstimateSource",
     "InputValue",
     "Interval",
@@ -66,6 +71,7 @@ BAND_RULE = (
 )
 
 PowerBasis: TypeAlias = Literal["measured", "tdp_x_utilisation"]
+EnergyBasis: TypeAlias = Literal["device_time_x_power", "stated"]
 
 
 class InvalidEstimate(InvalidQuantity):
@@ -194,12 +200,13 @@ class RunEstimate:
     """An estimated run: its inputs, its figures with their bands, and their provenance.
 
     Attributes:
-        device_time_s: Device time (device-seconds: devices × duration).
+        device_time_s: Device time (device-seconds: devices × duration); None for a stated
+            energy.
         devices: The device count, when given as devices × duration.
         duration_s: The wall-clock duration, s, when given as devices × duration.
-        mean_power_w: Mean power per device, W.
+        mean_power_w: Mean power per device, W; None for a stated energy.
         power_basis: ``measured`` (a mean power measured or stated elsewhere) or
-            ``tdp_x_utilisation``.
+            ``tdp_x_utilisation``; None for a stated energy.
         tdp_w: The TDP used, W, for ``tdp_x_utilisation``.
         utilisation: The fraction of TDP, for ``tdp_x_utilisation``.
         device: The device as named by the caller, if any.
@@ -212,13 +219,14 @@ class RunEstimate:
         co2e_g: Location-based emissions of the facility energy, gCO2e, if an intensity was given.
         unstated: The inputs given without a range (they add nothing to the band).
         source: Where the inputs come from.
+        energy_basis: ``device_time_x_power``, or ``stated`` (the source states the IT energy).
     """
 
-    device_time_s: Interval
+    device_time_s: Interval | None
     devices: Interval | None
     duration_s: Interval | None
-    mean_power_w: Interval
-    power_basis: PowerBasis
+    mean_power_w: Interval | None
+    power_basis: PowerBasis | None
     tdp_w: Interval | None
     utilisation: Interval | None
     device: str | None
@@ -231,6 +239,7 @@ class RunEstimate:
     co2e_g: Interval | None
     unstated: tuple[str, ...]
     source: EstimateSource
+    energy_basis: EnergyBasis = "device_time_x_power"
 
     @property
     def method(self) -> str:
@@ -253,13 +262,13 @@ class RunEstimate:
         def opt(interval: Interval | None) -> dict[str, float] | None:
             return None if interval is None else interval.to_dict()
 
-        return {
+        record: dict[str, Any] = {
             "method": METHOD,
             "inputs": {
-                "device_time_s": self.device_time_s.to_dict(),
+                "device_time_s": opt(self.device_time_s),
                 "devices": opt(self.devices),
                 "duration_s": opt(self.duration_s),
-                "mean_power_w": self.mean_power_w.to_dict(),
+                "mean_power_w": opt(self.mean_power_w),
                 "power_basis": self.power_basis,
                 "tdp_w": opt(self.tdp_w),
                 "utilisation": opt(self.utilisation),
@@ -276,6 +285,12 @@ class RunEstimate:
             "unstated": list(self.unstated),
             "provenance": self.source.to_dict(),
         }
+        if self.energy_basis == "stated":
+            # Only then: the records of device-time estimates stay as they were ledgered, so
+            # posting one again still compares equal.
+            record["energy_basis"] = "stated"
+            record["inputs"]["energy_j"] = self.it_energy_j.to_dict()
+        return record
 
 
 def _number(value: Any, field: str) -> float:
@@ -394,6 +409,7 @@ def estimate_run(
     pue: InputValue | None = None,
     intensity_g_per_kwh: InputValue | None = None,
     catalog: Catalog | None = None,
+    energy_j: InputValue | None = None,
 ) -> RunEstimate:
     """Estimate a run's energy (and, with an intensity, its location-based CO2e).
 
@@ -402,6 +418,8 @@ def estimate_run(
 
     Args:
         source: Where the inputs come from (required: an estimate without a source is a guess).
+        energy_j: The IT energy itself, J, as the source states it (> 0), instead of device
+            time × power: then none of the device-time and power inputs may be given. Or:
         device_time_s: Device time, device-seconds (e.g. GPU-hours × 3600). Or:
         devices: Number of devices, with
         duration_s: the wall-clock duration, s.
@@ -429,22 +447,25 @@ def estimate_run(
     """
     if not isinstance(source, EstimateSource):
         raise InvalidEstimate("expected an EstimateSource", field="provenance")
+    if energy_j is not None:
+        return _stated(
+            source,
+            energy_j,
+            {
+                "device_time": device_time_s,
+                "devices": devices,
+                "duration": duration_s,
+                "mean_power": mean_power_w,
+                "tdp": tdp_w,
+                "utilisation": utilisation,
+            },
+            device=device,
+            pue=pue,
+            intensity_g_per_kwh=intensity_g_per_kwh,
+        )
     time_s, count, duration = _device_time(device_time_s, devices, duration_s)
     power, basis, tdp, share, catalog_id = _power(mean_power_w, tdp_w, utilisation, device, catalog)
-    if pue is None:
-        factor, pue_stated = Interval.exact(1.0), False
-    else:
-        factor, pue_stated = _interval(pue, "pue"), True
-        if factor.low < 1.0:
-            raise InvalidEstimate(
-                f"is facility energy / IT energy and cannot be below 1, got {factor.low!r}",
-                field="pue",
-            )
-    intensity = (
-        None
-        if intensity_g_per_kwh is None
-        else _interval(intensity_g_per_kwh, "intensity", positive=False)
-    )
+    factor, pue_stated, intensity = _pue_and_intensity(pue, intensity_g_per_kwh)
     it_energy = time_s * power
     facility = it_energy * factor
     co2e = None if intensity is None else facility.scaled(1.0 / J_PER_KWH) * intensity
@@ -477,6 +498,71 @@ def estimate_run(
         co2e_g=co2e,
         unstated=unstated,
         source=source,
+    )
+
+
+def _pue_and_intensity(
+    pue: InputValue | None, intensity_g_per_kwh: InputValue | None
+) -> tuple[Interval, bool, Interval | None]:
+    """The PUE (1, not stated, when None), whether it was stated, and the intensity."""
+    if pue is None:
+        factor, pue_stated = Interval.exact(1.0), False
+    else:
+        factor, pue_stated = _interval(pue, "pue"), True
+        if factor.low < 1.0:
+            raise InvalidEstimate(
+                f"is facility energy / IT energy and cannot be below 1, got {factor.low!r}",
+                field="pue",
+            )
+    intensity = (
+        None
+        if intensity_g_per_kwh is None
+        else _interval(intensity_g_per_kwh, "intensity", positive=False)
+    )
+    return factor, pue_stated, intensity
+
+
+def _stated(
+    source: EstimateSource,
+    energy_j: InputValue,
+    others: dict[str, InputValue | None],
+    *,
+    device: str | None,
+    pue: InputValue | None,
+    intensity_g_per_kwh: InputValue | None,
+) -> RunEstimate:
+    """An estimate whose IT energy the source states (``energy_basis`` ``stated``)."""
+    for name, value in others.items():
+        if value is not None:
+            raise InvalidEstimate("give an energy, or device time × power, not both", field=name)
+    it_energy = _interval(energy_j, "energy")
+    factor, pue_stated, intensity = _pue_and_intensity(pue, intensity_g_per_kwh)
+    facility = it_energy * factor
+    co2e = None if intensity is None else facility.scaled(1.0 / J_PER_KWH) * intensity
+    named: list[tuple[str, Interval | None]] = [
+        ("energy", it_energy),
+        ("pue", factor if pue_stated else None),
+        ("intensity", intensity),
+    ]
+    return RunEstimate(
+        device_time_s=None,
+        devices=None,
+        duration_s=None,
+        mean_power_w=None,
+        power_basis=None,
+        tdp_w=None,
+        utilisation=None,
+        device=device,
+        catalog_id=None,
+        pue=factor,
+        pue_stated=pue_stated,
+        it_energy_j=it_energy,
+        facility_energy_j=facility,
+        intensity_g_per_kwh=intensity,
+        co2e_g=co2e,
+        unstated=tuple(n for n, v in named if v is not None and not v.stated),
+        source=source,
+        energy_basis="stated",
     )
 
 

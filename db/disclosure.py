@@ -157,7 +157,8 @@ def _hardware_s(entry: ledger.LedgerRecord) -> float | None:
     """Device-seconds behind an IT-energy entry (measured span × devices, or the estimate's)."""
     estimate = entry.provenance.get("estimate")
     if isinstance(estimate, dict):
-        value = estimate.get("inputs", {}).get("device_time_s", {}).get("value")
+        # None for an energy the source stated: it gives no device time.
+        value = ((estimate.get("inputs") or {}).get("device_time_s") or {}).get("value")
         return float(value) if isinstance(value, int | float) else None
     m = _measurement(entry)
     t0, t1, devices = m.get("t0_s"), m.get("t1_s"), m.get("devices")

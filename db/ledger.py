@@ -819,7 +819,12 @@ def has_measurements(session: Session, *, project_id: int, run_id: UUID) -> bool
 
 
 def record_estimate(
-    session: Session, *, project_id: int, run_id: UUID, estimate: RunEstimate
+    session: Session,
+    *,
+    project_id: int,
+    run_id: UUID,
+    estimate: RunEstimate,
+    supersede: bool = True,
 ) -> list[LedgerRecord]:
     """Ledger an ended run's figures from an estimate, beside `record_run_end`'s measured path.
 
@@ -833,14 +838,16 @@ def record_estimate(
     every IT-energy entry has (``methods: {"estimate": …}``), so exports and rollups show them.
 
     Posting the same estimate again appends nothing; a different one supersedes each figure
-    (a new entry naming the seq it replaces), never edits it.
+    (a new entry naming the seq it replaces), never edits it, unless ``supersede`` is false:
+    then it is refused.
 
     Returns:
         The entries appended.
 
     Raises:
         NotFound: No such run in the project.
-        Conflict: The run has not ended, has metered chunks, or has measured figures.
+        Conflict: The run has not ended, has metered chunks, or has measured figures; or it has
+            another estimate and ``supersede`` is false.
     """
     run = get_run(session, project_id=project_id, run_id=run_id)
     if run.status not in (RunStatus.FINISHED, RunStatus.FAILED) or run.ended_at is None:
@@ -861,6 +868,15 @@ def record_estimate(
     ]
     if auto and canonical_value(auto[-1].provenance.get("estimate")) == canonical_value(record):
         return []
+    if auto and not supersede:
+        previous = auto[-1].provenance.get("source")
+        named = previous.get("source") if isinstance(previous, Mapping) else None
+        raise Conflict(
+            f"run {run_id} already has another estimate (ledger entry #{auto[-1].seq}"
+            + (f", from {named}" if named else "")
+            + "): it is not replaced unless superseding is asked for",
+            field="run_id",
+        )
     at = run.ended_at
     source = estimate.source
     pue = (

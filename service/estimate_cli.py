@@ -8,7 +8,8 @@ publication's figures or a scheduler's GPU-hours without a token, as ``token cre
         --duration "14.8 day" --mean-power "330 W" --pue 1.10 \\
         --intensity "0.429 kgCO2e/kWh" --source "Patterson et al. 2021" --page "Table 4"
 
-Quantities take their units (``"1082990 h"``, ``"0.954 lbCO2e/kWh"``). ``--rel INPUT=R`` and
+Quantities take their units (``"1082990 h"``, ``"0.954 lbCO2e/kWh"``); ``--energy "0.47 kWh"``
+records an energy the source states, in place of device time × power. ``--rel INPUT=R`` and
 ``--range INPUT=LOW:HIGH`` give an input's range (repeatable). Prints the run id, the figures
 with their bands and the ledger entries as JSON; exits 2 naming the refused field, 1 when the
 project is unknown, the database is not migrated, or the run is measured (conflict).
@@ -27,7 +28,9 @@ from typing import Any, TextIO
 
 __all__ = ["add_estimate_parser", "estimate_main", "main"]
 
-_INPUTS = ("device_time", "devices", "duration", "mean_power", "tdp", "utilisation", "pue")
+_INPUTS = (
+    "energy", "device_time", "devices", "duration", "mean_power", "tdp", "utilisation", "pue",
+)  # fmt: skip
 _BANDED = (*_INPUTS, "intensity")
 
 
@@ -38,6 +41,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", help="training, inference, ... (default: training)")
     parser.add_argument("--started-at", help="ISO time with a zone (default: now)")
     parser.add_argument("--ended-at", help="ISO time (default: start + duration, or now)")
+    parser.add_argument(
+        "--energy", help='IT energy stated by the source, e.g. "0.47 kWh" (no device time/power)'
+    )
     parser.add_argument("--device-time", help='device-hours as a time, e.g. "1082990 h"')
     parser.add_argument("--devices", type=float, help="number of devices (with --duration)")
     parser.add_argument("--duration", help='wall-clock duration, e.g. "14.8 day"')

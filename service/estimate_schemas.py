@@ -24,7 +24,7 @@ from thermoledger.db.ledger import LedgerRecord
 from thermoledger.db.models import RunKind
 
 from .ledger_schemas import LedgerEntryPublic
-from .schemas import _API, Name, QuantityIn, RunPublic, TagKey, TagValue
+from .schemas import _API, Name, QuantityIn, RunPublic, Slug, TagKey, TagValue
 from .timebounds import StoredTime
 
 __all__ = ["BandIn", "EstimateBand", "EstimateCreate", "EstimatePublic", "SourceIn"]
@@ -57,6 +57,7 @@ class EstimateBand(BaseModel):
 
     model_config = _API
 
+    energy: BandIn | None = None
     device_time: BandIn | None = None
     devices: BandIn | None = None
     duration: BandIn | None = None
@@ -80,6 +81,7 @@ class SourceIn(BaseModel):
 
 #: Each input's unit inside (None: a plain number).
 _UNITS: dict[str, str | None] = {
+    "energy": "J",
     "device_time": "s",
     "devices": None,
     "duration": "s",
@@ -92,13 +94,20 @@ _UNITS: dict[str, str | None] = {
 
 
 class EstimateCreate(BaseModel):
-    """An estimated run: device time × mean power (or TDP × utilisation) × PUE.
+    """An estimated run: device time × mean power (or TDP × utilisation) × PUE, or an energy
+    the source states (``energy``, e.g. an external tool's figure) × PUE.
 
     Device time is ``device_time`` (device-hours as a time, ``"1082990 h"``) or ``devices`` ×
     ``duration``. Mean power is ``mean_power``, or ``utilisation`` × ``tdp`` (default: the
     catalog's TDP of ``device``). ``pue`` defaults to the project's; ``intensity`` (a
     location-based grid figure, e.g. ``"429 gCO2e/kWh"`` or ``"0.954 lbCO2e/kWh"``) defaults to
-    the project's factor valid at the run's end.
+    the project's factor valid at the run's end. ``energy`` (IT energy, ``"0.47 kWh"``) takes
+    the place of every device-time and power input.
+
+    ``project``, when given, must be the token's project (409 otherwise): a client that names
+    the project it means is told when its token belongs to another. With ``supersede`` false a
+    run that already has a different estimate is refused (409) instead of superseded; the same
+    estimate again is a no-op either way.
     """
 
     model_config = _API
@@ -115,6 +124,17 @@ class EstimateCreate(BaseModel):
         description="when it ended (default: its stored end, or start + duration, or now)",
     )
     tags: Annotated[dict[TagKey, TagValue], Field(max_length=64)] = Field(default_factory=dict)
+    project: Slug | None = Field(
+        default=None, description="the project meant; must be the token's (409 otherwise)"
+    )
+    supersede: bool = Field(
+        default=True,
+        description="false: refuse (409) when the run already has a different estimate",
+    )
+    energy: QuantityIn | None = Field(
+        default=None,
+        description='IT energy stated by the source, "0.47 kWh" (instead of device time × power)',
+    )
     device_time: QuantityIn | None = Field(default=None, description='device-hours, "1082990 h"')
     devices: Annotated[float, Field(gt=0, le=1e12)] | None = Field(
         default=None, description="number of devices (with duration)"
@@ -176,6 +196,7 @@ class EstimateCreate(BaseModel):
             device=self.device,
             pue=self._value("pue"),
             intensity_g_per_kwh=self._value("intensity"),
+            energy_j=self._value("energy"),
         )
 
 

@@ -438,7 +438,9 @@ def estimate_source(label: dict[str, Any]) -> str:
     """``Cloud bill, March (invoice 42, p. 2)``: where an estimate's inputs come from."""
     where = [str(label[k]) for k in ("document",) if label.get(k)]
     if label.get("page"):
-        where.append(f"p. {label['page']}")
+        page = str(label["page"])
+        # "p. 12", but a location that names itself ("Table 4", "line 7") stays as it is
+        where.append(f"p. {page}" if page[:1].isdigit() else page)
     source = str(label.get("source") or "no source given")
     return f"{source} ({', '.join(where)})" if where else source
 

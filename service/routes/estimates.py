@@ -1,7 +1,8 @@
 """Estimated runs: ``POST /runs/{run_id}/estimate`` records a run that was never metered.
 
 The call creates the run when the project has none with this id (``name`` is then required),
-or takes the existing one, which must have no metered chunks (409). It ends the run (finished)
+or takes the existing one, which must have no metered chunks (409). A body that names its
+``project`` must name the token's (409). It ends the run (finished)
 if it is still running, labels it an estimate (``host_info["estimate"]``), and ledgers its
 figures through `db.ledger.record_estimate` (method ``estimate``, the band, the provenance), all
 in one transaction: a refusal writes nothing.
@@ -40,6 +41,7 @@ def label(estimate: RunEstimate) -> dict[str, Any]:
     source = estimate.source
     return {
         "method": "estimate",
+        "energy_basis": estimate.energy_basis,
         "it_energy_j": estimate.it_energy_j.value,
         "band_low_j": estimate.it_energy_j.low,
         "band_high_j": estimate.it_energy_j.high,
@@ -150,7 +152,7 @@ def record_estimated_run(
             ended_at=_end_time(body, estimate, record.started_at, settings),
         )
     entries = ledger.record_estimate(
-        session, project_id=project_id, run_id=run_id, estimate=estimate
+        session, project_id=project_id, run_id=run_id, estimate=estimate, supersede=body.supersede
     )
     return record, created, estimate, entries
 
@@ -159,7 +161,10 @@ def record_estimated_run(
     "/{run_id}/estimate",
     responses={
         201: {"model": EstimatePublic, "description": "the run was created and estimated"},
-        409: {"description": "the run has metered chunks or measured figures"},
+        409: {
+            "description": "the run has metered chunks or measured figures; the body names "
+            "another project than the token's; or (supersede false) the run has another estimate"
+        },
         422: {"description": "an input is missing, contradictory or out of range (named)"},
     },
 )
@@ -171,7 +176,8 @@ def post_estimate(
     settings: SettingsDep,
     response: Response,
 ) -> EstimatePublic:
-    """Record an estimated run: device time × mean power (or TDP × utilisation) × PUE.
+    """Record an estimated run: device time × mean power (or TDP × utilisation) × PUE, or an
+    energy its source states (``energy``) × PUE.
 
     For runs that were never metered (a publication's figures, a cloud bill, a scheduler's
     GPU-hours). Creates the run (201; ``name`` required) or estimates the project's existing run
@@ -181,8 +187,15 @@ def post_estimate(
     labelled in
     ``host_info["estimate"]``, and its figures enter the ledger like a measured run's, with
     method ``estimate``, the band and the provenance. Posting the same estimate again appends
-    nothing; another one supersedes the figures. 422 names the refused field.
+    nothing; another one supersedes the figures (or, with ``supersede`` false, is refused: 409).
+    A ``project`` other than the token's is refused (409). 422 names the refused field.
     """
+    if body.project is not None and body.project != tenant.slug:
+        raise Conflict(
+            f"this token belongs to project {tenant.slug!r}, not {body.project!r}: use a token "
+            f"issued for {body.project!r}",
+            field="project",
+        )
     record, created, estimate, entries = record_estimated_run(
         session, project_id=tenant.id, run_id=run_id, body=body, settings=settings
     )

@@ -33,6 +33,7 @@ def test_devices_times_duration_times_power() -> None:
     assert e.facility_energy_kwh == pytest.approx(3.6)
     assert e.co2e_g is not None
     assert e.co2e_g.value == pytest.approx(1440.0)
+    assert e.device_time_s is not None
     assert e.device_time_s.value == 8 * 3600.0
     assert e.power_basis == "measured"
     assert not e.it_energy_j.stated  # nothing carried a range
@@ -40,11 +41,47 @@ def test_devices_times_duration_times_power() -> None:
 
 def test_device_hours_and_tdp_times_utilisation() -> None:
     e = estimate_run(source=SOURCE, device_time_s=7200.0, tdp_w=400.0, utilisation=0.5)
+    assert e.mean_power_w is not None
     assert e.mean_power_w.value == 200.0
     assert e.it_energy_j.value == pytest.approx(7200 * 200)
     assert e.pue.value == 1.0
     assert not e.pue_stated
     assert e.co2e_g is None
+
+
+def test_a_stated_energy_times_pue_and_intensity() -> None:
+    # 1 kWh ±10 % stated by the source; × PUE 1.5 = 1.5 kWh; × 400 g/kWh = 600 g.
+    e = estimate_run(
+        source=SOURCE,
+        energy_j=Interval.of(3.6e6, rel=0.1),
+        pue=1.5,
+        intensity_g_per_kwh=400.0,
+        device="1 x NVIDIA A100-SXM4-40GB",
+    )
+    assert e.energy_basis == "stated"
+    assert (e.it_energy_j.low, e.it_energy_j.high) == (pytest.approx(3.24e6), pytest.approx(3.96e6))
+    assert e.facility_energy_kwh == pytest.approx(1.5)
+    assert e.co2e_g is not None
+    assert (e.co2e_g.value, e.co2e_g.low, e.co2e_g.high) == (
+        pytest.approx(600.0),
+        pytest.approx(540.0),
+        pytest.approx(660.0),
+    )
+    assert (e.device_time_s, e.mean_power_w, e.power_basis) == (None, None, None)
+    assert e.unstated == ("pue", "intensity")
+    record = e.to_dict()
+    assert record["energy_basis"] == "stated"
+    assert record["inputs"]["energy_j"] == e.it_energy_j.to_dict()
+    assert record["inputs"]["device_time_s"] is None
+    assert record["inputs"]["device"] == "1 x NVIDIA A100-SXM4-40GB"
+
+
+def test_a_device_time_record_has_no_energy_basis_key() -> None:
+    """Records of device-time estimates stay as they were ledgered before stated energies
+    existed, so posting one of them again still compares equal (no new entries)."""
+    record = estimate_run(source=SOURCE, device_time_s=3600.0, mean_power_w=300.0).to_dict()
+    assert "energy_basis" not in record
+    assert "energy_j" not in record["inputs"]
 
 
 def test_band_is_the_product_of_the_ends() -> None:
@@ -130,6 +167,13 @@ def test_total_adds_ranges() -> None:
         ({"device_time_s": 1.0, "mean_power_w": 1.0, "intensity_g_per_kwh": -1.0}, "intensity"),
         ({"device_time_s": Interval(10.0, 11.0, 12.0), "mean_power_w": 1.0}, "device_time.low"),
         ({"device_time_s": Interval(10.0, 9.0, 8.0), "mean_power_w": 1.0}, "device_time.high"),
+        ({"energy_j": 0.0}, "energy"),
+        ({"energy_j": -1.0}, "energy"),
+        ({"energy_j": math.nan}, "energy"),
+        ({"energy_j": 1.0, "devices": 8}, "devices"),
+        ({"energy_j": 1.0, "mean_power_w": 300.0}, "mean_power"),
+        ({"energy_j": 1.0, "device_time_s": 3600.0}, "device_time"),
+        ({"energy_j": 1.0, "pue": 0.9}, "pue"),
     ],
 )
 def test_bad_inputs_name_the_field(kwargs: dict[str, Any], field: str) -> None:

@@ -69,9 +69,11 @@ def test_bloom_and_llama31_take_the_tdp_from_the_catalog() -> None:
     bloom = _estimate(next(c for c in CASES if c.id == "bloom").inputs)
     assert bloom.power_basis == "tdp_x_utilisation"
     assert bloom.catalog_id == "nvidia-a100-sxm4-80gb"
+    assert bloom.mean_power_w is not None
     assert bloom.mean_power_w.value == 400.0
     llama = _estimate(next(c for c in CASES if c.id == "llama31-405b").inputs)
     assert llama.catalog_id == "nvidia-h100-sxm5-80gb"
+    assert llama.mean_power_w is not None
     assert llama.mean_power_w.value == 700.0
 
 
@@ -80,7 +82,9 @@ def test_llama2_total_is_the_sum_of_the_models() -> None:
     tCO2eq. The intensity was derived from this total, so the check is that the four rows'
     estimates add up to it through `total` (and each row is within 0.5 %, above)."""
     rows = [_estimate(c.inputs) for c in CASES if c.id.startswith("llama2-")]
-    assert sum(r.device_time_s.value for r in rows) == pytest.approx(3_311_616 * 3600.0)
+    device_time = [r.device_time_s for r in rows]
+    assert all(t is not None for t in device_time)
+    assert sum(t.value for t in device_time if t is not None) == pytest.approx(3_311_616 * 3600.0)
     it_j, _, co2e_g = total(rows)
     assert it_j.value == pytest.approx(1_272_729.6 * 3.6e6, rel=1e-12)
     assert co2e_g is not None

@@ -319,3 +319,98 @@ def test_the_ingest_scope_is_required(client: TestClient, project: Project) -> N
     response = client.post(_url(run_id), json=_body(), headers=project.read)
     assert response.status_code == 403
     assert client.post(_url(run_id), json=_body()).status_code == 401
+
+
+def _stated_body(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "stated",
+        "started_at": "2024-04-01T00:00:00Z",
+        "ended_at": "2024-04-01T01:00:00Z",
+        "energy": "2 kWh",
+        "band": {"energy": {"rel": 0.2}},
+        "pue": 1.25,
+        "intensity": "500 gCO2e/kWh",
+        "provenance": SOURCE,
+        **fields,
+    }
+
+
+def test_an_energy_stated_by_the_source_is_ledgered_with_its_band(
+    client: TestClient, project: Project
+) -> None:
+    # 2 kWh ±20 % × PUE 1.25 = 2.5 kWh; × 500 g/kWh = 1250 g (1000 … 1500 g).
+    run_id = str(uuid.uuid4())
+    response = _post(client, project, run_id, _stated_body())
+    assert response.status_code == 201, response.text
+    answer = response.json()
+    assert answer["estimate"]["energy_basis"] == "stated"
+    assert answer["estimate"]["inputs"]["device_time_s"] is None
+    label = answer["run"]["host_info"]["estimate"]
+    assert label["energy_basis"] == "stated"
+    assert (label["band_low_j"], label["band_high_j"]) == (
+        pytest.approx(1.6 * 3.6e6),
+        pytest.approx(2.4 * 3.6e6),
+    )
+    assert answer["run"]["ended_at"].startswith("2024-04-01T01:00:00")
+    figures = {e["figure"]: e for e in answer["entries"]}
+    assert figures["it_energy"]["value_si"] == pytest.approx(2 * 3.6e6)
+    assert figures["facility_energy"]["value_si"] == pytest.approx(2.5 * 3.6e6)
+    co2e = figures["co2e_location"]
+    assert co2e["value_si"] == pytest.approx(1250.0)
+    assert (co2e["provenance"]["band_low_g"], co2e["provenance"]["band_high_g"]) == (
+        pytest.approx(1000.0),
+        pytest.approx(1500.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"energy": "0 kWh"}, "energy"),
+        ({"energy": "2 W"}, "energy"),
+        ({"devices": 8}, "devices"),
+        ({"mean_power": "300 W"}, "mean_power"),
+        ({"band": {"energy": {"rel": 0.2}, "duration": {"rel": 0.1}}}, "band.duration"),
+    ],
+)
+def test_a_stated_energy_refuses_zero_and_device_time_inputs(
+    client: TestClient, project: Project, fields: dict[str, Any], field: str
+) -> None:
+    run_id = str(uuid.uuid4())
+    response = _post(client, project, run_id, _stated_body(**fields))
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field, response.json()
+    assert client.get(f"/api/v1/runs/{run_id}", headers=project.read).status_code == 404
+
+
+def test_a_body_naming_another_project_is_refused(
+    client: TestClient, project: Project, other: Project
+) -> None:
+    run_id = str(uuid.uuid4())
+    refused = _post(client, project, run_id, _stated_body(project=other.slug))
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["field"] == "project"
+    assert f"belongs to project {project.slug!r}, not {other.slug!r}" in refused.json()["detail"]
+    assert client.get(f"/api/v1/runs/{run_id}", headers=project.read).status_code == 404
+    accepted = _post(client, project, run_id, _stated_body(project=project.slug))
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_without_supersede_the_same_estimate_is_a_no_op_and_another_a_conflict(
+    client: TestClient, project: Project
+) -> None:
+    run_id = str(uuid.uuid4())
+    body = _stated_body(supersede=False)
+    assert _post(client, project, run_id, body).status_code == 201
+    entries = _entries(client, project, run_id)
+    again = _post(client, project, run_id, body)
+    assert again.status_code == 200, again.text
+    assert again.json()["entries"] == []
+    other = _post(client, project, run_id, {**body, "energy": "3 kWh"})
+    assert other.status_code == 409, other.text
+    assert other.json()["field"] == "run_id"
+    assert "already has another estimate" in other.json()["detail"]
+    assert _entries(client, project, run_id) == entries
+    replaced = _post(client, project, run_id, {**body, "energy": "3 kWh", "supersede": True})
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["entries"][0]["provenance"]["supersedes"] is not None
