@@ -59,14 +59,10 @@ def test_a_stated_energy_times_pue_and_intensity() -> None:
         device="1 x NVIDIA A100-SXM4-40GB",
     )
     assert e.energy_basis == "stated"
-    assert (e.it_energy_j.low, e.it_energy_j.high) == (pytest.approx(3.24e6), pytest.approx(3.96e6))
+    assert (e.it_energy_j.low, e.it_energy_j.high) == pytest.approx((3.24e6, 3.96e6))
     assert e.facility_energy_kwh == pytest.approx(1.5)
     assert e.co2e_g is not None
-    assert (e.co2e_g.value, e.co2e_g.low, e.co2e_g.high) == (
-        pytest.approx(600.0),
-        pytest.approx(540.0),
-        pytest.approx(660.0),
-    )
+    assert (e.co2e_g.value, e.co2e_g.low, e.co2e_g.high) == pytest.approx((600.0, 540.0, 660.0))
     assert (e.device_time_s, e.mean_power_w, e.power_basis) == (None, None, None)
     assert e.unstated == ("pue", "intensity")
     record = e.to_dict()
