@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # tools), in the same .venv. Where `make test` already installed [dev] (a superset) it is reused.
 DEMO_STAMP := $(VENV)/.installed-service
 
-.PHONY: demo screenshots test test-fast lint types pytest browser bench gpu clean
+.PHONY: demo screenshots test test-fast lint types pytest browser bench gpu images clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
@@ -79,6 +79,12 @@ bench: $(STAMP)
 # it takes this .venv if it runs there, else python3 with the checkout on PYTHONPATH (.ci/gpu).
 gpu:
 	.ci/gpu
+
+# Builds deploy/Dockerfile's two images with podman/buildah and runs them, offline: the meter's
+# `thermoledger --help` as a user other than root, and deploy/compose.yaml up to /readyz
+# (deploy/images.sh; the recipe from ../shared/tools/oci beside the clone; needs root).
+images:
+	deploy/images.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
