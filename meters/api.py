@@ -84,7 +84,7 @@ from typing import (
     overload,
 )
 
-from .backends.base import PowerBackend
+from .backends.base import DeviceInfo, PowerBackend
 from .control import ControlStore
 from .discovery import Sources, open_backend
 from .errors import NothingMeasurable
@@ -441,6 +441,13 @@ class Meter:
         """The devices this meter samples, as sent to the service (empty when it samples none)."""
         sampler = self._sampler
         return sampler.devices if sampler is not None else ()
+
+    @property
+    def device_infos(self) -> tuple[DeviceInfo, ...]:
+        """The backend's description of each device, in `devices` order (empty when it samples
+        none): which backend reads it, hence its vendor, for exporters (`meters.otel`)."""
+        sampler = self._sampler
+        return sampler.infos if sampler is not None else ()
 
     @property
     def recording(self) -> bool:

@@ -52,8 +52,10 @@ default price.
 Observing the meter itself (``run`` and ``sidecar``): ``--metrics-port PORT`` serves Prometheus
 metrics (`meters.metrics`: power, energy, samples, spool depth, upload failures), computed only
 when scraped, on 127.0.0.1 unless ``--metrics-addr`` says otherwise (0.0.0.0 for a pod that
-Prometheus scrapes); ``--log-format json`` writes every log line, and the summary, as one JSON
-object per line with the run id (`meters.logs`). Both are off by default (`ObserveSettings`).
+Prometheus scrapes); ``--otel-endpoint URL`` (or ``--otel``) pushes OpenTelemetry ``hw.energy`` and
+``hw.power`` over OTLP/HTTP (`meters.otel`), the last export after the meter stops;
+``--log-format json`` writes every log line, and the summary, as one JSON object per line with
+the run id (`meters.logs`). All are off by default (`ObserveSettings`).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,6 +124,7 @@ from .summary import (
 
 if TYPE_CHECKING:
     from .metrics import CountingTransport
+    from .otel import OtelExport
 
 __all__ = [
     "FORWARDED_SIGNALS",
@@ -267,6 +270,25 @@ def _metrics(
             server.close()
 
 
+def _otel(
+    options: MeterOptions, meters: Callable[[], Iterable[Meter]], host: str, log: logging.Logger
+) -> OtelExport | None:
+    """Export OpenTelemetry metrics when asked for (`meters.otel`; closed after the meters stop,
+    so that the last export carries the final energy)."""
+    endpoint = options.observe.otel_endpoint
+    if endpoint is None:
+        return None
+    from .otel import export_metrics
+
+    return export_metrics(
+        meters,
+        endpoint=endpoint,
+        interval_s=options.observe.otel_interval_s,
+        host=host,
+        logger=log,
+    )
+
+
 def _footprint(options: MeterOptions, env: Mapping[str, str]) -> FootprintSettings:
     return FootprintSettings.resolve(
         env=env,
@@ -298,11 +320,14 @@ def _cmd_run(options: RunOptions, env: Mapping[str, str], err: TextIO, log: logg
         status = StatusLine(
             err, meter, wanted=not options.quiet and options.observe.log_format == "text"
         )
+        otel = _otel(options, lambda: (meter,), meter.host, log) if meter.sampling else None
         with _metrics(options, meter, log, transport):
             code = child.wait(tick=status.refresh)
     status.clear()
     with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=code, failed=code != 0)
+        if otel is not None:
+            otel.close()
     # Unmetered (nothing measurable): the one warning at the start said it all, no table of 0 J.
     if not options.quiet and meter.state not in ("disabled", "unmetered"):
         verb = "finished" if code == 0 else "failed"
@@ -323,10 +348,13 @@ def _cmd_sidecar(
         meter.start()
         if meter.state in ("idle", "unmetered", "disabled"):
             log.warning("sidecar: this process meters nothing; waiting for SIGTERM anyway")
+        otel = _otel(options, lambda: (meter,), meter.host, log) if meter.sampling else None
         with _metrics(options, meter, log, transport):
             stop.wait()
     with finishing(meter.abort_upload, log, linger=options.process_entry):
         summary = meter.stop(exit_code=None, failed=False)
+        if otel is not None:
+            otel.close()
     if not options.quiet and meter.sampling:
         verb = f"stopped by {stop.first}"
         write_summary(err, log, meter, summary, verb, None, footprint, options.verbose)
@@ -405,6 +433,7 @@ def _cmd_sidecar_pods(
             if observe.metrics_port is not None
             else None
         )
+        otel = _otel(options, lambda: attribution.meters().values(), pods.node, log)
         try:
             attribution.run(lambda: bool(stop))
         finally:
@@ -412,6 +441,8 @@ def _cmd_sidecar_pods(
                 server.close()
         finishing_.append(True)
         totals = attribution.stop()
+        if otel is not None:
+            otel.close()  # the pod runs' last figures: `meters.otel` keeps the last ones read
     if not options.quiet:
         why = stop.first or "request"
         table = render_attribution(

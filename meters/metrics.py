@@ -21,6 +21,7 @@ Power
     integrated energy (ΔE / Δt over the samples taken in between), so it agrees with the energy
     counter and does not alias pulses the way one instantaneous reading would. The first scrape
     gives the mean since the meter started; a scrape with no new sample repeats the last value.
+    The reading step (`meters.readout`) is the OpenTelemetry export's too (`meters.otel`).
 
 Metrics (labels: ``run_id``; per device also ``device`` (the device key ``host/uid``),
 ``index``, ``model`` and ``simulated``)::
@@ -48,7 +49,6 @@ sends through, by reason: ``transport`` (no answer), ``throttled`` (429), ``serv
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +60,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .readout import MeterReader
 from .settings import DEFAULT_METRICS_ADDR
 
 if TYPE_CHECKING:
@@ -153,17 +154,14 @@ class MeterCollector(Collector):
         transport: CountingTransport | None = None,
     ) -> None:
         self._meter = meter
+        self._reader = MeterReader(meter)
         self._spool = spool
         self._transport = transport
-        self._lock = threading.Lock()
-        # device key -> (energy_j, duration_s, power_w) at the previous scrape
-        self._last: dict[str, tuple[float, float, float]] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         meter = self._meter
         run_id = meter.run_id
-        summary = meter.summary()
-        described = {d["key"]: d for d in meter.devices}
+        summary, readings = self._reader.read()
         power = {
             k: GaugeMetricFamily(
                 f"thermoledger_{k}_power_watts",
@@ -193,9 +191,8 @@ class MeterCollector(Collector):
         sealed = CounterMetricFamily(
             "thermoledger_meter_chunks_sealed", "Chunks sealed", labels=["run_id", "device"]
         )
-        for d in summary.devices:
-            info = described.get(d.key)
-            kind = str(info["kind"]) if info is not None else "gpu"
+        for reading in readings:
+            d, info = reading.figures, reading.device
             labels = [
                 run_id,
                 d.key,
@@ -203,10 +200,8 @@ class MeterCollector(Collector):
                 d.name,
                 "true" if info is not None and info["simulated"] else "false",
             ]
-            power[kind if kind in power else "gpu"].add_metric(
-                labels, self._power_w(d.key, d.energy_j, d.duration_s, d.mean_power_w)
-            )
-            energy[kind if kind in energy else "gpu"].add_metric(labels, d.energy_j)
+            power[reading.kind].add_metric(labels, reading.power_w)
+            energy[reading.kind].add_metric(labels, d.energy_j)
             samples.add_metric([run_id, d.key], d.samples)
             sealed.add_metric([run_id, d.key], d.chunks_sealed)
             for reason, count in sorted(d.missed.items()):
@@ -248,18 +243,6 @@ class MeterCollector(Collector):
             1.0,
         )
         yield info_family
-
-    def _power_w(self, key: str, energy_j: float, duration_s: float, mean_w: float) -> float:
-        with self._lock:
-            last = self._last.get(key)
-            if last is None or energy_j < last[0] or duration_s < last[1]:
-                power_w = mean_w  # first scrape (or the figures restarted): mean since start
-            elif duration_s == last[1]:
-                power_w = last[2]  # no new sample since the last scrape
-            else:
-                power_w = (energy_j - last[0]) / (duration_s - last[1])
-            self._last[key] = (energy_j, duration_s, power_w)
-        return power_w if math.isfinite(power_w) else math.nan
 
     def _pending(self, run_id: str) -> int:
         if self._spool is None or not run_id:

@@ -4,9 +4,10 @@
 command's options (`RunOptions`, `SidecarOptions`, `RelayOptions`, `PushOptions`,
 `StatusOptions`) once, so the commands read typed attributes and nothing writes into the
 namespace. A flag not given stays None: `meters.settings` then takes ``THERMOLEDGER_*``, then
-the defaults. The metrics and log settings of ``run`` and ``sidecar`` are resolved here
-(`ObserveSettings`: a bad value raises `SettingsError`, exit 2); a malformed ``--tag`` or a
-``run`` without a command is a usage error (`argparse.ArgumentParser.error`, exit 2).
+the defaults. The metrics (Prometheus, OpenTelemetry) and log settings of ``run`` and ``sidecar``
+are resolved here (`ObserveSettings`: a bad value raises `SettingsError`, exit 2); a malformed
+``--tag`` or a ``run`` without a command is a usage error (`argparse.ArgumentParser.error`,
+exit 2).
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class MeterOptions(Options):
             metrics_port=args.metrics_port,
             metrics_addr=args.metrics_addr,
             log_format=args.log_format,
+            otel=args.otel,
+            otel_endpoint=args.otel_endpoint,
+            otel_interval_s=args.otel_interval,
         )
         tags = _tags(args.tag, parser)
         return cls(
@@ -425,6 +429,27 @@ def _meter_options(parser: argparse.ArgumentParser, *, job: bool) -> None:
         metavar="ADDR",
         help="interface for the metrics (default: THERMOLEDGER_METRICS_ADDR, else 127.0.0.1: "
         "this host only; 0.0.0.0 for Prometheus to scrape from outside)",
+    )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="export OpenTelemetry metrics (hw.energy, hw.power) over OTLP/HTTP to "
+        "--otel-endpoint, else OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "else localhost:4318 (default: THERMOLEDGER_OTEL; needs the [otel] extra)",
+    )
+    parser.add_argument(
+        "--otel-endpoint",
+        metavar="URL",
+        help="export OpenTelemetry metrics to this OTLP/HTTP receiver, e.g. "
+        "http://otel-collector:4318 (/v1/metrics is appended unless given; default: "
+        "THERMOLEDGER_OTEL_ENDPOINT; unset: no export unless --otel)",
+    )
+    parser.add_argument(
+        "--otel-interval",
+        type=float,
+        metavar="S",
+        help="seconds between two OpenTelemetry exports (default: THERMOLEDGER_OTEL_INTERVAL_S, "
+        "else 15; the last one is sent when the meter stops)",
     )
     parser.add_argument(
         "--log-format",

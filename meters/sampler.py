@@ -96,6 +96,7 @@ from thermoledger.accounting.integrate import aggregate_energy
 
 from .backends.base import (
     Clock,
+    DeviceInfo,
     DeviceReader,
     DeviceStatus,
     FlatBuffer,
@@ -650,6 +651,11 @@ class Sampler:
         return self.summary()
 
     # -- figures ------------------------------------------------------------------------------
+
+    @property
+    def infos(self) -> tuple[DeviceInfo, ...]:
+        """The backend's description of each device, in `devices` order."""
+        return self._infos
 
     def summary(self) -> MeterSummary:
         """Per-device energy so far (sealed chunks plus the open ones), thread-safe."""

@@ -56,6 +56,15 @@ How the ``thermoledger`` process itself is observed (`ObserveSettings`; off unle
     THERMOLEDGER_METRICS_ADDR   interface for them (default 127.0.0.1: this host only; a pod
                                 scraped from outside passes 0.0.0.0 explicitly)
     THERMOLEDGER_LOG_FORMAT     text (default) | json: JSON lines with the run id (`meters.logs`)
+    THERMOLEDGER_OTEL           1 | true: export OpenTelemetry metrics over OTLP/HTTP
+                                (`meters.otel`), to the endpoint below, else to the standard
+                                OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT,
+                                else http://localhost:4318/v1/metrics
+    THERMOLEDGER_OTEL_ENDPOINT  export them to this OTLP/HTTP URL (implies THERMOLEDGER_OTEL)
+    THERMOLEDGER_OTEL_INTERVAL_S  seconds between two exports (default 15)
+
+The standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables alone never turn the export on: a job's
+environment may carry them for its own telemetry.
 
 Where the token comes from (`resolve_token`)
     ``--token``, else ``--token-file`` (not both), else ``THERMOLEDGER_TOKEN``, else
@@ -73,10 +82,10 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import MeterError
@@ -86,6 +95,8 @@ __all__ = [
     "API_PREFIX",
     "BACKENDS",
     "DEFAULT_METRICS_ADDR",
+    "DEFAULT_OTEL_ENDPOINT",
+    "DEFAULT_OTEL_INTERVAL_S",
     "ENV_PREFIX",
     "POWER_READINGS",
     "TOKEN_ENV",
@@ -100,6 +111,7 @@ __all__ = [
     "api_base_url",
     "check_power_reading",
     "default_spool_dir",
+    "otlp_metrics_url",
     "parse_gpus",
     "read_token_file",
     "resolve_token",
@@ -109,11 +121,17 @@ ENV_PREFIX: Final = "THERMOLEDGER_"
 API_PREFIX: Final = "/api/v1"
 DEFAULT_METRICS_ADDR: Final = "127.0.0.1"
 """Where the meter's metrics endpoint listens unless told otherwise: this host only."""
+OTLP_METRICS_PATH: Final = "/v1/metrics"
+DEFAULT_OTEL_ENDPOINT: Final = "http://localhost:4318" + OTLP_METRICS_PATH
+"""Where OpenTelemetry metrics go when the export is asked for with no endpoint (OTLP's own
+default: a collector on this host)."""
+DEFAULT_OTEL_INTERVAL_S: Final = 15.0
 TOKEN_ENV: Final = ENV_PREFIX + "TOKEN"
 TOKEN_FILE_ENV: Final = ENV_PREFIX + "TOKEN_FILE"
 _MAX_TOKEN_FILE_BYTES: Final = 64 * 1024
 """A token file larger than this is not a token file (a wrong path, not a secret to send)."""
 _LOG = logging.getLogger(__name__)
+_N = TypeVar("_N", int, float)
 BackendChoice = Literal["auto", "nvml", "amdsmi", "rapl", "hwmon", "simulated"]
 BACKENDS: Final[tuple[BackendChoice, ...]] = (
     "auto",
@@ -352,12 +370,7 @@ class MeterSettings:
             raise SettingsError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_power_reading(self.power_reading)
         tdp_w = self.cpu_tdp_w
-        if tdp_w is not None and not (
-            isinstance(tdp_w, int | float)
-            and not isinstance(tdp_w, bool)
-            and math.isfinite(tdp_w)
-            and tdp_w > 0
-        ):
+        if tdp_w is not None and not _positive(tdp_w):
             raise SettingsError(
                 f"--cpu-tdp-w / {ENV_PREFIX}CPU_TDP_W must be a positive number of watts, "
                 f"got {tdp_w!r}"
@@ -448,6 +461,16 @@ class MeterSettings:
             cpu_tdp_w=cpu_tdp_w if cpu_tdp_w is not None else optional_number("CPU_TDP_W"),
             sysfs_root=Path(text("SYSFS_ROOT") or "/sys"),
         )
+
+
+def _positive(value: object) -> bool:
+    """Whether ``value`` is a finite number > 0 (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def check_power_reading(value: object, *, source: str = "power_reading") -> PowerReading:
@@ -578,11 +601,16 @@ class ObserveSettings:
             authentication; ``0.0.0.0`` (all interfaces) is for a pod or node that Prometheus
             scrapes from outside, and must be asked for.
         log_format: ``text`` (for people) or ``json`` (one object per line, with the run id).
+        otel_endpoint: OTLP/HTTP URL the OpenTelemetry metrics are exported to (`meters.otel`;
+            None: no export).
+        otel_interval_s: Seconds between two OpenTelemetry exports.
     """
 
     metrics_port: int | None = None
     metrics_addr: str = DEFAULT_METRICS_ADDR
     log_format: LogFormat = "text"
+    otel_endpoint: str | None = None
+    otel_interval_s: float = DEFAULT_OTEL_INTERVAL_S
 
     def __post_init__(self) -> None:
         port = self.metrics_port
@@ -598,6 +626,14 @@ class ObserveSettings:
                 f"--log-format / {ENV_PREFIX}LOG_FORMAT must be one of {LOG_FORMATS}, "
                 f"got {self.log_format!r}"
             )
+        if self.otel_endpoint is not None:
+            otlp_metrics_url(self.otel_endpoint, source="otel_endpoint")
+        interval_s = self.otel_interval_s
+        if not _positive(interval_s):
+            raise SettingsError(
+                f"--otel-interval / {ENV_PREFIX}OTEL_INTERVAL_S must be a number of seconds > 0, "
+                f"got {interval_s!r}"
+            )
 
     @classmethod
     def resolve(
@@ -607,26 +643,40 @@ class ObserveSettings:
         metrics_port: int | None = None,
         metrics_addr: str | None = None,
         log_format: str | None = None,
+        otel: bool = False,
+        otel_endpoint: str | None = None,
+        otel_interval_s: float | None = None,
     ) -> ObserveSettings:
         """Explicit values (None: not given), then ``THERMOLEDGER_*``, then the defaults.
 
+        The OpenTelemetry export is on when asked for: ``otel``, ``THERMOLEDGER_OTEL``, or an
+        endpoint (``otel_endpoint``, ``THERMOLEDGER_OTEL_ENDPOINT``). Only then are the standard
+        ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` (used as it is) and
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` (``/v1/metrics`` appended) read for an endpoint, then
+        `DEFAULT_OTEL_ENDPOINT`.
+
         Raises:
-            SettingsError: A value is unusable; the message names the flag and the variable.
+            SettingsError: A value is unusable; the message names the flag and the variable. Also
+                when the OpenTelemetry export is asked for and the ``otel`` extra is not
+                installed (the message says what to install).
         """
         env = os.environ if env is None else env
 
         def text(name: str) -> str | None:
             return env.get(ENV_PREFIX + name, "").strip() or None
 
-        port = metrics_port
-        raw_port = text("METRICS_PORT")
-        if port is None and raw_port is not None:
+        def given_or_env(
+            name: str, given: _N | None, parse: Callable[[str], _N], what: str
+        ) -> _N | None:
+            raw = text(name)
+            if given is not None or raw is None:
+                return given
             try:
-                port = int(raw_port)
+                return parse(raw)
             except ValueError:
-                raise SettingsError(
-                    f"{ENV_PREFIX}METRICS_PORT must be a TCP port, got {raw_port!r}"
-                ) from None
+                raise SettingsError(f"{ENV_PREFIX}{name} must be {what}, got {raw!r}") from None
+
+        port = given_or_env("METRICS_PORT", metrics_port, int, "a TCP port")
         chosen_format = log_format if log_format is not None else text("LOG_FORMAT") or "text"
         formats: dict[str, LogFormat] = {f: f for f in LOG_FORMATS}
         if chosen_format not in formats:
@@ -634,8 +684,72 @@ class ObserveSettings:
                 f"--log-format / {ENV_PREFIX}LOG_FORMAT must be one of {LOG_FORMATS}, "
                 f"got {chosen_format!r}"
             )
+        interval_s = given_or_env("OTEL_INTERVAL_S", otel_interval_s, float, "a number of seconds")
+        endpoint = _otel_endpoint(env, asked=otel, given=otel_endpoint)
+        if endpoint is not None:
+            from .otel import require_sdk  # a missing extra exits 2 before anything runs
+
+            require_sdk()
         return cls(
             metrics_port=port,
             metrics_addr=metrics_addr or text("METRICS_ADDR") or DEFAULT_METRICS_ADDR,
             log_format=formats[chosen_format],
+            otel_endpoint=endpoint,
+            otel_interval_s=DEFAULT_OTEL_INTERVAL_S if interval_s is None else interval_s,
         )
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _otel_endpoint(env: Mapping[str, str], *, asked: bool, given: str | None) -> str | None:
+    """Where OpenTelemetry metrics go (None: not asked for); see `ObserveSettings.resolve`."""
+    if given is not None:
+        return otlp_metrics_url(given, source="--otel-endpoint")
+    variable = ENV_PREFIX + "OTEL_ENDPOINT"
+    raw = env.get(variable, "").strip()
+    if raw:
+        return otlp_metrics_url(raw, source=variable)
+    switch = env.get(ENV_PREFIX + "OTEL", "").strip().lower()
+    if switch and switch not in _TRUE | _FALSE:
+        raise SettingsError(f"{ENV_PREFIX}OTEL must be 1 or 0 (true or false), got {switch!r}")
+    if not (asked or switch in _TRUE):
+        return None  # the standard variables alone may be the job's own, not a request
+    for variable, append in (
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", False),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", True),
+    ):
+        raw = env.get(variable, "").strip()
+        if raw:
+            return otlp_metrics_url(raw, source=variable, append=append)
+    return DEFAULT_OTEL_ENDPOINT
+
+
+def otlp_metrics_url(url: str, *, source: str, append: bool | None = None) -> str:
+    """``url`` as the full URL of an OTLP/HTTP metrics endpoint.
+
+    Args:
+        url: ``http(s)://host[:port][/path]``.
+        source: Where it came from, for the message.
+        append: Append ``/v1/metrics`` to the path (True: always, as for
+            ``OTEL_EXPORTER_OTLP_ENDPOINT``; False: never, as for
+            ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``; None: unless the path already ends in it).
+
+    Raises:
+        SettingsError: Not an http(s) URL with a host; the message names ``source``.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (a port out of range raises here)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            f"{source} must be an http(s) URL of an OTLP/HTTP receiver such as "
+            f"http://otel-collector:4318, got {url!r}"
+        )
+    path = parts.path.rstrip("/")
+    if append or (append is None and not path.endswith(OTLP_METRICS_PATH)):
+        path += OTLP_METRICS_PATH
+    return parts._replace(path=path).geturl()
