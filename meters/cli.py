@@ -27,6 +27,9 @@ Commands:
 * ``thermoledger push`` sends everything pending in the spool (offline runs); exits 1 if
   anything could not be sent, after a summary.
 * ``thermoledger status`` lists the spool's runs with pending and acknowledged chunk counts.
+* ``thermoledger import codecarbon FILE --project SLUG`` records CodeCarbon's ``emissions.csv``
+  runs on the server as estimates with their provenance (`meters.codecarbon`, imported only by
+  this command); ``--dry-run`` prints what would be imported, sending nothing.
 * ``thermoledger report [RUN]`` prints a run's report from the local spool, no server needed
   (`meters.local_report`: the accounting core's report, not ledgered): RUN is an id, a unique
   prefix of one, or a name (default: the newest run); ``--json FILE`` and ``--html FILE``
@@ -631,10 +634,94 @@ def _add_report_parser(parser: argparse.ArgumentParser) -> None:
     report.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
 
 
+# -- import: another tool's history, as estimated runs ------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportOptions(Options):
+    """``thermoledger import codecarbon FILE --project SLUG`` (`meters.codecarbon`).
+
+    Attributes:
+        file: CodeCarbon's ``emissions.csv``.
+        project: The project's slug (the token's; the service refuses another).
+        server: Service URL (None: ``THERMOLEDGER_SERVER``).
+        token: API token with the ``ingest`` scope.
+        token_file: File holding the API token.
+        dry_run: Print what would be imported; send nothing.
+        timezone: The zone of the file's timestamps (CodeCarbon writes local time).
+        kind: The runs' kind (CodeCarbon does not say what a run did).
+        cpu_measured: The CPU figures were read (RAPL, powermetrics), not modelled from a TDP.
+        replace: Supersede an earlier import of a run whose figures changed.
+    """
+
+    file: str
+    project: str
+    server: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+    token_file: str | None = None
+    dry_run: bool = False
+    timezone: str = "UTC"
+    kind: str = "other"
+    cpu_measured: bool = False
+    replace: bool = False
+
+
+def _add_import_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``import`` subcommand (one tool so far: ``codecarbon``)."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = subparsers.add_parser(
+        "import", help="bring another tool's history in as estimated runs (codecarbon)"
+    )
+    tools = command.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    codecarbon = tools.add_parser(
+        "codecarbon",
+        help="CodeCarbon's emissions.csv",
+        description="Record the runs of CodeCarbon's emissions.csv (its last row per run) on "
+        "the server as estimated runs: CodeCarbon's energy with a band for its method, its "
+        "grid intensity and PUE, and the file, line and run id as provenance. Importing the "
+        "same file again stores nothing new.",
+    )
+    codecarbon.add_argument("file", metavar="FILE", help="CodeCarbon's emissions.csv")
+    codecarbon.add_argument(
+        "--project", required=True, help="the project's slug: the token's own project"
+    )
+    codecarbon.add_argument("--server", help="service URL (default: THERMOLEDGER_SERVER)")
+    codecarbon.add_argument("--token", help="API token with the ingest scope (visible in ps)")
+    codecarbon.add_argument("--token-file", help="file holding the API token")
+    codecarbon.add_argument(
+        "--dry-run", action="store_true", help="print what would be imported; send nothing"
+    )
+    codecarbon.add_argument(
+        "--timezone",
+        default="UTC",
+        help="zone of the file's timestamps, which CodeCarbon writes in local time without "
+        "one: UTC, +02:00 or Europe/Paris (default: UTC)",
+    )
+    codecarbon.add_argument(
+        "--kind",
+        choices=("training", "inference", "eval", "other"),
+        default="other",
+        help="what the runs did; CodeCarbon does not record it (default: other)",
+    )
+    codecarbon.add_argument(
+        "--cpu-measured",
+        action="store_true",
+        help="the CPU figures were read from RAPL or powermetrics, not modelled from a TDP "
+        "(the file does not say): a ±10 %% CPU band instead of ±50 %%",
+    )
+    codecarbon.add_argument(
+        "--replace",
+        action="store_true",
+        help="supersede an earlier import of a run whose figures changed (else a conflict)",
+    )
+    codecarbon.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``thermoledger`` parser: `meters.options.build_parser` and the ``report`` command."""
+    """The ``thermoledger`` parser: `meters.options.build_parser`, ``report`` and ``import``."""
     parser = _meter_parser()
     _add_report_parser(parser)
+    _add_import_parser(parser)
     return parser
 
 
@@ -645,7 +732,22 @@ def from_args(
     env: Mapping[str, str],
     process_entry: bool = False,
 ) -> Options:
-    """`meters.options.from_args`, and `ReportOptions` for ``report``."""
+    """`meters.options.from_args`, `ReportOptions` for ``report``, `ImportOptions` for
+    ``import``."""
+    if args.subcommand == "import":
+        return ImportOptions(
+            verbose=args.verbose,
+            file=args.file,
+            project=args.project,
+            server=args.server,
+            token=args.token,
+            token_file=args.token_file,
+            dry_run=args.dry_run,
+            timezone=args.timezone,
+            kind=args.kind,
+            cpu_measured=args.cpu_measured,
+            replace=args.replace,
+        )
     if args.subcommand == "report":
         return ReportOptions(
             verbose=args.verbose,
@@ -683,6 +785,26 @@ def _cmd_report(options: ReportOptions, env: Mapping[str, str], out: TextIO, err
     )
 
 
+def _cmd_import(options: ImportOptions, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    # Imported here: the importer is for this command only.
+    from .codecarbon import import_codecarbon
+
+    settings = MeterSettings.resolve(env=env, server=options.server, token=options.token)
+    return import_codecarbon(
+        Path(options.file),
+        project=options.project,
+        api_url=settings.api_url,
+        token=settings.token,
+        out=out,
+        err=err,
+        dry_run=options.dry_run,
+        zone_name=options.timezone,
+        cpu_measured=options.cpu_measured,
+        kind=options.kind,
+        replace=options.replace,
+    )
+
+
 def _with_token(options: Options, env: Mapping[str, str], log: logging.Logger) -> Options:
     """The options with the token resolved from every source, once (one warning at most).
 
@@ -691,7 +813,7 @@ def _with_token(options: Options, env: Mapping[str, str], log: logging.Logger) -
     Raises:
         SettingsError: The token file is missing or empty, or two sources conflict.
     """
-    if not isinstance(options, MeterOptions | PushOptions):
+    if not isinstance(options, MeterOptions | PushOptions | ImportOptions):
         return options
     resolved = resolve_token(token=options.token, token_file=options.token_file, env=env)
     if resolved.warning:
@@ -741,6 +863,8 @@ def main(
                 return _cmd_status(options, env, out)
             case ReportOptions():
                 return _cmd_report(options, env, out, err)
+            case ImportOptions():
+                return _cmd_import(options, env, out, err)
     except SettingsError as e:
         err.write(f"thermoledger: {e}\n")
         return _EXIT_USAGE

@@ -6,27 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.support.builders import batch, chunk
-from tests.support.client import Project, TestClient, create_run
+from tests.support.client import Project, TestClient, create_run, in_process
 from thermoledger.meters.api import Meter
 from thermoledger.meters.backends import SimulatedBackend, SimulatedDevice, steady
-
-
-def in_process(client: TestClient) -> httpx.MockTransport:
-    """An httpx transport that hands each request to the in-process service."""
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        answer = client.request(
-            request.method,
-            request.url.raw_path.decode("ascii"),
-            content=request.read(),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-        )
-        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
-
-    return httpx.MockTransport(handle)
 
 
 def _report(client: TestClient, project: Project, run_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -34,6 +35,7 @@ __all__ = [
     "bearer",
     "clean_settings",
     "create_run",
+    "in_process",
     "make_project",
     "row_counts",
 ]
@@ -49,6 +51,22 @@ def clean_settings(**values: Any) -> Settings:
             if name.startswith("THERMOLEDGER_"):
                 patch.delenv(name)
         return Settings(**values)
+
+
+def in_process(client: TestClient) -> httpx.MockTransport:
+    """An httpx transport that hands each request to the in-process service (for clients of
+    the API that take a transport: the meter's uploader, the importers)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = client.request(
+            request.method,
+            request.url.raw_path.decode("ascii"),
+            content=request.read(),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        )
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    return httpx.MockTransport(handle)
 
 
 def bearer(token: str) -> dict[str, str]:
