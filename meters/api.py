@@ -880,6 +880,51 @@ class Meter:
                 except Exception as e:
                     self._warn_once("phase", "thermoledger: recording a phase failed: %s", e)
 
+    def record_phase(self, name: str, *, t0_s: float, **tags: str) -> PhaseRecord | None:
+        """Record a phase that began at ``t0_s`` and ends now, once it is known what it was.
+
+        For frameworks whose events mark a window's end but not its start (the Hugging Face
+        Trainer says an ``evaluate()`` or a ``predict()`` ended; its first prediction step is
+        the first it says of either). The end is an edge read now, as for `phase`; the start is
+        a past time, so the service shares the chunk around it out by time. Work added before
+        the call does not count for this phase. Never raises; a ``t0_s`` that is not a finite
+        time before now is refused visibly (a warning, a line in `summary`).
+
+        Args:
+            name: The phase's name (``eval``, ``predict``).
+            t0_s: When it began, unix s (``time.time()`` then).
+            tags: Phase tags.
+
+        Returns:
+            The phase record, or None where nothing is recorded (refused, or not rank 0).
+        """
+        start = math.nan
+        if isinstance(t0_s, numbers.Real) and not isinstance(t0_s, bool):
+            start = float(t0_s)
+        if not (math.isfinite(start) and 0 < start <= time.time()):
+            self._refuse(
+                "record_phase",
+                f"record_phase({name!r}, t0_s={t0_s!r})",
+                "need a unix time before now",
+            )
+            return None
+        if not self.recording:
+            return None
+        record = PhaseRecord(
+            name=str(name).strip()[:_MAX_NAME] or "phase",
+            t0_s=start,
+            tags={},
+            t1_s=max(self._edge_s(), start),
+        )
+        try:
+            with self._lock:
+                record.tags = self._valid_tags(tags)
+                self._put_phase(record)
+        except Exception as e:
+            self._warn_once("phase", "thermoledger: recording a phase failed: %s", e)
+            return None
+        return record
+
     def _edge_s(self) -> float:
         """A phase's edge: every device read now (`Sampler.mark`), its chunks cut there.
 
