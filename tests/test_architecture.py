@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("accounting", "meters", "db", "service", "migrations")
+PACKAGES = ("accounting", "meters", "db", "service", "migrations", "integrations")
 NS = "thermoledger"
 
 # package -> modules (installed names, or third-party top-level names) it must never import
@@ -31,6 +31,11 @@ FORBIDDEN: dict[str, set[str]] = {
     },
     "migrations": {f"{NS}.service", f"{NS}.meters", "fastapi"},
     "service": set(),
+    # the framework callbacks live in the training job's process, beside the meter
+    "integrations": {
+        f"{NS}.db", f"{NS}.service", f"{NS}.migrations", f"{NS}.accounting",
+        "fastapi", "sqlalchemy", "alembic", "pint",
+    },
 }  # fmt: skip
 # What a package may take from another package of ours, where it may not take all of it.
 MAY_IMPORT: dict[tuple[str, str], set[str]] = {
@@ -47,9 +52,15 @@ MAY_IMPORT: dict[tuple[str, str], set[str]] = {
         f"{NS}.accounting.report",
         f"{NS}.accounting.carbon",
         f"{NS}.accounting.cost",
+        # ... and the energy decomposition's chunk kernel (numpy only), by which the local
+        # report finds each device's quietest sustained power and memory-busy time as
+        # `db.totals` does for the service
+        f"{NS}.accounting.decomposition",
     },
     # the service talks to meters over HTTP; it shares only the wire schema
     ("service", "meters"): {f"{NS}.meters.wire"},
+    # the callbacks build on the meter's public API (and read the footprint settings for co2e_g)
+    ("integrations", "meters"): {f"{NS}.meters.api", f"{NS}.meters.settings"},
 }
 # Explicit exceptions, each with its reason.
 ALLOWED: dict[str, set[str]] = {
@@ -156,6 +167,28 @@ def test_the_resolver_sees_a_violation() -> None:
     nvml = ROOT / "meters" / "backends" / "nvml.py"
     modules = {module for _line, module, _level in _imports(nvml)}
     assert "thermoledger.meters.errors" in modules  # `from ..errors import …`, resolved
+
+
+# The frameworks the callbacks hook into, each imported by its callback's module only: importing
+# thermoledger (or its integrations package) must never load torch.
+FRAMEWORKS = {
+    "torch": {"integrations/hf.py", "integrations/lightning.py"},
+    "transformers": {"integrations/hf.py"},
+    "accelerate": set(),
+    "lightning": {"integrations/lightning.py"},
+    "pytorch_lightning": set(),
+}
+
+
+def test_frameworks_are_imported_by_their_callbacks_only() -> None:
+    violations = [
+        f"{path.relative_to(ROOT)}:{lineno} imports {module}"
+        for path in _files(*PACKAGES)
+        for lineno, module, _level in _imports(path)
+        if module.split(".")[0] in FRAMEWORKS
+        and path.relative_to(ROOT).as_posix() not in FRAMEWORKS[module.split(".")[0]]
+    ]
+    assert not violations, "\n".join(violations)
 
 
 def test_accounting_integrate_is_numpy_only() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("accounting", "meters", "db", "service", "migrations")
+PACKAGES = ("accounting", "meters", "db", "service", "migrations", "integrations")
 pytestmark = pytest.mark.slow
 
 
@@ -209,3 +209,17 @@ def test_a_missing_extra_says_which_to_install(built: Built, tmp_path: Path) -> 
     done = _run_bare(built, ["-c", "import thermoledger.accounting.units"], tmp_path, check=False)
     assert done.returncode != 0
     assert "pip install 'thermoledger[units]'" in done.stderr
+
+
+def test_the_callbacks_name_their_extras_in_a_bare_install(built: Built, tmp_path: Path) -> None:
+    """`thermoledger.integrations` imports without any framework; each callback names its extra."""
+    done = _run_bare(built, ["-c", "import thermoledger.integrations"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name, extra in (
+        ("ThermoledgerCallback", "thermoledger[hf]"),
+        ("ThermoledgerLightningCallback", "thermoledger[lightning]"),
+    ):
+        code = f"from thermoledger.integrations import {name}"
+        missing = _run_bare(built, ["-c", code], tmp_path, check=False)
+        assert missing.returncode != 0
+        assert f"pip install '{extra}'" in missing.stderr
