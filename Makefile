@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # tools), in the same .venv. Where `make test` already installed [dev] (a superset) it is reused.
 DEMO_STAMP := $(VENV)/.installed-service
 
-.PHONY: demo screenshots test test-fast lint types pytest browser bench gpu images clean
+.PHONY: demo screenshots test test-fast lint types pytest integrations browser bench gpu images clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
@@ -40,7 +40,7 @@ screenshots: $(STAMP) browser
 
 # The packages are linted a second time through thermoledger/<folder> (symlinks), where each
 # module has its installed name: that is where the ban on the bare names (TID251) can hold.
-PACKAGES := accounting meters db service migrations
+PACKAGES := accounting meters db service migrations integrations
 
 lint: $(STAMP)
 	$(BIN)/ruff check . $(addprefix thermoledger/,$(PACKAGES))
@@ -64,7 +64,24 @@ browser:
 pytest: $(STAMP) browser
 	$(BIN)/pytest
 
-test: lint types pytest
+# The framework callbacks' lane (thermoledger.integrations, tests/integrations, which the main
+# suite leaves out): its own venv with the [hf,lightning] extras and pytest, built once per
+# pyproject.toml. torch is pinned to the CPU build this machine keeps (2.13.0): any other torch
+# requirement pulls a multi-GB CUDA build from the index.
+IVENV  := .venv-integrations
+ISTAMP := $(IVENV)/.installed
+TORCH  := torch==2.13.0
+
+$(ISTAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
+	$(PYTHON) -m venv $(IVENV)
+	$(IVENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[hf,lightning]' 'pytest>=8.2'
+	@touch $(ISTAMP)
+
+integrations: $(ISTAMP)
+	$(IVENV)/bin/pytest tests/integrations -q
+
+test: lint types pytest integrations
 
 # The edit-test loop: the same gates, without the tests marked `slow` (subprocesses, live
 # servers, builds, browsers). CI runs `make test`, everything.
@@ -87,4 +104,4 @@ images:
 	deploy/images.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(IVENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
