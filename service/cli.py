@@ -304,6 +304,36 @@ def main(
             f"pip install 'thermoledger[{extra}]'\n"
         )
         return 1
+    except Exception as e:
+        reason = _unreachable_database(e)
+        if reason is None:
+            raise
+        url = getattr(args, "database_url", None) or os.environ.get("THERMOLEDGER_DATABASE_URL")
+        where = f" ({database_label(url)})" if url else ""
+        hint = (
+            "that its directory exists and is writable"
+            if (url or "sqlite").startswith("sqlite")
+            else "that the server is up and accepts this user"
+        )
+        err.write(
+            f"thermoledger-server {args.command}: cannot reach the database{where}: {reason}; "
+            f"check THERMOLEDGER_DATABASE_URL or --database-url, and {hint}\n"
+        )
+        return 1
+
+
+def _unreachable_database(e: BaseException) -> str | None:
+    """The driver's first line when ``e`` says the database could not be opened or reached
+    (refused, unknown host, bad credentials, an SQLite file that cannot be opened), else None.
+    """
+    try:
+        from sqlalchemy.exc import OperationalError
+    except ModuleNotFoundError:  # pragma: no cover - every database command needs [service]
+        return None
+    if not isinstance(e, OperationalError):
+        return None
+    text = str(e.orig if e.orig is not None else e).strip()
+    return text.splitlines()[0] if text else type(e.orig).__name__
 
 
 def _dispatch(

@@ -125,3 +125,29 @@ def test_migrate_prints_the_database_and_the_revisions(empty_url: str) -> None:
     out = io.StringIO()
     assert cli.main(["migrate", "--database-url", empty_url], out=out, err=err) == 0
     assert out.getvalue().splitlines()[1] == f"revision: {head} (already the newest)"
+
+
+@pytest.mark.parametrize(
+    ("command", "url", "said"),
+    [
+        (["migrate"], "postgresql+psycopg://postgres@127.0.0.1:1/none", "Connection refused"),
+        (["migrate"], "sqlite:////nonexistent/directory/ledger.db", "unable to open"),
+        (
+            ["token", "create", "--project", "p", "--scopes", "read"],
+            "sqlite:////nonexistent/directory/ledger.db",
+            "unable to open",
+        ),
+    ],
+)
+def test_an_unreachable_database_is_one_line_not_a_traceback(
+    command: list[str], url: str, said: str
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([*command, "--database-url", url], out=out, err=err)
+    assert code == 1
+    message = err.getvalue()
+    assert message.count("\n") == 1, message
+    assert f"thermoledger-server {command[0]}: cannot reach the database" in message
+    assert said in message
+    assert "--database-url" in message
+    assert "Traceback" not in message
