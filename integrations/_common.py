@@ -13,6 +13,9 @@ loggers. The figures are cumulative from the start of training (`MeteredJob.star
     co2e_g              energy_j / 3.6e6 × PUE × grid intensity (gCO2e/kWh), g, location-based
     epoch_energy_j      (at the end of an epoch) the energy of that epoch alone, J
 
+The figures are this node's (the meter samples its own node): in a multi-node job the loggers,
+which write from global rank 0, get node 0's, and the run's total is the service's report.
+
 A figure that is not known is left out, never logged as 0: no energy where this process
 samples nothing (another process meters the node, another rank, nothing measurable), no
 ``energy_per_token_j`` without a token count, no ``flop_per_j`` without FLOPs, and no
@@ -168,6 +171,11 @@ class MeteredJob:
             raise TypeError(
                 f"{owner}: pass either meter= (a Meter you opened) or options for the "
                 f"callback's own Meter ({', '.join(sorted(meter_options))}), not both"
+            )
+        if "kind" in meter_options:
+            raise TypeError(
+                f"{owner}: the run's kind comes from what the framework runs (training, eval, "
+                "inference); kind= is not an option here"
             )
         if meter is not None and not isinstance(meter, Meter):
             raise TypeError(

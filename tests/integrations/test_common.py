@@ -157,6 +157,8 @@ def test_arguments_are_checked_with_the_field_named(tmp_path: Path) -> None:
         make(dtype="?")
     with pytest.raises(TypeError, match=r"meter= must be a thermoledger Meter"):
         make(meter="m")
+    with pytest.raises(TypeError, match=r"kind= is not an option"):
+        make(meter_options={"kind": "training"})
     with (
         Meter("x", backend="simulated", spool_dir=tmp_path, env={}) as meter,
         pytest.raises(TypeError, match=r"not both"),
