@@ -7,7 +7,9 @@ One import name for everything the distribution installs:
 * `thermoledger.accounting` — the pure numpy + pint core (units, integration, bounds, carbon,
   cost, planning, amortisation, reports);
 * `thermoledger.db` and `thermoledger.migrations` — the SQL models and Alembic migrations;
-* `thermoledger.service` — the FastAPI service and the ``thermoledger-server`` command.
+* `thermoledger.service` — the FastAPI service and the ``thermoledger-server`` command;
+* `thermoledger.integrations` — the Hugging Face ``Trainer`` and Lightning callbacks (extras
+  ``[hf]``, ``[lightning]``; the frameworks load only with their callback).
 
 The in-process API is re-exported here::
 
