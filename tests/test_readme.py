@@ -79,8 +79,8 @@ def _not_run_reason(argv: list[str]) -> str | None:
 def test_the_quick_start_is_the_two_make_commands_and_ci_runs_the_second() -> None:
     commands = _commands(_section("Quick start"))
     assert commands == [["make", "demo"], ["make", "test"]]
-    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
-    assert ci[-1] == "make test"
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert "make test" in ci
 
 
 def test_every_extra_the_readme_installs_exists() -> None:
