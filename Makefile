@@ -72,10 +72,11 @@ IVENV  := .venv-integrations
 ISTAMP := $(IVENV)/.installed
 TORCH  := torch==2.13.0
 
-$(ISTAMP): pyproject.toml
+$(ISTAMP): pyproject.toml tests/integrations/constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "thermoledger needs Python >= 3.11")'
 	$(PYTHON) -m venv $(IVENV)
-	$(IVENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(TORCH)' -e '.[hf,lightning]' 'pytest>=8.2'
+	$(IVENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -c tests/integrations/constraints.txt '$(TORCH)' -e '.[hf,lightning]' 'pytest>=8.2'
 	@touch $(ISTAMP)
 
 integrations: $(ISTAMP)
