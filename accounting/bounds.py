@@ -26,10 +26,15 @@ not a physical law.
 **Energy roofline** (Choi, Bedard, Fowler, Vuduc, IPDPS 2013). E = W·ε_flop + Q·ε_mem + π0·T with
 T = max(W/peak, Q/bandwidth), the fastest the devices could finish. Constants come from the catalog
 (`accounting.catalog`: TDP-derived upper bounds, π0 = idle power or an assumed default) or from
-an override. With several devices the work is assumed split in proportion to each device's peak
-(FLOPs) and bandwidth (bytes), i.e. perfectly balanced. When the bytes moved Q are unknown, Q = 0
-is used: the compute-only minimum, since traffic can only add energy. With TDP-derived ε both
-terms charge the whole board power, so with Q > 0 this is an estimate rather than a strict floor.
+an override. A run's report passes the π0 it resolved per device (the measured lowest sustained
+power first: `accounting.decomposition`) and re-derives the TDP-derived ε with it,
+(TDP − π0)/peak, so π0 and dynamic power together stay within TDP; with Q = 0 the bound is then
+the same whatever π0 (W·TDP/peak), and it is Q that moves it. With several devices the work is
+assumed split in proportion to each device's peak (FLOPs) and bandwidth (bytes), i.e. perfectly
+balanced. When the bytes moved Q are unknown, Q = 0 is used: the compute-only minimum, since
+traffic can only add energy. Q may come from the devices' memory-activity counters (labelled: an
+upper bound on the bytes, busy time at peak bandwidth). With TDP-derived ε both terms charge the
+whole board power, so with Q > 0 this is an estimate rather than a strict floor.
 
 Every result is a frozen dataclass holding the bound, the measured value, the orders of magnitude
 between them (log10(measured / bound)) and an ``assumptions`` mapping; `compare_run` computes all
@@ -622,6 +627,9 @@ def energy_roofline(
     devices: Devices,
     bytes_moved: float | None = None,
     energy_j: float | None = None,
+    pi0_w_by_id: Mapping[str, float] | None = None,
+    pi0_basis: str | None = None,
+    bytes_basis: str | None = None,
 ) -> EnergyRooflineBound:
     """Choi et al. minimum energy for the run's work on its devices.
 
@@ -631,6 +639,12 @@ def energy_roofline(
         devices: Catalog entries (see `Devices`).
         bytes_moved: DRAM/HBM traffic Q (byte), > 0, or None (then Q = 0, stated in the result).
         energy_j: Measured energy (J), or None.
+        pi0_w_by_id: π0 summed over each entry's devices (W), by catalog id, in place of the
+            catalog's (e.g. measured: `accounting.decomposition`); TDP-derived ε of that entry
+            are re-derived with it, (count·TDP − π0) / (count·peak), so π0 plus dynamic power
+            stay within TDP. Entries not named keep the catalog's.
+        pi0_basis: Where those π0 come from, for the assumptions.
+        bytes_basis: Where ``bytes_moved`` comes from (default: "given").
 
     Returns:
         An `EnergyRooflineBound`.
@@ -655,19 +669,31 @@ def energy_roofline(
             )
         if canonical not in constants.eps_flop_j:
             raise BoundUnavailable(f"{entry.id} has no eps_flop for {canonical}")
-        weighted_eps_flop += count * entry.peak(canonical) * constants.eps_flop_j[canonical]
-        weighted_eps_mem += (
-            count * entry.memory_bandwidth_bytes_per_s * constants.eps_mem_j_per_byte
-        )
-        pi0_w += count * constants.pi0_w
-        eps_kinds.append(constants.eps_flop_provenance[canonical].kind)
+        flop_kind = constants.eps_flop_provenance[canonical].kind
+        mem_kind = constants.eps_mem_provenance.kind
+        entry_flop_w = count * entry.peak(canonical) * constants.eps_flop_j[canonical]
+        entry_mem_w = count * entry.memory_bandwidth_bytes_per_s * constants.eps_mem_j_per_byte
+        entry_pi0_w = count * constants.pi0_w
+        pi0_provenance: JSONValue = constants.pi0_provenance.to_dict()
+        override = None if pi0_w_by_id is None else pi0_w_by_id.get(entry.id)
+        if override is not None:
+            entry_pi0_w = _nonnegative(override, f"pi0_w of {entry.id}")
+            pi0_provenance = {"kind": "override", "note": pi0_basis or "given"}
+            if entry.tdp_w is not None:
+                dynamic_w = max(count * entry.tdp_w - entry_pi0_w, 0.0)
+                entry_flop_w = dynamic_w if flop_kind == "derived" else entry_flop_w
+                entry_mem_w = dynamic_w if mem_kind == "derived" else entry_mem_w
+        weighted_eps_flop += entry_flop_w
+        weighted_eps_mem += entry_mem_w
+        pi0_w += entry_pi0_w
+        eps_kinds.append(flop_kind)
         eps_provenance[entry.id] = {
-            "eps_flop_j": constants.eps_flop_j[canonical],
+            "eps_flop_j": entry_flop_w / (count * entry.peak(canonical)),
             "eps_flop_provenance": constants.eps_flop_provenance[canonical].to_dict(),
-            "eps_mem_j_per_byte": constants.eps_mem_j_per_byte,
+            "eps_mem_j_per_byte": entry_mem_w / (count * entry.memory_bandwidth_bytes_per_s),
             "eps_mem_provenance": constants.eps_mem_provenance.to_dict(),
-            "pi0_w": constants.pi0_w,
-            "pi0_provenance": constants.pi0_provenance.to_dict(),
+            "pi0_w": entry_pi0_w / count,
+            "pi0_provenance": pi0_provenance,
         }
     eps_flop = weighted_eps_flop / pool.peak_flop_per_s
     eps_mem = weighted_eps_mem / pool.bandwidth_bytes_per_s
@@ -677,7 +703,7 @@ def energy_roofline(
         q_note = "unknown: Q = 0 bytes (compute-only minimum; memory traffic only adds energy)"
     else:
         traffic = _positive(bytes_moved, "bytes_moved")
-        q_note = "given"
+        q_note = bytes_basis or "given"
     time_s = max(flops / pool.peak_flop_per_s, traffic / pool.bandwidth_bytes_per_s)
     flop_energy = flops * eps_flop
     memory_energy = traffic * eps_mem
@@ -730,6 +756,10 @@ def compare_run(
     intensity_flop_per_byte: float | None = None,
     temperature_k: float | None = None,
     bits_model: BitsModel | float = "word",
+    pi0_w_by_id: Mapping[str, float] | None = None,
+    pi0_basis: str | None = None,
+    counter_bytes_moved: float | None = None,
+    counter_bytes_basis: str | None = None,
 ) -> RunBounds:
     """All three bounds for one run, side by side.
 
@@ -743,6 +773,12 @@ def compare_run(
         intensity_flop_per_byte: Arithmetic intensity (FLOP/byte), if known; Q = W / I.
         temperature_k: Measured temperature (K), if known; 300 K otherwise.
         bits_model: Landauer bits-per-FLOP model (``"word"`` by default).
+        pi0_w_by_id: π0 per catalog id for the energy roofline (see `energy_roofline`).
+        pi0_basis: Where those π0 come from.
+        counter_bytes_moved: Memory traffic from the devices' activity counters (byte), for the
+            energy roofline only (the hardware roofline's intensity stays the given one); a
+            given ``bytes_moved`` or intensity wins over it.
+        counter_bytes_basis: What that figure assumes.
 
     Returns:
         `RunBounds`. A roofline that cannot be computed (no peak at the dtype, no TDP or
@@ -786,13 +822,20 @@ def compare_run(
                 hardware.assumptions["tdp_unavailable"]
             )
     energy: EnergyRooflineBound | None = None
+    roofline_bytes, bytes_basis = bytes_moved, None
+    if roofline_bytes is None and counter_bytes_moved is not None and counter_bytes_moved > 0:
+        roofline_bytes = counter_bytes_moved
+        bytes_basis = counter_bytes_basis or "memory-activity counters"
     try:
         energy = energy_roofline(
             flops=flops,
             dtype=canonical,
             devices=dict(counts),
-            bytes_moved=bytes_moved,
+            bytes_moved=roofline_bytes,
             energy_j=energy_j,
+            pi0_w_by_id=pi0_w_by_id,
+            pi0_basis=pi0_basis,
+            bytes_basis=bytes_basis,
         )
     except (BoundUnavailable, UnsupportedDtype) as error:
         unavailable["energy_roofline"] = str(error)
@@ -834,6 +877,13 @@ def _positive(value: float, name: str) -> float:
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise BoundError(f"{name} must be finite and > 0, got {value!r}")
+    return number
+
+
+def _nonnegative(value: float, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise BoundError(f"{name} must be finite and >= 0, got {value!r}")
     return number
 
 

@@ -10,6 +10,11 @@ Work (FLOPs) comes from what the job declared: FLOPs directly, or model size N w
 (training: 6·N·D; inference: 2·N per token), labelled as such. Without FLOPs, FLOP/J, MFU and
 the three bounds are reported as unavailable with the reason, not guessed.
 
+The accelerators' measured energy is also split into constant (π0·T), compute (W·ε_flop),
+memory (Q·ε_mem) and unexplained parts, each with its band and sources
+(`accounting.decomposition`: π0 from the devices' quietest sustained chunk, Q from their
+memory-activity counters); the energy roofline takes the same π0 and Q.
+
 A node's domains
     Devices have a kind (``gpu``, ``cpu``, ``dram``, ``other``). The report gives subtotals per
     kind (run-wide and per host, each with its band) and a total per host (the node), and adds
@@ -49,6 +54,13 @@ from .carbon import (
 )
 from .catalog import Catalog, CatalogEntry, UnsupportedDtype, builtin_catalog, resolve
 from .cost import CloudPrice, CostBreakdown, OwnedHardware, Tariff, run_cost
+from .decomposition import (
+    DeviceActivity,
+    EnergyDecomposition,
+    decompose_energy,
+    lowest_sustained_power,
+    pi0_by_entry,
+)
 from .integrate import ChunkSummaries, aggregate_energy, covered_by, kind_order
 from .planning import inference_flops_per_token, training_flops
 
@@ -114,6 +126,11 @@ class DeviceUsage:
         kind: ``gpu``, ``cpu``, ``dram`` or ``other``.
         covers: Other kinds on its host whose energy its figures include (a GH200-class
             module: ``("cpu",)``); devices of those kinds on the host are left out of totals.
+        quiet_power_w: Lowest mean power of a sustained chunk, W, or None
+            (`accounting.decomposition.lowest_sustained_power`).
+        quiet_power_high_w: Top of that chunk's band over its length, W, or None.
+        mem_busy_s: Memory-busy seconds over the chunks that carry a memory-activity counter.
+        mem_observed_s: Seconds those chunks cover (0: no counter).
     """
 
     key: str
@@ -136,6 +153,10 @@ class DeviceUsage:
     simulated: bool = False
     kind: str = "gpu"
     covers: tuple[str, ...] = ()
+    quiet_power_w: float | None = None
+    quiet_power_high_w: float | None = None
+    mem_busy_s: float = 0.0
+    mem_observed_s: float = 0.0
 
     @property
     def duration_s(self) -> float:
@@ -309,6 +330,7 @@ class RunReport:
     by_kind: Mapping[str, EnergyLine] = field(default_factory=dict)
     nodes: tuple[NodeUsage, ...] = ()
     covered: Mapping[str, str] = field(default_factory=dict)
+    energy_decomposition: EnergyDecomposition | None = None
 
     @property
     def duration_s(self) -> float:
@@ -374,6 +396,9 @@ class RunReport:
                 "mfu": self.mfu,
             },
             "bounds": None if self.bounds is None else self.bounds.to_dict(),
+            "energy_decomposition": (
+                None if self.energy_decomposition is None else self.energy_decomposition.to_dict()
+            ),
             "cost": self._cost_dict(),
             "carbon": self._carbon_dict(),
             "sci": None if self.sci is None else self.sci.to_dict(),
@@ -496,6 +521,9 @@ class RunReport:
         if self.bounds is not None:
             out.append("Bounds (measured energy vs each reference)")
             out.extend("  " + line for line in self.bounds.summary().splitlines())
+        if self.energy_decomposition is not None:
+            out.append("Energy decomposition (Choi et al. 2013: constant + compute + memory)")
+            out.extend("  " + line for line in _decomposition_lines(self.energy_decomposition))
         out.append("Cost")
         cost = self.cost
         energy_usd = "not priced" if cost.energy_usd is None else f"{cost.energy_usd:,.2f} USD"
@@ -535,6 +563,33 @@ class RunReport:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _decomposition_lines(decomposition: EnergyDecomposition) -> list[str]:
+    """One line per part (value, band, share, or why not), then the π0 sources and notes."""
+    lines = []
+    measured = decomposition.measured_j
+    parts = (
+        ("constant", decomposition.constant),
+        ("compute", decomposition.compute),
+        ("memory", decomposition.memory),
+        ("unexplained", decomposition.unexplained),
+    )
+    for name, part in parts:
+        if part.energy_j is None:
+            lines.append(f"{name:<12} not available ({part.reason})")
+            continue
+        share = f" {part.energy_j / measured:>7.1%}" if measured > 0 else ""
+        low = "unbounded" if part.low_j is None else _energy(part.low_j)
+        high = "unbounded" if part.high_j is None else _energy(part.high_j)
+        lines.append(f"{name:<12} {_energy(part.energy_j):>12}{share}  (band {low} … {high})")
+    sources = Counter(t.constant_power.provenance for t in decomposition.devices)
+    lines.append(
+        f"pi0 {decomposition.pi0_w:,.1f} W in all: "
+        + ", ".join(f"{kind} x{count}" for kind, count in sorted(sources.items()))
+    )
+    lines.extend(decomposition.notes)
+    return lines
 
 
 def _energy(value_j: float) -> str:
@@ -627,6 +682,19 @@ def devices_from_chunks(
     np.maximum.at(t1, seg, summaries.t1_s)
     peak = np.zeros(n_dev)
     np.maximum.at(peak, seg, np.nan_to_num(summaries.max_power_w, nan=0.0))
+    activity = lowest_sustained_power(
+        device=seg,
+        n_devices=n_dev,
+        t0_s=summaries.t0_s,
+        t1_s=summaries.t1_s,
+        energy_j=summaries.energy_j,
+        sensor_uncertainty_j=summaries.sensor_uncertainty_j,
+        bound_above_j=summaries.bound_above_j,
+        gap_count=summaries.gap_count,
+        reset_count=summaries.reset_count,
+        estimated=summaries.method == "estimate",
+        mem_busy_frac=np.full(seg.size, np.nan),  # the kernel's summaries carry no counter
+    )
     devices = []
     for k in range(n_dev):
         methods = Counter(str(m) for m in summaries.method[seg == k])
@@ -655,9 +723,17 @@ def devices_from_chunks(
                 simulated=False if simulated is None else bool(simulated[k]),
                 kind="gpu" if kinds is None else kinds[k],
                 covers=() if covers is None else tuple(covers[k]),
+                quiet_power_w=_number_or_none(activity.quiet_power_w[k]),
+                quiet_power_high_w=_number_or_none(activity.quiet_power_high_w[k]),
             )
         )
     return tuple(devices)
+
+
+def _number_or_none(value: float) -> float | None:
+    """A kernel's per-device figure: NaN (none) as None."""
+    number = float(value)
+    return None if math.isnan(number) else number
 
 
 #: A device whose readings end this many of its own sampling intervals (and at least
@@ -761,9 +837,13 @@ def build_run_report(
     flops, flops_source = _work_flops(run.kind, work)
     bounds: RunBounds | None = None
     entries = [e for d in accelerators if (e := device_catalog[d.key]) is not None]
-    bound_energy_j = total.energy_j
+    bound_line = total
     if len(accelerators) < len(counted):
-        bound_energy_j = _lines(accelerators, lambda d: "", settings.combine)[""].energy_j
+        bound_line = _lines(accelerators, lambda d: "", settings.combine)[""]
+    bound_energy_j = bound_line.energy_j
+    decomposition = _decomposition(
+        accelerators, device_catalog, bound_line, flops, work.dtype, catalog.default_pi0_w
+    )
     if flops is None:
         notes.append("no FLOPs declared (add_flops or model size + tokens): no bounds or MFU")
     elif len(entries) < len(accelerators):
@@ -786,9 +866,18 @@ def build_run_report(
                 devices=entries,
                 temperature_k=settings.temperature_k,
                 bits_model=settings.bits_model,
+                **_roofline_terms(decomposition),
             )
         except (BoundError, UnsupportedDtype) as e:
             notes.append(f"bounds unavailable: {e}")
+        else:
+            roofline = bounds.energy_roofline
+            if roofline is not None and roofline.bound_j > bound_energy_j:
+                notes.append(
+                    "the run used less than the energy roofline: its TDP-derived eps are upper "
+                    "bounds (all dynamic power charged to FLOPs and, with the memory traffic "
+                    "from the counters, again to bytes), so it is a rated reference, not a floor"
+                )
 
     device_hours = sum(d.duration_s for d in accelerators) / 3600.0
     cost = run_cost(
@@ -852,7 +941,63 @@ def build_run_report(
         by_kind=by_kind,
         nodes=nodes,
         covered=covered,
+        energy_decomposition=decomposition,
     )
+
+
+def _decomposition(
+    accelerators: Sequence[DeviceUsage],
+    device_catalog: Mapping[str, CatalogEntry | None],
+    line: EnergyLine,
+    flops: float | None,
+    dtype: str,
+    default_pi0_w: float,
+) -> EnergyDecomposition | None:
+    """The accelerators' measured energy split (`accounting.decomposition`); None when nothing
+    was measured over any time."""
+    if not accelerators or line.energy_j <= 0 or not any(d.duration_s > 0 for d in accelerators):
+        return None
+    return decompose_energy(
+        measured_j=line.energy_j,
+        measured_low_j=line.energy_low_j,
+        measured_high_j=line.energy_high_j,
+        devices=[
+            DeviceActivity(
+                key=d.key,
+                entry=device_catalog.get(d.key),
+                span_s=d.duration_s,
+                energy_j=d.energy_j,
+                energy_high_j=d.energy_j + d.sensor_uncertainty_j + d.bound_above_j,
+                quiet_power_w=d.quiet_power_w,
+                quiet_power_high_w=d.quiet_power_high_w,
+                mem_busy_s=d.mem_busy_s,
+                mem_observed_s=d.mem_observed_s,
+            )
+            for d in accelerators
+        ],
+        flops=flops,
+        dtype=dtype,
+        flops_reason="no FLOPs declared (add_flops or model size + tokens)",
+        default_pi0_w=default_pi0_w,
+    )
+
+
+def _roofline_terms(decomposition: EnergyDecomposition | None) -> dict[str, Any]:
+    """What the energy roofline takes from the decomposition: π0 per catalog entry (with where
+    it came from) and the counters' bytes moved, when every device has them."""
+    if decomposition is None:
+        return {}
+    sources = Counter(t.constant_power.provenance for t in decomposition.devices)
+    return {
+        "pi0_w_by_id": pi0_by_entry(decomposition),
+        "pi0_basis": "resolved per device: "
+        + ", ".join(f"{kind} x{count}" for kind, count in sorted(sources.items())),
+        "counter_bytes_moved": decomposition.bytes_moved,
+        "counter_bytes_basis": (
+            "memory-activity counters: busy time at peak bandwidth (an upper bound on the "
+            "bytes moved; see energy_decomposition)"
+        ),
+    }
 
 
 def _by_kind_order(item: tuple[str, EnergyLine]) -> int:

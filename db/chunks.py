@@ -474,6 +474,7 @@ _COPY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("content_hash", "varchar"),
     ("samples", "bytea"),
     ("created_at", "timestamptz"),
+    ("mem_busy_frac", "float8"),
 )
 
 
@@ -506,6 +507,7 @@ def _chunk_values(
             c.content_hash,
             c.blob if c.blob is not None or c.samples is None else next(encoded),
             now,
+            c.mem_busy_frac,
         )
         for device_id, c in rows
     ]

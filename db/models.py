@@ -408,7 +408,10 @@ class Chunk(Base):
     the counter while min/max come from the power sensor, so only ``min ≤ max`` holds
     (`MEAN_IN_RANGE_METHODS`). ``reset_count``/``wrap_count`` count counter resets (driver
     reloads) and wraps inside the chunk. ``samples`` is the `db.samples` codec's blob and may
-    be NULL once raw arrays have expired (DESIGN §8).
+    be NULL once raw arrays have expired (DESIGN §8). ``mem_busy_frac`` is the time-weighted
+    fraction of the chunk during which the device's memory was busy (NVML ``utilization.memory``,
+    AMD SMI ``umc_activity``), in [0, 1]; NULL when the meter had no such reading (migration 0007:
+    nullable on purpose, "not measured" is never 0).
     """
 
     __tablename__ = "chunk"
@@ -443,6 +446,10 @@ class Chunk(Base):
         sa.CheckConstraint("reset_count >= 0 AND wrap_count >= 0", name="counts_nonnegative"),
         _enum_check("method", EnergyMethod, "method_valid"),
         sa.CheckConstraint("length(content_hash) = 64", name="content_hash_sha256_hex"),
+        sa.CheckConstraint(
+            "mem_busy_frac IS NULL OR (mem_busy_frac >= 0 AND mem_busy_frac <= 1)",
+            name="mem_busy_frac_valid",
+        ),
         sa.Index(None, "run_id", "t0_s"),
     )
 
@@ -467,6 +474,7 @@ class Chunk(Base):
     content_hash: Mapped[str] = mapped_column(sa.String(64))
     samples: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    mem_busy_frac: Mapped[float | None]
 
 
 class Phase(Base):
@@ -511,6 +519,13 @@ class DeviceTotal(Base):
     error is systematic); ``bound_above_j`` keeps the chunk table's 1e300 "unbounded" sentinel
     (a sum that reaches it is clamped to it). ``method`` is the chunks' common method, or
     ``mixed``.
+
+    What the energy decomposition reads (`accounting.decomposition`, migration 0007):
+    ``quiet_power_w`` is the lowest mean power of a sustained chunk (at least
+    `accounting.decomposition.SUSTAINED_WINDOW_S`, no gap, no reset, measured), kept as a
+    running minimum, with ``quiet_power_high_w`` the top of that chunk's band over its length
+    (ties: the lower top); NULL while no chunk qualifies. ``mem_busy_s`` adds each chunk's
+    ``mem_busy_frac`` × length and ``mem_observed_s`` the length of the chunks that carry one.
     """
 
     __tablename__ = "device_total"
@@ -534,6 +549,16 @@ class DeviceTotal(Base):
             name="span_valid",
         ),
         _enum_check("method", EnergyMethod, "method_valid"),
+        sa.CheckConstraint(
+            "(quiet_power_w IS NULL) = (quiet_power_high_w IS NULL) "
+            f"AND (quiet_power_w IS NULL OR (quiet_power_w >= 0 "
+            f"AND quiet_power_w <= quiet_power_high_w AND quiet_power_high_w <= {FINITE_MAX}))",
+            name="quiet_power_valid",
+        ),
+        sa.CheckConstraint(
+            f"mem_busy_s >= 0 AND mem_busy_s <= mem_observed_s AND mem_observed_s <= {FINITE_MAX}",
+            name="mem_activity_valid",
+        ),
     )
 
     run_id: Mapped[UUID] = mapped_column(primary_key=True)
@@ -551,6 +576,10 @@ class DeviceTotal(Base):
     gap_count: Mapped[int] = mapped_column(sa.BigInteger)
     reset_count: Mapped[int] = mapped_column(sa.BigInteger)
     method: Mapped[EnergyMethod] = mapped_column(StrEnumType(EnergyMethod))
+    quiet_power_w: Mapped[float | None]
+    quiet_power_high_w: Mapped[float | None]
+    mem_busy_s: Mapped[float] = mapped_column(default=0.0, server_default=sa.text("0"))
+    mem_observed_s: Mapped[float] = mapped_column(default=0.0, server_default=sa.text("0"))
 
 
 class PhaseTotal(Base):

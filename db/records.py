@@ -183,6 +183,7 @@ class ChunkRow(NamedTuple):
     ``bound_above_j`` may be +inf (stored as `UNBOUNDED_J`). ``samples`` are the raw columns
     to encode (`db.samples`); ``blob`` is the raw columns encoded already, stored as given
     (`service.ingest` encodes a batch's blobs together). Neither: the meter sent no samples.
+    ``mem_busy_frac`` is the chunk's memory-busy fraction in [0, 1], None when it has none.
     """
 
     position: int
@@ -206,6 +207,7 @@ class ChunkRow(NamedTuple):
     content_hash: str
     samples: Mapping[str, npt.NDArray[Any]] | None = None
     blob: bytes | None = None
+    mem_busy_frac: float | None = None
 
 
 class ChunkAck(NamedTuple):
@@ -224,7 +226,10 @@ class DeviceAggregate:
     The band terms are sums over the device's chunks (linear: a device's sensor error is
     systematic); ``bound_above_j`` is +inf when any chunk is unbounded above. ``covers`` are
     the kinds on its host its figures include; ``covered_by`` is the key of a device whose
-    figures include this one's (it is then left out of totals).
+    figures include this one's (it is then left out of totals). ``quiet_power_w`` and
+    ``quiet_power_high_w`` are its lowest sustained power and that reading's top (None: no chunk
+    qualified; `accounting.decomposition.lowest_sustained_power`); ``mem_busy_s`` and
+    ``mem_observed_s`` its memory-busy seconds and the seconds its chunks carried the counter.
     """
 
     id: int
@@ -251,6 +256,10 @@ class DeviceAggregate:
     method: str
     covers: tuple[str, ...] = ()
     covered_by: str | None = None
+    quiet_power_w: float | None = None
+    quiet_power_high_w: float | None = None
+    mem_busy_s: float = 0.0
+    mem_observed_s: float = 0.0
 
     @property
     def counted(self) -> bool:

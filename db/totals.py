@@ -8,6 +8,11 @@ table when the phase is created or closed (`_rebuild_phase_totals`).
 Reports read only the running totals (`run_usage`: O(devices × phases), whatever the run's
 length); `rebuild_totals` re-derives them from the chunks. Bounds at the `UNBOUNDED_J` sentinel
 (`db.records`) saturate when summed and read back as +inf.
+
+The energy decomposition's inputs are kept the same way: each device's quietest sustained chunk
+(a running minimum of ``quiet_power_w``, with its ``quiet_power_high_w``; ties keep the lower
+top, so the result does not depend on arrival order) and its memory-busy and observed seconds
+(sums), both from `accounting.decomposition.lowest_sustained_power` over the new chunks.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from thermoledger.accounting.decomposition import lowest_sustained_power
 from thermoledger.accounting.integrate import covered_by
 
 from .models import Chunk, Device, DeviceTotal, EnergyMethod, Phase, PhaseTotal
@@ -69,7 +75,9 @@ def _adding_upsert(dialect: str, table_name: str, keys: tuple[str, ...]) -> sa.I
 
     Sums add; ``t0_s`` keeps the minimum, ``t1_s`` and ``peak_power_w`` the maximum;
     ``bound_above_j`` saturates at the `UNBOUNDED_J` sentinel; ``method`` turns ``mixed`` when
-    the two differ. Built once per table and dialect: building it costs more than running it.
+    the two differ; ``quiet_power_w`` and ``quiet_power_high_w`` are replaced together by the
+    new pair when it is lower (NULL: none yet). Built once per table and dialect: building it
+    costs more than running it.
     """
     table = _DEVICE_TOTAL_T if table_name == _DEVICE_TOTAL_T.name else _PHASE_TOTAL_T
     insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
@@ -92,6 +100,19 @@ def _adding_upsert(dialect: str, table_name: str, keys: tuple[str, ...]) -> sa.I
                 (excluded.method == table.c.method, table.c.method),
                 else_=sa.literal(EnergyMethod.MIXED.value),
             )
+        elif name in ("quiet_power_w", "quiet_power_high_w"):
+            quieter = sa.and_(
+                excluded.quiet_power_w.is_not(None),
+                sa.or_(
+                    table.c.quiet_power_w.is_(None),
+                    excluded.quiet_power_w < table.c.quiet_power_w,
+                    sa.and_(
+                        excluded.quiet_power_w == table.c.quiet_power_w,
+                        excluded.quiet_power_high_w < table.c.quiet_power_high_w,
+                    ),
+                ),
+            )
+            set_[name] = sa.case((quieter, excluded[name]), else_=table.c[name])
         else:
             set_[name] = table.c[name] + excluded[name]
     return insert.on_conflict_do_update(index_elements=list(keys), set_=set_)
@@ -123,6 +144,11 @@ def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, 
     for device_id, chunks in per_device.items():
         column = list(zip(*chunks, strict=True))  # one tuple per ChunkRow field
         methods = set(column[f["method"]])
+        activity = _activity(
+            [0] * len(chunks),
+            1,
+            *(column[f[name]] for name in _ACTIVITY_FIELDS),
+        )
         device_rows.append(
             {
                 "run_id": run_id,
@@ -140,6 +166,7 @@ def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, 
                 "gap_count": sum(column[f["gap_count"]]),
                 "reset_count": sum(column[f["reset_count"]]),
                 "method": methods.pop() if len(methods) == 1 else EnergyMethod.MIXED,
+                **activity[0],
             }
         )
     _upsert_adding(session, _DEVICE_TOTAL_T, ("run_id", "device_id"), device_rows)
@@ -171,6 +198,64 @@ def _add_to_totals(session: Session, run_id: UUID, written: Sequence[tuple[int, 
                 row["bound_above_j"] = UNBOUNDED_J
             phase_rows.append(row)
     _upsert_adding(session, _PHASE_TOTAL_T, ("phase_id", "device_id"), phase_rows)
+
+
+#: The chunk fields `_activity` reads, in its argument order.
+_ACTIVITY_FIELDS = (
+    "t0_s",
+    "t1_s",
+    "energy_j",
+    "sensor_uncertainty_j",
+    "bound_above_j",
+    "gap_count",
+    "reset_count",
+    "method",
+    "mem_busy_frac",
+)
+
+
+def _activity(
+    device: Sequence[int],
+    n_devices: int,
+    t0_s: Sequence[float],
+    t1_s: Sequence[float],
+    energy_j: Sequence[float],
+    sensor_uncertainty_j: Sequence[float],
+    bound_above_j: Sequence[float],
+    gap_count: Sequence[int],
+    reset_count: Sequence[int],
+    method: Sequence[str],
+    mem_busy_frac: Sequence[float | None],
+) -> list[dict[str, Any]]:
+    """Per device position, the decomposition's `DeviceTotal` figures of these chunks."""
+    found = lowest_sustained_power(
+        device=np.asarray(device, dtype=np.int64),
+        n_devices=n_devices,
+        t0_s=np.asarray(t0_s, dtype=np.float64),
+        t1_s=np.asarray(t1_s, dtype=np.float64),
+        energy_j=np.asarray(energy_j, dtype=np.float64),
+        sensor_uncertainty_j=np.asarray(sensor_uncertainty_j, dtype=np.float64),
+        bound_above_j=np.asarray(bound_above_j, dtype=np.float64),
+        gap_count=np.asarray(gap_count, dtype=np.int64),
+        reset_count=np.asarray(reset_count, dtype=np.int64),
+        estimated=np.fromiter((m == EnergyMethod.ESTIMATE for m in method), np.bool_),
+        mem_busy_frac=np.fromiter(
+            (math.nan if b is None else b for b in mem_busy_frac), np.float64, len(mem_busy_frac)
+        ),
+    )
+    quiet = found.quiet_power_w.tolist()
+    high = found.quiet_power_high_w.tolist()
+    busy = found.mem_busy_s.tolist()
+    observed = found.mem_observed_s.tolist()
+    return [
+        {
+            "quiet_power_w": None if math.isnan(quiet[k]) else quiet[k],
+            "quiet_power_high_w": None if math.isnan(high[k]) else high[k],
+            "mem_busy_s": busy[k],
+            "mem_observed_s": observed[k],
+        }
+        for k in range(n_devices)
+    ]
 
 
 def _overlap_fraction(
@@ -257,7 +342,8 @@ def _rebuild_phase_totals(session: Session, run_id: UUID, phase_ids: Sequence[in
 
 
 def _device_sums(session: Session, run_id: UUID) -> list[dict[str, Any]]:
-    """Per device: the `DeviceTotal` figures summed from the chunk table."""
+    """Per device: the `DeviceTotal` figures summed from the chunk table (the decomposition's
+    from the chunks' summaries, by the kernel ingest uses: `_activity`)."""
     c = _CHUNK_T
     rows = session.execute(
         sa.select(
@@ -281,6 +367,16 @@ def _device_sums(session: Session, run_id: UUID) -> list[dict[str, Any]]:
         .where(c.c.run_id == run_id)
         .group_by(c.c.device_id)
     ).all()
+    summaries = session.execute(
+        sa.select(c.c.device_id, *(c.c[name] for name in _ACTIVITY_FIELDS))
+        .where(c.c.run_id == run_id)
+        .order_by(c.c.device_id, c.c.seq)
+    ).all()
+    ids = sorted({s[0] for s in summaries})
+    position = {device_id: k for k, device_id in enumerate(ids)}
+    columns = list(zip(*summaries, strict=True)) if summaries else [()] * 10
+    found = _activity([position[d] for d in columns[0]], len(ids), *columns[1:])
+    activity = dict(zip(ids, found, strict=True))
     return [
         {
             "run_id": run_id,
@@ -298,6 +394,7 @@ def _device_sums(session: Session, run_id: UUID) -> list[dict[str, Any]]:
             "gap_count": row[12],
             "reset_count": row[13],
             "method": row[14] if row[14] == row[15] else EnergyMethod.MIXED,
+            **activity.get(row[0], {}),
         }
         for row in rows
     ]
@@ -382,6 +479,10 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
             t.c.reset_count,
             t.c.method,
             d.c.covers,
+            t.c.quiet_power_w,
+            t.c.quiet_power_high_w,
+            t.c.mem_busy_s,
+            t.c.mem_observed_s,
         )
         .select_from(d)
         .join(t, sa.and_(t.c.run_id == d.c.run_id, t.c.device_id == d.c.id))
@@ -413,6 +514,10 @@ def run_usage(session: Session, *, project_id: int, run_id: UUID) -> RunUsage:
             reset_count=int(row[20]),
             method=str(row[21]),
             covers=tuple(k for k in str(row[22]).split(",") if k),
+            quiet_power_w=None if row[23] is None else float(row[23]),
+            quiet_power_high_w=None if row[24] is None else float(row[24]),
+            mem_busy_s=float(row[25]),
+            mem_observed_s=float(row[26]),
         )
         for row in device_rows
     )

@@ -42,6 +42,16 @@ Which energy figure
     samples from counter differences (mean power over the preceding interval; the very first
     sample takes the rate of the interval after it), since the wire format needs a power column.
 
+Memory activity
+    Where the backend reports how busy a device's memory was (`base.ActivityReader`, read about
+    once a second by the sampler, not every tick), the readings go to `DeviceChunker.add_activity`
+    and each sealed chunk carries their **time-weighted mean** as ``mem_busy_frac`` (absent when
+    the chunk has none). A reading covers the driver's last sample period, i.e. the time *before*
+    it: each one stands for the interval back to the previous reading (at most
+    `ACTIVITY_HOLD_S`, so a reading after a long outage does not speak for all of it), clipped
+    to the chunk's span; a failed reading (NaN) leaves its interval unobserved. The part of a
+    chunk after its last reading is left to the next reading, which belongs to the next chunk.
+
 Uncertainty
     The band comes from the kernel. Sensor errors are the backend's `UncertaintyHint` when it
     states one, else the kernel's defaults (NVML's ±5 % or ±5 W). The power limit, when known,
@@ -95,6 +105,7 @@ from .wire import Method as WireMethod
 _LOG = logging.getLogger(__name__)
 
 __all__ = [
+    "ACTIVITY_HOLD_S",
     "DeviceChunker",
     "DeviceSummary",
     "SealJob",
@@ -113,6 +124,10 @@ _WIRE_METHODS: Final[dict[str, WireMethod]] = {
 }
 # A sample exactly on a bin edge must land in the later bin despite float rounding of t - start.
 _BIN_EPS: Final = 1e-9
+ACTIVITY_HOLD_S: Final = 2.0
+"""The longest interval one memory-activity reading stands for, s: the driver's sample period
+is at most 1 s, so a reading speaks for its period and, at most, one missed reading before it."""
+_ACTIVITY_KEEP: Final = 1024  # readings held for the open chunk at most (17 min at 1/s)
 
 
 def device_payload(info: DeviceInfo, *, host: str) -> DevicePayload:
@@ -432,8 +447,25 @@ class DeviceChunker:
         self.missed: dict[str, int] = {}
         self.status = "ok"
         self.message = ""
+        # Memory-activity readings not yet given to a sealed chunk: (time since the origin, s;
+        # fraction or NaN), and the time of the last reading given to one.
+        self._activity: list[tuple[float, float]] = []
+        self._activity_last_s = -math.inf
 
     # -- samples ------------------------------------------------------------------------------
+
+    def add_activity(self, t_mono_s: float, busy_frac: float) -> None:
+        """Take one memory-activity reading (module docstring, "Memory activity").
+
+        Args:
+            t_mono_s: Monotonic time of the reading, s.
+            busy_frac: Fraction of the driver's last sample period memory was busy, in [0, 1];
+                NaN: no reading (its interval stays unobserved).
+        """
+        activity = self._activity
+        activity.append((t_mono_s - self._origin_mono_s, busy_frac))
+        if len(activity) > _ACTIVITY_KEEP:  # a device that seals nothing (lost): keep the latest
+            del activity[0]
 
     def add(
         self, t_mono_s: float, power_w: float, counter_j: float, status: str = "ok"
@@ -679,8 +711,32 @@ class DeviceChunker:
         payload = chunk_payload(
             s, k, device_key=self.key, seq=self.next_seq, origin_s=origin_s, samples=samples
         )
+        if self._activity:
+            busy = self._mem_busy_frac(job.t_s[0], job.t_s[-1])
+            if busy is not None:
+                payload["mem_busy_frac"] = busy
         self.next_seq += 1
         return payload
+
+    def _mem_busy_frac(self, t0_s: float, t1_s: float) -> float | None:
+        """Time-weighted mean of the activity readings over ``[t0_s, t1_s]`` (times since the
+        origin), consuming those up to ``t1_s``; None when no reading covers any of it."""
+        pending = self._activity
+        last_s = self._activity_last_s
+        covered_s = busy_s = 0.0
+        later: list[tuple[float, float]] = []
+        for t_s, fraction in sorted(pending):
+            if t_s > t1_s:
+                later.append((t_s, fraction))
+                continue
+            start_s = max(last_s, t0_s, t_s - ACTIVITY_HOLD_S)
+            if t_s > start_s and fraction == fraction:  # not NaN
+                covered_s += t_s - start_s
+                busy_s += (t_s - start_s) * min(max(fraction, 0.0), 1.0)
+            last_s = max(last_s, t_s)
+        self._activity = later
+        self._activity_last_s = last_s
+        return busy_s / covered_s if covered_s > 0 else None
 
     def abandon(self, job: SealJob) -> None:
         """The kernel refused ``job`` (a meter bug): its samples are missed (``internal``).
@@ -692,6 +748,8 @@ class DeviceChunker:
         self.missed["internal"] = self.missed.get("internal", 0) + own
         self._t, self._p, self._c = [], [], []
         self._patch_first_power = False
+        if self._activity:
+            self._mem_busy_frac(job.t_s[0], job.t_s[-1])  # its readings go with it
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from thermoledger.accounting.carbon import EmissionFactor, Pue
 from thermoledger.accounting.cost import Tariff
+from thermoledger.accounting.decomposition import lowest_sustained_power
 from thermoledger.accounting.integrate import aggregate_energy, covered_by
 from thermoledger.accounting.report import (
     DeclaredWork,
@@ -191,8 +192,24 @@ def _column(chunks: Sequence[SpooledChunk], name: str) -> npt.NDArray[np.float64
 
 
 def _device_usage(device: DevicePayload, chunks: Sequence[SpooledChunk]) -> DeviceUsage:
-    """One device's sums over its chunks, as `db.totals` keeps them for the service."""
+    """One device's sums over its chunks, as `db.totals` keeps them for the service (the
+    quietest sustained chunk and the memory-busy time by the same kernel)."""
     methods = {str(c.payload["method"]) for c in chunks}
+    busy = [c.payload.get("mem_busy_frac") for c in chunks]
+    activity = lowest_sustained_power(
+        device=np.zeros(len(chunks), dtype=np.int64),
+        n_devices=1,
+        t0_s=_column(chunks, "t0_s"),
+        t1_s=_column(chunks, "t1_s"),
+        energy_j=_column(chunks, "energy_j"),
+        sensor_uncertainty_j=_column(chunks, "sensor_uncertainty_j"),
+        bound_above_j=_column(chunks, "bound_above_j"),
+        gap_count=_column(chunks, "gap_count"),
+        reset_count=_column(chunks, "reset_count"),
+        estimated=np.array([c.payload["method"] == "estimate" for c in chunks], dtype=np.bool_),
+        mem_busy_frac=np.array([math.nan if b is None else b for b in busy], dtype=np.float64),
+    )
+    quiet = float(activity.quiet_power_w[0])
     return DeviceUsage(
         key=device["key"],
         host=device["host"],
@@ -214,6 +231,10 @@ def _device_usage(device: DevicePayload, chunks: Sequence[SpooledChunk]) -> Devi
         simulated=bool(device.get("simulated", False)),
         kind=str(device.get("kind", "gpu")),
         covers=tuple(device.get("covers", ())),
+        quiet_power_w=None if math.isnan(quiet) else quiet,
+        quiet_power_high_w=None if math.isnan(quiet) else float(activity.quiet_power_high_w[0]),
+        mem_busy_s=float(activity.mem_busy_s[0]),
+        mem_observed_s=float(activity.mem_observed_s[0]),
     )
 
 

@@ -50,6 +50,16 @@ Counter-only devices
     (and the run's coverage, `meters.quality`) are measured against it. Every edge (the run's
     opening and closing readings, `mark`) still reads every device, so windows stay exact.
 
+Memory activity
+    Where the backend reports memory activity (`meters.backends.base.ActivityReader`: NVML's
+    ``utilization.memory``, AMD SMI's ``umc_activity``), the GPUs' readings are taken every
+    ``activity_interval_s`` (default 1 s: every round(activity_interval_s / interval_s)-th
+    scheduled tick, half a period off the counter-only devices' ticks), never at the edges,
+    each under its device's lock like a power read (a device still being read is skipped that
+    time). The counter covers the driver's last sample period (1/6 s to 1 s by product), so
+    reading it more often would add calls, not information. The readings go to the chunkers,
+    which seal each chunk with their time-weighted mean (`meters.chunker`, ``mem_busy_frac``).
+
 Cost
     The meter's budget is 0.5 % of one core at 10 Hz × 8 GPUs (``bench/meter_overhead.py``),
     where a tick runs on cold caches after 100 ms of sleep, so every step per device counts.
@@ -95,6 +105,7 @@ from typing import Any, Final, Protocol
 from thermoledger.accounting.integrate import aggregate_energy
 
 from .backends.base import (
+    ActivityReader,
     Clock,
     DeviceInfo,
     DeviceReader,
@@ -115,6 +126,7 @@ from .spool import RunStatus, SpoolConflict
 from .wire import ChunkPayload, DevicePayload
 
 __all__ = [
+    "DEFAULT_ACTIVITY_INTERVAL_S",
     "DEFAULT_COUNTER_INTERVAL_S",
     "ChunkSink",
     "MeterSummary",
@@ -126,6 +138,9 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 DEFAULT_COUNTER_INTERVAL_S: Final = 1.0
 """How often counter-only devices (RAPL, hwmon) are read by default, s."""
+DEFAULT_ACTIVITY_INTERVAL_S: Final = 1.0
+"""How often the GPUs' memory activity is read by default, s (the driver's sample period is
+1/6 s to 1 s: reading faster adds calls, not information)."""
 # Deadlines closer than this (in intervals) to "now" count as met: float rounding of
 # start + k·interval must not turn an on-time tick into an overrun.
 _DEADLINE_EPS: Final = 1e-9
@@ -301,9 +316,12 @@ class _Read:
         adopted: How many of ``done`` a later tick has delivered already.
         rows: The tick reads exactly the devices of the fast path's rows (every device, or,
             where counter-only devices are read less often, every other one).
+        activity: Memory-activity readings the tick took: (position, monotonic s, fraction or
+            NaN), or None.
     """
 
     __slots__ = (
+        "activity",
         "adopted",
         "busy",
         "done",
@@ -325,6 +343,7 @@ class _Read:
         self.error: Exception | None = None
         self.overtaken = False
         self.adopted = 0
+        self.activity: list[tuple[int, float, float]] | None = None
 
 
 class Sampler:
@@ -343,6 +362,9 @@ class Sampler:
         counter_interval_s: How often counter-only devices are read, s (default 1; rounded
             down to whole ticks, at most ``chunk_s``; 0 or up to ``interval_s``: every tick).
             Only with a backend read device by device; edges read every device regardless.
+        activity_interval_s: How often the GPUs' memory activity is read, s (default 1;
+            rounded to whole ticks, at least one; 0: never), where the backend reports it
+            (`meters.backends.base.ActivityReader`).
         clock: Time source for the schedule (default: the system clocks).
         sleep: Waits the given seconds (default: an interruptible wait that `stop` cuts
             short). Tests pass ``ManualClock.advance``.
@@ -363,6 +385,7 @@ class Sampler:
         interval_s: float = 0.1,
         chunk_s: float = 10.0,
         counter_interval_s: float = DEFAULT_COUNTER_INTERVAL_S,
+        activity_interval_s: float = DEFAULT_ACTIVITY_INTERVAL_S,
         clock: Clock | None = None,
         sleep: Callable[[float], object] | None = None,
         host: str | None = None,
@@ -419,6 +442,25 @@ class Sampler:
         """How often counter-only devices are read, s (the interval itself: every tick)."""
         self._sparse = frozenset(sparse)
         self._counter_next_k = 0  # the first scheduled tick that reads the counter-only devices
+        if not (activity_interval_s >= 0 and math.isfinite(activity_interval_s)):
+            raise ValueError(
+                "activity_interval_s must be a finite number of seconds >= 0: "
+                f"{activity_interval_s!r}"
+            )
+        # Memory activity: the GPUs, on every `_activity_ticks`-th tick, half a period after the
+        # counter-only devices' ticks (multiples of `_counter_ticks`), so the two spread out.
+        self._activity: Callable[[int], float] | None = (
+            backend.memory_busy_frac
+            if isinstance(backend, ActivityReader) and activity_interval_s > 0
+            else None
+        )
+        self._activity_ticks = max(1, round(activity_interval_s / interval_s))
+        self._activity_phase = self._activity_ticks // 2
+        self._activity_devices = tuple(
+            i for i, info in enumerate(self._infos) if info.kind == "gpu"
+        )
+        if not self._activity_devices:
+            self._activity = None
         self.devices: tuple[DevicePayload, ...] = tuple(
             device_payload(info, host=self.host) for info in self._infos
         )
@@ -880,6 +922,13 @@ class Sampler:
                     self._counter_next_k = max(self._counter_next_k, (k // every + 1) * every)
             else:
                 self._read_whole(read)
+            if (
+                self._activity is not None
+                and k is not None
+                and k % self._activity_ticks == self._activity_phase
+                and not read.overtaken
+            ):
+                self._read_activity(read, self._activity)
             if refine is not None:
                 refine(read)
         finally:
@@ -1036,6 +1085,27 @@ class Sampler:
             if read.overtaken:
                 return
 
+    def _read_activity(self, read: _Read, busy_frac: Callable[[int], float]) -> None:
+        """The GPUs' memory activity, each under its unit's lock (skipped while held)."""
+        taken: list[tuple[int, float, float]] = []
+        locks = self._unit_locks
+        per_device = self._read_device is not None
+        monotonic_s = self._monotonic_s
+        for i in self._activity_devices:
+            lock = locks[i if per_device else 0]
+            if not lock.acquire(False):
+                continue
+            try:
+                fraction = busy_frac(i)
+            except Exception:  # a backend's bug must not cost the tick: no reading
+                fraction = math.nan
+            finally:
+                lock.release()
+            taken.append((i, monotonic_s(), fraction))
+            if read.overtaken:
+                break
+        read.activity = taken
+
     def _read_whole(self, read: _Read) -> None:
         """Read every device in one backend call, unless the previous call is still running."""
         n = len(self._infos)
@@ -1096,6 +1166,10 @@ class Sampler:
                 return False
             self._ticks += 1
             jobs: list[SealJob] = []
+            if read.activity:
+                chunkers = self._chunkers
+                for i, t_mono_s, fraction in read.activity:
+                    chunkers[i].add_activity(t_mono_s, fraction)
             flat = read.flat
             row = None
             if (

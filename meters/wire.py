@@ -19,6 +19,12 @@ dropped before sealing, which the summary's gap fields account for) and optional
 ``energy_j`` (the raw counter in joules, as read, so the service can re-derive and audit).
 Every number's unit is in its name.
 
+A chunk's summary may carry ``mem_busy_frac``: the time-weighted mean, in [0, 1], of the
+device's memory-activity readings over the chunk (NVML's ``utilization.memory``, AMD SMI's
+``umc_activity``: the fraction of time memory was being read or written; `meters.chunker`).
+It is optional: absent when the device has no such counter or every read failed (never 0 for
+"unknown"), and a meter that predates it simply never sends it.
+
 Two sample encodings, chosen per chunk by ``samples["encoding"]``:
 
 * ``"json"`` (the default when absent): each column is a JSON list of numbers.
@@ -42,6 +48,8 @@ sample column); its length H is padded with spaces to a multiple of 8. Then thre
 little-endian float64: ``t_s`` and ``power_w`` of every sampled chunk in chunk order (``n``
 values each), and ``energy_j`` of every chunk with ``counter`` set. Nothing may follow. No
 base64 and no per-chunk objects: the service validates every column with numpy, in one pass.
+The optional summary field travels as its own column (`OPTIONAL_COLUMNS`), written only when
+some chunk of the batch carries it, with null for the chunks that do not.
 """
 
 from __future__ import annotations
@@ -92,6 +100,8 @@ SUMMARY_COLUMNS: Final = (
     "reset_count",
     "wrap_count",
 )
+#: Optional summary fields of `ChunkPayload`: a binary header lists one only when a chunk has it.
+OPTIONAL_COLUMNS: Final = ("mem_busy_frac",)
 _HEADER_LENGTH = struct.Struct("<I")
 METHODS = ("counter", "power_avg", "power_instant", "estimate", "mixed")
 DEVICE_KINDS = ("gpu", "cpu", "dram", "other")
@@ -158,6 +168,7 @@ class ChunkPayload(TypedDict):
     gap_count: int
     reset_count: int
     wrap_count: int
+    mem_busy_frac: NotRequired[float]
     samples: NotRequired[SamplesPayload]
 
 
@@ -244,6 +255,9 @@ def dumps_binary_batch(devices: Sequence[DevicePayload], chunks: Sequence[ChunkP
         The body, to send with ``Content-Type:`` `BINARY_CONTENT_TYPE`.
     """
     columns: dict[str, list[Any]] = {name: [] for name in SUMMARY_COLUMNS}
+    for optional in OPTIONAL_COLUMNS:
+        if any(optional in chunk for chunk in chunks):
+            columns[optional] = [cast("Mapping[str, Any]", c).get(optional) for c in chunks]
     sampled: list[bool] = []
     counter: list[bool] = []
     t_s, power_w, energy_j = array("d"), array("d"), array("d")
@@ -322,6 +336,9 @@ def loads_binary_batch(body: bytes) -> IngestBatch:
     chunks: list[ChunkPayload] = []
     for i in range(len(columns["device_key"])):
         chunk: dict[str, Any] = {name: columns[name][i] for name in SUMMARY_COLUMNS}
+        for name in OPTIONAL_COLUMNS:
+            if name in columns and columns[name][i] is not None:
+                chunk[name] = columns[name][i]
         for name in ("energy_high_j", "bound_above_j"):
             if chunk[name] == "inf":
                 chunk[name] = math.inf

@@ -30,9 +30,15 @@ Whatever fails, every problem found is reported (up to a limit) with its field p
 conflicts, time order between chunks, power plausibility against the stored device limit) are
 `db.chunks.ingest_chunks`', in the same transaction.
 
+``mem_busy_frac`` (optional: the chunk's memory-busy fraction, `meters.wire`) must lie in
+[0, 1] (a NaN or an infinity is refused by the parser, naming the field); chunks without it store
+NULL.
+
 Content hash. The idempotency check needs a digest of each chunk that is identical for an
 identical chunk. It is SHA-256 over a fixed binary layout (`HASH_LAYOUT`): the summary fields
-packed little-endian in a fixed order, then each sample column as float64. Hashing the parsed
+packed little-endian in a fixed order, then, only when the chunk carries it, ``mem_busy_frac``
+(`MEM_BUSY_TAG` and a float64: a chunk without it hashes exactly as before the field existed),
+then each sample column as float64. Hashing the parsed
 binary values is ~10× faster than re-serialising JSON (`meters.wire.content_hash` costs ~2 s per
 million samples in CPython), cannot change with a JSON library's float formatting, and treats
 ``5`` and ``5.0``, or a list and its base64 column, as the same content. The key (device, seq)
@@ -76,6 +82,7 @@ from .timebounds import TimeRange
 
 __all__ = [
     "HASH_LAYOUT",
+    "MEM_BUSY_TAG",
     "REL_TOLERANCE",
     "PreparedBatch",
     "chunk_content_hash",
@@ -87,6 +94,8 @@ __all__ = [
 REL_TOLERANCE = 1e-9
 #: Version tag and struct layout of the content hash's summary part.
 HASH_LAYOUT = (b"thermoledger.chunk.v1", struct.Struct("<ddq" + "d" * 10 + "qqq"))
+#: What precedes ``mem_busy_frac`` in the content hash, for the chunks that carry it.
+MEM_BUSY_TAG = b"mem_busy_frac\0"
 _MAX_PROBLEMS = 20
 #: The summary fields in `HASH_LAYOUT` order: a chunk's summary is one row of this table.
 _SUMMARY_FIELDS = (
@@ -123,6 +132,7 @@ class _Chunks:
     seq: Sequence[int]
     table: npt.NDArray[np.void]
     sampled: Sequence[bool]
+    mem_busy_frac: npt.NDArray[np.float64]  # NaN where a chunk has none
 
     @classmethod
     def of_objects(cls, chunks: Sequence[ChunkIn]) -> _Chunks:
@@ -132,23 +142,34 @@ class _Chunks:
             seq=[c.seq for c in chunks],
             table=np.array([_SUMMARY_GETTER(c) for c in chunks], dtype=_SUMMARY_DTYPE),
             sampled=[c.samples is not None for c in chunks],
+            mem_busy_frac=_fractions([c.mem_busy_frac for c in chunks]),
         )
 
     @classmethod
     def of_columns(cls, columns: ChunkColumnsIn) -> _Chunks:
-        table = np.zeros(len(columns.device_key), dtype=_SUMMARY_DTYPE)
+        count = len(columns.device_key)
+        table = np.zeros(count, dtype=_SUMMARY_DTYPE)
         for name, _ in _SUMMARY_FIELDS:
             table[name] = getattr(columns, name)
+        busy = columns.mem_busy_frac
         return cls(
             device_key=columns.device_key,
             method=columns.method,
             seq=columns.seq,
             table=table,
             sampled=columns.sampled,
+            mem_busy_frac=np.full(count, np.nan) if busy is None else _fractions(busy),
         )
 
     def __len__(self) -> int:
         return len(self.device_key)
+
+
+def _fractions(values: Sequence[float | None]) -> npt.NDArray[np.float64]:
+    """An optional per-chunk figure as float64, NaN where absent (the parser refused NaN)."""
+    return np.fromiter(
+        (np.nan if v is None else v for v in values), dtype=np.float64, count=len(values)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +210,8 @@ def chunk_content_hash(chunk: ChunkIn, columns: Sequence[tuple[str, npt.NDArray[
             chunk.wrap_count,
         )
     )
+    if chunk.mem_busy_frac is not None:
+        digest.update(MEM_BUSY_TAG + struct.pack("<d", chunk.mem_busy_frac))
     for name, values in columns:
         digest.update(name.encode("ascii") + struct.pack("<q", values.size))
         digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
@@ -573,7 +596,7 @@ def prepare_binary_batch(
     ragged = [
         FieldProblem(f"chunks.{name}", f"has {len(values)} entries, chunks.device_key {count}")
         for name, values in columns
-        if len(values) != count
+        if values is not None and len(values) != count
     ]
     if ragged:
         raise InvalidInput(ragged)
@@ -663,6 +686,7 @@ class _Group:
     sampled: bool
     n: int
     has_energy: bool
+    has_busy: bool = False
 
     def gather(self, samples: _Samples, column: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """The members' stretches of a concatenated sample column, one row per member."""
@@ -675,13 +699,14 @@ def _groups(chunks: _Chunks, samples: _Samples) -> list[_Group]:
     """The batch's chunks in `_Group`s (a meter's batch is usually one or two groups)."""
     lengths = np.diff(samples.offsets).tolist()
     has_energy = samples.has_energy.tolist()
-    keys: dict[tuple[EnergyMethod, bool, int, bool], list[int]] = {}
+    has_busy = (~np.isnan(chunks.mem_busy_frac)).tolist()
+    keys: dict[tuple[EnergyMethod, bool, int, bool, bool], list[int]] = {}
     for i, (method, sampled) in enumerate(zip(chunks.method, chunks.sampled, strict=True)):
-        key = (method, sampled, lengths[i], sampled and has_energy[i])
+        key = (method, sampled, lengths[i], sampled and has_energy[i], has_busy[i])
         keys.setdefault(key, []).append(i)
     return [
-        _Group(np.asarray(members, np.intp), method, sampled, n, energy)
-        for (method, sampled, n, energy), members in keys.items()
+        _Group(np.asarray(members, np.intp), method, sampled, n, energy, busy)
+        for (method, sampled, n, energy, busy), members in keys.items()
     ]
 
 
@@ -690,6 +715,7 @@ def _content_hashes(
     samples: _Samples,
     summaries: dict[str, npt.NDArray[Any]],
     count: int,
+    mem_busy_frac: npt.NDArray[np.float64],
 ) -> list[str]:
     """`chunk_content_hash` of every chunk, a group at a time: each member's hashed bytes are
     assembled as one row of a byte matrix (SHA-256 of the concatenation is the digest of the
@@ -703,6 +729,9 @@ def _content_hashes(
             tag + group.method.encode("ascii") + b"\0",
             table[group.members],
         ]
+        if group.has_busy:
+            parts.append(MEM_BUSY_TAG)
+            parts.append(mem_busy_frac[group.members].astype("<f8"))
         if group.sampled:
             size = struct.pack("<q", group.n)
             columns = [("t_s", samples.t_s), ("power_w", samples.power_w)]
@@ -735,7 +764,7 @@ def _rows(
     )
     power32 = samples.power_w.astype(np.float32)
     groups = _groups(chunks, samples)
-    hashes = _content_hashes(groups, samples, summaries, len(chunks))
+    hashes = _content_hashes(groups, samples, summaries, len(chunks), chunks.mem_busy_frac)
     blobs: list[bytes | None] = [None] * len(chunks)
     for group in groups:
         if not group.sampled:
@@ -778,5 +807,6 @@ def _rows(
             hashes,
             itertools.repeat(None, count),  # samples: their blobs carry them
             blobs,
+            [None if b != b else b for b in chunks.mem_busy_frac.tolist()],
         )
     )

@@ -555,6 +555,84 @@ class BoundsRecord(BaseModel):
     unavailable: dict[str, str] = Field(description="Bound → why it could not be computed.")
 
 
+class EnergyComponentRecord(BaseModel):
+    """One part of the measured accelerator energy, with its band; None with a reason when its
+    inputs are missing (never 0)."""
+
+    model_config = _OUT
+
+    energy_j: float | None = Field(description="Point value, J; None when not available.")
+    energy_low_j: float | None = Field(description="Bottom of its band, J.")
+    energy_high_j: float | None = Field(description="Top of its band, J; None when unbounded.")
+    share: float | None = Field(description="energy_j / measured_j.")
+    status: Status
+    reason: Reason
+    basis: str = Field(description="The formula and what it assumes.")
+
+
+class EnergyComponentsRecord(BaseModel):
+    """The four parts: constant + compute + memory + unexplained = measured."""
+
+    model_config = _OUT
+
+    constant: EnergyComponentRecord = Field(description="π0·T.")
+    compute: EnergyComponentRecord = Field(description="W·ε_flop.")
+    memory: EnergyComponentRecord = Field(description="Q·ε_mem.")
+    unexplained: EnergyComponentRecord = Field(
+        description="measured − the three; negative when the upper-bound ε and π0 over-explain."
+    )
+
+
+class DeviceTermsRecord(BaseModel):
+    """One accelerator's terms: π0 and Q with where they came from, and the ε used."""
+
+    model_config = _OUT
+
+    key: str
+    catalog_id: str | None
+    span_s: float = Field(description="T, the device's measured span, s.")
+    pi0_w: float = Field(description="Constant power used, W.")
+    pi0_low_w: float = Field(description="Bottom of its band, W.")
+    pi0_high_w: float | None = Field(description="Top of its band, W; None when unbounded.")
+    pi0_provenance: Literal[
+        "measured_lowest_sustained", "catalog_idle", "catalog_given", "assumed_default"
+    ]
+    pi0_basis: str
+    bytes_moved: float | None = Field(description="Q point estimate, bytes.")
+    bytes_low: float | None = Field(description="Bottom of Q's band, bytes.")
+    bytes_high: float | None = Field(description="Top of Q's band, bytes.")
+    mem_busy_s: float | None = Field(description="Memory-busy seconds the counter saw.")
+    mem_observed_s: float | None = Field(description="Seconds with a counter reading.")
+    mem_coverage: float | None = Field(description="mem_observed_s / span_s.")
+    bytes_provenance: Literal["memory_activity_counter"] | None
+    bytes_reason: Reason
+    eps_flop_j: float | None = Field(description="ε_flop used, J/FLOP.")
+    eps_mem_j_per_byte: float | None = Field(description="ε_mem used, J/byte.")
+    eps_provenance: str | None = Field(description="derived (from TDP − π0) or given.")
+
+
+class EnergyDecompositionRecord(BaseModel):
+    """The accelerators' measured energy split as the energy roofline splits it (Choi et al.
+    2013), each part with its band and sources (`accounting.decomposition`)."""
+
+    model_config = _OUT
+
+    model: str
+    measured_j: EnergyJ
+    measured_low_j: EnergyLowJ
+    measured_high_j: EnergyHighJ
+    flops: float | None = Field(description="Work W, FLOP; None when not declared.")
+    dtype: str
+    components: EnergyComponentsRecord
+    pi0_w: float = Field(description="Σπ0 over the devices, W.")
+    bytes_moved: float | None = Field(description="ΣQ, bytes; None unless every device has Q.")
+    sustained_window_s: float = Field(
+        description="Shortest chunk whose mean power counts as sustained, s."
+    )
+    devices: list[DeviceTermsRecord]
+    notes: Notes
+
+
 class FunctionalUnitRecord(BaseModel):
     """The SCI's R."""
 
@@ -632,6 +710,11 @@ class RunReportPublic(BaseModel):
     work: ReportWork
     efficiency: ReportEfficiency
     bounds: BoundsRecord | None = Field(description="None without FLOPs (see ``notes``).")
+    energy_decomposition: EnergyDecompositionRecord | None = Field(
+        default=None,
+        description="Constant, compute, memory and unexplained energy of the accelerators; "
+        "None when nothing was measured over any time.",
+    )
     cost: ReportCostPublic
     carbon: ReportCarbonPublic
     sci: SciRecord | None = Field(description="None when no grid intensity applies.")

@@ -100,6 +100,10 @@ def _device_usage(device: DeviceAggregate) -> DeviceUsage:
         simulated=device.simulated,
         kind=str(device.kind),
         covers=device.covers,
+        quiet_power_w=device.quiet_power_w,
+        quiet_power_high_w=device.quiet_power_high_w,
+        mem_busy_s=device.mem_busy_s,
+        mem_observed_s=device.mem_observed_s,
     )
 
 

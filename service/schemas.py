@@ -397,6 +397,8 @@ Unbounded = Annotated[
 ]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_NUL)]
+#: A fraction of time in [0, 1] (a chunk's ``mem_busy_frac``; NaN is refused like any number).
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class DeviceIn(BaseModel):
@@ -491,6 +493,12 @@ class ChunkIn(BaseModel):
     gap_count: Count
     reset_count: Count
     wrap_count: Count
+    mem_busy_frac: Fraction | None = Field(
+        default=None,
+        description="Time-weighted mean fraction of the chunk during which the device's memory "
+        "was being read or written, in [0, 1] (NVML utilization.memory, AMD SMI umc_activity); "
+        "absent when the device has no such counter.",
+    )
     samples: SamplesIn | None = None
 
 
@@ -533,6 +541,11 @@ class ChunkColumnsIn(BaseModel):
     gap_count: list[Count]
     reset_count: list[Count]
     wrap_count: list[Count]
+    mem_busy_frac: list[Fraction | None] | None = Field(
+        default=None,
+        description="Optional: each chunk's memory-busy fraction in [0, 1], null where a chunk "
+        "has none; the whole column is absent when no chunk of the batch has one.",
+    )
     sampled: list[bool]
     counter: list[bool]
 

@@ -11,6 +11,7 @@ an `AmdSmiBackend` is.
 
 from .amdsmi import AmdSmiBackend, translate_amdsmi_error
 from .base import (
+    ActivityReader,
     BackendKind,
     Clock,
     DeviceInfo,
@@ -44,6 +45,7 @@ from .simulated import (
 )
 
 __all__ = [
+    "ActivityReader",
     "AmdSmiBackend",
     "BackendKind",
     "Bursty",

@@ -22,6 +22,12 @@ What is read, per GPU and tick (one call each, both returning dicts):
   ``current_socket_power`` only, amdsmi.h: "Mi 300+ Series cards"), ``current_socket_power`` is
   `Method.POWER_INSTANT`, and failing both, amdsmi 7's ``socket_power`` is taken as
   `Method.POWER_INSTANT` too (its averaging is not documented either; the note says so).
+- **Memory activity** (about once a second, not every tick: `meters.sampler`):
+  ``amdsmi_get_gpu_activity(handle)["umc_activity"]``, the memory controller's activity in
+  percent (``amdsmi_engine_usage_t``), as a fraction (`AmdSmiBackend.memory_busy_frac`). "N/A"
+  (the binding's spelling of 0xFFFF) or a sentinel is NaN; NOT_SUPPORTED stops the asking. On a
+  dual-die package the reporting die gives the mean of both dies' activity, each die driving
+  half the package's memory.
 - **Identity**: ``amdsmi_get_gpu_asic_info`` (``market_name``), ``amdsmi_get_gpu_device_uuid``
   as the uid (``amdsmi_get_gpu_device_bdf`` where the UUID is missing or shared by two
   processors), ``amdsmi_get_power_cap_info`` (``power_cap`` in µW) as the power limit.
@@ -275,6 +281,7 @@ class AmdSmiModule(Protocol):
     def amdsmi_get_power_cap_info(self, processor_handle: AmdSmiHandle) -> dict[str, Any]: ...
     def amdsmi_get_power_info(self, processor_handle: AmdSmiHandle) -> dict[str, Any]: ...
     def amdsmi_get_energy_count(self, processor_handle: AmdSmiHandle) -> dict[str, Any]: ...
+    def amdsmi_get_gpu_activity(self, processor_handle: AmdSmiHandle) -> dict[str, Any]: ...
 
 
 def translate_amdsmi_error(code: int, *, call: str, device: str | None = None) -> MeterError:
@@ -301,6 +308,9 @@ class _Gpu:
     energy_key: str | None  # the amdsmi_get_energy_count key of the count
     lost: str = ""  # non-empty once the GPU stopped answering: the reason
     absent: str = ""  # why a GPU that answers has no figures (NOT_SUPPORTED every tick)
+    activity: bool = True  # False once amdsmi_get_gpu_activity answered NOT_SUPPORTED
+    # whose umc_activity is averaged: its own (empty) or, for a dual-die package, both dies'
+    activity_handles: tuple[AmdSmiHandle, ...] = ()
 
 
 @dataclass(slots=True)
@@ -387,6 +397,36 @@ class AmdSmiBackend(VendorBackend[_Gpu]):
         else:
             self._read_figures(buffer, i, gpu)
         buffer.t_mono_s[i] = 0.5 * (t0_s + self._monotonic_s())  # wall time from the tick's
+
+    def memory_busy_frac(self, i: int) -> float:
+        """GPU ``i``'s memory-controller activity as a fraction (`base.ActivityReader`):
+        ``amdsmi_get_gpu_activity(handle)["umc_activity"]`` / 100, the mean of both dies' on a
+        dual-die package.
+
+        NaN where the answer is "N/A" or a sentinel, the call failed, the GPU is lost or has no
+        figures, or the backend is closed; NOT_SUPPORTED makes it NaN from then on. Never raises
+        for the GPU's failure.
+        """
+        gpu = self._gpus[i]
+        if gpu.lost or gpu.absent or not gpu.activity or not self._open:
+            return math.nan
+        fractions = []
+        for handle in gpu.activity_handles or (gpu.handle,):
+            try:
+                answer = self._call(self._smi.amdsmi_get_gpu_activity, handle, device=gpu.info.uid)
+            except NotSupported:
+                gpu.activity = False
+                return math.nan
+            except MeterError:
+                return math.nan
+            value = _number(
+                answer.get("umc_activity") if isinstance(answer, Mapping) else None,
+                _POWER_SENTINELS,
+            )
+            if value is None or value > 100:
+                return math.nan
+            fractions.append(value / 100.0)
+        return math.fsum(fractions) / len(fractions)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -508,6 +548,7 @@ def _describe(probes: Sequence[_Probe]) -> list[_Gpu]:
             (secondary,) = (k for k, v in siblings.items() if v == probe.index)
             note = f"dual-die package: the figures cover both dies (this one and {uids[secondary]})"
             gpu.info = replace(gpu.info, note="; ".join(n for n in (note, gpu.info.note) if n))
+            gpu.activity_handles = (probe.handle, probes[secondary].handle)
         gpus.append(gpu)
     return gpus
 

@@ -550,6 +550,26 @@ class SlotReader(Protocol):
         ...
 
 
+@runtime_checkable
+class ActivityReader(Protocol):
+    """A backend that also reports how busy each device's memory was (optional).
+
+    ``memory_busy_frac(i)`` is the fraction, in [0, 1], of the driver's last sample period during
+    which device ``i``'s memory was being read or written: NVML's
+    ``nvmlDeviceGetUtilizationRates(handle).memory`` ("percent of time over the past sample
+    period during which global (device) memory was being read or written"; the period is 1/6 s
+    to 1 s by product) divided by 100, AMD SMI's ``amdsmi_get_gpu_activity(handle)
+    ["umc_activity"]`` (the memory controller's activity) likewise. NaN where the device has no
+    such counter, the read failed, or the device is lost: never 0 standing for "unknown". It is
+    read far less often than power (the sampler asks about once a second, `meters.sampler`),
+    may run on any thread, and never raises for a device's failure.
+    """
+
+    def memory_busy_frac(self, i: int) -> float:
+        """Device ``i``'s memory-busy fraction over the driver's last sample period, or NaN."""
+        ...
+
+
 class Clock(Protocol):
     """A source of time: monotonic seconds for intervals, unix seconds for the record."""
 

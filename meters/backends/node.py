@@ -35,6 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from .base import (
+    ActivityReader,
     Clock,
     DeviceInfo,
     DeviceReader,
@@ -90,6 +91,10 @@ class NodeBackend:
         self._direct = tuple(
             part.read_device_at if isinstance(part, SlotReader) else None for part in self._parts
         )
+        self._activity = tuple(
+            part.memory_busy_frac if isinstance(part, ActivityReader) else None
+            for part in self._parts
+        )
         self._infos = tuple(infos)
         self._where = tuple(where)
         self._sizes = tuple(sizes)
@@ -119,6 +124,13 @@ class NodeBackend:
             direct(buffer, i, j)
         else:
             self._read_into(buffer, i, self._scratch[p], p, j)
+
+    def memory_busy_frac(self, i: int) -> float:
+        """Device ``i``'s memory-busy fraction through its part (`base.ActivityReader`); NaN
+        where the part reports none."""
+        p, j = self._where[i]
+        activity = self._activity[p]
+        return math.nan if activity is None else activity(j)
 
     def read_flat(self) -> FlatReadings:
         """Every device once, part after part, as lists (`base.FlatReader`)."""

@@ -10,6 +10,13 @@ What is read, per GPU and tick:
   reading; which call gives which on which chip, and the GA100 exception, are
   `meters.backends.nvml_power`'s. Both in milliwatts.
 
+- **Memory activity** (about once a second, not every tick: `meters.sampler`):
+  ``nvmlDeviceGetUtilizationRates(handle).memory``, the "percent of time over the past sample
+  period during which global (device) memory was being read or written" (the period is 1/6 s to
+  1 s by product), as a fraction (`NvmlBackend.memory_busy_frac`). A GPU that answers
+  NOT_SUPPORTED (MIG mode on: "querying device utilization rates is not currently supported")
+  or FUNCTION_NOT_FOUND is not asked again; a failed read is NaN for that reading.
+
 One call per GPU and tick where the driver allows: nvml.h documents the field value
 ``NVML_FI_DEV_ENERGY`` (191) as the same counter as ``nvmlDeviceGetTotalEnergyConsumption``, so
 power and energy can come from one ``nvmlDeviceGetFieldValues(handle, [power field, 191])``. That
@@ -73,6 +80,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -172,6 +180,7 @@ class _Gpu:
     field_request: FieldRequest | None = None
     other_reading: bool = False  # lacks the kind of power reading asked for: gives the other
     reading: bool = False  # a read of this GPU is in NVML now (`close` waits for it)
+    memory_activity: bool = True  # False once utilization rates answered NOT_SUPPORTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,6 +809,33 @@ class NvmlBackend(VendorBackend[_Gpu]):
         finally:
             gpu.reading = False
         buffer.t_mono_s[slot] = 0.5 * (t0_s + monotonic_s())  # wall time follows from the tick's
+
+    def memory_busy_frac(self, i: int) -> float:
+        """GPU ``i``'s memory-busy fraction over the driver's last sample period
+        (`base.ActivityReader`): ``nvmlDeviceGetUtilizationRates(handle).memory`` / 100.
+
+        NaN where the GPU has no such counter (NOT_SUPPORTED or FUNCTION_NOT_FOUND: it is not
+        asked again), the call failed, the answer is not a percentage, or the GPU is lost or the
+        backend closed. Never raises for the GPU's failure.
+        """
+        gpu = self._gpus[i]
+        if gpu.lost or not gpu.memory_activity:
+            return math.nan
+        gpu.reading = True  # marked before `_open` is looked at, as in `read_device_at`
+        try:
+            if not self._open:
+                return math.nan
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(gpu.handle)
+        except self._nvml.NVMLError as e:
+            if int(getattr(e, "value", NVML_ERROR_UNKNOWN)) in ABSENT_CODES:
+                gpu.memory_activity = False
+            return math.nan
+        finally:
+            gpu.reading = False
+        percent = getattr(rates, "memory", None)
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            return math.nan
+        return percent / 100.0 if 0 <= percent <= 100 else math.nan
 
     def _read_one(self, buffer: FlatBuffer, i: int, gpu: _Gpu) -> None:
         """A GPU that is lost, offers nothing, or is read with two calls."""

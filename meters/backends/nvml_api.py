@@ -234,6 +234,11 @@ class NvmlModule(Protocol):
         """
         ...
 
+    def nvmlDeviceGetUtilizationRates(self, handle: NvmlHandle) -> Any:
+        """A ``c_nvmlUtilization_t``: ``gpu`` and ``memory``, whole percent of the driver's last
+        sample period (1/6 s to 1 s by product); NOT_SUPPORTED on MIG-enabled GPUs."""
+        ...
+
 
 def translate_nvml_error(code: int, *, call: str, device: str | None = None) -> MeterError:
     """The `MeterError` for an NVML return code: the one place NVML errors are interpreted.

@@ -16,6 +16,11 @@ reading on Hopper, the trailing moving average over ``window_s`` (default 1 s), 
 exactly from the primitive: (F(t) - F(t - w)) / w (`Method.POWER_AVG`). Its counter is
 ``counter_offset_j + F(t) - F(0)`` joules, exact to float64.
 
+A device may also report memory activity, as NVML's ``utilization.memory`` does (the percent
+of the last sample period memory was busy, `base.ActivityReader`): ``memory_busy`` is a profile
+of the busy indicator in [0, 1], and a reading is its exact mean over the last
+``memory_period_s``, in whole percent like NVML's. None: the device has no such counter (NaN).
+
 Everything is labelled: `DeviceInfo.simulated` is True and every name starts with "Simulated".
 The clock is injectable, so tests step a `meters.testing.ManualClock` instead of sleeping.
 """
@@ -245,6 +250,10 @@ class SimulatedDevice:
             a while shows a large counter).
         power_limit_w: Reported power limit in watts.
         window_s: Averaging window in seconds for ``reading="average"``.
+        memory_busy: Whether its memory is busy at each instant, in [0, 1] (a profile), or
+            None: no memory-activity counter.
+        memory_period_s: The sample period a memory-activity reading covers, s (NVML: 1/6 s
+            to 1 s by product).
     """
 
     profile: Profile
@@ -253,30 +262,40 @@ class SimulatedDevice:
     counter_offset_j: float = 0.0
     power_limit_w: float | None = 700.0
     window_s: float = 1.0
+    memory_busy: Profile | None = None
+    memory_period_s: float = 1.0
 
 
 def default_fleet(n: int = 8) -> tuple[SimulatedDevice, ...]:
     """``n`` simulated GPUs cycling through steady, bursty, ramp and idle with distinct phases.
 
-    Even positions read a 1 s average (like Hopper), odd ones instantaneous power.
+    Even positions read a 1 s average (like Hopper), odd ones instantaneous power. Each reports
+    memory activity that follows its load: busy 40 % of the time when steady, in step with the
+    bursts, rising with the ramp, never when idle.
     """
     fleet = []
     for i in range(n):
         profile: Profile
+        memory: Profile
         match i % 4:
             case 0:
                 profile = steady(300.0 + 10.0 * i)
+                memory = steady(0.4)
             case 1:
                 profile = Bursty(120.0, 650.0, period_s=2.0, duty=0.5, phase_s=0.3 * i)
+                memory = Bursty(0.0, 0.7, period_s=2.0, duty=0.5, phase_s=0.3 * i)
             case 2:
                 profile = Ramp(100.0, 600.0, duration_s=60.0, t_start_s=5.0 + i)
+                memory = Ramp(0.05, 0.5, duration_s=60.0, t_start_s=5.0 + i)
             case _:
                 profile = idle(60.0 + i)
+                memory = steady(0.0)
         fleet.append(
             SimulatedDevice(
                 profile,
                 reading="average" if i % 2 == 0 else "instant",
                 counter_offset_j=1.0e6 * (i + 1),
+                memory_busy=memory,
             )
         )
     return tuple(fleet)
@@ -337,6 +356,16 @@ class SimulatedBackend:
         if spec.has_counter:
             buffer.set_energy(i, spec.counter_offset_j + float(spec.profile.energy_j(0.0, t_s)))
         buffer.t_mono_s[i] = t_mono_s  # the wall time follows from the tick's pair
+
+    def memory_busy_frac(self, i: int) -> float:
+        """Device ``i``'s memory-busy fraction over its last ``memory_period_s``, in whole
+        percent as NVML reports it (`base.ActivityReader`); NaN without a counter."""
+        spec = self._specs[i]
+        if spec.memory_busy is None:
+            return math.nan
+        t_s = self._clock.monotonic_s() - self.start_mono_s
+        fraction = spec.memory_busy.average_power_at_w(t_s, spec.memory_period_s)
+        return min(100, max(0, round(100.0 * fraction))) / 100.0
 
     def close(self) -> None:
         """Nothing to release."""

@@ -25,6 +25,12 @@ built). Its energy count is ``counter_start + ⌊E(0, t) / resolution⌋``, so t
 - ``FakeAmdSmi(api_version=...)``: the dict shapes of older bindings (``"power"`` as the count's
   key before 6.3, both keys in 6.3, no ``socket_power`` before 7.0).
 
+- ``umc_busy`` / ``gfx_busy``: what ``amdsmi_get_gpu_activity`` reports as ``umc_activity``
+  (memory controller) and ``gfx_activity``, whole percent of the last ``activity_window_s``
+  (a window AMD does not document; the fake's choice), each the exact mean of a busy profile in
+  [0, 1] over that window; None answers "N/A" (the binding's spelling of 0xFFFF), and
+  ``activity`` False answers NOT_SUPPORTED.
+
 Presets: `mi300x`, `mi210` and `mi250x` (the two dies of one package).
 """
 
@@ -169,6 +175,11 @@ class FakeAmdGpu:
         lost_at_s: Every call answers ``lost_code`` from this time on.
         lost_code: What a lost GPU answers.
         faults: Scripted failures.
+        umc_busy: Whether the memory controller is busy at each instant, in [0, 1] (a
+            profile); None: ``umc_activity`` answers "N/A".
+        gfx_busy: Whether the graphics engine is busy at each instant, in [0, 1].
+        activity: ``amdsmi_get_gpu_activity`` answers (False: NOT_SUPPORTED).
+        activity_window_s: The window the activity percentages cover, s.
     """
 
     market_name: str = "AMD Instinct MI300X"
@@ -190,6 +201,10 @@ class FakeAmdGpu:
     lost_at_s: float | None = None
     lost_code: int = codes.AMDSMI_STATUS_NOT_FOUND
     faults: tuple[Fault, ...] = ()
+    umc_busy: Profile | None = field(default_factory=lambda: steady(0.0))
+    gfx_busy: Profile | None = field(default_factory=lambda: steady(0.0))
+    activity: bool = True
+    activity_window_s: float = 1.0
 
 
 def mi300x(**overrides: Any) -> FakeAmdGpu:
@@ -445,6 +460,29 @@ class FakeAmdSmi:
             }
 
         return self._on_gpu("amdsmi_get_energy_count", processor_handle, energy)
+
+    def amdsmi_get_gpu_activity(self, processor_handle: object) -> dict[str, Any]:
+        """Engine activity in whole percent (``gfx_activity``, ``umc_activity``,
+        ``mm_activity``), "N/A" where a figure is unsupported; NOT_SUPPORTED without it."""
+
+        def activity(gpu: FakeAmdGpu, t_s: float, position: int) -> dict[str, Any]:
+            if not gpu.activity:
+                _raise(codes.AMDSMI_STATUS_NOT_SUPPORTED)
+            window_s = gpu.activity_window_s
+
+            def percent(profile: Profile | None) -> int | str:
+                if profile is None:
+                    return "N/A"
+                fraction = profile.average_power_at_w(t_s, window_s)
+                return min(100, max(0, round(100.0 * fraction)))
+
+            return {
+                "gfx_activity": percent(gpu.gfx_busy),
+                "umc_activity": percent(gpu.umc_busy),
+                "mm_activity": "N/A",
+            }
+
+        return self._on_gpu("amdsmi_get_gpu_activity", processor_handle, activity)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -44,6 +44,13 @@ clock (t = 0 when the fake driver "loads", i.e. when `FakeNvml` is built). Scrip
   1, the whole module: CPU, GPU and memory), the GPU-scope ones NOT_SUPPORTED; the counter and
   ``nvmlDeviceGetPowerUsage`` are the module's, i.e. the profile is the module's draw (`gh200`).
   ``c2c_query`` False: the driver lacks ``nvmlDeviceGetC2cModeInfoV`` (FUNCTION_NOT_FOUND).
+- ``memory_busy`` and ``gpu_busy``: what ``nvmlDeviceGetUtilizationRates`` reports, as NVML
+  defines it: the percent of the last ``utilization_period_s`` (NVML: 1/6 s to 1 s by product)
+  during which memory was read or written (a kernel ran), whole percent. Each is a
+  `meters.backends.simulated.Profile` of the busy indicator in [0, 1] (``steady(0.4)``: busy
+  40 % of the time; a `Bursty` between 0 and 1: busy in bursts), averaged exactly over the
+  period through its primitive; ``utilization`` False, or MIG mode on ("on MIG-enabled GPUs,
+  querying device utilization rates is not currently supported"), answers NOT_SUPPORTED.
 """
 
 from __future__ import annotations
@@ -106,6 +113,13 @@ class c_nvmlC2cModeInfo_v1_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
     """C2C mode, field for field as in ``pynvml.c_nvmlC2cModeInfo_v1_t``."""
 
     _fields_: ClassVar[list[tuple[str, Any]]] = [("isC2cEnabled", ctypes.c_uint)]
+
+
+class c_nvmlUtilization_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
+    """Utilization rates, field for field as in ``pynvml.c_nvmlUtilization_t``: whole percent of
+    the driver's last sample period."""
+
+    _fields_: ClassVar[list[tuple[str, Any]]] = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
 
 
 class nvmlPciInfo_t(ctypes.Structure):  # noqa: N801  (pynvml's name)
@@ -276,6 +290,12 @@ class FakeGpu:
         c2c_mode: A C2C superchip: C2C mode on, power fields at module scope only.
         c2c_query: The driver has ``nvmlDeviceGetC2cModeInfoV`` (False: FUNCTION_NOT_FOUND).
             Before Hopper it answers NotSupported.
+        memory_busy: Whether memory is being read or written at each instant, in [0, 1]
+            (a profile; module docstring).
+        gpu_busy: Whether a kernel runs at each instant, in [0, 1] (a profile).
+        utilization: ``nvmlDeviceGetUtilizationRates`` answers (False: NOT_SUPPORTED; MIG mode
+            on answers NOT_SUPPORTED as well).
+        utilization_period_s: The sample period those percentages cover, s.
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -306,6 +326,10 @@ class FakeGpu:
     pci_bus: int | None = None
     c2c_mode: bool = False
     c2c_query: bool = True
+    memory_busy: Profile = field(default_factory=lambda: steady(0.0))
+    gpu_busy: Profile = field(default_factory=lambda: steady(0.0))
+    utilization: bool = True
+    utilization_period_s: float = 1.0
 
     def counter_supported(self) -> bool:
         """Whether the total-energy counter answers."""
@@ -726,6 +750,21 @@ class FakeNvml:
 
         return self._on_gpu("nvmlDeviceGetTotalEnergyConsumption", handle, energy)
 
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> c_nvmlUtilization_t:  # noqa: N802
+        """Percent of the last sample period a kernel ran (``gpu``) and memory was read or
+        written (``memory``); NOT_SUPPORTED without the feature or with MIG mode on."""
+
+        def rates(gpu: FakeGpu, t_s: float) -> c_nvmlUtilization_t:
+            if not gpu.utilization or gpu.mig_devices:
+                raise NVMLError(codes.NVML_ERROR_NOT_SUPPORTED)
+            period_s = gpu.utilization_period_s
+            return c_nvmlUtilization_t(
+                gpu=_percent(gpu.gpu_busy.average_power_at_w(t_s, period_s)),
+                memory=_percent(gpu.memory_busy.average_power_at_w(t_s, period_s)),
+            )
+
+        return self._on_gpu("nvmlDeviceGetUtilizationRates", handle, rates)
+
     def nvmlDeviceGetFieldValues(  # noqa: N802
         self, handle: FakeHandle, field_ids: Sequence[int | tuple[int, int]]
     ) -> ctypes.Array[_FieldValue]:
@@ -821,6 +860,11 @@ class FakeNvml:
         if code not in NVMLError._value_class:
             raise ValueError(f"nvmlErrorCode {code} is not valid")
         return NVMLError._value_class[code]
+
+
+def _percent(fraction: float) -> int:
+    """A fraction of time as NVML's whole percent (clipped to 0..100, rounded)."""
+    return min(100, max(0, round(100.0 * fraction)))
 
 
 def _instant_mw(gpu: FakeGpu, t_s: float) -> int:

@@ -10,12 +10,24 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session
 
 from thermoledger.db import migrate
-from thermoledger.db.engine import make_engine
+from thermoledger.db.chunks import ingest_chunks
+from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.errors import MigrationError, SchemaDrift
-from thermoledger.db.models import Base
-from thermoledger.db.runs import run_key
+from thermoledger.db.models import (
+    Base,
+    DeviceKind,
+    DevicePowerMethod,
+    EnergyMethod,
+    RunKind,
+)
+from thermoledger.db.records import ChunkRow, DeviceSpec
+from thermoledger.db.runs import run_key, upsert_run
+from thermoledger.db.tokens import get_or_create_project
+from thermoledger.db.totals import rebuild_totals
+from thermoledger.db.types import utcnow
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 
@@ -111,8 +123,9 @@ def test_scripts_come_from_the_installed_package() -> None:
         "0004_browser_sessions.py",
         "0005_run_ids_per_project.py",
         "0006_run_metrics.py",
+        "0007_energy_decomposition.py",
     ]
-    assert migrate.head() == "0006"
+    assert migrate.head() == "0007"
 
 
 def test_autogenerate_writes_plain_types(database_url: str) -> None:
@@ -183,3 +196,106 @@ def test_0005_keeps_every_stored_run_under_its_id(database_url: str) -> None:
         assert migrate.current(database_url) == migrate.head()
     finally:
         engine.dispose()
+
+
+def test_0007_fills_the_decomposition_totals_of_stored_runs_and_goes_back(
+    database_url: str,
+) -> None:
+    """Runs stored before 0007 get their quietest sustained chunk from their chunks, by the
+    rule ingest applies (so the kept totals equal a rebuild), and both sums start at 0 (no
+    stored chunk has memory activity); downgrading drops the columns and keeps the rest."""
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            project_id, run_id = _stored_run(session)
+        kept = _decomposition_totals(engine)
+        assert kept[0][0] == pytest.approx(250.0)  # the 250 W chunk, not the 1 s or reset ones
+        migrate.downgrade(database_url, "0006")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in sa.inspect(connection).get_columns("device_total")}
+            assert "quiet_power_w" not in columns
+            assert connection.execute(sa.text("SELECT count(*) FROM chunk")).scalar_one() == 6
+        migrate.upgrade(database_url)
+        migrate.check(database_url)
+        filled = _decomposition_totals(engine)
+        assert filled == [(kept[0][0], kept[0][1], 0.0, 0.0)]
+        with make_sessionmaker(engine)() as session, session.begin():
+            rebuild_totals(session, project_id=project_id, run_id=run_id)
+        assert _decomposition_totals(engine) == filled
+    finally:
+        engine.dispose()
+
+
+def _stored_run(session: Session) -> tuple[int, uuid.UUID]:
+    """A run of six 10 s chunks (one of 1 s, one with a reset) with memory activity, ingested."""
+    run_id = uuid.uuid4()
+    powers = (400.0, 250.0, 300.0, 100.0, 90.0, 260.0)
+    with session.begin():
+        project, _ = get_or_create_project(session, slug="m0007")
+        upsert_run(
+            session,
+            project_id=project.id,
+            run_id=run_id,
+            name="steady",
+            kind=RunKind.TRAINING,
+            started_at=utcnow(),
+            tags={},
+            host_info={},
+            simulated=True,
+        )
+        device = DeviceSpec(
+            key="node/gpu0",
+            host="node",
+            kind=DeviceKind.GPU,
+            index=0,
+            uid="GPU-0",
+            name="NVIDIA H100 80GB HBM3",
+            power_limit_w=700.0,
+            has_energy_counter=True,
+            power_method=DevicePowerMethod.POWER_AVG,
+            simulated=True,
+        )
+        rows = []
+        for k, power in enumerate(powers):
+            t0 = 1.76e9 + 10.0 * k
+            length = 1.0 if k == 3 else 10.0  # too short to be sustained
+            rows.append(
+                ChunkRow(
+                    position=k,
+                    device_key=device.key,
+                    seq=k,
+                    t0_s=t0,
+                    t1_s=t0 + length,
+                    n=5,
+                    energy_j=power * length,
+                    sensor_uncertainty_j=0.02 * power * length,
+                    bound_below_j=0.0,
+                    bound_above_j=0.0,
+                    min_power_w=power,
+                    mean_power_w=power,
+                    max_power_w=power,
+                    method=EnergyMethod.COUNTER,
+                    gap_s=0.0,
+                    gap_count=0,
+                    reset_count=1 if k == 4 else 0,  # a reset: its energy a lower bound
+                    wrap_count=0,
+                    content_hash=f"{k:064x}",
+                    mem_busy_frac=0.5,
+                )
+            )
+        ingest_chunks(session, project_id=project.id, run_id=run_id, devices=[device], chunks=rows)
+    return project.id, run_id
+
+
+def _decomposition_totals(engine: sa.Engine) -> list[tuple[float | None, ...]]:
+    with engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                sa.text(
+                    "SELECT quiet_power_w, quiet_power_high_w, mem_busy_s, mem_observed_s "
+                    "FROM device_total"
+                )
+            )
+        ]

@@ -52,6 +52,7 @@ def test_field_value_struct_has_the_real_layout(real: Any) -> None:
         (fake_module.c_nvmlValue_t, real.c_nvmlValue_t),
         (fake_module.nvmlPciInfo_t, real.nvmlPciInfo_t),  # what nvmlDeviceGetPciInfo returns
         (fake_module.c_nvmlC2cModeInfo_v1_t, real.c_nvmlC2cModeInfo_v1_t),  # C2C mode
+        (fake_module.c_nvmlUtilization_t, real.c_nvmlUtilization_t),  # utilization rates
     ]
     for ours, theirs in pairs:
         assert [name for name, _ in ours._fields_] == [name for name, _ in theirs._fields_]
@@ -301,6 +302,31 @@ def test_the_real_binding_names_the_calls_the_fake_adds_for_node_selection(real:
     assert callable(real.nvmlDeviceGetC2cModeInfoV)
     assert callable(real.nvmlDeviceGetMinorNumber)
     assert real.NVML_POWER_SCOPE_MODULE == codes.NVML_POWER_SCOPE_MODULE == 1
+
+
+def test_the_real_binding_returns_the_utilization_struct_the_fake_mirrors(real: Any) -> None:
+    assert "c_nvmlUtilization_t()" in inspect.getsource(real.nvmlDeviceGetUtilizationRates)
+
+
+def test_utilization_rates_are_whole_percent_of_the_last_sample_period() -> None:
+    clock = ManualClock()
+    wave = Bursty(0.0, 1.0, period_s=4.0, duty=0.25)  # memory busy the first second of four
+    gpus = [
+        h100(memory_busy=wave, gpu_busy=steady(0.9), utilization_period_s=0.5),
+        h100(utilization=False),
+        a100(mig_devices=("MIG-1b7c2d30-0000-4000-8000-00000000000a",)),
+    ]
+    fake = FakeNvml(gpus, clock=clock)
+    fake.nvmlInit()
+    clock.advance(0.75)  # the last 0.5 s: all busy
+    rates = fake.nvmlDeviceGetUtilizationRates(FakeHandle(0))
+    assert (rates.gpu, rates.memory) == (90, 100)
+    clock.advance(0.5)  # 0.75 .. 1.25 s: busy half of it
+    assert fake.nvmlDeviceGetUtilizationRates(FakeHandle(0)).memory == 50
+    for position in (1, 2):  # no such feature; MIG mode on: NOT_SUPPORTED, as NVML documents
+        with pytest.raises(fake.NVMLError) as caught:
+            fake.nvmlDeviceGetUtilizationRates(FakeHandle(position))
+        assert caught.value.value == codes.NVML_ERROR_NOT_SUPPORTED
 
 
 def test_minor_numbers_buses_and_a_c2c_superchip() -> None:

@@ -139,6 +139,7 @@ def test_co2e_and_cost_only_from_what_was_given(spool_dir: Path) -> None:
 @pytest.mark.slow
 def test_the_json_has_the_services_shape(spool_dir: Path) -> None:
     from thermoledger.service.report_schemas import (
+        EnergyDecompositionRecord,
         MeasurementQuality,
         ReportCarbonPublic,
         ReportCostPublic,
@@ -152,6 +153,7 @@ def test_the_json_has_the_services_shape(spool_dir: Path) -> None:
     assert set(report) == {
         "run", "t0_s", "t1_s", "duration_s", "energy", "work", "efficiency", "bounds", "cost",
         "carbon", "sci", "notes", "local", "quality", "refused_declarations",
+        "energy_decomposition",
     }  # fmt: skip
     # each section validates against the service's schema (extra keys forbidden)
     ReportRun.model_validate(report["run"])
@@ -161,6 +163,7 @@ def test_the_json_has_the_services_shape(spool_dir: Path) -> None:
     ReportCostPublic.model_validate(report["cost"])
     ReportCarbonPublic.model_validate(report["carbon"])
     MeasurementQuality.model_validate(report["quality"])
+    EnergyDecompositionRecord.model_validate(report["energy_decomposition"])
     assert report["run"]["name"] == HOSTILE
     assert report["run"]["simulated"] is True
     assert report["work"]["tokens"] == 4096

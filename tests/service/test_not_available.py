@@ -40,6 +40,10 @@ TRULY_ZERO: dict[str, str] = {
     "csv.total.gap_s": "no sampling gap",
     "csv.total.gap_count": "no sampling gap",
     "csv.total.reset_count": "no counter reset",
+    # Band bottoms of the energy decomposition: the constant power is at least 0 W, and no idle
+    # figure in the catalog bounds it higher (the point is measured; the bottom is a bound).
+    "energy_decomposition.components.constant.energy_low_j": "pi0 >= 0 W, nothing tighter",
+    "energy_decomposition.devices.pi0_low_w": "pi0 >= 0 W, nothing tighter",
 }
 
 #: Rollup figures that are truly 0 here: counts of runs, and offsets (an act: none retired).
