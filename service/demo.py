@@ -64,13 +64,16 @@ def demo_fleet() -> tuple[SimulatedDevice, ...]:
     """Eight simulated H100-like GPUs with training-like loads.
 
     Six have an energy counter (exact up to the simulated sensor); one reads a 1 s averaged
-    power and one instantaneous power, without a counter, so their energy is integrated.
+    power and one instantaneous power, without a counter, so their energy is integrated. Each
+    reports memory activity (as NVML's ``utilization.memory``) in step with its load, for the
+    report's energy decomposition.
     """
     fleet = [
         SimulatedDevice(
             Bursty(310.0, 640.0 - 8.0 * i, period_s=1.7, duty=0.72, phase_s=0.37 * i),
             reading="average",
             counter_offset_j=5.0e6 + 1.0e5 * i,
+            memory_busy=Bursty(0.15, 0.55, period_s=1.7, duty=0.72, phase_s=0.37 * i),
         )
         for i in range(6)
     ]
@@ -79,10 +82,15 @@ def demo_fleet() -> tuple[SimulatedDevice, ...]:
             Bursty(300.0, 600.0, period_s=1.3, duty=0.6, phase_s=0.2),
             reading="average",
             has_counter=False,
+            memory_busy=Bursty(0.2, 0.5, period_s=1.3, duty=0.6, phase_s=0.2),
         )
     )
     fleet.append(
-        SimulatedDevice(Ramp(120.0, 520.0, duration_s=6.0, t_start_s=1.0), has_counter=False)
+        SimulatedDevice(
+            Ramp(120.0, 520.0, duration_s=6.0, t_start_s=1.0),
+            has_counter=False,
+            memory_busy=Ramp(0.05, 0.45, duration_s=6.0, t_start_s=1.0),
+        )
     )
     return tuple(fleet)
 
@@ -121,6 +129,10 @@ class RecordingBackend:
             self.first_s = float(readings.t_mono_s.min()) - self.inner.start_mono_s
         self.last_s = t_s
         return readings
+
+    def memory_busy_frac(self, i: int) -> float:
+        """Device ``i``'s memory activity (`meters.backends.base.ActivityReader`)."""
+        return self.inner.memory_busy_frac(i)
 
     def close(self) -> None:
         """Closes the simulated backend (nothing to release)."""
@@ -342,6 +354,16 @@ def _text_lines(report: Mapping[str, Any]) -> Iterator[str]:
                     f"  {name}: {bound['bound_j']:.4g} J; measured is "
                     f"{bound['orders_of_magnitude']:+.2f} orders of magnitude above it"
                 )
+    decomposition = report.get("energy_decomposition")
+    if decomposition is not None:
+        yield "Where the energy went (constant + compute + memory + unexplained)"
+        for name, part in decomposition["components"].items():
+            if part["energy_j"] is None:
+                yield f"  {name:<12} not available ({part['reason']})"
+            else:
+                yield f"  {name:<12} {part['energy_j']:>10,.0f} J {part['share']:>7.1%}"
+        sources = sorted({d["pi0_provenance"] for d in decomposition["devices"]})
+        yield f"  pi0 {decomposition['pi0_w']:,.0f} W in all ({', '.join(sources)})"
     cost, carbon = report["cost"], report["carbon"]
     yield "Cost"
     if cost["total_usd"] is None:

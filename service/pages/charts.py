@@ -13,8 +13,8 @@ A `Chart` is a list of `Group` s (a data series, the phase shading, annotations)
 of `Mark` s: an SVG element name, its attributes, an optional tooltip and text. Builders below
 turn report figures into charts: `power_chart` (per-device min/mean/max envelope over time with
 phases shaded), `bar_chart` (values with their uncertainty band), `strip_chart` (points on a
-log axis: efficiency against the bounds) and `curve_chart` (log-log curves with markers:
-amortisation).
+log axis: efficiency against the bounds), `curve_chart` (log-log curves with markers:
+amortisation) and `stacked_bar` (the parts of a whole: the energy decomposition).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "Mark",
     "Marker",
     "PhaseSpan",
+    "Segment",
     "StripRow",
     "Tick",
     "XYSeries",
@@ -49,6 +50,7 @@ __all__ = [
     "linear_ticks",
     "log_ticks",
     "power_chart",
+    "stacked_bar",
     "strip_chart",
     "xy_chart",
 ]
@@ -894,4 +896,120 @@ def xy_chart(
             (s.name, s.color, {"points": "band", "dashed": "dash"}.get(s.style, "line"))
             for s in series
         ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One stacked bar: the parts of a whole
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One part of a stacked bar: its label, value (> 0 to be drawn), colour and a note."""
+
+    label: str
+    value: float
+    color: str
+    note: str = ""
+
+
+def stacked_bar(
+    chart_id: str,
+    title: str,
+    segments: Sequence[Segment],
+    *,
+    total: float,
+    total_label: str,
+    unit: str,
+    scale: float = 1.0,
+    fmt: Callable[[float], str] = _g4,
+) -> Chart:
+    """The parts of a whole as one horizontal stacked bar, with the whole marked by a line.
+
+    Parts that add up to more than the whole run past its line (the parts over-explain it);
+    a part of no positive value is not drawn (its legend entry stays).
+
+    Args:
+        chart_id: ``data-chart`` of the SVG.
+        title: Accessible title.
+        segments: The parts, drawn left to right.
+        total: The whole, in the values' unit before ``scale``.
+        total_label: What the line marks (``"measured"``).
+        unit: Axis unit, after ``scale``.
+        scale: Values are divided by it for display.
+        fmt: Formats a value label.
+    """
+    left, top, right = 16.0, 18.0, WIDTH - 24.0
+    height = 110
+    bottom = height - 40.0
+    drawn = [s for s in segments if s.value > 0 and math.isfinite(s.value)]
+    whole = total / scale
+    end = max(sum(s.value for s in drawn) / scale, whole, 1e-300)
+    ticks = linear_ticks(0.0, end, 6)
+    x = _Scale(0.0, max(ticks[-1], end), left, right)
+    groups = []
+    at = 0.0
+    for s in drawn:
+        v = s.value / scale
+        groups.append(
+            Group(
+                "series",
+                s.label,
+                s.color,
+                (
+                    Mark(
+                        "rect",
+                        {
+                            "class": "bar segment",
+                            "x": _f(x(at)),
+                            "y": _f(top + 6),
+                            "width": _f(max(x(at + v) - x(at), 0.5)),
+                            "height": _f(bottom - top - 12),
+                            "data-value": repr(v),
+                        },
+                        title=f"{s.label}: {fmt(v)} {unit}" + (f" ({s.note})" if s.note else ""),
+                    ),
+                ),
+                points=1,
+            )
+        )
+        at += v
+    groups.append(
+        Group(
+            "total",
+            total_label,
+            "#333333",
+            (
+                Mark(
+                    "line",
+                    {
+                        "class": "total",
+                        "x1": _f(x(whole)),
+                        "x2": _f(x(whole)),
+                        "y1": _f(top),
+                        "y2": _f(bottom),
+                        "data-value": repr(whole),
+                    },
+                    title=f"{total_label}: {fmt(whole)} {unit}",
+                ),
+                Mark(
+                    "text",
+                    {"class": "note", "x": _f(x(whole)), "y": _f(top - 4), "text-anchor": "end"},
+                    text=f"{total_label} {fmt(whole)}",
+                ),
+            ),
+        )
+    )
+    return Chart(
+        chart_id=chart_id,
+        title=title,
+        height=height,
+        plot=(left, top, right, bottom),
+        x_ticks=tuple(Tick(x(v), _plain(v)) for v in ticks),
+        y_ticks=(),
+        x_label=unit,
+        y_label="",
+        groups=tuple(groups),
+        legend=tuple((s.label, s.color, "band") for s in segments),
+        y_grid=False,
     )

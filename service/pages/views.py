@@ -505,6 +505,40 @@ def _estimate_figures(entries: list[LedgerRecord]) -> list[_EstimateFigure]:
     return out
 
 
+#: The energy decomposition's parts, in drawing order, with their colours and formulas.
+_DECOMPOSITION_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("constant", "#9c755f", "π0·T"),
+    ("compute", "#4e79a7", "W·ε_flop"),
+    ("memory", "#59a14f", "Q·ε_mem"),
+    ("unexplained", "#bab0ac", "the rest"),
+)
+
+
+def _decomposition_chart(report: RunReportPublic) -> charts.Chart | None:
+    """The decomposition as one stacked bar against the measured energy (available parts
+    with a positive value only; the table beside it has every part, its band and reason)."""
+    decomposition = report.energy_decomposition
+    if decomposition is None:
+        return None
+    unit, scale = _energy_axis(decomposition.measured_j)
+    parts = decomposition.components
+    segments = []
+    for name, color, formula in _DECOMPOSITION_PARTS:
+        part = getattr(parts, name)
+        value = part.energy_j if part.energy_j is not None else 0.0
+        note = formula if part.energy_j is not None else f"not available: {part.reason}"
+        segments.append(charts.Segment(name, value, color, note))
+    return charts.stacked_bar(
+        "decomposition",
+        "The measured energy as constant, compute, memory and unexplained parts",
+        segments,
+        total=decomposition.measured_j,
+        total_label="measured",
+        unit=unit,
+        scale=scale,
+    )
+
+
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def report_page(
     run_id: UUID, request: Request, tenant: PageTenant, session: SessionDep
@@ -584,6 +618,7 @@ def report_page(
             bound = getattr(report.bounds, key)
             if bound is not None:
                 bounds_assumptions[label] = _assumption_lines(bound.assumptions)
+    decomposition_chart = _decomposition_chart(report)
     carbon, cost = report.carbon, report.cost
     priced = cost.energy_usd is not None or cost.hardware_usd is not None
     missing = _reasons_once(
@@ -618,6 +653,7 @@ def report_page(
         bounds_chart=bounds_chart,
         bounds_assumptions=bounds_assumptions,
         bounds_reason=_bounds_reason(report),
+        decomposition_chart=decomposition_chart,
         mfu_reason=None if report.efficiency.mfu is not None else _mfu_reason(report),
         missing=missing,
         statement=_statement_once(list(report.accounting.statement), shown),

@@ -1,8 +1,9 @@
 """Realistic runs for the page tests, sent through the public API like a meter sends them.
 
 Traces come from the meter's own code: the simulated backend (`meters.backends.simulated`,
-closed-form power) read on a manual clock and sealed by `meters.chunker.DeviceChunker`, so the
-chunks carry the summaries, bands and samples a real meter would upload. Devices are renamed
+closed-form power and memory activity) read on a manual clock and sealed by
+`meters.chunker.DeviceChunker`, so the chunks carry the summaries, bands, samples and memory-busy
+fractions a real meter would upload. Devices are renamed
 to a catalogued GPU (they stay flagged simulated) so the report can compute the bounds.
 
 ``client`` is anything with httpx's ``put``/``post`` (a `TestClient`, or an ``httpx.Client``
@@ -54,16 +55,25 @@ class SeededRun:
 
 
 def fleet(n: int = 4) -> tuple[SimulatedDevice, ...]:
-    """``n`` simulated GPUs with training-like loads (bursty, a ramp, a steady one)."""
+    """``n`` simulated GPUs with training-like loads (bursty, a ramp, a steady one), whose
+    memory is busy in step with the load (a memory-activity counter, as NVML's)."""
     out = []
     for i in range(n):
+        memory: Any
         if i % 3 == 0:
             profile: Any = Bursty(310.0, 640.0 - 10.0 * i, period_s=37.0, duty=0.7, phase_s=5.0 * i)
+            memory = Bursty(0.1, 0.6, period_s=37.0, duty=0.7, phase_s=5.0 * i)
         elif i % 3 == 1:
             profile = Ramp(150.0, 560.0, duration_s=240.0, t_start_s=30.0)
+            memory = Ramp(0.05, 0.5, duration_s=240.0, t_start_s=30.0)
         else:
             profile = steady(420.0 + 5 * i)
-        out.append(SimulatedDevice(profile, reading="average", counter_offset_j=1e6 * (i + 1)))
+            memory = steady(0.45)
+        out.append(
+            SimulatedDevice(
+                profile, reading="average", counter_offset_j=1e6 * (i + 1), memory_busy=memory
+            )
+        )
     return tuple(out)
 
 
@@ -100,11 +110,12 @@ def trace(
     for step in range(steps + 1):
         readings = backend.read()
         for i, chunker in enumerate(chunkers):
-            job = chunker.add(
-                float(readings.t_mono_s[i]), float(readings.power_w[i]), float(readings.energy_j[i])
-            )
+            t_mono_s = float(readings.t_mono_s[i])
+            job = chunker.add(t_mono_s, float(readings.power_w[i]), float(readings.energy_j[i]))
             if job is not None:
                 jobs.append(job)
+            if devices[i].memory_busy is not None:  # as the sampler reads it: once a second
+                chunker.add_activity(t_mono_s, backend.memory_busy_frac(i))
         if step < steps:
             clock.advance(interval_s)
     jobs.extend(job for job in (c.flush() for c in chunkers) if job is not None)

@@ -15,6 +15,7 @@ environment of every test.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import shutil
@@ -360,6 +361,33 @@ def test_constant_power_is_a_line_inside_the_plot(site: Site) -> None:
     assert max(float(t.replace(",", "")) for t in labels) > CONSTANT_W
     # The energy figures read in a unit of their size, never as 1.6e-4 kWh.
     assert "e-" not in page.locator("section.totals").inner_text()
+
+
+def test_energy_decomposition_bar_and_sources(site: Site) -> None:
+    page = site.visit(f"/runs/{site.fleet.train.id}", "decomposition")
+    plot = _box(page, "svg[data-chart=decomposition] rect.plot-bg")
+    segments = _geometry(page, "svg[data-chart=decomposition] rect.segment")
+    assert 2 <= len(segments) <= 4  # constant, compute, memory (and unexplained when > 0)
+    assert all(box["width"] > 1 and box["height"] > 10 for box in segments)
+    for before, after in itertools.pairwise(segments):  # stacked: each starts where one ends
+        assert after["x"] == pytest.approx(before["x"] + before["width"], abs=0.2)
+    assert segments[0]["x"] == pytest.approx(plot["x"], abs=0.2)
+    total = _box(page, "svg[data-chart=decomposition] line.total")
+    assert plot["x"] < total["x"] <= plot["x"] + plot["width"] + 0.5
+    legend = page.locator("section#decomposition figcaption .key").all_text_contents()
+    assert legend == ["constant", "compute", "memory", "unexplained"]
+    rows = page.locator("table[data-decomposition-devices] tbody tr")
+    assert rows.count() == site.fleet.train.devices
+    tags = page.locator("table[data-decomposition-devices] [data-provenance]")
+    assert set(tags.all_text_contents()) == {
+        "measured_lowest_sustained",
+        "memory_activity_counter",
+    }
+    # the constant-power run has no memory counter: the part says so, in words
+    page = site.visit(f"/runs/{site.states.constant.id}", "decomposition-no-counter")
+    memory = page.locator("tr[data-part=memory]")
+    assert memory.get_attribute("data-status") == "not_available"
+    assert "no memory-activity counter" in memory.inner_text()
 
 
 def test_quality_page_front_and_trend(site: Site) -> None:
