@@ -18,9 +18,10 @@ Figures:
       processes on the machine make the figure vary). **All-in** counts everything the process
       did, the fakes' emulated calls included; the **meter's own** share leaves those calls
       out (the fake NVML's and the fake powercap's, measured apart, below, times the reads the
-      run made of each: the GPUs every tick, the counter-only CPU zones every
-      ``counter_interval_s`` and at the edges; a real driver and the kernel spend their own
-      time instead).
+      run made of each: the GPUs every tick, their memory activity
+      (``nvmlDeviceGetUtilizationRates``) about once a second, as often as the fake counted
+      it, the counter-only CPU zones every ``counter_interval_s`` and at the edges; a real
+      driver and the kernel spend their own time instead).
       Targets: own <= 0.2 % and all-in <= 0.4 % of one core. The steady state between the
       edges and the one-off costs of start and stop are printed beside them. The fleet's
       counters move continuously (the fake's default); the one-off cost of the edges on
@@ -78,6 +79,8 @@ WARMUP_S = 1.0
 SWEEP_INTERVALS_S = (0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 # What the backend asks an H100 for on every read (its default: the driver's 1 s average).
 FIELDS = [codes.NVML_FI_DEV_POWER_AVERAGE, codes.NVML_FI_DEV_ENERGY]
+# What the sampler asks each GPU about once a second (memory activity).
+ACTIVITY_CALL = "nvmlDeviceGetUtilizationRates"
 
 
 def _fleet(n: int, *, counter_update_s: float = 0.0) -> FakeNvml:
@@ -296,6 +299,13 @@ def main() -> None:
         for handle in handles:
             fake.nvmlDeviceGetFieldValues(handle, FIELDS)
 
+    def activity_calls() -> None:  # one memory-activity read of every GPU, on the fake
+        for handle in handles:
+            fake.nvmlDeviceGetUtilizationRates(handle)
+
+    def activity_reads() -> int:  # memory-activity calls the fake has answered so far
+        return sum(n for (call, _), n in fake.calls.items() if call == ACTIVITY_CALL)
+
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as tmp:
         zones, powercap_calls = _cpu_zones(Path(tmp) / "powercap")
         backend = NodeBackend([gpus, zones])
@@ -303,6 +313,7 @@ def main() -> None:
         read_s = _back_to_back_s(backend.read_flat)
         cold_s = _per_read_s(backend.read_flat, interval_s=0.1, reads=30)
         nvml_s = _per_read_s(nvml_calls, interval_s=0.1, reads=30)
+        activity_call_s = _per_read_s(activity_calls, interval_s=1.0, reads=5) / args.devices
         powercap_s = _per_read_s(powercap_calls, interval_s=0.1, reads=30)
         print(
             f"devices: {n}: {args.devices} fake H100 (NVML averaged power + energy counter, one "
@@ -313,6 +324,10 @@ def main() -> None:
             f"{read_s * 1e6:.0f} µs back to back, {cold_s * 1e6:.0f} µs at 10 Hz"
         )
         print(f"  of which the fake NVML's calls:          {nvml_s * 1e6:.0f} µs at 10 Hz")
+        print(
+            f"  memory activity, about once a second:    {activity_call_s * 1e6:.0f} µs per "
+            "GPU for the fake's nvmlDeviceGetUtilizationRates"
+        )
         print(
             f"  and the fake powercap's emulated files:  {powercap_s * 1e6:.0f} µs at 10 Hz "
             f"(for scale, pread of {2 * PACKAGES} real files: "
@@ -334,19 +349,26 @@ def main() -> None:
 
         spool_dir = Path(tmp) / "spool"
         baseline = _cpu_rate(args.baseline_seconds)
-        runs = [
-            _metered(backend, spool_dir, interval_s=0.1, seconds=window_s)
-            for _ in range(max(1, args.repeats))
-        ]
+        runs = []
+        activity = []  # memory-activity calls of each run
+        for _ in range(max(1, args.repeats)):
+            calls0 = activity_reads()
+            runs.append(_metered(backend, spool_dir, interval_s=0.1, seconds=window_s))
+            activity.append(activity_reads() - calls0)
         all_in = [_percent(r.whole_rate, baseline) for r in runs]
-        # the fakes' emulated calls: the GPUs read every tick (edges included), the CPU zones
-        # as often as their samples say (every counter interval, and at the edges)
+        # the fakes' emulated calls: the GPUs read every tick (edges included), their memory
+        # activity as often as the fake counted, the CPU zones as often as their samples say
+        # (every counter interval, and at the edges)
         own = [
             pct
             - 100.0
-            * (nvml_s * r.summary.ticks + powercap_s * _zone_reads(r.summary))
+            * (
+                nvml_s * r.summary.ticks
+                + activity_call_s * calls
+                + powercap_s * _zone_reads(r.summary)
+            )
             / (r.window_s + WARMUP_S)
-            for pct, r in zip(all_in, runs, strict=True)
+            for pct, r, calls in zip(all_in, runs, activity, strict=True)
         ]
         steady_pct = [_percent(r.steady_rate, baseline) for r in runs]
         ticks = sum(r.ticks for r in runs)
@@ -355,7 +377,8 @@ def main() -> None:
             f"\noverhead at 10 Hz over whole runs (start to stop): {len(runs)} × "
             f"{window_s + WARMUP_S:g} s ({overruns} overruns); CPU zones read every "
             f"{runs[0].counter_interval_s:g} s ({_zone_reads(runs[0].summary)} reads of "
-            f"{runs[0].summary.ticks} ticks)"
+            f"{runs[0].summary.ticks} ticks); GPU memory activity read "
+            f"{activity[0] // args.devices} times per GPU"
         )
         print(f"  idle baseline:            {100.0 * baseline:.3f} % of one core")
         print(
