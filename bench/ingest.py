@@ -254,6 +254,7 @@ def _raw_rows(
                             "content_hash": c.content_hash,
                             "samples": c.blob,
                             "created_at": now,
+                            "mem_busy_frac": c.mem_busy_frac,
                         }
                         rows.append(tuple(values[name] for name in names))
                     per_batch.append(rows)
