@@ -50,14 +50,15 @@ since the chunk's ``t0_s``, ``power_w`` float32, ``energy_j`` (the counter) floa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import operator
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -782,31 +783,44 @@ def _rows(
     field = {name: summaries[name].tolist() for name, _ in _SUMMARY_FIELDS}
     count = len(chunks)
     # Positional, column by column (`ChunkRow`'s field order): a keyword call per chunk costs
-    # more than everything else here together.
-    return list(
+    # more than everything else here together, and even the positional call runs a Python
+    # frame per chunk (a named tuple's ``__new__``), which `_new_chunk_row` does not.
+    rows = list(
         map(
-            ChunkRow,
-            range(count),
-            chunks.device_key,
-            chunks.seq,
-            field["t0_s"],
-            field["t1_s"],
-            field["n"],
-            field["energy_j"],
-            field["sensor_uncertainty_j"],
-            field["bound_below_j"],
-            field["bound_above_j"],
-            field["min_power_w"],
-            mean,
-            field["max_power_w"],
-            chunks.method,
-            field["gap_s"],
-            field["gap_count"],
-            field["reset_count"],
-            field["wrap_count"],
-            hashes,
-            itertools.repeat(None, count),  # samples: their blobs carry them
-            blobs,
-            [None if b != b else b for b in chunks.mem_busy_frac.tolist()],
+            _new_chunk_row,
+            zip(
+                range(count),
+                chunks.device_key,
+                chunks.seq,
+                field["t0_s"],
+                field["t1_s"],
+                field["n"],
+                field["energy_j"],
+                field["sensor_uncertainty_j"],
+                field["bound_below_j"],
+                field["bound_above_j"],
+                field["min_power_w"],
+                mean,
+                field["max_power_w"],
+                chunks.method,
+                field["gap_s"],
+                field["gap_count"],
+                field["reset_count"],
+                field["wrap_count"],
+                hashes,
+                itertools.repeat(None, count),  # samples: their blobs carry them
+                blobs,
+                [None if b != b else b for b in chunks.mem_busy_frac.tolist()],
+                strict=True,
+            ),
         )
     )
+    # `_new_chunk_row` checks no arity: a field added to `ChunkRow` must be added above.
+    assert not rows or len(rows[0]) == len(ChunkRow._fields)
+    return rows
+
+
+#: ``ChunkRow`` from a tuple of its fields in order, without a Python call per row.
+_new_chunk_row = cast(
+    "Callable[[tuple[Any, ...]], ChunkRow]", functools.partial(tuple.__new__, ChunkRow)
+)
