@@ -7,18 +7,16 @@ methods, chunks with and without samples, blobs of different sizes and an unboun
 from __future__ import annotations
 
 import math
-import uuid
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from tests.support.dbrows import gpu_run
 from thermoledger.db.chunks import ingest_chunks
-from thermoledger.db.models import Chunk, DeviceKind, DevicePowerMethod, EnergyMethod, RunKind
-from thermoledger.db.records import UNBOUNDED_J, ChunkRow, DeviceSpec
-from thermoledger.db.runs import upsert_run
+from thermoledger.db.models import Chunk, EnergyMethod
+from thermoledger.db.records import UNBOUNDED_J, ChunkRow
 from thermoledger.db.samples import decode_samples, encode_samples
-from thermoledger.db.tokens import get_or_create_project
 from thermoledger.db.types import utcnow
 
 
@@ -57,37 +55,13 @@ def _row(k: int, device_key: str, **changes: object) -> ChunkRow:
 
 
 def test_every_column_comes_back_as_sent(session: Session) -> None:
-    run_id = uuid.uuid4()
     with session.begin():
-        project, _ = get_or_create_project(session, slug="storage")
-        upsert_run(
-            session,
-            project_id=project.id,
-            run_id=run_id,
-            name="storage",
-            kind=RunKind.TRAINING,
-            started_at=utcnow(),
-            tags={},
-            host_info={},
-            simulated=True,
-        )
-        device = DeviceSpec(
-            key="node/gpu0",
-            host="node",
-            kind=DeviceKind.GPU,
-            index=0,
-            uid="GPU-0",
-            name="NVIDIA H100 80GB HBM3",
-            power_limit_w=700.0,
-            has_energy_counter=True,
-            power_method=DevicePowerMethod.POWER_AVG,
-            simulated=True,
-        )
+        project_id, run_id, device = gpu_run(session, slug="storage", name="storage")
         sent = [_row(k, device.key) for k in range(9)]
         sent[3] = _row(3, device.key, blob=None)  # the meter sent no samples
         sent[5] = _row(5, device.key, bound_above_j=math.inf)  # unbounded above
         acks = ingest_chunks(
-            session, project_id=project.id, run_id=run_id, devices=[device], chunks=sent
+            session, project_id=project_id, run_id=run_id, devices=[device], chunks=sent
         )
     assert [a.status for a in acks] == ["stored"] * len(sent)
     stored = {

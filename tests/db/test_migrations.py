@@ -12,22 +12,18 @@ from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
+from tests.support.dbrows import gpu_run
 from thermoledger.db import migrate
 from thermoledger.db.chunks import ingest_chunks
 from thermoledger.db.engine import make_engine, make_sessionmaker
 from thermoledger.db.errors import MigrationError, SchemaDrift
 from thermoledger.db.models import (
     Base,
-    DeviceKind,
-    DevicePowerMethod,
     EnergyMethod,
-    RunKind,
 )
-from thermoledger.db.records import ChunkRow, DeviceSpec
-from thermoledger.db.runs import run_key, upsert_run
-from thermoledger.db.tokens import get_or_create_project
+from thermoledger.db.records import ChunkRow
+from thermoledger.db.runs import run_key
 from thermoledger.db.totals import rebuild_totals
-from thermoledger.db.types import utcnow
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 
@@ -229,33 +225,9 @@ def test_0007_fills_the_decomposition_totals_of_stored_runs_and_goes_back(
 
 def _stored_run(session: Session) -> tuple[int, uuid.UUID]:
     """A run of six 10 s chunks (one of 1 s, one with a reset) with memory activity, ingested."""
-    run_id = uuid.uuid4()
     powers = (400.0, 250.0, 300.0, 100.0, 90.0, 260.0)
     with session.begin():
-        project, _ = get_or_create_project(session, slug="m0007")
-        upsert_run(
-            session,
-            project_id=project.id,
-            run_id=run_id,
-            name="steady",
-            kind=RunKind.TRAINING,
-            started_at=utcnow(),
-            tags={},
-            host_info={},
-            simulated=True,
-        )
-        device = DeviceSpec(
-            key="node/gpu0",
-            host="node",
-            kind=DeviceKind.GPU,
-            index=0,
-            uid="GPU-0",
-            name="NVIDIA H100 80GB HBM3",
-            power_limit_w=700.0,
-            has_energy_counter=True,
-            power_method=DevicePowerMethod.POWER_AVG,
-            simulated=True,
-        )
+        project_id, run_id, device = gpu_run(session, slug="m0007", name="steady")
         rows = []
         for k, power in enumerate(powers):
             t0 = 1.76e9 + 10.0 * k
@@ -284,8 +256,8 @@ def _stored_run(session: Session) -> tuple[int, uuid.UUID]:
                     mem_busy_frac=0.5,
                 )
             )
-        ingest_chunks(session, project_id=project.id, run_id=run_id, devices=[device], chunks=rows)
-    return project.id, run_id
+        ingest_chunks(session, project_id=project_id, run_id=run_id, devices=[device], chunks=rows)
+    return project_id, run_id
 
 
 def _decomposition_totals(engine: sa.Engine) -> list[tuple[float | None, ...]]:
