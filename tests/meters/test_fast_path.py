@@ -20,14 +20,14 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.support.meters import CountingPlain
+from tests.support.meters import CountingPlain, ListSink
 from thermoledger.accounting.integrate import PowerModel, summarize_chunks
 from thermoledger.meters.backends import nvml_api as codes
 from thermoledger.meters.backends.base import (
@@ -53,11 +53,11 @@ from thermoledger.meters.backends.simulated import (
 )
 from thermoledger.meters.chunker import DeviceChunker, SealJob, reading_model, seal
 from thermoledger.meters.sampler import Sampler
-from thermoledger.meters.spool import RunStatus, Spool
+from thermoledger.meters.spool import Spool
 from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing.fake_powercap import FakePowercap
 from thermoledger.meters.testing.fake_pynvml import FakeGpu, FakeNvml, Fault, a100, h100, p100, v100
-from thermoledger.meters.wire import ChunkPayload, DevicePayload, content_hash
+from thermoledger.meters.wire import ChunkPayload, content_hash
 
 RUN = "run-fast"
 HOST = "node"
@@ -148,30 +148,6 @@ class Blanking:
 
     def close(self) -> None:
         self.inner.close()
-
-
-class ListSink:
-    """An in-memory `meters.sampler.ChunkSink`."""
-
-    def __init__(self) -> None:
-        self.chunks: list[ChunkPayload] = []
-
-    def open_run(self, run_id: str, metadata: Mapping[str, Any] | None = None) -> None:
-        pass
-
-    def put_devices(self, run_id: str, devices: Iterable[DevicePayload]) -> None:
-        pass
-
-    def put_chunks(self, run_id: str, chunks: Iterable[ChunkPayload]) -> int:
-        batch = list(chunks)
-        self.chunks.extend(batch)
-        return len(batch)
-
-    def next_seqs(self, run_id: str) -> dict[str, int]:
-        return {}
-
-    def set_run_status(self, run_id: str, status: RunStatus, exit_code: int | None = None) -> None:
-        pass
 
 
 def _as_json(value: Any) -> str:

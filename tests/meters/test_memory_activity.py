@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
 
-from tests.support.meters import open_nvml
+from tests.support.meters import ListSink, open_nvml
 from thermoledger.meters.backends import NodeBackend, SimulatedBackend, SimulatedDevice
 from thermoledger.meters.backends import amdsmi as amd_codes
 from thermoledger.meters.backends import nvml_api as codes
@@ -26,39 +25,18 @@ from thermoledger.meters.backends.base import ActivityReader, DeviceInfo, Method
 from thermoledger.meters.backends.simulated import Bursty, steady
 from thermoledger.meters.chunker import ACTIVITY_HOLD_S, DeviceChunker, seal
 from thermoledger.meters.sampler import Sampler
-from thermoledger.meters.spool import RunStatus
 from thermoledger.meters.testing import ManualClock
 from thermoledger.meters.testing.fake_amdsmi import FakeAmdSmi, mi250x, mi300x
 from thermoledger.meters.testing.fake_amdsmi import Fault as AmdFault
 from thermoledger.meters.testing.fake_pynvml import Fault, h100
-from thermoledger.meters.wire import ChunkPayload, DevicePayload
+from thermoledger.meters.wire import ChunkPayload
 
 HOST = "node"
 UTILIZATION = "nvmlDeviceGetUtilizationRates"
 
 
-class _Sink:
-    """An in-memory chunk sink."""
-
-    def __init__(self) -> None:
-        self.chunks: list[ChunkPayload] = []
-
-    def open_run(self, run_id: str, metadata: Mapping[str, Any] | None = None) -> None:
-        pass
-
-    def put_devices(self, run_id: str, devices: Iterable[DevicePayload]) -> None:
-        pass
-
-    def put_chunks(self, run_id: str, chunks: Iterable[ChunkPayload]) -> int:
-        batch = list(chunks)
-        self.chunks.extend(batch)
-        return len(batch)
-
-    def next_seqs(self, run_id: str) -> dict[str, int]:
-        return {}
-
-    def set_run_status(self, run_id: str, status: RunStatus, exit_code: int | None = None) -> None:
-        pass
+class _Sink(ListSink):
+    """The sealed chunks in memory, by device."""
 
     def of(self, key: str) -> list[ChunkPayload]:
         return [c for c in self.chunks if c["device_key"].endswith(key)]
